@@ -1,0 +1,191 @@
+//! Reading, sizing and writing images, and the colour transforms for
+//! luminance-only transfer. Decoding is bounded: a hostile file cannot make the
+//! decoder allocate without limit.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{imageops::FilterType, DynamicImage, ImageReader, Limits, RgbImage};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{EngineError, Result};
+
+/// Largest input file we read.
+pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest input dimension we decode (pixels per side).
+pub const MAX_INPUT_SIDE: u32 = 30_000;
+/// Largest decoder allocation.
+const MAX_DECODE_ALLOC: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Loads an image as 8-bit RGB. `role` names it in errors (content, style[1], init).
+pub fn load_rgb(path: &Path, role: &str) -> Result<RgbImage> {
+    let err = |reason: String| EngineError::Image { role: role.into(), path: path.to_path_buf(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > MAX_INPUT_BYTES {
+        return Err(err(format!("{} bytes exceeds the limit of {MAX_INPUT_BYTES} bytes", meta.len())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    decode_rgb(&bytes).map_err(err)
+}
+
+/// Decodes bytes in any supported format (PNG, JPEG, GIF, BMP, WebP, TIFF).
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot detect the format: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not a recognised image format (PNG, JPEG, GIF, BMP, WebP, TIFF)".into());
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| format!("corrupt or unsupported image: {e}"))?;
+    if image.width() == 0 || image.height() == 0 {
+        return Err("image has zero width or height".into());
+    }
+    Ok(image.to_rgb8())
+}
+
+/// Height and width with the long side `long_side`, aspect kept (each at least 1).
+pub fn fit_long_side(width: u32, height: u32, long_side: u32) -> (u32, u32) {
+    let long = width.max(height) as f64;
+    let scale = long_side as f64 / long;
+    let w = ((width as f64 * scale).round() as u32).max(1);
+    let h = ((height as f64 * scale).round() as u32).max(1);
+    (w, h)
+}
+
+pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    if image.width() == width && image.height() == height {
+        return image.clone();
+    }
+    image::imageops::resize(image, width, height, FilterType::Lanczos3)
+}
+
+/// [1,3,H,W] float tensor in 0..1.
+pub fn to_tensor(image: &RgbImage, kind: Kind, device: Device) -> Tensor {
+    let (w, h) = image.dimensions();
+    Tensor::from_slice(image.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(Kind::Float)
+        .divide_scalar(255.0)
+        .to_kind(kind)
+        .to_device(device)
+}
+
+/// A [1,3,H,W] (or [3,H,W]) tensor in 0..1 to 8-bit RGB, clamping.
+pub fn to_image(tensor: &Tensor) -> Result<RgbImage> {
+    let t = if tensor.dim() == 4 { tensor.squeeze_dim(0) } else { tensor.shallow_clone() };
+    let size = t.size();
+    let [3, h, w] = size[..] else {
+        return Err(EngineError::param("image", format!("expected a [3,H,W] tensor, got {size:?}")));
+    };
+    let bytes = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .clamp(0.0, 1.0)
+        .multiply_scalar(255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous();
+    let mut data = vec![0u8; (h * w * 3) as usize];
+    let len = data.len();
+    bytes.f_copy_data_u8(&mut data, len)?;
+    Ok(RgbImage::from_raw(w as u32, h as u32, data).expect("buffer sized from the tensor"))
+}
+
+/// Writes a PNG atomically (temp file + rename).
+pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let out_err = |reason: String| EngineError::Output { path: path.to_path_buf(), reason };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| out_err(e.to_string()))?;
+    }
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image.clone())
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| out_err(e.to_string()))?;
+    let tmp = path.with_extension("png.partial");
+    std::fs::write(&tmp, &bytes).map_err(|e| out_err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| out_err(e.to_string()))
+}
+
+/// RGB (0..1) → YIQ, [1,3,H,W].
+pub fn rgb_to_yiq(rgb: &Tensor) -> Tensor {
+    let m = Tensor::from_slice(&[0.299f32, 0.587, 0.114, 0.595716, -0.274453, -0.321263, 0.211456, -0.522591, 0.311135])
+        .view([3, 3])
+        .to_kind(rgb.kind())
+        .to_device(rgb.device());
+    Tensor::einsum("ij,bjhw->bihw", &[m, rgb.shallow_clone()], None::<i64>)
+}
+
+/// YIQ → RGB, [1,3,H,W].
+pub fn yiq_to_rgb(yiq: &Tensor) -> Tensor {
+    let m = Tensor::from_slice(&[1.0f32, 0.9563, 0.6210, 1.0, -0.2721, -0.6474, 1.0, -1.1070, 1.7046])
+        .view([3, 3])
+        .to_kind(yiq.kind())
+        .to_device(yiq.device());
+    Tensor::einsum("ij,bjhw->bihw", &[m, yiq.shallow_clone()], None::<i64>)
+}
+
+/// Luminance as a grey RGB image ([1,3,H,W], Y repeated).
+pub fn luminance_rgb(rgb: &Tensor) -> Tensor {
+    rgb_to_yiq(rgb).narrow(1, 0, 1).repeat([1, 3, 1, 1])
+}
+
+/// Shifts and scales `luma`'s values to the mean and std of `reference`'s
+/// (the histogram matching step of luminance-only transfer).
+pub fn match_luminance(luma: &Tensor, reference: &Tensor) -> Tensor {
+    let (mean_s, std_s) = (luma.mean(None), luma.std(false).clamp_min(1e-6));
+    let (mean_c, std_c) = (reference.mean(None), reference.std(false));
+    (luma - mean_s) / std_s * std_c + mean_c
+}
+
+/// Joins the generated image's luminance with the content's chrominance.
+pub fn recolor(generated_rgb: &Tensor, content_rgb: &Tensor) -> Tensor {
+    let y = rgb_to_yiq(generated_rgb).narrow(1, 0, 1);
+    let iq = rgb_to_yiq(content_rgb).narrow(1, 1, 2);
+    yiq_to_rgb(&Tensor::cat(&[y, iq], 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_side_fits() {
+        assert_eq!(fit_long_side(451, 300, 128), (128, 85));
+        assert_eq!(fit_long_side(300, 451, 128), (85, 128));
+        assert_eq!(fit_long_side(10_000, 1, 16), (16, 1));
+    }
+
+    #[test]
+    fn corrupt_bytes_are_errors() {
+        assert!(decode_rgb(b"definitely not an image").is_err());
+        let png_header_only = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert!(decode_rgb(png_header_only).unwrap_err().contains("corrupt"));
+    }
+
+    #[test]
+    fn yiq_round_trips() {
+        let rgb = Tensor::rand([1, 3, 4, 5], (Kind::Float, Device::Cpu));
+        let back = yiq_to_rgb(&rgb_to_yiq(&rgb));
+        let err: f64 = (back - &rgb).abs().max().double_value(&[]);
+        assert!(err < 2e-3, "{err}");
+    }
+
+    #[test]
+    fn tensor_image_round_trip() {
+        let img = RgbImage::from_fn(3, 2, |x, y| image::Rgb([x as u8 * 50, y as u8 * 100, 7]));
+        let t = to_tensor(&img, Kind::Float, Device::Cpu);
+        assert_eq!(t.size(), vec![1, 3, 2, 3]);
+        assert_eq!(to_image(&t).unwrap(), img);
+    }
+}

@@ -1,0 +1,21 @@
+//! stylefarm's style-transfer engine: Gatys-style neural style transfer with
+//! VGG-16 features and L-BFGS (or Adam) on libtorch.
+//!
+//! Entry points: [`render::render`] runs one job from files; [`params::RenderParams`]
+//! holds every knob, with the `keras` and `gatys` presets.
+
+pub mod animation;
+pub mod device;
+pub mod error;
+pub mod image_io;
+pub mod loss;
+pub mod optim;
+pub mod params;
+pub mod problem;
+pub mod render;
+pub mod safetensors;
+pub mod trace;
+pub mod vgg;
+pub mod weights;
+
+pub use error::{EngineError, Result};

@@ -1,0 +1,198 @@
+//! The style-transfer objective: content, style and total-variation terms over
+//! VGG-16 features, with the targets computed once per scale.
+//!
+//! The optimised image is stored as one flat NHWC-ordered vector, so that its
+//! `[1,3,H,W]` view is channels-last with no copy, and its gradient comes back
+//! flat for the optimiser with no copy either.
+
+use tch::Tensor;
+
+use crate::error::{EngineError, Result};
+use crate::optim::{Evaluation, Objective};
+use crate::params::{ContentLoss, RenderParams, StyleLoss};
+use crate::vgg::{LayerId, Vgg16};
+
+/// Names of the values an evaluation reports, in order.
+pub const LOSS_NAMES: [&str; 4] = ["total", "content", "style", "tv"];
+
+/// Gram matrix of `features` [1,C,h,w]: unnormalised, or divided by C·h·w.
+pub fn gram(features: &Tensor, normalise: bool) -> Result<Tensor> {
+    let size = features.size();
+    let [1, c, h, w] = size[..] else {
+        return Err(EngineError::param("features", format!("expected [1,C,H,W], got {size:?}")));
+    };
+    // NHWC view of a channels-last tensor: [h·w, C] with no copy.
+    let flat = features.f_permute([0, 2, 3, 1])?.f_reshape([h * w, c])?;
+    let g = flat.f_transpose(0, 1)?.f_matmul(&flat)?;
+    if normalise {
+        return Ok(g.f_div_scalar((c * h * w) as f64)?);
+    }
+    Ok(g)
+}
+
+/// Σ(Δx² + Δy²)^exponent over the (H-1)×(W-1) grid, per channel.
+pub fn total_variation(image: &Tensor, exponent: f64) -> Result<Tensor> {
+    let size = image.size();
+    let [_, _, h, w] = size[..] else {
+        return Err(EngineError::param("image", format!("expected [N,C,H,W], got {size:?}")));
+    };
+    if h < 2 || w < 2 {
+        return Ok(Tensor::zeros([], (image.kind(), image.device())));
+    }
+    let corner = image.f_narrow(2, 0, h - 1)?.f_narrow(3, 0, w - 1)?;
+    let down = image.f_narrow(2, 1, h - 1)?.f_narrow(3, 0, w - 1)?;
+    let right = image.f_narrow(2, 0, h - 1)?.f_narrow(3, 1, w - 1)?;
+    let sum_sq = (&corner - down).f_square()?.f_add(&(&corner - right).f_square()?)?;
+    let terms = if exponent == 1.0 { sum_sq } else { sum_sq.f_pow_tensor_scalar(exponent)? };
+    Ok(terms.f_sum(image.kind())?)
+}
+
+/// The objective of one scale of one job.
+pub struct StyleObjective {
+    model: Vgg16,
+    /// Every layer the losses read, sorted, without repeats.
+    layers: Vec<LayerId>,
+    content: Vec<(usize, Tensor)>,
+    style: Vec<(usize, Tensor, f64)>,
+    content_weight: f64,
+    content_loss: ContentLoss,
+    style_loss: StyleLoss,
+    tv_weight: f64,
+    tv_exponent: f64,
+    height: i64,
+    width: i64,
+}
+
+impl StyleObjective {
+    /// `content` and each of `styles` are [1,3,h,w] in network units; `blend` sums to 1.
+    pub fn new(model: Vgg16, params: &RenderParams, content: &Tensor, styles: &[Tensor], blend: &[f64]) -> Result<StyleObjective> {
+        let mut layers: Vec<LayerId> = params.content_layers.iter().chain(&params.style_layers).copied().collect();
+        layers.sort();
+        layers.dedup();
+        let slot = |l: &LayerId| layers.iter().position(|x| x == l).expect("collected above");
+        let normalise = params.style_loss == StyleLoss::Mse;
+        let (content_targets, style_targets) = tch::no_grad(|| -> Result<_> {
+            let features = model.forward(content, &layers)?;
+            let content_targets: Vec<(usize, Tensor)> =
+                params.content_layers.iter().map(|l| (slot(l), features[slot(l)].detach())).collect();
+            let mut grams: Vec<Option<Tensor>> = params.style_layers.iter().map(|_| None).collect();
+            for (style, &weight) in styles.iter().zip(blend) {
+                let features = model.forward(style, &params.style_layers)?;
+                for (acc, f) in grams.iter_mut().zip(&features) {
+                    let g = gram(f, normalise)?.f_mul_scalar(weight)?;
+                    *acc = Some(match acc.take() {
+                        Some(sum) => sum + g,
+                        None => g,
+                    });
+                }
+            }
+            let weights = params.style_layer_effective_weights();
+            let style_targets = params
+                .style_layers
+                .iter()
+                .zip(grams)
+                .zip(weights)
+                .map(|((l, g), w)| (slot(l), g.expect("at least one style"), w))
+                .collect::<Vec<_>>();
+            Ok((content_targets, style_targets))
+        })?;
+        let size = content.size();
+        Ok(StyleObjective {
+            model,
+            layers,
+            content: content_targets,
+            style: style_targets,
+            content_weight: params.content_weight,
+            content_loss: params.content_loss,
+            style_loss: params.style_loss,
+            tv_weight: params.tv_weight,
+            tv_exponent: params.tv_exponent,
+            height: size[2],
+            width: size[3],
+        })
+    }
+
+    pub fn height(&self) -> i64 {
+        self.height
+    }
+
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+
+    /// The `[1,3,H,W]` channels-last view of a flat NHWC vector.
+    pub fn image_view(&self, flat: &Tensor) -> Result<Tensor> {
+        Ok(flat.f_view([1, self.height, self.width, 3])?.f_permute([0, 3, 1, 2])?)
+    }
+
+    /// A `[1,3,H,W]` image as the flat NHWC vector the optimiser works on.
+    pub fn flatten(image: &Tensor) -> Result<Tensor> {
+        Ok(image.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_view([-1])?)
+    }
+
+    /// [total, content, style, tv] as a 1-D tensor (differentiable).
+    pub fn losses(&self, image: &Tensor) -> Result<Tensor> {
+        let features = self.model.forward(image, &self.layers)?;
+        let zero = || Tensor::zeros([], (image.kind(), image.device()));
+        let mut content = zero();
+        for (slot, target) in &self.content {
+            let diff_sq = features[*slot].f_sub(target)?.f_square()?;
+            let term = match self.content_loss {
+                ContentLoss::Sum => diff_sq.f_sum(image.kind())?,
+                ContentLoss::Mse => diff_sq.f_mean(image.kind())?,
+            };
+            content = content + term;
+        }
+        let content = content * self.content_weight;
+        let pixels = (self.height * self.width) as f64;
+        let mut style = zero();
+        for (slot, target, weight) in &self.style {
+            let g = gram(&features[*slot], self.style_loss == StyleLoss::Mse)?;
+            let diff_sq = g.f_sub(target)?.f_square()?;
+            let term = match self.style_loss {
+                StyleLoss::Keras => diff_sq.f_sum(image.kind())?.f_div_scalar(4.0 * 9.0 * pixels * pixels)?,
+                StyleLoss::Mse => diff_sq.f_mean(image.kind())?,
+            };
+            style = style + term * *weight;
+        }
+        let tv = if self.tv_weight == 0.0 { zero() } else { total_variation(image, self.tv_exponent)? * self.tv_weight };
+        let total = &content + &style + &tv;
+        Ok(Tensor::f_stack(&[total, content, style, tv], 0)?)
+    }
+}
+
+impl Objective for StyleObjective {
+    fn evaluate(&mut self, x: &Tensor) -> Result<Evaluation> {
+        let leaf = x.detach().set_requires_grad(true);
+        let values = self.losses(&self.image_view(&leaf)?)?;
+        values.get(0).f_backward()?;
+        let grad = leaf.grad();
+        if !grad.defined() {
+            return Err(EngineError::param("loss", "no gradient reached the image (all weights zero?)"));
+        }
+        Ok(Evaluation { values: values.detach(), grad })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn gram_matches_the_definition() {
+        let f = Tensor::randn([1, 4, 3, 5], (Kind::Double, Device::Cpu));
+        let g = gram(&crate::vgg::channels_last(&f), false).unwrap();
+        let flat = f.view([4, 15]);
+        let expect = flat.matmul(&flat.transpose(0, 1));
+        assert!(f64::try_from((g - expect).abs().max()).unwrap() < 1e-12);
+    }
+
+    #[test]
+    fn total_variation_of_a_ramp() {
+        // x[i,j] = j: Δx = 0, Δy = 1 on every one of (H-1)(W-1) cells per channel.
+        let img = Tensor::arange(4, (Kind::Double, Device::Cpu)).view([1, 1, 1, 4]).expand([1, 2, 3, 4], true);
+        let tv = f64::try_from(total_variation(&img, 1.25).unwrap()).unwrap();
+        assert!((tv - 2.0 * 2.0 * 3.0).abs() < 1e-12, "{tv}");
+    }
+}

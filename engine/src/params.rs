@@ -1,0 +1,426 @@
+//! Every knob of a render job, the two presets, and validation at the edge.
+//!
+//! A job starts from a preset (`keras`, `gatys`) and overrides any field. Validation
+//! names the field and its limit; the engine never sees an invalid job.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::vgg::{LayerId, Pooling};
+use crate::weights::WeightsSpec;
+
+/// Long side in pixels: at least one pixel left after VGG's four poolings.
+pub const MIN_SIZE: u32 = 16;
+/// Long side in pixels: 8192² is 67 megapixels, ~40 GB of activations.
+pub const MAX_SIZE: u32 = 8192;
+pub const MAX_ITERATIONS: u32 = 100_000;
+pub const MAX_HISTORY: usize = 1000;
+pub const MAX_STYLES: usize = 16;
+pub const STYLE_SCALE_RANGE: (f64, f64) = (0.05, 8.0);
+pub const MAX_SCALES: u32 = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The original Keras recipe this project comes from.
+    Keras,
+    /// The classic neural-style (Gatys et al., jcjohnson/neural-style) defaults.
+    Gatys,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Preset> {
+        match s {
+            "keras" => Ok(Preset::Keras),
+            "gatys" => Ok(Preset::Gatys),
+            other => Err(EngineError::param("preset", format!("`{other}` is not one of keras, gatys"))),
+        }
+    }
+}
+
+/// How content features are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentLoss {
+    /// Σ(F−P)² (Keras).
+    Sum,
+    /// mean((F−P)²) (neural-style).
+    Mse,
+}
+
+/// How style Gram matrices are normalised and compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StyleLoss {
+    /// Unnormalised Gram, Σ(G−A)² / (4·3²·(H·W)²) with H·W the image's pixel count (Keras).
+    Keras,
+    /// Gram / (C·H·W) of the layer, mean((G−A)²) (neural-style).
+    Mse,
+}
+
+/// What `style_weight` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StyleWeighting {
+    /// The total, split equally between style layers (Keras).
+    Split,
+    /// Every style layer gets the full weight (neural-style).
+    PerLayer,
+}
+
+/// How the style image is sized before its features are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StyleResize {
+    /// Exactly the content's height × width, times `style_scale` (Keras).
+    ContentSize,
+    /// Aspect kept, long side = `size` × `style_scale` (neural-style).
+    LongSide,
+}
+
+/// Where the optimisation starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    Content,
+    /// Gaussian noise, std 0.001 in network units, from `seed`.
+    Random,
+    /// Another image, resized to the content's size.
+    Image(PathBuf),
+}
+
+impl Init {
+    pub fn parse(text: &str) -> Init {
+        match text {
+            "content" => Init::Content,
+            "random" => Init::Random,
+            path => Init::Image(PathBuf::from(path.strip_prefix("image:").unwrap_or(path))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    /// `torch.optim.LBFGS` semantics; one iteration = one L-BFGS iteration.
+    Lbfgs {
+        lr: f64,
+        history_size: usize,
+        tolerance_grad: f64,
+        tolerance_change: f64,
+        strong_wolfe: bool,
+    },
+    /// `torch.optim.Adam` semantics; one iteration = one step.
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
+}
+
+impl Optimizer {
+    pub fn lbfgs_default() -> Optimizer {
+        // tolerances -1 as neural-style does: run the iterations asked for.
+        Optimizer::Lbfgs { lr: 1.0, history_size: 100, tolerance_grad: -1.0, tolerance_change: -1.0, strong_wolfe: false }
+    }
+
+    pub fn adam_default() -> Optimizer {
+        Optimizer::Adam { lr: 10.0, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+}
+
+/// A whole render job, as the engine runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenderParams {
+    pub preset: Preset,
+    /// Long side of the output in pixels.
+    pub size: u32,
+    /// Iterations at the finest scale (and at each coarser scale unless `scale_iterations`).
+    pub iterations: u32,
+    pub content_layers: Vec<LayerId>,
+    pub content_weight: f64,
+    pub content_loss: ContentLoss,
+    pub style_layers: Vec<LayerId>,
+    pub style_weight: f64,
+    pub style_weighting: StyleWeighting,
+    /// Relative per-layer multipliers (same length as `style_layers`), default all 1.
+    pub style_layer_weights: Vec<f64>,
+    pub style_loss: StyleLoss,
+    pub style_resize: StyleResize,
+    pub style_scale: f64,
+    /// Blend weights for several style images (normalised to sum 1); empty = equal.
+    pub style_blend_weights: Vec<f64>,
+    pub tv_weight: f64,
+    /// The TV term is Σ(Δx² + Δy²)^tv_exponent: 1.25 in Keras, 1 (squared TV) in neural-style.
+    pub tv_exponent: f64,
+    pub init: Init,
+    pub seed: u64,
+    pub pooling: Pooling,
+    /// Luminance-only transfer: the output keeps the content's colours.
+    pub preserve_colors: bool,
+    /// Coarse-to-fine: number of scales (1 = single scale), each twice the last.
+    pub scales: u32,
+    /// Iterations per coarser scale (coarsest first); empty = `iterations` each.
+    pub scale_iterations: Vec<u32>,
+    pub optimizer: Optimizer,
+    /// Save a snapshot every N iterations (0 = none); also frames of the animation.
+    pub snapshot_every: u32,
+    pub weights: WeightsSpec,
+    /// Overrides the weights file's own normalisation metadata (`caffe`, `torchvision`).
+    pub normalization: Option<String>,
+}
+
+fn layers(names: &[&str]) -> Vec<LayerId> {
+    names.iter().map(|n| LayerId::parse(n).expect("preset layer names are valid")).collect()
+}
+
+impl RenderParams {
+    pub fn preset(preset: Preset) -> RenderParams {
+        let style_layers = layers(&["block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1"]);
+        let base = RenderParams {
+            preset,
+            size: 512,
+            iterations: 500,
+            content_layers: layers(&["block5_conv2"]),
+            content_weight: 0.025,
+            content_loss: ContentLoss::Sum,
+            style_layer_weights: vec![1.0; style_layers.len()],
+            style_layers,
+            style_weight: 1.0,
+            style_weighting: StyleWeighting::Split,
+            style_loss: StyleLoss::Keras,
+            style_resize: StyleResize::ContentSize,
+            style_scale: 1.0,
+            style_blend_weights: Vec::new(),
+            tv_weight: 1.0,
+            tv_exponent: 1.25,
+            init: Init::Content,
+            seed: 0,
+            pooling: Pooling::Max,
+            preserve_colors: false,
+            scales: 1,
+            scale_iterations: Vec::new(),
+            optimizer: Optimizer::lbfgs_default(),
+            snapshot_every: 0,
+            weights: WeightsSpec::Default,
+            normalization: None,
+        };
+        match preset {
+            Preset::Keras => base,
+            Preset::Gatys => RenderParams {
+                content_layers: layers(&["relu4_2"]),
+                content_weight: 5.0,
+                content_loss: ContentLoss::Mse,
+                style_weight: 100.0,
+                style_weighting: StyleWeighting::PerLayer,
+                style_loss: StyleLoss::Mse,
+                style_resize: StyleResize::LongSide,
+                tv_weight: 1e-3,
+                tv_exponent: 1.0,
+                init: Init::Random,
+                ..base
+            },
+        }
+    }
+
+    /// Effective weight of each style layer.
+    pub fn style_layer_effective_weights(&self) -> Vec<f64> {
+        let per_layer = match self.style_weighting {
+            StyleWeighting::Split => self.style_weight / self.style_layers.len().max(1) as f64,
+            StyleWeighting::PerLayer => self.style_weight,
+        };
+        self.style_layer_weights.iter().map(|w| w * per_layer).collect()
+    }
+
+    /// Blend weights normalised to sum 1 for `count` style images.
+    pub fn blend_weights(&self, count: usize) -> Vec<f64> {
+        if self.style_blend_weights.is_empty() {
+            return vec![1.0 / count as f64; count];
+        }
+        let sum: f64 = self.style_blend_weights.iter().sum();
+        self.style_blend_weights.iter().map(|w| w / sum).collect()
+    }
+
+    /// The long side of every scale, coarsest first.
+    pub fn scale_sizes(&self) -> Vec<u32> {
+        (0..self.scales).rev().map(|k| (self.size >> k).max(1)).collect()
+    }
+
+    pub fn iterations_at(&self, scale_index: usize) -> u32 {
+        let last = self.scales as usize - 1;
+        if scale_index == last {
+            return self.iterations;
+        }
+        self.scale_iterations.get(scale_index).copied().unwrap_or(self.iterations)
+    }
+
+    /// Deepest convolution any loss needs (the model is built up to it).
+    pub fn depth(&self) -> usize {
+        self.content_layers.iter().chain(&self.style_layers).map(|l| l.index() + 1).max().unwrap_or(1)
+    }
+
+    /// Checks every field against its limits; `style_count` images were given.
+    pub fn validate(&self, style_count: usize) -> Result<()> {
+        range_u32("size", self.size, MIN_SIZE, MAX_SIZE, "pixels on the long side")?;
+        range_u32("iterations", self.iterations, 1, MAX_ITERATIONS, "")?;
+        range_u32("scales", self.scales, 1, MAX_SCALES, "")?;
+        let coarsest = self.size >> (self.scales - 1);
+        if coarsest < MIN_SIZE {
+            return Err(EngineError::param(
+                "scales",
+                format!("{} scales from size {} make a coarsest scale of {coarsest} px, below the minimum {MIN_SIZE}", self.scales, self.size),
+            ));
+        }
+        if self.scale_iterations.len() > self.scales as usize - 1 {
+            return Err(EngineError::param(
+                "scale_iterations",
+                format!("{} values given for {} coarser scales", self.scale_iterations.len(), self.scales - 1),
+            ));
+        }
+        for (i, &n) in self.scale_iterations.iter().enumerate() {
+            range_u32(&format!("scale_iterations[{i}]"), n, 1, MAX_ITERATIONS, "")?;
+        }
+        if style_count == 0 {
+            return Err(EngineError::param("style", "at least one style image is required"));
+        }
+        if style_count > MAX_STYLES {
+            return Err(EngineError::param("style", format!("{style_count} style images given, the limit is {MAX_STYLES}")));
+        }
+        non_negative("content_weight", self.content_weight)?;
+        non_negative("style_weight", self.style_weight)?;
+        non_negative("tv_weight", self.tv_weight)?;
+        if !(self.tv_exponent.is_finite() && (0.5..=4.0).contains(&self.tv_exponent)) {
+            return Err(EngineError::param("tv_exponent", format!("{} is outside 0.5..=4", self.tv_exponent)));
+        }
+        if self.style_layers.is_empty() {
+            return Err(EngineError::param("style_layers", "at least one style layer is required"));
+        }
+        if self.style_layer_weights.len() != self.style_layers.len() {
+            return Err(EngineError::param(
+                "style_layer_weights",
+                format!("{} weights for {} style layers", self.style_layer_weights.len(), self.style_layers.len()),
+            ));
+        }
+        for (i, &w) in self.style_layer_weights.iter().enumerate() {
+            non_negative(&format!("style_layer_weights[{i}]"), w)?;
+        }
+        let (lo, hi) = STYLE_SCALE_RANGE;
+        if !(self.style_scale.is_finite() && (lo..=hi).contains(&self.style_scale)) {
+            return Err(EngineError::param("style_scale", format!("{} is outside {lo}..={hi}", self.style_scale)));
+        }
+        if !self.style_blend_weights.is_empty() {
+            if self.style_blend_weights.len() != style_count {
+                return Err(EngineError::param(
+                    "style_blend_weights",
+                    format!("{} weights for {style_count} style images", self.style_blend_weights.len()),
+                ));
+            }
+            for (i, &w) in self.style_blend_weights.iter().enumerate() {
+                non_negative(&format!("style_blend_weights[{i}]"), w)?;
+            }
+            if self.style_blend_weights.iter().sum::<f64>() <= 0.0 {
+                return Err(EngineError::param("style_blend_weights", "must not all be zero"));
+            }
+        }
+        match &self.optimizer {
+            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, .. } => {
+                positive("optimizer.lr", *lr)?;
+                if *history_size == 0 || *history_size > MAX_HISTORY {
+                    return Err(EngineError::param("optimizer.history_size", format!("{history_size} is outside 1..={MAX_HISTORY}")));
+                }
+                finite("optimizer.tolerance_grad", *tolerance_grad)?;
+                finite("optimizer.tolerance_change", *tolerance_change)?;
+            }
+            Optimizer::Adam { lr, beta1, beta2, eps } => {
+                positive("optimizer.lr", *lr)?;
+                for (field, beta) in [("optimizer.beta1", beta1), ("optimizer.beta2", beta2)] {
+                    if !(beta.is_finite() && (0.0..1.0).contains(beta)) {
+                        return Err(EngineError::param(field, format!("{beta} is outside 0..1")));
+                    }
+                }
+                positive("optimizer.eps", *eps)?;
+            }
+        }
+        if let Some(name) = &self.normalization {
+            crate::weights::Normalization::parse(name)?;
+        }
+        Ok(())
+    }
+}
+
+fn range_u32(field: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<()> {
+    if value < min || value > max {
+        let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+        return Err(EngineError::param(field, format!("{value} is outside the limits {min}..={max}{unit}")));
+    }
+    Ok(())
+}
+
+fn finite(field: &str, value: f64) -> Result<()> {
+    if !value.is_finite() {
+        return Err(EngineError::param(field, format!("{value} is not a finite number")));
+    }
+    Ok(())
+}
+
+fn non_negative(field: &str, value: f64) -> Result<()> {
+    finite(field, value)?;
+    if value < 0.0 {
+        return Err(EngineError::param(field, format!("{value} is negative; the limit is >= 0")));
+    }
+    Ok(())
+}
+
+fn positive(field: &str, value: f64) -> Result<()> {
+    finite(field, value)?;
+    if value <= 0.0 {
+        return Err(EngineError::param(field, format!("{value} must be > 0")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_follow_their_recipes() {
+        let k = RenderParams::preset(Preset::Keras);
+        assert_eq!(k.content_layers[0].to_string(), "block5_conv2");
+        assert_eq!(k.style_layer_effective_weights(), vec![0.2; 5]);
+        assert_eq!(k.depth(), 12);
+        let g = RenderParams::preset(Preset::Gatys);
+        assert_eq!(g.style_layer_effective_weights(), vec![100.0; 5]);
+        assert_eq!(g.depth(), 11);
+        assert!(k.validate(1).is_ok() && g.validate(2).is_ok());
+    }
+
+    #[test]
+    fn limits_name_the_field() {
+        let mut p = RenderParams::preset(Preset::Keras);
+        p.size = 0;
+        let e = p.validate(1).unwrap_err().to_string();
+        assert!(e.contains("`size`") && e.contains("16..=8192"), "{e}");
+        p.size = 100_000;
+        assert!(p.validate(1).unwrap_err().to_string().contains("`size`"));
+        p.size = 64;
+        p.scales = 4;
+        assert!(p.validate(1).unwrap_err().to_string().contains("`scales`"));
+        p.scales = 1;
+        p.style_weight = f64::NAN;
+        assert!(p.validate(1).unwrap_err().to_string().contains("`style_weight`"));
+        p.style_weight = 1.0;
+        p.style_blend_weights = vec![1.0];
+        assert!(p.validate(2).unwrap_err().to_string().contains("`style_blend_weights`"));
+        assert!(p.validate(0).is_err());
+    }
+
+    #[test]
+    fn scales_go_coarse_to_fine() {
+        let mut p = RenderParams::preset(Preset::Gatys);
+        p.size = 1024;
+        p.scales = 3;
+        p.scale_iterations = vec![300, 200];
+        assert_eq!(p.scale_sizes(), vec![256, 512, 1024]);
+        assert_eq!((p.iterations_at(0), p.iterations_at(1), p.iterations_at(2)), (300, 200, 500));
+    }
+}

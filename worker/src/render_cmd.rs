@@ -1,0 +1,97 @@
+//! `stylefarm-worker render`: one job from local files, progress on stderr.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use stylefarm_engine::device::{describe, parse_device};
+use stylefarm_engine::render::{render, write_outputs, OutputPaths, Progress, RenderInputs};
+use stylefarm_engine::trace::TraceRow;
+
+use crate::cli::RenderArgs;
+
+/// Prints a line every `every` iterations (and the first and last of each scale).
+struct StderrProgress {
+    every: u32,
+    iterations: Vec<u32>,
+    scales: usize,
+    started: Instant,
+    last_scale: Option<u32>,
+    scale_started_ms: f64,
+}
+
+impl Progress for StderrProgress {
+    fn on_row(&mut self, row: &TraceRow) {
+        if self.last_scale != Some(row.scale) {
+            self.last_scale = Some(row.scale);
+            self.scale_started_ms = row.elapsed_ms;
+        }
+        let total = self.iterations[row.scale as usize];
+        let show = row.iteration == 0 || row.iteration == total || (self.every > 0 && row.iteration % self.every == 0);
+        if !show {
+            return;
+        }
+        let per_iter = if row.iteration > 0 { (row.elapsed_ms - self.scale_started_ms) / row.iteration as f64 } else { 0.0 };
+        let eta_s = per_iter * (total - row.iteration) as f64 / 1e3;
+        eprintln!(
+            "[scale {}/{} {}px] iter {:>5}/{} loss {:.4e} (content {:.3e} style {:.3e} tv {:.3e}) {:.0} ms/iter, ETA {:.0}s, {:.1}s elapsed",
+            row.scale + 1,
+            self.scales,
+            row.size,
+            row.iteration,
+            total,
+            row.total,
+            row.content,
+            row.style,
+            row.tv,
+            per_iter,
+            eta_s,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+pub fn run(args: &RenderArgs) -> Result<()> {
+    let params = args.to_params()?;
+    if let Some(threads) = args.threads {
+        if threads < 1 {
+            anyhow::bail!("invalid parameter `threads`: {threads} must be >= 1");
+        }
+        tch::set_num_threads(threads);
+    }
+    let device = parse_device(&args.device)?;
+    tracing::info!(device = %describe(device), preset = ?params.preset, size = params.size, iterations = params.iterations, "render");
+    let inputs = RenderInputs { content: args.content.clone(), styles: args.style.clone() };
+    let mut progress = StderrProgress {
+        every: args.progress_every,
+        iterations: (0..params.scales as usize).map(|i| params.iterations_at(i)).collect(),
+        scales: params.scales as usize,
+        started: Instant::now(),
+        last_scale: None,
+        scale_started_ms: 0.0,
+    };
+    let out = render(&inputs, &params, device, &mut progress)?;
+    write_outputs(
+        &out,
+        &OutputPaths {
+            image: &args.output,
+            trace: args.trace.as_deref(),
+            snapshots: args.snapshots.as_deref(),
+            animation: args.animation.as_deref(),
+            metadata: args.metadata.as_deref(),
+        },
+    )?;
+    let m = &out.metadata;
+    eprintln!(
+        "done: {} ({}x{}) loss {:.4e} -> {:.4e} in {} iterations, {:.1}s ({:.1} ms/iter) on {}",
+        args.output.display(),
+        m.output_width,
+        m.output_height,
+        m.initial_loss,
+        m.final_loss,
+        m.iterations_run,
+        m.timings.total_ms / 1e3,
+        m.timings.ms_per_iteration,
+        m.device
+    );
+    Ok(())
+}
