@@ -112,6 +112,9 @@ pub enum Optimizer {
         tolerance_grad: f64,
         tolerance_change: f64,
         strong_wolfe: bool,
+        /// Function-evaluation budget; `None` = PyTorch's default, iterations × 5/4.
+        #[serde(default)]
+        max_evaluations: Option<u32>,
     },
     /// `torch.optim.Adam` semantics; one iteration = one step.
     Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
@@ -120,7 +123,27 @@ pub enum Optimizer {
 impl Optimizer {
     pub fn lbfgs_default() -> Optimizer {
         // tolerances -1 as neural-style does: run the iterations asked for.
-        Optimizer::Lbfgs { lr: 1.0, history_size: 100, tolerance_grad: -1.0, tolerance_change: -1.0, strong_wolfe: false }
+        Optimizer::Lbfgs {
+            lr: 1.0,
+            history_size: 100,
+            tolerance_grad: -1.0,
+            tolerance_change: -1.0,
+            strong_wolfe: false,
+            max_evaluations: None,
+        }
+    }
+
+    /// What the Keras recipe's `scipy.optimize.fmin_l_bfgs_b` amounts to: 10
+    /// corrections and a line search (strong Wolfe here).
+    pub fn lbfgs_keras() -> Optimizer {
+        Optimizer::Lbfgs {
+            lr: 1.0,
+            history_size: 10,
+            tolerance_grad: -1.0,
+            tolerance_change: -1.0,
+            strong_wolfe: true,
+            max_evaluations: None,
+        }
     }
 
     pub fn adam_default() -> Optimizer {
@@ -199,7 +222,7 @@ impl RenderParams {
             preserve_colors: false,
             scales: 1,
             scale_iterations: Vec::new(),
-            optimizer: Optimizer::lbfgs_default(),
+            optimizer: Optimizer::lbfgs_keras(),
             snapshot_every: 0,
             weights: WeightsSpec::Default,
             normalization: None,
@@ -217,6 +240,7 @@ impl RenderParams {
                 tv_weight: 1e-3,
                 tv_exponent: 1.0,
                 init: Init::Random,
+                optimizer: Optimizer::lbfgs_default(),
                 ..base
             },
         }
@@ -322,8 +346,11 @@ impl RenderParams {
             }
         }
         match &self.optimizer {
-            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, .. } => {
+            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, max_evaluations, .. } => {
                 positive("optimizer.lr", *lr)?;
+                if let Some(n) = max_evaluations {
+                    range_u32("optimizer.max_evaluations", *n, 1, MAX_ITERATIONS.saturating_mul(30), "")?;
+                }
                 if *history_size == 0 || *history_size > MAX_HISTORY {
                     return Err(EngineError::param("optimizer.history_size", format!("{history_size} is outside 1..={MAX_HISTORY}")));
                 }

@@ -289,8 +289,11 @@ pub fn render_loaded(
 
 fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor) -> AnyOptimizer {
     match *optimizer {
-        Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe } => {
+        Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations } => {
             let mut cfg = LbfgsConfig::new(iterations);
+            if let Some(n) = max_evaluations {
+                cfg.max_eval = n;
+            }
             cfg.lr = lr;
             cfg.history_size = history_size;
             cfg.tolerance_grad = tolerance_grad;

@@ -152,6 +152,9 @@ pub struct RenderArgs {
     /// none or strong_wolfe.
     #[arg(long)]
     pub line_search: Option<String>,
+    /// L-BFGS function-evaluation budget (default iterations × 5/4, as PyTorch).
+    #[arg(long)]
+    pub max_evaluations: Option<u32>,
     #[arg(long)]
     pub beta1: Option<f64>,
     #[arg(long)]
@@ -240,7 +243,8 @@ impl RenderArgs {
             };
         }
         match &mut p.optimizer {
-            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe } => {
+            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations } => {
+                if let Some(v) = self.max_evaluations { *max_evaluations = Some(v); }
                 if let Some(v) = self.lr { *lr = v; }
                 if let Some(v) = self.history_size { *history_size = v; }
                 if let Some(v) = self.tolerance_grad { *tolerance_grad = v; }

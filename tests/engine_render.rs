@@ -1,0 +1,113 @@
+//! Whole renders with the real weights on CPU.
+
+use anyhow::Result;
+use stylefarm_engine::image_io::{decode_rgb, rgb_to_yiq, to_tensor};
+use stylefarm_engine::params::{Init, Optimizer, Preset, RenderParams};
+use stylefarm_engine::render::{render, write_outputs, OutputPaths, RenderInputs, RenderOutput, Silent};
+use stylefarm_engine::trace::read_jsonl;
+use stylefarm_tests::sample;
+use tch::{Device, Kind};
+
+fn inputs(styles: &[&str]) -> RenderInputs {
+    RenderInputs { content: sample("chelsea.png"), styles: styles.iter().map(|s| sample(s)).collect() }
+}
+
+fn run(params: &RenderParams, styles: &[&str]) -> RenderOutput {
+    render(&inputs(styles), params, Device::Cpu, &mut Silent).expect("render")
+}
+
+#[test]
+fn keras_128px_50_iterations_halves_the_loss_and_writes_valid_outputs() -> Result<()> {
+    let params = RenderParams { size: 128, iterations: 50, snapshot_every: 10, ..RenderParams::preset(Preset::Keras) };
+    let out = run(&params, &["hubble_deep_field.jpg"]);
+    let first = out.trace.first().unwrap().total;
+    let last = out.trace.last().unwrap().total;
+    assert!(last < 0.5 * first, "loss {first:e} -> {last:e}");
+    assert_eq!(out.trace.len(), 51, "rows for iterations 0..=50");
+    assert_eq!(out.trace[0].iteration, 0);
+    assert!(out.trace.windows(2).all(|w| w[1].elapsed_ms >= w[0].elapsed_ms));
+
+    let dir = tempfile::tempdir()?;
+    let (png, trace, gif, meta, snaps) = (
+        dir.path().join("out.png"),
+        dir.path().join("trace.jsonl"),
+        dir.path().join("progress.gif"),
+        dir.path().join("metadata.json"),
+        dir.path().join("snapshots"),
+    );
+    write_outputs(&out, &OutputPaths { image: &png, trace: Some(&trace), snapshots: Some(&snaps), animation: Some(&gif), metadata: Some(&meta) })?;
+    let decoded = decode_rgb(&std::fs::read(&png)?).map_err(anyhow::Error::msg)?;
+    assert_eq!((decoded.width(), decoded.height()), (128, 85));
+    let rows = read_jsonl(&trace).map_err(anyhow::Error::msg)?;
+    assert_eq!(rows, out.trace);
+    let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(std::fs::File::open(&gif)?))?;
+    use image::AnimationDecoder;
+    assert_eq!(frames.into_frames().count(), 6, "iterations 0,10,..,50");
+    assert_eq!(std::fs::read_dir(&snaps)?.count(), 6);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta)?)?;
+    assert_eq!(meta["weights_sha256"], stylefarm_engine::weights::DEFAULT_WEIGHTS_SHA256);
+    assert_eq!(meta["params"]["preset"], "keras");
+    assert!(meta["timings"]["ms_per_iteration"].as_f64().unwrap() > 0.0);
+    assert!(meta["device"].as_str().unwrap().starts_with("cpu"));
+    Ok(())
+}
+
+#[test]
+fn same_seed_same_output_other_seed_differs() {
+    let params = RenderParams { size: 48, iterations: 8, seed: 7, ..RenderParams::preset(Preset::Gatys) };
+    assert_eq!(params.init, Init::Random);
+    let a = run(&params, &["gravel.png"]);
+    let b = run(&params, &["gravel.png"]);
+    assert_eq!(a.image, b.image, "same seed, same pixels");
+    assert_eq!(a.trace.iter().map(|r| r.total).collect::<Vec<_>>(), b.trace.iter().map(|r| r.total).collect::<Vec<_>>());
+    let c = run(&RenderParams { seed: 8, ..params }, &["gravel.png"]);
+    assert_ne!(a.image, c.image, "another seed, other pixels");
+}
+
+#[test]
+fn preserve_colors_keeps_the_content_chrominance() {
+    let params = RenderParams { size: 64, iterations: 10, preserve_colors: true, ..RenderParams::preset(Preset::Keras) };
+    let out = run(&params, &["hubble_deep_field.jpg"]);
+    let plain = run(&RenderParams { preserve_colors: false, ..params }, &["hubble_deep_field.jpg"]);
+    let content = stylefarm_engine::image_io::load_rgb(&sample("chelsea.png"), "c").unwrap();
+    let content = stylefarm_engine::image_io::resize(&content, out.image.width(), out.image.height());
+    let iq = |img: &image::RgbImage| rgb_to_yiq(&to_tensor(img, Kind::Float, Device::Cpu)).narrow(1, 1, 2);
+    let kept = f64::try_from((iq(&out.image) - iq(&content)).abs().mean(Kind::Float)).unwrap();
+    let changed = f64::try_from((iq(&plain.image) - iq(&content)).abs().mean(Kind::Float)).unwrap();
+    assert!(kept < 0.01, "chrominance error with preserve_colors: {kept}");
+    assert!(changed > 2.0 * kept, "without it the colours move: {changed} vs {kept}");
+}
+
+#[test]
+fn coarse_to_fine_runs_every_scale_and_ends_at_full_size() {
+    let params = RenderParams { size: 96, iterations: 6, scales: 2, scale_iterations: vec![30], ..RenderParams::preset(Preset::Gatys) };
+    let out = run(&params, &["gravel.png"]);
+    assert_eq!(out.image.width().max(out.image.height()), 96);
+    let scales: Vec<(u32, u32)> = out.trace.iter().map(|r| (r.scale, r.size)).collect();
+    assert_eq!(scales.iter().filter(|s| s.0 == 0).count(), 31);
+    assert_eq!(scales.iter().filter(|s| **s == (1, 96)).count(), 7);
+    assert_eq!(out.trace.first().unwrap().size, 48);
+    let coarse_end = out.trace.iter().filter(|r| r.scale == 0).last().unwrap().total;
+    assert!(coarse_end < 0.5 * out.trace[0].total, "the coarse scale converged some way");
+    // the fine scale starts from the upsampled coarse result, not from noise: its
+    // first loss is below that of a single-scale run's noise start at the same size
+    let fine_start = out.trace.iter().find(|r| r.scale == 1).unwrap().total;
+    let single = run(&RenderParams { scales: 1, scale_iterations: vec![], iterations: 1, ..params }, &["gravel.png"]);
+    let noise_start = single.trace[0].total;
+    assert_eq!(single.trace[0].size, 96);
+    assert!(fine_start < 0.85 * noise_start, "fine start {fine_start:e} vs noise start {noise_start:e}");
+}
+
+#[test]
+fn adam_and_multiple_styles_reduce_the_loss() {
+    let params = RenderParams {
+        size: 48,
+        iterations: 15,
+        optimizer: Optimizer::adam_default(),
+        style_blend_weights: vec![1.0, 1.0],
+        ..RenderParams::preset(Preset::Keras)
+    };
+    let out = run(&params, &["hubble_deep_field.jpg", "gravel.png"]);
+    assert!(out.trace.last().unwrap().total < out.trace[0].total);
+    assert_eq!(out.metadata.iterations_run, 15);
+}
