@@ -112,7 +112,8 @@ pub enum Optimizer {
         tolerance_grad: f64,
         tolerance_change: f64,
         strong_wolfe: bool,
-        /// Function-evaluation budget; `None` = PyTorch's default, iterations × 5/4.
+        /// Function-evaluation budget; `None` = 1 + iterations × (1, or 10 with the
+        /// line search), so that the iterations asked for run.
         #[serde(default)]
         max_evaluations: Option<u32>,
     },

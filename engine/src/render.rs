@@ -291,9 +291,10 @@ fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor) -> AnyOpt
     match *optimizer {
         Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations } => {
             let mut cfg = LbfgsConfig::new(iterations);
-            if let Some(n) = max_evaluations {
-                cfg.max_eval = n;
-            }
+            // PyTorch's default budget (iterations × 5/4) would cut short a render of
+            // few iterations, or one whose line searches take several evaluations.
+            let per_iteration = if strong_wolfe { 10 } else { 1 };
+            cfg.max_eval = max_evaluations.unwrap_or_else(|| iterations.saturating_mul(per_iteration).saturating_add(1));
             cfg.lr = lr;
             cfg.history_size = history_size;
             cfg.tolerance_grad = tolerance_grad;

@@ -152,7 +152,7 @@ pub struct RenderArgs {
     /// none or strong_wolfe.
     #[arg(long)]
     pub line_search: Option<String>,
-    /// L-BFGS function-evaluation budget (default iterations × 5/4, as PyTorch).
+    /// L-BFGS function-evaluation budget (default 1 + iterations × 1, or × 10 with strong_wolfe).
     #[arg(long)]
     pub max_evaluations: Option<u32>,
     #[arg(long)]

@@ -32,13 +32,15 @@ fn render(extra: &[&str], out: &Path) -> Output {
         style.to_str().unwrap(),
         "--output",
         out.to_str().unwrap(),
-        "--size",
-        "32",
-        "--iterations",
-        "2",
         "--device",
         "cpu",
     ];
+    // small defaults unless the case sets them
+    for (flag, value) in [("--size", "32"), ("--iterations", "2")] {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     worker(&args, &[])
 }
@@ -58,7 +60,8 @@ fn renders_a_png_with_trace_and_metadata() {
     let meta = dir.path().join("m.json");
     let res = render(&["--trace", trace.to_str().unwrap(), "--metadata", meta.to_str().unwrap(), "--preset", "gatys"], &out);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    assert!(String::from_utf8_lossy(&res.stderr).contains("iter     2/2"));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("iter     2/2") && stderr.contains("done:"), "{stderr}");
     assert!(image::open(&out).is_ok());
     assert_eq!(std::fs::read_to_string(&trace).unwrap().lines().count(), 3);
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
@@ -122,7 +125,7 @@ fn sizes_and_knobs_out_of_range_name_the_field_and_limit() {
     assert_fails(&render(&["--iterations", "0"], &out), 2, "`iterations`");
     assert_fails(&render(&["--style-scale", "100"], &out), 2, "`style_scale`");
     assert_fails(&render(&["--style-layers", "relu9_1"], &out), 2, "`style_layers`");
-    assert_fails(&render(&["--content-weight", "-1"], &out), 2, "`content_weight`");
+    assert_fails(&render(&["--content-weight=-1"], &out), 2, "`content_weight`");
     assert_fails(&render(&["--style-blend-weights", "1,2"], &out), 2, "`style_blend_weights`");
     assert_fails(&render(&["--scales", "3"], &out), 2, "`scales`");
     assert_fails(&render(&["--device", "tpu"], &out), 2, "`device`");
