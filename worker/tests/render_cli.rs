@@ -32,11 +32,9 @@ fn render(extra: &[&str], out: &Path) -> Output {
         style.to_str().unwrap(),
         "--output",
         out.to_str().unwrap(),
-        "--device",
-        "cpu",
     ];
     // small defaults unless the case sets them
-    for (flag, value) in [("--size", "32"), ("--iterations", "2")] {
+    for (flag, value) in [("--size", "32"), ("--iterations", "2"), ("--device", "cpu")] {
         if !extra.contains(&flag) {
             args.extend_from_slice(&[flag, value]);
         }
