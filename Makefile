@@ -2,26 +2,29 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup build test bench render-demo clean-cache
+.PHONY: setup build release test bench render-demo
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
 	bash scripts/setup.sh
-	$(CARGO) build --release -p stylefarm-worker
-	./target/release/stylefarm-worker weights fetch
+	$(CARGO) build --workspace --all-targets
+	./target/debug/stylefarm-worker weights fetch
 
 build: setup
 
-## test: every test in the workspace (needs `make setup`, which it runs).
+## test: every test in the workspace (runs `make setup` first).
 test: setup
-	$(CARGO) test --release --workspace -- --test-threads=1
+	$(CARGO) test --workspace
+
+release: setup
+	$(CARGO) build --release -p stylefarm-worker
 
 ## bench: engine vs the in-repo eager PyTorch reference, 256 and 512 px.
-bench: setup
+bench: release
 	./target/release/stylefarm-worker bench --sizes 256,512 --repeats 5
 
 ## render-demo: one local render of the sample images (until `make demo` lands with the farm).
-render-demo: setup
+render-demo: release
 	./target/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/hubble_deep_field.jpg \
 	  --output out/chelsea-hubble.png --size 256 --iterations 100 --preset keras --device auto \
 	  --trace out/chelsea-hubble.trace.jsonl --animation out/chelsea-hubble.gif --metadata out/chelsea-hubble.json

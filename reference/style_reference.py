@@ -10,7 +10,8 @@ Usage (all I/O is safetensors + JSON, so no extra packages are needed):
   python reference/style_reference.py losses   --weights W --inputs IN.safetensors --params P.json --out OUT.json
   python reference/style_reference.py lbfgs-rosenbrock --out OUT.json [--strong-wolfe] [--iterations N]
   python reference/style_reference.py lbfgs-style --weights W --inputs IN --params P.json --iterations N --out OUT.safetensors
-  python reference/style_reference.py bench    --weights W --inputs IN --params P.json --repeats N
+  python reference/style_reference.py bench    --weights W --inputs IN --params P.json --repeats N [--device cuda]
+  python reference/style_reference.py run      --weights W --inputs IN --params P.json --iterations N [--device cuda]
 """
 
 import argparse
@@ -43,8 +44,10 @@ def read_safetensors(path):
     return tensors, meta
 
 
-def write_safetensors(path, tensors):
+def write_safetensors(path, tensors, metadata=None):
     header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = dict(metadata)
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         raw = t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes()
@@ -162,16 +165,56 @@ class Recipe:
         return content + style + tv, content, style, tv
 
 
+class KerasRecipePort:
+    """The Keras recipe ported line for line: every evaluation feeds the batch
+    [content, style, combination] through the whole VGG-16 conv base
+    (`include_top=False`: all 13 convolutions and 5 poolings) and takes the losses
+    from the batch's features, as the original does with one Keras function.
+    Same formulas as Recipe (keras preset), none of the engine's savings."""
+
+    def __init__(self, params, weights, content, styles, dtype=torch.float32):
+        self.p = params
+        self.model = Vgg16Features(weights, 13, params["pooling"]).to(dtype)
+        self.pool5 = nn.MaxPool2d(2, 2) if params["pooling"] == "max" else nn.AvgPool2d(2, 2)
+        self.content, self.style = content, styles[0]
+        self.content_layer = layer_index(params["content_layers"][0])
+        self.style_layers = [layer_index(n) for n in params["style_layers"]]
+        n = len(self.style_layers)
+        per = params["style_weight"] / n if params["style_weighting"] == "split" else params["style_weight"]
+        self.style_weights = [per * w for w in params["style_layer_weights"]]
+
+    def losses(self, x):
+        p = self.p
+        batch = torch.cat([self.content, self.style, x], 0)
+        feats = self.model(batch, list(range(13)))
+        _ = self.pool5(feats[12])  # block5_pool: part of the conv base the recipe builds
+        f = feats[self.content_layer]
+        content = ((f[2] - f[0]) ** 2).sum() * p["content_weight"]
+        hw = x.shape[2] * x.shape[3]
+        style = x.new_zeros(())
+        for i, w in zip(self.style_layers, self.style_weights):
+            s, c = gram(feats[i][1:2], False), gram(feats[i][2:3], False)
+            style = style + ((c - s) ** 2).sum() / (4.0 * 9.0 * hw * hw) * w
+        tv = total_variation(x, p["tv_exponent"]) * p["tv_weight"]
+        return content + style + tv, content, style, tv
+
+
 def load_problem(args, dtype=torch.float32):
+    device = torch.device(getattr(args, "device", "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     weights, _ = read_safetensors(args.weights)
     inputs, _ = read_safetensors(args.inputs)
     with open(args.params) as f:
         params = json.load(f)
-    content = inputs["content"].to(dtype)
-    styles = [inputs[k].to(dtype) for k in sorted(k for k in inputs if k.startswith("style"))]
-    image = inputs.get("image", content).to(dtype)
-    weights = {k: v.to(dtype) for k, v in weights.items()}
-    return Recipe(params, weights, content, styles, dtype), image, params
+    content = inputs["content"].to(device, dtype)
+    styles = [inputs[k].to(device, dtype) for k in sorted(k for k in inputs if k.startswith("style"))]
+    image = inputs.get("image", inputs["content"]).to(device, dtype)
+    weights = {k: v.to(device, dtype) for k, v in weights.items()}
+    kind = KerasRecipePort if getattr(args, "mode", "tuned") == "recipe" else Recipe
+    recipe = kind(params, weights, content, styles, dtype)
+    recipe.model.to(device)
+    return recipe, image, params
 
 
 def cmd_losses(args):
@@ -234,6 +277,41 @@ def cmd_lbfgs_style(args):
     write_safetensors(args.out, out)
 
 
+def cmd_run(args):
+    """A whole render with torch.optim.LBFGS, as the engine's params describe it."""
+    recipe, image, params = load_problem(args)
+    opt_p = params["optimizer"]
+    x = image.clone().requires_grad_(True)
+    budget = opt_p.get("max_evaluations") or 1 + args.iterations * (10 if opt_p["strong_wolfe"] else 1)
+    opt = torch.optim.LBFGS([x], lr=opt_p["lr"], max_iter=args.iterations, max_eval=budget,
+                            history_size=opt_p["history_size"], tolerance_grad=opt_p["tolerance_grad"],
+                            tolerance_change=opt_p["tolerance_change"],
+                            line_search_fn="strong_wolfe" if opt_p["strong_wolfe"] else None)
+    losses = []
+
+    def closure():
+        opt.zero_grad()
+        total = recipe.losses(x)[0]
+        total.backward()
+        losses.append(total.item())
+        return total
+
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    opt.step(closure)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    out = {"seconds": elapsed, "iterations": opt.state[x]["n_iter"], "evaluations": opt.state[x]["func_evals"],
+           "first_loss": losses[0], "last_loss": losses[-1]}
+    if x.is_cuda:
+        out["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
+    print(json.dumps(out))
+
+
 def cmd_bench(args):
     torch.set_grad_enabled(True)
     recipe, image, _ = load_problem(args)
@@ -243,17 +321,17 @@ def cmd_bench(args):
         t0 = time.perf_counter()
         total = recipe.losses(x)[0]
         total.backward()
-        _ = x.grad.sum().item()
+        _ = x.grad.sum().item()  # waits for the device
         if i >= args.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
-    print(json.dumps({"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
+    print(json.dumps({"mode": args.mode, "median_ms": statistics.median(times), "min_ms": min(times), "times_ms": times,
                       "threads": torch.get_num_threads(), "torch": torch.__version__}))
 
 
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ["losses", "lbfgs-style", "bench"]:
+    for name in ["losses", "lbfgs-style", "bench", "run"]:
         s = sub.add_parser(name)
         s.add_argument("--weights", required=True)
         s.add_argument("--inputs", required=True)
@@ -264,6 +342,9 @@ def main():
         s.add_argument("--strong-wolfe", action="store_true")
         s.add_argument("--repeats", type=int, default=5)
         s.add_argument("--warmup", type=int, default=2)
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--mode", choices=["tuned", "recipe"], default="tuned",
+                       help="tuned: truncated VGG, targets computed once; recipe: the Keras recipe as written")
     r = sub.add_parser("lbfgs-rosenbrock")
     r.add_argument("--out", required=True)
     r.add_argument("--iterations", type=int, default=40)
@@ -272,7 +353,7 @@ def main():
     r.add_argument("--strong-wolfe", action="store_true")
     args = ap.parse_args()
     {"losses": cmd_losses, "lbfgs-rosenbrock": cmd_lbfgs_rosenbrock, "lbfgs-style": cmd_lbfgs_style,
-     "bench": cmd_bench}[args.cmd](args)
+     "bench": cmd_bench, "run": cmd_run}[args.cmd](args)
 
 
 if __name__ == "__main__":

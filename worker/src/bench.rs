@@ -1,6 +1,11 @@
 //! `stylefarm-worker bench`: one loss+gradient evaluation of the style objective,
 //! timed for this engine and for the in-repo eager PyTorch reference
-//! (`reference/style_reference.py`) on the same inputs, side by side, with the ratio.
+//! (`reference/style_reference.py`) on the same inputs, side by side, with ratios
+//! against its two forms:
+//!   * `recipe`: the Keras recipe as written, ported to eager PyTorch — every
+//!     evaluation runs [content, style, combination] through the whole conv base;
+//!   * `tuned`: eager PyTorch with the engine's algorithmic savings (truncated VGG,
+//!     targets computed once, frozen weights), in NCHW.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,9 +46,18 @@ pub struct BenchArgs {
     pub python: PathBuf,
     #[arg(long, default_value = "reference/style_reference.py")]
     pub reference: PathBuf,
+    /// Reference forms to time: recipe, tuned (comma-separated; empty = none).
+    #[arg(long, value_delimiter = ',', default_value = "recipe,tuned")]
+    pub modes: Vec<String>,
     /// Skip the PyTorch reference (engine numbers only).
     #[arg(long)]
     pub no_reference: bool,
+    /// Weights: default, a safetensors path, or a URL.
+    #[arg(long, default_value = "default")]
+    pub weights: String,
+    /// Keep the problem files (inputs, params) under this folder, one per size.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -57,14 +71,34 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("invalid parameter `repeats`: must be >= 1");
     }
     let device = parse_device(&args.device)?;
+    let device_arg = match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".to_string(),
+    };
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let content = load_rgb(&args.content, "content")?;
     let style = load_rgb(&args.style, "style[0]")?;
-    let base = RenderParams::preset(args.preset);
+    let base = RenderParams { weights: stylefarm_engine::weights::WeightsSpec::parse(&args.weights), ..RenderParams::preset(args.preset) };
     let weights = load_weights(&base)?;
     let norm = weights.normalization.clone();
-    let tmp = tempdir()?;
+    let tmp = match &args.keep {
+        Some(dir) => dir.clone(),
+        None => tempdir()?,
+    };
     println!("stylefarm bench: one loss+gradient evaluation, preset {:?}, device {}, median of {} after {} warm-up", args.preset, describe(device), args.repeats, args.warmup);
-    println!("{:>6} {:>11} {:>16} {:>18} {:>8}", "size", "pixels", "engine ms", "pytorch eager ms", "ratio");
+    let modes: Vec<&str> = if args.no_reference { Vec::new() } else { args.modes.iter().map(String::as_str).filter(|m| !m.is_empty()).collect() };
+    for mode in &modes {
+        if !matches!(*mode, "recipe" | "tuned") {
+            bail!("invalid parameter `modes`: `{mode}` is not one of recipe, tuned");
+        }
+    }
+    let mut header = format!("{:>6} {:>11} {:>11}", "size", "pixels", "engine ms");
+    for mode in &modes {
+        header += &format!(" {:>17} {:>8}", format!("eager-{mode} ms"), format!("ratio"));
+    }
+    println!("{header}");
     for &size in &args.sizes {
         let mut params = base.clone();
         params.size = size;
@@ -95,20 +129,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
         let engine_ms = median(times);
-        let reference_ms = if args.no_reference {
-            None
-        } else {
-            let dir = tmp.join(format!("size{size}"));
-            let files = write_problem(&dir, &content_net, &[style_net], None, &params)?;
-            Some(run_reference(args, &weights.path, &files.inputs, &files.params)?)
-        };
-        match reference_ms {
-            Some(r) => println!("{:>6} {:>11} {:>16.1} {:>18.1} {:>8.3}", size, format!("{w}x{h}"), engine_ms, r, engine_ms / r),
-            None => println!("{:>6} {:>11} {:>16.1} {:>18} {:>8}", size, format!("{w}x{h}"), engine_ms, "-", "-"),
+        let dir = tmp.join(format!("size{size}"));
+        let files = write_problem(&dir, &content_net, &[style_net], None, &params)?;
+        let mut line = format!("{:>6} {:>11} {:>11.1}", size, format!("{w}x{h}"), engine_ms);
+        for mode in &modes {
+            let r = run_reference(args, mode, &device_arg, &weights.path, &files.inputs, &files.params)?;
+            line += &format!(" {:>17.1} {:>8.3}", r, engine_ms / r);
         }
+        println!("{line}");
     }
-    println!("ratio = engine / pytorch eager (lower is faster); both on {} libtorch threads", tch::get_num_threads());
-    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "ratio = engine / eager PyTorch (lower is faster); recipe = the Keras recipe as written, tuned = same savings as the engine in NCHW; {} CPU threads each",
+        tch::get_num_threads()
+    );
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     Ok(())
 }
 
@@ -118,10 +154,12 @@ fn tempdir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn run_reference(args: &BenchArgs, weights: &std::path::Path, inputs: &std::path::Path, params: &std::path::Path) -> Result<f64> {
+fn run_reference(args: &BenchArgs, mode: &str, device_arg: &str, weights: &std::path::Path, inputs: &std::path::Path, params: &std::path::Path) -> Result<f64> {
     let output = Command::new(&args.python)
         .arg(&args.reference)
         .arg("bench")
+        .arg("--mode")
+        .arg(mode)
         .arg("--weights")
         .arg(weights)
         .arg("--inputs")
@@ -132,6 +170,8 @@ fn run_reference(args: &BenchArgs, weights: &std::path::Path, inputs: &std::path
         .arg(args.repeats.to_string())
         .arg("--warmup")
         .arg(args.warmup.to_string())
+        .arg("--device")
+        .arg(device_arg)
         .output()
         .with_context(|| format!("running {} (run `make setup` first)", args.python.display()))?;
     if !output.status.success() {
