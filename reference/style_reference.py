@@ -130,7 +130,7 @@ class Recipe:
         self.content_layers = [layer_index(n) for n in params["content_layers"]]
         self.style_layers = [layer_index(n) for n in params["style_layers"]]
         depth = max(self.content_layers + self.style_layers) + 1
-        self.model = Vgg16Features(weights, depth, params["pooling"]).to(dtype)
+        self.model = Vgg16Features(weights, depth, params["pooling"]).to(content.device, dtype)
         n = len(self.style_layers)
         per = params["style_weight"] / n if params["style_weighting"] == "split" else params["style_weight"]
         self.style_weights = [per * w for w in params["style_layer_weights"]]
@@ -174,7 +174,7 @@ class KerasRecipePort:
 
     def __init__(self, params, weights, content, styles, dtype=torch.float32):
         self.p = params
-        self.model = Vgg16Features(weights, 13, params["pooling"]).to(dtype)
+        self.model = Vgg16Features(weights, 13, params["pooling"]).to(content.device, dtype)
         self.pool5 = nn.MaxPool2d(2, 2) if params["pooling"] == "max" else nn.AvgPool2d(2, 2)
         self.content, self.style = content, styles[0]
         self.content_layer = layer_index(params["content_layers"][0])
@@ -288,6 +288,7 @@ def cmd_run(args):
                             tolerance_change=opt_p["tolerance_change"],
                             line_search_fn="strong_wolfe" if opt_p["strong_wolfe"] else None)
     losses = []
+    first_levels = opt_p.get("first_step_levels")
 
     def closure():
         opt.zero_grad()
@@ -300,6 +301,18 @@ def cmd_run(args):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    if first_levels:
+        # The engine's first step (no pixel moves more than `first_levels` 8-bit
+        # levels): one step() of one iteration with lr scaled to give that t, then
+        # the rest with the configured lr; LBFGS keeps its state between step() calls.
+        closure()
+        g = x.grad.detach()
+        scale = 255.0 if params.get("normalization") in (None, "caffe") else 1.0 / 0.225
+        t_first = first_levels / 255.0 * scale / g.abs().max().item()
+        group = opt.param_groups[0]
+        group["lr"], group["max_iter"] = t_first / min(1.0, 1.0 / g.abs().sum().item()), 1
+        opt.step(closure)
+        group["lr"], group["max_iter"] = opt_p["lr"], args.iterations - 1
     opt.step(closure)
     if x.is_cuda:
         torch.cuda.synchronize()

@@ -116,6 +116,11 @@ pub enum Optimizer {
         /// line search), so that the iterations asked for run.
         #[serde(default)]
         max_evaluations: Option<u32>,
+        /// First step: no pixel moves by more than this many 8-bit levels. `None` =
+        /// PyTorch's `min(1, 1/|g|₁)·lr`, which is microscopic for a megapixel image
+        /// and stalls a line search in the noise of GPU convolutions.
+        #[serde(default)]
+        first_step_levels: Option<f64>,
     },
     /// `torch.optim.Adam` semantics; one iteration = one step.
     Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
@@ -131,19 +136,22 @@ impl Optimizer {
             tolerance_change: -1.0,
             strong_wolfe: false,
             max_evaluations: None,
+            first_step_levels: None,
         }
     }
 
     /// What the Keras recipe's `scipy.optimize.fmin_l_bfgs_b` amounts to: 10
-    /// corrections and a line search (strong Wolfe here).
+    /// corrections, a line search (strong Wolfe here), and a first step of about
+    /// 1/‖g‖₂ (here: no pixel moves by more than one 8-bit level).
     pub fn lbfgs_keras() -> Optimizer {
         Optimizer::Lbfgs {
             lr: 1.0,
             history_size: 10,
             tolerance_grad: -1.0,
-            tolerance_change: -1.0,
+            tolerance_change: 1e-9,
             strong_wolfe: true,
             max_evaluations: None,
+            first_step_levels: Some(1.0),
         }
     }
 
@@ -347,8 +355,11 @@ impl RenderParams {
             }
         }
         match &self.optimizer {
-            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, max_evaluations, .. } => {
+            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, max_evaluations, first_step_levels, .. } => {
                 positive("optimizer.lr", *lr)?;
+                if let Some(levels) = first_step_levels {
+                    positive("optimizer.first_step_levels", *levels)?;
+                }
                 if let Some(n) = max_evaluations {
                     range_u32("optimizer.max_evaluations", *n, 1, MAX_ITERATIONS.saturating_mul(30), "")?;
                 }

@@ -210,7 +210,7 @@ pub fn render_loaded(
         let mut objective = StyleObjective::new(model, params, &content_net, &styles_net, &blend)?;
         let x0 = StyleObjective::flatten(&x0)?;
         let iterations = params.iterations_at(scale_index);
-        let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0);
+        let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0, norm);
 
         let snapshot_every = match params.snapshot_every {
             0 => (iterations / 20).max(1),
@@ -291,10 +291,13 @@ pub fn render_loaded(
     Ok(RenderOutput { image, trace, frames, metadata })
 }
 
-fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor) -> AnyOptimizer {
+fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &Normalization) -> AnyOptimizer {
     match *optimizer {
-        Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations } => {
+        Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations, first_step_levels } => {
             let mut cfg = LbfgsConfig::new(iterations);
+            // 8-bit levels to network units: level/255 of the 0..1 range, times scale over std
+            let min_std = norm.std.iter().copied().fold(f64::INFINITY, f64::min);
+            cfg.first_step = first_step_levels.map(|levels| levels / 255.0 * norm.scale / min_std);
             // PyTorch's default budget (iterations × 5/4) would cut short a render of
             // few iterations, or one whose line searches take several evaluations.
             let per_iteration = if strong_wolfe { 10 } else { 1 };

@@ -152,6 +152,9 @@ pub struct RenderArgs {
     /// none or strong_wolfe.
     #[arg(long)]
     pub line_search: Option<String>,
+    /// L-BFGS first step: no pixel moves more than this many 8-bit levels ("torch" = PyTorch's rule).
+    #[arg(long)]
+    pub first_step: Option<String>,
     /// L-BFGS function-evaluation budget (default 1 + iterations × 1, or × 10 with strong_wolfe).
     #[arg(long)]
     pub max_evaluations: Option<u32>,
@@ -243,7 +246,13 @@ impl RenderArgs {
             };
         }
         match &mut p.optimizer {
-            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations } => {
+            Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations, first_step_levels } => {
+                if let Some(v) = &self.first_step {
+                    *first_step_levels = match v.as_str() {
+                        "torch" => None,
+                        n => Some(n.parse().map_err(|_| anyhow::anyhow!("invalid parameter `first_step`: `{n}` is not a number of levels or `torch`"))?),
+                    };
+                }
                 if let Some(v) = self.max_evaluations { *max_evaluations = Some(v); }
                 if let Some(v) = self.lr { *lr = v; }
                 if let Some(v) = self.history_size { *history_size = v; }

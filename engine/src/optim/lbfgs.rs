@@ -30,6 +30,10 @@ pub struct LbfgsConfig {
     pub tolerance_change: f64,
     pub history_size: usize,
     pub strong_wolfe: bool,
+    /// First step so that no coordinate moves by more than this (x units). `None` =
+    /// PyTorch's `min(1, 1/|g|₁)·lr`, which on an image of a million values moves
+    /// each by ~1e-6: below the noise of GPU convolutions, so a line search stalls.
+    pub first_step: Option<f64>,
 }
 
 impl LbfgsConfig {
@@ -42,6 +46,7 @@ impl LbfgsConfig {
             tolerance_change: 1e-9,
             history_size: 100,
             strong_wolfe: false,
+            first_step: None,
         }
     }
 }
@@ -81,6 +86,9 @@ pub struct Lbfgs {
     n_iter: u32,
     func_evals: u32,
     grad_abs_sum: f64,
+    grad_abs_max: f64,
+    /// The values reported at the current point (total first).
+    values: Vec<f64>,
 }
 
 /// Rounds a host scalar to the tensor's precision (PyTorch keeps these as 0-dim tensors).
@@ -111,6 +119,8 @@ impl Lbfgs {
             n_iter: 0,
             func_evals: 0,
             grad_abs_sum: f64::NAN,
+            grad_abs_max: f64::NAN,
+            values: Vec::new(),
         }
     }
 
@@ -138,6 +148,8 @@ impl Lbfgs {
         self.func_evals += 1;
         self.loss = host[0];
         self.grad_abs_sum = round_to(self.kind, host[k + 1]);
+        self.grad_abs_max = host[k];
+        self.values = host[..k].to_vec();
         self.grad = Some(eval.grad);
         let stop = if !self.loss.is_finite() {
             Some(StopReason::NonFinite)
@@ -213,10 +225,11 @@ impl Lbfgs {
             None => self.prev_grad = Some(grad.copy()),
         }
         self.prev_loss = self.loss;
-        self.t = if self.n_iter == 1 {
-            round_to(self.kind, (1.0f64).min(round_to(self.kind, 1.0 / self.grad_abs_sum)) * self.cfg.lr)
-        } else {
-            self.cfg.lr
+        self.t = match (self.n_iter, self.cfg.first_step) {
+            // d = -g on the first iteration, so max|t·d| = t·max|g|
+            (1, Some(max_change)) if self.grad_abs_max > 0.0 => round_to(self.kind, max_change / self.grad_abs_max),
+            (1, _) => round_to(self.kind, (1.0f64).min(round_to(self.kind, 1.0 / self.grad_abs_sum)) * self.cfg.lr),
+            _ => self.cfg.lr,
         };
         let gtd = grad.f_dot(&d)?;
         let report = if self.cfg.strong_wolfe { self.wolfe_step(f, &d, &gtd)? } else { self.fixed_step(f, &d, &gtd)? };
@@ -237,6 +250,7 @@ impl Lbfgs {
         let values = host[..k].to_vec();
         let stop = self.stopping(&host[k..], values[0]);
         self.loss = values[0];
+        self.values = values.clone();
         Ok(Report { values, evaluations: 1, stop })
     }
 
@@ -307,8 +321,7 @@ impl Lbfgs {
     fn wolfe_step(&mut self, f: &mut dyn Objective, d: &Tensor, gtd: &Tensor) -> Result<Report> {
         let gtd0 = to_host(&gtd.to_kind(Kind::Double).view([1]))?[0];
         if gtd0 > -self.cfg.tolerance_change {
-            let values = vec![self.loss];
-            return Ok(Report { values, evaluations: 0, stop: Some(StopReason::NotDescent) });
+            return Ok(Report { values: self.values.clone(), evaluations: 0, stop: Some(StopReason::NotDescent) });
         }
         let evals_before = self.func_evals;
         // PyTorch: max_ls = max_eval - current_evals, current_evals counting from 1.
@@ -316,13 +329,15 @@ impl Lbfgs {
         let grad = self.grad.as_ref().expect("evaluated").shallow_clone();
         let d_norm = to_host(&d.abs().max().to_kind(Kind::Double).view([1]))?[0];
         let search = StrongWolfe { c1: 1e-4, c2: 0.9, tolerance_change: self.cfg.tolerance_change, max_ls };
-        let (t, f_new, values, g_new) = search.run(self, f, d, self.t, self.loss, grad, gtd0, d_norm)?;
+        let start_values = self.values.clone();
+        let (t, f_new, values, g_new) = search.run(self, f, d, self.t, start_values, grad, gtd0, d_norm)?;
         self.t = t;
         let _ = self.x.f_add_(&d.f_mul_scalar(t)?)?;
         let (host, k) = self.after_step(&Tensor::from_slice(&values).to_device(self.x.device()), &g_new, d, gtd)?;
         self.grad = Some(g_new);
         let stop = self.stopping(&host[k..], f_new);
         self.loss = f_new;
+        self.values = values.clone();
         Ok(Report { values, evaluations: self.func_evals - evals_before, stop })
     }
 }
@@ -377,12 +392,12 @@ impl StrongWolfe {
         f: &mut dyn Objective,
         d: &Tensor,
         t0: f64,
-        f0: f64,
+        start_values: Vec<f64>,
         g0: Tensor,
         gtd0: f64,
         d_norm: f64,
     ) -> Result<(f64, f64, Vec<f64>, Tensor)> {
-        let start_values = vec![f0];
+        let f0 = start_values[0];
         let mut t = t0;
         let (mut f_new, mut gtd_new, mut values_new, mut g_new) = opt.probe(f, t, d)?;
         let origin = LinePoint { t: 0.0, f: f0, gtd: gtd0, values: start_values, grad: g0 };
