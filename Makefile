@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup build release test bench render-demo
+.PHONY: setup build release test bench render-demo figures
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -25,6 +25,10 @@ bench: release
 
 ## render-demo: one local render of the sample images (until `make demo` lands with the farm).
 render-demo: release
-	./target/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/hubble_deep_field.jpg \
-	  --output out/chelsea-hubble.png --size 256 --iterations 100 --preset keras --device auto \
-	  --trace out/chelsea-hubble.trace.jsonl --animation out/chelsea-hubble.gif --metadata out/chelsea-hubble.json
+	./target/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/retina.jpg \
+	  --output out/chelsea-retina.png --size 256 --iterations 100 --preset keras --device auto \
+	  --trace out/chelsea-retina.trace.jsonl --animation out/chelsea-retina.gif --metadata out/chelsea-retina.json
+
+## figures: the README's pictures and loss plot (docs/results/).
+figures: release
+	bash scripts/readme_figures.sh

@@ -15,6 +15,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}"
 torch_version="2.11.0"
 venv="$cache/venv-torch-$torch_version"
+# what the venv holds; a change here reinstalls (the stamp records it)
+requirements="torch==$torch_version numpy<3 pillow<12"
 samples="$cache/samples"
 skimage_version="0.25.2"
 python="${PYTHON:-python3.11}"
@@ -24,18 +26,17 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 mkdir -p "$cache"
 
 # --- 1. libtorch through the PyPI torch wheel --------------------------------
-if [[ ! -f "$venv/.stylefarm-ok" ]]; then
-  log "installing torch==$torch_version into $venv (one-time, about 4 GB with its CUDA 13 libraries)"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "torch==$torch_version" "numpy<3"
+if [[ "$(cat "$venv/.stylefarm-ok" 2>/dev/null)" != "$requirements" ]]; then
+  log "installing $requirements into $venv (one-time, about 4 GB with torch's CUDA 13 libraries)"
+  [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $requirements
   "$venv/bin/python" - <<'PY'
 import torch, sys
 assert torch.__version__.split('+')[0] == "2.11.0", torch.__version__
 print("setup: torch", torch.__version__, "ok", file=sys.stderr)
 PY
-  touch "$venv/.stylefarm-ok"
+  printf '%s' "$requirements" > "$venv/.stylefarm-ok"
 else
   log "torch==$torch_version already installed in $venv"
 fi

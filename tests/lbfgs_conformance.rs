@@ -11,7 +11,7 @@ use stylefarm_engine::problem::write_problem;
 use stylefarm_engine::safetensors::SafeTensors;
 use stylefarm_engine::vgg::Vgg16;
 use stylefarm_engine::weights::{Normalization, VggWeights};
-use stylefarm_tests::{default_weights, run_reference, sample};
+use stylefarm_tests::{default_weights, problem_args, run_reference, sample};
 use tch::{Device, Kind, Tensor};
 
 /// Records every point it is evaluated at.
@@ -110,32 +110,19 @@ fn style_case(strong_wolfe: bool) -> Result<()> {
     let content = load_rgb(&sample("chelsea.png"), "content")?;
     let style = load_rgb(&sample("hubble_deep_field.jpg"), "style")?;
     let net = |img: &image::RgbImage| {
-        let rgb = to_tensor(&resize(img, 32, 24), Kind::Float, Device::Cpu);
-        (rgb * norm.scale - norm.mean_tensor(Kind::Float, Device::Cpu)) / norm.std_tensor(Kind::Float, Device::Cpu)
+        norm.to_network(&to_tensor(&resize(img, 32, 24), Kind::Float, Device::Cpu))
     };
     let (content_net, style_net) = (net(&content), net(&style));
     let dir = tempfile::tempdir()?;
     let files = write_problem(dir.path(), &content_net, &[style_net.shallow_clone()], None, &params)?;
     let torch_out = dir.path().join("torch.safetensors");
     let iters = iterations.to_string();
-    let weights_path = default_weights();
-    let mut args = vec![
-        "lbfgs-style",
-        "--weights",
-        weights_path.to_str().unwrap(),
-        "--inputs",
-        files.inputs.to_str().unwrap(),
-        "--params",
-        files.params.to_str().unwrap(),
-        "--iterations",
-        &iters,
-        "--out",
-        torch_out.to_str().unwrap(),
-    ];
+    let mut args = problem_args("lbfgs-style", &default_weights(), &files);
+    args.extend(["--iterations".into(), iters, "--out".into(), torch_out.display().to_string()]);
     if strong_wolfe {
-        args.push("--strong-wolfe");
+        args.push("--strong-wolfe".into());
     }
-    run_reference(&args)?;
+    run_reference(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let torch = SafeTensors::parse(&std::fs::read(&torch_out)?, "torch").map_err(anyhow::Error::msg)?;
 
     // the same problem in float64, as the reference runs it

@@ -11,7 +11,7 @@ use stylefarm_engine::problem::write_problem;
 use stylefarm_engine::safetensors::SafeTensors;
 use stylefarm_engine::vgg::{Pooling, Vgg16};
 use stylefarm_engine::weights::VggWeights;
-use stylefarm_tests::{default_weights, rel_err, run_reference, sample};
+use stylefarm_tests::{default_weights, problem_args, rel_err, run_reference, sample};
 use tch::{Device, Kind, Tensor};
 
 struct Problem {
@@ -25,8 +25,7 @@ fn problem(w: u32, h: u32, styles: &[&str]) -> Result<Problem> {
     let norm = stylefarm_engine::weights::Normalization::caffe();
     let net = |name: &str| -> Result<Tensor> {
         let img = load_rgb(&sample(name), name)?;
-        let rgb = to_tensor(&resize(&img, w, h), Kind::Float, Device::Cpu);
-        Ok((rgb * norm.scale - norm.mean_tensor(Kind::Float, Device::Cpu)) / norm.std_tensor(Kind::Float, Device::Cpu))
+        Ok(norm.to_network(&to_tensor(&resize(&img, w, h), Kind::Float, Device::Cpu)))
     };
     let content = net("chelsea.png")?;
     let styles = styles.iter().map(|s| net(s)).collect::<Result<Vec<_>>>()?;
@@ -53,19 +52,9 @@ fn compare_with_reference_mode(params: &RenderParams, p: &Problem, blend: &[f64]
     let dir = tempfile::tempdir()?;
     let files = write_problem(dir.path(), &p.content, &p.styles, Some(&p.image), params)?;
     let out = dir.path().join("losses.json");
-    run_reference(&[
-        "losses",
-        "--weights",
-        weights_path.to_str().unwrap(),
-        "--inputs",
-        files.inputs.to_str().unwrap(),
-        "--params",
-        files.params.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--mode",
-        mode,
-    ])?;
+    let mut args = problem_args("losses", &weights_path, &files);
+    args.extend(["--out".into(), out.display().to_string(), "--mode".into(), mode.into()]);
+    run_reference(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let theirs: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
     for (i, name) in ["total", "content", "style", "tv"].iter().enumerate() {
         let t = theirs[name].as_f64().unwrap();

@@ -119,20 +119,6 @@ pub fn load_weights(params: &RenderParams) -> Result<VggWeights> {
     Ok(weights)
 }
 
-/// (x·scale − mean)/std: 0..1 RGB to network units.
-fn to_network(rgb: &Tensor, norm: &Normalization) -> Tensor {
-    let mean = norm.mean_tensor(rgb.kind(), rgb.device());
-    let std = norm.std_tensor(rgb.kind(), rgb.device());
-    (rgb * norm.scale - mean) / std
-}
-
-/// Network units back to 0..1 RGB (unclamped).
-fn from_network(x: &Tensor, norm: &Normalization) -> Tensor {
-    let mean = norm.mean_tensor(x.kind(), x.device());
-    let std = norm.std_tensor(x.kind(), x.device());
-    (x * std + mean) / norm.scale
-}
-
 /// Renders already-decoded images.
 #[allow(clippy::too_many_arguments)]
 pub fn render_loaded(
@@ -190,8 +176,8 @@ pub fn render_loaded(
         } else {
             (content_rgb.shallow_clone(), style_rgbs)
         };
-        let content_net = to_network(&content_in, norm);
-        let styles_net: Vec<Tensor> = style_in.iter().map(|s| to_network(s, norm)).collect();
+        let content_net = norm.to_network(&content_in);
+        let styles_net: Vec<Tensor> = style_in.iter().map(|s| norm.to_network(s)).collect();
 
         let x0 = match &previous {
             Some(prev) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
@@ -201,7 +187,7 @@ pub fn render_loaded(
                 Init::Image(_) => {
                     let img = init_image.ok_or_else(|| EngineError::param("init", "init image was not loaded"))?;
                     let rgb = to_tensor(&resize(img, w, h), kind, device);
-                    to_network(&if params.preserve_colors { luminance_rgb(&rgb) } else { rgb }, norm)
+                    norm.to_network(&if params.preserve_colors { luminance_rgb(&rgb) } else { rgb })
                 }
             },
         };
@@ -316,7 +302,7 @@ fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &No
 /// The current iterate as an 8-bit image (recoloured for luminance-only transfer).
 fn finish_image(objective: &StyleObjective, x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor) -> Result<RgbImage> {
     let rgb = tch::no_grad(|| -> Result<Tensor> {
-        let rgb = from_network(&objective.image_view(x)?, norm).clamp(0.0, 1.0);
+        let rgb = norm.from_network(&objective.image_view(x)?).clamp(0.0, 1.0);
         Ok(if preserve_colors { recolor(&rgb, content_rgb).clamp(0.0, 1.0) } else { rgb })
     })?;
     image_io::to_image(&rgb)

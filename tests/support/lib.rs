@@ -45,6 +45,16 @@ pub fn run_reference(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `CMD --weights W --inputs I --params P` for the reference script.
+pub fn problem_args(command: &str, weights: &Path, files: &stylefarm_engine::problem::ProblemFiles) -> Vec<String> {
+    [command, "--weights"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([weights.display().to_string(), "--inputs".into(), files.inputs.display().to_string()])
+        .chain(["--params".into(), files.params.display().to_string()])
+        .collect()
+}
+
 /// |a - b| / max(|b|, floor).
 pub fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)

@@ -108,12 +108,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             StyleResize::ContentSize => (w, h),
             StyleResize::LongSide => fit_long_side(style.width(), style.height(), size),
         };
-        let to_net = |img: &image::RgbImage, dev| {
-            let rgb = to_tensor(img, Kind::Float, dev);
-            let mean = norm.mean_tensor(Kind::Float, dev);
-            let std = norm.std_tensor(Kind::Float, dev);
-            (rgb * norm.scale - mean) / std
-        };
+        let to_net = |img: &image::RgbImage, dev| norm.to_network(&to_tensor(img, Kind::Float, dev));
         let content_net = to_net(&resize(&content, w, h), device);
         let style_net = to_net(&resize(&style, sw, sh), device);
         let model = Vgg16::new(weights.tensors(params.depth()), params.pooling, device, Kind::Float);

@@ -66,6 +66,16 @@ impl Normalization {
     pub fn std_tensor(&self, kind: tch::Kind, device: tch::Device) -> Tensor {
         Tensor::from_slice(&self.std).to_kind(kind).to_device(device).view([1, 3, 1, 1])
     }
+
+    /// (x·scale − mean)/std: a [N,3,H,W] RGB image in 0..1 to network units.
+    pub fn to_network(&self, rgb: &Tensor) -> Tensor {
+        (rgb * self.scale - self.mean_tensor(rgb.kind(), rgb.device())) / self.std_tensor(rgb.kind(), rgb.device())
+    }
+
+    /// Network units back to 0..1 RGB (unclamped).
+    pub fn from_network(&self, x: &Tensor) -> Tensor {
+        (x * self.std_tensor(x.kind(), x.device()) + self.mean_tensor(x.kind(), x.device())) / self.scale
+    }
 }
 
 /// Loaded, validated VGG-16 convolution weights (host memory, f32).
