@@ -123,7 +123,7 @@ fn style_case(strong_wolfe: bool) -> Result<()> {
         args.push("--strong-wolfe".into());
     }
     run_reference(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let torch = SafeTensors::parse(&std::fs::read(&torch_out)?, "torch").map_err(anyhow::Error::msg)?;
+    let torch = SafeTensors::parse(&std::fs::read(&torch_out)?).map_err(anyhow::Error::msg)?;
 
     // the same problem in float64, as the reference runs it
     let model = Vgg16::new(weights.tensors(params.depth()), params.pooling, Device::Cpu, Kind::Double);

@@ -63,7 +63,7 @@ fn compare_with_reference_mode(params: &RenderParams, p: &Problem, blend: &[f64]
         assert!(err <= 1e-4, "{name}: engine {} vs pytorch {t} (rel {err:e})", ours[i]);
     }
     let grad_file = format!("{}.grad.safetensors", out.display());
-    let torch_grad = SafeTensors::parse(&std::fs::read(&grad_file)?, "grad").map_err(anyhow::Error::msg)?;
+    let torch_grad = SafeTensors::parse(&std::fs::read(&grad_file)?).map_err(anyhow::Error::msg)?;
     let torch_grad = Tensor::from_slice(&torch_grad.tensors["grad"].data);
     let diff = f64::try_from((&grad_nchw - &torch_grad).norm())? / f64::try_from(torch_grad.norm())?;
     // float32 gradients through 12 conv layers: channels-last (engine) and NCHW

@@ -74,9 +74,8 @@ fn f16_to_f32(bits: u16) -> f32 {
 }
 
 impl SafeTensors {
-    /// Parses `bytes`; `source` names the file in errors.
-    pub fn parse(bytes: &[u8], source: &str) -> Result<SafeTensors, String> {
-        let _ = source;
+    /// Parses `bytes`; the error says what is wrong (the caller adds which file).
+    pub fn parse(bytes: &[u8]) -> Result<SafeTensors, String> {
         if bytes.len() < 8 {
             return Err(format!("file is {} bytes, shorter than the 8-byte header length", bytes.len()));
         }
@@ -205,7 +204,7 @@ mod tests {
         st.tensors.insert("a".into(), RawTensor { shape: vec![1, 3], data: vec![0.0, 1.0, 2.0] });
         st.metadata.insert("normalization".into(), "caffe".into());
         let bytes = st.to_bytes();
-        let back = SafeTensors::parse(&bytes, "mem").unwrap();
+        let back = SafeTensors::parse(&bytes).unwrap();
         assert_eq!(back.tensors["a"].data, vec![0.0, 1.0, 2.0]);
         assert_eq!(back.tensors["b"].shape, vec![2]);
         assert_eq!(back.metadata["normalization"], "caffe");
@@ -214,15 +213,15 @@ mod tests {
 
     #[test]
     fn truncated_and_lying_files_are_errors() {
-        assert!(SafeTensors::parse(&[1, 2, 3], "x").unwrap_err().contains("shorter"));
+        assert!(SafeTensors::parse(&[1, 2, 3]).unwrap_err().contains("shorter"));
         let mut bad = (1u64 << 40).to_le_bytes().to_vec();
         bad.extend_from_slice(b"{}");
-        assert!(SafeTensors::parse(&bad, "x").unwrap_err().contains("header length"));
+        assert!(SafeTensors::parse(&bad).unwrap_err().contains("header length"));
         let header = br#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
         let mut short = (header.len() as u64).to_le_bytes().to_vec();
         short.extend_from_slice(header);
         short.extend_from_slice(&[0u8; 8]);
-        let err = SafeTensors::parse(&short, "x").unwrap_err();
+        let err = SafeTensors::parse(&short).unwrap_err();
         assert!(err.contains("tensor `w`"), "{err}");
     }
 

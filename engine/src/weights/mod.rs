@@ -105,7 +105,7 @@ impl VggWeights {
         let name = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| EngineError::weights(&name, format!("cannot read: {e}")))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let file = SafeTensors::parse(&bytes, &name).map_err(|reason| EngineError::weights(&name, reason))?;
+        let file = SafeTensors::parse(&bytes).map_err(|reason| EngineError::weights(&name, reason))?;
         let normalization = match (normalization, Normalization::from_metadata(&file.metadata)) {
             (Some(n), _) => n,
             (None, Some(from_file)) => from_file?,
