@@ -28,6 +28,7 @@ render-demo: release
 	./target/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/retina.jpg \
 	  --output out/chelsea-retina.png --size 256 --iterations 100 --preset keras --device auto \
 	  --trace out/chelsea-retina.trace.jsonl --animation out/chelsea-retina.gif --metadata out/chelsea-retina.json
+	@echo "outputs: out/chelsea-retina.png out/chelsea-retina.trace.jsonl out/chelsea-retina.gif out/chelsea-retina.json"
 
 ## figures: the README's pictures and loss plot (docs/results/).
 figures: release
