@@ -21,7 +21,7 @@ release: setup
 
 ## bench: engine vs the in-repo eager PyTorch reference, 256 and 512 px.
 bench: release
-	./target/release/stylefarm-worker bench --sizes 256,512 --repeats 5
+	./target/release/stylefarm-worker bench --sizes 256,512 --repeats 3 --rounds 3
 
 ## render-demo: one local render of the sample images (until `make demo` lands with the farm).
 render-demo: release

@@ -4,6 +4,7 @@
 //! Entry points: [`render::render`] runs one job from files; [`params::RenderParams`]
 //! holds every knob, with the `keras` and `gatys` presets.
 
+pub mod alloc;
 pub mod animation;
 pub mod device;
 pub mod error;

@@ -35,6 +35,10 @@ pub struct BenchArgs {
     pub repeats: u32,
     #[arg(long, default_value_t = 2)]
     pub warmup: u32,
+    /// Rounds that alternate engine and reference runs, so that drift in the
+    /// machine's speed hits both alike; the medians are over all rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     #[arg(long, default_value = ".samples/chelsea.png")]
     pub content: PathBuf,
     #[arg(long, default_value = ".samples/hubble_deep_field.jpg")]
@@ -67,8 +71,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.repeats == 0 {
-        bail!("invalid parameter `repeats`: must be >= 1");
+    if args.repeats == 0 || args.rounds == 0 {
+        bail!("invalid parameter `repeats`/`rounds`: must be >= 1");
     }
     let device = parse_device(&args.device)?;
     let device_arg = match device {
@@ -87,7 +91,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(dir) => dir.clone(),
         None => tempdir()?,
     };
-    println!("stylefarm bench: one loss+gradient evaluation, preset {:?}, device {}, median of {} after {} warm-up", args.preset, describe(device), args.repeats, args.warmup);
+    println!(
+        "stylefarm bench: one loss+gradient evaluation, preset {:?}, device {}, median of {} rounds x {} (engine and reference alternating, {} warm-up each)",
+        args.preset,
+        describe(device),
+        args.rounds,
+        args.repeats,
+        args.warmup
+    );
     let modes: Vec<&str> = if args.no_reference { Vec::new() } else { args.modes.iter().map(String::as_str).filter(|m| !m.is_empty()).collect() };
     for mode in &modes {
         if !matches!(*mode, "recipe" | "tuned") {
@@ -114,21 +125,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let model = Vgg16::new(weights.tensors(params.depth()), params.pooling, device, Kind::Float);
         let mut objective = StyleObjective::new(model, &params, &content_net, &[style_net.shallow_clone()], &[1.0])?;
         let x = StyleObjective::flatten(&content_net)?;
-        let mut times = Vec::new();
-        for i in 0..args.warmup + args.repeats {
-            let t0 = Instant::now();
-            let eval = objective.evaluate(&x)?;
-            let _ = eval.grad.sum(Kind::Float).double_value(&[]);
-            if i >= args.warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        let engine_ms = median(times);
         let dir = tmp.join(format!("size{size}"));
         let files = write_problem(&dir, &content_net, &[style_net], None, &params)?;
+        let mut engine_times = Vec::new();
+        let mut reference_times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        for _ in 0..args.rounds {
+            for i in 0..args.warmup + args.repeats {
+                let t0 = Instant::now();
+                let eval = objective.evaluate(&x)?;
+                let _ = eval.grad.sum(Kind::Float).double_value(&[]);
+                if i >= args.warmup {
+                    engine_times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            for (mode, times) in modes.iter().zip(&mut reference_times) {
+                times.extend(run_reference(args, mode, &device_arg, &weights.path, &files.inputs, &files.params)?);
+            }
+        }
+        let engine_ms = median(engine_times);
         let mut line = format!("{:>6} {:>11} {:>11.1}", size, format!("{w}x{h}"), engine_ms);
-        for mode in &modes {
-            let r = run_reference(args, mode, &device_arg, &weights.path, &files.inputs, &files.params)?;
+        for times in reference_times {
+            let r = median(times);
             line += &format!(" {:>17.1} {:>8.3}", r, engine_ms / r);
         }
         println!("{line}");
@@ -149,7 +166,8 @@ fn tempdir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn run_reference(args: &BenchArgs, mode: &str, device_arg: &str, weights: &std::path::Path, inputs: &std::path::Path, params: &std::path::Path) -> Result<f64> {
+/// Runs the reference's `bench` once; returns its timed evaluations (ms).
+fn run_reference(args: &BenchArgs, mode: &str, device_arg: &str, weights: &std::path::Path, inputs: &std::path::Path, params: &std::path::Path) -> Result<Vec<f64>> {
     let output = Command::new(&args.python)
         .arg(&args.reference)
         .arg("bench")
@@ -175,5 +193,6 @@ fn run_reference(args: &BenchArgs, mode: &str, device_arg: &str, weights: &std::
     let text = String::from_utf8_lossy(&output.stdout);
     let line = text.lines().last().unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(line).with_context(|| format!("reference printed {line:?}"))?;
-    json.get("median_ms").and_then(|v| v.as_f64()).context("reference JSON has no median_ms")
+    let times = json.get("times_ms").and_then(|v| v.as_array()).context("reference JSON has no times_ms")?;
+    times.iter().map(|t| t.as_f64().context("times_ms holds a non-number")).collect()
 }

@@ -38,6 +38,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let tuned = stylefarm_engine::alloc::keep_freed_memory();
+    tracing::debug!(tuned, "allocator keeps freed memory");
     let result = match cli.command {
         Command::Render(args) => render_cmd::run(&args),
         Command::Weights { action } => weights(action),
