@@ -25,22 +25,24 @@ ldd "$B" | grep -E "libtorch|not found"
 sample_mem() { while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.05; done; }
 peak() { sort -n "$1" | tail -1; }
 
-echo "== one loss+gradient evaluation, engine vs eager PyTorch, on the GPU"
-"$B" bench --device "$DEVICE" --sizes "$BENCH_SIZES" --repeats 20 --warmup 5 --weights "$W" --modes tuned \
-  --content "$S/chelsea.png" --style "$S/hubble_deep_field.jpg" --python "${PYTHON:-python3}" --keep "$OUT/problems" 2>&1 | tee "$OUT/bench.txt"
+for PRESET in ${PRESETS:-keras gatys}; do
+echo "== [$PRESET] one loss+gradient evaluation, engine vs eager PyTorch"
+"$B" bench --preset "$PRESET" --device "$DEVICE" --sizes "$BENCH_SIZES" --repeats 10 --warmup 5 --rounds 2 --weights "$W" --modes tuned \
+  --content "$S/chelsea.png" --style "$S/hubble_deep_field.jpg" --python "${PYTHON:-python3}" --keep "$OUT/problems-$PRESET" 2>&1 | tee "$OUT/bench-$PRESET.txt"
 
-echo "== engine: $SIZE px x $ITERS iterations, keras preset (strong-Wolfe L-BFGS)"
+echo "== [$PRESET] engine: $SIZE px x $ITERS iterations"
 base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)
-sample_mem > "$OUT/mem-engine.txt" & SP=$!
-"$B" render --content "$S/chelsea.png" --style "$S/hubble_deep_field.jpg" --output "$OUT/gpu-$SIZE.png" \
-  --size "$SIZE" --iterations "$ITERS" --preset keras --device "$DEVICE" --weights "$W" --progress-every 100 \
-  --trace "$OUT/gpu-$SIZE.trace.jsonl" --metadata "$OUT/gpu-$SIZE.json" 2> "$OUT/engine-render.log"
-kill $SP; tail -8 "$OUT/engine-render.log"
-echo "engine GPU memory: baseline ${base} MiB, peak $(peak "$OUT/mem-engine.txt") MiB (nvidia-smi, whole device)"
+sample_mem > "$OUT/mem-engine-$PRESET.txt" & SP=$!
+"$B" render --content "$S/chelsea.png" --style "$S/hubble_deep_field.jpg" --output "$OUT/gpu-$PRESET-$SIZE.png" \
+  --size "$SIZE" --iterations "$ITERS" --preset "$PRESET" --device "$DEVICE" --weights "$W" --progress-every 100 \
+  --trace "$OUT/gpu-$PRESET-$SIZE.trace.jsonl" --metadata "$OUT/gpu-$PRESET-$SIZE.json" 2> "$OUT/engine-render-$PRESET.log"
+kill $SP; tail -3 "$OUT/engine-render-$PRESET.log"
+echo "engine GPU memory: baseline ${base} MiB, peak $(peak "$OUT/mem-engine-$PRESET.txt") MiB (nvidia-smi, whole device)"
 
-echo "== eager PyTorch reference (tuned form): the same $SIZE px x $ITERS iterations"
-sample_mem > "$OUT/mem-ref.txt" & SP=$!
-"${PYTHON:-python3}" reference/style_reference.py run --weights "$W" --inputs "$OUT/problems/size$SIZE/inputs.safetensors" \
-  --params "$OUT/problems/size$SIZE/params.json" --iterations "$ITERS" --device "$REF_DEVICE" 2>&1 | tee "$OUT/reference-run.json"
+echo "== [$PRESET] eager PyTorch reference (tuned form): the same $SIZE px x $ITERS iterations"
+sample_mem > "$OUT/mem-ref-$PRESET.txt" & SP=$!
+"${PYTHON:-python3}" reference/style_reference.py run --weights "$W" --inputs "$OUT/problems-$PRESET/size$SIZE/inputs.safetensors" \
+  --params "$OUT/problems-$PRESET/size$SIZE/params.json" --iterations "$ITERS" --device "$REF_DEVICE" 2>&1 | tee "$OUT/reference-run-$PRESET.json"
 kill $SP
-echo "reference GPU memory: peak $(peak "$OUT/mem-ref.txt") MiB (nvidia-smi, whole device)"
+echo "reference GPU memory: peak $(peak "$OUT/mem-ref-$PRESET.txt") MiB (nvidia-smi, whole device)"
+done
