@@ -130,3 +130,14 @@ fn a_cancelled_render_stops_between_iterations() {
     let err = render(&inputs(&["gravel.png"]), &params, Device::Cpu, &mut CancelAfter(2)).err().expect("cancelled");
     assert!(matches!(err, stylefarm_engine::EngineError::Cancelled), "{err}");
 }
+
+#[test]
+fn big_renders_keep_previews_not_full_size_snapshots() {
+    let params = RenderParams { size: 600, iterations: 1, ..RenderParams::preset(Preset::Gatys) };
+    let out = run(&params, &["gravel.png"]);
+    assert_eq!(out.image.width().max(out.image.height()), 600);
+    assert_eq!(out.frames.len(), 2);
+    for (_, frame) in &out.frames {
+        assert_eq!(frame.width().max(frame.height()), stylefarm_engine::render::PREVIEW_SIDE);
+    }
+}

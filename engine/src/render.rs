@@ -18,6 +18,10 @@ use crate::trace::TraceRow;
 use crate::vgg::Vgg16;
 use crate::weights::{cache_dir, resolve_weights, Normalization, VggWeights};
 
+/// Long side of the snapshot previews kept for the animation: a big render's
+/// snapshots are not all held at full size.
+pub const PREVIEW_SIDE: u32 = crate::animation::MAX_FRAME_SIDE;
+
 /// Input files of a job.
 #[derive(Debug, Clone)]
 pub struct RenderInputs {
@@ -73,7 +77,9 @@ pub struct Timings {
 pub struct RenderOutput {
     pub image: RgbImage,
     pub trace: Vec<TraceRow>,
-    /// Snapshot frames (iteration 0, every `snapshot_every`, and the last).
+    /// Snapshot previews, long side at most [`PREVIEW_SIDE`] (iteration 0, every
+    /// `snapshot_every`, and the last): the snapshots folder and the animation. Full
+    /// size snapshots reach [`Progress::on_snapshot`] as they are taken.
     pub frames: Vec<(TraceRow, RgbImage)>,
     pub metadata: RenderMetadata,
 }
@@ -144,11 +150,11 @@ pub fn render_loaded(
     let started = Instant::now();
     let mut trace = Vec::new();
     let mut frames = Vec::new();
+    let mut final_image = None;
     let mut previous: Option<Tensor> = None;
     let mut total_iterations = 0u32;
     let mut total_evals = 0u32;
     let mut stop_reason = None;
-    let mut final_content_rgb = Tensor::zeros([1], (kind, device));
     let sizes = params.scale_sizes();
 
     for (scale_index, &scale_size) in sizes.iter().enumerate() {
@@ -223,7 +229,8 @@ pub fn render_loaded(
             if iteration % snapshot_every == 0 || last {
                 let image = finish_image(&objective, optimizer.x(), norm, params.preserve_colors, &content_rgb)?;
                 progress.on_snapshot(&row, &image);
-                frames.push((row.clone(), image));
+                frames.push((row.clone(), preview(&image)));
+                final_image = Some(image);
             }
             trace.push(row);
             if last {
@@ -241,14 +248,12 @@ pub fn render_loaded(
         total_iterations += iteration;
         total_evals += evals_in_scale;
         previous = Some(objective.image_view(optimizer.x())?.detach().copy());
-        final_content_rgb = content_rgb;
         if stop_reason == Some(StopReason::NonFinite) {
             return Err(EngineError::param("loss", "the loss became NaN or infinite; lower the learning rate or the weights"));
         }
     }
 
-    let (_, image) = frames.last().cloned().expect("at least one frame");
-    let _ = final_content_rgb;
+    let image = final_image.expect("the last iteration always takes a snapshot");
     let optimise_ms = started.elapsed().as_secs_f64() * 1e3;
     let metadata = RenderMetadata {
         engine: format!("stylefarm-engine {}", env!("CARGO_PKG_VERSION")),
@@ -297,6 +302,14 @@ fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &No
         }
         Optimizer::Adam { lr, beta1, beta2, eps } => AnyOptimizer::Adam(Adam::new(AdamConfig { lr, beta1, beta2, eps }, x0)),
     }
+}
+
+fn preview(image: &RgbImage) -> RgbImage {
+    if image.width().max(image.height()) <= PREVIEW_SIDE {
+        return image.clone();
+    }
+    let (w, h) = fit_long_side(image.width(), image.height(), PREVIEW_SIDE);
+    resize(image, w, h)
 }
 
 /// The current iterate as an 8-bit image (recoloured for luminance-only transfer).

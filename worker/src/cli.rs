@@ -69,7 +69,7 @@ pub struct RenderArgs {
     /// Loss trace, one JSON row per iteration.
     #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Folder for snapshot PNGs.
+    /// Folder for snapshot PNGs (previews, long side at most 512 px).
     #[arg(long)]
     pub snapshots: Option<PathBuf>,
     /// Snapshot (and animation frame) every N iterations; 0 = 20 frames per scale.
