@@ -141,3 +141,16 @@ fn big_renders_keep_previews_not_full_size_snapshots() {
         assert_eq!(frame.width().max(frame.height()), stylefarm_engine::render::PREVIEW_SIDE);
     }
 }
+
+#[test]
+fn style_scale_and_init_image_change_the_problem() {
+    let base = RenderParams { size: 48, iterations: 2, ..RenderParams::preset(Preset::Keras) };
+    let plain = run(&base, &["gravel.png"]);
+    let scaled = run(&RenderParams { style_scale: 2.0, ..base.clone() }, &["gravel.png"]);
+    assert_ne!(plain.trace[0].style, scaled.trace[0].style, "a larger style image gives other Gram targets");
+    // content init: no content loss at iteration 0; another image as init: some
+    assert_eq!(plain.trace[0].content, 0.0);
+    let init = run(&RenderParams { init: Init::Image(sample("coffee.png")), ..base }, &["gravel.png"]);
+    assert!(init.trace[0].content > 0.0);
+    assert_eq!(init.image.dimensions(), plain.image.dimensions());
+}
