@@ -73,7 +73,6 @@ pub struct Lbfgs {
     kind: Kind,
     x: Tensor,
     grad: Option<Tensor>,
-    loss: f64,
     prev_loss: f64,
     direction: Option<Tensor>,
     prev_grad: Option<Tensor>,
@@ -87,7 +86,7 @@ pub struct Lbfgs {
     func_evals: u32,
     grad_abs_sum: f64,
     grad_abs_max: f64,
-    /// The values reported at the current point (total first).
+    /// The values reported at the current point (total first; `values[0]` is the loss).
     values: Vec<f64>,
 }
 
@@ -107,7 +106,6 @@ impl Lbfgs {
             kind: x.kind(),
             x,
             grad: None,
-            loss: f64::NAN,
             prev_loss: f64::NAN,
             direction: None,
             prev_grad: None,
@@ -146,12 +144,11 @@ impl Lbfgs {
         let host = to_host(&packet)?;
         let k = host.len() - 2;
         self.func_evals += 1;
-        self.loss = host[0];
         self.grad_abs_sum = round_to(self.kind, host[k + 1]);
         self.grad_abs_max = host[k];
         self.values = host[..k].to_vec();
         self.grad = Some(eval.grad);
-        let stop = if !self.loss.is_finite() {
+        let stop = if !self.values[0].is_finite() {
             Some(StopReason::NonFinite)
         } else if host[k] <= self.cfg.tolerance_grad {
             Some(StopReason::GradientTolerance)
@@ -224,7 +221,7 @@ impl Lbfgs {
             }
             None => self.prev_grad = Some(grad.copy()),
         }
-        self.prev_loss = self.loss;
+        self.prev_loss = self.values[0];
         self.t = match (self.n_iter, self.cfg.first_step) {
             // d = -g on the first iteration, so max|t·d| = t·max|g|
             (1, Some(max_change)) if self.grad_abs_max > 0.0 => round_to(self.kind, max_change / self.grad_abs_max),
@@ -245,35 +242,28 @@ impl Lbfgs {
         let _ = self.x.f_addcmul_(d, &descent.f_mul_scalar(self.t)?)?;
         let eval = f.evaluate(&self.x)?;
         self.func_evals += 1;
-        let (host, k) = self.after_step(&eval.values, &eval.grad, d, gtd)?;
+        let (host, k) = self.after_step(Some(&eval.values), &eval.grad, d, gtd)?;
         self.grad = Some(eval.grad);
         let values = host[..k].to_vec();
         let stop = self.stopping(&host[k..], values[0]);
-        self.loss = values[0];
         self.values = values.clone();
         Ok(Report { values, evaluations: 1, stop })
     }
 
     /// Builds the next candidate pair and reads the packet
     /// [values.., max|g|, max|t·d|, y·s, y·y, g·d] to the host.
-    fn after_step(&mut self, values: &Tensor, grad: &Tensor, d: &Tensor, gtd: &Tensor) -> Result<(Vec<f64>, usize)> {
+    /// `values` is left out when the host has them already (after a line search).
+    fn after_step(&mut self, values: Option<&Tensor>, grad: &Tensor, d: &Tensor, gtd: &Tensor) -> Result<(Vec<f64>, usize)> {
         let (mut y, mut s) = self.spare_or_new();
         let prev = self.prev_grad.as_ref().expect("set before stepping");
         let _ = y.f_copy_(&grad.f_sub(prev)?)?;
         let _ = s.f_copy_(&d.f_mul_scalar(self.t)?)?;
         let ys = y.f_dot(&s)?;
         let yy = y.f_dot(&y)?;
-        let packet = Tensor::f_cat(
-            &[
-                values.to_kind(Kind::Double),
-                grad.abs().max().to_kind(Kind::Double).view([1]),
-                s.abs().max().to_kind(Kind::Double).view([1]),
-                ys.to_kind(Kind::Double).view([1]),
-                yy.to_kind(Kind::Double).view([1]),
-                gtd.to_kind(Kind::Double).view([1]),
-            ],
-            0,
-        )?;
+        let tail = [grad.abs().max(), s.abs().max(), ys.shallow_clone(), yy.shallow_clone(), gtd.shallow_clone()];
+        let parts: Vec<Tensor> =
+            values.into_iter().map(Tensor::shallow_clone).chain(tail).map(|t| t.to_kind(Kind::Double).view([-1])).collect();
+        let packet = Tensor::f_cat(&parts, 0)?;
         let host = to_host(&packet)?;
         let k = host.len() - 5;
         self.candidate = Some(Candidate { y, s, ys, yy, ys_host: host[k + 2] });
@@ -333,10 +323,9 @@ impl Lbfgs {
         let (t, f_new, values, g_new) = search.run(self, f, d, self.t, start_values, grad, gtd0, d_norm)?;
         self.t = t;
         let _ = self.x.f_add_(&d.f_mul_scalar(t)?)?;
-        let (host, k) = self.after_step(&Tensor::from_slice(&values).to_device(self.x.device()), &g_new, d, gtd)?;
+        let (host, k) = self.after_step(None, &g_new, d, gtd)?;
         self.grad = Some(g_new);
         let stop = self.stopping(&host[k..], f_new);
-        self.loss = f_new;
         self.values = values.clone();
         Ok(Report { values, evaluations: self.func_evals - evals_before, stop })
     }
