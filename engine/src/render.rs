@@ -142,10 +142,8 @@ pub fn render_loaded(
     let depth = params.depth();
     let blend = params.blend_weights(styles.len());
     tch::manual_seed(params.seed as i64);
-    if device.is_cuda() {
-        // fixed shapes for the whole run: let cuDNN pick its fastest kernels once
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+    // uploaded once, shared by every scale
+    let model = Vgg16::new(weights.tensors(depth), params.pooling, device, kind);
 
     let started = Instant::now();
     let mut trace = Vec::new();
@@ -198,8 +196,7 @@ pub fn render_loaded(
             },
         };
 
-        let model = Vgg16::new(weights.tensors(depth), params.pooling, device, kind);
-        let mut objective = StyleObjective::new(model, params, &content_net, &styles_net, &blend)?;
+        let mut objective = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
         let x0 = StyleObjective::flatten(&x0)?;
         let iterations = params.iterations_at(scale_index);
         let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0, norm);

@@ -149,11 +149,20 @@ pub struct Vgg16 {
 impl Vgg16 {
     /// `convs`: (weight [out,in,3,3], bias [out]) for the first `convs.len()` layers.
     pub fn new(convs: Vec<(Tensor, Tensor)>, pooling: Pooling, device: Device, kind: Kind) -> Vgg16 {
+        if device.is_cuda() {
+            // a job runs the same shapes many times: let cuDNN time its kernels once
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let convs = convs
             .into_iter()
             .map(|(w, b)| (channels_last(&w.to_device(device).to_kind(kind)), b.to_device(device).to_kind(kind)))
             .collect();
         Vgg16 { convs, pooling }
+    }
+
+    /// The same model sharing its weight tensors (no device copy).
+    pub fn shallow_clone(&self) -> Vgg16 {
+        Vgg16 { convs: self.convs.iter().map(|(w, b)| (w.shallow_clone(), b.shallow_clone())).collect(), pooling: self.pooling }
     }
 
     pub fn depth(&self) -> usize {

@@ -79,9 +79,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         tch::Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".to_string(),
     };
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
     let content = load_rgb(&args.content, "content")?;
     let style = load_rgb(&args.style, "style[0]")?;
     let base = RenderParams { weights: stylefarm_engine::weights::WeightsSpec::parse(&args.weights), ..RenderParams::preset(args.preset) };
