@@ -43,6 +43,12 @@ pub enum EngineError {
     Torch(#[from] tch::TchError),
 }
 
+impl From<stylefarm_core::ParamError> for EngineError {
+    fn from(e: stylefarm_core::ParamError) -> Self {
+        EngineError::InvalidParam { field: e.field, reason: e.reason }
+    }
+}
+
 impl EngineError {
     pub fn param(field: impl Into<String>, reason: impl Into<String>) -> Self {
         EngineError::InvalidParam { field: field.into(), reason: reason.into() }

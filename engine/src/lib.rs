@@ -11,7 +11,6 @@ pub mod error;
 pub mod image_io;
 pub mod loss;
 pub mod optim;
-pub mod params;
 pub mod problem;
 pub mod render;
 pub mod safetensors;
@@ -20,3 +19,5 @@ pub mod vgg;
 pub mod weights;
 
 pub use error::{EngineError, Result};
+/// Job parameters live in `stylefarm-core` (no libtorch) and are re-exported here.
+pub use stylefarm_core::params;

@@ -51,7 +51,7 @@ impl Progress for StderrProgress {
 }
 
 pub fn run(args: &RenderArgs) -> Result<()> {
-    let params = args.to_params()?;
+    let params = args.knobs.to_params()?;
     if let Some(threads) = args.threads {
         if threads < 1 {
             anyhow::bail!("invalid parameter `threads`: {threads} must be >= 1");

@@ -81,7 +81,7 @@ fn params_file_layers_under_flags() {
     assert_eq!(meta["params"]["tv_weight"], 0.5);
     assert_eq!(meta["params"]["iterations"], 2);
     std::fs::write(&file, "iteratons = 1\n").unwrap();
-    assert_fails(&render(&["--params", file.to_str().unwrap()], &out), 2, "unknown parameter `iteratons`");
+    assert_fails(&render(&["--params", file.to_str().unwrap()], &out), 2, "invalid parameter `iteratons`: unknown parameter");
 }
 
 #[test]

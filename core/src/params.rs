@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
-use crate::vgg::{LayerId, Pooling};
-use crate::weights::WeightsSpec;
+use crate::error::{ParamError, Result};
+use crate::layers::{LayerId, Pooling};
+use crate::weights_spec::{WeightsSpec, NORMALIZATIONS};
 
 /// Long side in pixels: at least one pixel left after VGG's four poolings.
 pub const MIN_SIZE: u32 = 16;
@@ -31,12 +31,12 @@ pub enum Preset {
 }
 
 impl std::str::FromStr for Preset {
-    type Err = EngineError;
+    type Err = ParamError;
     fn from_str(s: &str) -> Result<Preset> {
         match s {
             "keras" => Ok(Preset::Keras),
             "gatys" => Ok(Preset::Gatys),
-            other => Err(EngineError::param("preset", format!("`{other}` is not one of keras, gatys"))),
+            other => Err(ParamError::new("preset", format!("`{other}` is not one of keras, gatys"))),
         }
     }
 }
@@ -298,13 +298,13 @@ impl RenderParams {
         range_u32("scales", self.scales, 1, MAX_SCALES, "")?;
         let coarsest = self.size >> (self.scales - 1);
         if coarsest < MIN_SIZE {
-            return Err(EngineError::param(
+            return Err(ParamError::new(
                 "scales",
                 format!("{} scales from size {} make a coarsest scale of {coarsest} px, below the minimum {MIN_SIZE}", self.scales, self.size),
             ));
         }
         if self.scale_iterations.len() > self.scales as usize - 1 {
-            return Err(EngineError::param(
+            return Err(ParamError::new(
                 "scale_iterations",
                 format!("{} values given for {} coarser scales", self.scale_iterations.len(), self.scales - 1),
             ));
@@ -313,22 +313,22 @@ impl RenderParams {
             range_u32(&format!("scale_iterations[{i}]"), n, 1, MAX_ITERATIONS, "")?;
         }
         if style_count == 0 {
-            return Err(EngineError::param("style", "at least one style image is required"));
+            return Err(ParamError::new("style", "at least one style image is required"));
         }
         if style_count > MAX_STYLES {
-            return Err(EngineError::param("style", format!("{style_count} style images given, the limit is {MAX_STYLES}")));
+            return Err(ParamError::new("style", format!("{style_count} style images given, the limit is {MAX_STYLES}")));
         }
         non_negative("content_weight", self.content_weight)?;
         non_negative("style_weight", self.style_weight)?;
         non_negative("tv_weight", self.tv_weight)?;
         if !(self.tv_exponent.is_finite() && (0.5..=4.0).contains(&self.tv_exponent)) {
-            return Err(EngineError::param("tv_exponent", format!("{} is outside 0.5..=4", self.tv_exponent)));
+            return Err(ParamError::new("tv_exponent", format!("{} is outside 0.5..=4", self.tv_exponent)));
         }
         if self.style_layers.is_empty() {
-            return Err(EngineError::param("style_layers", "at least one style layer is required"));
+            return Err(ParamError::new("style_layers", "at least one style layer is required"));
         }
         if self.style_layer_weights.len() != self.style_layers.len() {
-            return Err(EngineError::param(
+            return Err(ParamError::new(
                 "style_layer_weights",
                 format!("{} weights for {} style layers", self.style_layer_weights.len(), self.style_layers.len()),
             ));
@@ -338,11 +338,11 @@ impl RenderParams {
         }
         let (lo, hi) = STYLE_SCALE_RANGE;
         if !(self.style_scale.is_finite() && (lo..=hi).contains(&self.style_scale)) {
-            return Err(EngineError::param("style_scale", format!("{} is outside {lo}..={hi}", self.style_scale)));
+            return Err(ParamError::new("style_scale", format!("{} is outside {lo}..={hi}", self.style_scale)));
         }
         if !self.style_blend_weights.is_empty() {
             if self.style_blend_weights.len() != style_count {
-                return Err(EngineError::param(
+                return Err(ParamError::new(
                     "style_blend_weights",
                     format!("{} weights for {style_count} style images", self.style_blend_weights.len()),
                 ));
@@ -351,7 +351,7 @@ impl RenderParams {
                 non_negative(&format!("style_blend_weights[{i}]"), w)?;
             }
             if self.style_blend_weights.iter().sum::<f64>() <= 0.0 {
-                return Err(EngineError::param("style_blend_weights", "must not all be zero"));
+                return Err(ParamError::new("style_blend_weights", "must not all be zero"));
             }
         }
         match &self.optimizer {
@@ -364,7 +364,7 @@ impl RenderParams {
                     range_u32("optimizer.max_evaluations", *n, 1, MAX_ITERATIONS.saturating_mul(30), "")?;
                 }
                 if *history_size == 0 || *history_size > MAX_HISTORY {
-                    return Err(EngineError::param("optimizer.history_size", format!("{history_size} is outside 1..={MAX_HISTORY}")));
+                    return Err(ParamError::new("optimizer.history_size", format!("{history_size} is outside 1..={MAX_HISTORY}")));
                 }
                 finite("optimizer.tolerance_grad", *tolerance_grad)?;
                 finite("optimizer.tolerance_change", *tolerance_change)?;
@@ -373,30 +373,53 @@ impl RenderParams {
                 positive("optimizer.lr", *lr)?;
                 for (field, beta) in [("optimizer.beta1", beta1), ("optimizer.beta2", beta2)] {
                     if !(beta.is_finite() && (0.0..1.0).contains(beta)) {
-                        return Err(EngineError::param(field, format!("{beta} is outside 0..1")));
+                        return Err(ParamError::new(field, format!("{beta} is outside 0..1")));
                     }
                 }
                 positive("optimizer.eps", *eps)?;
             }
         }
         if let Some(name) = &self.normalization {
-            crate::weights::Normalization::parse(name)?;
+            if !NORMALIZATIONS.contains(&name.as_str()) {
+                return Err(ParamError::new("normalization", format!("`{name}` is not one of {}", NORMALIZATIONS.join(", "))));
+            }
         }
         Ok(())
     }
 }
 
+/// Overlays a table of RenderParams fields (from a file or the wire) on a preset:
+/// the flag's preset, else the table's `preset`, else keras. Unknown keys are errors.
+pub fn params_from_overlay(preset_flag: Option<Preset>, overlay: serde_json::Map<String, serde_json::Value>) -> Result<RenderParams> {
+    let preset = match (preset_flag, overlay.get("preset")) {
+        (Some(p), _) => p,
+        (None, Some(v)) => serde_json::from_value(v.clone()).map_err(|_| ParamError::new("preset", format!("{v} is not one of keras, gatys")))?,
+        (None, None) => Preset::Keras,
+    };
+    let mut base = serde_json::to_value(RenderParams::preset(preset)).map_err(|e| ParamError::new("params", e.to_string()))?;
+    let serde_json::Value::Object(base_map) = &mut base else {
+        return Err(ParamError::new("params", "parameters did not serialise to a table"));
+    };
+    for (key, value) in overlay {
+        if !base_map.contains_key(&key) {
+            return Err(ParamError::new(key.clone(), "unknown parameter"));
+        }
+        base_map.insert(key, value);
+    }
+    serde_json::from_value(base).map_err(|e| ParamError::new("params", format!("invalid value: {e}")))
+}
+
 fn range_u32(field: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<()> {
     if value < min || value > max {
         let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
-        return Err(EngineError::param(field, format!("{value} is outside the limits {min}..={max}{unit}")));
+        return Err(ParamError::new(field, format!("{value} is outside the limits {min}..={max}{unit}")));
     }
     Ok(())
 }
 
 fn finite(field: &str, value: f64) -> Result<()> {
     if !value.is_finite() {
-        return Err(EngineError::param(field, format!("{value} is not a finite number")));
+        return Err(ParamError::new(field, format!("{value} is not a finite number")));
     }
     Ok(())
 }
@@ -404,7 +427,7 @@ fn finite(field: &str, value: f64) -> Result<()> {
 fn non_negative(field: &str, value: f64) -> Result<()> {
     finite(field, value)?;
     if value < 0.0 {
-        return Err(EngineError::param(field, format!("{value} is negative; the limit is >= 0")));
+        return Err(ParamError::new(field, format!("{value} is negative; the limit is >= 0")));
     }
     Ok(())
 }
@@ -412,7 +435,7 @@ fn non_negative(field: &str, value: f64) -> Result<()> {
 fn positive(field: &str, value: f64) -> Result<()> {
     finite(field, value)?;
     if value <= 0.0 {
-        return Err(EngineError::param(field, format!("{value} must be > 0")));
+        return Err(ParamError::new(field, format!("{value} must be > 0")));
     }
     Ok(())
 }

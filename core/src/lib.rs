@@ -1,0 +1,14 @@
+//! stylefarm's shared vocabulary, free of libtorch: every knob of a render job
+//! ([`params::RenderParams`]) with its presets and validation, VGG-16 layer names,
+//! the weights a job asks for, and a job's device-memory estimate. The engine,
+//! the coordinator and the client all speak it.
+
+pub mod error;
+pub mod estimate;
+#[cfg(feature = "cli")]
+pub mod knobs;
+pub mod layers;
+pub mod params;
+pub mod weights_spec;
+
+pub use error::{ParamError, Result};
