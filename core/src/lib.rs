@@ -9,6 +9,8 @@ pub mod estimate;
 pub mod knobs;
 pub mod layers;
 pub mod params;
+#[cfg(feature = "storage")]
+pub mod storage;
 pub mod weights_spec;
 
 pub use error::{ParamError, Result};

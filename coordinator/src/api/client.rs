@@ -1,0 +1,303 @@
+//! `stylefarm.v1.Coordinator`: what users call.
+
+use std::io::Cursor;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use sha2::{Digest, Sha256};
+use stylefarm_proto as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::image_key;
+use crate::convert;
+use crate::error::CoordError;
+use crate::farm::{now_ms, Farm};
+use crate::ids::{BatchId, JobId};
+use crate::model::{BatchPhase, JobState};
+use crate::store::ImageRecord;
+use crate::validate;
+
+/// Largest side and pixel count of an uploaded image.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+const DOWNLOAD_CHUNK: usize = 1 << 20;
+
+pub struct ClientApi {
+    farm: Arc<Farm>,
+}
+
+impl ClientApi {
+    pub fn new(farm: Arc<Farm>) -> ClientApi {
+        ClientApi { farm }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn new_trace_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn batch_phase(state: i32) -> Option<BatchPhase> {
+    match pb::BatchState::try_from(state).ok()? {
+        pb::BatchState::Queued => Some(BatchPhase::Queued),
+        pb::BatchState::Running => Some(BatchPhase::Running),
+        pb::BatchState::Succeeded => Some(BatchPhase::Succeeded),
+        pb::BatchState::Failed => Some(BatchPhase::Failed),
+        pb::BatchState::Cancelled => Some(BatchPhase::Cancelled),
+        pb::BatchState::Unspecified => None,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::coordinator_server::Coordinator for ClientApi {
+    #[tracing::instrument(skip_all, fields(batch_id, jobs))]
+    async fn submit_batch(&self, request: Request<pb::SubmitBatchRequest>) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let req = request.into_inner();
+        let farm = Arc::clone(&self.farm);
+        let new = farm.read(|s| validate::submit(&req, &|sha| s.has_image(sha)))?;
+        let submitted = farm
+            .apply(move |s, fx, now| {
+                let mut trace_id = new_trace_id;
+                Ok(s.submit(new, now, fx, &mut trace_id))
+            })
+            .await?;
+        let span = tracing::Span::current();
+        span.record("batch_id", tracing::field::display(submitted.batch));
+        span.record("jobs", submitted.jobs.len());
+        tracing::info!(deduplicated = submitted.deduplicated, "batch submitted");
+        Ok(Response::new(pb::SubmitBatchResponse {
+            batch_id: submitted.batch.to_string(),
+            job_ids: submitted.jobs.iter().map(ToString::to_string).collect(),
+            deduplicated: submitted.deduplicated,
+        }))
+    }
+
+    async fn get_batch(&self, request: Request<pb::GetBatchRequest>) -> Result<Response<pb::GetBatchResponse>, Status> {
+        let req = request.into_inner();
+        let id = BatchId::parse(&req.batch_id, "batch_id")?;
+        if !req.include_jobs {
+            let batch = self.farm.read(|s| s.batch(id).map(convert::batch)).ok_or_else(|| CoordError::not_found("batch", id))?;
+            return Ok(Response::new(pb::GetBatchResponse { batch: Some(batch), jobs: Vec::new() }));
+        }
+        let (batch, jobs) = self.farm.batch_with_jobs(id).await?;
+        Ok(Response::new(pb::GetBatchResponse { batch: Some(batch), jobs }))
+    }
+
+    async fn list_batches(&self, request: Request<pb::ListBatchesRequest>) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 50,
+            n if n > 1000 => return Err(CoordError::invalid("page_size", format!("{n} is above the limit 1000")).into()),
+            n => n as usize,
+        };
+        let before = if req.page_token.is_empty() { None } else { Some(BatchId::parse(&req.page_token, "page_token")?) };
+        let mut phases = Vec::new();
+        for (i, &state) in req.states.iter().enumerate() {
+            phases.push(batch_phase(state).ok_or_else(|| CoordError::invalid(format!("states[{i}]"), format!("{state} is not a batch state")))?);
+        }
+        let batches = self.farm.read(|s| {
+            s.list_batches(before, limit + 1, |b| phases.is_empty() || phases.contains(&b.phase())).into_iter().map(convert::batch).collect::<Vec<_>>()
+        });
+        let (page, next) = if batches.len() > limit {
+            (batches[..limit].to_vec(), batches[limit - 1].id.clone())
+        } else {
+            (batches, String::new())
+        };
+        Ok(Response::new(pb::ListBatchesResponse { batches: page, next_page_token: next }))
+    }
+
+    type WatchBatchStream = BoxStream<pb::WatchEvent>;
+
+    async fn watch_batch(&self, request: Request<pb::WatchBatchRequest>) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
+        // subscribe before the snapshot, so nothing falls between them
+        let mut live = self.farm.subscribe(id);
+        let (batch, jobs) = self.farm.batch_with_jobs(id).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let farm = Arc::clone(&self.farm);
+        tokio::spawn(async move {
+            if send_snapshot(&tx, batch, jobs).await.is_err() {
+                return;
+            }
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(batch_id = %id, missed, "watcher lagged; sending a fresh snapshot");
+                        let Ok((batch, jobs)) = farm.batch_with_jobs(id).await else { return };
+                        if send_snapshot(&tx, batch, jobs).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let finished = event.kind == pb::EventKind::BatchFinished as i32;
+                if tx.send(Ok(event)).await.is_err() || finished {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all, fields(batch_id))]
+    async fn cancel_batch(&self, request: Request<pb::CancelBatchRequest>) -> Result<Response<pb::CancelBatchResponse>, Status> {
+        let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
+        tracing::Span::current().record("batch_id", tracing::field::display(id));
+        let (cancelled, signalled) = self.farm.apply(move |s, fx, now| s.cancel_batch(id, now, fx)).await?;
+        tracing::info!(cancelled, signalled, "batch cancelled");
+        Ok(Response::new(pb::CancelBatchResponse { cancelled_queued: cancelled, signalled_running: signalled }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
+        let job = self.farm.job(id).await?;
+        Ok(Response::new(convert::job(&job, self.farm.job_progress(id).as_ref())))
+    }
+
+    #[tracing::instrument(skip_all, fields(sha256, bytes))]
+    async fn upload_image(&self, request: Request<Streaming<pb::UploadImageRequest>>) -> Result<Response<pb::UploadImageResponse>, Status> {
+        let mut stream = request.into_inner();
+        let limit = self.farm.config.max_upload_bytes;
+        let header = match stream.message().await? {
+            Some(pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Header(h)) }) => h,
+            _ => return Err(CoordError::invalid("header", "the first message must be an UploadHeader").into()),
+        };
+        if header.size_bytes > limit {
+            return Err(CoordError::invalid("header.size_bytes", format!("{} bytes; the limit is {limit}", header.size_bytes)).into());
+        }
+        let mut data = BytesMut::with_capacity(header.size_bytes as usize);
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::upload_image_request::Part::Chunk(chunk)) => {
+                    if data.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(CoordError::invalid("chunk", format!("the image is above the limit of {limit} bytes")).into());
+                    }
+                    data.extend_from_slice(&chunk);
+                }
+                _ => return Err(CoordError::invalid("header", "only the first message may be a header").into()),
+            }
+        }
+        if header.size_bytes != 0 && header.size_bytes != data.len() as u64 {
+            return Err(CoordError::invalid("header.size_bytes", format!("announced {} bytes, received {}", header.size_bytes, data.len())).into());
+        }
+        let data: Bytes = data.freeze();
+        let sha = hex::encode(Sha256::digest(&data));
+        if !header.sha256.is_empty() && !header.sha256.eq_ignore_ascii_case(&sha) {
+            return Err(CoordError::invalid("header.sha256", format!("announced {}, the bytes hash to {sha}", header.sha256)).into());
+        }
+        tracing::Span::current().record("sha256", &sha[..16]).record("bytes", data.len());
+        let (width, height, format) = inspect_image(&header.filename, &data)?;
+        if self.farm.read(|s| s.has_image(&sha)) {
+            return Ok(Response::new(pb::UploadImageResponse { sha256: sha, size_bytes: data.len() as u64, width, height, format, already_present: true }));
+        }
+        let size = data.len() as u64;
+        self.farm.blobs.put(&image_key(&sha), data).await.map_err(|e| CoordError::Blob(e.to_string()))?;
+        let record = ImageRecord { sha256: sha.clone(), size_bytes: size, width, height, format: format.clone(), created_ms: now_ms() };
+        let added = self.farm.apply(move |s, fx, _| Ok(s.add_image(record, fx))).await?;
+        tracing::info!(width, height, format = %format, "image stored");
+        Ok(Response::new(pb::UploadImageResponse { sha256: sha, size_bytes: size, width, height, format, already_present: !added }))
+    }
+
+    async fn stat_images(&self, request: Request<pb::StatImagesRequest>) -> Result<Response<pb::StatImagesResponse>, Status> {
+        let req = request.into_inner();
+        if req.sha256.len() > 10_000 {
+            return Err(CoordError::invalid("sha256", format!("{} hashes; the limit is 10000", req.sha256.len())).into());
+        }
+        let mut wanted = Vec::with_capacity(req.sha256.len());
+        for (i, sha) in req.sha256.iter().enumerate() {
+            wanted.push(validate::check_sha256(&format!("sha256[{i}]"), sha)?);
+        }
+        let missing = self.farm.read(|s| wanted.into_iter().filter(|sha| !s.has_image(sha)).collect());
+        Ok(Response::new(pb::StatImagesResponse { missing }))
+    }
+
+    async fn list_workers(&self, _request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let now = now_ms();
+        let heartbeat = self.farm.config.heartbeat_interval_ms;
+        let workers = self.farm.read(|s| {
+            s.workers()
+                .map(|w| convert::worker(w, s.running_jobs_of(w.id).iter().map(ToString::to_string).collect(), now, heartbeat))
+                .collect()
+        });
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    type DownloadOutputsStream = BoxStream<pb::OutputChunk>;
+
+    async fn download_outputs(&self, request: Request<pb::DownloadOutputsRequest>) -> Result<Response<Self::DownloadOutputsStream>, Status> {
+        let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
+        let job = self.farm.job(id).await?;
+        let JobState::Succeeded { outputs, .. } = job.state else {
+            return Err(CoordError::FailedPrecondition(format!("job {id} has not succeeded: it has no outputs")).into());
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let blobs = self.farm.blobs.clone();
+        tokio::spawn(async move {
+            for file in outputs.files {
+                let name = file.key.strip_prefix(&outputs.prefix).unwrap_or(&file.key).to_string();
+                let data = match blobs.get(&file.key).await {
+                    Ok(data) => data,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let mut offset = 0;
+                loop {
+                    let end = (offset + DOWNLOAD_CHUNK).min(data.len());
+                    let last = end == data.len();
+                    let chunk = pb::OutputChunk { name: name.clone(), offset: offset as u64, data: data.slice(offset..end), last };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                    if last {
+                        break;
+                    }
+                    offset = end;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn send_snapshot(tx: &mpsc::Sender<Result<pb::WatchEvent, Status>>, batch: pb::Batch, jobs: Vec<pb::Job>) -> Result<(), ()> {
+    let now = now_ms();
+    let finished = batch.finished_at_ms != 0;
+    for job in jobs {
+        let event = pb::WatchEvent { kind: pb::EventKind::Snapshot as i32, batch: Some(batch.clone()), job: Some(job), at_ms: now };
+        tx.send(Ok(event)).await.map_err(|_| ())?;
+    }
+    if finished {
+        let event = pb::WatchEvent { kind: pb::EventKind::BatchFinished as i32, batch: Some(batch), job: None, at_ms: now };
+        tx.send(Ok(event)).await.map_err(|_| ())?;
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Reads only the header: format and dimensions, checked against the limits.
+fn inspect_image(filename: &str, data: &[u8]) -> Result<(u32, u32, String), CoordError> {
+    let field = if filename.is_empty() { "chunk".to_string() } else { format!("image `{filename}`") };
+    let reader = image::ImageReader::new(Cursor::new(data))
+        .with_guessed_format()
+        .map_err(|e| CoordError::invalid(&field, e.to_string()))?;
+    let Some(format) = reader.format() else {
+        return Err(CoordError::invalid(field, "not an image in a known format (png, jpeg, gif, bmp, webp, tiff)"));
+    };
+    let (width, height) = reader.into_dimensions().map_err(|e| CoordError::invalid(&field, format!("unreadable {format:?} header: {e}")))?;
+    if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || width as u64 * height as u64 > MAX_IMAGE_PIXELS {
+        return Err(CoordError::invalid(
+            field,
+            format!("{width}x{height} is beyond the limits: sides 1..={MAX_IMAGE_SIDE}, at most {MAX_IMAGE_PIXELS} pixels"),
+        ));
+    }
+    Ok((width, height, format!("{format:?}").to_ascii_lowercase()))
+}

@@ -1,0 +1,190 @@
+//! `stylefarm.v1.WorkerApi`: what workers call. Every call about a job carries
+//! its attempt number, and the scheduler rejects any attempt but the current one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stylefarm_proto as pb;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::{attempt_prefix, image_key};
+use crate::error::CoordError;
+use crate::farm::Farm;
+use crate::ids::{JobId, WorkerId};
+use crate::model::{HeartbeatVerdict, ImageSource};
+use crate::scheduler::Grant;
+use crate::validate;
+
+/// Longest long poll a worker may ask for.
+pub const MAX_WAIT_MS: u32 = 30_000;
+
+pub struct WorkerService {
+    farm: Arc<Farm>,
+}
+
+impl WorkerService {
+    pub fn new(farm: Arc<Farm>) -> WorkerService {
+        WorkerService { farm }
+    }
+
+    fn source_url(&self, source: &ImageSource) -> (String, String) {
+        match source {
+            ImageSource::Blob(sha) => (self.farm.blobs.url_of(&image_key(sha)), sha.clone()),
+            ImageSource::Url(url) => (url.clone(), String::new()),
+        }
+    }
+
+    fn lease_message(&self, grant: &Grant) -> pb::Lease {
+        let job = &grant.job;
+        let (content_url, content_sha256) = self.source_url(&job.content);
+        let (style_urls, style_sha256) = job.styles.iter().map(|s| self.source_url(s)).unzip();
+        pb::Lease {
+            job_id: job.id.to_string(),
+            batch_id: job.batch.to_string(),
+            attempt: grant.attempt,
+            name: job.name.clone(),
+            content_url,
+            style_urls,
+            content_sha256,
+            style_sha256,
+            params_json: job.params_json.clone(),
+            output_prefix: self.farm.blobs.url_of(&attempt_prefix(job.batch, job.id, grant.attempt)),
+            lease_ttl_ms: self.farm.config.scheduler.lease_ttl_ms as u32,
+            traceparent: traceparent(&job.trace_id),
+        }
+    }
+}
+
+/// W3C trace context: the job's trace, a fresh span for this attempt, sampled.
+fn traceparent(trace_id: &str) -> String {
+    format!("00-{trace_id}-{}-01", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+fn verdict(v: HeartbeatVerdict) -> pb::Verdict {
+    match v {
+        HeartbeatVerdict::Continue => pb::Verdict::Continue,
+        HeartbeatVerdict::Cancel => pb::Verdict::Cancel,
+        HeartbeatVerdict::LeaseLost => pb::Verdict::LeaseLost,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::worker_api_server::WorkerApi for WorkerService {
+    #[tracing::instrument(skip_all, fields(worker_id, name))]
+    async fn register_worker(&self, request: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_name("name", &req.name)?;
+        let devices = validate::devices(&req.devices)?;
+        let existing = if req.worker_id.is_empty() { None } else { Some(WorkerId::parse(&req.worker_id, "worker_id")?) };
+        let (name, version) = (req.name.clone(), req.version.clone());
+        let id = self.farm.apply(move |s, fx, now| Ok(s.register_worker(existing, name, devices, version, now, fx))).await?;
+        tracing::Span::current().record("worker_id", tracing::field::display(id)).record("name", &req.name);
+        tracing::info!(devices = req.devices.len(), version = %req.version, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: id.to_string(),
+            lease_ttl_ms: self.farm.config.scheduler.lease_ttl_ms as u32,
+            heartbeat_interval_ms: self.farm.config.heartbeat_interval_ms as u32,
+            store_url: self.farm.blobs.url.clone(),
+        }))
+    }
+
+    async fn lease_job(&self, request: Request<pb::LeaseJobRequest>) -> Result<Response<pb::LeaseJobResponse>, Status> {
+        let req = request.into_inner();
+        let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
+        if req.wait_ms > MAX_WAIT_MS {
+            return Err(CoordError::invalid("wait_ms", format!("{} is above the limit {MAX_WAIT_MS}", req.wait_ms)).into());
+        }
+        let memory = req.device_memory_bytes;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms as u64);
+        let grant = loop {
+            let notified = self.farm.work_notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(grant) = self.farm.apply(move |s, fx, now| s.lease(worker, memory, now, fx)).await? {
+                break Some(grant);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        };
+        let Some(grant) = grant else {
+            return Ok(Response::new(pb::LeaseJobResponse { lease: None }));
+        };
+        let lease = self.lease_message(&grant);
+        tracing::info!(
+            job_id = %grant.job.id, batch_id = %grant.job.batch, worker_id = %worker, attempt = grant.attempt,
+            device = %req.device, traceparent = %lease.traceparent, "job leased"
+        );
+        let mut response = Response::new(pb::LeaseJobResponse { lease: Some(lease.clone()) });
+        if let Ok(value) = MetadataValue::try_from(lease.traceparent.as_str()) {
+            response.metadata_mut().insert("traceparent", value);
+        }
+        Ok(response)
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
+        if req.jobs.len() > 1024 {
+            return Err(CoordError::invalid("jobs", format!("{} jobs; the limit is 1024", req.jobs.len())).into());
+        }
+        let mut beats = Vec::with_capacity(req.jobs.len());
+        for (i, beat) in req.jobs.into_iter().enumerate() {
+            let job = JobId::parse(&beat.job_id, &format!("jobs[{i}].job_id"))?;
+            if beat.progress.as_ref().is_some_and(|p| p.rows.len() > 10_000) {
+                return Err(CoordError::invalid(format!("jobs[{i}].progress.rows"), "more than 10000 rows in one heartbeat").into());
+            }
+            beats.push((job, beat.attempt, beat.progress));
+        }
+        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, beats, now, fx)).await?;
+        let ttl = self.farm.config.scheduler.lease_ttl_ms as u32;
+        let jobs = verdicts
+            .into_iter()
+            .map(|(job, attempt, v)| {
+                if v != HeartbeatVerdict::Continue {
+                    tracing::info!(job_id = %job, worker_id = %worker, attempt, verdict = ?v, "heartbeat verdict");
+                }
+                pb::JobVerdict { job_id: job.to_string(), attempt, verdict: verdict(v) as i32, lease_ttl_ms: ttl }
+            })
+            .collect();
+        Ok(Response::new(pb::HeartbeatResponse { jobs }))
+    }
+
+    async fn complete_job(&self, request: Request<pb::CompleteJobRequest>) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let req = request.into_inner();
+        let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
+        let job = JobId::parse(&req.job_id, "job_id")?;
+        let batch = self.farm.read(|s| s.job(job).map(|j| j.batch)).ok_or_else(|| CoordError::StaleAttempt {
+            job: job.to_string(),
+            attempt: req.attempt,
+            reason: "the job is finished or unknown".into(),
+        })?;
+        let outputs = validate::outputs(req.result.as_ref(), &attempt_prefix(batch, job, req.attempt))?;
+        let attempt = req.attempt;
+        let result = self.farm.apply(move |s, fx, now| s.complete(worker, job, attempt, outputs, now, fx)).await;
+        match &result {
+            Ok(()) => tracing::info!(job_id = %job, batch_id = %batch, worker_id = %worker, attempt, traceparent = %traceparent, "job completed"),
+            Err(e) => tracing::warn!(job_id = %job, worker_id = %worker, attempt, error = %e, "completion rejected"),
+        }
+        result?;
+        Ok(Response::new(pb::CompleteJobResponse {}))
+    }
+
+    async fn fail_job(&self, request: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
+        let req = request.into_inner();
+        let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
+        let job = JobId::parse(&req.job_id, "job_id")?;
+        let reason: String = req.reason.chars().take(4096).collect();
+        let (attempt, retryable, cancelled) = (req.attempt, req.retryable, req.cancelled);
+        let logged_reason = reason.clone();
+        let after = self.farm.apply(move |s, fx, now| s.fail(worker, job, attempt, (reason, retryable), cancelled, now, fx)).await?;
+        tracing::warn!(job_id = %job, worker_id = %worker, attempt, retryable, cancelled, outcome = ?after, reason = %logged_reason, "job attempt failed");
+        Ok(Response::new(pb::FailJobResponse { will_retry: matches!(after, crate::model::AfterFailure::Requeued { .. }) }))
+    }
+}

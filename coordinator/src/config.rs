@@ -1,0 +1,134 @@
+//! Coordinator configuration: defaults → `--config FILE` (TOML) → `STYLEFARM_*`
+//! environment → command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::Backoff;
+use crate::scheduler::SchedulerConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    /// Holds `state.sqlite` and, unless `store` says otherwise, `objects/`.
+    pub data_dir: PathBuf,
+    /// Object store URL (file://, s3://, gs://, az://, memory://); default `file://{data_dir}/objects`.
+    pub store: Option<String>,
+    pub lease_ttl_ms: i64,
+    pub heartbeat_interval_ms: i64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    /// Failures of one batch's jobs after which a worker gets no more of them.
+    pub worker_batch_failure_limit: u32,
+    pub max_upload_bytes: u64,
+    /// fsync every commit group (survives power loss, not only process death).
+    pub sync_full: bool,
+    /// How often leases are checked for expiry.
+    pub tick_ms: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        let scheduler = SchedulerConfig::default();
+        CoordinatorConfig {
+            listen: "127.0.0.1:50051".parse().expect("valid address"),
+            data_dir: PathBuf::from("stylefarm-data"),
+            store: None,
+            lease_ttl_ms: scheduler.lease_ttl_ms,
+            heartbeat_interval_ms: 5_000,
+            max_attempts: scheduler.default_max_attempts,
+            backoff_base_ms: scheduler.backoff.base_ms,
+            backoff_max_ms: scheduler.backoff.max_ms,
+            worker_batch_failure_limit: scheduler.worker_batch_failure_limit,
+            max_upload_bytes: 64 << 20,
+            sync_full: false,
+            tick_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("invalid {name}: `{value}`: {reason}")]
+    Env { name: String, value: String, reason: String },
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn env<T: std::str::FromStr>(name: &str, target: &mut T) -> Result<(), ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Ok(value) = std::env::var(name) {
+        *target = value.parse().map_err(|e: T::Err| ConfigError::Env { name: name.into(), value, reason: e.to_string() })?;
+    }
+    Ok(())
+}
+
+impl CoordinatorConfig {
+    pub fn from_file(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
+        let file = |reason: String| ConfigError::File { path: path.display().to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| file(e.to_string()))
+    }
+
+    /// Applies `STYLEFARM_*` variables.
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        env("STYLEFARM_LISTEN", &mut self.listen)?;
+        env("STYLEFARM_DATA_DIR", &mut self.data_dir)?;
+        if let Ok(store) = std::env::var("STYLEFARM_STORE") {
+            self.store = Some(store);
+        }
+        env("STYLEFARM_LEASE_TTL_MS", &mut self.lease_ttl_ms)?;
+        env("STYLEFARM_HEARTBEAT_INTERVAL_MS", &mut self.heartbeat_interval_ms)?;
+        env("STYLEFARM_MAX_ATTEMPTS", &mut self.max_attempts)?;
+        env("STYLEFARM_BACKOFF_BASE_MS", &mut self.backoff_base_ms)?;
+        env("STYLEFARM_MAX_UPLOAD_BYTES", &mut self.max_upload_bytes)?;
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if !(100..=3_600_000).contains(&self.lease_ttl_ms) {
+            return invalid("lease_ttl_ms", format!("{} is outside 100..=3600000", self.lease_ttl_ms));
+        }
+        if self.heartbeat_interval_ms < 10 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
+            return invalid("heartbeat_interval_ms", format!("{} must be >= 10 and at most half of lease_ttl_ms ({})", self.heartbeat_interval_ms, self.lease_ttl_ms));
+        }
+        if !(1..=crate::validate::MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return invalid("max_attempts", format!("{} is outside 1..={}", self.max_attempts, crate::validate::MAX_ATTEMPTS));
+        }
+        if self.backoff_base_ms < 0 || self.backoff_max_ms < self.backoff_base_ms {
+            return invalid("backoff_base_ms", "must be >= 0 and <= backoff_max_ms".into());
+        }
+        if self.tick_ms == 0 {
+            return invalid("tick_ms", "must be > 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            lease_ttl_ms: self.lease_ttl_ms,
+            default_max_attempts: self.max_attempts,
+            backoff: Backoff { base_ms: self.backoff_base_ms, max_ms: self.backoff_max_ms },
+            worker_batch_failure_limit: self.worker_batch_failure_limit,
+        }
+    }
+
+    /// The object store URL in effect.
+    pub fn store_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.store {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| ConfigError::Invalid { field: "data_dir", reason: e.to_string() })?;
+        let dir = std::fs::canonicalize(&self.data_dir).map_err(|e| ConfigError::Invalid { field: "data_dir", reason: e.to_string() })?;
+        Ok(format!("file://{}", dir.join("objects").display()))
+    }
+}

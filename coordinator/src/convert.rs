@@ -1,0 +1,110 @@
+//! Records → wire messages.
+
+use stylefarm_proto as pb;
+
+use crate::model::{BatchPhase, BatchRecord, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, WorkerRecord};
+
+pub fn image_ref(source: &ImageSource) -> pb::ImageRef {
+    let source = match source {
+        ImageSource::Blob(sha) => pb::image_ref::Source::Sha256(sha.clone()),
+        ImageSource::Url(url) => pb::image_ref::Source::Url(url.clone()),
+    };
+    pb::ImageRef { source: Some(source) }
+}
+
+pub fn counts(c: &Counts) -> pb::JobCounts {
+    pb::JobCounts { total: c.total, queued: c.queued, running: c.running, succeeded: c.succeeded, failed: c.failed, cancelled: c.cancelled }
+}
+
+pub fn batch_state(phase: BatchPhase) -> pb::BatchState {
+    match phase {
+        BatchPhase::Queued => pb::BatchState::Queued,
+        BatchPhase::Running => pb::BatchState::Running,
+        BatchPhase::Succeeded => pb::BatchState::Succeeded,
+        BatchPhase::Failed => pb::BatchState::Failed,
+        BatchPhase::Cancelled => pb::BatchState::Cancelled,
+    }
+}
+
+pub fn batch(b: &BatchRecord) -> pb::Batch {
+    pb::Batch {
+        id: b.id.to_string(),
+        name: b.name.clone(),
+        priority: b.priority,
+        labels: b.labels.clone().into_iter().collect(),
+        state: batch_state(b.phase()) as i32,
+        counts: Some(counts(&b.counts)),
+        created_at_ms: b.created_ms,
+        finished_at_ms: b.finished_ms.unwrap_or(0),
+        max_attempts: b.max_attempts,
+    }
+}
+
+pub fn outputs(o: &JobOutputs) -> pb::JobResult {
+    pb::JobResult {
+        prefix: o.prefix.clone(),
+        outputs: o.files.iter().map(|f| pb::OutputFile { key: f.key.clone(), size_bytes: f.size_bytes, kind: f.kind.clone() }).collect(),
+        final_loss: o.final_loss,
+        iterations: o.iterations,
+        engine_ms: o.engine_ms,
+        device: o.device.clone(),
+    }
+}
+
+pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>) -> pb::Job {
+    let (state, worker, result, cancel_requested) = match &j.state {
+        JobState::Queued { .. } => (pb::JobState::Queued, None, None, false),
+        JobState::Running { worker, cancel_requested, .. } => (pb::JobState::Running, Some(*worker), None, *cancel_requested),
+        JobState::Succeeded { worker, outputs: o } => (pb::JobState::Succeeded, Some(*worker), Some(outputs(o)), false),
+        JobState::Failed { worker, .. } => (pb::JobState::Failed, *worker, None, false),
+        JobState::Cancelled => (pb::JobState::Cancelled, None, None, false),
+    };
+    let (error, error_retryable) = match (&j.state, &j.last_failure) {
+        (JobState::Failed { reason, retryable, .. }, _) => (reason.clone(), *retryable),
+        (_, Some(f)) => (f.reason.clone(), f.retryable),
+        _ => (String::new(), false),
+    };
+    let worker = worker.or_else(|| j.last_failure.as_ref().and_then(|f| f.worker));
+    pb::Job {
+        id: j.id.to_string(),
+        batch_id: j.batch.to_string(),
+        index: j.index,
+        name: j.name.clone(),
+        state: state as i32,
+        attempt: j.attempt,
+        max_attempts: j.max_attempts,
+        worker_id: worker.map(|w| w.to_string()).unwrap_or_default(),
+        content: Some(image_ref(&j.content)),
+        styles: j.styles.iter().map(image_ref).collect(),
+        params_json: j.params_json.clone(),
+        estimate_bytes: j.estimate_bytes,
+        error,
+        error_retryable,
+        result,
+        progress: progress.cloned(),
+        created_at_ms: j.created_ms,
+        started_at_ms: j.started_ms.unwrap_or(0),
+        finished_at_ms: j.finished_ms.unwrap_or(0),
+        cancel_requested,
+        priority: j.priority,
+    }
+}
+
+pub fn worker(w: &WorkerRecord, running: Vec<String>, now: Millis, heartbeat_ms: Millis) -> pb::Worker {
+    pb::Worker {
+        id: w.id.to_string(),
+        name: w.name.clone(),
+        devices: w
+            .devices
+            .iter()
+            .map(|d| pb::Device { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() })
+            .collect(),
+        version: w.version.clone(),
+        connected: now - w.last_seen_ms <= 3 * heartbeat_ms,
+        registered_at_ms: w.registered_ms,
+        last_seen_at_ms: w.last_seen_ms,
+        running_jobs: running,
+        succeeded: w.succeeded,
+        failed: w.failed,
+    }
+}

@@ -1,0 +1,68 @@
+//! The coordinator's errors, and the one place that maps them to gRPC codes.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// A request field is missing, malformed or beyond its limit.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidArgument { field: String, reason: String },
+
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+
+    /// A heartbeat, completion or failure from an attempt that no longer holds
+    /// the job's lease (it expired and the job moved on).
+    #[error("stale lease: job {job} attempt {attempt} is not the current attempt ({reason})")]
+    StaleAttempt { job: String, attempt: u32, reason: String },
+
+    /// The request is valid but the object is in the wrong state for it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    /// The state store failed; the coordinator stops (fail-stop) so that a
+    /// restart reloads the durable truth.
+    #[error("state store: {0}")]
+    Store(String),
+
+    /// Object storage failed (retry may succeed).
+    #[error("object storage: {0}")]
+    Blob(String),
+
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl CoordError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordError {
+        CoordError::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn not_found(what: &'static str, id: impl ToString) -> CoordError {
+        CoordError::NotFound { what, id: id.to_string() }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            CoordError::InvalidArgument { .. } => Code::InvalidArgument,
+            CoordError::NotFound { .. } => Code::NotFound,
+            CoordError::StaleAttempt { .. } | CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
+            CoordError::Store(_) => Code::Internal,
+            CoordError::Blob(_) | CoordError::ShuttingDown => Code::Unavailable,
+        }
+    }
+}
+
+impl From<CoordError> for Status {
+    fn from(e: CoordError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<stylefarm_core::ParamError> for CoordError {
+    fn from(e: stylefarm_core::ParamError) -> CoordError {
+        CoordError::InvalidArgument { field: e.field, reason: e.reason }
+    }
+}
+
+pub type Result<T, E = CoordError> = std::result::Result<T, E>;

@@ -1,0 +1,24 @@
+//! stylefarm's coordinator: takes batches of style-transfer jobs over gRPC, keeps
+//! them in SQLite, leases them to workers with fencing, and serves progress,
+//! results and outputs back to users.
+//!
+//! Layout: [`model`] (records and the job state machine), [`scheduler`] (queues,
+//! fair share, leases, in memory), [`store`] (durable state, group commit),
+//! [`farm`] (the two joined, events, the clock), [`api`] (the gRPC services),
+//! [`validate`] / [`convert`] (the wire edge), [`server`] (`run`).
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod events;
+pub mod farm;
+pub mod ids;
+pub mod model;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod validate;
+
+pub use config::CoordinatorConfig;
+pub use server::run;

@@ -1,0 +1,96 @@
+//! Durable state behind a trait, so PostgreSQL can stand beside SQLite later.
+//!
+//! The scheduler keeps the live state in memory and describes every change as
+//! [`StoreOp`]s; a store commits them in order, in groups (one transaction for
+//! all the changes that arrived while the last one was being written), and
+//! acknowledges each group. The coordinator answers a request only after its
+//! changes are committed, so an acknowledged submit, lease or completion
+//! survives `kill -9`.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+use tokio::sync::oneshot;
+
+use crate::ids::{BatchId, JobId};
+use crate::model::{BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+    pub created_ms: Millis,
+}
+
+/// The mutable part of a job row.
+#[derive(Debug, Clone)]
+pub struct JobUpdate {
+    pub id: JobId,
+    pub attempt: u32,
+    pub state: JobState,
+    pub last_failure: Option<Failure>,
+    pub started_ms: Option<Millis>,
+    pub finished_ms: Option<Millis>,
+}
+
+impl JobUpdate {
+    pub fn of(job: &JobRecord) -> JobUpdate {
+        JobUpdate {
+            id: job.id,
+            attempt: job.attempt,
+            state: job.state.clone(),
+            last_failure: job.last_failure.clone(),
+            started_ms: job.started_ms,
+            finished_ms: job.finished_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    InsertBatch(BatchRecord),
+    InsertJob(Box<JobRecord>),
+    UpdateJob(JobUpdate),
+    CancelBatch(BatchId),
+    /// The batch's last job finished: its final counts are kept with it (its
+    /// jobs then live only in the store).
+    FinishBatch { id: BatchId, finished_ms: Millis, counts: Counts, started: bool },
+    UpsertWorker(WorkerRecord),
+    InsertImage(ImageRecord),
+}
+
+/// Everything the scheduler needs to resume after a restart.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub batches: Vec<BatchRecord>,
+    /// Jobs of unfinished batches only.
+    pub jobs: Vec<JobRecord>,
+    pub workers: Vec<WorkerRecord>,
+    pub images: Vec<String>,
+    pub next_batch: i64,
+    pub next_job: i64,
+    pub next_worker: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Resolves when the ops it was given are durable.
+pub type CommitTicket = oneshot::Receiver<StoreResult<()>>;
+
+pub trait Store: Send + Sync + 'static {
+    fn load(&self) -> StoreResult<Snapshot>;
+    /// Queues `ops` behind every earlier commit; the ticket resolves once they are durable.
+    fn commit(&self, ops: Vec<StoreOp>) -> CommitTicket;
+    fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>>;
+    fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+    fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>>;
+    /// Where the state lives, for logs.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,336 @@
+//! Requests → validated domain values. Every error names the request field (with
+//! its index) and the limit, and becomes INVALID_ARGUMENT.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use stylefarm_core::estimate::device_bytes;
+use stylefarm_core::params::{params_from_overlay, Init, Preset, RenderParams};
+use stylefarm_core::weights_spec::WeightsSpec;
+use stylefarm_proto as pb;
+
+use crate::error::{CoordError, Result};
+use crate::model::{DeviceRecord, ImageSource, JobOutputs, OutputRecord};
+use crate::scheduler::{NewBatch, NewJob};
+
+pub const MAX_JOBS_PER_BATCH: usize = 100_000;
+pub const MAX_NAME_CHARS: usize = 200;
+pub const PRIORITY_RANGE: (i32, i32) = (-1000, 1000);
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_KEY: usize = 63;
+pub const MAX_LABEL_VALUE: usize = 256;
+pub const MAX_ATTEMPTS: u32 = 20;
+pub const MAX_REQUEST_ID: usize = 128;
+pub const MAX_URL_CHARS: usize = 2048;
+pub const MAX_PARAMS_JSON: usize = 64 << 10;
+const URL_SCHEMES: [&str; 10] = ["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory", "https"];
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordError {
+    CoordError::invalid(field, reason)
+}
+
+pub fn check_name(field: &str, name: &str) -> Result<()> {
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(invalid(field, format!("{chars} characters; the limit is {MAX_NAME_CHARS}")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+pub fn check_sha256(field: &str, sha: &str) -> Result<String> {
+    let lower = sha.to_ascii_lowercase();
+    if lower.len() != 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(field, format!("`{sha}` is not a SHA-256 (64 hex digits)")));
+    }
+    Ok(lower)
+}
+
+/// An image reference; uploaded images must be known (`has_image`).
+fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> bool) -> Result<ImageSource> {
+    match image.and_then(|i| i.source.as_ref()) {
+        None => Err(invalid(field, "missing: give a sha256 from UploadImage or an object-store url")),
+        Some(pb::image_ref::Source::Sha256(sha)) => {
+            let field = format!("{field}.sha256");
+            let sha = check_sha256(&field, sha)?;
+            if !has_image(&sha) {
+                return Err(invalid(field, format!("image {sha} has not been uploaded (UploadImage first)")));
+            }
+            Ok(ImageSource::Blob(sha))
+        }
+        Some(pb::image_ref::Source::Url(url)) => {
+            let field = format!("{field}.url");
+            if url.len() > MAX_URL_CHARS {
+                return Err(invalid(field, format!("{} characters; the limit is {MAX_URL_CHARS}", url.len())));
+            }
+            let parsed = url::Url::parse(url).map_err(|e| invalid(&field, format!("`{url}`: {e}")))?;
+            if !URL_SCHEMES.contains(&parsed.scheme()) {
+                return Err(invalid(field, format!("scheme `{}` is not one of {}", parsed.scheme(), URL_SCHEMES.join(", "))));
+            }
+            Ok(ImageSource::Url(url.clone()))
+        }
+    }
+}
+
+/// Preset → params_json → typed fields → validation, plus the farm's own rules.
+pub fn resolve_settings(field: &str, settings: Option<&pb::RenderSettings>, style_count: usize) -> Result<RenderParams> {
+    let default = pb::RenderSettings::default();
+    let s = settings.unwrap_or(&default);
+    let prefixed = |e: stylefarm_core::ParamError| invalid(format!("{field}.{}", e.field), e.reason);
+    let preset = match s.preset.as_str() {
+        "" => None,
+        name => Some(name.parse::<Preset>().map_err(prefixed)?),
+    };
+    let overlay = if s.params_json.trim().is_empty() {
+        serde_json::Map::new()
+    } else {
+        if s.params_json.len() > MAX_PARAMS_JSON {
+            return Err(invalid(format!("{field}.params_json"), format!("{} bytes; the limit is {MAX_PARAMS_JSON}", s.params_json.len())));
+        }
+        match serde_json::from_str::<Value>(&s.params_json) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(invalid(format!("{field}.params_json"), "must be a JSON object of RenderParams fields")),
+            Err(e) => return Err(invalid(format!("{field}.params_json"), format!("not JSON: {e}"))),
+        }
+    };
+    let mut p = params_from_overlay(preset, overlay).map_err(prefixed)?;
+    if let Some(v) = s.size { p.size = v; }
+    if let Some(v) = s.iterations { p.iterations = v; }
+    if let Some(v) = s.content_weight { p.content_weight = v; }
+    if let Some(v) = s.style_weight { p.style_weight = v; }
+    if let Some(v) = s.tv_weight { p.tv_weight = v; }
+    if let Some(v) = s.seed { p.seed = v; }
+    if let Some(v) = s.preserve_colors { p.preserve_colors = v; }
+    if let Some(v) = s.scales { p.scales = v; }
+    if let Some(v) = s.snapshot_every { p.snapshot_every = v; }
+    p.validate(style_count).map_err(prefixed)?;
+    if let Init::Image(path) = &p.init {
+        return Err(invalid(format!("{field}.init"), format!("`{}` is a path on one machine; farm jobs start from content or random", path.display())));
+    }
+    if let WeightsSpec::Path(path) = &p.weights {
+        return Err(invalid(format!("{field}.weights"), format!("`{}` is a path on one machine; use default or an https URL", path.display())));
+    }
+    Ok(p)
+}
+
+fn labels(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    if raw.len() > MAX_LABELS {
+        return Err(invalid("labels", format!("{} labels; the limit is {MAX_LABELS}", raw.len())));
+    }
+    for (key, value) in raw {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !key_ok {
+            return Err(invalid(format!("labels[{key}]"), format!("keys are 1..={MAX_LABEL_KEY} characters of a-z A-Z 0-9 - _ . /")));
+        }
+        if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+            return Err(invalid(format!("labels[{key}]"), format!("values are at most {MAX_LABEL_VALUE} bytes, no control characters")));
+        }
+    }
+    Ok(raw.clone().into_iter().collect())
+}
+
+fn default_name(content: &ImageSource, style: &ImageSource) -> String {
+    let short = |s: &ImageSource| match s {
+        ImageSource::Blob(sha) => sha[..12].to_string(),
+        ImageSource::Url(url) => url.rsplit('/').next().unwrap_or(url).to_string(),
+    };
+    format!("{}-x-{}", short(content), short(style))
+}
+
+fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params: &RenderParams) -> NewJob {
+    NewJob {
+        name,
+        content,
+        styles,
+        params_json: serde_json::to_string(params).expect("params serialise"),
+        estimate_bytes: device_bytes(params),
+    }
+}
+
+/// A SubmitBatch request as a batch the scheduler can take.
+pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool) -> Result<NewBatch> {
+    check_name("name", &req.name)?;
+    let (lo, hi) = PRIORITY_RANGE;
+    if !(lo..=hi).contains(&req.priority) {
+        return Err(invalid("priority", format!("{} is outside {lo}..={hi}", req.priority)));
+    }
+    if req.max_attempts > MAX_ATTEMPTS {
+        return Err(invalid("max_attempts", format!("{} is outside 1..={MAX_ATTEMPTS} (0 = the default)", req.max_attempts)));
+    }
+    if req.request_id.len() > MAX_REQUEST_ID {
+        return Err(invalid("request_id", format!("{} bytes; the limit is {MAX_REQUEST_ID}", req.request_id.len())));
+    }
+    let labels = labels(&req.labels)?;
+    let cartesian_count = req.cartesian.as_ref().map_or(0, |c| {
+        c.contents.len().saturating_mul(c.styles.len()).saturating_mul(c.settings.len().max(1))
+    });
+    let total = req.jobs.len().saturating_add(cartesian_count);
+    if total == 0 {
+        return Err(invalid("jobs", "the batch has no jobs: give `jobs` or a `cartesian` with contents and styles"));
+    }
+    if total > MAX_JOBS_PER_BATCH {
+        return Err(invalid("jobs", format!("{total} jobs; the limit is {MAX_JOBS_PER_BATCH} per batch")));
+    }
+    let mut jobs = Vec::with_capacity(total);
+    for (i, spec) in req.jobs.iter().enumerate() {
+        let field = format!("jobs[{i}]");
+        check_name(&format!("{field}.name"), &spec.name)?;
+        let content = image(&format!("{field}.content"), spec.content.as_ref(), has_image)?;
+        if spec.styles.is_empty() {
+            return Err(invalid(format!("{field}.styles"), "at least one style image is required"));
+        }
+        let styles = spec
+            .styles
+            .iter()
+            .enumerate()
+            .map(|(k, s)| image(&format!("{field}.styles[{k}]"), Some(s), has_image))
+            .collect::<Result<Vec<_>>>()?;
+        let params = resolve_settings(&format!("{field}.settings"), spec.settings.as_ref(), styles.len())?;
+        let name = if spec.name.is_empty() { default_name(&content, &styles[0]) } else { spec.name.clone() };
+        jobs.push(new_job(name, content, styles, &params));
+    }
+    if let Some(c) = &req.cartesian {
+        let contents = c
+            .contents
+            .iter()
+            .enumerate()
+            .map(|(k, s)| image(&format!("cartesian.contents[{k}]"), Some(s), has_image))
+            .collect::<Result<Vec<_>>>()?;
+        let styles = c
+            .styles
+            .iter()
+            .enumerate()
+            .map(|(k, s)| image(&format!("cartesian.styles[{k}]"), Some(s), has_image))
+            .collect::<Result<Vec<_>>>()?;
+        let settings = if c.settings.is_empty() {
+            vec![resolve_settings("cartesian.settings", None, 1)?]
+        } else {
+            c.settings
+                .iter()
+                .enumerate()
+                .map(|(k, s)| resolve_settings(&format!("cartesian.settings[{k}]"), Some(s), 1))
+                .collect::<Result<Vec<_>>>()?
+        };
+        for content in &contents {
+            for style in &styles {
+                for params in &settings {
+                    jobs.push(new_job(default_name(content, style), content.clone(), vec![style.clone()], params));
+                }
+            }
+        }
+    }
+    Ok(NewBatch {
+        name: req.name.clone(),
+        priority: req.priority,
+        labels,
+        max_attempts: req.max_attempts,
+        request_id: (!req.request_id.is_empty()).then(|| req.request_id.clone()),
+        jobs,
+    })
+}
+
+pub fn devices(raw: &[pb::Device]) -> Result<Vec<DeviceRecord>> {
+    if raw.is_empty() || raw.len() > 64 {
+        return Err(invalid("devices", format!("{} devices; a worker has 1..=64", raw.len())));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if d.name.is_empty() || d.name.len() > 64 {
+                return Err(invalid(format!("devices[{i}].name"), "1..=64 characters"));
+            }
+            Ok(DeviceRecord { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() })
+        })
+        .collect()
+}
+
+/// A completion's outputs must all lie inside the attempt's own prefix.
+pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<JobOutputs> {
+    let Some(r) = result else {
+        return Ok(JobOutputs { prefix: expected_prefix.to_string(), ..Default::default() });
+    };
+    if !r.prefix.is_empty() && r.prefix != expected_prefix {
+        return Err(invalid("result.prefix", format!("`{}` is not this attempt's prefix `{expected_prefix}`", r.prefix)));
+    }
+    let mut files = Vec::with_capacity(r.outputs.len());
+    for (i, f) in r.outputs.iter().enumerate() {
+        if !f.key.starts_with(expected_prefix) || f.key.contains("..") {
+            return Err(invalid(format!("result.outputs[{i}].key"), format!("`{}` is outside `{expected_prefix}`", f.key)));
+        }
+        files.push(OutputRecord { key: f.key.clone(), size_bytes: f.size_bytes, kind: f.kind.clone() });
+    }
+    Ok(JobOutputs {
+        prefix: expected_prefix.to_string(),
+        files,
+        final_loss: r.final_loss,
+        iterations: r.iterations,
+        engine_ms: r.engine_ms,
+        device: r.device.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str) -> pb::ImageRef {
+        pb::ImageRef { source: Some(pb::image_ref::Source::Url(u.into())) }
+    }
+
+    #[test]
+    fn cartesian_expands_and_limits_name_fields() {
+        let req = pb::SubmitBatchRequest {
+            cartesian: Some(pb::CartesianSpec {
+                contents: vec![url("file:///a.png"), url("file:///b.png")],
+                styles: vec![url("file:///s1.png"), url("file:///s2.png"), url("file:///s3.png")],
+                settings: vec![pb::RenderSettings { size: Some(64), iterations: Some(3), ..Default::default() }],
+            }),
+            ..Default::default()
+        };
+        let batch = submit(&req, &|_| false).unwrap();
+        assert_eq!(batch.jobs.len(), 6);
+        assert_eq!(batch.jobs[0].name, "a.png-x-s1.png");
+        let p: RenderParams = serde_json::from_str(&batch.jobs[5].params_json).unwrap();
+        assert_eq!((p.size, p.iterations), (64, 3));
+
+        let mut bad = req.clone();
+        bad.cartesian.as_mut().unwrap().settings[0].size = Some(100_000);
+        let e = submit(&bad, &|_| false).unwrap_err().to_string();
+        assert!(e.contains("cartesian.settings[0].size") && e.contains("16..=8192"), "{e}");
+
+        let mut bad = req.clone();
+        bad.jobs.push(pb::JobSpec {
+            content: Some(pb::ImageRef { source: Some(pb::image_ref::Source::Sha256("ab".repeat(32))) }),
+            styles: vec![url("ftp://x/y.png")],
+            ..Default::default()
+        });
+        let e = submit(&bad, &|_| false).unwrap_err().to_string();
+        assert!(e.contains("jobs[0].content.sha256") && e.contains("not been uploaded"), "{e}");
+        let e = submit(&bad, &|_| true).unwrap_err().to_string();
+        assert!(e.contains("jobs[0].styles[0].url") && e.contains("ftp"), "{e}");
+
+        let mut bad = req.clone();
+        bad.cartesian.as_mut().unwrap().settings[0].params_json = r#"{"iteratons": 3}"#.into();
+        let e = submit(&bad, &|_| false).unwrap_err().to_string();
+        assert!(e.contains("cartesian.settings[0].iteratons"), "{e}");
+
+        let mut bad = req;
+        bad.priority = 5000;
+        assert!(submit(&bad, &|_| false).unwrap_err().to_string().contains("priority"));
+    }
+
+    #[test]
+    fn outputs_must_stay_in_their_attempt() {
+        let prefix = "batches/b1/jobs/j1/attempt-2/";
+        let r = pb::JobResult {
+            outputs: vec![pb::OutputFile { key: "batches/b1/jobs/j1/attempt-1/output.png".into(), size_bytes: 1, kind: "image".into() }],
+            ..Default::default()
+        };
+        let e = outputs(Some(&r), prefix).unwrap_err().to_string();
+        assert!(e.contains("result.outputs[0].key"), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Object storage through `object_store` URLs: `file:///dir`, `s3://bucket/prefix`
+//! (endpoint, region and credentials from the usual `AWS_*` variables, e.g.
+//! `AWS_ENDPOINT=http://127.0.0.1:9000` and `AWS_ALLOW_HTTP=true` for MinIO),
+//! `gs://`, `az://`, `memory://`. The coordinator and the workers share it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use url::Url;
+
+/// Objects above this size are written with a multipart upload.
+pub const MULTIPART_THRESHOLD: usize = 8 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid storage URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("object {url} not found")]
+    NotFound { url: String },
+    #[error("object storage ({url}): {source}")]
+    Store { url: String, source: object_store::Error },
+}
+
+impl StorageError {
+    /// Whether trying again later could succeed (a missing object or a bad URL will not).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Store { .. })
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A store plus the path prefix its URL names.
+#[derive(Clone)]
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+    /// The URL of the prefix, without a trailing slash.
+    pub url: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Location").field("url", &self.url).finish()
+    }
+}
+
+/// `object_store` options from the environment: `AWS_*`, `GOOGLE_*`, `AZURE_*`.
+fn env_options() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+impl Location {
+    /// Opens a store root (where objects are written): a `file://` directory is created.
+    pub fn open_root(text: &str) -> Result<Location> {
+        Location::open(text, true)
+    }
+
+    /// The store and path a URL names, creating nothing.
+    pub fn parse(text: &str) -> Result<Location> {
+        Location::open(text, false)
+    }
+
+    fn open(text: &str, create_dir: bool) -> Result<Location> {
+        let bad = |reason: String| StorageError::BadUrl { url: text.to_string(), reason };
+        let trimmed = text.trim_end_matches('/');
+        let url = Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
+        match url.scheme() {
+            "file" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "memory" | "http" | "https" => {}
+            other => return Err(bad(format!("scheme `{other}` is not one of file, s3, gs, az, memory, http(s)"))),
+        }
+        if url.scheme() == "file" && create_dir {
+            let dir = url.to_file_path().map_err(|_| bad("not an absolute file path".into()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
+        }
+        let (store, prefix) = object_store::parse_url_opts(&url, env_options()).map_err(|e| bad(e.to_string()))?;
+        Ok(Location { store: Arc::from(store), prefix, url: trimmed.to_string() })
+    }
+
+    /// The path of `key` under this location's prefix.
+    pub fn path(&self, key: &str) -> Path {
+        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_string()).collect();
+        parts.extend(key.split('/').filter(|s| !s.is_empty()).map(str::to_string));
+        Path::from_iter(parts)
+    }
+
+    /// The full URL of `key`.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}/{}", self.url, key.trim_start_matches('/'))
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key);
+        put_path(&self.store, &path, data).await.map_err(|source| StorageError::Store { url: self.url_of(key), source })
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let url = self.url_of(key);
+        get_path(&self.store, &self.path(key), &url).await
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StorageError::Store { url: self.url_of(key), source }),
+        }
+    }
+}
+
+/// Writes in one request, or as a multipart upload above [`MULTIPART_THRESHOLD`].
+pub async fn put_path(store: &Arc<dyn ObjectStore>, path: &Path, data: Bytes) -> object_store::Result<()> {
+    if data.len() <= MULTIPART_THRESHOLD {
+        store.put(path, PutPayload::from_bytes(data)).await?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(path).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    writer.write(&data);
+    writer.finish().await?;
+    Ok(())
+}
+
+async fn get_path(store: &Arc<dyn ObjectStore>, path: &Path, url: &str) -> Result<Bytes> {
+    match store.get(path).await {
+        Ok(result) => result.bytes().await.map_err(|source| StorageError::Store { url: url.to_string(), source }),
+        Err(object_store::Error::NotFound { .. }) => Err(StorageError::NotFound { url: url.to_string() }),
+        Err(source) => Err(StorageError::Store { url: url.to_string(), source }),
+    }
+}
+
+/// Reads a whole object named by its full URL.
+pub async fn get_url(url: &str) -> Result<Bytes> {
+    let location = Location::parse(url)?;
+    get_path(&location.store, &location.prefix, url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_keys_compose() {
+        let dir = std::env::temp_dir().join(format!("sf-storage-{}", std::process::id()));
+        let url = format!("file://{}/", dir.display());
+        let loc = Location::open_root(&url).unwrap();
+        assert_eq!(loc.url_of("/images/sha256/ab"), format!("file://{}/images/sha256/ab", dir.display()));
+        let rt = tokio_test_runtime();
+        rt.block_on(async {
+            loc.put("a/b.txt", Bytes::from_static(b"hi")).await.unwrap();
+            assert_eq!(get_url(&loc.url_of("a/b.txt")).await.unwrap(), Bytes::from_static(b"hi"));
+            assert!(matches!(loc.get("a/missing").await, Err(StorageError::NotFound { .. })));
+            assert!(loc.exists("a/b.txt").await.unwrap());
+            let big = Bytes::from(vec![7u8; MULTIPART_THRESHOLD + 1234]);
+            loc.put("big.bin", big.clone()).await.unwrap();
+            assert_eq!(loc.get("big.bin").await.unwrap(), big);
+        });
+        let e = Location::parse("ftp://x/y").unwrap_err().to_string();
+        assert!(e.contains("ftp"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn tokio_test_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+}

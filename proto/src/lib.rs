@@ -1,0 +1,11 @@
+//! stylefarm's wire contract, generated from `proto/stylefarm/v1/stylefarm.proto`.
+
+#[allow(clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("stylefarm.v1");
+
+    /// The encoded `FileDescriptorSet`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stylefarm_descriptor.bin"));
+}
+
+pub use v1::*;
