@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{ParamError, Result};
 use crate::layers::{LayerId, Pooling};
 use crate::params::{ContentLoss, Init, Optimizer, Preset, RenderParams, StyleLoss, StyleResize, StyleWeighting};
 use crate::weights_spec::WeightsSpec;
 
-#[derive(Args, Debug, Default, Clone)]
+#[derive(Args, Debug, Default, Clone, PartialEq)]
 pub struct KnobArgs {
     /// Job parameters file (TOML or JSON, fields of RenderParams); flags override it.
     #[arg(long)]
@@ -123,8 +123,8 @@ fn layers(field: &str, names: &[String]) -> Result<Vec<LayerId>> {
     names.iter().map(|n| LayerId::parse_field(n, field)).collect()
 }
 
-/// Reads a params file (TOML, or JSON by extension) and overlays it on its preset.
-pub fn params_from_file(path: &Path, preset_flag: Option<Preset>) -> Result<RenderParams> {
+/// Reads a params file (TOML, or JSON by extension): a table of RenderParams fields.
+pub fn params_file_overlay(path: &Path) -> Result<Map<String, Value>> {
     let field = "params";
     let text = std::fs::read_to_string(path).map_err(|e| ParamError::new(field, format!("reading {}: {e}", path.display())))?;
     let overlay: Value = if path.extension().is_some_and(|e| e == "json") {
@@ -136,16 +136,27 @@ pub fn params_from_file(path: &Path, preset_flag: Option<Preset>) -> Result<Rend
     let Value::Object(overlay) = overlay else {
         return Err(ParamError::new(field, format!("{}: expected a table of parameters", path.display())));
     };
-    crate::params::params_from_overlay(preset_flag, overlay)
+    Ok(overlay)
 }
 
 impl KnobArgs {
     /// The job's parameters after every layer of configuration.
     pub fn to_params(&self) -> Result<RenderParams> {
-        let mut p = match &self.params {
-            Some(path) => params_from_file(path, self.preset)?,
-            None => RenderParams::preset(self.preset.unwrap_or(Preset::Keras)),
-        };
+        self.to_params_over(serde_json::Map::new())
+    }
+
+    /// Like [`KnobArgs::to_params`], with `overlay` (e.g. a batch manifest's
+    /// params) between the preset and the params file.
+    pub fn to_params_over(&self, overlay: serde_json::Map<String, Value>) -> Result<RenderParams> {
+        let mut merged = overlay;
+        if let Some(path) = &self.params {
+            merged.extend(params_file_overlay(path)?);
+        }
+        self.apply(crate::params::params_from_overlay(self.preset, merged)?)
+    }
+
+    /// Applies the flags that were given to `p`.
+    pub fn apply(&self, mut p: RenderParams) -> Result<RenderParams> {
         if let Some(v) = self.size { p.size = v; }
         if let Some(v) = self.iterations { p.iterations = v; }
         if let Some(v) = &self.content_layers { p.content_layers = layers("content_layers", v)?; }

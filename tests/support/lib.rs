@@ -1,6 +1,8 @@
 //! Helpers for the cross-crate tests: where the setup put things, and running the
 //! in-repo PyTorch reference.
 
+pub mod farm;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,0 +1,86 @@
+//! `--manifest batch.toml`: a batch described in a file.
+//!
+//! ```toml
+//! name = "autumn"
+//! priority = 10
+//! labels = { project = "demo" }
+//! params = { size = 512, iterations = 300 }   # every job's RenderParams overlay
+//!
+//! contents = ["a.jpg", "b.jpg"]               # cartesian: contents × styles
+//! styles = ["wave.jpg", "s3://bucket/scream.jpg"]
+//!
+//! [[jobs]]                                    # and/or explicit jobs
+//! name = "blend"
+//! content = "c.jpg"
+//! styles = ["wave.jpg", "scream.jpg"]
+//! params = { style_blend_weights = [0.7, 0.3], preset = "gatys" }
+//! ```
+//! Relative paths are relative to the manifest's folder.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use crate::upload::Input;
+use crate::Failure;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub params: Option<toml::Table>,
+    #[serde(default)]
+    pub contents: Vec<String>,
+    #[serde(default)]
+    pub styles: Vec<String>,
+    #[serde(default)]
+    pub jobs: Vec<ManifestJob>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestJob {
+    #[serde(default)]
+    pub name: String,
+    pub content: String,
+    pub styles: Vec<String>,
+    #[serde(default)]
+    pub params: Option<toml::Table>,
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| Failure::Input(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Failure::Input(format!("{}: {e}", path.display())).into())
+    }
+}
+
+/// A manifest entry as an input, relative to the manifest's folder.
+pub fn input(base: &Path, text: &str) -> Input {
+    match Input::parse(text) {
+        Input::File(path) if path.is_relative() => Input::File(base.join(path)),
+        other => other,
+    }
+}
+
+/// Job params: the manifest's overlay, then the job's own, as JSON.
+pub fn params_json(defaults: Option<&toml::Table>, own: Option<&toml::Table>) -> Result<String> {
+    let mut merged = serde_json::Map::new();
+    for table in [defaults, own].into_iter().flatten() {
+        let value = serde_json::to_value(table)?;
+        if let serde_json::Value::Object(map) = value {
+            merged.extend(map);
+        }
+    }
+    Ok(serde_json::Value::Object(merged).to_string())
+}

@@ -1,0 +1,146 @@
+//! `stylefarm watch`: a progress bar per job (the most recent ones when a batch
+//! is large), with ETA and the current loss, from the WatchBatch stream.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stylefarm_proto as pb;
+use tonic::transport::Channel;
+
+/// Bars shown at once; the rest are summed up in the header.
+const MAX_BARS: usize = 12;
+
+fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Queued => "queued",
+        pb::JobState::Running => "running",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Unspecified => "?",
+    }
+}
+
+pub fn batch_state_name(state: i32) -> &'static str {
+    match pb::BatchState::try_from(state).unwrap_or(pb::BatchState::Unspecified) {
+        pb::BatchState::Queued => "queued",
+        pb::BatchState::Running => "running",
+        pb::BatchState::Succeeded => "succeeded",
+        pb::BatchState::Failed => "failed",
+        pb::BatchState::Cancelled => "cancelled",
+        pb::BatchState::Unspecified => "?",
+    }
+}
+
+pub fn job_state_name(state: i32) -> &'static str {
+    state_name(state)
+}
+
+fn counts_line(batch: &pb::Batch) -> String {
+    let c = batch.counts.clone().unwrap_or_default();
+    format!(
+        "batch {} [{}]: {} jobs, {} queued, {} running, {} succeeded, {} failed, {} cancelled",
+        batch.id,
+        batch_state_name(batch.state),
+        c.total,
+        c.queued,
+        c.running,
+        c.succeeded,
+        c.failed,
+        c.cancelled
+    )
+}
+
+struct Bars {
+    multi: MultiProgress,
+    header: ProgressBar,
+    bars: BTreeMap<String, ProgressBar>,
+    style: ProgressStyle,
+    quiet: bool,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Bars {
+        let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let multi = MultiProgress::with_draw_target(target);
+        let header = multi.add(ProgressBar::new_spinner());
+        header.enable_steady_tick(Duration::from_millis(250));
+        let style = ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos:>5}/{len:<5} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> ");
+        Bars { multi, header, bars: BTreeMap::new(), style, quiet }
+    }
+
+    fn update(&mut self, job: &pb::Job) {
+        let running = job.state == pb::JobState::Running as i32;
+        if !self.bars.contains_key(&job.id) {
+            if !running || self.bars.len() >= MAX_BARS {
+                if job.state != pb::JobState::Queued as i32 && job.state != pb::JobState::Running as i32 && !self.quiet {
+                    self.multi.suspend(|| eprintln!("{} {} {}{}", job.id, job.name, state_name(job.state), error_suffix(job)));
+                }
+                return;
+            }
+            let bar = self.multi.add(ProgressBar::new(1));
+            bar.set_style(self.style.clone());
+            bar.set_prefix(format!("{} {}", job.id, truncate(&job.name, 20)));
+            self.bars.insert(job.id.clone(), bar);
+        }
+        let bar = &self.bars[&job.id];
+        if let Some(p) = &job.progress {
+            bar.set_length(p.total_iterations.max(1) as u64);
+            bar.set_position(p.iteration as u64);
+            let loss = p.latest.as_ref().map(|r| format!("loss {:.3e}", r.total)).unwrap_or_default();
+            bar.set_message(format!("scale {}/{} {loss}", p.scale + 1, p.scales.max(1)));
+        }
+        if !running {
+            bar.finish_with_message(format!("{}{}", state_name(job.state), error_suffix(job)));
+            let bar = self.bars.remove(&job.id).expect("present");
+            self.multi.remove(&bar);
+            if !self.quiet {
+                self.multi.suspend(|| eprintln!("{} {} {}{}", job.id, job.name, state_name(job.state), error_suffix(job)));
+            }
+        }
+    }
+}
+
+fn error_suffix(job: &pb::Job) -> String {
+    if job.error.is_empty() || job.state == pb::JobState::Succeeded as i32 {
+        String::new()
+    } else {
+        format!(": {}", job.error)
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max { text.to_string() } else { text.chars().take(max - 1).collect::<String>() + "…" }
+}
+
+/// Follows the batch to its end; returns its final record.
+pub async fn watch(client: &mut pb::coordinator_client::CoordinatorClient<Channel>, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
+    let mut stream = client.watch_batch(pb::WatchBatchRequest { batch_id: batch_id.to_string() }).await?.into_inner();
+    let mut bars = Bars::new(quiet);
+    let mut last = None;
+    while let Some(event) = stream.message().await? {
+        if let Some(batch) = &event.batch {
+            bars.header.set_message(counts_line(batch));
+            last = Some(batch.clone());
+        }
+        if let Some(job) = &event.job {
+            bars.update(job);
+        }
+        if event.kind == pb::EventKind::BatchFinished as i32 {
+            break;
+        }
+    }
+    bars.header.finish_and_clear();
+    let batch = match last {
+        Some(b) if b.finished_at_ms != 0 => b,
+        _ => client.get_batch(pb::GetBatchRequest { batch_id: batch_id.to_string(), include_jobs: false }).await?.into_inner().batch.unwrap_or_default(),
+    };
+    if !quiet {
+        eprintln!("{}", counts_line(&batch));
+    }
+    Ok(batch)
+}

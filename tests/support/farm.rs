@@ -1,0 +1,194 @@
+//! An in-process coordinator on port 0 and scriptable test workers that speak
+//! the worker protocol by hand (the real worker is tested elsewhere).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use stylefarm_coordinator::CoordinatorConfig;
+use stylefarm_proto as pb;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = pb::coordinator_client::CoordinatorClient<Channel>;
+pub type WorkerClient = pb::worker_api_client::WorkerApiClient<Channel>;
+
+/// Short TTLs and backoffs so expiry and retries happen within a test.
+pub fn test_config(data_dir: &Path) -> CoordinatorConfig {
+    CoordinatorConfig {
+        data_dir: data_dir.to_path_buf(),
+        lease_ttl_ms: 2_000,
+        heartbeat_interval_ms: 200,
+        backoff_base_ms: 50,
+        backoff_max_ms: 200,
+        tick_ms: 25,
+        ..CoordinatorConfig::default()
+    }
+}
+
+pub struct Coordinator {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), stylefarm_coordinator::server::ServeError>>>,
+}
+
+impl Coordinator {
+    pub async fn start(config: CoordinatorConfig) -> Coordinator {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let data_dir = config.data_dir.clone();
+        let handle = tokio::spawn(stylefarm_coordinator::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        let url = format!("http://{addr}");
+        // ready once it answers
+        for _ in 0..100 {
+            if Channel::from_shared(url.clone()).unwrap().connect().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Coordinator { addr, url, data_dir, stop: Some(stop), handle: Some(handle) }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone()).unwrap().connect().await.expect("connect")
+    }
+
+    pub async fn client(&self) -> Client {
+        pb::coordinator_client::CoordinatorClient::new(self.channel().await).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn worker(&self, name: &str, memory_bytes: u64) -> TestWorker {
+        TestWorker::register(self.channel().await, name, memory_bytes).await
+    }
+
+    /// Graceful stop; returns what `run` returned.
+    pub async fn stop(mut self) -> Result<(), stylefarm_coordinator::server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle.take().unwrap().await.expect("coordinator task")
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct TestWorker {
+    pub id: String,
+    pub api: WorkerClient,
+    pub memory_bytes: u64,
+}
+
+impl TestWorker {
+    pub async fn register(channel: Channel, name: &str, memory_bytes: u64) -> TestWorker {
+        let mut api = pb::worker_api_client::WorkerApiClient::new(channel);
+        let response = api
+            .register_worker(pb::RegisterWorkerRequest {
+                name: name.into(),
+                devices: vec![pb::Device { name: "cpu".into(), memory_bytes, description: "test".into() }],
+                version: "test".into(),
+                worker_id: String::new(),
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        TestWorker { id: response.worker_id, api, memory_bytes }
+    }
+
+    pub async fn lease(&mut self, wait_ms: u32) -> Option<pb::Lease> {
+        let request = pb::LeaseJobRequest { worker_id: self.id.clone(), device: "cpu".into(), device_memory_bytes: self.memory_bytes, wait_ms };
+        self.api.lease_job(request).await.expect("lease").into_inner().lease
+    }
+
+    pub async fn heartbeat(&mut self, lease: &pb::Lease, iteration: u32) -> pb::Verdict {
+        let progress = pb::JobProgress {
+            iteration,
+            total_iterations: 10,
+            scale: 0,
+            scales: 1,
+            latest: Some(pb::LossRow { iteration, total: 1000.0 / (iteration + 1) as f64, ..Default::default() }),
+            rows: vec![],
+        };
+        let request = pb::HeartbeatRequest {
+            worker_id: self.id.clone(),
+            jobs: vec![pb::JobHeartbeat { job_id: lease.job_id.clone(), attempt: lease.attempt, progress: Some(progress) }],
+        };
+        let response = self.api.heartbeat(request).await.expect("heartbeat").into_inner();
+        pb::Verdict::try_from(response.jobs[0].verdict).unwrap()
+    }
+
+    pub async fn complete(&mut self, lease: &pb::Lease) -> Result<(), tonic::Status> {
+        let prefix = lease.output_prefix.split_once("/batches/").map(|(_, rest)| format!("batches/{rest}")).unwrap_or_default();
+        let result = pb::JobResult {
+            prefix: prefix.clone(),
+            outputs: vec![],
+            final_loss: 1.0,
+            iterations: 10,
+            engine_ms: 5.0,
+            device: "cpu".into(),
+        };
+        let request = pb::CompleteJobRequest { worker_id: self.id.clone(), job_id: lease.job_id.clone(), attempt: lease.attempt, result: Some(result) };
+        self.api.complete_job(request).await.map(|_| ())
+    }
+
+    pub async fn fail(&mut self, lease: &pb::Lease, reason: &str, retryable: bool, cancelled: bool) -> Result<bool, tonic::Status> {
+        let request = pb::FailJobRequest {
+            worker_id: self.id.clone(),
+            job_id: lease.job_id.clone(),
+            attempt: lease.attempt,
+            reason: reason.into(),
+            retryable,
+            cancelled,
+        };
+        self.api.fail_job(request).await.map(|r| r.into_inner().will_retry)
+    }
+}
+
+pub fn url_ref(url: &str) -> pb::ImageRef {
+    pb::ImageRef { source: Some(pb::image_ref::Source::Url(url.into())) }
+}
+
+/// A batch of `n` tiny jobs whose inputs are URLs (never read: test workers fake the work).
+pub fn batch_request(name: &str, n: usize, priority: i32) -> pb::SubmitBatchRequest {
+    let jobs = (0..n)
+        .map(|i| pb::JobSpec {
+            name: format!("{name}-{i}"),
+            content: Some(url_ref(&format!("file:///nowhere/content-{i}.png"))),
+            styles: vec![url_ref("file:///nowhere/style.png")],
+            settings: Some(pb::RenderSettings { size: Some(64), iterations: Some(10), ..Default::default() }),
+        })
+        .collect();
+    pb::SubmitBatchRequest { name: name.into(), priority, jobs, ..Default::default() }
+}
+
+pub async fn get_batch(client: &mut Client, id: &str) -> (pb::Batch, Vec<pb::Job>) {
+    let r = client.get_batch(pb::GetBatchRequest { batch_id: id.into(), include_jobs: true }).await.expect("get batch").into_inner();
+    (r.batch.unwrap(), r.jobs)
+}
+
+/// Polls until `check` holds or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
