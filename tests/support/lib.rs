@@ -61,3 +61,18 @@ pub fn problem_args(command: &str, weights: &Path, files: &stylefarm_engine::pro
 pub fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
+
+/// Builds (if needed) and returns a workspace binary, so process tests never run
+/// a stale one: `cargo test -p stylefarm-tests` alone does not build other
+/// packages' binaries.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(repo_root())
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(bin)
+}

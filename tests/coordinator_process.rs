@@ -1,0 +1,203 @@
+//! The real binaries as processes: the coordinator killed with SIGKILL mid-batch
+//! and restarted on the same data dir loses nothing; the `stylefarm` CLI's
+//! commands, JSON output and exit codes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stylefarm_proto as pb;
+use stylefarm_tests::farm::{batch_request, TestWorker};
+use stylefarm_tests::{sample, workspace_bin};
+use tonic::transport::Channel;
+
+struct Process {
+    child: Child,
+    url: String,
+}
+
+fn start_coordinator(data_dir: &Path, extra: &[&str]) -> Process {
+    let bin = workspace_bin("stylefarm-coordinator", "stylefarm-coordinator");
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(["--lease-ttl-ms", "3000", "--heartbeat-interval-ms", "300", "--log", "warn"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start coordinator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    Process { child, url: format!("http://{addr}") }
+}
+
+fn sigkill(process: &mut Process) {
+    unsafe { libc::kill(process.child.id() as i32, libc::SIGKILL) };
+    let status = process.child.wait().unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+}
+
+async fn channel(url: &str) -> Channel {
+    for _ in 0..200 {
+        if let Ok(channel) = Channel::from_shared(url.to_string()).unwrap().connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no coordinator at {url}");
+}
+
+/// A test worker that survives the coordinator's death: every step is retried
+/// against whatever address `url` holds now.
+async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mutex<BTreeMap<String, u32>>>, total: usize) {
+    let current = || url.lock().unwrap().clone();
+    let mut worker = TestWorker::register(channel(&current()).await, &name, 1 << 34).await;
+    let mut connected_to = current();
+    loop {
+        if acked.lock().unwrap().len() >= total {
+            return;
+        }
+        if connected_to != current() {
+            connected_to = current();
+            worker.api = pb::worker_api_client::WorkerApiClient::new(channel(&connected_to).await);
+        }
+        let request = pb::LeaseJobRequest { worker_id: worker.id.clone(), device: "cpu".into(), device_memory_bytes: worker.memory_bytes, wait_ms: 200 };
+        let lease = match worker.api.lease_job(request).await {
+            Ok(r) => r.into_inner().lease,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(lease) = lease else { continue };
+        tokio::time::sleep(Duration::from_millis(30)).await; // "render"
+        // complete, retrying across a restart; a stale answer after a retry means it was committed
+        loop {
+            if connected_to != current() {
+                connected_to = current();
+                worker.api = pb::worker_api_client::WorkerApiClient::new(channel(&connected_to).await);
+            }
+            match worker.complete(&lease).await {
+                Ok(()) => {
+                    let previous = acked.lock().unwrap().insert(lease.job_id.clone(), lease.attempt);
+                    assert!(previous.is_none(), "{} acknowledged twice", lease.job_id);
+                    break;
+                }
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_coordinator_restarts_and_the_batch_completes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = start_coordinator(dir.path(), &[]);
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel(&coordinator.url).await);
+    let total = 60;
+    let batch = client.submit_batch(batch_request("kill-me", total, 0)).await.unwrap().into_inner();
+    let url = Arc::new(Mutex::new(coordinator.url.clone()));
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let workers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(resilient_worker(format!("w{i}"), Arc::clone(&url), Arc::clone(&acked), total)))
+        .collect();
+    while acked.lock().unwrap().len() < 15 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sigkill(&mut coordinator);
+    let acked_before_kill: BTreeMap<String, u32> = acked.lock().unwrap().clone();
+    let mut coordinator = start_coordinator(dir.path(), &[]);
+    *url.lock().unwrap() = coordinator.url.clone();
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(60), worker).await.expect("batch finishes after the restart").unwrap();
+    }
+    let mut client = pb::coordinator_client::CoordinatorClient::new(channel(&coordinator.url).await);
+    let response = client.get_batch(pb::GetBatchRequest { batch_id: batch.batch_id.clone(), include_jobs: true }).await.unwrap().into_inner();
+    let state = response.batch.as_ref().unwrap().state;
+    assert_eq!(pb::BatchState::try_from(state).unwrap(), pb::BatchState::Succeeded, "{:?}", response.batch);
+    assert_eq!(response.jobs.len(), total, "every accepted job is still there");
+    let acked = acked.lock().unwrap().clone();
+    for job in &response.jobs {
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+        let result = job.result.as_ref().unwrap();
+        if let Some(attempt) = acked.get(&job.id) {
+            assert!(result.prefix.ends_with(&format!("attempt-{attempt}/")), "the acknowledged attempt is the result: {job:?}");
+        }
+    }
+    for (job, attempt) in &acked_before_kill {
+        let stored = response.jobs.iter().find(|j| &j.id == job).unwrap();
+        assert_eq!(stored.attempt, *attempt, "{job} was acknowledged before the kill and did not run again");
+    }
+    let ids: BTreeSet<&String> = response.jobs.iter().map(|j| &j.id).collect();
+    assert_eq!(ids.len(), total, "no duplicates");
+    coordinator.child.kill().ok();
+}
+
+fn stylefarm(url: &str, args: &[&str]) -> std::process::Output {
+    let bin = workspace_bin("stylefarm-client", "stylefarm");
+    Command::new(bin).args(args).env("STYLEFARM_COORDINATOR", url).output().expect("run stylefarm")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = start_coordinator(dir.path(), &[]);
+    let url = coordinator.url.clone();
+    let (chelsea, coffee, retina) = (sample("chelsea.png"), sample("coffee.png"), sample("retina.jpg"));
+    let (chelsea, coffee, retina) = (chelsea.to_str().unwrap(), coffee.to_str().unwrap(), retina.to_str().unwrap());
+    let out = stylefarm(&url, &["--json", "submit", "--content", chelsea, coffee, "--style", retina, "--size", "64", "--iterations", "7", "--label", "team=qa", "--priority", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(submitted["batch_id"], "b1");
+    assert_eq!(submitted["job_ids"].as_array().unwrap().len(), 2);
+    // the same images again: nothing is uploaded twice
+    let again = stylefarm(&url, &["submit", "--content", chelsea, "--style", retina]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("2 image(s) already on the coordinator"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    let status = stylefarm(&url, &["--json", "status", "b1"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["batch"]["labels"]["team"], "qa");
+    assert_eq!(status["jobs"][0]["name"], "chelsea-x-retina");
+    assert_eq!(status["jobs"][0]["params"]["iterations"], 7);
+    assert_eq!(status["jobs"][1]["params"]["size"], 64);
+
+    let list = stylefarm(&url, &["--json", "list", "--state", "queued"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // a worker finishes b1 while `watch` follows it
+    let mut worker = TestWorker::register(channel(&url).await, "cli-test", 1 << 34).await;
+    let watcher = { let url = url.clone(); tokio::task::spawn_blocking(move || stylefarm(&url, &["--json", "watch", "b1"])) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = worker.lease(0).await.unwrap();
+    worker.complete(&first).await.unwrap();
+    let second = worker.lease(0).await.unwrap();
+    worker.fail(&second, "corrupt content image", false, false).await.unwrap();
+    let watched = watcher.await.unwrap();
+    assert_eq!(watched.status.code(), Some(1), "a batch with a failed job: {}", String::from_utf8_lossy(&watched.stderr));
+    let final_batch: serde_json::Value = serde_json::from_slice(&watched.stdout).unwrap();
+    assert_eq!(final_batch["state"], "failed");
+    assert_eq!(final_batch["counts"]["succeeded"], 1);
+
+    let cancel = stylefarm(&url, &["cancel", "b2"]);
+    assert!(String::from_utf8_lossy(&cancel.stdout).contains("cancelled 1 queued"));
+    let workers = stylefarm(&url, &["workers"]);
+    assert!(String::from_utf8_lossy(&workers.stdout).contains("cli-test"));
+
+    let invalid = stylefarm(&url, &["submit", "--content", chelsea, "--style", retina, "--size", "100000"]);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("size"), "{}", String::from_utf8_lossy(&invalid.stderr));
+    let missing = stylefarm(&url, &["submit", "--content", "/no/such.png", "--style", retina]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(stylefarm(&url, &["status", "b99"]).status.code(), Some(4));
+    coordinator.child.kill().ok();
+    coordinator.child.wait().ok();
+    let down = stylefarm(&url, &["list"]);
+    assert_eq!(down.status.code(), Some(3), "{}", String::from_utf8_lossy(&down.stderr));
+}
