@@ -29,6 +29,9 @@ pub struct CoordinatorConfig {
     pub sync_full: bool,
     /// How often leases are checked for expiry.
     pub tick_ms: u64,
+    /// Commit the changes of concurrent requests in one transaction (off: one
+    /// transaction per request, the benchmark's reference).
+    pub group_commit: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -47,6 +50,7 @@ impl Default for CoordinatorConfig {
             max_upload_bytes: 64 << 20,
             sync_full: false,
             tick_ms: 200,
+            group_commit: true,
         }
     }
 }

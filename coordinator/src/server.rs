@@ -9,6 +9,7 @@ use stylefarm_core::storage::Location;
 use stylefarm_proto as pb;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api::client::ClientApi;
 use crate::api::worker::WorkerService;
@@ -39,7 +40,7 @@ pub enum ServeError {
 pub fn open_farm(config: &CoordinatorConfig) -> Result<Arc<Farm>, ServeError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Open(format!("{}: {e}", config.data_dir.display())))?;
-    let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.sync_full).map_err(|e| ServeError::Open(e.0))?;
+    let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.sync_full, config.group_commit).map_err(|e| ServeError::Open(e.0))?;
     let blobs = Location::open_root(&config.store_url()?)?;
     let farm_config = FarmConfig {
         scheduler: config.scheduler(),
@@ -76,6 +77,13 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
             _ = fatal.wait_for(|f| f.is_some()) => {}
         }
     };
+    // the builder's tcp_nodelay only applies to listeners it binds itself: without
+    // it, Nagle holds a response's trailers for the peer's delayed ACK (40 ms)
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -83,7 +91,7 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
         .add_service(reflection)
         .add_service(client_api)
         .add_service(worker_api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(incoming, stop)
         .await;
     ticker.abort();
     served?;

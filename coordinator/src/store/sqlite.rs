@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -81,6 +81,8 @@ struct Commit {
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Commit>,
+    /// The checkpoint thread stops when this is dropped.
+    _alive: Arc<()>,
     reader: Mutex<Connection>,
     path: String,
 }
@@ -110,24 +112,57 @@ fn open(path: &Path, full_sync: bool) -> StoreResult<Connection> {
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path, full_sync: bool) -> StoreResult<SqliteStore> {
+    /// `group_commit = false` commits every request in its own transaction
+    /// (the reference the benchmark compares group commit against).
+    pub fn open(path: &Path, full_sync: bool, group_commit: bool) -> StoreResult<SqliteStore> {
         let conn = open(path, full_sync)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // the writer never checkpoints (that would stall every waiting request
+        // behind an fsync); a separate connection does, without blocking it
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0;").map_err(err)?;
         let reader = open(path, full_sync)?;
+        let checkpointer = open(path, full_sync)?;
+        let alive = Arc::new(());
+        let token = Arc::downgrade(&alive);
+        thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, token))
+            .map_err(err)?;
         let (writer, commits) = mpsc::channel::<Commit>();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_loop(conn, commits))
+            .spawn(move || write_loop(conn, commits, if group_commit { MAX_GROUP_OPS } else { 0 }))
             .map_err(err)?;
-        Ok(SqliteStore { writer, reader: Mutex::new(reader), path: path.display().to_string() })
+        Ok(SqliteStore { writer, _alive: alive, reader: Mutex::new(reader), path: path.display().to_string() })
     }
 }
 
-fn write_loop(mut conn: Connection, commits: mpsc::Receiver<Commit>) {
+/// Copies the WAL into the database every 500 ms (PASSIVE: never waits for the
+/// writer), and truncates the WAL when it has grown past 64 MiB.
+fn checkpoint_loop(conn: Connection, alive: Weak<()>) {
+    loop {
+        thread::sleep(std::time::Duration::from_millis(500));
+        let done: rusqlite::Result<(i64, i64, i64)> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
+        match done {
+            Ok((_, wal_pages, _)) if wal_pages > 16_384 => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            }
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("no such table") => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
+        if alive.upgrade().is_none() {
+            return;
+        }
+    }
+}
+
+fn write_loop(mut conn: Connection, commits: mpsc::Receiver<Commit>, max_group_ops: usize) {
     while let Ok(first) = commits.recv() {
         let mut group = vec![first];
         let mut op_count = group[0].ops.len();
-        while op_count < MAX_GROUP_OPS {
+        while op_count < max_group_ops {
             match commits.try_recv() {
                 Ok(next) => {
                     op_count += next.ops.len();
