@@ -7,10 +7,13 @@ use clap::{Args, Parser, Subcommand};
 use stylefarm_core::knobs::KnobArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "stylefarm-worker", version, about = "stylefarm worker: neural style transfer on libtorch")]
+#[command(name = "stylefarm-worker", version, about = "stylefarm worker: neural style transfer on libtorch", args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// With no subcommand: run on the farm.
+    #[command(flatten)]
+    pub farm: crate::farm::FarmArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,8 +1,10 @@
-//! `stylefarm-worker`: renders style-transfer jobs. Today: `render` (one local job),
-//! `weights` (the model cache) and `bench`; the farm's worker loop joins later.
+//! `stylefarm-worker`: renders style-transfer jobs: on the farm
+//! (`--coordinator URL`), or `render` (one local job), `weights` (the model
+//! cache) and `bench`.
 
 mod bench;
 mod cli;
+mod farm;
 mod render_cmd;
 
 use std::process::ExitCode;
@@ -41,9 +43,11 @@ fn main() -> ExitCode {
     let tuned = stylefarm_engine::alloc::keep_freed_memory();
     tracing::debug!(tuned, "allocator keeps freed memory");
     let result = match cli.command {
-        Command::Render(args) => render_cmd::run(&args),
-        Command::Weights { action } => weights(action),
-        Command::Bench(args) => bench::run(&args),
+        Some(Command::Render(args)) => render_cmd::run(&args),
+        Some(Command::Weights { action }) => weights(action),
+        Some(Command::Bench(args)) => bench::run(&args),
+        None if cli.farm.coordinator.is_some() => farm::run(&cli.farm),
+        None => Err(anyhow::anyhow!("give --coordinator URL to work on the farm, or a subcommand (render, weights, bench); see --help")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,316 @@
+//! One leased job: inputs from storage, the engine off the async runtime,
+//! outputs up to the attempt's own prefix.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use stylefarm_core::storage::Location;
+use stylefarm_engine::image_io::decode_rgb;
+use stylefarm_engine::params::RenderParams;
+use stylefarm_engine::render::{load_weights, render_loaded, write_outputs, OutputPaths, Progress};
+use stylefarm_engine::trace::TraceRow;
+use stylefarm_engine::weights::VggWeights;
+use stylefarm_engine::EngineError;
+use stylefarm_proto as pb;
+use tch::Device;
+
+use super::inputs::{InputCache, InputError};
+
+/// Progress the heartbeat has not sent yet, and the flag that stops the engine.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub pending: Vec<pb::LossRow>,
+    pub latest: Option<pb::LossRow>,
+    pub iterations: Vec<u32>,
+}
+
+pub struct RunningJob {
+    pub lease: pb::Lease,
+    pub shared: Mutex<Shared>,
+    /// Set by a CANCEL or LEASE_LOST verdict, or a drain timeout; the engine
+    /// checks it between iterations.
+    pub stop: AtomicBool,
+    /// Why it was stopped (reported, or not, accordingly).
+    pub stop_reason: Mutex<Option<StopCause>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    Cancelled,
+    LeaseLost,
+    Shutdown,
+}
+
+impl RunningJob {
+    pub fn new(lease: pb::Lease) -> RunningJob {
+        RunningJob { lease, shared: Mutex::new(Shared::default()), stop: AtomicBool::new(false), stop_reason: Mutex::new(None) }
+    }
+
+    pub fn request_stop(&self, cause: StopCause) {
+        let mut reason = self.stop_reason.lock().expect("stop lock");
+        if reason.is_none() {
+            *reason = Some(cause);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stop_cause(&self) -> Option<StopCause> {
+        *self.stop_reason.lock().expect("stop lock")
+    }
+
+    /// The heartbeat's view: rows since the last one, the latest row.
+    pub fn take_progress(&self) -> Option<pb::JobProgress> {
+        let mut shared = self.shared.lock().expect("progress lock");
+        let latest = shared.latest.clone()?;
+        let rows = std::mem::take(&mut shared.pending);
+        Some(pb::JobProgress {
+            iteration: latest.iteration,
+            total_iterations: shared.iterations.get(latest.scale as usize).copied().unwrap_or(0),
+            scale: latest.scale,
+            scales: shared.iterations.len() as u32,
+            latest: Some(latest),
+            rows,
+        })
+    }
+}
+
+pub fn loss_row(row: &TraceRow) -> pb::LossRow {
+    pb::LossRow {
+        scale: row.scale,
+        size: row.size,
+        iteration: row.iteration,
+        total: row.total,
+        content: row.content,
+        style: row.style,
+        tv: row.tv,
+        elapsed_ms: row.elapsed_ms,
+        evaluations: row.evaluations,
+    }
+}
+
+struct FarmProgress {
+    job: Arc<RunningJob>,
+}
+
+impl Progress for FarmProgress {
+    fn on_row(&mut self, row: &TraceRow) {
+        let mut shared = self.job.shared.lock().expect("progress lock");
+        let row = loss_row(row);
+        shared.latest = Some(row.clone());
+        shared.pending.push(row);
+    }
+
+    fn should_cancel(&self) -> bool {
+        self.job.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// How a job ended on this worker.
+#[derive(Debug)]
+pub enum Outcome {
+    Done(pb::JobResult),
+    Failed { reason: String, retryable: bool },
+    Stopped(StopCause),
+}
+
+/// Weights kept loaded between jobs on one device.
+pub struct WeightsSlot {
+    key: String,
+    weights: VggWeights,
+}
+
+fn weights_key(params: &RenderParams) -> String {
+    format!("{:?}|{:?}|{}", params.weights, params.normalization, params.depth())
+}
+
+pub struct JobContext {
+    pub device: Device,
+    pub store_url: String,
+    pub work_dir: PathBuf,
+    pub inputs: Arc<InputCache>,
+    pub worker_id: String,
+}
+
+fn failed(reason: impl Into<String>, retryable: bool) -> Outcome {
+    Outcome::Failed { reason: reason.into(), retryable }
+}
+
+/// Runs the job; `slot` carries loaded weights from one job to the next.
+pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>) -> Outcome {
+    let lease = &job.lease;
+    let params: RenderParams = match serde_json::from_str(&lease.params_json) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("invalid params_json: {e}"), false),
+    };
+    job.shared.lock().expect("progress lock").iterations = (0..params.scales as usize).map(|i| params.iterations_at(i)).collect();
+    let mut sources = vec![("content".to_string(), lease.content_url.clone(), lease.content_sha256.clone())];
+    for (i, url) in lease.style_urls.iter().enumerate() {
+        sources.push((format!("style[{i}]"), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
+    }
+    let mut images: Vec<(String, Bytes)> = Vec::with_capacity(sources.len());
+    for (role, url, sha) in sources {
+        match ctx.inputs.fetch(&role, &url, &sha).await {
+            Ok(data) => images.push((role, data)),
+            Err(InputError::Permanent(reason)) => return failed(reason, false),
+            Err(InputError::Transient(reason)) => return failed(reason, true),
+        }
+    }
+    let dir = ctx.work_dir.join(format!("{}-attempt-{}", lease.job_id, lease.attempt));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(dir.join("snapshots")) {
+        return failed(format!("creating {}: {e}", dir.display()), true);
+    }
+    // the engine runs on a blocking thread; the loaded weights go with it and come back
+    let taken = slot.take();
+    let (device, job_for_engine, dir_for_engine) = (ctx.device, Arc::clone(job), dir.clone());
+    let rendered = tokio::task::spawn_blocking(move || render_job(images, params, taken, device, job_for_engine, &dir_for_engine)).await;
+    let (result, returned) = match rendered {
+        Ok(pair) => pair,
+        Err(e) => return failed(format!("the engine thread panicked: {e}"), true),
+    };
+    *slot = returned;
+    let outcome = match result {
+        Ok(render) => upload(ctx, lease, &dir, render).await,
+        Err(EngineError::Cancelled) => Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled)),
+        Err(e) => failed(e.to_string(), e.is_retryable()),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+struct Rendered {
+    final_loss: f64,
+    iterations: u32,
+    engine_ms: f64,
+    device: String,
+}
+
+fn render_job(
+    images: Vec<(String, Bytes)>,
+    params: RenderParams,
+    slot: Option<WeightsSlot>,
+    device: Device,
+    job: Arc<RunningJob>,
+    dir: &Path,
+) -> (Result<Rendered, EngineError>, Option<WeightsSlot>) {
+    let mut decoded = Vec::with_capacity(images.len());
+    for (role, bytes) in &images {
+        match decode_rgb(bytes) {
+            Ok(image) => decoded.push(image),
+            Err(reason) => {
+                let url = if role == "content" { job.lease.content_url.clone() } else { job.lease.style_urls.get(role_index(role)).cloned().unwrap_or_default() };
+                let error = EngineError::Image { role: role.clone(), path: PathBuf::from(url), reason };
+                return (Err(error), slot);
+            }
+        }
+    }
+    let key = weights_key(&params);
+    let slot = match slot {
+        Some(s) if s.key == key => s,
+        _ => match load_weights(&params) {
+            Ok(weights) => WeightsSlot { key, weights },
+            Err(e) => return (Err(e), None),
+        },
+    };
+    let mut progress = FarmProgress { job: Arc::clone(&job) };
+    let (content, styles) = decoded.split_first().expect("content is first");
+    let out = match render_loaded(content, styles, None, &slot.weights, &params, device, &mut progress) {
+        Ok(out) => out,
+        Err(e) => return (Err(e), Some(slot)),
+    };
+    let (image, trace, snapshots, animation) = (dir.join("output.png"), dir.join("trace.jsonl"), dir.join("snapshots"), dir.join("animation.gif"));
+    let paths = OutputPaths {
+        image: &image,
+        trace: Some(&trace),
+        snapshots: Some(&snapshots),
+        animation: (!out.frames.is_empty()).then_some(animation.as_path()),
+        metadata: None,
+    };
+    if let Err(e) = write_outputs(&out, &paths) {
+        return (Err(e), Some(slot));
+    }
+    let mut metadata = serde_json::to_value(&out.metadata).expect("metadata serialises");
+    metadata["farm"] = serde_json::json!({
+        "job_id": job.lease.job_id, "batch_id": job.lease.batch_id, "attempt": job.lease.attempt, "name": job.lease.name,
+        "content_url": job.lease.content_url, "style_urls": job.lease.style_urls, "traceparent": job.lease.traceparent,
+    });
+    let metadata_path = dir.join("metadata.json");
+    if let Err(e) = std::fs::write(&metadata_path, serde_json::to_vec_pretty(&metadata).expect("json")) {
+        return (Err(EngineError::Output { path: metadata_path, reason: e.to_string() }), Some(slot));
+    }
+    let m = &out.metadata;
+    let rendered = Rendered { final_loss: m.final_loss, iterations: m.iterations_run, engine_ms: m.timings.total_ms, device: m.device.clone() };
+    (Ok(rendered), Some(slot))
+}
+
+fn role_index(role: &str) -> usize {
+    role.trim_start_matches("style[").trim_end_matches(']').parse().unwrap_or(0)
+}
+
+fn kind_of(name: &str) -> &'static str {
+    match name {
+        "output.png" => "image",
+        "trace.jsonl" => "trace",
+        "metadata.json" => "metadata",
+        "animation.gif" => "animation",
+        _ => "snapshot",
+    }
+}
+
+/// Uploads every output file under the attempt's prefix, retrying transient errors.
+async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rendered) -> Outcome {
+    let Some(relative) = lease.output_prefix.strip_prefix(&ctx.store_url) else {
+        return failed(format!("output prefix {} is not under the store {}", lease.output_prefix, ctx.store_url), false);
+    };
+    let key_prefix = format!("{}/", relative.trim_matches('/'));
+    let location = match Location::parse(&lease.output_prefix) {
+        Ok(l) => l,
+        Err(e) => return failed(e.to_string(), false),
+    };
+    let mut files = Vec::new();
+    for name in ["output.png", "trace.jsonl", "metadata.json", "animation.gif"] {
+        if dir.join(name).is_file() {
+            files.push(name.to_string());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("snapshots")) {
+        let mut snapshots: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| format!("snapshots/{}", e.file_name().to_string_lossy())).collect();
+        snapshots.sort();
+        files.extend(snapshots);
+    }
+    let mut outputs = Vec::with_capacity(files.len());
+    for name in files {
+        let data = match std::fs::read(dir.join(&name)) {
+            Ok(d) => Bytes::from(d),
+            Err(e) => return failed(format!("reading {name}: {e}"), true),
+        };
+        let size = data.len() as u64;
+        let mut delay = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match location.put(&name, data.clone()).await {
+                Ok(()) => break,
+                Err(e) if !e.is_retryable() || tries >= 5 => return failed(format!("uploading {name}: {e}"), e.is_retryable()),
+                Err(e) => {
+                    tracing::warn!(job_id = %lease.job_id, file = %name, error = %e, "upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        outputs.push(pb::OutputFile { key: format!("{key_prefix}{name}"), size_bytes: size, kind: kind_of(&name).to_string() });
+    }
+    tracing::debug!(worker_id = %ctx.worker_id, job_id = %lease.job_id, files = outputs.len(), "outputs uploaded");
+    Outcome::Done(pb::JobResult {
+        prefix: key_prefix,
+        outputs,
+        final_loss: rendered.final_loss,
+        iterations: rendered.iterations,
+        engine_ms: rendered.engine_ms,
+        device: rendered.device,
+    })
+}
