@@ -192,3 +192,71 @@ where
     }
     false
 }
+
+/// Uploads a file through the client API; returns its SHA-256.
+pub async fn upload_file(client: &mut Client, path: &Path) -> String {
+    let data = std::fs::read(path).expect("read image");
+    upload_bytes(client, path.file_name().unwrap().to_str().unwrap(), data).await.expect("upload")
+}
+
+pub async fn upload_bytes(client: &mut Client, filename: &str, data: Vec<u8>) -> Result<String, tonic::Status> {
+    let messages = vec![
+        pb::UploadImageRequest {
+            part: Some(pb::upload_image_request::Part::Header(pb::UploadHeader { filename: filename.into(), size_bytes: data.len() as u64, sha256: String::new() })),
+        },
+        pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.into())) },
+    ];
+    Ok(client.upload_image(tokio_stream::iter(messages)).await?.into_inner().sha256)
+}
+
+pub fn sha_ref(sha: &str) -> pb::ImageRef {
+    pb::ImageRef { source: Some(pb::image_ref::Source::Sha256(sha.into())) }
+}
+
+/// A real farm worker (the engine on the CPU), in-process.
+pub struct InProcessWorker {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessWorker {
+    pub fn start(coordinator_url: &str, name: &str, work_dir: &Path) -> InProcessWorker {
+        let args = stylefarm_worker::farm::FarmArgs {
+            coordinator: Some(coordinator_url.to_string()),
+            devices: "cpu".into(),
+            name: Some(name.into()),
+            torch_threads: None,
+            drain_timeout_s: 30,
+            work_dir: Some(work_dir.to_path_buf()),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            stylefarm_worker::farm::serve(&args, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        InProcessWorker { stop: Some(stop), handle }
+    }
+
+    /// SIGTERM-like: drain and return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle.await.expect("worker task").expect("worker drained cleanly");
+    }
+}
+
+/// Follows WatchBatch to the end; returns the final jobs.
+pub async fn wait_batch(client: &mut Client, batch: &str, timeout: Duration) -> (pb::Batch, Vec<pb::Job>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (b, jobs) = get_batch(client, batch).await;
+        if b.finished_at_ms != 0 {
+            return (b, jobs);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "batch {batch} not finished in {timeout:?}: {b:?} {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -13,7 +13,7 @@ pub struct Cli {
     pub command: Option<Command>,
     /// With no subcommand: run on the farm.
     #[command(flatten)]
-    pub farm: crate::farm::FarmArgs,
+    pub farm: stylefarm_worker::farm::FarmArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,7 +4,6 @@
 
 mod bench;
 mod cli;
-mod farm;
 mod render_cmd;
 
 use std::process::ExitCode;
@@ -13,6 +12,7 @@ use clap::Parser;
 use stylefarm_engine::EngineError;
 
 use cli::{Cli, Command, WeightsAction};
+use stylefarm_worker::farm;
 
 /// Exit codes scripts can rely on.
 pub mod exit {

@@ -285,19 +285,15 @@ async fn send_snapshot(tx: &mpsc::Sender<Result<pb::WatchEvent, Status>>, batch:
 
 /// Reads only the header: format and dimensions, checked against the limits.
 fn inspect_image(filename: &str, data: &[u8]) -> Result<(u32, u32, String), CoordError> {
-    let field = if filename.is_empty() { "chunk".to_string() } else { format!("image `{filename}`") };
-    let reader = image::ImageReader::new(Cursor::new(data))
-        .with_guessed_format()
-        .map_err(|e| CoordError::invalid(&field, e.to_string()))?;
+    let name = if filename.is_empty() { "the upload".to_string() } else { filename.to_string() };
+    let invalid = |reason: String| CoordError::invalid("chunk", format!("{name}: {reason}"));
+    let reader = image::ImageReader::new(Cursor::new(data)).with_guessed_format().map_err(|e| invalid(e.to_string()))?;
     let Some(format) = reader.format() else {
-        return Err(CoordError::invalid(field, "not an image in a known format (png, jpeg, gif, bmp, webp, tiff)"));
+        return Err(invalid("not an image in a known format (png, jpeg, gif, bmp, webp, tiff)".into()));
     };
-    let (width, height) = reader.into_dimensions().map_err(|e| CoordError::invalid(&field, format!("unreadable {format:?} header: {e}")))?;
+    let (width, height) = reader.into_dimensions().map_err(|e| invalid(format!("unreadable {format:?} header: {e}")))?;
     if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || width as u64 * height as u64 > MAX_IMAGE_PIXELS {
-        return Err(CoordError::invalid(
-            field,
-            format!("{width}x{height} is beyond the limits: sides 1..={MAX_IMAGE_SIDE}, at most {MAX_IMAGE_PIXELS} pixels"),
-        ));
+        return Err(invalid(format!("{width}x{height} is beyond the limits: sides 1..={MAX_IMAGE_SIDE}, at most {MAX_IMAGE_PIXELS} pixels")));
     }
     Ok((width, height, format!("{format:?}").to_ascii_lowercase()))
 }

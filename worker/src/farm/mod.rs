@@ -18,6 +18,7 @@ use clap::Args;
 use stylefarm_proto as pb;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+use tracing::Instrument;
 
 use devices::DeviceInfo;
 use inputs::InputCache;
@@ -95,9 +96,10 @@ impl Farm {
     }
 }
 
+/// Runs until SIGTERM or Ctrl-C, then drains.
 pub fn run(args: &FarmArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(args, shutdown_signal()))
 }
 
 fn default_name() -> String {
@@ -105,7 +107,9 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn serve(args: &FarmArgs) -> Result<()> {
+/// Works for the coordinator until `shutdown` resolves, then drains: no new
+/// leases, running jobs finish (or, after the drain timeout, are handed back).
+pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let url = args.coordinator.clone().context("--coordinator URL (or STYLEFARM_COORDINATOR) is required")?;
     let devices = devices::detect(&args.devices)?;
     if let Some(threads) = args.torch_threads {
@@ -147,7 +151,7 @@ async fn serve(args: &FarmArgs) -> Result<()> {
             tokio::spawn(runner(Arc::clone(&farm), device, ctx))
         })
         .collect();
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!(running = farm.running.lock().expect("running lock").len(), "SIGTERM: draining (no new leases)");
     farm.draining.store(true, Ordering::Relaxed);
     let drain = async {
@@ -204,15 +208,18 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, ctx: JobContext) {
         let job = Arc::new(RunningJob::new(lease));
         let key = (job.lease.job_id.clone(), job.lease.attempt);
         let span = tracing::info_span!("job", job_id = %job.lease.job_id, batch_id = %job.lease.batch_id, attempt = job.lease.attempt, device = %device.name, traceparent = %job.lease.traceparent);
-        let _entered = span.enter();
         if farm.draining.load(Ordering::Relaxed) {
-            report(&farm, &job, Outcome::Stopped(StopCause::Shutdown)).await;
+            report(&farm, &job, Outcome::Stopped(StopCause::Shutdown)).instrument(span).await;
             return;
         }
         farm.running.lock().expect("running lock").insert(key.clone(), Arc::clone(&job));
-        tracing::info!(name = %job.lease.name, "job started");
-        let outcome = job::execute(&ctx, &job, &mut slot).await;
-        report(&farm, &job, outcome).await;
+        async {
+            tracing::info!(name = %job.lease.name, "job started");
+            let outcome = job::execute(&ctx, &job, &mut slot).await;
+            report(&farm, &job, outcome).await;
+        }
+        .instrument(span)
+        .await;
         farm.running.lock().expect("running lock").remove(&key);
     }
 }
@@ -281,6 +288,9 @@ async fn heartbeat_loop(farm: Arc<Farm>) {
         let interval = *farm.heartbeat.lock().expect("heartbeat lock");
         tokio::time::sleep(interval).await;
         let jobs: Vec<Arc<RunningJob>> = farm.running.lock().expect("running lock").values().cloned().collect();
+        if jobs.is_empty() && farm.draining.load(Ordering::Relaxed) {
+            return;
+        }
         let beats = jobs
             .iter()
             .map(|j| pb::JobHeartbeat { job_id: j.lease.job_id.clone(), attempt: j.lease.attempt, progress: j.take_progress() })

@@ -1,0 +1,160 @@
+//! The whole farm in one process: coordinator + real workers running the engine
+//! on tiny images; outputs, traces and metadata checked in the store.
+
+use std::time::{Duration, Instant};
+
+use stylefarm_proto as pb;
+use stylefarm_tests::farm::{get_batch, sha_ref, test_config, upload_bytes, upload_file, url_ref, wait_batch, Coordinator, InProcessWorker};
+use stylefarm_tests::sample;
+use tonic::Code;
+
+fn settings(size: u32, iterations: u32) -> Option<pb::RenderSettings> {
+    Some(pb::RenderSettings { size: Some(size), iterations: Some(iterations), snapshot_every: Some(2), ..Default::default() })
+}
+
+fn job(name: &str, content: pb::ImageRef, style: pb::ImageRef, size: u32, iterations: u32) -> pb::JobSpec {
+    pb::JobSpec { name: name.into(), content: Some(content), styles: vec![style], settings: settings(size, iterations) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_render_a_batch_into_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let coffee = upload_file(&mut client, &sample("coffee.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    let gravel = upload_file(&mut client, &sample("gravel.png")).await;
+    let a = InProcessWorker::start(&coordinator.url, "a", &dir.path().join("wa"));
+    let b = InProcessWorker::start(&coordinator.url, "b", &dir.path().join("wb"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let request = pb::SubmitBatchRequest {
+        name: "e2e".into(),
+        cartesian: Some(pb::CartesianSpec {
+            contents: vec![sha_ref(&chelsea), sha_ref(&coffee)],
+            styles: vec![sha_ref(&retina), sha_ref(&gravel)],
+            settings: vec![settings(48, 4).unwrap()],
+        }),
+        ..Default::default()
+    };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;
+    assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Succeeded, "{jobs:?}");
+    let objects = dir.path().join("objects");
+    for job in &jobs {
+        let result = job.result.as_ref().unwrap();
+        assert_eq!(result.prefix, format!("batches/{}/jobs/{}/attempt-1/", batch.batch_id, job.id));
+        assert_eq!(result.iterations, 4);
+        assert!(result.final_loss.is_finite() && result.final_loss > 0.0);
+        let kinds: Vec<&str> = result.outputs.iter().map(|o| o.kind.as_str()).collect();
+        for kind in ["image", "trace", "metadata", "animation", "snapshot"] {
+            assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        }
+        for output in &result.outputs {
+            let path = objects.join(&output.key);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), output.size_bytes, "{}", path.display());
+        }
+        let image = image::open(objects.join(&result.prefix).join("output.png")).unwrap();
+        assert_eq!(image.width().max(image.height()), 48);
+        let trace = std::fs::read_to_string(objects.join(&result.prefix).join("trace.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = trace.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 5, "iterations 0..=4");
+        assert!(rows[4]["total"].as_f64().unwrap() < rows[0]["total"].as_f64().unwrap(), "the loss falls");
+        let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(objects.join(&result.prefix).join("metadata.json")).unwrap()).unwrap();
+        assert_eq!(metadata["farm"]["job_id"], job.id.as_str());
+        assert_eq!(metadata["params"]["size"], 48);
+    }
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let done_by: Vec<u64> = workers.iter().map(|w| w.succeeded).collect();
+    assert_eq!(done_by.iter().sum::<u64>(), 4, "{workers:?}");
+    assert!(done_by.iter().all(|&n| n >= 1), "both workers took jobs: {done_by:?}");
+    // inputs are cached by SHA-256 across jobs
+    assert!(dir.path().join("wa/inputs/sha256").join(&retina).is_file() || dir.path().join("wb/inputs/sha256").join(&retina).is_file());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_fail_their_jobs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    // a PNG whose header is fine (the upload check passes) and whose data is not
+    let mut corrupt = std::fs::read(sample("chelsea.png")).unwrap();
+    let n = corrupt.len();
+    corrupt[n / 2..n / 2 + 4000].fill(0xAB);
+    let corrupt = upload_bytes(&mut client, "corrupt.png", corrupt).await.unwrap();
+    let missing = format!("file://{}/nowhere/missing.png", dir.path().display());
+    let worker = InProcessWorker::start(&coordinator.url, "w", &dir.path().join("w"));
+    let request = pb::SubmitBatchRequest {
+        name: "mixed".into(),
+        jobs: vec![
+            job("good", sha_ref(&chelsea), sha_ref(&retina), 32, 2),
+            job("corrupt", sha_ref(&corrupt), sha_ref(&retina), 32, 2),
+            job("missing", url_ref(&missing), sha_ref(&retina), 32, 2),
+            job("good-2", sha_ref(&chelsea), sha_ref(&retina), 32, 2),
+        ],
+        ..Default::default()
+    };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(180)).await;
+    assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Failed);
+    let by_name = |n: &str| jobs.iter().find(|j| j.name == n).unwrap();
+    for good in ["good", "good-2"] {
+        assert_eq!(by_name(good).state, pb::JobState::Succeeded as i32, "{:?}", by_name(good));
+    }
+    let corrupt_job = by_name("corrupt");
+    assert_eq!((corrupt_job.state, corrupt_job.attempt, corrupt_job.error_retryable), (pb::JobState::Failed as i32, 1, false), "{corrupt_job:?}");
+    assert!(corrupt_job.error.contains("content") && corrupt_job.error.contains("corrupt"), "{}", corrupt_job.error);
+    let missing_job = by_name("missing");
+    assert_eq!((missing_job.state, missing_job.attempt), (pb::JobState::Failed as i32, 1), "{missing_job:?}");
+    assert!(missing_job.error.contains("not found") && missing_job.error.contains("missing.png"), "{}", missing_job.error);
+    // a 100,000 px job is refused at the edge, naming the field; nothing was queued
+    let mut huge = job("huge", sha_ref(&chelsea), sha_ref(&retina), 32, 2);
+    huge.settings.as_mut().unwrap().size = Some(100_000);
+    let status = client.submit_batch(pb::SubmitBatchRequest { jobs: vec![huge], ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("jobs[0].settings.size") && status.message().contains("8192"), "{}", status.message());
+    // the worker is alive and takes the next batch
+    let next = client
+        .submit_batch(pb::SubmitBatchRequest { jobs: vec![job("after", sha_ref(&chelsea), sha_ref(&retina), 32, 2)], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let (after, _) = wait_batch(&mut client, &next.batch_id, Duration::from_secs(120)).await;
+    assert_eq!(pb::BatchState::try_from(after.state).unwrap(), pb::BatchState::Succeeded);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_running_job_stops_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    let worker = InProcessWorker::start(&coordinator.url, "w", &dir.path().join("w"));
+    let request = pb::SubmitBatchRequest { jobs: vec![job("long", sha_ref(&chelsea), sha_ref(&retina), 64, 5000)], ..Default::default() };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    // wait until it is really iterating
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = client.get_job(pb::GetJobRequest { job_id: batch.job_ids[0].clone() }).await.unwrap().into_inner();
+        if job.progress.as_ref().is_some_and(|p| p.iteration >= 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancelled_at = Instant::now();
+    client.cancel_batch(pb::CancelBatchRequest { batch_id: batch.batch_id.clone() }).await.unwrap();
+    let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(30)).await;
+    let took = cancelled_at.elapsed();
+    assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Cancelled, "{jobs:?}");
+    assert!(took < Duration::from_secs(5), "stopped {took:?} after the cancel");
+    let (_, jobs) = get_batch(&mut client, &batch.batch_id).await;
+    assert!(jobs[0].progress.is_none() || jobs[0].state == pb::JobState::Cancelled as i32);
+    worker.stop().await;
+}
