@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup build release test bench render-demo figures
+.PHONY: setup build release test bench bench-coordinator bench-farm demo render-demo figures
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -23,7 +23,19 @@ release: setup
 bench: release
 	./target/release/stylefarm-worker bench --sizes 256,512 --repeats 3 --rounds 3
 
-## render-demo: one local render of the sample images (until `make demo` lands with the farm).
+## demo: the whole farm on this machine: coordinator + worker, sample photos x styles, live progress, outputs in out/demo/.
+demo: setup
+	bash scripts/demo.sh
+
+## bench-coordinator: jobs/s through real gRPC with 100 and 1,000 simulated workers, vs per-request commits.
+bench-coordinator:
+	$(CARGO) bench -p stylefarm-coordinator --bench throughput -- --workers 100,1000 --jobs 20000
+
+## bench-farm: farm throughput with 1 vs 2 local workers, and the coordinator's overhead per job.
+bench-farm: setup
+	bash scripts/farm_bench.sh
+
+## render-demo: one local render of the sample images, no farm.
 render-demo: release
 	./target/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/retina.jpg \
 	  --output out/chelsea-retina.png --size 256 --iterations 100 --preset keras --device auto \
