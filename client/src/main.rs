@@ -249,6 +249,7 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "id": j.id, "batch_id": j.batch_id, "index": j.index, "name": j.name, "state": watch::job_state_name(j.state),
         "attempt": j.attempt, "max_attempts": j.max_attempts, "worker_id": j.worker_id, "error": j.error,
         "error_retryable": j.error_retryable, "estimate_bytes": j.estimate_bytes, "result": result, "progress": progress,
+        "created_at_ms": j.created_at_ms, "started_at_ms": j.started_at_ms, "finished_at_ms": j.finished_at_ms,
         "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default(),
     })
 }

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Farm throughput on this machine: the same batch of small jobs with 1 and with
+# 2 local workers (CPU threads split between them), side by side; and the
+# share of each job's time on the farm that is not engine time (leases,
+# heartbeats, input fetch, output upload, reporting) as a fraction of engine time.
+#   JOBS (8), SIZE (128), ITERATIONS (30) override.     make bench-farm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=./target/debug
+JOBS=${JOBS:-8}
+SIZE=${SIZE:-128}
+ITERATIONS=${ITERATIONS:-30}
+PY=.venv/bin/python
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+contents=()
+for _ in $(seq $(( JOBS / 2 ))); do contents+=(.samples/chelsea.png); done
+
+run() {
+  local workers=$1 dir="$WORK/w$1"
+  mkdir -p "$dir"
+  "$B/stylefarm-coordinator" --listen 127.0.0.1:0 --data-dir "$dir/data" --heartbeat-interval-ms 1000 --log warn > "$dir/addr" 2> "$dir/coordinator.log" &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q "listening on" "$dir/addr" 2>/dev/null && break; sleep 0.1; done
+  export STYLEFARM_COORDINATOR="http://$(sed -n 's/^listening on //p' "$dir/addr")"
+  local threads=$(( $(nproc) / workers )); [ "$threads" -ge 1 ] || threads=1
+  for i in $(seq "$workers"); do
+    STYLEFARM_LOG=warn "$B/stylefarm-worker" --coordinator "$STYLEFARM_COORDINATOR" --devices cpu --torch-threads "$threads" \
+      --name "bench-$i" --work-dir "$dir/worker-$i" 2> "$dir/worker-$i.log" &
+    pids+=($!)
+  done
+  sleep 2 # workers registered and waiting
+  local start end batch
+  start=$(date +%s.%N)
+  batch=$("$B/stylefarm" submit --content "${contents[@]}" --style .samples/retina.jpg .samples/gravel.png \
+    --size "$SIZE" --iterations "$ITERATIONS" --preset keras 2>/dev/null)
+  "$B/stylefarm" watch "$batch" > /dev/null 2>&1 || { echo "batch $batch failed"; exit 1; }
+  end=$(date +%s.%N)
+  "$B/stylefarm" --json status "$batch" > "$dir/status.json"
+  echo "$workers $start $end $dir/status.json" >> "$WORK/runs"
+}
+
+run 1
+run 2
+$PY - "$WORK/runs" "$JOBS" "$SIZE" "$ITERATIONS" <<'PY'
+import json, sys
+runs = [line.split() for line in open(sys.argv[1])]
+jobs, size, its = sys.argv[2], sys.argv[3], sys.argv[4]
+print(f"farm throughput: {jobs} jobs (keras, {size} px, {its} iterations) on CPU; the cores are split between the workers")
+print(f"{'workers':>7} {'wall s':>7} {'jobs/hour':>9} {'ratio':>6} {'engine s':>8} {'lease->result s':>15} {'coordinator':>11} {'worker-side':>11} {'end-to-end':>10}")
+base = None
+for workers, start, end, status in runs:
+    data = json.load(open(status))
+    wall = float(end) - float(start)
+    per_hour = len(data["jobs"]) / wall * 3600
+    base = base or per_hour
+    engine = sum(j["result"]["engine_ms"] for j in data["jobs"]) / 1e3
+    on_farm = sum(j["finished_at_ms"] - j["started_at_ms"] for j in data["jobs"]) / 1e3
+    # coordinator: from one job's committed result to the same worker's next lease
+    gaps = 0.0
+    by_worker = {}
+    for j in data["jobs"]:
+        by_worker.setdefault(j["worker_id"], []).append(j)
+    for js in by_worker.values():
+        js.sort(key=lambda j: j["started_at_ms"])
+        gaps += sum(b["started_at_ms"] - a["finished_at_ms"] for a, b in zip(js, js[1:])) / 1e3
+    coordinator = gaps / engine
+    # worker-side, lease -> committed result minus engine: input fetch, weights, PNG/GIF encoding, upload, reporting
+    overhead = (on_farm - engine) / engine
+    # all worker time (wall x workers) not spent in the engine, incl. idle tails
+    end_to_end = (wall * int(workers) - engine) / engine
+    print(f"{workers:>7} {wall:>7.1f} {per_hour:>9.0f} {per_hour / base:>6.2f} {engine:>8.1f} {on_farm:>15.1f} {coordinator:>11.3%} {overhead:>11.2%} {end_to_end:>10.2%}")
+PY
