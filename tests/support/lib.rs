@@ -63,16 +63,20 @@ pub fn rel_err(a: f64, b: f64) -> f64 {
 }
 
 /// Builds (if needed) and returns a workspace binary, so process tests never run
-/// a stale one: `cargo test -p stylefarm-tests` alone does not build other
-/// packages' binaries.
-pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(repo_root())
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+/// a stale one: `cargo test` does not build other packages' binaries. The build
+/// is the same as the setup's (`--workspace --all-targets`), so features unify
+/// as in `cargo test --workspace` and nothing is rebuilt twice.
+pub fn workspace_bin(_package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .current_dir(repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build --workspace --all-targets failed");
+    });
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
     target.join("debug").join(bin)
 }
