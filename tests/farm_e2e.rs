@@ -158,3 +158,34 @@ async fn a_cancelled_running_job_stops_within_seconds() {
     assert!(jobs[0].progress.is_none() || jobs[0].state == pb::JobState::Cancelled as i32);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_finishes_its_running_job_and_takes_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    let worker = InProcessWorker::start(&coordinator.url, "drainer", &dir.path().join("w"));
+    let request = pb::SubmitBatchRequest {
+        jobs: vec![job("first", sha_ref(&chelsea), sha_ref(&retina), 48, 40), job("second", sha_ref(&chelsea), sha_ref(&retina), 48, 40)],
+        ..Default::default()
+    };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job = client.get_job(pb::GetJobRequest { job_id: batch.job_ids[0].clone() }).await.unwrap().into_inner();
+        if job.progress.as_ref().is_some_and(|p| p.iteration >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM: the running job finishes and is reported, the queued one stays queued
+    worker.stop().await;
+    let (_, jobs) = get_batch(&mut client, &batch.batch_id).await;
+    assert_eq!(jobs[0].state, pb::JobState::Succeeded as i32, "{:?}", jobs[0]);
+    assert_eq!(jobs[0].attempt, 1);
+    assert_eq!(jobs[1].state, pb::JobState::Queued as i32, "{:?}", jobs[1]);
+    assert_eq!(jobs[1].attempt, 0, "never leased by the draining worker");
+}
