@@ -162,18 +162,8 @@ impl Farm {
         self.stored(move |store| store.image(&sha256)).await
     }
 
-    /// Waits for new work or the deadline, whichever comes first. Created before
-    /// the caller checks for work, so a wake-up in between is not lost.
-    pub async fn wait_for_work(&self, deadline: tokio::time::Instant) {
-        let notified = self.work.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-
+    /// Resolves when new work may be leasable; create it (and `enable` it)
+    /// before looking for work, so a wake-up in between is not lost.
     pub fn work_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.work.notified()
     }
