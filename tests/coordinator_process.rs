@@ -3,60 +3,19 @@
 //! commands, JSON output and exit codes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{batch_request, TestWorker};
+use stylefarm_tests::farm::{batch_request, connect_retrying, sigkill, CoordinatorProcess, TestWorker};
 use stylefarm_tests::{sample, workspace_bin};
-use tonic::transport::Channel;
-
-struct Process {
-    child: Child,
-    url: String,
-}
-
-fn start_coordinator(data_dir: &Path, extra: &[&str]) -> Process {
-    let bin = workspace_bin("stylefarm-coordinator", "stylefarm-coordinator");
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(["--lease-ttl-ms", "3000", "--heartbeat-interval-ms", "300", "--log", "warn"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start coordinator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
-    Process { child, url: format!("http://{addr}") }
-}
-
-fn sigkill(process: &mut Process) {
-    unsafe { libc::kill(process.child.id() as i32, libc::SIGKILL) };
-    let status = process.child.wait().unwrap();
-    assert!(!status.success(), "killed: {status:?}");
-}
-
-async fn channel(url: &str) -> Channel {
-    for _ in 0..200 {
-        if let Ok(channel) = Channel::from_shared(url.to_string()).unwrap().connect().await {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no coordinator at {url}");
-}
 
 /// A test worker that survives the coordinator's death: every step is retried
 /// against whatever address `url` holds now.
 async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mutex<BTreeMap<String, u32>>>, total: usize) {
     let current = || url.lock().unwrap().clone();
-    let mut worker = TestWorker::register(channel(&current()).await, &name, 1 << 34).await;
+    let mut worker = TestWorker::register(connect_retrying(&current()).await, &name, 1 << 34).await;
     let mut connected_to = current();
     loop {
         if acked.lock().unwrap().len() >= total {
@@ -64,7 +23,7 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
         }
         if connected_to != current() {
             connected_to = current();
-            worker.api = pb::worker_api_client::WorkerApiClient::new(channel(&connected_to).await);
+            worker.api = pb::worker_api_client::WorkerApiClient::new(connect_retrying(&connected_to).await);
         }
         let request = pb::LeaseJobRequest { worker_id: worker.id.clone(), device: "cpu".into(), device_memory_bytes: worker.memory_bytes, wait_ms: 200 };
         let lease = match worker.api.lease_job(request).await {
@@ -80,7 +39,7 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
         loop {
             if connected_to != current() {
                 connected_to = current();
-                worker.api = pb::worker_api_client::WorkerApiClient::new(channel(&connected_to).await);
+                worker.api = pb::worker_api_client::WorkerApiClient::new(connect_retrying(&connected_to).await);
             }
             match worker.complete(&lease).await {
                 Ok(()) => {
@@ -98,8 +57,8 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_coordinator_restarts_and_the_batch_completes_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut coordinator = start_coordinator(dir.path(), &[]);
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel(&coordinator.url).await);
+    let mut coordinator = CoordinatorProcess::start(dir.path(), "127.0.0.1:0", 3000);
+    let mut client = pb::coordinator_client::CoordinatorClient::new(connect_retrying(&coordinator.url).await);
     let total = 60;
     let batch = client.submit_batch(batch_request("kill-me", total, 0)).await.unwrap().into_inner();
     let url = Arc::new(Mutex::new(coordinator.url.clone()));
@@ -110,14 +69,14 @@ async fn sigkilled_coordinator_restarts_and_the_batch_completes_once() {
     while acked.lock().unwrap().len() < 15 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    sigkill(&mut coordinator);
+    sigkill(&mut coordinator.child);
     let acked_before_kill: BTreeMap<String, u32> = acked.lock().unwrap().clone();
-    let mut coordinator = start_coordinator(dir.path(), &[]);
+    let mut coordinator = CoordinatorProcess::start(dir.path(), "127.0.0.1:0", 3000);
     *url.lock().unwrap() = coordinator.url.clone();
     for worker in workers {
         tokio::time::timeout(Duration::from_secs(60), worker).await.expect("batch finishes after the restart").unwrap();
     }
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel(&coordinator.url).await);
+    let mut client = pb::coordinator_client::CoordinatorClient::new(connect_retrying(&coordinator.url).await);
     let response = client.get_batch(pb::GetBatchRequest { batch_id: batch.batch_id.clone(), include_jobs: true }).await.unwrap().into_inner();
     let state = response.batch.as_ref().unwrap().state;
     assert_eq!(pb::BatchState::try_from(state).unwrap(), pb::BatchState::Succeeded, "{:?}", response.batch);
@@ -147,7 +106,7 @@ fn stylefarm(url: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut coordinator = start_coordinator(dir.path(), &[]);
+    let mut coordinator = CoordinatorProcess::start(dir.path(), "127.0.0.1:0", 3000);
     let url = coordinator.url.clone();
     let (chelsea, coffee, retina) = (sample("chelsea.png"), sample("coffee.png"), sample("retina.jpg"));
     let (chelsea, coffee, retina) = (chelsea.to_str().unwrap(), coffee.to_str().unwrap(), retina.to_str().unwrap());
@@ -172,7 +131,7 @@ async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
     assert_eq!(list.as_array().unwrap().len(), 2);
 
     // a worker finishes b1 while `watch` follows it
-    let mut worker = TestWorker::register(channel(&url).await, "cli-test", 1 << 34).await;
+    let mut worker = TestWorker::register(connect_retrying(&url).await, "cli-test", 1 << 34).await;
     let watcher = { let url = url.clone(); tokio::task::spawn_blocking(move || stylefarm(&url, &["--json", "watch", "b1"])) };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = worker.lease(0).await.unwrap();

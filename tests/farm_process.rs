@@ -1,15 +1,13 @@
 //! The farm as processes: kill -9 a worker mid-job, kill -9 the coordinator
 //! mid-batch; every job completes once and only committed attempts count.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{sha_ref, test_config, upload_file, wait_batch, Client, Coordinator};
+use stylefarm_tests::farm::{connect_retrying, sha_ref, sigkill, test_config, upload_file, wait_batch, Client, Coordinator, CoordinatorProcess};
 use stylefarm_tests::{sample, workspace_bin};
-use tonic::transport::Channel;
 
 fn start_worker(url: &str, name: &str, work_dir: &Path) -> Child {
     Command::new(workspace_bin("stylefarm-worker", "stylefarm-worker"))
@@ -20,11 +18,6 @@ fn start_worker(url: &str, name: &str, work_dir: &Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start worker")
-}
-
-fn sigkill(child: &mut Child) {
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
 }
 
 fn batch(chelsea: &str, retina: &str, jobs: usize, iterations: u32) -> pb::SubmitBatchRequest {
@@ -80,41 +73,15 @@ async fn a_killed_worker_s_job_runs_again_elsewhere_and_only_that_attempt_counts
     assert!(rerun.error.contains("expired"), "the dead attempt's fate is recorded: {}", rerun.error);
 }
 
-struct CoordinatorProcess {
-    child: Child,
-    addr: String,
-}
-
-fn start_coordinator(data_dir: &Path, listen: &str) -> CoordinatorProcess {
-    let mut child = Command::new(workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"))
-        .args(["--listen", listen, "--data-dir"])
-        .arg(data_dir)
-        .args(["--lease-ttl-ms", "4000", "--heartbeat-interval-ms", "300", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start coordinator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
-    CoordinatorProcess { child, addr }
-}
-
 async fn client_for(addr: &str) -> Client {
-    for _ in 0..200 {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
-            return pb::coordinator_client::CoordinatorClient::new(channel);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no coordinator at {addr}");
+    pb::coordinator_client::CoordinatorClient::new(connect_retrying(&format!("http://{addr}")).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_restarts_and_the_batch_completes_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut coordinator = start_coordinator(&data, "127.0.0.1:0");
+    let mut coordinator = CoordinatorProcess::start(&data, "127.0.0.1:0", 4000);
     let addr = coordinator.addr.clone();
     let mut client = client_for(&addr).await;
     let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
@@ -122,11 +89,10 @@ async fn a_killed_coordinator_restarts_and_the_batch_completes_without_duplicate
     let submitted = client.submit_batch(batch(&chelsea, &retina, 4, 30)).await.unwrap().into_inner();
     let mut worker = start_worker(&format!("http://{addr}"), "survivor", &dir.path().join("w"));
     running_job_with_progress(&mut client, &submitted.batch_id, Duration::from_secs(120)).await;
-    unsafe { libc::kill(coordinator.child.id() as i32, libc::SIGKILL) };
-    coordinator.child.wait().unwrap();
+    sigkill(&mut coordinator.child);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // same data dir, same address: the worker reconnects by itself
-    let mut coordinator = start_coordinator(&data, &addr);
+    let mut coordinator = CoordinatorProcess::start(&data, &addr, 4000);
     let mut client = client_for(&addr).await;
     let (done, jobs) = wait_batch(&mut client, &submitted.batch_id, Duration::from_secs(240)).await;
     worker.kill().ok();

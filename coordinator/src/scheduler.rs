@@ -240,7 +240,7 @@ impl Scheduler {
 
     /// Whether `worker` has failed `batch` too often to get more of its jobs.
     pub fn is_blocked(&self, worker: WorkerId, batch: BatchId) -> bool {
-        self.failures.get(&(worker, batch)).is_some_and(|&n| n >= self.config.worker_batch_failure_limit)
+        blocked(&self.failures, self.config.worker_batch_failure_limit, worker, batch)
     }
 
     // ------------------------------------------------------------ changes
@@ -384,7 +384,7 @@ impl Scheduler {
         for (priority, batches) in self.ready.iter_mut() {
             let mut best: Option<(u32, BatchId, JobId)> = None;
             for (batch_id, queue) in batches.iter_mut() {
-                if self.failures.get(&(worker, *batch_id)).is_some_and(|&n| n >= self.config.worker_batch_failure_limit) {
+                if blocked(&self.failures, self.config.worker_batch_failure_limit, worker, *batch_id) {
                     continue;
                 }
                 let running = self.batches.get(batch_id).map(|b| b.counts.running).unwrap_or(0);
@@ -622,6 +622,12 @@ impl StateKind {
     pub fn is_terminal(self) -> bool {
         matches!(self, StateKind::Succeeded | StateKind::Failed | StateKind::Cancelled)
     }
+}
+
+/// The per-batch block rule, shared by `is_blocked` and `pick` (which holds the
+/// ready queues mutably and cannot call a `&self` method).
+fn blocked(failures: &HashMap<(WorkerId, BatchId), u32>, limit: u32, worker: WorkerId, batch: BatchId) -> bool {
+    failures.get(&(worker, batch)).is_some_and(|&n| n >= limit)
 }
 
 fn stale_or_missing(job: JobId, attempt: u32) -> CoordError {

@@ -260,3 +260,48 @@ pub async fn wait_batch(client: &mut Client, batch: &str, timeout: Duration) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Connects, retrying for up to 5 s while the server comes up.
+pub async fn connect_retrying(url: &str) -> Channel {
+    for _ in 0..200 {
+        if let Ok(channel) = Channel::from_shared(url.to_string()).unwrap().connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no coordinator at {url}");
+}
+
+/// The real `stylefarm-coordinator` binary as a child process.
+pub struct CoordinatorProcess {
+    pub child: std::process::Child,
+    /// host:port it bound (read from its first stdout line).
+    pub addr: String,
+    pub url: String,
+}
+
+impl CoordinatorProcess {
+    /// Starts it on `listen` (`127.0.0.1:0` for a free port) with a short lease TTL.
+    pub fn start(data_dir: &Path, listen: &str, lease_ttl_ms: u32) -> CoordinatorProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(crate::workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(["--lease-ttl-ms", &lease_ttl_ms.to_string(), "--heartbeat-interval-ms", "300", "--log", "warn"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start coordinator");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        CoordinatorProcess { child, url: format!("http://{addr}"), addr }
+    }
+}
+
+/// kill -9, then reaps it.
+pub fn sigkill(child: &mut std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+}
