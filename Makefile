@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup build release test bench bench-coordinator bench-farm demo render-demo figures
+.PHONY: setup build release test lint bench bench-coordinator soak-coordinator bench-farm demo render-demo figures
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -12,9 +12,14 @@ setup:
 
 build: setup
 
-## test: every test in the workspace (runs `make setup` first).
-test: setup
+## test: formatting and lints, then every test in the workspace (runs `make setup` first).
+test: setup lint
 	$(CARGO) test --workspace
+
+## lint: rustfmt and clippy (warnings are errors).
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 release: setup
 	$(CARGO) build --release -p stylefarm-worker
@@ -30,6 +35,10 @@ demo: setup
 ## bench-coordinator: jobs/s through real gRPC with 100 and 1,000 simulated workers, vs per-request commits.
 bench-coordinator:
 	$(CARGO) bench -p stylefarm-coordinator --bench throughput -- --workers 100,1000 --jobs 20000
+
+## soak-coordinator: 1,000,000 trivial jobs, watchers coming and going; the coordinator's RSS as it goes.
+soak-coordinator:
+	$(CARGO) bench -p stylefarm-coordinator --bench throughput -- --soak 1000000
 
 ## bench-farm: farm throughput with 1 vs 2 local workers, and the coordinator's overhead per job.
 bench-farm: setup

@@ -196,10 +196,14 @@ async fn priority_first_then_fair_share_then_fifo_and_memory_fit() {
         order.push(lease.job_id);
     }
     let expected: Vec<String> = vec![
-        urgent.job_ids[0].clone(), urgent.job_ids[1].clone(), // priority 10 first, FIFO
-        a.job_ids[0].clone(), b.job_ids[0].clone(), // equal priority: alternate by running count
-        a.job_ids[1].clone(), b.job_ids[1].clone(),
-        a.job_ids[2].clone(), b.job_ids[2].clone(),
+        urgent.job_ids[0].clone(),
+        urgent.job_ids[1].clone(), // priority 10 first, FIFO
+        a.job_ids[0].clone(),
+        b.job_ids[0].clone(), // equal priority: alternate by running count
+        a.job_ids[1].clone(),
+        b.job_ids[1].clone(),
+        a.job_ids[2].clone(),
+        b.job_ids[2].clone(),
     ];
     assert_eq!(order, expected, "the 4096 px job does not fit 4 GiB and waits");
     let mut big_gpu = coordinator.worker("big", 80 * GIB).await;
@@ -223,7 +227,7 @@ async fn a_reopened_coordinator_resumes_every_batch() {
     worker.complete(&first).await.unwrap();
     let running = worker.lease(0).await.unwrap();
     assert_eq!(worker.heartbeat(&running, 4).await, pb::Verdict::Continue);
-    let worker_id = worker.id.clone();
+    let (worker_id, worker_secret) = (worker.id.clone(), worker.secret.clone());
     coordinator.stop().await.unwrap();
 
     let coordinator = Coordinator::start(test_config(dir.path())).await;
@@ -237,7 +241,12 @@ async fn a_reopened_coordinator_resumes_every_batch() {
     let again = client.submit_batch(request).await.unwrap().into_inner();
     assert!(again.deduplicated && again.batch_id == "b2", "{again:?}");
     // the worker carries on with its running attempt on the new process
-    let mut worker = stylefarm_tests::farm::TestWorker { id: worker_id, api: pb::worker_api_client::WorkerApiClient::new(coordinator.channel().await), memory_bytes: 16 * GIB };
+    let mut worker = stylefarm_tests::farm::TestWorker {
+        id: worker_id,
+        secret: worker_secret,
+        api: stylefarm_tests::farm::options(&coordinator.url, None).worker(coordinator.channel().await).unwrap(),
+        memory_bytes: 16 * GIB,
+    };
     assert_eq!(worker.heartbeat(&running, 5).await, pb::Verdict::Continue);
     worker.complete(&running).await.unwrap();
     let mut leased = 0;
@@ -261,14 +270,70 @@ async fn invalid_requests_name_the_field_and_limit() {
     let mut client = coordinator.client().await;
     let cases: Vec<(pb::SubmitBatchRequest, &str)> = vec![
         (pb::SubmitBatchRequest::default(), "`jobs`"),
-        ({ let mut r = batch_request("x", 1, 0); r.priority = 5000; r }, "`priority`: 5000 is outside -1000..=1000"),
-        ({ let mut r = batch_request("x", 1, 0); r.jobs[0].settings.as_mut().unwrap().size = Some(100_000); r }, "`jobs[0].settings.size`: 100000 is outside the limits 16..=8192"),
-        ({ let mut r = batch_request("x", 2, 0); r.jobs[1].styles.clear(); r }, "`jobs[1].styles`"),
-        ({ let mut r = batch_request("x", 1, 0); r.jobs[0].content = Some(url_ref("ftp://h/a.png")); r }, "`jobs[0].content.url`: scheme `ftp`"),
-        ({ let mut r = batch_request("x", 1, 0); r.jobs[0].content = Some(pb::ImageRef { source: Some(pb::image_ref::Source::Sha256("ab".repeat(32))) }); r }, "has not been uploaded"),
-        ({ let mut r = batch_request("x", 1, 0); r.jobs[0].settings.as_mut().unwrap().params_json = r#"{"style_scale": 99}"#.into(); r }, "`jobs[0].settings.style_scale`"),
-        ({ let mut r = batch_request("x", 1, 0); r.max_attempts = 50; r }, "`max_attempts`"),
-        ({ let mut r = batch_request("x", 1, 0); r.labels.insert("bad key!".into(), "v".into()); r }, "labels[bad key!]"),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.priority = 5000;
+                r
+            },
+            "`priority`: 5000 is outside -1000..=1000",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.jobs[0].settings.as_mut().unwrap().size = Some(100_000);
+                r
+            },
+            "`jobs[0].settings.size`: 100000 is outside the limits 16..=8192",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 2, 0);
+                r.jobs[1].styles.clear();
+                r
+            },
+            "`jobs[1].styles`",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.jobs[0].content = Some(url_ref("ftp://h/a.png"));
+                r
+            },
+            "`jobs[0].content.url`: scheme `ftp`",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.jobs[0].content = Some(pb::ImageRef { source: Some(pb::image_ref::Source::Sha256("ab".repeat(32))) });
+                r
+            },
+            "has not been uploaded",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.jobs[0].settings.as_mut().unwrap().params_json = r#"{"style_scale": 99}"#.into();
+                r
+            },
+            "`jobs[0].settings.style_scale`",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.max_attempts = 50;
+                r
+            },
+            "`max_attempts`",
+        ),
+        (
+            {
+                let mut r = batch_request("x", 1, 0);
+                r.labels.insert("bad key!".into(), "v".into());
+                r
+            },
+            "labels[bad key!]",
+        ),
     ];
     for (request, needle) in cases {
         let status = client.submit_batch(request).await.unwrap_err();
@@ -282,7 +347,13 @@ async fn invalid_requests_name_the_field_and_limit() {
     // uploads: not an image, a lying hash
     let upload = |data: Vec<u8>, sha: &str| {
         vec![
-            pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Header(pb::UploadHeader { filename: "x.png".into(), size_bytes: data.len() as u64, sha256: sha.into() })) },
+            pb::UploadImageRequest {
+                part: Some(pb::upload_image_request::Part::Header(pb::UploadHeader {
+                    filename: "x.png".into(),
+                    size_bytes: data.len() as u64,
+                    sha256: sha.into(),
+                })),
+            },
             pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.into())) },
         ]
     };
@@ -316,7 +387,10 @@ async fn health_and_reflection_answer() {
         let response = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(response.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
     }
-    use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
     let mut reflection = ServerReflectionClient::new(coordinator.channel().await);
     let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
     let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();

@@ -23,7 +23,7 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
         }
         if connected_to != current() {
             connected_to = current();
-            worker.api = pb::worker_api_client::WorkerApiClient::new(connect_retrying(&connected_to).await);
+            worker.api = stylefarm_tests::farm::options(&connected_to, None).worker(connect_retrying(&connected_to).await).unwrap();
         }
         let request = pb::LeaseJobRequest { worker_id: worker.id.clone(), device: "cpu".into(), device_memory_bytes: worker.memory_bytes, wait_ms: 200 };
         let lease = match worker.api.lease_job(request).await {
@@ -35,11 +35,11 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
         };
         let Some(lease) = lease else { continue };
         tokio::time::sleep(Duration::from_millis(30)).await; // "render"
-        // complete, retrying across a restart; a stale answer after a retry means it was committed
+                                                             // complete, retrying across a restart; a stale answer after a retry means it was committed
         loop {
             if connected_to != current() {
                 connected_to = current();
-                worker.api = pb::worker_api_client::WorkerApiClient::new(connect_retrying(&connected_to).await);
+                worker.api = stylefarm_tests::farm::options(&connected_to, None).worker(connect_retrying(&connected_to).await).unwrap();
             }
             match worker.complete(&lease).await {
                 Ok(()) => {
@@ -63,9 +63,7 @@ async fn sigkilled_coordinator_restarts_and_the_batch_completes_once() {
     let batch = client.submit_batch(batch_request("kill-me", total, 0)).await.unwrap().into_inner();
     let url = Arc::new(Mutex::new(coordinator.url.clone()));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let workers: Vec<_> = (0..3)
-        .map(|i| tokio::spawn(resilient_worker(format!("w{i}"), Arc::clone(&url), Arc::clone(&acked), total)))
-        .collect();
+    let workers: Vec<_> = (0..3).map(|i| tokio::spawn(resilient_worker(format!("w{i}"), Arc::clone(&url), Arc::clone(&acked), total))).collect();
     while acked.lock().unwrap().len() < 15 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -110,7 +108,10 @@ async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
     let url = coordinator.url.clone();
     let (chelsea, coffee, retina) = (sample("chelsea.png"), sample("coffee.png"), sample("retina.jpg"));
     let (chelsea, coffee, retina) = (chelsea.to_str().unwrap(), coffee.to_str().unwrap(), retina.to_str().unwrap());
-    let out = stylefarm(&url, &["--json", "submit", "--content", chelsea, coffee, "--style", retina, "--size", "64", "--iterations", "7", "--label", "team=qa", "--priority", "3"]);
+    let out = stylefarm(
+        &url,
+        &["--json", "submit", "--content", chelsea, coffee, "--style", retina, "--size", "64", "--iterations", "7", "--label", "team=qa", "--priority", "3"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(submitted["batch_id"], "b1");
@@ -132,7 +133,10 @@ async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
 
     // a worker finishes b1 while `watch` follows it
     let mut worker = TestWorker::register(connect_retrying(&url).await, "cli-test", 1 << 34).await;
-    let watcher = { let url = url.clone(); tokio::task::spawn_blocking(move || stylefarm(&url, &["--json", "watch", "b1"])) };
+    let watcher = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || stylefarm(&url, &["--json", "watch", "b1"]))
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = worker.lease(0).await.unwrap();
     worker.complete(&first).await.unwrap();

@@ -86,7 +86,8 @@ async fn bad_inputs_fail_their_jobs_and_nothing_else() {
     let n = corrupt.len();
     corrupt[n / 2..n / 2 + 4000].fill(0xAB);
     let corrupt = upload_bytes(&mut client, "corrupt.png", corrupt).await.unwrap();
-    let missing = format!("file://{}/nowhere/missing.png", dir.path().display());
+    // inside the coordinator's store (anything else is refused at submit), but absent
+    let missing = format!("file://{}/objects/nowhere/missing.png", std::fs::canonicalize(dir.path()).unwrap().display());
     let worker = InProcessWorker::start(&coordinator.url, "w", &dir.path().join("w"));
     let request = pb::SubmitBatchRequest {
         name: "mixed".into(),

@@ -74,7 +74,7 @@ async fn a_killed_worker_s_job_runs_again_elsewhere_and_only_that_attempt_counts
 }
 
 async fn client_for(addr: &str) -> Client {
-    pb::coordinator_client::CoordinatorClient::new(connect_retrying(&format!("http://{addr}")).await)
+    stylefarm_tests::farm::options("http://x", None).coordinator(connect_retrying(&format!("http://{addr}")).await).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,9 +109,7 @@ fn style_case(strong_wolfe: bool) -> Result<()> {
     let norm = Normalization::caffe();
     let content = load_rgb(&sample("chelsea.png"), "content")?;
     let style = load_rgb(&sample("hubble_deep_field.jpg"), "style")?;
-    let net = |img: &image::RgbImage| {
-        norm.to_network(&to_tensor(&resize(img, 32, 24), Kind::Float, Device::Cpu))
-    };
+    let net = |img: &image::RgbImage| norm.to_network(&to_tensor(&resize(img, 32, 24), Kind::Float, Device::Cpu));
     let (content_net, style_net) = (net(&content), net(&style));
     let dir = tempfile::tempdir()?;
     let files = write_problem(dir.path(), &content_net, &[style_net.shallow_clone()], None, &params)?;

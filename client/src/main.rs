@@ -3,7 +3,8 @@
 //! Exit codes: 0 done (a waited-for batch succeeded); 1 a batch finished with
 //! failed jobs; 2 invalid input (ours or the coordinator's INVALID_ARGUMENT);
 //! 3 the coordinator is unreachable or unavailable; 4 not found; 5 the batch was
-//! cancelled; 6 any other error.
+//! cancelled; 6 any other error; 7 not authenticated or not allowed (a missing,
+//! wrong or revoked token, or the wrong role).
 
 mod manifest;
 mod upload;
@@ -17,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use stylefarm_core::knobs::KnobArgs;
 use stylefarm_proto as pb;
-use tonic::transport::Channel;
+use stylefarm_proto::connect::{read_token, ConnectOptions, Coordinator};
 use upload::Input;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,12 @@ struct Cli {
     /// Machine-readable JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// File holding the API token (else STYLEFARM_TOKEN; none for an open local coordinator).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate (https:// URLs; default: the system roots).
+    #[arg(long, global = true, env = "STYLEFARM_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,6 +107,9 @@ struct SubmitArgs {
     /// Watch the batch until it finishes; the exit code tells how it ended.
     #[arg(long)]
     wait: bool,
+    /// Per-attempt time limit in seconds (default: derived from each job's size and iterations).
+    #[arg(long)]
+    time_limit_s: Option<u32>,
     #[command(flatten)]
     knobs: KnobArgs,
 }
@@ -108,12 +118,13 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}` is not key=value"))
 }
 
-async fn connect(url: &str) -> Result<pb::coordinator_client::CoordinatorClient<Channel>> {
-    let endpoint = Channel::from_shared(url.to_string()).map_err(|e| Failure::Input(format!("--coordinator `{url}`: {e}")))?;
+async fn connect(cli: &Cli) -> Result<Coordinator> {
+    let url = &cli.coordinator;
+    let token = read_token(cli.token_file.as_deref()).map_err(|e| Failure::Input(e.to_string()))?;
+    let options = ConnectOptions { url: url.clone(), token, tls_ca: cli.tls_ca.clone(), tls_identity: None };
+    let endpoint = options.endpoint().map_err(|e| Failure::Input(format!("--coordinator: {e}")))?;
     let channel = endpoint.connect().await.with_context(|| format!("connecting to the coordinator at {url}"))?;
-    Ok(pb::coordinator_client::CoordinatorClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(options.coordinator(channel).map_err(|e| Failure::Input(e.to_string()))?)
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -155,8 +166,9 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         Ok(pb::RenderSettings { params_json: serde_json::to_string(&params)?, ..Default::default() })
     };
     let settings = resolve(&defaults_json)?;
-    let mut client = connect(&cli.coordinator).await?;
-    let all: Vec<Input> = contents.iter().chain(&styles).cloned().chain(job_inputs.iter().flat_map(|(_, c, s, _)| std::iter::once(c.clone()).chain(s.iter().cloned()))).collect();
+    let mut client = connect(cli).await?;
+    let all: Vec<Input> =
+        contents.iter().chain(&styles).cloned().chain(job_inputs.iter().flat_map(|(_, c, s, _)| std::iter::once(c.clone()).chain(s.iter().cloned()))).collect();
     let refs = upload::resolve_inputs(&mut client, &all, cli.json).await?;
     let (m, _) = manifest.as_ref().map(|(m, b)| (Some(m), b)).unwrap_or((None, &PathBuf::new()));
     // contents × styles as explicit jobs, named after the files ("chelsea-x-retina")
@@ -193,13 +205,19 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         cartesian: None,
         max_attempts: args.max_attempts.or_else(|| m.and_then(|m| m.max_attempts)).unwrap_or(0),
         request_id: args.request_id.clone().unwrap_or_default(),
+        job_time_limit_s: args.time_limit_s.unwrap_or(0),
     };
     let response = client.submit_batch(request).await?.into_inner();
     if cli.json && !args.wait {
         print_json(&serde_json::json!({"batch_id": response.batch_id, "job_ids": response.job_ids, "deduplicated": response.deduplicated}))?;
     } else {
         println!("{}", response.batch_id);
-        eprintln!("submitted batch {} with {} jobs{}", response.batch_id, response.job_ids.len(), if response.deduplicated { " (already submitted with this request id)" } else { "" });
+        eprintln!(
+            "submitted batch {} with {} jobs{}",
+            response.batch_id,
+            response.job_ids.len(),
+            if response.deduplicated { " (already submitted with this request id)" } else { "" }
+        );
     }
     if args.wait {
         let batch = watch::watch(&mut client, &response.batch_id, cli.json).await?;
@@ -237,14 +255,18 @@ fn batch_json(b: &pb::Batch) -> serde_json::Value {
 }
 
 fn job_json(j: &pb::Job) -> serde_json::Value {
-    let result = j.result.as_ref().map(|r| serde_json::json!({
-        "prefix": r.prefix, "final_loss": r.final_loss, "iterations": r.iterations, "engine_ms": r.engine_ms, "device": r.device,
-        "outputs": r.outputs.iter().map(|o| serde_json::json!({"key": o.key, "size_bytes": o.size_bytes, "kind": o.kind})).collect::<Vec<_>>(),
-    }));
-    let progress = j.progress.as_ref().map(|p| serde_json::json!({
-        "iteration": p.iteration, "total_iterations": p.total_iterations, "scale": p.scale, "scales": p.scales,
-        "loss": p.latest.as_ref().map(|r| r.total),
-    }));
+    let result = j.result.as_ref().map(|r| {
+        serde_json::json!({
+            "prefix": r.prefix, "final_loss": r.final_loss, "iterations": r.iterations, "engine_ms": r.engine_ms, "device": r.device,
+            "outputs": r.outputs.iter().map(|o| serde_json::json!({"key": o.key, "size_bytes": o.size_bytes, "kind": o.kind})).collect::<Vec<_>>(),
+        })
+    });
+    let progress = j.progress.as_ref().map(|p| {
+        serde_json::json!({
+            "iteration": p.iteration, "total_iterations": p.total_iterations, "scale": p.scale, "scales": p.scales,
+            "loss": p.latest.as_ref().map(|r| r.total),
+        })
+    });
     serde_json::json!({
         "id": j.id, "batch_id": j.batch_id, "index": j.index, "name": j.name, "state": watch::job_state_name(j.state),
         "attempt": j.attempt, "max_attempts": j.max_attempts, "worker_id": j.worker_id, "error": j.error,
@@ -255,7 +277,7 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
 }
 
 async fn status(cli: &Cli, id: &str) -> Result<()> {
-    let mut client = connect(&cli.coordinator).await?;
+    let mut client = connect(cli).await?;
     if id.starts_with('j') {
         let job = client.get_job(pb::GetJobRequest { job_id: id.to_string() }).await?.into_inner();
         if cli.json {
@@ -279,8 +301,19 @@ async fn status(cli: &Cli, id: &str) -> Result<()> {
         return print_json(&serde_json::json!({"batch": batch_json(&batch), "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>()}));
     }
     let c = batch.counts.clone().unwrap_or_default();
-    println!("batch {} {:?} [{}] priority {}: {} jobs ({} queued, {} running, {} succeeded, {} failed, {} cancelled)",
-        batch.id, batch.name, watch::batch_state_name(batch.state), batch.priority, c.total, c.queued, c.running, c.succeeded, c.failed, c.cancelled);
+    println!(
+        "batch {} {:?} [{}] priority {}: {} jobs ({} queued, {} running, {} succeeded, {} failed, {} cancelled)",
+        batch.id,
+        batch.name,
+        watch::batch_state_name(batch.state),
+        batch.priority,
+        c.total,
+        c.queued,
+        c.running,
+        c.succeeded,
+        c.failed,
+        c.cancelled
+    );
     for job in &response.jobs {
         let detail = match (&job.progress, &job.result) {
             (_, Some(r)) => format!("loss {:.3e}", r.final_loss),
@@ -307,7 +340,7 @@ fn parse_state(text: &str) -> Result<i32> {
 
 async fn list(cli: &Cli, states: &[String], limit: u32) -> Result<()> {
     let states = states.iter().map(|s| parse_state(s)).collect::<Result<Vec<_>>>()?;
-    let mut client = connect(&cli.coordinator).await?;
+    let mut client = connect(cli).await?;
     let mut batches = Vec::new();
     let mut token = String::new();
     while batches.len() < limit as usize {
@@ -332,7 +365,7 @@ async fn list(cli: &Cli, states: &[String], limit: u32) -> Result<()> {
 }
 
 async fn fetch(cli: &Cli, batch: &str, out: &PathBuf) -> Result<()> {
-    let mut client = connect(&cli.coordinator).await?;
+    let mut client = connect(cli).await?;
     let response = client.get_batch(pb::GetBatchRequest { batch_id: batch.to_string(), include_jobs: true }).await?.into_inner();
     let mut fetched = Vec::new();
     for job in response.jobs.iter().filter(|j| j.state == pb::JobState::Succeeded as i32) {
@@ -361,7 +394,12 @@ async fn fetch(cli: &Cli, batch: &str, out: &PathBuf) -> Result<()> {
         println!("{}", path.display());
     }
     let skipped = response.jobs.iter().filter(|j| j.state != pb::JobState::Succeeded as i32).count();
-    eprintln!("{} files from {} succeeded jobs{}", fetched.len(), response.jobs.len() - skipped, if skipped > 0 { format!("; {skipped} jobs have no outputs") } else { String::new() });
+    eprintln!(
+        "{} files from {} succeeded jobs{}",
+        fetched.len(),
+        response.jobs.len() - skipped,
+        if skipped > 0 { format!("; {skipped} jobs have no outputs") } else { String::new() }
+    );
     Ok(())
 }
 
@@ -375,7 +413,7 @@ fn sanitize_path(name: &str) -> String {
 }
 
 async fn workers(cli: &Cli) -> Result<()> {
-    let mut client = connect(&cli.coordinator).await?;
+    let mut client = connect(cli).await?;
     let workers = client.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
     if cli.json {
         let rows: Vec<_> = workers.iter().map(|w| serde_json::json!({
@@ -387,8 +425,17 @@ async fn workers(cli: &Cli) -> Result<()> {
     }
     for w in &workers {
         let devices: Vec<String> = w.devices.iter().map(|d| format!("{} ({:.1} GiB)", d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
-        println!("{:<6} {:<20} {:<12} {} running [{}], {} done, {} failed, devices: {}",
-            w.id, w.name, if w.connected { "connected" } else { "lost" }, w.running_jobs.len(), w.running_jobs.join(","), w.succeeded, w.failed, devices.join(", "));
+        println!(
+            "{:<6} {:<20} {:<12} {} running [{}], {} done, {} failed, devices: {}",
+            w.id,
+            w.name,
+            if w.connected { "connected" } else { "lost" },
+            w.running_jobs.len(),
+            w.running_jobs.join(","),
+            w.succeeded,
+            w.failed,
+            devices.join(", ")
+        );
     }
     Ok(())
 }
@@ -397,14 +444,14 @@ async fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Submit(args) => submit(cli, args).await,
         Command::Watch { batch } => {
-            let mut client = connect(&cli.coordinator).await?;
+            let mut client = connect(cli).await?;
             let batch = watch::watch(&mut client, batch, cli.json).await?;
             finish(cli, batch)
         }
         Command::Status { id } => status(cli, id).await,
         Command::List { state, limit } => list(cli, state, *limit).await,
         Command::Cancel { batch } => {
-            let mut client = connect(&cli.coordinator).await?;
+            let mut client = connect(cli).await?;
             let r = client.cancel_batch(pb::CancelBatchRequest { batch_id: batch.clone() }).await?.into_inner();
             if cli.json {
                 return print_json(&serde_json::json!({"cancelled_queued": r.cancelled_queued, "signalled_running": r.signalled_running}));
@@ -431,6 +478,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => 2,
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => 3,
                 tonic::Code::NotFound => 4,
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => 7,
                 _ => 6,
             };
         }

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use stylefarm_proto as pb;
-use tonic::transport::Channel;
 
 use crate::Failure;
 
@@ -26,17 +25,17 @@ impl Input {
         let is_url = ["s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "file://", "memory://", "https://"]
             .iter()
             .any(|scheme| text.starts_with(scheme));
-        if is_url { Input::Url(text.to_string()) } else { Input::File(PathBuf::from(text)) }
+        if is_url {
+            Input::Url(text.to_string())
+        } else {
+            Input::File(PathBuf::from(text))
+        }
     }
 }
 
 /// Uploads every distinct local file that the coordinator lacks; returns the
 /// image reference of each input.
-pub async fn resolve_inputs(
-    client: &mut pb::coordinator_client::CoordinatorClient<Channel>,
-    inputs: &[Input],
-    quiet: bool,
-) -> Result<BTreeMap<Input, pb::ImageRef>> {
+pub async fn resolve_inputs(client: &mut stylefarm_proto::connect::Coordinator, inputs: &[Input], quiet: bool) -> Result<BTreeMap<Input, pb::ImageRef>> {
     let mut refs = BTreeMap::new();
     let mut local: BTreeMap<String, (PathBuf, Bytes)> = BTreeMap::new();
     for input in inputs {
@@ -77,12 +76,7 @@ fn read(path: &Path) -> Result<Bytes> {
     Ok(Bytes::from(data))
 }
 
-async fn upload(
-    client: &mut pb::coordinator_client::CoordinatorClient<Channel>,
-    path: &Path,
-    data: Bytes,
-    sha: &str,
-) -> Result<pb::UploadImageResponse> {
+async fn upload(client: &mut stylefarm_proto::connect::Coordinator, path: &Path, data: Bytes, sha: &str) -> Result<pb::UploadImageResponse> {
     let header = pb::UploadHeader {
         filename: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         size_bytes: data.len() as u64,

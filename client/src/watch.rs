@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stylefarm_proto as pb;
-use tonic::transport::Channel;
 
 /// Bars shown at once; the rest are summed up in the header.
 const MAX_BARS: usize = 12;
@@ -67,9 +66,7 @@ impl Bars {
         let multi = MultiProgress::with_draw_target(target);
         let header = multi.add(ProgressBar::new_spinner());
         header.enable_steady_tick(Duration::from_millis(250));
-        let style = ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos:>5}/{len:<5} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos:>5}/{len:<5} {msg} ETA {eta}").expect("valid template").progress_chars("=> ");
         Bars { multi, header, bars: BTreeMap::new(), style, quiet }
     }
 
@@ -114,11 +111,15 @@ fn error_suffix(job: &pb::Job) -> String {
 }
 
 fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max { text.to_string() } else { text.chars().take(max - 1).collect::<String>() + "…" }
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        text.chars().take(max - 1).collect::<String>() + "…"
+    }
 }
 
 /// Follows the batch to its end; returns its final record.
-pub async fn watch(client: &mut pb::coordinator_client::CoordinatorClient<Channel>, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
+pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
     let mut stream = client.watch_batch(pb::WatchBatchRequest { batch_id: batch_id.to_string() }).await?.into_inner();
     let mut bars = Bars::new(quiet);
     let mut last = None;

@@ -5,25 +5,35 @@
 //!
 //!   cargo bench -p stylefarm-coordinator --bench throughput -- --workers 100,1000 --jobs 20000
 //!
+//! With authentication on (tokens for the client and every worker) and with TLS
+//! on loopback as well, beside auth off, in the same run.
+//!
+//!   ... -- --soak 1000000
+//!
+//! runs a million trivial jobs through 100 simulated workers while watchers come
+//! and go (and watch made-up ids), printing the coordinator's RSS as it goes.
+//!
 //! Published anchors: OpenCue's stress test ~975 frames/s, Pixar Tractor ~500 tasks/s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stylefarm_coordinator::auth::{Role, TokenStore};
 use stylefarm_coordinator::CoordinatorConfig;
 use stylefarm_proto as pb;
-use tonic::transport::Channel;
+use stylefarm_proto::connect::ConnectOptions;
 
 struct Args {
     workers: Vec<usize>,
     jobs: usize,
     connections: usize,
     reference: bool,
+    soak: usize,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { workers: vec![100, 1000], jobs: 20_000, connections: 8, reference: true };
+    let mut args = Args { workers: vec![100, 1000], jobs: 20_000, connections: 8, reference: true, soak: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -31,6 +41,7 @@ fn parse_args() -> Args {
             "--jobs" => args.jobs = it.next().expect("--jobs N").parse().expect("number"),
             "--connections" => args.connections = it.next().expect("--connections N").parse().expect("number"),
             "--no-reference" => args.reference = false,
+            "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -53,89 +64,143 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool) -> Run {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Open,
+    Auth,
+    AuthTls,
+}
+
+/// A coordinator on loopback, and how to reach it.
+struct Server {
+    _dir: tempfile::TempDir,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), stylefarm_coordinator::server::ServeError>>,
+    client: ConnectOptions,
+    worker: ConnectOptions,
+}
+
+async fn start(group_commit: bool, security: Security) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let config = CoordinatorConfig { data_dir: dir.path().to_path_buf(), group_commit, lease_ttl_ms: 60_000, ..CoordinatorConfig::default() };
+    let mut config = CoordinatorConfig {
+        data_dir: dir.path().to_path_buf(),
+        group_commit,
+        lease_ttl_ms: 60_000,
+        allowed_input_prefixes: vec!["s3://bench/".into()],
+        ..CoordinatorConfig::default()
+    };
+    let (mut client_token, mut worker_token) = (None, None);
+    if security != Security::Open {
+        let tokens = TokenStore::open(dir.path()).unwrap();
+        client_token = Some(tokens.create("bench-client", Role::Submit).unwrap());
+        worker_token = Some(tokens.create("bench-workers", Role::Worker).unwrap());
+    }
+    let mut tls_ca = None;
+    if security == Security::AuthTls {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        config.tls_cert = Some(cert_path.clone());
+        config.tls_key = Some(key_path);
+        tls_ca = Some(cert_path);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = if tls_ca.is_some() { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(stylefarm_coordinator::run(listener, config, async move {
+    let handle = tokio::spawn(stylefarm_coordinator::run(listener, config, async move {
         let _ = stopped.await;
     }));
-    let mut channels = Vec::new();
-    for _ in 0..connections {
+    let client = ConnectOptions { url: url.clone(), token: client_token, tls_ca: tls_ca.clone(), tls_identity: None };
+    let worker = ConnectOptions { url, token: worker_token, tls_ca, tls_identity: None };
+    Server { _dir: dir, stop, handle, client, worker }
+}
+
+async fn channels(options: &ConnectOptions, n: usize) -> Vec<tonic::transport::Channel> {
+    let mut out = Vec::new();
+    for _ in 0..n {
         loop {
-            if let Ok(c) = Channel::from_shared(url.clone()).unwrap().connect().await {
-                channels.push(c);
+            if let Ok(c) = options.endpoint().unwrap().connect().await {
+                out.push(c);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    // register the simulated workers
-    let mut ids = Vec::with_capacity(workers);
+    out
+}
+
+async fn register(options: &ConnectOptions, channels: &[tonic::transport::Channel], workers: usize) -> Vec<(String, stylefarm_proto::connect::Worker)> {
+    let mut out = Vec::with_capacity(workers);
     for i in 0..workers {
-        let mut api = pb::worker_api_client::WorkerApiClient::new(channels[i % connections].clone());
+        let mut api = options.worker(channels[i % channels.len()].clone()).unwrap();
         let r = api
             .register_worker(pb::RegisterWorkerRequest {
                 name: format!("sim-{i}"),
                 devices: vec![pb::Device { name: "cuda:0".into(), memory_bytes: 80 << 30, description: "simulated".into() }],
                 version: "bench".into(),
-                worker_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
-        ids.push(r.into_inner().worker_id);
+        out.push((r.into_inner().worker_id, api));
     }
+    out
+}
+
+fn batch(b: usize, n: usize) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        name: format!("bench-{b}"),
+        cartesian: Some(pb::CartesianSpec {
+            contents: (0..n).map(|i| pb::ImageRef { source: Some(pb::image_ref::Source::Url(format!("s3://bench/c{i}.png"))) }).collect(),
+            styles: vec![pb::ImageRef { source: Some(pb::image_ref::Source::Url("s3://bench/style.png".into())) }],
+            settings: vec![pb::RenderSettings { size: Some(256), iterations: Some(1), ..Default::default() }],
+        }),
+        ..Default::default()
+    }
+}
+
+/// Leases and completes until `done` reaches `jobs`; returns latencies.
+async fn work(id: String, mut api: stylefarm_proto::connect::Worker, done: Arc<AtomicUsize>, jobs: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut lease_ms = Vec::new();
+    let mut complete_ms = Vec::new();
+    loop {
+        if done.load(Ordering::Relaxed) >= jobs {
+            return (lease_ms, complete_ms);
+        }
+        let t = Instant::now();
+        let request = pb::LeaseJobRequest { worker_id: id.clone(), device: "cuda:0".into(), device_memory_bytes: 80 << 30, wait_ms: 100 };
+        let Some(lease) = api.lease_job(request).await.unwrap().into_inner().lease else { continue };
+        lease_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let request =
+            pb::CompleteJobRequest { worker_id: id.clone(), job_id: lease.job_id, attempt: lease.attempt, result: None, lease_secret: lease.lease_secret };
+        api.complete_job(request).await.unwrap();
+        complete_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool, security: Security) -> Run {
+    let server = start(group_commit, security).await;
+    let worker_channels = channels(&server.worker, connections).await;
+    let ids = register(&server.worker, &worker_channels, workers).await;
     // submit in batches of up to 10,000 jobs
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channels[0].clone()).max_encoding_message_size(64 << 20);
+    let mut client = server.client.coordinator(channels(&server.client, 1).await.remove(0)).unwrap();
     let submit_started = Instant::now();
     let mut left = jobs;
     let mut b = 0;
     while left > 0 {
         let n = left.min(10_000);
-        let request = pb::SubmitBatchRequest {
-            name: format!("bench-{b}"),
-            cartesian: Some(pb::CartesianSpec {
-                contents: (0..n).map(|i| pb::ImageRef { source: Some(pb::image_ref::Source::Url(format!("s3://bench/c{i}.png"))) }).collect(),
-                styles: vec![pb::ImageRef { source: Some(pb::image_ref::Source::Url("s3://bench/style.png".into())) }],
-                settings: vec![pb::RenderSettings { size: Some(256), iterations: Some(1), ..Default::default() }],
-            }),
-            ..Default::default()
-        };
-        client.submit_batch(request).await.unwrap();
+        client.submit_batch(batch(b, n)).await.unwrap();
         left -= n;
         b += 1;
     }
     let submit_s = submit_started.elapsed().as_secs_f64();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let tasks: Vec<_> = ids
-        .into_iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let mut api = pb::worker_api_client::WorkerApiClient::new(channels[i % connections].clone());
-            let done = Arc::clone(&done);
-            tokio::spawn(async move {
-                let mut lease_ms = Vec::new();
-                let mut complete_ms = Vec::new();
-                loop {
-                    if done.load(Ordering::Relaxed) >= jobs {
-                        return (lease_ms, complete_ms);
-                    }
-                    let t = Instant::now();
-                    let request = pb::LeaseJobRequest { worker_id: id.clone(), device: "cuda:0".into(), device_memory_bytes: 80 << 30, wait_ms: 100 };
-                    let Some(lease) = api.lease_job(request).await.unwrap().into_inner().lease else { continue };
-                    lease_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    let t = Instant::now();
-                    let request = pb::CompleteJobRequest { worker_id: id.clone(), job_id: lease.job_id, attempt: lease.attempt, result: None };
-                    api.complete_job(request).await.unwrap();
-                    complete_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), jobs))).collect();
     let mut lease_ms = Vec::new();
     let mut complete_ms = Vec::new();
     for task in tasks {
@@ -144,8 +209,8 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
         complete_ms.extend(c);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    let _ = server.stop.send(());
+    server.handle.await.unwrap().unwrap();
     lease_ms.sort_by(f64::total_cmp);
     complete_ms.sort_by(f64::total_cmp);
     Run {
@@ -157,13 +222,84 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
     }
 }
 
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+/// A million jobs (or `total`) through 100 simulated workers, 10,000-job
+/// batches submitted as the queue drains, a watcher on every batch that leaves
+/// early, and 100 watches of made-up ids per batch; RSS as it goes.
+async fn soak(total: usize) {
+    let server = start(true, Security::Open).await;
+    let worker_channels = channels(&server.worker, 8).await;
+    let ids = register(&server.worker, &worker_channels, 100).await;
+    let mut client = server.client.coordinator(channels(&server.client, 1).await.remove(0)).unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), total))).collect();
+    let started = Instant::now();
+    let (mut submitted, mut b, mut next_report) = (0, 0, 100_000);
+    println!("soak: {total} jobs, 100 simulated workers; coordinator and clients share this process");
+    println!("{:>10} {:>10} {:>10} {:>10}", "jobs done", "RSS MiB", "seconds", "jobs/s");
+    while done.load(Ordering::Relaxed) < total {
+        if submitted < total && submitted - done.load(Ordering::Relaxed).min(submitted) < 20_000 {
+            let n = (total - submitted).min(10_000);
+            let id = client.submit_batch(batch(b, n)).await.unwrap().into_inner().batch_id;
+            submitted += n;
+            b += 1;
+            // a watcher that leaves after a few events, and watches of ids that do not exist
+            let mut watcher = client.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = watcher.watch_batch(pb::WatchBatchRequest { batch_id: id }).await {
+                    let mut stream = stream.into_inner();
+                    for _ in 0..50 {
+                        if stream.message().await.ok().flatten().is_none() {
+                            break;
+                        }
+                    }
+                }
+            });
+            for k in 0..100 {
+                let missing = format!("b{}", 1_000_000_000 + b * 100 + k);
+                assert_eq!(client.watch_batch(pb::WatchBatchRequest { batch_id: missing }).await.err().map(|s| s.code()), Some(tonic::Code::NotFound));
+            }
+        }
+        let d = done.load(Ordering::Relaxed);
+        if d >= next_report {
+            let s = started.elapsed().as_secs_f64();
+            println!("{:>10} {:>10.1} {:>10.1} {:>10.0}", d, rss_mib(), s, d as f64 / s);
+            next_report += if next_report < 500_000 { 100_000 } else { 250_000 };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let s = started.elapsed().as_secs_f64();
+    println!("{:>10} {:>10.1} {:>10.1} {:>10.0}   (end)", done.load(Ordering::Relaxed), rss_mib(), s, total as f64 / s);
+    let _ = server.stop.send(());
+    server.handle.await.unwrap().unwrap();
+}
+
 fn main() {
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    println!("coordinator throughput: {} jobs, {} HTTP/2 connections, {} CPU cores", args.jobs, args.connections, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:<8} {:<22} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}", "workers", "mode", "jobs/s", "submit j/s", "lease p50", "lease p99", "complete p99", "ratio");
+    if args.soak > 0 {
+        runtime.block_on(soak(args.soak));
+        return;
+    }
+    println!(
+        "coordinator throughput: {} jobs, {} HTTP/2 connections, {} CPU cores",
+        args.jobs,
+        args.connections,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "{:<8} {:<22} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}",
+        "workers", "mode", "jobs/s", "submit j/s", "lease p50", "lease p99", "complete p99", "ratio"
+    );
     for &workers in &args.workers {
-        let grouped = runtime.block_on(run(workers, args.jobs, args.connections, true));
+        let grouped = runtime.block_on(run(workers, args.jobs, args.connections, true, Security::Open));
         let print = |mode: &str, r: &Run, ratio: &str| {
             println!(
                 "{:<8} {:<22} {:>10.0} {:>12.0} {:>8.2}ms {:>8.2}ms {:>10.2}ms {:>10}",
@@ -171,8 +307,12 @@ fn main() {
             );
         };
         print("group commit", &grouped, "1.00");
+        let auth = runtime.block_on(run(workers, args.jobs, args.connections, true, Security::Auth));
+        print("+ auth (tokens)", &auth, &format!("{:.2}", auth.jobs_per_s / grouped.jobs_per_s));
+        let tls = runtime.block_on(run(workers, args.jobs, args.connections, true, Security::AuthTls));
+        print("+ auth + TLS", &tls, &format!("{:.2}", tls.jobs_per_s / grouped.jobs_per_s));
         if args.reference {
-            let single = runtime.block_on(run(workers, args.jobs, args.connections, false));
+            let single = runtime.block_on(run(workers, args.jobs, args.connections, false, Security::Open));
             print("reference: per-request", &single, &format!("{:.2}", grouped.jobs_per_s / single.jobs_per_s));
         }
         println!(

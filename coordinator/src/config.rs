@@ -32,6 +32,28 @@ pub struct CoordinatorConfig {
     /// Commit the changes of concurrent requests in one transaction (off: one
     /// transaction per request, the benchmark's reference).
     pub group_commit: bool,
+    /// Require a token even while none exists (otherwise enforced as soon as
+    /// the data dir holds any token).
+    pub auth_required: bool,
+    /// Serve on a non-loopback address without TLS and authentication.
+    pub insecure: bool,
+    /// PEM certificate chain and key: serve TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: WorkerApi callers must present a client certificate it signed (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// URL prefixes users may name as inputs besides the store's own.
+    pub allowed_input_prefixes: Vec<String>,
+    /// Weights URLs (torchvision-layout safetensors) jobs may name besides `default`.
+    pub allowed_weights: Vec<String>,
+    /// Most jobs in one batch.
+    pub max_jobs_per_batch: usize,
+    /// How long a queued job may wait while no connected device fits it.
+    pub unfit_grace_ms: i64,
+    /// How long submit request ids are remembered in memory (the store keeps them).
+    pub request_id_window_ms: i64,
+    /// Workers unseen this long leave memory.
+    pub forget_workers_after_ms: i64,
 }
 
 impl Default for CoordinatorConfig {
@@ -51,6 +73,17 @@ impl Default for CoordinatorConfig {
             sync_full: false,
             tick_ms: 200,
             group_commit: true,
+            auth_required: false,
+            insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            allowed_input_prefixes: Vec::new(),
+            allowed_weights: Vec::new(),
+            max_jobs_per_batch: crate::validate::MAX_JOBS_PER_BATCH,
+            unfit_grace_ms: scheduler.unfit_grace_ms,
+            request_id_window_ms: scheduler.request_id_window_ms,
+            forget_workers_after_ms: scheduler.forget_workers_after_ms,
         }
     }
 }
@@ -63,6 +96,15 @@ pub enum ConfigError {
     Env { name: String, value: String, reason: String },
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+/// `--auth`: `auto` (enforced once a token exists) or `required`.
+pub fn parse_auth(text: &str) -> Result<bool, String> {
+    match text {
+        "auto" => Ok(false),
+        "required" => Ok(true),
+        other => Err(format!("`{other}` is not auto or required")),
+    }
 }
 
 fn env<T: std::str::FromStr>(name: &str, target: &mut T) -> Result<(), ConfigError>
@@ -94,6 +136,21 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_ATTEMPTS", &mut self.max_attempts)?;
         env("STYLEFARM_BACKOFF_BASE_MS", &mut self.backoff_base_ms)?;
         env("STYLEFARM_MAX_UPLOAD_BYTES", &mut self.max_upload_bytes)?;
+        env("STYLEFARM_MAX_JOBS_PER_BATCH", &mut self.max_jobs_per_batch)?;
+        env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
+        if let Ok(v) = std::env::var("STYLEFARM_AUTH") {
+            self.auth_required = parse_auth(&v).map_err(|reason| ConfigError::Env { name: "STYLEFARM_AUTH".into(), value: v.clone(), reason })?;
+        }
+        for (name, target) in
+            [("STYLEFARM_TLS_CERT", &mut self.tls_cert), ("STYLEFARM_TLS_KEY", &mut self.tls_key), ("STYLEFARM_TLS_CLIENT_CA", &mut self.tls_client_ca)]
+        {
+            if let Ok(v) = std::env::var(name) {
+                *target = Some(PathBuf::from(v));
+            }
+        }
+        if let Ok(v) = std::env::var("STYLEFARM_ALLOWED_INPUT_PREFIXES") {
+            self.allowed_input_prefixes = v.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect();
+        }
         Ok(())
     }
 
@@ -103,7 +160,10 @@ impl CoordinatorConfig {
             return invalid("lease_ttl_ms", format!("{} is outside 100..=3600000", self.lease_ttl_ms));
         }
         if self.heartbeat_interval_ms < 10 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
-            return invalid("heartbeat_interval_ms", format!("{} must be >= 10 and at most half of lease_ttl_ms ({})", self.heartbeat_interval_ms, self.lease_ttl_ms));
+            return invalid(
+                "heartbeat_interval_ms",
+                format!("{} must be >= 10 and at most half of lease_ttl_ms ({})", self.heartbeat_interval_ms, self.lease_ttl_ms),
+            );
         }
         if !(1..=crate::validate::MAX_ATTEMPTS).contains(&self.max_attempts) {
             return invalid("max_attempts", format!("{} is outside 1..={}", self.max_attempts, crate::validate::MAX_ATTEMPTS));
@@ -114,6 +174,24 @@ impl CoordinatorConfig {
         if self.tick_ms == 0 {
             return invalid("tick_ms", "must be > 0".into());
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert", "--tls-cert and --tls-key go together".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca", "mutual TLS needs --tls-cert and --tls-key".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_jobs_per_batch) {
+            return invalid("max_jobs_per_batch", format!("{} is outside 1..=1000000", self.max_jobs_per_batch));
+        }
+        for (field, value) in [
+            ("unfit_grace_ms", self.unfit_grace_ms),
+            ("request_id_window_ms", self.request_id_window_ms),
+            ("forget_workers_after_ms", self.forget_workers_after_ms),
+        ] {
+            if value < 0 {
+                return invalid(field, format!("{value} must be >= 0"));
+            }
+        }
         Ok(())
     }
 
@@ -123,7 +201,17 @@ impl CoordinatorConfig {
             default_max_attempts: self.max_attempts,
             backoff: Backoff { base_ms: self.backoff_base_ms, max_ms: self.backoff_max_ms },
             worker_batch_failure_limit: self.worker_batch_failure_limit,
+            unfit_grace_ms: self.unfit_grace_ms,
+            request_id_window_ms: self.request_id_window_ms,
+            forget_workers_after_ms: self.forget_workers_after_ms,
         }
+    }
+
+    /// What a submit may contain, for a coordinator whose store is `store_url`.
+    pub fn submit_rules(&self, store_url: &str) -> Result<crate::validate::SubmitRules, ConfigError> {
+        let inputs = stylefarm_core::policy::InputPolicy::new(store_url, &self.allowed_input_prefixes)
+            .map_err(|reason| ConfigError::Invalid { field: "allowed_input_prefixes", reason })?;
+        Ok(crate::validate::SubmitRules { max_jobs: self.max_jobs_per_batch, inputs, weights: self.allowed_weights.clone() })
     }
 
     /// The object store URL in effect.

@@ -37,6 +37,8 @@ pub fn batch(b: &BatchRecord) -> pb::Batch {
         created_at_ms: b.created_ms,
         finished_at_ms: b.finished_ms.unwrap_or(0),
         max_attempts: b.max_attempts,
+        owner: b.owner.clone(),
+        started_at_ms: b.started_ms.unwrap_or(0),
     }
 }
 
@@ -51,7 +53,8 @@ pub fn outputs(o: &JobOutputs) -> pb::JobResult {
     }
 }
 
-pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>) -> pb::Job {
+/// A job for clients: never its lease secret.
+pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&str>) -> pb::Job {
     let (state, worker, result, cancel_requested) = match &j.state {
         JobState::Queued { .. } => (pb::JobState::Queued, None, None, false),
         JobState::Running { worker, cancel_requested, .. } => (pb::JobState::Running, Some(*worker), None, *cancel_requested),
@@ -87,6 +90,9 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>) -> pb::Job {
         finished_at_ms: j.finished_ms.unwrap_or(0),
         cancel_requested,
         priority: j.priority,
+        waiting_reason: waiting.unwrap_or_default().to_string(),
+        time_limit_ms: j.time_limit_ms,
+        attempts_handed_back: j.handed_back,
     }
 }
 
@@ -94,11 +100,7 @@ pub fn worker(w: &WorkerRecord, running: Vec<String>, now: Millis, heartbeat_ms:
     pb::Worker {
         id: w.id.to_string(),
         name: w.name.clone(),
-        devices: w
-            .devices
-            .iter()
-            .map(|d| pb::Device { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() })
-            .collect(),
+        devices: w.devices.iter().map(|d| pb::Device { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() }).collect(),
         version: w.version.clone(),
         connected: now - w.last_seen_ms <= 3 * heartbeat_ms,
         registered_at_ms: w.registered_ms,

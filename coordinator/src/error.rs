@@ -31,6 +31,18 @@ pub enum CoordError {
 
     #[error("shutting down")]
     ShuttingDown,
+
+    /// No credentials, or credentials that are not (or no longer) valid.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// Valid credentials without the right to this call or object.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// A broken internal invariant: the coordinator reports NOT_SERVING.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl CoordError {
@@ -47,7 +59,9 @@ impl CoordError {
             CoordError::InvalidArgument { .. } => Code::InvalidArgument,
             CoordError::NotFound { .. } => Code::NotFound,
             CoordError::StaleAttempt { .. } | CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
-            CoordError::Store(_) => Code::Internal,
+            CoordError::Store(_) | CoordError::Internal(_) => Code::Internal,
+            CoordError::Unauthenticated(_) => Code::Unauthenticated,
+            CoordError::PermissionDenied(_) => Code::PermissionDenied,
             CoordError::Blob(_) | CoordError::ShuttingDown => Code::Unavailable,
         }
     }

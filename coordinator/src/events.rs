@@ -1,8 +1,9 @@
 //! Watch events fan out per batch: a broadcast channel per watched batch, made
-//! on the first subscriber and dropped with the last.
+//! with the first watcher and dropped with the last ([`Watch`]'s drop), so a
+//! batch nobody watches holds nothing.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use stylefarm_proto as pb;
 use tokio::sync::broadcast;
@@ -12,27 +13,80 @@ use crate::ids::BatchId;
 /// Events a slow watcher may fall behind by before it is sent a fresh snapshot.
 const CHANNEL_CAPACITY: usize = 1024;
 
+type Channels = Mutex<HashMap<BatchId, broadcast::Sender<pb::WatchEvent>>>;
+
 #[derive(Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<BatchId, broadcast::Sender<pb::WatchEvent>>>,
+    channels: Arc<Channels>,
+}
+
+/// One watcher's subscription; dropping it frees the batch's channel if it was
+/// the last.
+pub struct Watch {
+    pub events: broadcast::Receiver<pb::WatchEvent>,
+    batch: BatchId,
+    channels: Arc<Channels>,
+}
+
+fn lock(channels: &Channels) -> MutexGuard<'_, HashMap<BatchId, broadcast::Sender<pb::WatchEvent>>> {
+    // the map holds no invariant a panic could break halfway
+    channels.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut channels = lock(&self.channels);
+        // this receiver is still counted until the end of drop
+        if channels.get(&self.batch).is_some_and(|c| c.receiver_count() <= 1) {
+            channels.remove(&self.batch);
+        }
+    }
 }
 
 impl Hub {
-    pub fn subscribe(&self, batch: BatchId) -> broadcast::Receiver<pb::WatchEvent> {
-        let mut channels = self.channels.lock().expect("hub lock");
-        channels.entry(batch).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
+    /// Subscribes to a batch the caller has checked exists.
+    pub fn subscribe(&self, batch: BatchId) -> Watch {
+        let mut channels = lock(&self.channels);
+        let events = channels.entry(batch).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe();
+        Watch { events, batch, channels: Arc::clone(&self.channels) }
     }
 
     pub fn is_watched(&self, batch: BatchId) -> bool {
-        let channels = self.channels.lock().expect("hub lock");
-        channels.get(&batch).is_some_and(|c| c.receiver_count() > 0)
+        lock(&self.channels).get(&batch).is_some_and(|c| c.receiver_count() > 0)
     }
 
     pub fn publish(&self, batch: BatchId, event: pb::WatchEvent) {
-        let mut channels = self.channels.lock().expect("hub lock");
-        let Some(sender) = channels.get(&batch) else { return };
-        if sender.send(event).is_err() {
-            channels.remove(&batch);
+        let channels = lock(&self.channels);
+        if let Some(sender) = channels.get(&batch) {
+            let _ = sender.send(event);
         }
+    }
+
+    /// Batches with a channel now.
+    pub fn channels(&self) -> usize {
+        lock(&self.channels).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_watcher_leaving_frees_the_channel() {
+        let hub = Hub::default();
+        let a = hub.subscribe(BatchId(1));
+        let b = hub.subscribe(BatchId(1));
+        let c = hub.subscribe(BatchId(2));
+        assert_eq!(hub.channels(), 2);
+        drop(a);
+        assert!(hub.is_watched(BatchId(1)));
+        drop(b);
+        assert!(!hub.is_watched(BatchId(1)));
+        assert_eq!(hub.channels(), 1);
+        drop(c);
+        assert_eq!(hub.channels(), 0);
+        hub.publish(BatchId(1), pb::WatchEvent::default());
+        assert_eq!(hub.channels(), 0, "publishing to nobody allocates nothing");
     }
 }

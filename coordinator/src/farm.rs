@@ -1,26 +1,32 @@
 //! The coordinator's core: the scheduler behind one lock, the durable store,
-//! watch events, long-polling workers, object storage, and the clock.
+//! watch events, long-polling workers, object storage, who may call, and the
+//! clock.
 //!
 //! Every change goes through [`Farm::apply`]: the scheduler changes memory and
 //! describes the change as store ops while the lock is held (so the store sees
 //! changes in the order they happened); the caller then waits for the group
-//! commit before it answers. A failed commit stops the coordinator (fail-stop):
-//! memory may be ahead of disk, and a restart reloads the durable truth.
+//! commit before it answers. Reads that answer from memory wait for a barrier
+//! ([`Farm::read_committed`]), so nothing is shown before it is durable. A
+//! failed commit stops the coordinator (fail-stop): memory may be ahead of
+//! disk, and a restart reloads the durable truth. A broken invariant (a panic
+//! while the scheduler was locked) turns the health service to NOT_SERVING.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use stylefarm_core::storage::Location;
 use stylefarm_proto as pb;
 use tokio::sync::{watch, Notify};
 
+use crate::auth::{Authenticator, Principal};
 use crate::convert;
 use crate::error::{CoordError, Result};
-use crate::events::Hub;
+use crate::events::{Hub, Watch};
 use crate::ids::{BatchId, JobId};
-use crate::model::{JobRecord, Millis};
+use crate::model::{BatchPhase, BatchRecord, JobRecord, Millis};
 use crate::scheduler::{Effects, Event, EventKind, Scheduler, SchedulerConfig};
 use crate::store::Store;
+use crate::validate::SubmitRules;
 
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
@@ -30,6 +36,7 @@ pub struct FarmConfig {
     pub scheduler: SchedulerConfig,
     pub heartbeat_interval_ms: Millis,
     pub max_upload_bytes: u64,
+    pub submit: SubmitRules,
 }
 
 pub struct Farm {
@@ -39,17 +46,30 @@ pub struct Farm {
     work: Notify,
     pub blobs: Location,
     pub config: FarmConfig,
+    pub auth: Authenticator,
     /// Set when the coordinator must stop (a store failure).
     fatal: watch::Sender<Option<String>>,
+    /// Set when an internal invariant broke: health says NOT_SERVING.
+    broken: watch::Sender<Option<String>>,
 }
 
 impl Farm {
-    pub fn open(store: Arc<dyn Store>, blobs: Location, config: FarmConfig) -> Result<Arc<Farm>> {
+    pub fn open(store: Arc<dyn Store>, blobs: Location, config: FarmConfig, auth: Authenticator) -> Result<Arc<Farm>> {
         let snapshot = store.load().map_err(|e| CoordError::Store(e.0))?;
         let (batches, jobs) = (snapshot.batches.len(), snapshot.jobs.len());
         let sched = Scheduler::restore(config.scheduler.clone(), snapshot, now_ms());
         tracing::info!(store = %store.describe(), objects = %blobs.url, batches, live_jobs = jobs, "state loaded");
-        Ok(Arc::new(Farm { sched: Mutex::new(sched), store, hub: Hub::default(), work: Notify::new(), blobs, config, fatal: watch::channel(None).0 }))
+        Ok(Arc::new(Farm {
+            sched: Mutex::new(sched),
+            store,
+            hub: Hub::default(),
+            work: Notify::new(),
+            blobs,
+            config,
+            auth,
+            fatal: watch::channel(None).0,
+            broken: watch::channel(None).0,
+        }))
     }
 
     /// Resolves with the reason once the coordinator has to stop.
@@ -57,28 +77,61 @@ impl Farm {
         self.fatal.subscribe()
     }
 
-    /// Reads the scheduler without changing it.
-    pub fn read<T>(&self, f: impl FnOnce(&Scheduler) -> T) -> T {
-        f(&self.sched.lock().expect("scheduler lock"))
+    /// Says why the coordinator is broken (health: NOT_SERVING), once it is.
+    pub fn broken_signal(&self) -> watch::Receiver<Option<String>> {
+        self.broken.subscribe()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Scheduler>> {
+        self.sched.lock().map_err(|_| {
+            let reason = "a request panicked while it held the scheduler; its state may be inconsistent".to_string();
+            if self.broken.borrow().is_none() {
+                tracing::error!(reason = %reason, "internal invariant broken: reporting NOT_SERVING");
+                self.broken.send_replace(Some(reason.clone()));
+            }
+            CoordError::Internal(reason)
+        })
+    }
+
+    /// Reads the scheduler without changing it (may show changes not yet durable:
+    /// for checks, not answers).
+    pub fn read<T>(&self, f: impl FnOnce(&Scheduler) -> T) -> Result<T> {
+        Ok(f(&*self.lock()?))
+    }
+
+    /// Reads the scheduler, answering once everything the read saw is durable.
+    pub async fn read_committed<T>(&self, f: impl FnOnce(&Scheduler) -> T) -> Result<T> {
+        let (value, ticket) = {
+            let sched = self.lock()?;
+            (f(&sched), self.store.commit(Vec::new()))
+        };
+        self.wait(ticket).await?;
+        Ok(value)
+    }
+
+    async fn wait(&self, ticket: crate::store::CommitTicket) -> Result<()> {
+        match ticket.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.fail_stop(e.0)),
+            Err(_) => Err(self.fail_stop("the store writer stopped".into())),
+        }
     }
 
     /// Changes the scheduler, makes the change durable, then publishes it.
     pub async fn apply<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Effects, Millis) -> Result<T>) -> Result<T> {
         let (value, ticket, events, finished, wake) = {
-            let mut sched = self.sched.lock().expect("scheduler lock");
+            let mut sched = self.lock()?;
             if self.fatal.borrow().is_some() {
                 return Err(CoordError::ShuttingDown);
             }
             let mut fx = Effects::default();
             let value = f(&mut sched, &mut fx, now_ms())?;
-            let ticket = self.store.commit(std::mem::take(&mut fx.ops));
+            let ticket = (!fx.ops.is_empty() || fx.barrier).then(|| self.store.commit(std::mem::take(&mut fx.ops)));
             let events = self.render_events(&sched, &fx.events);
             (value, ticket, events, fx.finished_batches, fx.wake)
         };
-        match ticket.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.fail_stop(e.0)),
-            Err(_) => return Err(self.fail_stop("the store writer stopped".into())),
+        if let Some(ticket) = ticket {
+            self.wait(ticket).await?;
         }
         for (batch, event) in events {
             self.hub.publish(batch, event);
@@ -87,7 +140,7 @@ impl Farm {
             self.work.notify_waiters();
         }
         if !finished.is_empty() {
-            let mut sched = self.sched.lock().expect("scheduler lock");
+            let mut sched = self.lock()?;
             for batch in finished {
                 sched.evict_batch(batch);
             }
@@ -110,52 +163,111 @@ impl Farm {
             .filter(|e| self.hub.is_watched(e.batch))
             .filter_map(|e| {
                 let batch = sched.batch(e.batch)?;
-                let job = e.job.and_then(|id| sched.job(id)).map(|j| convert::job(j, sched.progress(j.id)));
+                let job = e.job.and_then(|id| sched.job(id)).map(|j| job_message(sched, j));
                 Some((e.batch, pb::WatchEvent { kind: event_kind(e.kind) as i32, batch: Some(convert::batch(batch)), job, at_ms: now }))
             })
             .collect()
     }
 
-    pub fn subscribe(&self, batch: BatchId) -> tokio::sync::broadcast::Receiver<pb::WatchEvent> {
+    /// Subscribes to a batch's events (check that it exists and is the caller's first).
+    pub fn subscribe(&self, batch: BatchId) -> Watch {
         self.hub.subscribe(batch)
     }
 
+    pub fn watched_batches(&self) -> usize {
+        self.hub.channels()
+    }
+
+    /// A batch `caller` may see: from memory (unfinished) or the store.
+    /// Another principal's batch is NOT_FOUND, like a missing one.
+    pub async fn batch_record(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<BatchRecord> {
+        let record = match self.read_committed(|s| s.batch(id).cloned()).await? {
+            Some(record) => record,
+            None => self.stored(move |store| store.batch(id)).await?.ok_or_else(|| CoordError::not_found("batch", id))?,
+        };
+        if !caller.owns(&record.owner) {
+            return Err(CoordError::not_found("batch", id));
+        }
+        Ok(record)
+    }
+
     /// A batch and its jobs, from memory or (finished batches) from the store.
-    pub async fn batch_with_jobs(self: &Arc<Self>, id: BatchId) -> Result<(pb::Batch, Vec<pb::Job>)> {
-        let in_memory = self.read(|s| {
-            let batch = s.batch(id).map(convert::batch);
-            let jobs = s.batch_jobs(id).map(|js| js.into_iter().map(|j| convert::job(j, s.progress(j.id))).collect::<Vec<_>>());
-            (batch, jobs)
-        });
-        let (batch, jobs) = match in_memory {
-            (None, _) => return Err(CoordError::not_found("batch", id)),
-            (Some(batch), Some(jobs)) => (batch, jobs),
-            (Some(batch), None) => {
-                let records = self.stored(move |store| store.batch_jobs(id)).await?;
-                (batch, records.iter().map(|j| convert::job(j, None)).collect())
+    pub async fn batch_with_jobs(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<(pb::Batch, Vec<pb::Job>)> {
+        let in_memory = self
+            .read_committed(|s| {
+                let batch = s.batch(id).cloned();
+                let jobs = s.batch_jobs(id).map(|js| js.into_iter().map(|j| job_message(s, j)).collect::<Vec<_>>());
+                (batch, jobs)
+            })
+            .await?;
+        let (record, jobs) = match in_memory {
+            (Some(batch), Some(jobs)) => (batch, Some(jobs)),
+            (Some(batch), None) => (batch, None),
+            (None, _) => (self.stored(move |store| store.batch(id)).await?.ok_or_else(|| CoordError::not_found("batch", id))?, None),
+        };
+        if !caller.owns(&record.owner) {
+            return Err(CoordError::not_found("batch", id));
+        }
+        let jobs = match jobs {
+            Some(jobs) => jobs,
+            None => self.stored(move |store| store.batch_jobs(id)).await?.iter().map(|j| convert::job(j, None, None)).collect(),
+        };
+        Ok((convert::batch(&record), jobs))
+    }
+
+    /// Batches `caller` may see, newest first, below `before`, in `phases` (all if empty).
+    pub async fn list_batches(self: &Arc<Self>, caller: &Principal, before: Option<BatchId>, limit: usize, phases: Vec<BatchPhase>) -> Result<Vec<pb::Batch>> {
+        const CHUNK: usize = 500;
+        const MAX_SCANNED: usize = 100_000;
+        let owner = (!caller.is_admin()).then(|| caller.name.clone());
+        let mut cursor = before.unwrap_or(BatchId(i64::MAX));
+        let mut out = Vec::with_capacity(limit);
+        let mut scanned = 0;
+        while out.len() < limit && scanned < MAX_SCANNED {
+            let owner = owner.clone();
+            let rows = self.stored(move |store| store.batches_before(cursor, CHUNK, owner.as_deref())).await?;
+            let Some(last) = rows.last() else { break };
+            cursor = last.id;
+            scanned += rows.len();
+            let exhausted = rows.len() < CHUNK;
+            // unfinished batches' counts live in memory
+            let live = self.read_committed(|s| rows.into_iter().map(|r| s.batch(r.id).cloned().unwrap_or(r)).collect::<Vec<_>>()).await?;
+            let room = limit - out.len();
+            out.extend(live.into_iter().filter(|b| phases.is_empty() || phases.contains(&b.phase())).take(room).map(|b| convert::batch(&b)));
+            if exhausted {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A job `caller` may see, from memory or the store.
+    pub async fn job(self: &Arc<Self>, id: JobId, caller: &Principal) -> Result<(JobRecord, pb::Job)> {
+        let in_memory = self.read_committed(|s| s.job(id).map(|j| (j.clone(), job_message(s, j), s.batch(j.batch).map(|b| b.owner.clone())))).await?;
+        let (record, message, owner) = match in_memory {
+            Some((record, message, Some(owner))) => (record, message, owner),
+            _ => {
+                let record = self.stored(move |store| store.job(id)).await?.ok_or_else(|| CoordError::not_found("job", id))?;
+                let batch = record.batch;
+                let owner = self.stored(move |store| store.batch(batch)).await?.map(|b| b.owner).unwrap_or_default();
+                let message = convert::job(&record, None, None);
+                (record, message, owner)
             }
         };
-        Ok((batch, jobs))
-    }
-
-    /// A job from memory, or from the store when its batch is finished.
-    pub async fn job(self: &Arc<Self>, id: JobId) -> Result<JobRecord> {
-        if let Some(job) = self.read(|s| s.job(id).cloned()) {
-            return Ok(job);
+        if !caller.owns(&owner) {
+            return Err(CoordError::not_found("job", id));
         }
-        self.stored(move |store| store.job(id)).await?.ok_or_else(|| CoordError::not_found("job", id))
-    }
-
-    pub fn job_progress(&self, id: JobId) -> Option<pb::JobProgress> {
-        self.read(|s| s.progress(id).cloned())
+        Ok((record, message))
     }
 
     async fn stored<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&dyn Store) -> crate::store::StoreResult<T> + Send + 'static) -> Result<T> {
         let farm = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(farm.store.as_ref()))
-            .await
-            .map_err(|e| CoordError::Store(e.to_string()))?
-            .map_err(|e| CoordError::Store(e.0))
+        tokio::task::spawn_blocking(move || f(farm.store.as_ref())).await.map_err(|e| CoordError::Store(e.to_string()))?.map_err(|e| CoordError::Store(e.0))
+    }
+
+    /// The batch an old request id made (beyond the in-memory window).
+    pub async fn stored_request(self: &Arc<Self>, request_id: String) -> Result<Option<BatchId>> {
+        self.stored(move |store| store.batch_for_request(&request_id)).await
     }
 
     pub async fn image_record(self: &Arc<Self>, sha256: String) -> Result<Option<crate::store::ImageRecord>> {
@@ -166,6 +278,11 @@ impl Farm {
     /// before looking for work, so a wake-up in between is not lost.
     pub fn work_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.work.notified()
+    }
+
+    /// Wakes every long poll (at shutdown).
+    pub fn wake_all(&self) {
+        self.work.notify_waiters();
     }
 
     /// Expires leases and releases backed-off jobs, every `period`.
@@ -187,6 +304,11 @@ impl Farm {
     }
 }
 
+/// A job as the wire shows it, with its live progress and waiting reason.
+pub fn job_message(s: &Scheduler, j: &JobRecord) -> pb::Job {
+    convert::job(j, s.progress(j.id), s.waiting_reason(j.id))
+}
+
 pub fn event_kind(kind: EventKind) -> pb::EventKind {
     match kind {
         EventKind::Queued => pb::EventKind::Queued,
@@ -196,5 +318,6 @@ pub fn event_kind(kind: EventKind) -> pb::EventKind {
         EventKind::Failed => pb::EventKind::Failed,
         EventKind::Cancelled => pb::EventKind::Cancelled,
         EventKind::BatchFinished => pb::EventKind::BatchFinished,
+        EventKind::Waiting => pb::EventKind::Waiting,
     }
 }

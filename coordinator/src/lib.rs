@@ -8,6 +8,7 @@
 //! [`validate`] / [`convert`] (the wire edge), [`server`] (`run`).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod farm;
 pub mod ids;
 pub mod model;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod validate;

@@ -4,21 +4,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use stylefarm_coordinator::auth::{Role, TokenStore};
 use stylefarm_coordinator::{run, CoordinatorConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "stylefarm-coordinator", version, about = "stylefarm coordinator: batches in, leases out, results kept")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file with any CoordinatorConfig fields (flags and STYLEFARM_* env override it).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Address to serve on [default: 127.0.0.1:50051].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// State directory: state.sqlite, and objects/ for the default file:// store [default: ./stylefarm-data].
-    #[arg(long)]
+    /// State directory: state.sqlite, auth.sqlite, and objects/ for the default file:// store [default: ./stylefarm-data].
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Object store URL: file://, s3://, gs://, az://, memory:// [default: file://DATA_DIR/objects].
     #[arg(long)]
@@ -38,6 +41,27 @@ struct Args {
     /// fsync every commit (survives power loss, slower).
     #[arg(long)]
     sync_full: bool,
+    /// auto: tokens are required once any exists; required: always.
+    #[arg(long, value_parser = stylefarm_coordinator::config::parse_auth)]
+    auth: Option<bool>,
+    /// Serve beyond loopback without TLS and authentication (logged as a warning).
+    #[arg(long)]
+    insecure: bool,
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA: workers must present a client certificate it signed (mutual TLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// A URL prefix users may name as inputs besides the store (repeatable).
+    #[arg(long = "allow-input-prefix")]
+    allow_input_prefix: Vec<String>,
+    /// Most jobs in one batch [default: 100000].
+    #[arg(long)]
+    max_jobs_per_batch: Option<usize>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -46,20 +70,110 @@ struct Args {
     log_json: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// API tokens (work on the data dir of a running or stopped coordinator).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Make a token; prints only the token on stdout (it is not stored, only its hash).
+    Create {
+        /// submit, worker or admin.
+        #[arg(long)]
+        role: Role,
+        /// A unique name (logs and batch owners show it).
+        #[arg(long)]
+        name: String,
+    },
+    /// Every token's name, role, id and dates (never the token).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name: refused from the next call on, no restart needed.
+    Revoke { name: String },
+}
+
+fn token_command(data_dir: &std::path::Path, action: &TokenAction) -> Result<()> {
+    let store = TokenStore::open(data_dir)?;
+    match action {
+        TokenAction::Create { role, name } => println!("{}", store.create(name, *role)?),
+        TokenAction::List { json } => {
+            let tokens = store.list()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                for t in tokens {
+                    let state = if t.revoked_ms.is_some() { "revoked" } else { "active" };
+                    println!("{:<24} {:<7} {:<8} id {}", t.name, t.role, state, t.id);
+                }
+            }
+        }
+        TokenAction::Revoke { name } => {
+            if store.revoke(name)? {
+                eprintln!("revoked {name}");
+            } else {
+                eprintln!("{name} was already revoked");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn config(args: &Args) -> Result<CoordinatorConfig> {
     let mut config = match &args.config {
         Some(path) => CoordinatorConfig::from_file(path)?,
         None => CoordinatorConfig::default(),
     };
     config.apply_env()?;
-    if let Some(v) = args.listen { config.listen = v; }
-    if let Some(v) = &args.data_dir { config.data_dir = v.clone(); }
-    if let Some(v) = &args.store { config.store = Some(v.clone()); }
-    if let Some(v) = args.lease_ttl_ms { config.lease_ttl_ms = v; }
-    if let Some(v) = args.heartbeat_interval_ms { config.heartbeat_interval_ms = v; }
-    if let Some(v) = args.max_attempts { config.max_attempts = v; }
-    if let Some(v) = args.backoff_base_ms { config.backoff_base_ms = v; }
-    if args.sync_full { config.sync_full = true; }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = &args.data_dir {
+        config.data_dir = v.clone();
+    }
+    if let Some(v) = &args.store {
+        config.store = Some(v.clone());
+    }
+    if let Some(v) = args.lease_ttl_ms {
+        config.lease_ttl_ms = v;
+    }
+    if let Some(v) = args.heartbeat_interval_ms {
+        config.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = args.max_attempts {
+        config.max_attempts = v;
+    }
+    if let Some(v) = args.backoff_base_ms {
+        config.backoff_base_ms = v;
+    }
+    if args.sync_full {
+        config.sync_full = true;
+    }
+    if let Some(v) = args.auth {
+        config.auth_required = v;
+    }
+    if args.insecure {
+        config.insecure = true;
+    }
+    if let Some(v) = &args.tls_cert {
+        config.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        config.tls_key = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_client_ca {
+        config.tls_client_ca = Some(v.clone());
+    }
+    config.allowed_input_prefixes.extend(args.allow_input_prefix.iter().cloned());
+    if let Some(v) = args.max_jobs_per_batch {
+        config.max_jobs_per_batch = v;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -68,10 +182,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; stopping on Ctrl-C only");
+                let _ = ctrl_c.await;
+            }
         }
     }
     #[cfg(not(unix))]
@@ -89,6 +208,9 @@ async fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     let config = config(&args)?;
+    if let Some(Command::Token { action }) = &args.command {
+        return token_command(&config.data_dir, action);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     // scripts read the bound address (useful with port 0) from this line
     println!("listening on {}", listener.local_addr()?);

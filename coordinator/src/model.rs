@@ -16,9 +16,12 @@
 //!                              expires                              └───────────┘
 //! ```
 //!
-//! Fencing: every lease is attempt `n`; heartbeats, completions and failures
-//! carry it, and any `n` other than the job's current running attempt is
-//! rejected. Only the committed attempt's outputs become the job's result.
+//! Fencing: every lease is attempt `n` with a fresh random lease secret;
+//! heartbeats, completions and failures carry both ([`LeaseClaim`]), and any
+//! `n` other than the job's current running attempt, or a wrong secret, is
+//! rejected. Only the committed attempt's outputs become the job's result. An
+//! attempt a draining worker hands back is requeued at once and does not count
+//! against `max_attempts`.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
+use crate::secrets::{LeaseClaim, Secret, SecretHash};
 
 pub type Millis = i64;
 
@@ -44,10 +48,18 @@ pub enum ImageSource {
 pub struct JobOutputs {
     pub prefix: String,
     pub files: Vec<OutputRecord>,
+    #[serde(deserialize_with = "lenient_f64")]
     pub final_loss: f64,
     pub iterations: u32,
+    #[serde(deserialize_with = "lenient_f64")]
     pub engine_ms: f64,
     pub device: String,
+}
+
+/// A float that JSON stored as `null` (serde_json writes NaN and infinities
+/// that way) reads back as NaN instead of failing the whole row.
+fn lenient_f64<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,10 +72,29 @@ pub struct OutputRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
-    Queued { not_before_ms: Millis },
-    Running { worker: WorkerId, lease_expires_ms: Millis, cancel_requested: bool },
-    Succeeded { worker: WorkerId, outputs: JobOutputs },
-    Failed { worker: Option<WorkerId>, reason: String, retryable: bool },
+    Queued {
+        not_before_ms: Millis,
+    },
+    Running {
+        worker: WorkerId,
+        lease_expires_ms: Millis,
+        cancel_requested: bool,
+        /// The lease's secret, hashed (rows from before secrets match nothing).
+        #[serde(default)]
+        lease_secret: SecretHash,
+        /// When this attempt was leased (its time limit counts from here).
+        #[serde(default)]
+        leased_ms: Millis,
+    },
+    Succeeded {
+        worker: WorkerId,
+        outputs: JobOutputs,
+    },
+    Failed {
+        worker: Option<WorkerId>,
+        reason: String,
+        retryable: bool,
+    },
     Cancelled,
 }
 
@@ -114,8 +145,12 @@ pub struct JobRecord {
     pub params_json: String,
     pub estimate_bytes: u64,
     pub max_attempts: u32,
-    /// Leases handed out so far; the running attempt's number.
+    /// Leases handed out so far; the running attempt's number (the fencing token).
     pub attempt: u32,
+    /// Attempts a draining worker handed back; they do not count against `max_attempts`.
+    pub handed_back: u32,
+    /// Longest an attempt may run.
+    pub time_limit_ms: u64,
     pub state: JobState,
     pub last_failure: Option<Failure>,
     pub created_ms: Millis,
@@ -171,37 +206,82 @@ impl JobRecord {
         }
     }
 
-    /// Queued → Running as attempt `attempt + 1`.
-    pub fn lease(&mut self, worker: WorkerId, now: Millis, ttl_ms: Millis) -> Result<u32> {
+    /// Queued → Running as attempt `attempt + 1`, with a fresh lease secret.
+    pub fn lease(&mut self, worker: WorkerId, now: Millis, ttl_ms: Millis) -> Result<(u32, Secret)> {
         match self.state {
             JobState::Queued { not_before_ms } if not_before_ms <= now => {}
-            JobState::Queued { not_before_ms } => {
-                return Err(CoordError::FailedPrecondition(format!("job {} is backing off until {not_before_ms}", self.id)))
-            }
+            JobState::Queued { not_before_ms } => return Err(CoordError::FailedPrecondition(format!("job {} is backing off until {not_before_ms}", self.id))),
             _ => return Err(CoordError::FailedPrecondition(format!("job {} is not queued", self.id))),
         }
         self.attempt += 1;
         self.started_ms.get_or_insert(now);
-        self.state = JobState::Running { worker, lease_expires_ms: now + ttl_ms, cancel_requested: false };
-        Ok(self.attempt)
+        let secret = Secret::generate();
+        self.state = JobState::Running { worker, lease_expires_ms: now + ttl_ms, cancel_requested: false, lease_secret: secret.hash(), leased_ms: now };
+        Ok((self.attempt, secret))
     }
 
-    /// The fencing check: `attempt` by `worker` must be the job's running attempt.
-    pub fn check_lease(&self, worker: WorkerId, attempt: u32) -> Result<()> {
+    /// The fencing check: `claim` by `worker` must be the job's running attempt
+    /// with its lease secret.
+    pub fn check_lease(&self, worker: WorkerId, claim: &LeaseClaim) -> Result<()> {
+        let attempt = claim.attempt;
         let stale = |reason: String| CoordError::StaleAttempt { job: self.id.to_string(), attempt, reason };
         if attempt != self.attempt {
             return Err(stale(format!("the current attempt is {}", self.attempt)));
         }
         match &self.state {
-            JobState::Running { worker: holder, .. } if *holder == worker => Ok(()),
+            JobState::Running { worker: holder, lease_secret, .. } if *holder == worker => {
+                if lease_secret.verify(&claim.secret) {
+                    Ok(())
+                } else {
+                    Err(CoordError::PermissionDenied(format!("wrong lease secret for job {} attempt {attempt}", self.id)))
+                }
+            }
             JobState::Running { worker: holder, .. } => Err(stale(format!("attempt {attempt} is held by {holder}, not {worker}"))),
             other => Err(stale(format!("the job is {:?} now", other.kind()))),
         }
     }
 
+    /// Whether the running attempt has outlived the job's time limit.
+    pub fn over_time(&self, now: Millis) -> bool {
+        match &self.state {
+            JobState::Running { leased_ms, .. } => now.saturating_sub(*leased_ms) > self.time_limit_ms as Millis,
+            _ => false,
+        }
+    }
+
+    /// Ends a running attempt that outlived its time limit: the job fails (a
+    /// render that slow will not be faster elsewhere), or is cancelled if asked.
+    pub fn time_out(&mut self, now: Millis, backoff: Backoff) -> Option<AfterFailure> {
+        if !self.over_time(now) {
+            return None;
+        }
+        let JobState::Running { worker, .. } = self.state.clone() else { return None };
+        let reason = format!("attempt {} exceeded the job's time limit of {} s on {worker}", self.attempt, self.time_limit_ms / 1000);
+        Some(self.end_attempt(Some(worker), reason, false, false, now, backoff))
+    }
+
+    /// A draining worker gives the job back unfinished: queued again at once,
+    /// the attempt not counted (its number stays used: fencing only grows).
+    pub fn hand_back(&mut self, worker: WorkerId, claim: &LeaseClaim, now: Millis) -> Result<AfterFailure> {
+        self.check_lease(worker, claim)?;
+        if matches!(self.state, JobState::Running { cancel_requested: true, .. }) {
+            self.state = JobState::Cancelled;
+            self.finished_ms = Some(now);
+            return Ok(AfterFailure::Cancelled);
+        }
+        self.handed_back += 1;
+        self.state = JobState::Queued { not_before_ms: now };
+        Ok(AfterFailure::Requeued { not_before_ms: now })
+    }
+
+    /// Attempts that count against `max_attempts`.
+    pub fn attempts_used(&self) -> u32 {
+        self.attempt.saturating_sub(self.handed_back)
+    }
+
     /// Extends the lease of the running attempt.
-    pub fn heartbeat(&mut self, worker: WorkerId, attempt: u32, now: Millis, ttl_ms: Millis) -> HeartbeatVerdict {
-        if self.check_lease(worker, attempt).is_err() {
+    pub fn heartbeat(&mut self, worker: WorkerId, claim: &LeaseClaim, now: Millis, ttl_ms: Millis) -> HeartbeatVerdict {
+        if self.check_lease(worker, claim).is_err() {
             return HeartbeatVerdict::LeaseLost;
         }
         let JobState::Running { lease_expires_ms, cancel_requested, .. } = &mut self.state else {
@@ -216,8 +296,8 @@ impl JobRecord {
     }
 
     /// Running → Succeeded with this attempt's outputs.
-    pub fn complete(&mut self, worker: WorkerId, attempt: u32, outputs: JobOutputs, now: Millis) -> Result<()> {
-        self.check_lease(worker, attempt)?;
+    pub fn complete(&mut self, worker: WorkerId, claim: &LeaseClaim, outputs: JobOutputs, now: Millis) -> Result<()> {
+        self.check_lease(worker, claim)?;
         self.state = JobState::Succeeded { worker, outputs };
         self.finished_ms = Some(now);
         Ok(())
@@ -227,20 +307,20 @@ impl JobRecord {
     pub fn fail(
         &mut self,
         worker: WorkerId,
-        attempt: u32,
+        claim: &LeaseClaim,
         failure: (String, bool),
         cancelled: bool,
         now: Millis,
         backoff: Backoff,
     ) -> Result<AfterFailure> {
-        self.check_lease(worker, attempt)?;
+        self.check_lease(worker, claim)?;
         let (reason, retryable) = failure;
         Ok(self.end_attempt(Some(worker), reason, retryable, cancelled, now, backoff))
     }
 
     /// The running attempt's lease ran out (the worker died or lost the network).
     pub fn expire(&mut self, now: Millis, backoff: Backoff) -> Option<AfterFailure> {
-        let JobState::Running { worker, lease_expires_ms, cancel_requested } = self.state.clone() else {
+        let JobState::Running { worker, lease_expires_ms, cancel_requested, .. } = self.state.clone() else {
             return None;
         };
         if lease_expires_ms > now {
@@ -250,15 +330,7 @@ impl JobRecord {
         Some(self.end_attempt(Some(worker), reason, true, cancel_requested, now, backoff))
     }
 
-    fn end_attempt(
-        &mut self,
-        worker: Option<WorkerId>,
-        reason: String,
-        retryable: bool,
-        cancelled: bool,
-        now: Millis,
-        backoff: Backoff,
-    ) -> AfterFailure {
+    fn end_attempt(&mut self, worker: Option<WorkerId>, reason: String, retryable: bool, cancelled: bool, now: Millis, backoff: Backoff) -> AfterFailure {
         let cancel_requested = matches!(self.state, JobState::Running { cancel_requested: true, .. });
         if cancelled || cancel_requested {
             self.state = JobState::Cancelled;
@@ -266,19 +338,25 @@ impl JobRecord {
             return AfterFailure::Cancelled;
         }
         self.last_failure = Some(Failure { attempt: self.attempt, worker, reason: reason.clone(), retryable });
-        if retryable && self.attempt < self.max_attempts {
-            let not_before_ms = now + backoff.delay_ms(self.attempt);
+        if retryable && self.attempts_used() < self.max_attempts {
+            let not_before_ms = now + backoff.delay_ms(self.attempts_used());
             self.state = JobState::Queued { not_before_ms };
             return AfterFailure::Requeued { not_before_ms };
         }
-        let reason = if retryable {
-            format!("gave up after {} attempts; last: {reason}", self.attempt)
-        } else {
-            reason
-        };
+        let reason = if retryable { format!("gave up after {} attempts; last: {reason}", self.attempts_used()) } else { reason };
         self.state = JobState::Failed { worker, reason, retryable };
         self.finished_ms = Some(now);
         AfterFailure::Failed
+    }
+
+    /// A queued job that cannot run (no device fits it) fails with `reason`.
+    pub fn fail_queued(&mut self, reason: String, now: Millis) -> bool {
+        if !matches!(self.state, JobState::Queued { .. }) {
+            return false;
+        }
+        self.state = JobState::Failed { worker: None, reason, retryable: false };
+        self.finished_ms = Some(now);
+        true
     }
 
     /// Queued jobs cancel at once; running ones are flagged for their next heartbeat.
@@ -360,6 +438,10 @@ pub struct BatchRecord {
     pub counts: Counts,
     /// Whether any job has ever started.
     pub started: bool,
+    /// When the first job started.
+    pub started_ms: Option<Millis>,
+    /// The principal that submitted it.
+    pub owner: String,
 }
 
 impl BatchRecord {
@@ -395,6 +477,10 @@ pub struct WorkerRecord {
     pub last_seen_ms: Millis,
     pub succeeded: u64,
     pub failed: u64,
+    /// The principal that registered it; only it (or an admin) may act as it.
+    pub owner: String,
+    /// Needed (with the id) to register again as this worker.
+    pub secret: SecretHash,
 }
 
 #[cfg(test)]
@@ -418,6 +504,8 @@ mod tests {
             estimate_bytes: 1,
             max_attempts,
             attempt: 0,
+            handed_back: 0,
+            time_limit_ms: 1_000_000,
             state: JobState::Queued { not_before_ms: 0 },
             last_failure: None,
             created_ms: 0,
@@ -427,23 +515,33 @@ mod tests {
         }
     }
 
+    fn claim(attempt: u32, secret: &Secret) -> LeaseClaim {
+        LeaseClaim::new(attempt, secret.expose())
+    }
+
     #[test]
     fn stale_attempts_are_fenced_off() {
         let mut j = job(3);
-        assert_eq!(j.lease(W1, 0, 100).unwrap(), 1);
+        let (attempt, s1) = j.lease(W1, 0, 100).unwrap();
+        assert_eq!(attempt, 1);
         assert_eq!(j.expire(50, BACKOFF), None, "not expired yet");
         assert_eq!(j.expire(100, BACKOFF), Some(AfterFailure::Requeued { not_before_ms: 1100 }));
         assert!(j.lease(W2, 1000, 100).is_err(), "backing off");
-        assert_eq!(j.lease(W2, 1100, 100).unwrap(), 2);
+        let (attempt, s2) = j.lease(W2, 1100, 100).unwrap();
+        assert_eq!(attempt, 2);
         // the first worker comes back: every call of its attempt is rejected
-        assert_eq!(j.heartbeat(W1, 1, 1150, 100), HeartbeatVerdict::LeaseLost);
-        let err = j.complete(W1, 1, JobOutputs::default(), 1150).unwrap_err();
+        assert_eq!(j.heartbeat(W1, &claim(1, &s1), 1150, 100), HeartbeatVerdict::LeaseLost);
+        let err = j.complete(W1, &claim(1, &s1), JobOutputs::default(), 1150).unwrap_err();
         assert!(matches!(err, CoordError::StaleAttempt { attempt: 1, .. }), "{err}");
-        assert!(j.fail(W1, 1, ("x".into(), true), false, 1150, BACKOFF).is_err());
+        assert!(j.fail(W1, &claim(1, &s1), ("x".into(), true), false, 1150, BACKOFF).is_err());
         // the same attempt number from another worker is rejected too
-        assert!(j.complete(W1, 2, JobOutputs::default(), 1150).is_err());
+        assert!(j.complete(W1, &claim(2, &s2), JobOutputs::default(), 1150).is_err());
+        // and the right worker and attempt with a wrong secret
+        let err = j.complete(W2, &claim(2, &s1), JobOutputs::default(), 1150).unwrap_err();
+        assert!(matches!(err, CoordError::PermissionDenied(_)), "{err}");
+        assert_eq!(j.heartbeat(W2, &LeaseClaim::new(2, ""), 1150, 100), HeartbeatVerdict::LeaseLost);
         let outputs = JobOutputs { prefix: "attempt-2/".into(), ..Default::default() };
-        j.complete(W2, 2, outputs, 1160).unwrap();
+        j.complete(W2, &claim(2, &s2), outputs, 1160).unwrap();
         assert!(matches!(&j.state, JobState::Succeeded { outputs, .. } if outputs.prefix == "attempt-2/"));
         assert_eq!(j.last_failure.as_ref().unwrap().attempt, 1);
     }
@@ -451,11 +549,11 @@ mod tests {
     #[test]
     fn attempts_run_out_with_the_last_reason() {
         let mut j = job(2);
-        j.lease(W1, 0, 100).unwrap();
-        let after = j.fail(W1, 1, ("CUDA out of memory".into(), true), false, 10, BACKOFF).unwrap();
+        let (_, s) = j.lease(W1, 0, 100).unwrap();
+        let after = j.fail(W1, &claim(1, &s), ("CUDA out of memory".into(), true), false, 10, BACKOFF).unwrap();
         assert_eq!(after, AfterFailure::Requeued { not_before_ms: 1010 });
-        j.lease(W1, 2000, 100).unwrap();
-        assert_eq!(j.fail(W1, 2, ("CUDA out of memory".into(), true), false, 2010, BACKOFF).unwrap(), AfterFailure::Failed);
+        let (_, s) = j.lease(W1, 2000, 100).unwrap();
+        assert_eq!(j.fail(W1, &claim(2, &s), ("CUDA out of memory".into(), true), false, 2010, BACKOFF).unwrap(), AfterFailure::Failed);
         let JobState::Failed { reason, .. } = &j.state else { panic!("{:?}", j.state) };
         assert!(reason.contains("after 2 attempts") && reason.contains("out of memory"), "{reason}");
     }
@@ -463,16 +561,43 @@ mod tests {
     #[test]
     fn bad_input_fails_at_once_and_cancel_wins() {
         let mut j = job(5);
-        j.lease(W1, 0, 100).unwrap();
-        assert_eq!(j.fail(W1, 1, ("corrupt image".into(), false), false, 1, BACKOFF).unwrap(), AfterFailure::Failed);
+        let (_, s) = j.lease(W1, 0, 100).unwrap();
+        assert_eq!(j.fail(W1, &claim(1, &s), ("corrupt image".into(), false), false, 1, BACKOFF).unwrap(), AfterFailure::Failed);
         let mut j = job(5);
         assert_eq!(j.cancel(0), CancelOutcome::CancelledNow);
         assert!(j.lease(W1, 0, 100).is_err());
         let mut j = job(5);
-        j.lease(W1, 0, 100).unwrap();
+        let (_, s) = j.lease(W1, 0, 100).unwrap();
         assert_eq!(j.cancel(1), CancelOutcome::Signalled);
-        assert_eq!(j.heartbeat(W1, 1, 2, 100), HeartbeatVerdict::Cancel);
+        assert_eq!(j.heartbeat(W1, &claim(1, &s), 2, 100), HeartbeatVerdict::Cancel);
         assert_eq!(j.expire(200, BACKOFF), Some(AfterFailure::Cancelled), "a cancelled job is not retried");
+    }
+
+    #[test]
+    fn handed_back_attempts_do_not_count_and_time_limits_end_attempts() {
+        let mut j = job(1);
+        for n in 1..=3 {
+            let (attempt, s) = j.lease(W1, n * 10, 100).unwrap();
+            assert_eq!(attempt, n as u32, "fencing numbers keep growing");
+            assert_eq!(j.hand_back(W1, &claim(attempt, &s), n * 10 + 1).unwrap(), AfterFailure::Requeued { not_before_ms: n * 10 + 1 });
+        }
+        assert_eq!((j.attempt, j.handed_back, j.attempts_used()), (3, 3, 0));
+        let (attempt, s) = j.lease(W2, 100, 100).unwrap();
+        assert!(!j.over_time(100 + 1_000_000));
+        assert!(j.over_time(100 + 1_000_001));
+        assert_eq!(j.time_out(100 + 1_000_001, BACKOFF), Some(AfterFailure::Failed), "max_attempts 1: the one counted attempt is used");
+        let JobState::Failed { reason, retryable, .. } = &j.state else { panic!("{:?}", j.state) };
+        assert!(reason.contains("time limit of 1000 s") && !retryable, "{reason}");
+        assert!(j.complete(W2, &claim(attempt, &s), JobOutputs::default(), 2_000_000).is_err());
+    }
+
+    #[test]
+    fn a_nan_loss_stored_as_null_reads_back() {
+        let outputs = JobOutputs { final_loss: f64::NAN, engine_ms: f64::INFINITY, ..Default::default() };
+        let json = serde_json::to_string(&outputs).unwrap();
+        assert!(json.contains("null"), "{json}");
+        let back: JobOutputs = serde_json::from_str(&json).unwrap();
+        assert!(back.final_loss.is_nan() && back.engine_ms.is_nan());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 
 use crate::api::client::ClientApi;
 use crate::api::worker::WorkerService;
+use crate::auth::{Authenticator, TokenStore};
 use crate::config::CoordinatorConfig;
 use crate::farm::{Farm, FarmConfig};
 use crate::store::SqliteStore;
@@ -34,6 +35,10 @@ pub enum ServeError {
     Reflection(String),
     #[error("stopped: {0}")]
     Fatal(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Opens the state under the data dir and the object store.
@@ -41,23 +46,81 @@ pub fn open_farm(config: &CoordinatorConfig) -> Result<Arc<Farm>, ServeError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Open(format!("{}: {e}", config.data_dir.display())))?;
     let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.sync_full, config.group_commit).map_err(|e| ServeError::Open(e.0))?;
-    let blobs = Location::open_root(&config.store_url()?)?;
+    let store_url = config.store_url()?;
+    let blobs = Location::open_root(&store_url)?;
     let farm_config = FarmConfig {
         scheduler: config.scheduler(),
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         max_upload_bytes: config.max_upload_bytes,
+        submit: config.submit_rules(&blobs.url)?,
     };
-    Farm::open(Arc::new(store), blobs, farm_config).map_err(|e| ServeError::Open(e.to_string()))
+    let tokens = TokenStore::open(&config.data_dir).map_err(|e| ServeError::Open(e.to_string()))?;
+    let auth = Authenticator::new(tokens, config.auth_required, config.tls_client_ca.is_some());
+    Farm::open(Arc::new(store), blobs, farm_config, auth).map_err(|e| ServeError::Open(e.to_string()))
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|e| ServeError::Tls(format!("reading the {what} {}: {e}", path.display())))
+}
+
+/// The server's TLS settings, if `--tls-cert/--tls-key` are given.
+fn tls_config(config: &CoordinatorConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let identity = tonic::transport::Identity::from_pem(read_pem(cert, "certificate")?, read_pem(key, "key")?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_client_ca {
+        // clients (submitters) connect without a certificate; the WorkerApi
+        // refuses calls that did not present one
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(ca, "client CA")?)).client_auth_optional(true);
+    }
+    Ok(Some(tls))
+}
+
+/// Refuses to serve beyond loopback without TLS and authentication, unless
+/// the operator said `--insecure` (logged as a warning).
+fn check_exposure(addr: Option<std::net::SocketAddr>, config: &CoordinatorConfig, auth_enforced: bool) -> Result<(), ServeError> {
+    let loopback = addr.is_some_and(|a| a.ip().is_loopback());
+    let tls = config.tls_cert.is_some();
+    if loopback || (tls && auth_enforced) {
+        return Ok(());
+    }
+    let missing = match (tls, auth_enforced) {
+        (false, false) => "TLS (--tls-cert/--tls-key) and authentication (a token: `stylefarm-coordinator token create`, or --auth required)",
+        (false, true) => "TLS (--tls-cert/--tls-key)",
+        _ => "authentication (a token: `stylefarm-coordinator token create`, or --auth required)",
+    };
+    if config.insecure {
+        tracing::warn!(addr = ?addr, missing, "--insecure: serving beyond loopback without {missing}; anyone who reaches the port may be able to act on the farm");
+        return Ok(());
+    }
+    Err(ServeError::Refused(format!(
+        "refusing to serve on {} without {missing}; add them, listen on 127.0.0.1, or pass --insecure",
+        addr.map(|a| a.to_string()).unwrap_or_default()
+    )))
 }
 
 /// Serves both services, gRPC health and reflection on `listener` until
 /// `shutdown` resolves (or the state store fails).
 pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let farm = open_farm(&config)?;
+    let addr = listener.local_addr().ok();
+    let auth_enforced = farm.auth.enforced().map_err(|e| ServeError::Open(e.to_string()))?;
+    check_exposure(addr, &config, auth_enforced)?;
+    let tls = tls_config(&config)?;
     let ticker = farm.spawn_ticker(Duration::from_millis(config.tick_ms));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::coordinator_server::CoordinatorServer<ClientApi>>().await;
     health_reporter.set_serving::<pb::worker_api_server::WorkerApiServer<WorkerService>>().await;
+    // a broken invariant: say NOT_SERVING rather than SERVING while every call fails
+    let mut broken = farm.broken_signal();
+    let reporter = health_reporter.clone();
+    let health_watch = tokio::spawn(async move {
+        if broken.wait_for(|b| b.is_some()).await.is_ok() {
+            reporter.set_not_serving::<pb::coordinator_server::CoordinatorServer<ClientApi>>().await;
+            reporter.set_not_serving::<pb::worker_api_server::WorkerApiServer<WorkerService>>().await;
+            reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        }
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -66,11 +129,9 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
     let client_api = pb::coordinator_server::CoordinatorServer::new(ClientApi::new(Arc::clone(&farm)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let worker_api = pb::worker_api_server::WorkerApiServer::new(WorkerService::new(Arc::clone(&farm)))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let worker_api = pb::worker_api_server::WorkerApiServer::new(WorkerService::new(Arc::clone(&farm))).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut fatal = farm.fatal_signal();
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "coordinator serving");
+    tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, "coordinator serving");
     let stop = async move {
         tokio::select! {
             _ = shutdown => {}
@@ -84,7 +145,11 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let served = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
@@ -94,6 +159,7 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     ticker.abort();
+    health_watch.abort();
     served?;
     if let Some(reason) = farm.fatal_signal().borrow().clone() {
         return Err(ServeError::Fatal(reason));

@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
-use stylefarm_core::estimate::device_bytes;
+use stylefarm_core::estimate::{default_time_limit_ms, device_bytes};
 use stylefarm_core::params::{params_from_overlay, Init, Preset, RenderParams};
+use stylefarm_core::policy::InputPolicy;
 use stylefarm_core::weights_spec::WeightsSpec;
 use stylefarm_proto as pb;
 
@@ -13,7 +14,10 @@ use crate::error::{CoordError, Result};
 use crate::model::{DeviceRecord, ImageSource, JobOutputs, OutputRecord};
 use crate::scheduler::{NewBatch, NewJob};
 
+/// Default limit on jobs in one batch (`max_jobs_per_batch` in the config).
 pub const MAX_JOBS_PER_BATCH: usize = 100_000;
+/// Longest per-attempt time limit a submit may ask for (7 days).
+pub const MAX_TIME_LIMIT_S: u32 = 7 * 24 * 3600;
 pub const MAX_NAME_CHARS: usize = 200;
 pub const PRIORITY_RANGE: (i32, i32) = (-1000, 1000);
 pub const MAX_LABELS: usize = 32;
@@ -23,7 +27,27 @@ pub const MAX_ATTEMPTS: u32 = 20;
 pub const MAX_REQUEST_ID: usize = 128;
 pub const MAX_URL_CHARS: usize = 2048;
 pub const MAX_PARAMS_JSON: usize = 64 << 10;
-const URL_SCHEMES: [&str; 10] = ["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory", "https"];
+
+/// The operator's rules for what a submit may contain.
+#[derive(Debug, Clone)]
+pub struct SubmitRules {
+    pub max_jobs: usize,
+    /// Which input URLs users may name (the store, plus an allowlist).
+    pub inputs: InputPolicy,
+    /// Weights URLs the operator allows jobs to name (beside `default`).
+    pub weights: Vec<String>,
+}
+
+impl SubmitRules {
+    /// Rules for a coordinator whose store is `store_url`, allowing nothing extra.
+    pub fn for_store(store_url: &str) -> SubmitRules {
+        SubmitRules {
+            max_jobs: MAX_JOBS_PER_BATCH,
+            inputs: InputPolicy::new(store_url, &[]).expect("the store URL was opened, so it parses"),
+            weights: Vec::new(),
+        }
+    }
+}
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordError {
     CoordError::invalid(field, reason)
@@ -48,8 +72,9 @@ pub fn check_sha256(field: &str, sha: &str) -> Result<String> {
     Ok(lower)
 }
 
-/// An image reference; uploaded images must be known (`has_image`).
-fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> bool) -> Result<ImageSource> {
+/// An image reference; uploaded images must be known (`has_image`), URLs
+/// inside the store or the operator's allowlist.
+fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<ImageSource> {
     match image.and_then(|i| i.source.as_ref()) {
         None => Err(invalid(field, "missing: give a sha256 from UploadImage or an object-store url")),
         Some(pb::image_ref::Source::Sha256(sha)) => {
@@ -65,17 +90,14 @@ fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> 
             if url.len() > MAX_URL_CHARS {
                 return Err(invalid(field, format!("{} characters; the limit is {MAX_URL_CHARS}", url.len())));
             }
-            let parsed = url::Url::parse(url).map_err(|e| invalid(&field, format!("`{url}`: {e}")))?;
-            if !URL_SCHEMES.contains(&parsed.scheme()) {
-                return Err(invalid(field, format!("scheme `{}` is not one of {}", parsed.scheme(), URL_SCHEMES.join(", "))));
-            }
+            rules.inputs.check(url).map_err(|reason| invalid(field, reason))?;
             Ok(ImageSource::Url(url.clone()))
         }
     }
 }
 
 /// Preset → params_json → typed fields → validation, plus the farm's own rules.
-pub fn resolve_settings(field: &str, settings: Option<&pb::RenderSettings>, style_count: usize) -> Result<RenderParams> {
+pub fn resolve_settings(field: &str, settings: Option<&pb::RenderSettings>, style_count: usize, rules: &SubmitRules) -> Result<RenderParams> {
     let default = pb::RenderSettings::default();
     let s = settings.unwrap_or(&default);
     let prefixed = |e: stylefarm_core::ParamError| invalid(format!("{field}.{}", e.field), e.reason);
@@ -96,21 +118,45 @@ pub fn resolve_settings(field: &str, settings: Option<&pb::RenderSettings>, styl
         }
     };
     let mut p = params_from_overlay(preset, overlay).map_err(prefixed)?;
-    if let Some(v) = s.size { p.size = v; }
-    if let Some(v) = s.iterations { p.iterations = v; }
-    if let Some(v) = s.content_weight { p.content_weight = v; }
-    if let Some(v) = s.style_weight { p.style_weight = v; }
-    if let Some(v) = s.tv_weight { p.tv_weight = v; }
-    if let Some(v) = s.seed { p.seed = v; }
-    if let Some(v) = s.preserve_colors { p.preserve_colors = v; }
-    if let Some(v) = s.scales { p.scales = v; }
-    if let Some(v) = s.snapshot_every { p.snapshot_every = v; }
+    if let Some(v) = s.size {
+        p.size = v;
+    }
+    if let Some(v) = s.iterations {
+        p.iterations = v;
+    }
+    if let Some(v) = s.content_weight {
+        p.content_weight = v;
+    }
+    if let Some(v) = s.style_weight {
+        p.style_weight = v;
+    }
+    if let Some(v) = s.tv_weight {
+        p.tv_weight = v;
+    }
+    if let Some(v) = s.seed {
+        p.seed = v;
+    }
+    if let Some(v) = s.preserve_colors {
+        p.preserve_colors = v;
+    }
+    if let Some(v) = s.scales {
+        p.scales = v;
+    }
+    if let Some(v) = s.snapshot_every {
+        p.snapshot_every = v;
+    }
     p.validate(style_count).map_err(prefixed)?;
     if let Init::Image(path) = &p.init {
         return Err(invalid(format!("{field}.init"), format!("`{}` is a path on one machine; farm jobs start from content or random", path.display())));
     }
-    if let WeightsSpec::Path(path) = &p.weights {
-        return Err(invalid(format!("{field}.weights"), format!("`{}` is a path on one machine; use default or an https URL", path.display())));
+    match &p.weights {
+        WeightsSpec::Default => {}
+        WeightsSpec::Url { url, .. } if rules.weights.iter().any(|allowed| allowed == url) => {}
+        other => {
+            let allowed =
+                if rules.weights.is_empty() { "only `default` here".to_string() } else { format!("`default` or one of {}", rules.weights.join(", ")) };
+            return Err(invalid(format!("{field}.weights"), format!("{other:?} is not weights the operator configured: {allowed}")));
+        }
     }
     Ok(p)
 }
@@ -120,9 +166,7 @@ fn labels(raw: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
         return Err(invalid("labels", format!("{} labels; the limit is {MAX_LABELS}", raw.len())));
     }
     for (key, value) in raw {
-        let key_ok = !key.is_empty()
-            && key.len() <= MAX_LABEL_KEY
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        let key_ok = !key.is_empty() && key.len() <= MAX_LABEL_KEY && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
         if !key_ok {
             return Err(invalid(format!("labels[{key}]"), format!("keys are 1..={MAX_LABEL_KEY} characters of a-z A-Z 0-9 - _ . /")));
         }
@@ -141,18 +185,14 @@ fn default_name(content: &ImageSource, style: &ImageSource) -> String {
     format!("{}-x-{}", short(content), short(style))
 }
 
-fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params: &RenderParams) -> NewJob {
-    NewJob {
-        name,
-        content,
-        styles,
-        params_json: serde_json::to_string(params).expect("params serialise"),
-        estimate_bytes: device_bytes(params),
-    }
+fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params: &RenderParams, time_limit_s: u32) -> Result<NewJob> {
+    let params_json = serde_json::to_string(params).map_err(|e| invalid("settings", format!("cannot be stored: {e}")))?;
+    let time_limit_ms = if time_limit_s == 0 { default_time_limit_ms(params) } else { time_limit_s as u64 * 1000 };
+    Ok(NewJob { name, content, styles, params_json, estimate_bytes: device_bytes(params), time_limit_ms })
 }
 
 /// A SubmitBatch request as a batch the scheduler can take.
-pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool) -> Result<NewBatch> {
+pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<NewBatch> {
     check_name("name", &req.name)?;
     let (lo, hi) = PRIORITY_RANGE;
     if !(lo..=hi).contains(&req.priority) {
@@ -164,61 +204,47 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool) ->
     if req.request_id.len() > MAX_REQUEST_ID {
         return Err(invalid("request_id", format!("{} bytes; the limit is {MAX_REQUEST_ID}", req.request_id.len())));
     }
+    if req.job_time_limit_s > MAX_TIME_LIMIT_S {
+        return Err(invalid("job_time_limit_s", format!("{} is outside 1..={MAX_TIME_LIMIT_S} seconds (0 = derived from each job)", req.job_time_limit_s)));
+    }
+    let limit_s = req.job_time_limit_s;
     let labels = labels(&req.labels)?;
-    let cartesian_count = req.cartesian.as_ref().map_or(0, |c| {
-        c.contents.len().saturating_mul(c.styles.len()).saturating_mul(c.settings.len().max(1))
-    });
+    let cartesian_count = req.cartesian.as_ref().map_or(0, |c| c.contents.len().saturating_mul(c.styles.len()).saturating_mul(c.settings.len().max(1)));
     let total = req.jobs.len().saturating_add(cartesian_count);
     if total == 0 {
         return Err(invalid("jobs", "the batch has no jobs: give `jobs` or a `cartesian` with contents and styles"));
     }
-    if total > MAX_JOBS_PER_BATCH {
-        return Err(invalid("jobs", format!("{total} jobs; the limit is {MAX_JOBS_PER_BATCH} per batch")));
+    if total > rules.max_jobs {
+        return Err(invalid("jobs", format!("{total} jobs; the limit is {} per batch", rules.max_jobs)));
     }
     let mut jobs = Vec::with_capacity(total);
     for (i, spec) in req.jobs.iter().enumerate() {
         let field = format!("jobs[{i}]");
         check_name(&format!("{field}.name"), &spec.name)?;
-        let content = image(&format!("{field}.content"), spec.content.as_ref(), has_image)?;
+        let content = image(&format!("{field}.content"), spec.content.as_ref(), has_image, rules)?;
         if spec.styles.is_empty() {
             return Err(invalid(format!("{field}.styles"), "at least one style image is required"));
         }
-        let styles = spec
-            .styles
-            .iter()
-            .enumerate()
-            .map(|(k, s)| image(&format!("{field}.styles[{k}]"), Some(s), has_image))
-            .collect::<Result<Vec<_>>>()?;
-        let params = resolve_settings(&format!("{field}.settings"), spec.settings.as_ref(), styles.len())?;
+        let styles =
+            spec.styles.iter().enumerate().map(|(k, s)| image(&format!("{field}.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
+        let params = resolve_settings(&format!("{field}.settings"), spec.settings.as_ref(), styles.len(), rules)?;
         let name = if spec.name.is_empty() { default_name(&content, &styles[0]) } else { spec.name.clone() };
-        jobs.push(new_job(name, content, styles, &params));
+        jobs.push(new_job(name, content, styles, &params, limit_s)?);
     }
     if let Some(c) = &req.cartesian {
-        let contents = c
-            .contents
-            .iter()
-            .enumerate()
-            .map(|(k, s)| image(&format!("cartesian.contents[{k}]"), Some(s), has_image))
-            .collect::<Result<Vec<_>>>()?;
-        let styles = c
-            .styles
-            .iter()
-            .enumerate()
-            .map(|(k, s)| image(&format!("cartesian.styles[{k}]"), Some(s), has_image))
-            .collect::<Result<Vec<_>>>()?;
+        let contents =
+            c.contents.iter().enumerate().map(|(k, s)| image(&format!("cartesian.contents[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
+        let styles =
+            c.styles.iter().enumerate().map(|(k, s)| image(&format!("cartesian.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
         let settings = if c.settings.is_empty() {
-            vec![resolve_settings("cartesian.settings", None, 1)?]
+            vec![resolve_settings("cartesian.settings", None, 1, rules)?]
         } else {
-            c.settings
-                .iter()
-                .enumerate()
-                .map(|(k, s)| resolve_settings(&format!("cartesian.settings[{k}]"), Some(s), 1))
-                .collect::<Result<Vec<_>>>()?
+            c.settings.iter().enumerate().map(|(k, s)| resolve_settings(&format!("cartesian.settings[{k}]"), Some(s), 1, rules)).collect::<Result<Vec<_>>>()?
         };
         for content in &contents {
             for style in &styles {
                 for params in &settings {
-                    jobs.push(new_job(default_name(content, style), content.clone(), vec![style.clone()], params));
+                    jobs.push(new_job(default_name(content, style), content.clone(), vec![style.clone()], params, limit_s)?);
                 }
             }
         }
@@ -240,15 +266,52 @@ pub fn devices(raw: &[pb::Device]) -> Result<Vec<DeviceRecord>> {
     raw.iter()
         .enumerate()
         .map(|(i, d)| {
-            if d.name.is_empty() || d.name.len() > 64 {
-                return Err(invalid(format!("devices[{i}].name"), "1..=64 characters"));
+            if d.name.is_empty() || d.name.len() > 64 || d.name.chars().any(char::is_control) {
+                return Err(invalid(format!("devices[{i}].name"), "1..=64 characters, no control characters"));
+            }
+            if d.memory_bytes > MAX_DEVICE_BYTES {
+                return Err(invalid(format!("devices[{i}].memory_bytes"), format!("{} is above the limit {MAX_DEVICE_BYTES} (16 TiB)", d.memory_bytes)));
+            }
+            if d.description.len() > 256 {
+                return Err(invalid(format!("devices[{i}].description"), "at most 256 bytes"));
             }
             Ok(DeviceRecord { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() })
         })
         .collect()
 }
 
-/// A completion's outputs must all lie inside the attempt's own prefix.
+/// Largest device memory a worker may announce (16 TiB).
+pub const MAX_DEVICE_BYTES: u64 = 16 << 40;
+/// Most output files one job may report.
+pub const MAX_OUTPUT_FILES: usize = 1024;
+
+/// A float from the network: finite, and (where `non_negative`) >= 0.
+pub fn finite(field: &str, value: f64, non_negative: bool) -> Result<f64> {
+    if !value.is_finite() {
+        return Err(invalid(field, format!("{value} is not a finite number")));
+    }
+    if non_negative && value < 0.0 {
+        return Err(invalid(field, format!("{value} is negative")));
+    }
+    Ok(value)
+}
+
+/// A heartbeat's progress: bounded rows of finite numbers.
+pub fn progress(field: &str, p: &pb::JobProgress) -> Result<()> {
+    if p.rows.len() > 10_000 {
+        return Err(invalid(format!("{field}.rows"), format!("{} rows; the limit is 10000 per heartbeat", p.rows.len())));
+    }
+    for (i, row) in p.latest.iter().chain(p.rows.iter()).enumerate() {
+        let f = if i == 0 && p.latest.is_some() { format!("{field}.latest") } else { format!("{field}.rows[{}]", i - p.latest.is_some() as usize) };
+        for (name, v) in [("total", row.total), ("content", row.content), ("style", row.style), ("tv", row.tv), ("elapsed_ms", row.elapsed_ms)] {
+            finite(&format!("{f}.{name}"), v, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// A completion's outputs must all lie inside the attempt's own prefix, and
+/// its numbers be finite (a diverged render is a failure, not a result).
 pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<JobOutputs> {
     let Some(r) = result else {
         return Ok(JobOutputs { prefix: expected_prefix.to_string(), ..Default::default() });
@@ -256,8 +319,19 @@ pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<
     if !r.prefix.is_empty() && r.prefix != expected_prefix {
         return Err(invalid("result.prefix", format!("`{}` is not this attempt's prefix `{expected_prefix}`", r.prefix)));
     }
+    if r.outputs.len() > MAX_OUTPUT_FILES {
+        return Err(invalid("result.outputs", format!("{} files; the limit is {MAX_OUTPUT_FILES}", r.outputs.len())));
+    }
+    finite("result.final_loss", r.final_loss, true)?;
+    finite("result.engine_ms", r.engine_ms, true)?;
+    if r.device.len() > 64 {
+        return Err(invalid("result.device", "at most 64 bytes"));
+    }
     let mut files = Vec::with_capacity(r.outputs.len());
     for (i, f) in r.outputs.iter().enumerate() {
+        if f.key.len() > MAX_URL_CHARS || f.kind.len() > 32 {
+            return Err(invalid(format!("result.outputs[{i}]"), format!("key at most {MAX_URL_CHARS} bytes, kind at most 32")));
+        }
         if !f.key.starts_with(expected_prefix) || f.key.contains("..") {
             return Err(invalid(format!("result.outputs[{i}].key"), format!("`{}` is outside `{expected_prefix}`", f.key)));
         }
@@ -291,7 +365,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        let batch = submit(&req, &|_| false).unwrap();
+        let rules = SubmitRules::for_store("file:///");
+        let batch = submit(&req, &|_| false, &rules).unwrap();
         assert_eq!(batch.jobs.len(), 6);
         assert_eq!(batch.jobs[0].name, "a.png-x-s1.png");
         let p: RenderParams = serde_json::from_str(&batch.jobs[5].params_json).unwrap();
@@ -299,7 +374,7 @@ mod tests {
 
         let mut bad = req.clone();
         bad.cartesian.as_mut().unwrap().settings[0].size = Some(100_000);
-        let e = submit(&bad, &|_| false).unwrap_err().to_string();
+        let e = submit(&bad, &|_| false, &rules).unwrap_err().to_string();
         assert!(e.contains("cartesian.settings[0].size") && e.contains("16..=8192"), "{e}");
 
         let mut bad = req.clone();
@@ -308,19 +383,19 @@ mod tests {
             styles: vec![url("ftp://x/y.png")],
             ..Default::default()
         });
-        let e = submit(&bad, &|_| false).unwrap_err().to_string();
+        let e = submit(&bad, &|_| false, &rules).unwrap_err().to_string();
         assert!(e.contains("jobs[0].content.sha256") && e.contains("not been uploaded"), "{e}");
-        let e = submit(&bad, &|_| true).unwrap_err().to_string();
+        let e = submit(&bad, &|_| true, &rules).unwrap_err().to_string();
         assert!(e.contains("jobs[0].styles[0].url") && e.contains("ftp"), "{e}");
 
         let mut bad = req.clone();
         bad.cartesian.as_mut().unwrap().settings[0].params_json = r#"{"iteratons": 3}"#.into();
-        let e = submit(&bad, &|_| false).unwrap_err().to_string();
+        let e = submit(&bad, &|_| false, &rules).unwrap_err().to_string();
         assert!(e.contains("cartesian.settings[0].iteratons"), "{e}");
 
         let mut bad = req;
         bad.priority = 5000;
-        assert!(submit(&bad, &|_| false).unwrap_err().to_string().contains("priority"));
+        assert!(submit(&bad, &|_| false, &rules).unwrap_err().to_string().contains("priority"));
     }
 
     #[test]
@@ -332,5 +407,45 @@ mod tests {
         };
         let e = outputs(Some(&r), prefix).unwrap_err().to_string();
         assert!(e.contains("result.outputs[0].key"), "{e}");
+        for (loss, ms) in [(f64::NAN, 1.0), (f64::INFINITY, 1.0), (-1.0, 1.0), (1.0, f64::NAN)] {
+            let r = pb::JobResult { final_loss: loss, engine_ms: ms, ..Default::default() };
+            let e = outputs(Some(&r), prefix).unwrap_err().to_string();
+            assert!(e.contains("result.final_loss") || e.contains("result.engine_ms"), "{e}");
+        }
+    }
+
+    #[test]
+    fn inputs_outside_the_store_and_user_weights_are_refused() {
+        let rules = SubmitRules::for_store("file:///data/objects");
+        let job = |content: &str, params_json: &str| pb::SubmitBatchRequest {
+            jobs: vec![pb::JobSpec {
+                content: Some(url(content)),
+                styles: vec![url("file:///data/objects/s.png")],
+                settings: Some(pb::RenderSettings { params_json: params_json.into(), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(submit(&job("file:///data/objects/c.png", ""), &|_| false, &rules).is_ok());
+        for bad in ["file:///etc/passwd", "https://example.com/c.png", "http://127.0.0.1:9/x.png"] {
+            let e = submit(&job(bad, ""), &|_| false, &rules).unwrap_err().to_string();
+            assert!(e.contains("jobs[0].content.url") && e.contains("outside"), "{e}");
+        }
+        let e = submit(&job("file:///data/objects/c.png", r#"{"weights": {"url": {"url": "https://evil/w.safetensors"}}}"#), &|_| false, &rules)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs[0].settings.weights"), "{e}");
+        let e = submit(&job("file:///data/objects/c.png", r#"{"snapshot_every": 1, "iterations": 100000}"#), &|_| false, &rules).unwrap_err().to_string();
+        assert!(e.contains("snapshot_every") && e.contains("500"), "{e}");
+        let mut many = job("file:///data/objects/c.png", "");
+        many.jobs = vec![many.jobs[0].clone(); 3];
+        let small = SubmitRules { max_jobs: 2, ..rules.clone() };
+        let e = submit(&many, &|_| false, &small).unwrap_err().to_string();
+        assert!(e.contains("`jobs`") && e.contains("limit is 2"), "{e}");
+        let mut limit = job("file:///data/objects/c.png", "");
+        limit.job_time_limit_s = MAX_TIME_LIMIT_S + 1;
+        assert!(submit(&limit, &|_| false, &rules).unwrap_err().to_string().contains("job_time_limit_s"));
+        limit.job_time_limit_s = 60;
+        assert_eq!(submit(&limit, &|_| false, &rules).unwrap().jobs[0].time_limit_ms, 60_000);
     }
 }

@@ -40,6 +40,27 @@ pub fn device_bytes(params: &RenderParams) -> u64 {
     BASE_BYTES + (per_pixel_bytes * pixels as f64) as u64
 }
 
+/// Fixed part of the default per-attempt time limit (start-up, weights, encoding).
+pub const TIME_LIMIT_BASE_MS: u64 = 10 * 60_000;
+/// Per pixel and iteration, generous for a slow CPU: this project's 2-core VM
+/// takes ~8 µs per pixel per keras evaluation (1.4 s at 512×341), and a
+/// strong-Wolfe iteration may take a few evaluations.
+pub const TIME_LIMIT_NS_PER_PIXEL_ITERATION: u64 = 40_000;
+
+/// The default per-attempt time limit: a base plus a per-pixel-iteration
+/// budget summed over every scale, so a hung render cannot hold a device for
+/// ever while a big honest one is not cut short.
+pub fn default_time_limit_ms(params: &RenderParams) -> u64 {
+    let scales = params.scales.max(1);
+    let work: u64 = (0..scales as usize)
+        .map(|i| {
+            let side = (params.size >> (scales as usize - 1 - i)).max(1) as u64;
+            side * side * params.iterations_at(i) as u64
+        })
+        .sum();
+    TIME_LIMIT_BASE_MS.saturating_add(work.saturating_mul(TIME_LIMIT_NS_PER_PIXEL_ITERATION) / 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,8 +115,7 @@ pub struct KnobArgs {
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(field: &str, text: &str, allowed: &str) -> Result<T> {
-    serde_json::from_value(Value::String(text.replace('-', "_")))
-        .map_err(|_| ParamError::new(field, format!("`{text}` is not one of {allowed}")))
+    serde_json::from_value(Value::String(text.replace('-', "_"))).map_err(|_| ParamError::new(field, format!("`{text}` is not one of {allowed}")))
 }
 
 fn layers(field: &str, names: &[String]) -> Result<Vec<LayerId>> {
@@ -157,30 +156,72 @@ impl KnobArgs {
 
     /// Applies the flags that were given to `p`.
     pub fn apply(&self, mut p: RenderParams) -> Result<RenderParams> {
-        if let Some(v) = self.size { p.size = v; }
-        if let Some(v) = self.iterations { p.iterations = v; }
-        if let Some(v) = &self.content_layers { p.content_layers = layers("content_layers", v)?; }
-        if let Some(v) = self.content_weight { p.content_weight = v; }
-        if let Some(v) = &self.content_loss { p.content_loss = parse_enum::<ContentLoss>("content_loss", v, "sum, mse")?; }
+        if let Some(v) = self.size {
+            p.size = v;
+        }
+        if let Some(v) = self.iterations {
+            p.iterations = v;
+        }
+        if let Some(v) = &self.content_layers {
+            p.content_layers = layers("content_layers", v)?;
+        }
+        if let Some(v) = self.content_weight {
+            p.content_weight = v;
+        }
+        if let Some(v) = &self.content_loss {
+            p.content_loss = parse_enum::<ContentLoss>("content_loss", v, "sum, mse")?;
+        }
         if let Some(v) = &self.style_layers {
             p.style_layers = layers("style_layers", v)?;
-            if self.style_layer_weights.is_none() { p.style_layer_weights = vec![1.0; p.style_layers.len()]; }
+            if self.style_layer_weights.is_none() {
+                p.style_layer_weights = vec![1.0; p.style_layers.len()];
+            }
         }
-        if let Some(v) = self.style_weight { p.style_weight = v; }
-        if let Some(v) = &self.style_weighting { p.style_weighting = parse_enum::<StyleWeighting>("style_weighting", v, "split, per_layer")?; }
-        if let Some(v) = &self.style_layer_weights { p.style_layer_weights = v.clone(); }
-        if let Some(v) = &self.style_loss { p.style_loss = parse_enum::<StyleLoss>("style_loss", v, "keras, mse")?; }
-        if let Some(v) = &self.style_resize { p.style_resize = parse_enum::<StyleResize>("style_resize", v, "content_size, long_side")?; }
-        if let Some(v) = self.style_scale { p.style_scale = v; }
-        if let Some(v) = &self.style_blend_weights { p.style_blend_weights = v.clone(); }
-        if let Some(v) = self.tv_weight { p.tv_weight = v; }
-        if let Some(v) = self.tv_exponent { p.tv_exponent = v; }
-        if let Some(v) = &self.init { p.init = Init::parse(v); }
-        if let Some(v) = self.seed { p.seed = v; }
-        if let Some(v) = self.pooling { p.pooling = v; }
-        if self.preserve_colors { p.preserve_colors = true; }
-        if let Some(v) = self.scales { p.scales = v; }
-        if let Some(v) = &self.scale_iterations { p.scale_iterations = v.clone(); }
+        if let Some(v) = self.style_weight {
+            p.style_weight = v;
+        }
+        if let Some(v) = &self.style_weighting {
+            p.style_weighting = parse_enum::<StyleWeighting>("style_weighting", v, "split, per_layer")?;
+        }
+        if let Some(v) = &self.style_layer_weights {
+            p.style_layer_weights = v.clone();
+        }
+        if let Some(v) = &self.style_loss {
+            p.style_loss = parse_enum::<StyleLoss>("style_loss", v, "keras, mse")?;
+        }
+        if let Some(v) = &self.style_resize {
+            p.style_resize = parse_enum::<StyleResize>("style_resize", v, "content_size, long_side")?;
+        }
+        if let Some(v) = self.style_scale {
+            p.style_scale = v;
+        }
+        if let Some(v) = &self.style_blend_weights {
+            p.style_blend_weights = v.clone();
+        }
+        if let Some(v) = self.tv_weight {
+            p.tv_weight = v;
+        }
+        if let Some(v) = self.tv_exponent {
+            p.tv_exponent = v;
+        }
+        if let Some(v) = &self.init {
+            p.init = Init::parse(v);
+        }
+        if let Some(v) = self.seed {
+            p.seed = v;
+        }
+        if let Some(v) = self.pooling {
+            p.pooling = v;
+        }
+        if self.preserve_colors {
+            p.preserve_colors = true;
+        }
+        if let Some(v) = self.scales {
+            p.scales = v;
+        }
+        if let Some(v) = &self.scale_iterations {
+            p.scale_iterations = v.clone();
+        }
         if let Some(v) = &self.optimizer {
             p.optimizer = match v.as_str() {
                 "lbfgs" => Optimizer::lbfgs_default(),
@@ -196,11 +237,21 @@ impl KnobArgs {
                         n => Some(n.parse().map_err(|_| ParamError::new("first_step", format!("`{n}` is not a number of levels or `torch`")))?),
                     };
                 }
-                if let Some(v) = self.max_evaluations { *max_evaluations = Some(v); }
-                if let Some(v) = self.lr { *lr = v; }
-                if let Some(v) = self.history_size { *history_size = v; }
-                if let Some(v) = self.tolerance_grad { *tolerance_grad = v; }
-                if let Some(v) = self.tolerance_change { *tolerance_change = v; }
+                if let Some(v) = self.max_evaluations {
+                    *max_evaluations = Some(v);
+                }
+                if let Some(v) = self.lr {
+                    *lr = v;
+                }
+                if let Some(v) = self.history_size {
+                    *history_size = v;
+                }
+                if let Some(v) = self.tolerance_grad {
+                    *tolerance_grad = v;
+                }
+                if let Some(v) = self.tolerance_change {
+                    *tolerance_change = v;
+                }
                 if let Some(v) = &self.line_search {
                     *strong_wolfe = match v.as_str() {
                         "strong_wolfe" | "strong-wolfe" => true,
@@ -210,15 +261,29 @@ impl KnobArgs {
                 }
             }
             Optimizer::Adam { lr, beta1, beta2, eps } => {
-                if let Some(v) = self.lr { *lr = v; }
-                if let Some(v) = self.beta1 { *beta1 = v; }
-                if let Some(v) = self.beta2 { *beta2 = v; }
-                if let Some(v) = self.eps { *eps = v; }
+                if let Some(v) = self.lr {
+                    *lr = v;
+                }
+                if let Some(v) = self.beta1 {
+                    *beta1 = v;
+                }
+                if let Some(v) = self.beta2 {
+                    *beta2 = v;
+                }
+                if let Some(v) = self.eps {
+                    *eps = v;
+                }
             }
         }
-        if let Some(v) = self.snapshot_every { p.snapshot_every = v; }
-        if let Some(v) = &self.weights { p.weights = WeightsSpec::parse(v); }
-        if let Some(v) = &self.normalization { p.normalization = Some(v.clone()); }
+        if let Some(v) = self.snapshot_every {
+            p.snapshot_every = v;
+        }
+        if let Some(v) = &self.weights {
+            p.weights = WeightsSpec::parse(v);
+        }
+        if let Some(v) = &self.normalization {
+            p.normalization = Some(v.clone());
+        }
         Ok(p)
     }
 }

@@ -83,12 +83,8 @@ impl LayerId {
 
     /// Parses with an error naming the job field.
     pub fn parse_field(name: &str, field: &str) -> Result<LayerId> {
-        LayerId::parse(name).ok_or_else(|| {
-            ParamError::new(
-                field,
-                format!("`{name}` is not a VGG-16 layer: use block1_conv1..block5_conv3 or relu1_1..relu5_3"),
-            )
-        })
+        LayerId::parse(name)
+            .ok_or_else(|| ParamError::new(field, format!("`{name}` is not a VGG-16 layer: use block1_conv1..block5_conv3 or relu1_1..relu5_3")))
     }
 }
 

@@ -10,6 +10,8 @@ pub mod knobs;
 pub mod layers;
 pub mod params;
 #[cfg(feature = "storage")]
+pub mod policy;
+#[cfg(feature = "storage")]
 pub mod storage;
 pub mod weights_spec;
 

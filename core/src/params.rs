@@ -20,6 +20,9 @@ pub const MAX_HISTORY: usize = 1000;
 pub const MAX_STYLES: usize = 16;
 pub const STYLE_SCALE_RANGE: (f64, f64) = (0.05, 8.0);
 pub const MAX_SCALES: u32 = 6;
+/// Most snapshots (and animation frames) one job may keep: each is a preview
+/// held in the worker's memory until the job ends.
+pub const MAX_SNAPSHOTS: u32 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -304,13 +307,21 @@ impl RenderParams {
             ));
         }
         if self.scale_iterations.len() > self.scales as usize - 1 {
-            return Err(ParamError::new(
-                "scale_iterations",
-                format!("{} values given for {} coarser scales", self.scale_iterations.len(), self.scales - 1),
-            ));
+            return Err(ParamError::new("scale_iterations", format!("{} values given for {} coarser scales", self.scale_iterations.len(), self.scales - 1)));
         }
         for (i, &n) in self.scale_iterations.iter().enumerate() {
             range_u32(&format!("scale_iterations[{i}]"), n, 1, MAX_ITERATIONS, "")?;
+        }
+        if self.snapshot_every > 0 {
+            let total: u64 = (0..self.scales as usize).map(|i| self.iterations_at(i) as u64).sum();
+            let frames = total / self.snapshot_every as u64;
+            if frames > MAX_SNAPSHOTS as u64 {
+                let least = total.div_ceil(MAX_SNAPSHOTS as u64);
+                return Err(ParamError::new(
+                    "snapshot_every",
+                    format!("{} makes {frames} snapshots over {total} iterations; the limit is {MAX_SNAPSHOTS} (use >= {least})", self.snapshot_every),
+                ));
+            }
         }
         if style_count == 0 {
             return Err(ParamError::new("style", "at least one style image is required"));
@@ -342,10 +353,7 @@ impl RenderParams {
         }
         if !self.style_blend_weights.is_empty() {
             if self.style_blend_weights.len() != style_count {
-                return Err(ParamError::new(
-                    "style_blend_weights",
-                    format!("{} weights for {style_count} style images", self.style_blend_weights.len()),
-                ));
+                return Err(ParamError::new("style_blend_weights", format!("{} weights for {style_count} style images", self.style_blend_weights.len())));
             }
             for (i, &w) in self.style_blend_weights.iter().enumerate() {
                 non_negative(&format!("style_blend_weights[{i}]"), w)?;

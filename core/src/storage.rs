@@ -20,6 +20,8 @@ pub enum StorageError {
     BadUrl { url: String, reason: String },
     #[error("object {url} not found")]
     NotFound { url: String },
+    #[error("object {url} is {size} bytes; the limit is {limit}")]
+    TooLarge { url: String, size: u64, limit: u64 },
     #[error("object storage ({url}): {source}")]
     Store { url: String, source: object_store::Error },
 }
@@ -71,9 +73,8 @@ impl Location {
         let bad = |reason: String| StorageError::BadUrl { url: text.to_string(), reason };
         let trimmed = text.trim_end_matches('/');
         let url = Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
-        match url.scheme() {
-            "file" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "memory" | "http" | "https" => {}
-            other => return Err(bad(format!("scheme `{other}` is not one of file, s3, gs, az, memory, http(s)"))),
+        if !crate::policy::known_scheme(url.scheme()) {
+            return Err(bad(format!("scheme `{}` is not one of {}", url.scheme(), crate::policy::STORE_SCHEMES.join(", "))));
         }
         if url.scheme() == "file" && create_dir {
             let dir = url.to_file_path().map_err(|_| bad("not an absolute file path".into()))?;
@@ -139,6 +140,33 @@ async fn get_path(store: &Arc<dyn ObjectStore>, path: &Path, url: &str) -> Resul
 pub async fn get_url(url: &str) -> Result<Bytes> {
     let location = Location::parse(url)?;
     get_path(&location.store, &location.prefix, url).await
+}
+
+/// Reads a whole object named by its full URL, refusing it (without reading
+/// further) once it is larger than `max_bytes`.
+pub async fn get_url_capped(url: &str, max_bytes: u64) -> Result<Bytes> {
+    use futures_util::StreamExt;
+    let location = Location::parse(url)?;
+    let store_err = |source| StorageError::Store { url: url.to_string(), source };
+    let result = match location.store.get(&location.prefix).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => return Err(StorageError::NotFound { url: url.to_string() }),
+        Err(source) => return Err(store_err(source)),
+    };
+    let too_big = |size: u64| StorageError::TooLarge { url: url.to_string(), size, limit: max_bytes };
+    if result.meta.size > max_bytes {
+        return Err(too_big(result.meta.size));
+    }
+    let mut data = Vec::with_capacity(result.meta.size as usize);
+    let mut stream = result.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(store_err)?;
+        if data.len() as u64 + chunk.len() as u64 > max_bytes {
+            return Err(too_big(data.len() as u64 + chunk.len() as u64));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(data))
 }
 
 #[cfg(test)]

@@ -3,7 +3,11 @@
 
 use std::path::Path;
 
-use image::{codecs::gif::{GifEncoder, Repeat}, imageops::FilterType, Delay, Frame, RgbImage, RgbaImage};
+use image::{
+    codecs::gif::{GifEncoder, Repeat},
+    imageops::FilterType,
+    Delay, Frame, RgbImage, RgbaImage,
+};
 
 use crate::error::{EngineError, Result};
 use crate::trace::TraceRow;
@@ -27,9 +31,7 @@ pub fn write_gif(frames: &[(TraceRow, RgbImage)], path: &Path) -> Result<()> {
         let resized = image::imageops::resize(frame, w, h, FilterType::Triangle);
         let rgba: RgbaImage = image::DynamicImage::ImageRgb8(resized).to_rgba8();
         let delay_ms = if index + 1 == frames.len() { 2000 } else { 150 };
-        encoder
-            .encode_frame(Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay_ms, 1)))
-            .map_err(|e| out_err(e.to_string()))?;
+        encoder.encode_frame(Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay_ms, 1))).map_err(|e| out_err(e.to_string()))?;
     }
     Ok(())
 }

@@ -33,9 +33,7 @@ pub fn load_rgb(path: &Path, role: &str) -> Result<RgbImage> {
 
 /// Decodes bytes in any supported format (PNG, JPEG, GIF, BMP, WebP, TIFF).
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot detect the format: {e}"))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot detect the format: {e}"))?;
     if reader.format().is_none() {
         return Err("not a recognised image format (PNG, JPEG, GIF, BMP, WebP, TIFF)".into());
     }
@@ -87,15 +85,8 @@ pub fn to_image(tensor: &Tensor) -> Result<RgbImage> {
     let [3, h, w] = size[..] else {
         return Err(EngineError::param("image", format!("expected a [3,H,W] tensor, got {size:?}")));
     };
-    let bytes = t
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .clamp(0.0, 1.0)
-        .multiply_scalar(255.0)
-        .round()
-        .to_kind(Kind::Uint8)
-        .permute([1, 2, 0])
-        .contiguous();
+    let bytes =
+        t.to_device(Device::Cpu).to_kind(Kind::Float).clamp(0.0, 1.0).multiply_scalar(255.0).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
     let mut data = vec![0u8; (h * w * 3) as usize];
     let len = data.len();
     bytes.f_copy_data_u8(&mut data, len)?;
@@ -109,9 +100,7 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| out_err(e.to_string()))?;
     }
     let mut bytes = Vec::new();
-    DynamicImage::ImageRgb8(image.clone())
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| out_err(e.to_string()))?;
+    DynamicImage::ImageRgb8(image.clone()).write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| out_err(e.to_string()))?;
     let tmp = path.with_extension("png.partial");
     std::fs::write(&tmp, &bytes).map_err(|e| out_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| out_err(e.to_string()))
@@ -128,10 +117,7 @@ pub fn rgb_to_yiq(rgb: &Tensor) -> Tensor {
 
 /// YIQ → RGB, [1,3,H,W].
 pub fn yiq_to_rgb(yiq: &Tensor) -> Tensor {
-    let m = Tensor::from_slice(&[1.0f32, 0.9563, 0.6210, 1.0, -0.2721, -0.6474, 1.0, -1.1070, 1.7046])
-        .view([3, 3])
-        .to_kind(yiq.kind())
-        .to_device(yiq.device());
+    let m = Tensor::from_slice(&[1.0f32, 0.9563, 0.6210, 1.0, -0.2721, -0.6474, 1.0, -1.1070, 1.7046]).view([3, 3]).to_kind(yiq.kind()).to_device(yiq.device());
     Tensor::einsum("ij,bjhw->bihw", &[m, yiq.shallow_clone()], None::<i64>)
 }
 

@@ -73,8 +73,7 @@ impl StyleObjective {
         let normalise = params.style_loss == StyleLoss::Mse;
         let (content_targets, style_targets) = tch::no_grad(|| -> Result<_> {
             let features = model.forward(content, &layers)?;
-            let content_targets: Vec<(usize, Tensor)> =
-                params.content_layers.iter().map(|l| (slot(l), features[slot(l)].detach())).collect();
+            let content_targets: Vec<(usize, Tensor)> = params.content_layers.iter().map(|l| (slot(l), features[slot(l)].detach())).collect();
             let mut grams: Vec<Option<Tensor>> = params.style_layers.iter().map(|_| None).collect();
             for (style, &weight) in styles.iter().zip(blend) {
                 let features = model.forward(style, &params.style_layers)?;
@@ -87,13 +86,8 @@ impl StyleObjective {
                 }
             }
             let weights = params.style_layer_effective_weights();
-            let style_targets = params
-                .style_layers
-                .iter()
-                .zip(grams)
-                .zip(weights)
-                .map(|((l, g), w)| (slot(l), g.expect("at least one style"), w))
-                .collect::<Vec<_>>();
+            let style_targets =
+                params.style_layers.iter().zip(grams).zip(weights).map(|((l, g), w)| (slot(l), g.expect("at least one style"), w)).collect::<Vec<_>>();
             Ok((content_targets, style_targets))
         })?;
         let size = content.size();

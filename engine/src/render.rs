@@ -89,12 +89,7 @@ pub fn render(inputs: &RenderInputs, params: &RenderParams, device: Device, prog
     let started = Instant::now();
     params.validate(inputs.styles.len())?;
     let content = load_rgb(&inputs.content, "content")?;
-    let styles = inputs
-        .styles
-        .iter()
-        .enumerate()
-        .map(|(i, p)| load_rgb(p, &format!("style[{i}]")))
-        .collect::<Result<Vec<_>>>()?;
+    let styles = inputs.styles.iter().enumerate().map(|(i, p)| load_rgb(p, &format!("style[{i}]"))).collect::<Result<Vec<_>>>()?;
     let init = match &params.init {
         Init::Image(path) => Some(load_rgb(path, "init")?),
         _ => None,
@@ -269,12 +264,7 @@ pub fn render_loaded(
         stop_reason,
         initial_loss: trace.first().map(|r| r.total).unwrap_or(f64::NAN),
         final_loss: trace.last().map(|r| r.total).unwrap_or(f64::NAN),
-        timings: Timings {
-            load_ms: 0.0,
-            optimise_ms,
-            total_ms: optimise_ms,
-            ms_per_iteration: optimise_ms / total_iterations.max(1) as f64,
-        },
+        timings: Timings { load_ms: 0.0, optimise_ms, total_ms: optimise_ms, ms_per_iteration: optimise_ms / total_iterations.max(1) as f64 },
     };
     Ok(RenderOutput { image, trace, frames, metadata })
 }

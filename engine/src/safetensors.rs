@@ -81,14 +81,10 @@ impl SafeTensors {
         }
         let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER_BYTES || 8 + header_len > bytes.len() as u64 {
-            return Err(format!(
-                "header length {header_len} is larger than the file ({} bytes) or the limit ({MAX_HEADER_BYTES})",
-                bytes.len()
-            ));
+            return Err(format!("header length {header_len} is larger than the file ({} bytes) or the limit ({MAX_HEADER_BYTES})", bytes.len()));
         }
         let header_end = 8 + header_len as usize;
-        let header: Value = serde_json::from_slice(&bytes[8..header_end])
-            .map_err(|e| format!("header is not valid JSON: {e}"))?;
+        let header: Value = serde_json::from_slice(&bytes[8..header_end]).map_err(|e| format!("header is not valid JSON: {e}"))?;
         let Value::Object(entries) = header else {
             return Err("header is not a JSON object".into());
         };
@@ -110,8 +106,7 @@ impl SafeTensors {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut header = Map::new();
         if !self.metadata.is_empty() {
-            let meta: Map<String, Value> =
-                self.metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let meta: Map<String, Value> = self.metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
             header.insert("__metadata__".into(), Value::Object(meta));
         }
         let mut offset = 0usize;
@@ -154,8 +149,7 @@ fn parse_metadata(entry: &Value) -> Result<BTreeMap<String, String>, String> {
 
 fn parse_entry(name: &str, entry: &Value, data: &[u8]) -> Result<RawTensor, String> {
     let dtype_name = entry.get("dtype").and_then(Value::as_str).ok_or_else(|| format!("tensor `{name}`: missing `dtype`"))?;
-    let dtype = Dtype::parse(dtype_name)
-        .ok_or_else(|| format!("tensor `{name}`: dtype {dtype_name} is not one of F32, F64, F16, BF16"))?;
+    let dtype = Dtype::parse(dtype_name).ok_or_else(|| format!("tensor `{name}`: dtype {dtype_name} is not one of F32, F64, F16, BF16"))?;
     let shape: Vec<usize> = entry
         .get("shape")
         .and_then(Value::as_array)
@@ -164,11 +158,8 @@ fn parse_entry(name: &str, entry: &Value, data: &[u8]) -> Result<RawTensor, Stri
         .map(|d| d.as_u64().map(|d| d as usize))
         .collect::<Option<_>>()
         .ok_or_else(|| format!("tensor `{name}`: `shape` must be a list of non-negative integers"))?;
-    let offsets: Vec<usize> = entry
-        .get("data_offsets")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
-        .unwrap_or_default();
+    let offsets: Vec<usize> =
+        entry.get("data_offsets").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default();
     let [begin, end] = offsets[..] else {
         return Err(format!("tensor `{name}`: `data_offsets` must be two integers"));
     };
@@ -185,10 +176,7 @@ fn parse_entry(name: &str, entry: &Value, data: &[u8]) -> Result<RawTensor, Stri
         Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
         Dtype::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8")) as f32).collect(),
         Dtype::F16 => raw.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Dtype::BF16 => raw
-            .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
+        Dtype::BF16 => raw.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
     };
     Ok(RawTensor { shape, data: values })
 }

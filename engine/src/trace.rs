@@ -41,8 +41,5 @@ pub fn write_jsonl(rows: &[TraceRow], path: &Path) -> Result<()> {
 
 pub fn read_jsonl(path: &Path) -> std::result::Result<Vec<TraceRow>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| serde_json::from_str(line).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1)))
-        .collect()
+    text.lines().enumerate().map(|(i, line)| serde_json::from_str(line).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))).collect()
 }

@@ -28,10 +28,7 @@ impl Vgg16 {
             // a job runs the same shapes many times: let cuDNN time its kernels once
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let convs = convs
-            .into_iter()
-            .map(|(w, b)| (channels_last(&w.to_device(device).to_kind(kind)), b.to_device(device).to_kind(kind)))
-            .collect();
+        let convs = convs.into_iter().map(|(w, b)| (channels_last(&w.to_device(device).to_kind(kind)), b.to_device(device).to_kind(kind))).collect();
         Vgg16 { convs, pooling }
     }
 

@@ -11,8 +11,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-pub type Client = pb::coordinator_client::CoordinatorClient<Channel>;
-pub type WorkerClient = pb::worker_api_client::WorkerApiClient<Channel>;
+pub type Client = stylefarm_proto::connect::Coordinator;
+pub type WorkerClient = stylefarm_proto::connect::Worker;
+
+/// Where test batches' never-read input URLs point: allowlisted by [`test_config`].
+pub const NOWHERE: &str = "file:///nowhere/";
 
 /// Short TTLs and backoffs so expiry and retries happen within a test.
 pub fn test_config(data_dir: &Path) -> CoordinatorConfig {
@@ -23,6 +26,7 @@ pub fn test_config(data_dir: &Path) -> CoordinatorConfig {
         backoff_base_ms: 50,
         backoff_max_ms: 200,
         tick_ms: 25,
+        allowed_input_prefixes: vec![NOWHERE.into()],
         ..CoordinatorConfig::default()
     }
 }
@@ -60,11 +64,21 @@ impl Coordinator {
     }
 
     pub async fn client(&self) -> Client {
-        pb::coordinator_client::CoordinatorClient::new(self.channel().await).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        self.client_with(None).await
+    }
+
+    /// A client that sends `token` with every call.
+    pub async fn client_with(&self, token: Option<&str>) -> Client {
+        options(&self.url, token).coordinator(self.channel().await).unwrap()
     }
 
     pub async fn worker(&self, name: &str, memory_bytes: u64) -> TestWorker {
         TestWorker::register(self.channel().await, name, memory_bytes).await
+    }
+
+    /// A test worker that registers with `token`.
+    pub async fn worker_with(&self, name: &str, memory_bytes: u64, token: Option<&str>) -> Result<TestWorker, tonic::Status> {
+        TestWorker::try_register(options(&self.url, token).worker(self.channel().await).unwrap(), name, memory_bytes, None).await
     }
 
     /// Graceful stop; returns what `run` returned.
@@ -86,24 +100,37 @@ impl Drop for Coordinator {
 
 pub struct TestWorker {
     pub id: String,
+    /// The registration secret (to register again as `id`).
+    pub secret: String,
     pub api: WorkerClient,
     pub memory_bytes: u64,
 }
 
+/// Connection options for tests: a plain URL and maybe a token.
+pub fn options(url: &str, token: Option<&str>) -> stylefarm_proto::connect::ConnectOptions {
+    stylefarm_proto::connect::ConnectOptions { url: url.into(), token: token.map(str::to_string), ..Default::default() }
+}
+
 impl TestWorker {
     pub async fn register(channel: Channel, name: &str, memory_bytes: u64) -> TestWorker {
-        let mut api = pb::worker_api_client::WorkerApiClient::new(channel);
+        let api = options("http://unused", None).worker(channel).unwrap();
+        TestWorker::try_register(api, name, memory_bytes, None).await.expect("register")
+    }
+
+    /// Registers (as `existing` = (id, secret) if given).
+    pub async fn try_register(mut api: WorkerClient, name: &str, memory_bytes: u64, existing: Option<(&str, &str)>) -> Result<TestWorker, tonic::Status> {
+        let (worker_id, worker_secret) = existing.map(|(i, s)| (i.to_string(), s.to_string())).unwrap_or_default();
         let response = api
             .register_worker(pb::RegisterWorkerRequest {
                 name: name.into(),
                 devices: vec![pb::Device { name: "cpu".into(), memory_bytes, description: "test".into() }],
                 version: "test".into(),
-                worker_id: String::new(),
+                worker_id,
+                worker_secret,
             })
-            .await
-            .expect("register")
+            .await?
             .into_inner();
-        TestWorker { id: response.worker_id, api, memory_bytes }
+        Ok(TestWorker { id: response.worker_id, secret: response.worker_secret, api, memory_bytes })
     }
 
     pub async fn lease(&mut self, wait_ms: u32) -> Option<pb::Lease> {
@@ -122,7 +149,12 @@ impl TestWorker {
         };
         let request = pb::HeartbeatRequest {
             worker_id: self.id.clone(),
-            jobs: vec![pb::JobHeartbeat { job_id: lease.job_id.clone(), attempt: lease.attempt, progress: Some(progress) }],
+            jobs: vec![pb::JobHeartbeat {
+                job_id: lease.job_id.clone(),
+                attempt: lease.attempt,
+                progress: Some(progress),
+                lease_secret: lease.lease_secret.clone(),
+            }],
         };
         let response = self.api.heartbeat(request).await.expect("heartbeat").into_inner();
         pb::Verdict::try_from(response.jobs[0].verdict).unwrap()
@@ -130,15 +162,14 @@ impl TestWorker {
 
     pub async fn complete(&mut self, lease: &pb::Lease) -> Result<(), tonic::Status> {
         let prefix = lease.output_prefix.split_once("/batches/").map(|(_, rest)| format!("batches/{rest}")).unwrap_or_default();
-        let result = pb::JobResult {
-            prefix: prefix.clone(),
-            outputs: vec![],
-            final_loss: 1.0,
-            iterations: 10,
-            engine_ms: 5.0,
-            device: "cpu".into(),
+        let result = pb::JobResult { prefix: prefix.clone(), outputs: vec![], final_loss: 1.0, iterations: 10, engine_ms: 5.0, device: "cpu".into() };
+        let request = pb::CompleteJobRequest {
+            worker_id: self.id.clone(),
+            job_id: lease.job_id.clone(),
+            attempt: lease.attempt,
+            result: Some(result),
+            lease_secret: lease.lease_secret.clone(),
         };
-        let request = pb::CompleteJobRequest { worker_id: self.id.clone(), job_id: lease.job_id.clone(), attempt: lease.attempt, result: Some(result) };
         self.api.complete_job(request).await.map(|_| ())
     }
 
@@ -150,6 +181,8 @@ impl TestWorker {
             reason: reason.into(),
             retryable,
             cancelled,
+            lease_secret: lease.lease_secret.clone(),
+            handed_back: false,
         };
         self.api.fail_job(request).await.map(|r| r.into_inner().will_retry)
     }
@@ -164,8 +197,8 @@ pub fn batch_request(name: &str, n: usize, priority: i32) -> pb::SubmitBatchRequ
     let jobs = (0..n)
         .map(|i| pb::JobSpec {
             name: format!("{name}-{i}"),
-            content: Some(url_ref(&format!("file:///nowhere/content-{i}.png"))),
-            styles: vec![url_ref("file:///nowhere/style.png")],
+            content: Some(url_ref(&format!("{NOWHERE}content-{i}.png"))),
+            styles: vec![url_ref(&format!("{NOWHERE}style.png"))],
             settings: Some(pb::RenderSettings { size: Some(64), iterations: Some(10), ..Default::default() }),
         })
         .collect();
@@ -202,7 +235,11 @@ pub async fn upload_file(client: &mut Client, path: &Path) -> String {
 pub async fn upload_bytes(client: &mut Client, filename: &str, data: Vec<u8>) -> Result<String, tonic::Status> {
     let messages = vec![
         pb::UploadImageRequest {
-            part: Some(pb::upload_image_request::Part::Header(pb::UploadHeader { filename: filename.into(), size_bytes: data.len() as u64, sha256: String::new() })),
+            part: Some(pb::upload_image_request::Part::Header(pb::UploadHeader {
+                filename: filename.into(),
+                size_bytes: data.len() as u64,
+                sha256: String::new(),
+            })),
         },
         pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.into())) },
     ];
@@ -228,6 +265,7 @@ impl InProcessWorker {
             torch_threads: None,
             drain_timeout_s: 30,
             work_dir: Some(work_dir.to_path_buf()),
+            ..Default::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -287,7 +325,7 @@ impl CoordinatorProcess {
         let mut child = std::process::Command::new(crate::workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(["--lease-ttl-ms", &lease_ttl_ms.to_string(), "--heartbeat-interval-ms", "300", "--log", "warn"])
+            .args(["--lease-ttl-ms", &lease_ttl_ms.to_string(), "--heartbeat-interval-ms", "300", "--log", "warn", "--allow-input-prefix", NOWHERE])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()

@@ -36,11 +36,7 @@ pub fn default_weights() -> PathBuf {
 
 /// Runs `reference/style_reference.py ARGS...`, failing with its stderr.
 pub fn run_reference(args: &[&str]) -> Result<String> {
-    let out = Command::new(python())
-        .arg(reference_script())
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", python().display()))?;
+    let out = Command::new(python()).arg(reference_script()).args(args).output().with_context(|| format!("running {}", python().display()))?;
     if !out.status.success() {
         bail!("reference {:?} failed:\n{}", args, String::from_utf8_lossy(&out.stderr));
     }
@@ -70,11 +66,8 @@ pub fn workspace_bin(_package: &str, bin: &str) -> PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace", "--all-targets"])
-            .current_dir(repo_root())
-            .status()
-            .expect("running cargo build");
+        let status =
+            Command::new(cargo).args(["build", "--quiet", "--workspace", "--all-targets"]).current_dir(repo_root()).status().expect("running cargo build");
         assert!(status.success(), "cargo build --workspace --all-targets failed");
     });
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));

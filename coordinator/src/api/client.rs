@@ -13,11 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::image_key;
+use crate::auth::{Api, Principal};
 use crate::convert;
 use crate::error::CoordError;
 use crate::farm::{now_ms, Farm};
 use crate::ids::{BatchId, JobId};
 use crate::model::{BatchPhase, JobState};
+use crate::scheduler::NewBatch;
 use crate::store::ImageRecord;
 use crate::validate;
 
@@ -33,6 +35,10 @@ pub struct ClientApi {
 impl ClientApi {
     pub fn new(farm: Arc<Farm>) -> ClientApi {
         ClientApi { farm }
+    }
+
+    fn caller<T>(&self, request: &Request<T>, api: Api) -> Result<Principal, CoordError> {
+        self.farm.auth.authenticate(request, api)
     }
 }
 
@@ -55,15 +61,32 @@ fn batch_phase(state: i32) -> Option<BatchPhase> {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for ClientApi {
-    #[tracing::instrument(skip_all, fields(batch_id, jobs))]
+    #[tracing::instrument(skip_all, fields(principal, batch_id, jobs))]
     async fn submit_batch(&self, request: Request<pb::SubmitBatchRequest>) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        tracing::Span::current().record("principal", caller.name.as_str());
         let req = request.into_inner();
         let farm = Arc::clone(&self.farm);
-        let new = farm.read(|s| validate::submit(&req, &|sha| s.has_image(sha)))?;
+        // an id beyond the in-memory window: the store remembers it
+        if !req.request_id.is_empty() && farm.read(|s| s.batch_for_request(&req.request_id))?.is_none() {
+            if let Some(batch) = farm.stored_request(req.request_id.clone()).await? {
+                let (_, jobs) = farm.batch_with_jobs(batch, &caller).await?;
+                tracing::info!(batch_id = %batch, "batch submitted before (request id from the store)");
+                return Ok(Response::new(pb::SubmitBatchResponse {
+                    batch_id: batch.to_string(),
+                    job_ids: jobs.into_iter().map(|j| j.id).collect(),
+                    deduplicated: true,
+                }));
+            }
+        }
+        // images: a snapshot of the known set, so validation runs outside the lock
+        let known: std::collections::HashSet<String> = farm.read(|s| request_images(&req).into_iter().filter(|sha| s.has_image(sha)).collect())?;
+        let new: NewBatch = validate::submit(&req, &|sha| known.contains(sha), &farm.config.submit)?;
+        let owner = caller.name.clone();
         let submitted = farm
             .apply(move |s, fx, now| {
                 let mut trace_id = new_trace_id;
-                Ok(s.submit(new, now, fx, &mut trace_id))
+                Ok(s.submit(new, &owner, now, fx, &mut trace_id))
             })
             .await?;
         let span = tracing::Span::current();
@@ -78,17 +101,19 @@ impl pb::coordinator_server::Coordinator for ClientApi {
     }
 
     async fn get_batch(&self, request: Request<pb::GetBatchRequest>) -> Result<Response<pb::GetBatchResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
         let req = request.into_inner();
         let id = BatchId::parse(&req.batch_id, "batch_id")?;
         if !req.include_jobs {
-            let batch = self.farm.read(|s| s.batch(id).map(convert::batch)).ok_or_else(|| CoordError::not_found("batch", id))?;
-            return Ok(Response::new(pb::GetBatchResponse { batch: Some(batch), jobs: Vec::new() }));
+            let batch = self.farm.batch_record(id, &caller).await?;
+            return Ok(Response::new(pb::GetBatchResponse { batch: Some(convert::batch(&batch)), jobs: Vec::new() }));
         }
-        let (batch, jobs) = self.farm.batch_with_jobs(id).await?;
+        let (batch, jobs) = self.farm.batch_with_jobs(id, &caller).await?;
         Ok(Response::new(pb::GetBatchResponse { batch: Some(batch), jobs }))
     }
 
     async fn list_batches(&self, request: Request<pb::ListBatchesRequest>) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
         let req = request.into_inner();
         let limit = match req.page_size {
             0 => 50,
@@ -100,24 +125,24 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         for (i, &state) in req.states.iter().enumerate() {
             phases.push(batch_phase(state).ok_or_else(|| CoordError::invalid(format!("states[{i}]"), format!("{state} is not a batch state")))?);
         }
-        let batches = self.farm.read(|s| {
-            s.list_batches(before, limit + 1, |b| phases.is_empty() || phases.contains(&b.phase())).into_iter().map(convert::batch).collect::<Vec<_>>()
-        });
-        let (page, next) = if batches.len() > limit {
-            (batches[..limit].to_vec(), batches[limit - 1].id.clone())
-        } else {
-            (batches, String::new())
-        };
+        if req.states.len() > 16 {
+            return Err(CoordError::invalid("states", format!("{} states; the limit is 16", req.states.len())).into());
+        }
+        let batches = self.farm.list_batches(&caller, before, limit + 1, phases).await?;
+        let (page, next) = if batches.len() > limit { (batches[..limit].to_vec(), batches[limit - 1].id.clone()) } else { (batches, String::new()) };
         Ok(Response::new(pb::ListBatchesResponse { batches: page, next_page_token: next }))
     }
 
     type WatchBatchStream = BoxStream<pb::WatchEvent>;
 
     async fn watch_batch(&self, request: Request<pb::WatchBatchRequest>) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
         let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
+        // an unknown or foreign id is NOT_FOUND before anything is allocated
+        self.farm.batch_record(id, &caller).await?;
         // subscribe before the snapshot, so nothing falls between them
-        let mut live = self.farm.subscribe(id);
-        let (batch, jobs) = self.farm.batch_with_jobs(id).await?;
+        let mut watch = self.farm.subscribe(id);
+        let (batch, jobs) = self.farm.batch_with_jobs(id, &caller).await?;
         let (tx, rx) = mpsc::channel(256);
         let farm = Arc::clone(&self.farm);
         tokio::spawn(async move {
@@ -125,11 +150,11 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 return;
             }
             loop {
-                let event = match live.recv().await {
+                let event = match watch.events.recv().await {
                     Ok(event) => event,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(batch_id = %id, missed, "watcher lagged; sending a fresh snapshot");
-                        let Ok((batch, jobs)) = farm.batch_with_jobs(id).await else { return };
+                        let Ok((batch, jobs)) = farm.batch_with_jobs(id, &caller).await else { return };
                         if send_snapshot(&tx, batch, jobs).await.is_err() {
                             return;
                         }
@@ -146,23 +171,27 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    #[tracing::instrument(skip_all, fields(batch_id))]
+    #[tracing::instrument(skip_all, fields(principal, batch_id))]
     async fn cancel_batch(&self, request: Request<pb::CancelBatchRequest>) -> Result<Response<pb::CancelBatchResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
         let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
-        tracing::Span::current().record("batch_id", tracing::field::display(id));
+        tracing::Span::current().record("principal", caller.name.as_str()).record("batch_id", tracing::field::display(id));
+        self.farm.batch_record(id, &caller).await?;
         let (cancelled, signalled) = self.farm.apply(move |s, fx, now| s.cancel_batch(id, now, fx)).await?;
         tracing::info!(cancelled, signalled, "batch cancelled");
         Ok(Response::new(pb::CancelBatchResponse { cancelled_queued: cancelled, signalled_running: signalled }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
         let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
-        let job = self.farm.job(id).await?;
-        Ok(Response::new(convert::job(&job, self.farm.job_progress(id).as_ref())))
+        let (_, job) = self.farm.job(id, &caller).await?;
+        Ok(Response::new(job))
     }
 
     #[tracing::instrument(skip_all, fields(sha256, bytes))]
     async fn upload_image(&self, request: Request<Streaming<pb::UploadImageRequest>>) -> Result<Response<pb::UploadImageResponse>, Status> {
+        self.caller(&request, Api::Client)?;
         let mut stream = request.into_inner();
         let limit = self.farm.config.max_upload_bytes;
         let header = match stream.message().await? {
@@ -194,7 +223,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         }
         tracing::Span::current().record("sha256", &sha[..16]).record("bytes", data.len());
         let (width, height, format) = inspect_image(&header.filename, &data)?;
-        if self.farm.read(|s| s.has_image(&sha)) {
+        if self.farm.read(|s| s.has_image(&sha))? {
             return Ok(Response::new(pb::UploadImageResponse { sha256: sha, size_bytes: data.len() as u64, width, height, format, already_present: true }));
         }
         let size = data.len() as u64;
@@ -206,6 +235,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
     }
 
     async fn stat_images(&self, request: Request<pb::StatImagesRequest>) -> Result<Response<pb::StatImagesResponse>, Status> {
+        self.caller(&request, Api::Client)?;
         let req = request.into_inner();
         if req.sha256.len() > 10_000 {
             return Err(CoordError::invalid("sha256", format!("{} hashes; the limit is 10000", req.sha256.len())).into());
@@ -214,26 +244,29 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         for (i, sha) in req.sha256.iter().enumerate() {
             wanted.push(validate::check_sha256(&format!("sha256[{i}]"), sha)?);
         }
-        let missing = self.farm.read(|s| wanted.into_iter().filter(|sha| !s.has_image(sha)).collect());
+        let missing = self.farm.read_committed(|s| wanted.into_iter().filter(|sha| !s.has_image(sha)).collect()).await?;
         Ok(Response::new(pb::StatImagesResponse { missing }))
     }
 
-    async fn list_workers(&self, _request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        self.caller(&request, Api::Admin)?;
         let now = now_ms();
         let heartbeat = self.farm.config.heartbeat_interval_ms;
-        let workers = self.farm.read(|s| {
-            s.workers()
-                .map(|w| convert::worker(w, s.running_jobs_of(w.id).iter().map(ToString::to_string).collect(), now, heartbeat))
-                .collect()
-        });
+        let workers = self
+            .farm
+            .read_committed(|s| {
+                s.workers().map(|w| convert::worker(w, s.running_jobs_of(w.id).iter().map(ToString::to_string).collect(), now, heartbeat)).collect()
+            })
+            .await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
     type DownloadOutputsStream = BoxStream<pb::OutputChunk>;
 
     async fn download_outputs(&self, request: Request<pb::DownloadOutputsRequest>) -> Result<Response<Self::DownloadOutputsStream>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
         let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
-        let job = self.farm.job(id).await?;
+        let (job, _) = self.farm.job(id, &caller).await?;
         let JobState::Succeeded { outputs, .. } = job.state else {
             return Err(CoordError::FailedPrecondition(format!("job {id} has not succeeded: it has no outputs")).into());
         };
@@ -266,6 +299,18 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Every sha256 a submit names (validated later).
+fn request_images(req: &pb::SubmitBatchRequest) -> Vec<String> {
+    let refs = req.jobs.iter().flat_map(|j| j.content.iter().chain(j.styles.iter()));
+    let cartesian = req.cartesian.iter().flat_map(|c| c.contents.iter().chain(c.styles.iter()));
+    refs.chain(cartesian)
+        .filter_map(|r| match &r.source {
+            Some(pb::image_ref::Source::Sha256(sha)) => Some(sha.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn send_snapshot(tx: &mpsc::Sender<Result<pb::WatchEvent, Status>>, batch: pb::Batch, jobs: Vec<pb::Job>) -> Result<(), ()> {

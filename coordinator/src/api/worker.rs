@@ -1,5 +1,8 @@
-//! `stylefarm.v1.WorkerApi`: what workers call. Every call about a job carries
-//! its attempt number, and the scheduler rejects any attempt but the current one.
+//! `stylefarm.v1.WorkerApi`: what workers call (role `worker` or `admin`; under
+//! mutual TLS, with a client certificate). A worker acts only as a worker id
+//! its principal registered, and every call about a job carries its attempt
+//! number and lease secret: the scheduler rejects anything but the current
+//! attempt's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +12,13 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::{attempt_prefix, image_key};
+use crate::auth::{Api, Principal};
 use crate::error::CoordError;
 use crate::farm::Farm;
 use crate::ids::{JobId, WorkerId};
 use crate::model::{HeartbeatVerdict, ImageSource};
-use crate::scheduler::Grant;
+use crate::scheduler::{AttemptFailure, Grant};
+use crate::secrets::LeaseClaim;
 use crate::validate;
 
 /// Longest long poll a worker may ask for.
@@ -26,6 +31,10 @@ pub struct WorkerService {
 impl WorkerService {
     pub fn new(farm: Arc<Farm>) -> WorkerService {
         WorkerService { farm }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Principal, CoordError> {
+        self.farm.auth.authenticate(request, Api::Worker)
     }
 
     fn source_url(&self, source: &ImageSource) -> (String, String) {
@@ -52,6 +61,8 @@ impl WorkerService {
             output_prefix: self.farm.blobs.url_of(&attempt_prefix(job.batch, job.id, grant.attempt)),
             lease_ttl_ms: self.farm.config.scheduler.lease_ttl_ms as u32,
             traceparent: traceparent(&job.trace_id),
+            lease_secret: grant.secret.expose().to_string(),
+            time_limit_ms: job.time_limit_ms,
         }
     }
 }
@@ -71,25 +82,32 @@ fn verdict(v: HeartbeatVerdict) -> pb::Verdict {
 
 #[tonic::async_trait]
 impl pb::worker_api_server::WorkerApi for WorkerService {
-    #[tracing::instrument(skip_all, fields(worker_id, name))]
+    #[tracing::instrument(skip_all, fields(principal, worker_id, name))]
     async fn register_worker(&self, request: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         validate::check_name("name", &req.name)?;
+        validate::check_name("version", &req.version)?;
         let devices = validate::devices(&req.devices)?;
-        let existing = if req.worker_id.is_empty() { None } else { Some(WorkerId::parse(&req.worker_id, "worker_id")?) };
+        let existing = if req.worker_id.is_empty() { None } else { Some((WorkerId::parse(&req.worker_id, "worker_id")?, req.worker_secret.clone())) };
         let (name, version) = (req.name.clone(), req.version.clone());
-        let id = self.farm.apply(move |s, fx, now| Ok(s.register_worker(existing, name, devices, version, now, fx))).await?;
-        tracing::Span::current().record("worker_id", tracing::field::display(id)).record("name", &req.name);
-        tracing::info!(devices = req.devices.len(), version = %req.version, "worker registered");
+        let principal = caller.clone();
+        let registration = self.farm.apply(move |s, fx, now| s.register_worker(existing, &principal, name, devices, version, now, fx)).await?;
+        let id = registration.id;
+        tracing::Span::current().record("principal", caller.name.as_str()).record("worker_id", tracing::field::display(id)).record("name", &req.name);
+        tracing::info!(devices = req.devices.len(), version = %req.version, new = registration.secret.is_some(), "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: id.to_string(),
             lease_ttl_ms: self.farm.config.scheduler.lease_ttl_ms as u32,
             heartbeat_interval_ms: self.farm.config.heartbeat_interval_ms as u32,
             store_url: self.farm.blobs.url.clone(),
+            worker_secret: registration.secret.map(|s| s.expose().to_string()).unwrap_or_default(),
+            max_input_bytes: self.farm.config.max_upload_bytes,
         }))
     }
 
     async fn lease_job(&self, request: Request<pb::LeaseJobRequest>) -> Result<Response<pb::LeaseJobResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
         if req.wait_ms > MAX_WAIT_MS {
@@ -101,7 +119,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             let notified = self.farm.work_notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(grant) = self.farm.apply(move |s, fx, now| s.lease(worker, memory, now, fx)).await? {
+            let principal = caller.clone();
+            if let Some(grant) = self.farm.apply(move |s, fx, now| s.lease(worker, &principal, memory, now, fx)).await? {
                 break Some(grant);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -117,7 +136,7 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         };
         let lease = self.lease_message(&grant);
         tracing::info!(
-            job_id = %grant.job.id, batch_id = %grant.job.batch, worker_id = %worker, attempt = grant.attempt,
+            job_id = %grant.job.id, batch_id = %grant.job.batch, worker_id = %worker, principal = %caller.name, attempt = grant.attempt,
             device = %req.device, traceparent = %lease.traceparent, "job leased"
         );
         let mut response = Response::new(pb::LeaseJobResponse { lease: Some(lease.clone()) });
@@ -128,6 +147,7 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
         if req.jobs.len() > 1024 {
@@ -136,12 +156,12 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         let mut beats = Vec::with_capacity(req.jobs.len());
         for (i, beat) in req.jobs.into_iter().enumerate() {
             let job = JobId::parse(&beat.job_id, &format!("jobs[{i}].job_id"))?;
-            if beat.progress.as_ref().is_some_and(|p| p.rows.len() > 10_000) {
-                return Err(CoordError::invalid(format!("jobs[{i}].progress.rows"), "more than 10000 rows in one heartbeat").into());
+            if let Some(p) = &beat.progress {
+                validate::progress(&format!("jobs[{i}].progress"), p)?;
             }
-            beats.push((job, beat.attempt, beat.progress));
+            beats.push((job, LeaseClaim::new(beat.attempt, beat.lease_secret), beat.progress));
         }
-        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, beats, now, fx)).await?;
+        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, &caller, beats, now, fx)).await?;
         let ttl = self.farm.config.scheduler.lease_ttl_ms as u32;
         let jobs = verdicts
             .into_iter()
@@ -156,35 +176,40 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
     }
 
     async fn complete_job(&self, request: Request<pb::CompleteJobRequest>) -> Result<Response<pb::CompleteJobResponse>, Status> {
-        let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let caller = self.caller(&request)?;
+        let traceparent: String = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").chars().take(128).collect();
         let req = request.into_inner();
         let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
         let job = JobId::parse(&req.job_id, "job_id")?;
-        let batch = self.farm.read(|s| s.job(job).map(|j| j.batch)).ok_or_else(|| CoordError::StaleAttempt {
+        let batch = self.farm.read(|s| s.job(job).map(|j| j.batch))?.ok_or_else(|| CoordError::StaleAttempt {
             job: job.to_string(),
             attempt: req.attempt,
             reason: "the job is finished or unknown".into(),
         })?;
         let outputs = validate::outputs(req.result.as_ref(), &attempt_prefix(batch, job, req.attempt))?;
         let attempt = req.attempt;
-        let result = self.farm.apply(move |s, fx, now| s.complete(worker, job, attempt, outputs, now, fx)).await;
+        let claim = LeaseClaim::new(attempt, req.lease_secret);
+        let principal = caller.clone();
+        let result = self.farm.apply(move |s, fx, now| s.complete(worker, &principal, job, &claim, outputs, now, fx)).await;
         match &result {
             Ok(()) => tracing::info!(job_id = %job, batch_id = %batch, worker_id = %worker, attempt, traceparent = %traceparent, "job completed"),
-            Err(e) => tracing::warn!(job_id = %job, worker_id = %worker, attempt, error = %e, "completion rejected"),
+            Err(e) => tracing::warn!(job_id = %job, worker_id = %worker, principal = %caller.name, attempt, error = %e, "completion rejected"),
         }
         result?;
         Ok(Response::new(pb::CompleteJobResponse {}))
     }
 
     async fn fail_job(&self, request: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
         let job = JobId::parse(&req.job_id, "job_id")?;
-        let reason: String = req.reason.chars().take(4096).collect();
-        let (attempt, retryable, cancelled) = (req.attempt, req.retryable, req.cancelled);
-        let logged_reason = reason.clone();
-        let after = self.farm.apply(move |s, fx, now| s.fail(worker, job, attempt, (reason, retryable), cancelled, now, fx)).await?;
-        tracing::warn!(job_id = %job, worker_id = %worker, attempt, retryable, cancelled, outcome = ?after, reason = %logged_reason, "job attempt failed");
+        let reason: String = req.reason.chars().filter(|c| !c.is_control() || *c == '\n').take(4096).collect();
+        let (attempt, retryable, cancelled, handed_back) = (req.attempt, req.retryable, req.cancelled, req.handed_back);
+        let failure = AttemptFailure { reason: reason.clone(), retryable, cancelled, handed_back };
+        let claim = LeaseClaim::new(attempt, req.lease_secret);
+        let after = self.farm.apply(move |s, fx, now| s.fail(worker, &caller, job, &claim, failure, now, fx)).await?;
+        tracing::warn!(job_id = %job, worker_id = %worker, attempt, retryable, cancelled, handed_back, outcome = ?after, reason = %reason, "job attempt failed");
         Ok(Response::new(pb::FailJobResponse { will_retry: matches!(after, crate::model::AfterFailure::Requeued { .. }) }))
     }
 }

@@ -12,7 +12,7 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
-use crate::ids::{BatchId, JobId};
+use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,7 @@ pub struct JobUpdate {
     pub last_failure: Option<Failure>,
     pub started_ms: Option<Millis>,
     pub finished_ms: Option<Millis>,
+    pub handed_back: u32,
 }
 
 impl JobUpdate {
@@ -45,6 +46,7 @@ impl JobUpdate {
             last_failure: job.last_failure.clone(),
             started_ms: job.started_ms,
             finished_ms: job.finished_ms,
+            handed_back: job.handed_back,
         }
     }
 }
@@ -57,18 +59,36 @@ pub enum StoreOp {
     CancelBatch(BatchId),
     /// The batch's last job finished: its final counts are kept with it (its
     /// jobs then live only in the store).
-    FinishBatch { id: BatchId, finished_ms: Millis, counts: Counts, started: bool },
+    FinishBatch {
+        id: BatchId,
+        finished_ms: Millis,
+        counts: Counts,
+        started: bool,
+    },
+    /// The batch's first lease.
+    StartBatch {
+        id: BatchId,
+        started_ms: Millis,
+    },
     UpsertWorker(WorkerRecord),
+    /// A worker's failures of a batch so far (the per-batch blocklist).
+    CountFailure {
+        worker: WorkerId,
+        batch: BatchId,
+        failures: u32,
+    },
     InsertImage(ImageRecord),
 }
 
-/// Everything the scheduler needs to resume after a restart.
+/// Everything the scheduler needs to resume after a restart: unfinished
+/// batches and their jobs, workers, blocklist counts, image hashes.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub batches: Vec<BatchRecord>,
     /// Jobs of unfinished batches only.
     pub jobs: Vec<JobRecord>,
     pub workers: Vec<WorkerRecord>,
+    pub failures: Vec<(WorkerId, BatchId, u32)>,
     pub images: Vec<String>,
     pub next_batch: i64,
     pub next_job: i64,
@@ -85,9 +105,18 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub type CommitTicket = oneshot::Receiver<StoreResult<()>>;
 
 pub trait Store: Send + Sync + 'static {
+    /// The state to resume from. A row that cannot be read is logged and
+    /// skipped (or, for a job's state, loaded as failed with the reason), never
+    /// a reason not to start.
     fn load(&self) -> StoreResult<Snapshot>;
-    /// Queues `ops` behind every earlier commit; the ticket resolves once they are durable.
+    /// Queues `ops` behind every earlier commit; the ticket resolves once they
+    /// are durable. Empty `ops` make a barrier: it resolves once everything
+    /// queued before it is durable.
     fn commit(&self, ops: Vec<StoreOp>) -> CommitTicket;
+    fn batch(&self, id: BatchId) -> StoreResult<Option<BatchRecord>>;
+    /// Newest first, ids below `before`, owned by `owner` if given.
+    fn batches_before(&self, before: BatchId, limit: usize, owner: Option<&str>) -> StoreResult<Vec<BatchRecord>>;
+    fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>>;
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>>;
     fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
     fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>>;

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::{CommitTicket, ImageRecord, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{BatchRecord, Counts, DeviceRecord, Failure, ImageSource, JobRecord, JobState, WorkerRecord};
+use crate::secrets::SecretHash;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS batches (
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS workers (
     succeeded INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS worker_batch_failures (
+    worker_id INTEGER NOT NULL,
+    batch_id INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    PRIMARY KEY (worker_id, batch_id)
+);
 CREATE TABLE IF NOT EXISTS images (
     sha256 TEXT PRIMARY KEY,
     size_bytes INTEGER NOT NULL,
@@ -70,6 +77,30 @@ CREATE TABLE IF NOT EXISTS images (
     created_ms INTEGER NOT NULL
 );
 ";
+
+/// Columns added after the first release: (table, column, declaration).
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+    ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
+    ("batches", "started_ms", "INTEGER"),
+    ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "time_limit_ms", "INTEGER NOT NULL DEFAULT 86400000"),
+    ("workers", "owner", "TEXT NOT NULL DEFAULT 'local'"),
+    ("workers", "secret_sha256", "TEXT NOT NULL DEFAULT ''"),
+];
+
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let exists: bool =
+            conn.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1")).and_then(|mut st| st.exists(params![column])).map_err(err)?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")).map_err(err)?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS batches_by_owner ON batches(owner, id); CREATE INDEX IF NOT EXISTS batches_unfinished ON batches(finished_ms);",
+    )
+    .map_err(err)
+}
 
 /// Largest number of ops committed in one transaction.
 const MAX_GROUP_OPS: usize = 8192;
@@ -91,23 +122,41 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// Records as JSON. Every record type serialises (no maps with non-string
+/// keys); a failure would be a bug, and becomes `null` rather than a panic.
 fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("records serialise")
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a record did not serialise");
+        "null".into()
+    })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("{what}: {e}").into())
+/// A JSON column, or `fallback` (logged) when the row holds something this
+/// version cannot read: one bad row never stops the coordinator from loading.
+fn parse_or<T: serde::de::DeserializeOwned>(text: &str, what: &str, id: i64, fallback: impl FnOnce(String) -> T) -> T {
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        let reason = format!("{what} of row {id} is unreadable ({e}): `{}`", text.chars().take(200).collect::<String>());
+        tracing::error!(reason = %reason, "state row repaired on load");
+        fallback(reason)
     })
+}
+
+/// Collects rows, skipping (and logging) any that cannot be read at all.
+fn lenient<T>(rows: impl Iterator<Item = rusqlite::Result<T>>, what: &str) -> Vec<T> {
+    rows.filter_map(|row| match row {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::error!(table = what, error = %e, "unreadable state row skipped");
+            None
+        }
+    })
+    .collect()
 }
 
 fn open(path: &Path, full_sync: bool) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(err)?;
     let sync = if full_sync { "FULL" } else { "NORMAL" };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;"
-    ))
-    .map_err(err)?;
+    conn.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")).map_err(err)?;
     Ok(conn)
 }
 
@@ -117,6 +166,7 @@ impl SqliteStore {
     pub fn open(path: &Path, full_sync: bool, group_commit: bool) -> StoreResult<SqliteStore> {
         let conn = open(path, full_sync)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn)?;
         // the writer never checkpoints (that would stall every waiting request
         // behind an fsync); a separate connection does, without blocking it
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;").map_err(err)?;
@@ -124,10 +174,7 @@ impl SqliteStore {
         let checkpointer = open(path, full_sync)?;
         let alive = Arc::new(());
         let token = Arc::downgrade(&alive);
-        thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, token))
-            .map_err(err)?;
+        thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpoint_loop(checkpointer, token)).map_err(err)?;
         let (writer, commits) = mpsc::channel::<Commit>();
         thread::Builder::new()
             .name("sqlite-writer".into())
@@ -142,8 +189,7 @@ impl SqliteStore {
 fn checkpoint_loop(conn: Connection, alive: Weak<()>) {
     loop {
         thread::sleep(std::time::Duration::from_millis(500));
-        let done: rusqlite::Result<(i64, i64, i64)> =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
+        let done: rusqlite::Result<(i64, i64, i64)> = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
         match done {
             Ok((_, wal_pages, _)) if wal_pages > 16_384 => {
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -171,7 +217,7 @@ fn write_loop(mut conn: Connection, commits: mpsc::Receiver<Commit>, max_group_o
                 Err(_) => break,
             }
         }
-        let result = apply_group(&mut conn, &group).map_err(err);
+        let result = if op_count == 0 { Ok(()) } else { apply_group(&mut conn, &group).map_err(err) };
         if let Err(e) = &result {
             tracing::error!(error = %e, commits = group.len(), "state store commit failed");
         }
@@ -193,16 +239,27 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
     match op {
         StoreOp::InsertBatch(b) => {
             tx.prepare_cached(
-                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_id, created_ms, cancel_requested, started)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_id, created_ms, cancel_requested, started, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
-            .execute(params![b.id.0, b.name, b.priority, json(&b.labels), b.max_attempts, b.request_id, b.created_ms, b.cancel_requested, b.started])?;
+            .execute(params![
+                b.id.0,
+                b.name,
+                b.priority,
+                json(&b.labels),
+                b.max_attempts,
+                b.request_id,
+                b.created_ms,
+                b.cancel_requested,
+                b.started,
+                b.owner
+            ])?;
         }
         StoreOp::InsertJob(j) => {
             tx.prepare_cached(
                 "INSERT INTO jobs (id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
-                                   attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                                   attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             )?
             .execute(params![
                 j.id.0,
@@ -222,125 +279,162 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 j.started_ms,
                 j.finished_ms,
                 j.trace_id,
+                j.handed_back,
+                j.time_limit_ms as i64,
             ])?;
         }
         StoreOp::UpdateJob(u) => {
             tx.prepare_cached(
-                "UPDATE jobs SET attempt = ?2, state = ?3, last_failure = ?4, started_ms = ?5, finished_ms = ?6 WHERE id = ?1",
+                "UPDATE jobs SET attempt = ?2, state = ?3, last_failure = ?4, started_ms = ?5, finished_ms = ?6, handed_back = ?7 WHERE id = ?1",
             )?
-            .execute(params![u.id.0, u.attempt, json(&u.state), u.last_failure.as_ref().map(json), u.started_ms, u.finished_ms])?;
+            .execute(params![u.id.0, u.attempt, json(&u.state), u.last_failure.as_ref().map(json), u.started_ms, u.finished_ms, u.handed_back])?;
         }
         StoreOp::CancelBatch(id) => {
             tx.prepare_cached("UPDATE batches SET cancel_requested = 1 WHERE id = ?1")?.execute(params![id.0])?;
         }
         StoreOp::FinishBatch { id, finished_ms, counts, started } => {
-            tx.prepare_cached("UPDATE batches SET finished_ms = ?2, counts = ?3, started = ?4 WHERE id = ?1")?
-                .execute(params![id.0, finished_ms, json(counts), started])?;
+            tx.prepare_cached("UPDATE batches SET finished_ms = ?2, counts = ?3, started = ?4 WHERE id = ?1")?.execute(params![
+                id.0,
+                finished_ms,
+                json(counts),
+                started
+            ])?;
+        }
+        StoreOp::StartBatch { id, started_ms } => {
+            tx.prepare_cached("UPDATE batches SET started = 1, started_ms = ?2 WHERE id = ?1")?.execute(params![id.0, started_ms])?;
         }
         StoreOp::UpsertWorker(w) => {
             tx.prepare_cached(
-                "INSERT INTO workers (id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO workers (id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(id) DO UPDATE SET name = ?2, devices = ?3, version = ?4, last_seen_ms = ?6, succeeded = ?7, failed = ?8",
             )?
-            .execute(params![w.id.0, w.name, json(&w.devices), w.version, w.registered_ms, w.last_seen_ms, w.succeeded as i64, w.failed as i64])?;
+            .execute(params![
+                w.id.0,
+                w.name,
+                json(&w.devices),
+                w.version,
+                w.registered_ms,
+                w.last_seen_ms,
+                w.succeeded as i64,
+                w.failed as i64,
+                w.owner,
+                w.secret.to_hex()
+            ])?;
+        }
+        StoreOp::CountFailure { worker, batch, failures } => {
+            tx.prepare_cached(
+                "INSERT INTO worker_batch_failures (worker_id, batch_id, failures) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(worker_id, batch_id) DO UPDATE SET failures = ?3",
+            )?
+            .execute(params![worker.0, batch.0, failures])?;
         }
         StoreOp::InsertImage(i) => {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO images (sha256, size_bytes, width, height, format, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![i.sha256, i.size_bytes as i64, i.width, i.height, i.format, i.created_ms])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO images (sha256, size_bytes, width, height, format, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                .execute(params![i.sha256, i.size_bytes as i64, i.width, i.height, i.format, i.created_ms])?;
         }
     }
     Ok(())
 }
 
 const JOB_COLUMNS: &str = "id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
-                           attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id";
+                           attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let id: i64 = row.get(0)?;
     let content: String = row.get(5)?;
     let styles: String = row.get(6)?;
     let state: String = row.get(11)?;
     let last_failure: Option<String> = row.get(12)?;
+    let unreadable_input = |_| ImageSource::Url(String::new());
     Ok(JobRecord {
-        id: JobId(row.get(0)?),
+        id: JobId(id),
         batch: BatchId(row.get(1)?),
         index: row.get(2)?,
         name: row.get(3)?,
         priority: row.get(4)?,
-        content: parse::<ImageSource>(&content, "content")?,
-        styles: parse(&styles, "styles")?,
+        content: parse_or(&content, "content", id, unreadable_input),
+        styles: parse_or(&styles, "styles", id, |_| Vec::new()),
         params_json: row.get(7)?,
-        estimate_bytes: row.get::<_, i64>(8)? as u64,
+        estimate_bytes: row.get::<_, i64>(8)?.max(0) as u64,
         max_attempts: row.get(9)?,
         attempt: row.get(10)?,
-        state: parse::<JobState>(&state, "state")?,
-        last_failure: last_failure.map(|f| parse::<Failure>(&f, "last_failure")).transpose()?,
+        state: parse_or(&state, "state", id, |reason| JobState::Failed { worker: None, reason, retryable: false }),
+        last_failure: last_failure.and_then(|f| parse_or::<Option<Failure>>(&f, "last_failure", id, |_| None)),
         created_ms: row.get(13)?,
         started_ms: row.get(14)?,
         finished_ms: row.get(15)?,
         trace_id: row.get(16)?,
+        handed_back: row.get(17)?,
+        time_limit_ms: row.get::<_, i64>(18)?.max(0) as u64,
     })
 }
 
+const BATCH_COLUMNS: &str =
+    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner";
+
 fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
+    let id: i64 = row.get(0)?;
     let labels: String = row.get(3)?;
     let counts: Option<String> = row.get(10)?;
     Ok(BatchRecord {
-        id: BatchId(row.get(0)?),
+        id: BatchId(id),
         name: row.get(1)?,
         priority: row.get(2)?,
-        labels: parse(&labels, "labels")?,
+        labels: parse_or(&labels, "labels", id, |_| Default::default()),
         max_attempts: row.get(4)?,
         request_id: row.get(5)?,
         created_ms: row.get(6)?,
         finished_ms: row.get(7)?,
         cancel_requested: row.get(8)?,
         started: row.get(9)?,
-        counts: counts.map(|c| parse::<Counts>(&c, "counts")).transpose()?.unwrap_or_default(),
+        counts: counts.map(|c| parse_or::<Counts>(&c, "counts", id, |_| Counts::default())).unwrap_or_default(),
+        started_ms: row.get(11)?,
+        owner: row.get(12)?,
     })
 }
 
 impl Store for SqliteStore {
     fn load(&self) -> StoreResult<Snapshot> {
-        let conn = self.reader.lock().expect("reader lock");
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
         let mut snapshot = Snapshot::default();
+        let mut stmt = conn.prepare(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE finished_ms IS NULL ORDER BY id")).map_err(err)?;
+        snapshot.batches = lenient(stmt.query_map([], batch_from_row).map_err(err)?, "batches");
         let mut stmt = conn
-            .prepare("SELECT id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts FROM batches ORDER BY id")
+            .prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id IN (SELECT id FROM batches WHERE finished_ms IS NULL) ORDER BY id"))
             .map_err(err)?;
-        snapshot.batches = stmt.query_map([], batch_from_row).map_err(err)?.collect::<rusqlite::Result<_>>().map_err(err)?;
+        snapshot.jobs = lenient(stmt.query_map([], job_from_row).map_err(err)?, "jobs");
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id IN (SELECT id FROM batches WHERE finished_ms IS NULL) ORDER BY id"
-            ))
+            .prepare("SELECT id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256 FROM workers ORDER BY id")
             .map_err(err)?;
-        snapshot.jobs = stmt.query_map([], job_from_row).map_err(err)?.collect::<rusqlite::Result<_>>().map_err(err)?;
-        let mut stmt = conn
-            .prepare("SELECT id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed FROM workers ORDER BY id")
-            .map_err(err)?;
-        snapshot.workers = stmt
+        let workers = stmt
             .query_map([], |row| {
+                let id: i64 = row.get(0)?;
                 let devices: String = row.get(2)?;
+                let secret: String = row.get(9)?;
                 Ok(WorkerRecord {
-                    id: WorkerId(row.get(0)?),
+                    id: WorkerId(id),
                     name: row.get(1)?,
-                    devices: parse::<Vec<DeviceRecord>>(&devices, "devices")?,
+                    devices: parse_or::<Vec<DeviceRecord>>(&devices, "devices", id, |_| Vec::new()),
                     version: row.get(3)?,
                     registered_ms: row.get(4)?,
                     last_seen_ms: row.get(5)?,
-                    succeeded: row.get::<_, i64>(6)? as u64,
-                    failed: row.get::<_, i64>(7)? as u64,
+                    succeeded: row.get::<_, i64>(6)?.max(0) as u64,
+                    failed: row.get::<_, i64>(7)?.max(0) as u64,
+                    owner: row.get(8)?,
+                    secret: SecretHash::from_hex(&secret),
                 })
             })
-            .map_err(err)?
-            .collect::<rusqlite::Result<_>>()
             .map_err(err)?;
+        snapshot.workers = lenient(workers, "workers");
+        let mut stmt = conn
+            .prepare("SELECT worker_id, batch_id, failures FROM worker_batch_failures WHERE batch_id IN (SELECT id FROM batches WHERE finished_ms IS NULL)")
+            .map_err(err)?;
+        snapshot.failures =
+            lenient(stmt.query_map([], |row| Ok((WorkerId(row.get(0)?), BatchId(row.get(1)?), row.get(2)?))).map_err(err)?, "worker_batch_failures");
         let mut stmt = conn.prepare("SELECT sha256 FROM images").map_err(err)?;
-        snapshot.images = stmt.query_map([], |row| row.get(0)).map_err(err)?.collect::<rusqlite::Result<_>>().map_err(err)?;
-        let max = |table: &str| -> StoreResult<i64> {
-            conn.query_row(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"), [], |row| row.get(0)).map_err(err)
-        };
+        snapshot.images = lenient(stmt.query_map([], |row| row.get(0)).map_err(err)?, "images");
+        let max = |table: &str| -> StoreResult<i64> { conn.query_row(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"), [], |row| row.get(0)).map_err(err) };
         snapshot.next_batch = max("batches")? + 1;
         snapshot.next_job = max("jobs")? + 1;
         snapshot.next_worker = max("workers")? + 1;
@@ -349,45 +443,66 @@ impl Store for SqliteStore {
 
     fn commit(&self, ops: Vec<StoreOp>) -> CommitTicket {
         let (done, ticket) = oneshot::channel();
-        if ops.is_empty() {
-            let _ = done.send(Ok(()));
-            return ticket;
-        }
         if let Err(mpsc::SendError(commit)) = self.writer.send(Commit { ops, done }) {
             let _ = commit.done.send(Err(StoreError("the writer thread has stopped".into())));
         }
         ticket
     }
 
+    fn batch(&self, id: BatchId) -> StoreResult<Option<BatchRecord>> {
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1")).map_err(err)?;
+        stmt.query_row(params![id.0], batch_from_row).optional().map_err(err)
+    }
+
+    fn batches_before(&self, before: BatchId, limit: usize, owner: Option<&str>) -> StoreResult<Vec<BatchRecord>> {
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let rows = match owner {
+            Some(owner) => {
+                let mut stmt =
+                    conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id < ?1 AND owner = ?2 ORDER BY id DESC LIMIT ?3")).map_err(err)?;
+                let rows = stmt.query_map(params![before.0, owner, limit as i64], batch_from_row).map_err(err)?;
+                lenient(rows, "batches")
+            }
+            None => {
+                let mut stmt = conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id < ?1 ORDER BY id DESC LIMIT ?2")).map_err(err)?;
+                let rows = stmt.query_map(params![before.0, limit as i64], batch_from_row).map_err(err)?;
+                lenient(rows, "batches")
+            }
+        };
+        Ok(rows)
+    }
+
+    fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>> {
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        conn.query_row("SELECT id FROM batches WHERE request_id = ?1", params![request_id], |row| Ok(BatchId(row.get(0)?))).optional().map_err(err)
+    }
+
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>> {
-        let conn = self.reader.lock().expect("reader lock");
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
         let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ?1 ORDER BY idx")).map_err(err)?;
         let rows = stmt.query_map(params![batch.0], job_from_row).map_err(err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(err)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
-        let conn = self.reader.lock().expect("reader lock");
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
         let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(err)?;
         stmt.query_row(params![id.0], job_from_row).optional().map_err(err)
     }
 
     fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>> {
-        let conn = self.reader.lock().expect("reader lock");
-        conn.query_row(
-            "SELECT sha256, size_bytes, width, height, format, created_ms FROM images WHERE sha256 = ?1",
-            params![sha256],
-            |row| {
-                Ok(ImageRecord {
-                    sha256: row.get(0)?,
-                    size_bytes: row.get::<_, i64>(1)? as u64,
-                    width: row.get(2)?,
-                    height: row.get(3)?,
-                    format: row.get(4)?,
-                    created_ms: row.get(5)?,
-                })
-            },
-        )
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        conn.query_row("SELECT sha256, size_bytes, width, height, format, created_ms FROM images WHERE sha256 = ?1", params![sha256], |row| {
+            Ok(ImageRecord {
+                sha256: row.get(0)?,
+                size_bytes: row.get::<_, i64>(1)? as u64,
+                width: row.get(2)?,
+                height: row.get(3)?,
+                format: row.get(4)?,
+                created_ms: row.get(5)?,
+            })
+        })
         .optional()
         .map_err(err)
     }

@@ -134,11 +134,7 @@ impl Lbfgs {
     pub fn start(&mut self, f: &mut dyn Objective) -> Result<Report> {
         let eval = f.evaluate(&self.x)?;
         let packet = Tensor::f_cat(
-            &[
-                eval.values.to_kind(Kind::Double),
-                eval.grad.abs().max().to_kind(Kind::Double).view([1]),
-                eval.grad.abs().sum(Kind::Double).view([1]),
-            ],
+            &[eval.values.to_kind(Kind::Double), eval.grad.abs().max().to_kind(Kind::Double).view([1]), eval.grad.abs().sum(Kind::Double).view([1])],
             0,
         )?;
         let host = to_host(&packet)?;
@@ -261,8 +257,7 @@ impl Lbfgs {
         let ys = y.f_dot(&s)?;
         let yy = y.f_dot(&y)?;
         let tail = [grad.abs().max(), s.abs().max(), ys.shallow_clone(), yy.shallow_clone(), gtd.shallow_clone()];
-        let parts: Vec<Tensor> =
-            values.into_iter().map(Tensor::shallow_clone).chain(tail).map(|t| t.to_kind(Kind::Double).view([-1])).collect();
+        let parts: Vec<Tensor> = values.into_iter().map(Tensor::shallow_clone).chain(tail).map(|t| t.to_kind(Kind::Double).view([-1])).collect();
         let packet = Tensor::f_cat(&parts, 0)?;
         let host = to_host(&packet)?;
         let k = host.len() - 5;
@@ -338,11 +333,8 @@ fn cubic_interpolate(x1: f64, f1: f64, g1: f64, x2: f64, f2: f64, g2: f64, bound
     let d2_square = d1 * d1 - g1 * g2;
     if d2_square >= 0.0 {
         let d2 = d2_square.sqrt();
-        let min_pos = if x1 <= x2 {
-            x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2.0 * d2))
-        } else {
-            x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2.0 * d2))
-        };
+        let min_pos =
+            if x1 <= x2 { x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2.0 * d2)) } else { x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2.0 * d2)) };
         min_pos.max(xmin_bound).min(xmax_bound)
     } else {
         (xmin_bound + xmax_bound) / 2.0

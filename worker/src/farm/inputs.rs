@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use stylefarm_core::storage::{get_url, StorageError};
+use stylefarm_core::storage::{get_url_capped, StorageError};
 
 /// Why an input could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -19,14 +19,17 @@ pub enum InputError {
     Transient(String),
 }
 
+/// Inputs cached by SHA-256; every download is capped at `max_bytes` and a
+/// hashed input is checked before it is kept.
 pub struct InputCache {
     dir: PathBuf,
     retries: u32,
+    max_bytes: u64,
 }
 
 impl InputCache {
-    pub fn new(dir: PathBuf) -> InputCache {
-        InputCache { dir, retries: 4 }
+    pub fn new(dir: PathBuf, max_bytes: u64) -> InputCache {
+        InputCache { dir, retries: 4, max_bytes }
     }
 
     /// The bytes of `url`; `sha256` (if known) is checked and keys the cache.
@@ -56,9 +59,9 @@ impl InputCache {
     async fn download(&self, role: &str, url: &str) -> Result<Bytes, InputError> {
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=self.retries {
-            match get_url(url).await {
+            match get_url_capped(url, self.max_bytes).await {
                 Ok(data) => return Ok(data),
-                Err(e @ (StorageError::NotFound { .. } | StorageError::BadUrl { .. })) => {
+                Err(e @ (StorageError::NotFound { .. } | StorageError::BadUrl { .. } | StorageError::TooLarge { .. })) => {
                     return Err(InputError::Permanent(format!("{role} image: {e}")));
                 }
                 Err(e) if attempt == self.retries => return Err(InputError::Transient(format!("{role} image: {e}"))),

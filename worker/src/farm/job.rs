@@ -173,6 +173,10 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     };
     *slot = returned;
     let outcome = match result {
+        // a diverged render is this job's failure, not a result to store
+        Ok(render) if !render.final_loss.is_finite() || !render.engine_ms.is_finite() => {
+            failed(format!("the render diverged: final loss {} (try a smaller style weight or learning rate)", render.final_loss), false)
+        }
         Ok(render) => upload(ctx, lease, &dir, render).await,
         Err(EngineError::Cancelled) => Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled)),
         Err(e) => failed(e.to_string(), e.is_retryable()),
@@ -201,7 +205,8 @@ fn render_job(
         match decode_rgb(bytes) {
             Ok(image) => decoded.push(image),
             Err(reason) => {
-                let url = if role == "content" { job.lease.content_url.clone() } else { job.lease.style_urls.get(role_index(role)).cloned().unwrap_or_default() };
+                let url =
+                    if role == "content" { job.lease.content_url.clone() } else { job.lease.style_urls.get(role_index(role)).cloned().unwrap_or_default() };
                 let error = EngineError::Image { role: role.clone(), path: PathBuf::from(url), reason };
                 return (Err(error), slot);
             }

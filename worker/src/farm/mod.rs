@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use stylefarm_proto as pb;
-use tonic::transport::{Channel, Endpoint};
+use stylefarm_proto::connect::{read_token, ConnectOptions};
 use tonic::Code;
 use tracing::Instrument;
 
@@ -44,13 +44,68 @@ pub struct FarmArgs {
     /// Scratch space for outputs before upload, and the input cache [default: the model cache dir].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// File holding the worker's API token (role worker); else STYLEFARM_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate (https:// URLs).
+    #[arg(long, env = "STYLEFARM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --tls-key).
+    #[arg(long, env = "STYLEFARM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, env = "STYLEFARM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where the worker keeps its id and secret, so a restart is the same worker
+    /// [default: WORK_DIR/worker-NAME.json].
+    #[arg(long, env = "STYLEFARM_WORKER_STATE")]
+    pub state_file: Option<PathBuf>,
+    /// Largest input image to download, in bytes [default: what the coordinator allows uploads to be].
+    #[arg(long)]
+    pub max_input_bytes: Option<u64>,
+}
+
+/// The worker's identity on the coordinator, kept across restarts.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone)]
+struct Identity {
+    worker_id: String,
+    worker_secret: String,
+    coordinator: String,
+}
+
+fn load_identity(path: &std::path::Path, coordinator: &str) -> Identity {
+    let Ok(text) = std::fs::read_to_string(path) else { return Identity::default() };
+    match serde_json::from_str::<Identity>(&text) {
+        Ok(id) if id.coordinator == coordinator => id,
+        Ok(_) => Identity::default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable worker state file; registering as a new worker");
+            Identity::default()
+        }
+    }
+}
+
+fn save_identity(path: &std::path::Path, identity: &Identity) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(identity).map_err(std::io::Error::other)?)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(tmp, path)
 }
 
 struct Farm {
-    api: pb::worker_api_client::WorkerApiClient<Channel>,
+    api: stylefarm_proto::connect::Worker,
     name: String,
     devices: Vec<DeviceInfo>,
-    worker_id: Mutex<String>,
+    identity: Mutex<Identity>,
+    state_file: PathBuf,
+    max_input_bytes: Mutex<u64>,
     store_url: Mutex<String>,
     heartbeat: Mutex<Duration>,
     running: Mutex<HashMap<(String, u32), Arc<RunningJob>>>,
@@ -59,10 +114,10 @@ struct Farm {
 
 impl Farm {
     fn worker_id(&self) -> String {
-        self.worker_id.lock().expect("id lock").clone()
+        self.identity.lock().expect("id lock").worker_id.clone()
     }
 
-    fn api(&self) -> pb::worker_api_client::WorkerApiClient<Channel> {
+    fn api(&self) -> stylefarm_proto::connect::Worker {
         self.api.clone()
     }
 
@@ -70,22 +125,47 @@ impl Farm {
     async fn register(&self) -> Result<()> {
         let mut delay = Duration::from_millis(200);
         loop {
+            let identity = self.identity.lock().expect("id lock").clone();
             let request = pb::RegisterWorkerRequest {
                 name: self.name.clone(),
-                devices: self.devices.iter().map(|d| pb::Device { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() }).collect(),
+                devices: self
+                    .devices
+                    .iter()
+                    .map(|d| pb::Device { name: d.name.clone(), memory_bytes: d.memory_bytes, description: d.description.clone() })
+                    .collect(),
                 version: env!("CARGO_PKG_VERSION").into(),
-                worker_id: self.worker_id(),
+                worker_id: identity.worker_id.clone(),
+                worker_secret: identity.worker_secret.clone(),
             };
             match self.api().register_worker(request).await {
                 Ok(response) => {
                     let r = response.into_inner();
-                    tracing::info!(worker_id = %r.worker_id, store = %r.store_url, heartbeat_ms = r.heartbeat_interval_ms, "registered");
-                    *self.worker_id.lock().expect("id lock") = r.worker_id;
+                    tracing::info!(worker_id = %r.worker_id, store = %r.store_url, heartbeat_ms = r.heartbeat_interval_ms, same_id = r.worker_id == identity.worker_id, "registered");
+                    {
+                        let mut id = self.identity.lock().expect("id lock");
+                        id.worker_id = r.worker_id;
+                        if !r.worker_secret.is_empty() {
+                            id.worker_secret = r.worker_secret;
+                        }
+                        if let Err(e) = save_identity(&self.state_file, &id) {
+                            tracing::warn!(path = %self.state_file.display(), error = %e, "cannot keep the worker's id; a restart registers anew");
+                        }
+                    }
+                    if r.max_input_bytes > 0 {
+                        *self.max_input_bytes.lock().expect("cap lock") = r.max_input_bytes;
+                    }
                     *self.store_url.lock().expect("store lock") = r.store_url;
                     *self.heartbeat.lock().expect("heartbeat lock") = Duration::from_millis(r.heartbeat_interval_ms.max(50) as u64);
                     return Ok(());
                 }
-                Err(status) if status.code() == Code::InvalidArgument => bail!("the coordinator refused the registration: {}", status.message()),
+                Err(status) if matches!(status.code(), Code::InvalidArgument | Code::Unauthenticated) => {
+                    bail!("the coordinator refused the registration: {}", status.message())
+                }
+                Err(status) if status.code() == Code::PermissionDenied && !identity.worker_id.is_empty() => {
+                    tracing::warn!(error = %status.message(), "the saved worker id is not ours to use; registering as a new worker");
+                    *self.identity.lock().expect("id lock") = Identity { coordinator: identity.coordinator.clone(), ..Identity::default() };
+                }
+                Err(status) if status.code() == Code::PermissionDenied => bail!("the coordinator refused the registration: {}", status.message()),
                 Err(status) => {
                     tracing::warn!(error = %status.message(), retry_in_ms = delay.as_millis() as u64, "coordinator unreachable; retrying");
                     tokio::time::sleep(delay).await;
@@ -118,24 +198,30 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         }
         tch::set_num_threads(threads);
     }
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid --coordinator `{url}`"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let token = read_token(args.token_file.as_deref())?;
+    let tls_identity = args.tls_cert.clone().zip(args.tls_key.clone());
+    let options = ConnectOptions { url: url.clone(), token, tls_ca: args.tls_ca.clone(), tls_identity };
+    let channel = options.endpoint().with_context(|| format!("--coordinator `{url}`"))?.connect_lazy();
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let work_dir = args.work_dir.clone().unwrap_or_else(stylefarm_engine::weights::cache_dir);
+    let state_file = args.state_file.clone().unwrap_or_else(|| work_dir.join(format!("worker-{}.json", sanitise(&name))));
+    let mut identity = load_identity(&state_file, &url);
+    identity.coordinator = url.clone();
     let farm = Arc::new(Farm {
-        api: pb::worker_api_client::WorkerApiClient::new(channel).max_decoding_message_size(64 << 20),
-        name: args.name.clone().unwrap_or_else(default_name),
+        api: options.worker(channel)?,
+        name,
         devices: devices.clone(),
-        worker_id: Mutex::new(String::new()),
+        identity: Mutex::new(identity),
+        state_file,
+        max_input_bytes: Mutex::new(args.max_input_bytes.unwrap_or(stylefarm_core::policy::DEFAULT_MAX_INPUT_BYTES)),
         store_url: Mutex::new(String::new()),
         heartbeat: Mutex::new(Duration::from_secs(5)),
         running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
     });
     farm.register().await?;
-    let work_dir = args.work_dir.clone().unwrap_or_else(stylefarm_engine::weights::cache_dir);
-    let inputs = Arc::new(InputCache::new(work_dir.join("inputs")));
+    let cap = args.max_input_bytes.unwrap_or(*farm.max_input_bytes.lock().expect("cap lock"));
+    let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap));
     tokio::spawn(heartbeat_loop(Arc::clone(&farm)));
     let runners: Vec<_> = devices
         .into_iter()
@@ -171,6 +257,11 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
     Ok(())
 }
 
+/// A name as a file-name part.
+fn sanitise(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -187,7 +278,8 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, ctx: JobContext) {
         if farm.draining.load(Ordering::Relaxed) {
             return;
         }
-        let request = pb::LeaseJobRequest { worker_id: farm.worker_id(), device: device.name.clone(), device_memory_bytes: device.memory_bytes, wait_ms: 2_000 };
+        let request =
+            pb::LeaseJobRequest { worker_id: farm.worker_id(), device: device.name.clone(), device_memory_bytes: device.memory_bytes, wait_ms: 2_000 };
         let lease = match farm.api().lease_job(request).await {
             Ok(r) => {
                 delay = Duration::from_millis(200);
@@ -232,7 +324,13 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
         let worker_id = farm.worker_id();
         let result = match &outcome {
             Outcome::Done(result) => {
-                let request = pb::CompleteJobRequest { worker_id, job_id: lease.job_id.clone(), attempt: lease.attempt, result: Some(result.clone()) };
+                let request = pb::CompleteJobRequest {
+                    worker_id,
+                    job_id: lease.job_id.clone(),
+                    attempt: lease.attempt,
+                    result: Some(result.clone()),
+                    lease_secret: lease.lease_secret.clone(),
+                };
                 let mut request = tonic::Request::new(request);
                 if let Ok(value) = lease.traceparent.parse() {
                     request.metadata_mut().insert("traceparent", value);
@@ -244,7 +342,16 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                 return;
             }
             Outcome::Failed { reason, retryable } => {
-                let request = pb::FailJobRequest { worker_id, job_id: lease.job_id.clone(), attempt: lease.attempt, reason: reason.clone(), retryable: *retryable, cancelled: false };
+                let request = pb::FailJobRequest {
+                    worker_id,
+                    job_id: lease.job_id.clone(),
+                    attempt: lease.attempt,
+                    reason: reason.clone(),
+                    retryable: *retryable,
+                    cancelled: false,
+                    lease_secret: lease.lease_secret.clone(),
+                    handed_back: false,
+                };
                 farm.api().fail_job(request).await.map(|_| ())
             }
             Outcome::Stopped(cause) => {
@@ -252,7 +359,17 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                     StopCause::Cancelled => ("cancelled".to_string(), true),
                     _ => ("the worker shut down before finishing; handed back".to_string(), false),
                 };
-                let request = pb::FailJobRequest { worker_id, job_id: lease.job_id.clone(), attempt: lease.attempt, reason, retryable: true, cancelled };
+                // a drain hands the job back: it does not use up an attempt
+                let request = pb::FailJobRequest {
+                    worker_id,
+                    job_id: lease.job_id.clone(),
+                    attempt: lease.attempt,
+                    reason,
+                    retryable: true,
+                    cancelled,
+                    lease_secret: lease.lease_secret.clone(),
+                    handed_back: !cancelled,
+                };
                 farm.api().fail_job(request).await.map(|_| ())
             }
         };
@@ -293,7 +410,12 @@ async fn heartbeat_loop(farm: Arc<Farm>) {
         }
         let beats = jobs
             .iter()
-            .map(|j| pb::JobHeartbeat { job_id: j.lease.job_id.clone(), attempt: j.lease.attempt, progress: j.take_progress() })
+            .map(|j| pb::JobHeartbeat {
+                job_id: j.lease.job_id.clone(),
+                attempt: j.lease.attempt,
+                progress: j.take_progress(),
+                lease_secret: j.lease.lease_secret.clone(),
+            })
             .collect();
         match farm.api().heartbeat(pb::HeartbeatRequest { worker_id: farm.worker_id(), jobs: beats }).await {
             Ok(response) => {

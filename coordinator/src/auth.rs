@@ -1,0 +1,358 @@
+//! Who is calling: API tokens, roles and the rule for when they are enforced.
+//!
+//! Tokens are `sf1_<id>_<secret>` (a 64-bit public id, a 256-bit secret). The
+//! coordinator keeps only the secret's SHA-256, in `auth.sqlite` under the data
+//! dir, next to the job state, so `stylefarm-coordinator token create|list|revoke`
+//! work against a running coordinator's data dir as well as a stopped one: the
+//! coordinator notices any change (SQLite's `data_version`) on the next call, so
+//! a revocation takes effect at once, with no restart.
+//!
+//! Enforcement: as soon as the store holds any token (revoked ones included, so
+//! revoking the last token does not open the coordinator), or with `--auth
+//! required`. Before that, every caller is the local admin: the zero-config
+//! mode, which the server allows only on loopback.
+//!
+//! Roles: `submit` (its own batches), `worker` (the WorkerApi), `admin`
+//! (everything). Another submitter's batch or job answers NOT_FOUND, so a
+//! submitter cannot even learn that it exists.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tonic::Request;
+
+use crate::error::{CoordError, Result};
+use crate::secrets::SecretHash;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Submit,
+    Worker,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submit => "submit",
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Role, String> {
+        match text {
+            "submit" => Ok(Role::Submit),
+            "worker" => Ok(Role::Worker),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("`{other}` is not a role (submit, worker, admin)")),
+        }
+    }
+}
+
+/// An authenticated caller: the token's name and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The name every caller has while authentication is off.
+pub const LOCAL: &str = "local";
+
+impl Principal {
+    pub fn local() -> Principal {
+        Principal { name: LOCAL.into(), role: Role::Admin }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Whether this caller may see and act on something `owner` made.
+    pub fn owns(&self, owner: &str) -> bool {
+        self.is_admin() || self.name == owner
+    }
+}
+
+/// Which part of the API a call belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Submitting and following one's own batches: `submit` or `admin`.
+    Client,
+    /// The WorkerApi: `worker` or `admin`.
+    Worker,
+    /// The whole farm (e.g. every worker): `admin` only.
+    Admin,
+}
+
+impl Api {
+    fn allows(self, role: Role) -> bool {
+        matches!((self, role), (_, Role::Admin) | (Api::Client, Role::Submit) | (Api::Worker, Role::Worker))
+    }
+}
+
+/// A token as `token list` shows it (never the secret).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct TokenRow {
+    name: String,
+    role: Role,
+    hash: SecretHash,
+    revoked: bool,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+";
+
+/// The token table (`DATA_DIR/auth.sqlite`).
+pub struct TokenStore {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: impl fmt::Display) -> CoordError {
+    CoordError::Store(format!("auth.sqlite: {e}"))
+}
+
+fn now_ms() -> i64 {
+    crate::farm::now_ms()
+}
+
+impl TokenStore {
+    pub fn open(data_dir: &Path) -> Result<TokenStore> {
+        std::fs::create_dir_all(data_dir).map_err(db_err)?;
+        let conn = Connection::open(data_dir.join("auth.sqlite")).map_err(db_err)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;").map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(TokenStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a token; the only time its text exists is this return value.
+    pub fn create(&self, name: &str, role: Role) -> Result<String> {
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
+            return Err(CoordError::invalid("name", "1..=64 characters of a-z A-Z 0-9 - _ . @"));
+        }
+        if name == LOCAL {
+            return Err(CoordError::invalid("name", "`local` is the name of the unauthenticated caller"));
+        }
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        let conn = self.conn();
+        let taken: Option<String> = conn.query_row("SELECT id FROM tokens WHERE name = ?1", params![name], |r| r.get(0)).optional().map_err(db_err)?;
+        if taken.is_some() {
+            return Err(CoordError::FailedPrecondition(format!("a token named `{name}` exists (names are never reused, even after revocation)")));
+        }
+        conn.execute(
+            "INSERT INTO tokens (id, name, role, secret_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, role.as_str(), SecretHash::of(&secret).to_hex(), now_ms()],
+        )
+        .map_err(db_err)?;
+        Ok(format!("sf1_{id}_{secret}"))
+    }
+
+    pub fn list(&self) -> Result<Vec<TokenInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, role, created_ms, revoked_ms FROM tokens ORDER BY created_ms, name").map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok(TokenInfo { id: r.get(0)?, name: r.get(1)?, role: r.get(2)?, created_ms: r.get(3)?, revoked_ms: r.get(4)? }))
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// Revokes the token named `name`; false if it was revoked already.
+    pub fn revoke(&self, name: &str) -> Result<bool> {
+        let conn = self.conn();
+        let exists: Option<Option<i64>> =
+            conn.query_row("SELECT revoked_ms FROM tokens WHERE name = ?1", params![name], |r| r.get(0)).optional().map_err(db_err)?;
+        match exists {
+            None => Err(CoordError::not_found("token", name)),
+            Some(Some(_)) => Ok(false),
+            Some(None) => {
+                conn.execute("UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1", params![name, now_ms()]).map_err(db_err)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// `Some(rows)` if the table changed since `version` (another connection
+    /// committed), with the new version.
+    fn reload_if_changed(&self, version: i64) -> Result<Option<(i64, HashMap<String, TokenRow>)>> {
+        let conn = self.conn();
+        let now: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(db_err)?;
+        if now == version {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare("SELECT id, name, role, secret_sha256, revoked_ms FROM tokens").map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let role: String = r.get(2)?;
+                let hash: String = r.get(3)?;
+                let revoked: Option<i64> = r.get(4)?;
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, role, hash, revoked.is_some()))
+            })
+            .map_err(db_err)?;
+        let mut tokens = HashMap::new();
+        for row in rows {
+            let (id, name, role, hash, revoked) = row.map_err(db_err)?;
+            // a row this version cannot read is skipped (and so refused), never fatal
+            let Ok(role) = role.parse::<Role>() else {
+                tracing::warn!(token = %name, "token with an unknown role is ignored");
+                continue;
+            };
+            tokens.insert(id, TokenRow { name, role, hash: SecretHash::from_hex(&hash), revoked });
+        }
+        Ok(Some((now, tokens)))
+    }
+}
+
+struct Cache {
+    version: i64,
+    tokens: HashMap<String, TokenRow>,
+}
+
+/// Checks every call's credentials (and, under mutual TLS, a worker's certificate).
+pub struct Authenticator {
+    store: TokenStore,
+    required: bool,
+    workers_need_client_cert: bool,
+    cache: Mutex<Cache>,
+}
+
+impl Authenticator {
+    pub fn new(store: TokenStore, required: bool, workers_need_client_cert: bool) -> Authenticator {
+        Authenticator { store, required, workers_need_client_cert, cache: Mutex::new(Cache { version: -1, tokens: HashMap::new() }) }
+    }
+
+    /// Whether calls need a token now.
+    pub fn enforced(&self) -> Result<bool> {
+        let cache = self.refreshed()?;
+        Ok(self.required || !cache.tokens.is_empty())
+    }
+
+    fn refreshed(&self) -> Result<std::sync::MutexGuard<'_, Cache>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((version, tokens)) = self.store.reload_if_changed(cache.version)? {
+            cache.version = version;
+            cache.tokens = tokens;
+        }
+        Ok(cache)
+    }
+
+    /// The caller of `request`, allowed to use `api`.
+    pub fn authenticate<T>(&self, request: &Request<T>, api: Api) -> Result<Principal> {
+        if api == Api::Worker && self.workers_need_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(CoordError::Unauthenticated("the WorkerApi needs a client certificate (mutual TLS)".into()));
+        }
+        let principal = {
+            let cache = self.refreshed()?;
+            if !self.required && cache.tokens.is_empty() {
+                return Ok(Principal::local());
+            }
+            let header = request
+                .metadata()
+                .get("authorization")
+                .ok_or_else(|| CoordError::Unauthenticated("missing `authorization: Bearer TOKEN` metadata (--token-file or STYLEFARM_TOKEN)".into()))?;
+            let text = header.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?;
+            let token = text.strip_prefix("Bearer ").unwrap_or(text).trim();
+            let invalid = || CoordError::Unauthenticated("invalid or revoked token".into());
+            let (id, secret) = token.strip_prefix("sf1_").and_then(|rest| rest.split_once('_')).ok_or_else(invalid)?;
+            let row = cache.tokens.get(id).ok_or_else(invalid)?;
+            if !row.hash.verify(secret) || row.revoked {
+                return Err(invalid());
+            }
+            Principal { name: row.name.clone(), role: row.role }
+        };
+        if !api.allows(principal.role) {
+            tracing::warn!(principal = %principal.name, role = %principal.role, api = ?api, "call refused: wrong role");
+            return Err(CoordError::PermissionDenied(format!("`{}` has role {}, which may not call this", principal.name, principal.role)));
+        }
+        Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(t) = token {
+            r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn open_until_a_token_exists_then_roles_and_revocation_apply_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), false, false);
+        assert_eq!(auth.authenticate(&request(None), Api::Admin).unwrap(), Principal::local());
+        // another connection (as `token create` in another process) adds tokens
+        let cli = TokenStore::open(dir.path()).unwrap();
+        let alice = cli.create("alice", Role::Submit).unwrap();
+        let gpu = cli.create("gpu-07", Role::Worker).unwrap();
+        assert!(alice.starts_with("sf1_") && alice.len() >= 4 + 16 + 1 + 64);
+        assert!(cli.create("alice", Role::Admin).is_err(), "names are unique");
+        let e = auth.authenticate(&request(None), Api::Client).unwrap_err();
+        assert!(matches!(e, CoordError::Unauthenticated(_)), "{e}");
+        let p = auth.authenticate(&request(Some(&alice)), Api::Client).unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("alice", Role::Submit));
+        assert!(matches!(auth.authenticate(&request(Some(&alice)), Api::Worker), Err(CoordError::PermissionDenied(_))));
+        assert!(matches!(auth.authenticate(&request(Some(&gpu)), Api::Client), Err(CoordError::PermissionDenied(_))));
+        assert!(auth.authenticate(&request(Some(&gpu)), Api::Worker).is_ok());
+        let last = if alice.ends_with('0') { '1' } else { '0' };
+        let forged = format!("{}{last}", &alice[..alice.len() - 1]);
+        assert!(matches!(auth.authenticate(&request(Some(&forged)), Api::Client), Err(CoordError::Unauthenticated(_))));
+        assert!(matches!(auth.authenticate(&request(Some("sf1_nope")), Api::Client), Err(CoordError::Unauthenticated(_))));
+        assert!(cli.revoke("alice").unwrap());
+        assert!(!cli.revoke("alice").unwrap());
+        assert!(matches!(auth.authenticate(&request(Some(&alice)), Api::Client), Err(CoordError::Unauthenticated(_))));
+        cli.revoke("gpu-07").unwrap();
+        assert!(auth.enforced().unwrap(), "revoking every token does not open the coordinator");
+        let list = cli.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list.iter().all(|t| t.revoked_ms.is_some()));
+        let text = std::fs::read(dir.path().join("auth.sqlite")).unwrap();
+        let secret = alice.rsplit('_').next().unwrap();
+        assert!(!String::from_utf8_lossy(&text).contains(secret), "only hashes are stored");
+    }
+
+    #[test]
+    fn required_mode_refuses_everyone_without_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), true, false);
+        assert!(matches!(auth.authenticate(&request(None), Api::Client), Err(CoordError::Unauthenticated(_))));
+    }
+}

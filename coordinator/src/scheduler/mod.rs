@@ -1,0 +1,770 @@
+//! The live scheduling state, in memory, with every change described as store
+//! ops (made durable by the caller before it answers) and watch events.
+//!
+//! Order of service: highest priority first; within a priority, fair share
+//! between batches (the batch with the fewest running jobs goes next, the older
+//! batch on a tie); FIFO within a batch ([`queue`]). A job goes only to a device
+//! whose memory fits its estimate, and never to a worker that has failed that
+//! batch `worker_batch_failure_limit` times ([`workers`]). Leases expire unless
+//! heartbeats extend them ([`leases`]); an attempt that outlives the job's time
+//! limit is ended. A queued job that no connected device can fit says so, and
+//! fails with that reason after `unfit_grace_ms`.
+//!
+//! Memory stays bounded: a finished batch leaves memory once its end is
+//! committed (the store answers for it), request ids are kept for a window
+//! ([`requests`]), and workers unseen for `forget_workers_after_ms` are dropped.
+
+mod leases;
+mod queue;
+mod requests;
+mod workers;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use stylefarm_proto::JobProgress;
+
+use crate::auth::Principal;
+use crate::error::{CoordError, Result};
+use crate::ids::{BatchId, JobId, WorkerId};
+use crate::model::{
+    AfterFailure, Backoff, BatchRecord, CancelOutcome, Counts, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState, Millis, StateKind,
+    WorkerRecord,
+};
+use crate::secrets::{LeaseClaim, Secret};
+use crate::store::{ImageRecord, JobUpdate, Snapshot, StoreOp};
+use leases::LeaseClock;
+use queue::{PickRules, ReadyQueue};
+use requests::RequestIds;
+pub use workers::Registration;
+use workers::WorkerRegistry;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub lease_ttl_ms: Millis,
+    pub default_max_attempts: u32,
+    pub backoff: Backoff,
+    pub worker_batch_failure_limit: u32,
+    /// How long a queued job may wait while connected workers have no device
+    /// that fits it, before it fails with that reason.
+    pub unfit_grace_ms: Millis,
+    /// How long submit request ids are remembered in memory.
+    pub request_id_window_ms: Millis,
+    /// Workers unseen this long (running nothing) leave memory.
+    pub forget_workers_after_ms: Millis,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease_ttl_ms: 30_000,
+            default_max_attempts: 3,
+            backoff: Backoff { base_ms: 2_000, max_ms: 120_000 },
+            worker_batch_failure_limit: 3,
+            unfit_grace_ms: 600_000,
+            request_id_window_ms: 24 * 3_600_000,
+            forget_workers_after_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+/// What a watcher is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Queued,
+    Started,
+    Progress,
+    Succeeded,
+    Failed,
+    Cancelled,
+    BatchFinished,
+    Waiting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub batch: BatchId,
+    pub job: Option<JobId>,
+}
+
+/// The side effects of one scheduler call.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub ops: Vec<StoreOp>,
+    pub events: Vec<Event>,
+    /// Batches that finished: they leave memory once this is committed.
+    pub finished_batches: Vec<BatchId>,
+    /// New work became leasable: wake long-polling workers.
+    pub wake: bool,
+    /// Answer only after every earlier change is committed (even with no ops).
+    pub barrier: bool,
+}
+
+#[derive(Debug)]
+pub struct NewJob {
+    pub name: String,
+    pub content: ImageSource,
+    pub styles: Vec<ImageSource>,
+    pub params_json: String,
+    pub estimate_bytes: u64,
+    pub time_limit_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct NewBatch {
+    pub name: String,
+    pub priority: i32,
+    pub labels: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    pub request_id: Option<String>,
+    pub jobs: Vec<NewJob>,
+}
+
+#[derive(Debug)]
+pub struct Submitted {
+    pub batch: BatchId,
+    pub jobs: Vec<JobId>,
+    pub deduplicated: bool,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub job: JobRecord,
+    pub attempt: u32,
+    pub secret: Secret,
+}
+
+/// One job's part of a heartbeat.
+pub type Beat = (JobId, LeaseClaim, Option<JobProgress>);
+
+/// How a worker reports an attempt that did not succeed.
+#[derive(Debug, Clone)]
+pub struct AttemptFailure {
+    pub reason: String,
+    pub retryable: bool,
+    /// Stopped because a heartbeat said CANCEL.
+    pub cancelled: bool,
+    /// Handed back unfinished by a draining worker: not counted.
+    pub handed_back: bool,
+}
+
+/// How often the fit check runs.
+const FIT_CHECK_EVERY_MS: Millis = 1_000;
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    batches: BTreeMap<BatchId, BatchRecord>,
+    /// Largest estimate among each in-memory batch's jobs (the fit check skips
+    /// batches that fit).
+    batch_max_estimate: HashMap<BatchId, u64>,
+    /// Jobs of unfinished batches (finished ones are read from the store).
+    jobs: HashMap<JobId, JobRecord>,
+    /// Each in-memory batch's jobs, in index order.
+    members: HashMap<BatchId, Vec<JobId>>,
+    queue: ReadyQueue,
+    leases: LeaseClock,
+    workers: WorkerRegistry,
+    progress: HashMap<JobId, JobProgress>,
+    /// Queued jobs no connected device fits: why, and since when.
+    waiting: HashMap<JobId, (String, Millis)>,
+    last_fit_check: Millis,
+    request_ids: RequestIds,
+    images: HashSet<String>,
+    next_batch: i64,
+    next_job: i64,
+}
+
+struct Rules<'a> {
+    jobs: &'a HashMap<JobId, JobRecord>,
+    batches: &'a BTreeMap<BatchId, BatchRecord>,
+    workers: &'a WorkerRegistry,
+    worker: WorkerId,
+    limit: u32,
+    memory: u64,
+}
+
+impl PickRules for Rules<'_> {
+    fn eligible(&self, job: JobId) -> bool {
+        self.jobs.get(&job).is_some_and(|j| matches!(j.state, JobState::Queued { .. }) && (self.memory == 0 || j.estimate_bytes <= self.memory))
+    }
+    fn gone(&self, job: JobId) -> bool {
+        !matches!(self.jobs.get(&job).map(|j| &j.state), Some(JobState::Queued { .. }))
+    }
+    fn blocked(&self, batch: BatchId) -> bool {
+        self.workers.failures(self.worker, batch) >= self.limit
+    }
+    fn running(&self, batch: BatchId) -> u32 {
+        self.batches.get(&batch).map(|b| b.counts.running).unwrap_or(0)
+    }
+}
+
+impl Scheduler {
+    /// Resumes from the store's snapshot (unfinished batches only). Running
+    /// jobs keep their lease for one more TTL from `now`, so their workers can
+    /// reconnect and carry on.
+    pub fn restore(config: SchedulerConfig, snapshot: Snapshot, now: Millis) -> Scheduler {
+        let mut s = Scheduler {
+            request_ids: RequestIds::new(config.request_id_window_ms),
+            config,
+            batches: BTreeMap::new(),
+            batch_max_estimate: HashMap::new(),
+            jobs: HashMap::new(),
+            members: HashMap::new(),
+            queue: ReadyQueue::default(),
+            leases: LeaseClock::default(),
+            workers: WorkerRegistry::new(snapshot.next_worker),
+            progress: HashMap::new(),
+            waiting: HashMap::new(),
+            last_fit_check: now,
+            images: snapshot.images.into_iter().collect(),
+            next_batch: snapshot.next_batch,
+            next_job: snapshot.next_job,
+        };
+        for mut batch in snapshot.batches {
+            if batch.finished_ms.is_some() {
+                continue;
+            }
+            batch.counts = Counts::default();
+            if let Some(request_id) = &batch.request_id {
+                s.request_ids.insert(request_id.clone(), batch.id, batch.created_ms);
+            }
+            s.batches.insert(batch.id, batch);
+        }
+        for worker in snapshot.workers {
+            s.workers.restore(worker);
+        }
+        for (worker, batch, failures) in snapshot.failures {
+            if s.batches.contains_key(&batch) {
+                s.workers.restore_failures(worker, batch, failures);
+            }
+        }
+        for mut job in snapshot.jobs {
+            let Some(batch) = s.batches.get_mut(&job.batch) else { continue };
+            batch.counts.total += 1;
+            batch.counts.add(job.state.kind());
+            let max = s.batch_max_estimate.entry(job.batch).or_default();
+            *max = (*max).max(job.estimate_bytes);
+            match &mut job.state {
+                JobState::Queued { not_before_ms } if *not_before_ms > now => s.queue.delay(*not_before_ms, job.id),
+                JobState::Queued { .. } => s.queue.push_back(job.priority, job.batch, job.id),
+                JobState::Running { worker, lease_expires_ms, .. } => {
+                    *lease_expires_ms = now + s.config.lease_ttl_ms;
+                    s.leases.watch(job.id, job.attempt, *lease_expires_ms);
+                    s.workers.start(*worker, job.id);
+                }
+                _ => {}
+            }
+            s.members.entry(job.batch).or_default().push(job.id);
+            s.jobs.insert(job.id, job);
+        }
+        for members in s.members.values_mut() {
+            members.sort_by_key(|id| s.jobs[id].index);
+        }
+        s
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    // ------------------------------------------------------------ queries
+
+    /// An unfinished batch (finished ones live in the store).
+    pub fn batch(&self, id: BatchId) -> Option<&BatchRecord> {
+        self.batches.get(&id)
+    }
+
+    /// The job if it is in memory (its batch is unfinished).
+    pub fn job(&self, id: JobId) -> Option<&JobRecord> {
+        self.jobs.get(&id)
+    }
+
+    /// The batch's jobs if they are in memory, in index order.
+    pub fn batch_jobs(&self, id: BatchId) -> Option<Vec<&JobRecord>> {
+        let batch = self.batches.get(&id)?;
+        if batch.finished_ms.is_some() {
+            return None;
+        }
+        let members = self.members.get(&id)?;
+        Some(members.iter().filter_map(|j| self.jobs.get(j)).collect())
+    }
+
+    pub fn progress(&self, id: JobId) -> Option<&JobProgress> {
+        self.progress.get(&id)
+    }
+
+    pub fn waiting_reason(&self, id: JobId) -> Option<&str> {
+        self.waiting.get(&id).map(|(r, _)| r.as_str())
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.workers.all()
+    }
+
+    pub fn worker(&self, id: WorkerId) -> Option<&WorkerRecord> {
+        self.workers.get(id)
+    }
+
+    pub fn running_jobs_of(&self, worker: WorkerId) -> Vec<JobId> {
+        self.workers.running_jobs(worker)
+    }
+
+    pub fn has_image(&self, sha256: &str) -> bool {
+        self.images.contains(sha256)
+    }
+
+    pub fn batch_for_request(&self, request_id: &str) -> Option<BatchId> {
+        self.request_ids.get(request_id)
+    }
+
+    /// Whether `worker` has failed `batch` too often to get more of its jobs.
+    pub fn is_blocked(&self, worker: WorkerId, batch: BatchId) -> bool {
+        self.workers.failures(worker, batch) >= self.config.worker_batch_failure_limit
+    }
+
+    /// Sizes of the in-memory indexes (the soak benchmark prints them).
+    pub fn sizes(&self) -> String {
+        format!(
+            "batches={} jobs={} progress={} waiting={} request_ids={} workers={} leases={}",
+            self.batches.len(),
+            self.jobs.len(),
+            self.progress.len(),
+            self.waiting.len(),
+            self.request_ids.len(),
+            self.workers.len(),
+            self.leases.len()
+        )
+    }
+
+    // ------------------------------------------------------------ changes
+
+    pub fn add_image(&mut self, image: ImageRecord, fx: &mut Effects) -> bool {
+        if !self.images.insert(image.sha256.clone()) {
+            return false;
+        }
+        fx.ops.push(StoreOp::InsertImage(image));
+        true
+    }
+
+    /// A new batch owned by `owner`, or (same request id as a batch still
+    /// remembered) that batch again, answered once it is committed.
+    pub fn submit(&mut self, new: NewBatch, owner: &str, now: Millis, fx: &mut Effects, trace_id: &mut dyn FnMut() -> String) -> Submitted {
+        if let Some(batch) = new.request_id.as_deref().and_then(|r| self.request_ids.get(r)) {
+            let jobs = self.batch_jobs(batch).map(|js| js.iter().map(|j| j.id).collect()).unwrap_or_default();
+            fx.barrier = true;
+            return Submitted { batch, jobs, deduplicated: true };
+        }
+        let id = BatchId(self.next_batch);
+        self.next_batch += 1;
+        let max_attempts = if new.max_attempts == 0 { self.config.default_max_attempts } else { new.max_attempts };
+        let mut batch = BatchRecord {
+            id,
+            name: new.name,
+            priority: new.priority,
+            labels: new.labels,
+            max_attempts,
+            request_id: new.request_id,
+            created_ms: now,
+            finished_ms: None,
+            cancel_requested: false,
+            counts: Counts::default(),
+            started: false,
+            started_ms: None,
+            owner: owner.to_string(),
+        };
+        fx.ops.push(StoreOp::InsertBatch(batch.clone()));
+        let mut ids = Vec::with_capacity(new.jobs.len());
+        let mut max_estimate = 0;
+        for (index, spec) in new.jobs.into_iter().enumerate() {
+            let job = JobRecord {
+                id: JobId(self.next_job),
+                batch: id,
+                index: index as u32,
+                name: spec.name,
+                priority: batch.priority,
+                content: spec.content,
+                styles: spec.styles,
+                params_json: spec.params_json,
+                estimate_bytes: spec.estimate_bytes,
+                max_attempts,
+                attempt: 0,
+                handed_back: 0,
+                time_limit_ms: spec.time_limit_ms,
+                state: JobState::Queued { not_before_ms: now },
+                last_failure: None,
+                created_ms: now,
+                started_ms: None,
+                finished_ms: None,
+                trace_id: trace_id(),
+            };
+            self.next_job += 1;
+            max_estimate = max_estimate.max(job.estimate_bytes);
+            batch.counts.total += 1;
+            batch.counts.queued += 1;
+            self.queue.push_back(batch.priority, id, job.id);
+            ids.push(job.id);
+            fx.ops.push(StoreOp::InsertJob(Box::new(job.clone())));
+            self.jobs.insert(job.id, job);
+        }
+        if let Some(request_id) = &batch.request_id {
+            self.request_ids.insert(request_id.clone(), id, now);
+        }
+        self.batch_max_estimate.insert(id, max_estimate);
+        self.members.insert(id, ids.clone());
+        self.batches.insert(id, batch);
+        fx.wake = true;
+        Submitted { batch: id, jobs: ids, deduplicated: false }
+    }
+
+    /// Registers a worker for `caller`; see [`WorkerRegistry::register`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn register_worker(
+        &mut self,
+        existing: Option<(WorkerId, String)>,
+        caller: &Principal,
+        name: String,
+        devices: Vec<DeviceRecord>,
+        version: String,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<Registration> {
+        let existing = existing.as_ref().map(|(id, secret)| (*id, secret.as_str()));
+        let registration = self.workers.register(existing, &caller.name, name, devices, version, now)?;
+        fx.ops.push(StoreOp::UpsertWorker(registration.record.clone()));
+        Ok(registration)
+    }
+
+    /// The next job for an idle device of `worker` (memory 0 = do not match).
+    pub fn lease(&mut self, worker: WorkerId, caller: &Principal, device_memory: u64, now: Millis, fx: &mut Effects) -> Result<Option<Grant>> {
+        self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
+        self.release_delayed(now, fx);
+        let rules = Rules {
+            jobs: &self.jobs,
+            batches: &self.batches,
+            workers: &self.workers,
+            worker,
+            limit: self.config.worker_batch_failure_limit,
+            memory: device_memory,
+        };
+        let Some((priority, batch, job_id)) = self.queue.pick(&rules) else {
+            return Ok(None);
+        };
+        let ttl = self.config.lease_ttl_ms;
+        let job = self.jobs.get_mut(&job_id).ok_or_else(|| CoordError::Internal(format!("picked job {job_id} is not in memory")))?;
+        let (attempt, secret) = job.lease(worker, now, ttl)?;
+        let grant = Grant { job: job.clone(), attempt, secret };
+        self.queue.remove(priority, batch, job_id);
+        self.leases.watch(job_id, attempt, now + ttl);
+        self.workers.start(worker, job_id);
+        self.waiting.remove(&job_id);
+        let batch_record = self.batches.get_mut(&batch).ok_or_else(|| CoordError::Internal(format!("job {job_id} has no batch")))?;
+        batch_record.counts.moved(StateKind::Queued, StateKind::Running);
+        if !batch_record.started {
+            batch_record.started = true;
+            batch_record.started_ms = Some(now);
+            fx.ops.push(StoreOp::StartBatch { id: batch, started_ms: now });
+        }
+        fx.ops.push(StoreOp::UpdateJob(JobUpdate::of(&grant.job)));
+        fx.events.push(Event { kind: EventKind::Started, batch, job: Some(job_id) });
+        Ok(Some(grant))
+    }
+
+    /// Progress in, verdicts out; the lease of every live attempt is extended.
+    pub fn heartbeat(
+        &mut self,
+        worker: WorkerId,
+        caller: &Principal,
+        beats: Vec<Beat>,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<Vec<(JobId, u32, HeartbeatVerdict)>> {
+        self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
+        let ttl = self.config.lease_ttl_ms;
+        let mut verdicts = Vec::with_capacity(beats.len());
+        for (job_id, claim, progress) in beats {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                verdicts.push((job_id, claim.attempt, HeartbeatVerdict::LeaseLost));
+                continue;
+            };
+            let verdict = job.heartbeat(worker, &claim, now, ttl);
+            if verdict != HeartbeatVerdict::LeaseLost {
+                if let Some(progress) = progress {
+                    self.progress.insert(job_id, progress);
+                    fx.events.push(Event { kind: EventKind::Progress, batch: job.batch, job: Some(job_id) });
+                }
+            }
+            verdicts.push((job_id, claim.attempt, verdict));
+        }
+        Ok(verdicts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn complete(
+        &mut self,
+        worker: WorkerId,
+        caller: &Principal,
+        job_id: JobId,
+        claim: &LeaseClaim,
+        outputs: JobOutputs,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
+        let job = self.jobs.get_mut(&job_id).ok_or_else(|| stale_or_missing(job_id, claim.attempt))?;
+        job.complete(worker, claim, outputs, now)?;
+        if let Some(record) = self.workers.get_mut(worker) {
+            record.succeeded += 1;
+            fx.ops.push(StoreOp::UpsertWorker(record.clone()));
+        }
+        self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn fail(
+        &mut self,
+        worker: WorkerId,
+        caller: &Principal,
+        job_id: JobId,
+        claim: &LeaseClaim,
+        failure: AttemptFailure,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<AfterFailure> {
+        self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
+        let backoff = self.config.backoff;
+        let job = self.jobs.get_mut(&job_id).ok_or_else(|| stale_or_missing(job_id, claim.attempt))?;
+        let after = if failure.handed_back {
+            job.hand_back(worker, claim, now)?
+        } else {
+            job.fail(worker, claim, (failure.reason, failure.retryable), failure.cancelled, now, backoff)?
+        };
+        let batch = job.batch;
+        if after != AfterFailure::Cancelled && !failure.handed_back {
+            self.count_failure(worker, batch, fx);
+        }
+        self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
+        Ok(after)
+    }
+
+    fn count_failure(&mut self, worker: WorkerId, batch: BatchId, fx: &mut Effects) {
+        let failures = self.workers.count_failure(worker, batch);
+        fx.ops.push(StoreOp::CountFailure { worker, batch, failures });
+        if failures == self.config.worker_batch_failure_limit {
+            tracing::warn!(worker_id = %worker, batch_id = %batch, failures, "worker blocked from the batch");
+        }
+        if let Some(record) = self.workers.get_mut(worker) {
+            record.failed += 1;
+            fx.ops.push(StoreOp::UpsertWorker(record.clone()));
+        }
+    }
+
+    /// Cancels the batch: queued jobs at once, running ones at their next heartbeat.
+    pub fn cancel_batch(&mut self, id: BatchId, now: Millis, fx: &mut Effects) -> Result<(u32, u32)> {
+        let batch = self.batches.get_mut(&id).ok_or_else(|| CoordError::not_found("batch", id))?;
+        if batch.finished_ms.is_some() {
+            return Ok((0, 0));
+        }
+        if !batch.cancel_requested {
+            batch.cancel_requested = true;
+            fx.ops.push(StoreOp::CancelBatch(id));
+        }
+        let priority = batch.priority;
+        let job_ids = self.members.get(&id).cloned().unwrap_or_default();
+        let (mut cancelled, mut signalled) = (0, 0);
+        for job_id in job_ids {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            match job.cancel(now) {
+                CancelOutcome::CancelledNow => {
+                    cancelled += 1;
+                    self.after_attempt(job_id, None, StateKind::Queued, now, fx);
+                }
+                CancelOutcome::Signalled => {
+                    signalled += 1;
+                    fx.ops.push(StoreOp::UpdateJob(JobUpdate::of(job)));
+                }
+                CancelOutcome::AlreadyFinished => {}
+            }
+        }
+        self.queue.remove_batch(priority, id);
+        fx.barrier = true;
+        Ok((cancelled, signalled))
+    }
+
+    /// Expires overdue leases, ends attempts past their time limit, releases
+    /// jobs whose backoff is over, checks that queued jobs fit some device, and
+    /// forgets what the windows say to.
+    pub fn tick(&mut self, now: Millis, fx: &mut Effects) {
+        let backoff = self.config.backoff;
+        for (job_id, attempt) in self.leases.due(now) {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            if job.attempt != attempt {
+                continue;
+            }
+            let (worker, expires) = match &job.state {
+                JobState::Running { worker, lease_expires_ms, .. } => (*worker, *lease_expires_ms),
+                _ => continue,
+            };
+            if expires > now {
+                self.leases.watch(job_id, attempt, expires);
+                continue;
+            }
+            let Some(after) = job.expire(now, backoff) else { continue };
+            let batch = job.batch;
+            tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "lease expired");
+            if after != AfterFailure::Cancelled {
+                self.count_failure(worker, batch, fx);
+            }
+            self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
+        }
+        let over: Vec<JobId> = self.workers.all_running().filter(|j| self.jobs.get(j).is_some_and(|j| j.over_time(now))).collect();
+        for job_id in over {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            let worker = job.running_worker();
+            let Some(after) = job.time_out(now, backoff) else { continue };
+            tracing::warn!(job_id = %job_id, worker_id = ?worker, time_limit_ms = job.time_limit_ms, outcome = ?after, "attempt exceeded its time limit");
+            self.after_attempt(job_id, worker, StateKind::Running, now, fx);
+        }
+        self.release_delayed(now, fx);
+        if now - self.last_fit_check >= FIT_CHECK_EVERY_MS {
+            self.last_fit_check = now;
+            self.check_fit(now, fx);
+            self.request_ids.expire(now);
+            for id in self.workers.forget_idle(now - self.config.forget_workers_after_ms) {
+                tracing::info!(worker_id = %id, "worker unseen for too long: forgotten (kept in the store)");
+            }
+        }
+    }
+
+    /// Marks queued jobs that no connected worker's device can fit (and fails
+    /// those that waited longer than the grace period); clears the mark when
+    /// such a device shows up.
+    fn check_fit(&mut self, now: Millis, fx: &mut Effects) {
+        let largest = self.workers.largest_device(now - self.config.lease_ttl_ms);
+        let mut unfit = Vec::new();
+        if let Some(largest) = largest {
+            for (batch, entries) in self.queue.batches() {
+                if self.batch_max_estimate.get(&batch).is_none_or(|&m| m <= largest) {
+                    continue;
+                }
+                for id in entries {
+                    if let Some(job) = self.jobs.get(id).filter(|j| matches!(j.state, JobState::Queued { .. }) && j.estimate_bytes > largest) {
+                        unfit.push((job.id, job.batch, job.estimate_bytes));
+                    }
+                }
+            }
+        }
+        let unfit_ids: HashSet<JobId> = unfit.iter().map(|(id, _, _)| *id).collect();
+        let cleared: Vec<JobId> = self.waiting.keys().filter(|id| !unfit_ids.contains(id)).copied().collect();
+        for id in cleared {
+            self.waiting.remove(&id);
+            if let Some(job) = self.jobs.get(&id).filter(|j| matches!(j.state, JobState::Queued { .. })) {
+                fx.events.push(Event { kind: EventKind::Waiting, batch: job.batch, job: Some(id) });
+            }
+        }
+        let Some(largest) = largest else { return };
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        for (id, batch, estimate) in unfit {
+            let reason = format!(
+                "no connected worker has a device that fits it: it needs about {:.1} GiB, the largest device has {:.1} GiB",
+                gib(estimate),
+                gib(largest)
+            );
+            let since = match self.waiting.get(&id) {
+                Some((_, since)) => *since,
+                None => {
+                    fx.events.push(Event { kind: EventKind::Waiting, batch, job: Some(id) });
+                    now
+                }
+            };
+            self.waiting.insert(id, (reason.clone(), since));
+            if now - since >= self.config.unfit_grace_ms {
+                let Some(job) = self.jobs.get_mut(&id) else { continue };
+                if job.fail_queued(format!("{reason} (waited {} s)", (now - since) / 1000), now) {
+                    self.waiting.remove(&id);
+                    self.after_attempt(id, None, StateKind::Queued, now, fx);
+                }
+            }
+        }
+    }
+
+    fn release_delayed(&mut self, now: Millis, fx: &mut Effects) {
+        for job_id in self.queue.due(now) {
+            let Some(job) = self.jobs.get(&job_id) else { continue };
+            if !matches!(job.state, JobState::Queued { .. }) {
+                continue;
+            }
+            self.queue.push_front(job.priority, job.batch, job_id);
+            fx.wake = true;
+        }
+    }
+
+    /// Bookkeeping after a job left `from`: counts, queues, worker sets, the
+    /// store op, the event, and the batch's end.
+    fn after_attempt(&mut self, job_id: JobId, worker: Option<WorkerId>, from: StateKind, now: Millis, fx: &mut Effects) {
+        let Some(job) = self.jobs.get(&job_id) else { return };
+        let to = job.state.kind();
+        let batch_id = job.batch;
+        if let (StateKind::Running, Some(worker)) = (from, worker) {
+            self.workers.stop(worker, job_id);
+        }
+        if let JobState::Queued { not_before_ms } = job.state {
+            if not_before_ms <= now {
+                self.queue.push_front(job.priority, job.batch, job_id);
+                fx.wake = true;
+            } else {
+                self.queue.delay(not_before_ms, job_id);
+            }
+        }
+        fx.ops.push(StoreOp::UpdateJob(JobUpdate::of(job)));
+        if to.is_terminal() {
+            self.progress.remove(&job_id);
+            self.waiting.remove(&job_id);
+        }
+        let kind = match to {
+            StateKind::Queued => EventKind::Queued,
+            StateKind::Running => EventKind::Started,
+            StateKind::Succeeded => EventKind::Succeeded,
+            StateKind::Failed => EventKind::Failed,
+            StateKind::Cancelled => EventKind::Cancelled,
+        };
+        fx.events.push(Event { kind, batch: batch_id, job: Some(job_id) });
+        let Some(batch) = self.batches.get_mut(&batch_id) else { return };
+        batch.counts.moved(from, to);
+        if batch.counts.finished() && batch.finished_ms.is_none() {
+            batch.finished_ms = Some(now);
+            fx.ops.push(StoreOp::FinishBatch { id: batch_id, finished_ms: now, counts: batch.counts.clone(), started: batch.started });
+            fx.events.push(Event { kind: EventKind::BatchFinished, batch: batch_id, job: None });
+            fx.finished_batches.push(batch_id);
+            tracing::info!(batch_id = %batch_id, counts = ?batch.counts, "batch finished");
+        }
+    }
+
+    /// Drops a finished batch from memory (call once its end is committed).
+    pub fn evict_batch(&mut self, id: BatchId) {
+        if self.batches.get(&id).is_some_and(|b| b.finished_ms.is_some()) {
+            self.batches.remove(&id);
+            self.batch_max_estimate.remove(&id);
+            self.workers.forget_batch(id);
+            for job in self.members.remove(&id).unwrap_or_default() {
+                self.jobs.remove(&job);
+                self.progress.remove(&job);
+                self.waiting.remove(&job);
+            }
+        }
+    }
+}
+
+impl StateKind {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StateKind::Succeeded | StateKind::Failed | StateKind::Cancelled)
+    }
+}
+
+fn stale_or_missing(job: JobId, attempt: u32) -> CoordError {
+    CoordError::StaleAttempt { job: job.to_string(), attempt, reason: "the job is finished or unknown".into() }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,121 @@
+//! Secrets as types: a [`Secret`] is handed out once (a lease secret, a
+//! worker's registration secret, an API token's secret part) and never logged;
+//! only its [`SecretHash`] is kept, and a presented secret is checked against
+//! it in constant time.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// 128 random bits, as 32 hex digits on the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn generate() -> Secret {
+        Secret(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// The secret's text, to hand to its holder (never to a log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn hash(&self) -> SecretHash {
+        SecretHash::of(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// SHA-256 of a secret (the secrets are random, so no slow hash is needed).
+/// The zero hash (`SecretHash::default()`) matches nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct SecretHash([u8; 32]);
+
+impl SecretHash {
+    pub fn of(secret: &str) -> SecretHash {
+        SecretHash(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Constant-time check of a presented secret.
+    pub fn verify(&self, presented: &str) -> bool {
+        if self.0 == [0; 32] {
+            return false;
+        }
+        let other = SecretHash::of(presented);
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex digits; anything else is the zero hash (matches nothing).
+    pub fn from_hex(text: &str) -> SecretHash {
+        let mut out = [0u8; 32];
+        match hex::decode_to_slice(text, &mut out) {
+            Ok(()) => SecretHash(out),
+            Err(_) => SecretHash::default(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+impl Serialize for SecretHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretHash, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(SecretHash::from_hex(&text))
+    }
+}
+
+/// What a worker presents about a job it holds: the fencing token (the attempt
+/// number, which only grows) and the lease's secret.
+#[derive(Debug, Clone)]
+pub struct LeaseClaim {
+    pub attempt: u32,
+    pub secret: String,
+}
+
+impl LeaseClaim {
+    pub fn new(attempt: u32, secret: impl Into<String>) -> LeaseClaim {
+        LeaseClaim { attempt, secret: secret.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_verify_only_themselves_and_never_print() {
+        let s = Secret::generate();
+        assert_eq!(s.expose().len(), 32);
+        let h = s.hash();
+        assert!(h.verify(s.expose()));
+        assert!(!h.verify(&Secret::generate().0));
+        assert!(!h.verify(""));
+        assert!(!SecretHash::default().verify(""), "the zero hash matches nothing");
+        assert_eq!(SecretHash::from_hex(&h.to_hex()), h);
+        assert_eq!(SecretHash::from_hex("zz"), SecretHash::default());
+        assert!(!format!("{s:?} {h:?}").contains(s.expose()));
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<SecretHash>(&json).unwrap(), h);
+    }
+}

@@ -1,0 +1,115 @@
+//! The one policy for what a job may point a worker at, shared by the
+//! coordinator (checked at submit) and the storage layer (which schemes it
+//! opens): the URL schemes the farm knows, which of them a user may name, and
+//! the caps on what a worker downloads.
+//!
+//! A user's input is an upload (kept in the coordinator's store) or an object
+//! inside the coordinator's store URL; anything else (`file://` elsewhere,
+//! `http(s)://`, another bucket) is refused unless the operator allowlisted a
+//! prefix. Weights come from what the operator configured, never from a URL a
+//! user typed.
+
+use url::Url;
+
+/// Every scheme the storage layer opens.
+pub const STORE_SCHEMES: [&str; 11] = ["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory", "http", "https"];
+
+/// Largest input image a worker downloads unless configured otherwise (bytes).
+pub const DEFAULT_MAX_INPUT_BYTES: u64 = 64 << 20;
+
+/// Largest weights file a worker downloads from an operator-configured URL (bytes).
+pub const MAX_WEIGHTS_BYTES: u64 = 2 << 30;
+
+/// Whether the storage layer knows `scheme`.
+pub fn known_scheme(scheme: &str) -> bool {
+    STORE_SCHEMES.contains(&scheme)
+}
+
+/// Which input URLs a user may submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputPolicy {
+    /// Prefixes (as normalised URLs ending in `/`): the store's own, then the
+    /// operator's allowlist.
+    allowed: Vec<String>,
+}
+
+impl InputPolicy {
+    /// `store_url` is the coordinator's store; `extra` the operator's allowlist.
+    pub fn new(store_url: &str, extra: &[String]) -> Result<InputPolicy, String> {
+        let mut allowed = Vec::with_capacity(1 + extra.len());
+        for prefix in std::iter::once(store_url).chain(extra.iter().map(String::as_str)) {
+            allowed.push(normalise_prefix(prefix)?);
+        }
+        Ok(InputPolicy { allowed })
+    }
+
+    /// The prefixes a user's URL must start with.
+    pub fn allowed(&self) -> &[String] {
+        &self.allowed
+    }
+
+    /// Checks a user-supplied input URL; the error says why and what is allowed.
+    pub fn check(&self, text: &str) -> Result<(), String> {
+        let url = Url::parse(text).map_err(|e| format!("`{text}`: {e}"))?;
+        if !known_scheme(url.scheme()) {
+            return Err(format!("scheme `{}` is not one the farm reads ({})", url.scheme(), STORE_SCHEMES.join(", ")));
+        }
+        if url.path().split('/').any(|s| s == ".." || s == "." || s.contains("%2e%2e") || s.contains("%2E%2E")) {
+            return Err(format!("`{text}` contains a `..` or `.` path segment"));
+        }
+        if url.username() != "" || url.password().is_some() {
+            return Err(format!("`{text}` carries credentials; the farm uses its own"));
+        }
+        let normal = url.as_str();
+        if self.allowed.iter().any(|prefix| normal.starts_with(prefix.as_str())) {
+            return Ok(());
+        }
+        Err(format!(
+            "`{text}` is outside the coordinator's store and the operator's allowlist: upload the file, or use a URL under {}",
+            self.allowed.join(" or ")
+        ))
+    }
+}
+
+/// A prefix as a parsed, normalised URL that ends in `/` (so `s3://b/in`
+/// does not allow `s3://b/input-secret`).
+fn normalise_prefix(text: &str) -> Result<String, String> {
+    let url = Url::parse(text).map_err(|e| format!("allowlisted prefix `{text}`: {e}"))?;
+    if !known_scheme(url.scheme()) {
+        return Err(format!("allowlisted prefix `{text}`: unknown scheme `{}`", url.scheme()));
+    }
+    let mut s = url.as_str().to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_store_and_allowlisted_prefixes_pass() {
+        let p = InputPolicy::new("file:///data/objects", &["s3://photos/in".into()]).unwrap();
+        assert!(p.check("file:///data/objects/images/a.png").is_ok());
+        assert!(p.check("s3://photos/in/cat.jpg").is_ok());
+        for bad in [
+            "file:///etc/passwd",
+            "file:///data/objects-other/x.png",
+            "file:///data/objects/../../etc/passwd",
+            "https://example.com/a.png",
+            "http://169.254.169.254/latest/meta-data",
+            "s3://photos/input-secret/a.png",
+            "s3://other-bucket/in/a.png",
+            "ftp://x/y.png",
+            "not a url",
+        ] {
+            let e = p.check(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        let e = p.check("https://example.com/a.png").unwrap_err();
+        assert!(e.contains("upload the file") && e.contains("file:///data/objects/"), "{e}");
+        assert!(InputPolicy::new("ftp://x", &[]).is_err());
+    }
+}
