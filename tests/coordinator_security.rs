@@ -497,7 +497,7 @@ async fn random_well_formed_messages_break_nothing() {
                 r.job_time_limit_s = n;
                 client.submit_batch(r).await.map(|_| ())
             }
-            1 => client.get_batch(pb::GetBatchRequest { batch_id: s, include_jobs: n % 2 == 0 }).await.map(|_| ()),
+            1 => client.get_batch(pb::GetBatchRequest { batch_id: s, include_jobs: n.is_multiple_of(2) }).await.map(|_| ()),
             2 => client.list_batches(pb::ListBatchesRequest { page_size: n % 3000, page_token: s, states: vec![(n % 9) as i32] }).await.map(|_| ()),
             3 => client.cancel_batch(pb::CancelBatchRequest { batch_id: s }).await.map(|_| ()),
             4 => client.get_job(pb::GetJobRequest { job_id: s }).await.map(|_| ()),
@@ -543,7 +543,7 @@ async fn random_well_formed_messages_break_nothing() {
                     job_id: s,
                     attempt: n,
                     reason: "r".repeat((n % 10_000) as usize),
-                    handed_back: n % 2 == 0,
+                    handed_back: n.is_multiple_of(2),
                     ..Default::default()
                 })
                 .await

@@ -87,7 +87,7 @@ fn coarse_to_fine_runs_every_scale_and_ends_at_full_size() {
     assert_eq!(scales.iter().filter(|s| s.0 == 0).count(), 31);
     assert_eq!(scales.iter().filter(|s| **s == (1, 96)).count(), 7);
     assert_eq!(out.trace.first().unwrap().size, 48);
-    let coarse_end = out.trace.iter().filter(|r| r.scale == 0).last().unwrap().total;
+    let coarse_end = out.trace.iter().rfind(|r| r.scale == 0).unwrap().total;
     assert!(coarse_end < 0.5 * out.trace[0].total, "the coarse scale converged some way");
     // the fine scale starts from the upsampled coarse result, not from noise: its
     // first loss is below that of a single-scale run's noise start at the same size

@@ -246,7 +246,7 @@ fn finish(cli: &Cli, batch: pb::Batch) -> Result<()> {
 }
 
 fn batch_json(b: &pb::Batch) -> serde_json::Value {
-    let c = b.counts.clone().unwrap_or_default();
+    let c = b.counts.unwrap_or_default();
     serde_json::json!({
         "id": b.id, "name": b.name, "state": watch::batch_state_name(b.state), "priority": b.priority, "labels": b.labels,
         "created_at_ms": b.created_at_ms, "finished_at_ms": b.finished_at_ms,
@@ -300,7 +300,7 @@ async fn status(cli: &Cli, id: &str) -> Result<()> {
     if cli.json {
         return print_json(&serde_json::json!({"batch": batch_json(&batch), "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>()}));
     }
-    let c = batch.counts.clone().unwrap_or_default();
+    let c = batch.counts.unwrap_or_default();
     println!(
         "batch {} {:?} [{}] priority {}: {} jobs ({} queued, {} running, {} succeeded, {} failed, {} cancelled)",
         batch.id,
@@ -358,13 +358,13 @@ async fn list(cli: &Cli, states: &[String], limit: u32) -> Result<()> {
         return print_json(&batches.iter().map(batch_json).collect::<Vec<_>>());
     }
     for b in &batches {
-        let c = b.counts.clone().unwrap_or_default();
+        let c = b.counts.unwrap_or_default();
         println!("{:<8} {:<10} {:>6} jobs {:>6} done {:>4} failed  {}", b.id, watch::batch_state_name(b.state), c.total, c.succeeded, c.failed, b.name);
     }
     Ok(())
 }
 
-async fn fetch(cli: &Cli, batch: &str, out: &PathBuf) -> Result<()> {
+async fn fetch(cli: &Cli, batch: &str, out: &std::path::Path) -> Result<()> {
     let mut client = connect(cli).await?;
     let response = client.get_batch(pb::GetBatchRequest { batch_id: batch.to_string(), include_jobs: true }).await?.into_inner();
     let mut fetched = Vec::new();

@@ -38,7 +38,7 @@ pub fn job_state_name(state: i32) -> &'static str {
 }
 
 fn counts_line(batch: &pb::Batch) -> String {
-    let c = batch.counts.clone().unwrap_or_default();
+    let c = batch.counts.unwrap_or_default();
     format!(
         "batch {} [{}]: {} jobs, {} queued, {} running, {} succeeded, {} failed, {} cancelled",
         batch.id,

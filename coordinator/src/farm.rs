@@ -296,7 +296,13 @@ impl Farm {
                 if farm.fatal.borrow().is_some() {
                     return;
                 }
-                if let Err(e) = farm.apply(|s, fx, now| Ok(s.tick(now, fx))).await {
+                if let Err(e) = farm
+                    .apply(|s, fx, now| {
+                        s.tick(now, fx);
+                        Ok(())
+                    })
+                    .await
+                {
                     tracing::error!(error = %e, "scheduler tick failed");
                 }
             }

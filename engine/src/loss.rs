@@ -135,7 +135,7 @@ impl StyleObjective {
                 ContentLoss::Sum => diff_sq.f_sum(image.kind())?,
                 ContentLoss::Mse => diff_sq.f_mean(image.kind())?,
             };
-            content = content + term;
+            content += term;
         }
         let content = content * self.content_weight;
         let pixels = (self.height * self.width) as f64;
@@ -147,7 +147,7 @@ impl StyleObjective {
                 StyleLoss::Keras => diff_sq.f_sum(image.kind())?.f_div_scalar(4.0 * 9.0 * pixels * pixels)?,
                 StyleLoss::Mse => diff_sq.f_mean(image.kind())?,
             };
-            style = style + term * *weight;
+            style += term * *weight;
         }
         let tv = if self.tv_weight == 0.0 { zero() } else { total_variation(image, self.tv_exponent)? * self.tv_weight };
         let total = &content + &style + &tv;

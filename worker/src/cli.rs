@@ -26,7 +26,7 @@ pub enum Command {
         action: WeightsAction,
     },
     /// Time one loss+gradient evaluation against the in-repo eager PyTorch reference.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Subcommand, Debug)]

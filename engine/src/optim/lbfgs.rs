@@ -213,7 +213,7 @@ impl Lbfgs {
         let d = self.direction(&grad)?;
         match &mut self.prev_grad {
             Some(prev) => {
-                let _ = prev.f_copy_(&grad)?;
+                prev.f_copy_(&grad)?;
             }
             None => self.prev_grad = Some(grad.copy()),
         }
@@ -252,8 +252,8 @@ impl Lbfgs {
     fn after_step(&mut self, values: Option<&Tensor>, grad: &Tensor, d: &Tensor, gtd: &Tensor) -> Result<(Vec<f64>, usize)> {
         let (mut y, mut s) = self.spare_or_new();
         let prev = self.prev_grad.as_ref().expect("set before stepping");
-        let _ = y.f_copy_(&grad.f_sub(prev)?)?;
-        let _ = s.f_copy_(&d.f_mul_scalar(self.t)?)?;
+        y.f_copy_(&grad.f_sub(prev)?)?;
+        s.f_copy_(&d.f_mul_scalar(self.t)?)?;
         let ys = y.f_dot(&s)?;
         let yy = y.f_dot(&y)?;
         let tail = [grad.abs().max(), s.abs().max(), ys.shallow_clone(), yy.shallow_clone(), gtd.shallow_clone()];

@@ -57,7 +57,8 @@ pub struct Report {
     pub stop: Option<StopReason>,
 }
 
-/// One optimiser, either kind.
+/// One optimiser, either kind (one per render: the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum AnyOptimizer {
     Lbfgs(Lbfgs),
     Adam(Adam),

@@ -64,7 +64,7 @@ impl RunningJob {
     /// The heartbeat's view: rows since the last one, the latest row.
     pub fn take_progress(&self) -> Option<pb::JobProgress> {
         let mut shared = self.shared.lock().expect("progress lock");
-        let latest = shared.latest.clone()?;
+        let latest = shared.latest?;
         let rows = std::mem::take(&mut shared.pending);
         Some(pb::JobProgress {
             iteration: latest.iteration,
@@ -99,7 +99,7 @@ impl Progress for FarmProgress {
     fn on_row(&mut self, row: &TraceRow) {
         let mut shared = self.job.shared.lock().expect("progress lock");
         let row = loss_row(row);
-        shared.latest = Some(row.clone());
+        shared.latest = Some(row);
         shared.pending.push(row);
     }
 
