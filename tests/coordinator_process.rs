@@ -164,3 +164,56 @@ async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
     let down = stylefarm(&url, &["list"]);
     assert_eq!(down.status.code(), Some(3), "{}", String::from_utf8_lossy(&down.stderr));
 }
+
+fn coordinator_cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_bin("stylefarm-coordinator", "stylefarm-coordinator")).args(args).arg("--data-dir").arg(data_dir).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_beside_a_running_coordinator_apply_at_once_and_sigterm_ends_it_with_watchers_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = CoordinatorProcess::start(dir.path(), "127.0.0.1:0", 3000);
+    let url = coordinator.url.clone();
+    // open until the first token exists
+    assert!(stylefarm(&url, &["list"]).status.success());
+    let created = coordinator_cli(dir.path(), &["token", "create", "--role", "submit", "--name", "alice"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let token = String::from_utf8(created.stdout).unwrap();
+    assert_eq!(token.lines().count(), 1, "only the token on stdout");
+    assert!(token.starts_with("sf1_"));
+    let token_file = dir.path().join("alice.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let no_token = stylefarm(&url, &["list"]);
+    assert_eq!(no_token.status.code(), Some(7), "{}", String::from_utf8_lossy(&no_token.stderr));
+    let retina = sample("retina.jpg");
+    let tf = token_file.to_str().unwrap();
+    let out =
+        stylefarm(&url, &["--token-file", tf, "--json", "submit", "--content", retina.to_str().unwrap(), "--style", retina.to_str().unwrap(), "--size", "32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = coordinator_cli(dir.path(), &["token", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "alice");
+    assert!(!listed.to_string().contains(token.trim()), "the list never shows a token");
+    let workers = stylefarm(&url, &["--token-file", tf, "workers"]);
+    assert_eq!(workers.status.code(), Some(7), "workers are the admin's");
+    // a watcher holds a stream open; SIGTERM still ends the coordinator quickly
+    let watcher = {
+        let (url, tf) = (url.clone(), tf.to_string());
+        std::thread::spawn(move || stylefarm(&url, &["--token-file", &tf, "watch", "b1"]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(coordinator_cli(dir.path(), &["token", "revoke", "alice"]).status.success());
+    assert_eq!(stylefarm(&url, &["--token-file", tf, "list"]).status.code(), Some(7), "revoked at once");
+    let started = std::time::Instant::now();
+    unsafe { libc::kill(coordinator.child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = coordinator.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM with a watch open");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let watched = watcher.join().unwrap();
+    assert_ne!(watched.status.code(), Some(0), "the watch was cut off: {}", String::from_utf8_lossy(&watched.stderr));
+}

@@ -298,7 +298,9 @@ async fn healthy(coordinator: &Coordinator) -> bool {
 #[tokio::test]
 async fn a_hostile_client_changes_nothing_it_may_not() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    // a lease that outlives the 10,000 watches below on a loaded machine
+    let config = stylefarm_coordinator::CoordinatorConfig { lease_ttl_ms: 120_000, ..test_config(dir.path()) };
+    let coordinator = Coordinator::start(config.clone()).await;
     let mut client = coordinator.client().await;
     let batch = client.submit_batch(batch_request("victim", 2, 0)).await.unwrap().into_inner();
     let mut honest = coordinator.worker("honest", 1 << 30).await;
@@ -384,9 +386,8 @@ async fn a_hostile_client_changes_nothing_it_may_not() {
     let job = client.get_job(pb::GetJobRequest { job_id: lease.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!((job.state, job.worker_id.as_str()), (pb::JobState::Succeeded as i32, honest.id.as_str()));
     assert!(healthy(&coordinator).await);
-    let data_dir = coordinator.data_dir.clone();
     coordinator.stop().await.unwrap();
-    let coordinator = Coordinator::start(test_config(&data_dir)).await;
+    let coordinator = Coordinator::start(config).await;
     assert!(healthy(&coordinator).await, "healthy after a restart");
     let mut client = coordinator.client().await;
     let (b, _) = stylefarm_tests::farm::get_batch(&mut client, &batch.batch_id).await;

@@ -8,8 +8,10 @@ use stylefarm_tests::farm::{get_batch, sha_ref, test_config, upload_bytes, uploa
 use stylefarm_tests::sample;
 use tonic::Code;
 
+/// Snapshots every 2 iterations for short jobs; long ones stay within the limit of 500 snapshots.
 fn settings(size: u32, iterations: u32) -> Option<pb::RenderSettings> {
-    Some(pb::RenderSettings { size: Some(size), iterations: Some(iterations), snapshot_every: Some(2), ..Default::default() })
+    let every = 2.max(iterations.div_ceil(stylefarm_core::params::MAX_SNAPSHOTS));
+    Some(pb::RenderSettings { size: Some(size), iterations: Some(iterations), snapshot_every: Some(every), ..Default::default() })
 }
 
 fn job(name: &str, content: pb::ImageRef, style: pb::ImageRef, size: u32, iterations: u32) -> pb::JobSpec {
@@ -189,4 +191,40 @@ async fn a_draining_worker_finishes_its_running_job_and_takes_no_more() {
     assert_eq!(jobs[0].attempt, 1);
     assert_eq!(jobs[1].state, pb::JobState::Queued as i32, "{:?}", jobs[1]);
     assert_eq!(jobs[1].attempt, 0, "never leased by the draining worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_back_job_costs_no_attempt_and_a_restarted_worker_keeps_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_attempts = 1;
+    let coordinator = Coordinator::start(config).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    let worker = InProcessWorker::start_with(&coordinator.url, "keeper", &dir.path().join("w"), 0);
+    let request = pb::SubmitBatchRequest { jobs: vec![job("long", sha_ref(&chelsea), sha_ref(&retina), 48, 1500)], ..Default::default() };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    let job_id = batch.job_ids[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !client.get_job(pb::GetJobRequest { job_id: job_id.clone() }).await.unwrap().into_inner().progress.is_some_and(|p| p.iteration >= 1) {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // drain timeout 0: the running job is handed back, not failed
+    worker.stop().await;
+    let job = client.get_job(pb::GetJobRequest { job_id: job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((job.state, job.attempt, job.attempts_handed_back), (pb::JobState::Queued as i32, 1, 1), "{job:?}");
+    let first = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].failed, 0, "a hand-back is not the worker's failure");
+    // the same worker again (its state file): the same id, and max_attempts 1 still lets the job run
+    let worker = InProcessWorker::start(&coordinator.url, "keeper", &dir.path().join("w"));
+    let (_, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(300)).await;
+    assert_eq!((jobs[0].state, jobs[0].attempt), (pb::JobState::Succeeded as i32, 2), "{:?}", jobs[0]);
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert_eq!(workers.len(), 1, "a restart adds no worker record: {workers:?}");
+    assert_eq!(workers[0].id, first[0].id);
+    assert_eq!(jobs[0].worker_id, first[0].id);
+    worker.stop().await;
 }

@@ -249,7 +249,7 @@ fn batch_json(b: &pb::Batch) -> serde_json::Value {
     let c = b.counts.unwrap_or_default();
     serde_json::json!({
         "id": b.id, "name": b.name, "state": watch::batch_state_name(b.state), "priority": b.priority, "labels": b.labels,
-        "created_at_ms": b.created_at_ms, "finished_at_ms": b.finished_at_ms,
+        "created_at_ms": b.created_at_ms, "started_at_ms": b.started_at_ms, "finished_at_ms": b.finished_at_ms, "owner": b.owner,
         "counts": {"total": c.total, "queued": c.queued, "running": c.running, "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled},
     })
 }
@@ -272,6 +272,7 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "attempt": j.attempt, "max_attempts": j.max_attempts, "worker_id": j.worker_id, "error": j.error,
         "error_retryable": j.error_retryable, "estimate_bytes": j.estimate_bytes, "result": result, "progress": progress,
         "created_at_ms": j.created_at_ms, "started_at_ms": j.started_at_ms, "finished_at_ms": j.finished_at_ms,
+        "waiting_reason": j.waiting_reason, "time_limit_ms": j.time_limit_ms, "attempts_handed_back": j.attempts_handed_back,
         "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default(),
     })
 }
@@ -286,6 +287,9 @@ async fn status(cli: &Cli, id: &str) -> Result<()> {
         println!("{} {} [{}] attempt {}/{} worker {}", job.id, job.name, watch::job_state_name(job.state), job.attempt, job.max_attempts, job.worker_id);
         if !job.error.is_empty() {
             println!("  error: {}", job.error);
+        }
+        if !job.waiting_reason.is_empty() {
+            println!("  waiting: {}", job.waiting_reason);
         }
         if let Some(r) = &job.result {
             println!("  final loss {:.4e} after {} iterations, {:.1} s on {}", r.final_loss, r.iterations, r.engine_ms / 1e3, r.device);
@@ -320,7 +324,11 @@ async fn status(cli: &Cli, id: &str) -> Result<()> {
             (Some(p), None) => format!("{}/{} loss {:.3e}", p.iteration, p.total_iterations, p.latest.as_ref().map(|r| r.total).unwrap_or(f64::NAN)),
             _ => String::new(),
         };
-        let error = if job.error.is_empty() { String::new() } else { format!(" ({})", job.error) };
+        let error = match (job.error.is_empty(), job.waiting_reason.is_empty()) {
+            (false, _) => format!(" ({})", job.error),
+            (true, false) => format!(" (waiting: {})", job.waiting_reason),
+            _ => String::new(),
+        };
         println!("  {:<8} {:<36} {:<10} attempt {} {}{}", job.id, job.name, watch::job_state_name(job.state), job.attempt, detail, error);
     }
     Ok(())

@@ -51,6 +51,9 @@ pub struct Farm {
     fatal: watch::Sender<Option<String>>,
     /// Set when an internal invariant broke: health says NOT_SERVING.
     broken: watch::Sender<Option<String>>,
+    /// Set when the server stops: watch streams end and long polls return, so
+    /// the graceful stop does not wait on them.
+    stopping: watch::Sender<bool>,
 }
 
 impl Farm {
@@ -69,6 +72,7 @@ impl Farm {
             auth,
             fatal: watch::channel(None).0,
             broken: watch::channel(None).0,
+            stopping: watch::channel(false).0,
         }))
     }
 
@@ -280,9 +284,19 @@ impl Farm {
         self.work.notified()
     }
 
-    /// Wakes every long poll (at shutdown).
-    pub fn wake_all(&self) {
+    /// The server is stopping: ends every watch stream and long poll now.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
         self.work.notify_waiters();
+    }
+
+    /// Resolves once the server is stopping.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     /// Expires leases and releases backed-off jobs, every `period`.

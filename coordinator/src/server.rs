@@ -132,11 +132,14 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
     let worker_api = pb::worker_api_server::WorkerApiServer::new(WorkerService::new(Arc::clone(&farm))).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut fatal = farm.fatal_signal();
     tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, "coordinator serving");
+    let stopping = Arc::clone(&farm);
     let stop = async move {
         tokio::select! {
             _ = shutdown => {}
             _ = fatal.wait_for(|f| f.is_some()) => {}
         }
+        // open watch streams and long polls would hold the graceful stop for ever
+        stopping.begin_shutdown();
     };
     // the builder's tcp_nodelay only applies to listeners it binds itself: without
     // it, Nagle holds a response's trailers for the peer's delayed ACK (40 ms)

@@ -258,12 +258,17 @@ pub struct InProcessWorker {
 
 impl InProcessWorker {
     pub fn start(coordinator_url: &str, name: &str, work_dir: &Path) -> InProcessWorker {
+        InProcessWorker::start_with(coordinator_url, name, work_dir, 30)
+    }
+
+    /// With its own drain timeout (0: hand running jobs back at once on stop).
+    pub fn start_with(coordinator_url: &str, name: &str, work_dir: &Path, drain_timeout_s: u64) -> InProcessWorker {
         let args = stylefarm_worker::farm::FarmArgs {
             coordinator: Some(coordinator_url.to_string()),
             devices: "cpu".into(),
             name: Some(name.into()),
             torch_threads: None,
-            drain_timeout_s: 30,
+            drain_timeout_s,
             work_dir: Some(work_dir.to_path_buf()),
             ..Default::default()
         };

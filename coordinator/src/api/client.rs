@@ -149,8 +149,17 @@ impl pb::coordinator_server::Coordinator for ClientApi {
             if send_snapshot(&tx, batch, jobs).await.is_err() {
                 return;
             }
+            let mut stopping = farm.stopping();
             loop {
-                let event = match watch.events.recv().await {
+                let received = tokio::select! {
+                    received = watch.events.recv() => Some(received),
+                    _ = stopping.wait_for(|s| *s) => None,
+                };
+                let Some(received) = received else {
+                    let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; watch again"))).await;
+                    return;
+                };
+                let event = match received {
                     Ok(event) => event,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(batch_id = %id, missed, "watcher lagged; sending a fresh snapshot");

@@ -123,7 +123,7 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             if let Some(grant) = self.farm.apply(move |s, fx, now| s.lease(worker, &principal, memory, now, fx)).await? {
                 break Some(grant);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline || self.farm.is_stopping() {
                 break None;
             }
             tokio::select! {
