@@ -341,3 +341,32 @@ pub fn event_kind(kind: EventKind) -> pb::EventKind {
         EventKind::Waiting => pb::EventKind::Waiting,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::TokenStore;
+    use crate::store::SqliteStore;
+    use crate::validate::SubmitRules;
+
+    #[test]
+    fn a_panic_under_the_scheduler_lock_reports_broken_instead_of_serving_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("state.sqlite"), false, true).unwrap());
+        let blobs = Location::open_root(&format!("file://{}/objects", dir.path().display())).unwrap();
+        let config = FarmConfig {
+            scheduler: SchedulerConfig::default(),
+            heartbeat_interval_ms: 1_000,
+            max_upload_bytes: 1 << 20,
+            submit: SubmitRules::for_store(&blobs.url),
+        };
+        let farm = Farm::open(store, blobs, config, Authenticator::new(TokenStore::open(dir.path()).unwrap(), false, false)).unwrap();
+        let broken = farm.broken_signal();
+        assert!(farm.read(|s| s.sizes()).is_ok());
+        let victim = Arc::clone(&farm);
+        let panicked = std::thread::spawn(move || victim.read(|_| panic!("an invariant broke"))).join();
+        assert!(panicked.is_err());
+        assert!(matches!(farm.read(|_| ()), Err(CoordError::Internal(_))), "every later call says so");
+        assert!(broken.borrow().is_some(), "and health turns NOT_SERVING");
+    }
+}

@@ -17,9 +17,6 @@ pub const STORE_SCHEMES: [&str; 11] = ["file", "s3", "s3a", "gs", "az", "azure",
 /// Largest input image a worker downloads unless configured otherwise (bytes).
 pub const DEFAULT_MAX_INPUT_BYTES: u64 = 64 << 20;
 
-/// Largest weights file a worker downloads from an operator-configured URL (bytes).
-pub const MAX_WEIGHTS_BYTES: u64 = 2 << 30;
-
 /// Whether the storage layer knows `scheme`.
 pub fn known_scheme(scheme: &str) -> bool {
     STORE_SCHEMES.contains(&scheme)
