@@ -515,7 +515,7 @@ impl Scheduler {
         job.complete(worker, claim, outputs, now)?;
         if let Some(record) = self.workers.get_mut(worker) {
             record.succeeded += 1;
-            fx.ops.push(StoreOp::UpsertWorker(record.clone()));
+            fx.ops.push(StoreOp::WorkerCounters { id: worker, succeeded: record.succeeded, failed: record.failed });
         }
         self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
         Ok(())
@@ -556,7 +556,7 @@ impl Scheduler {
         }
         if let Some(record) = self.workers.get_mut(worker) {
             record.failed += 1;
-            fx.ops.push(StoreOp::UpsertWorker(record.clone()));
+            fx.ops.push(StoreOp::WorkerCounters { id: worker, succeeded: record.succeeded, failed: record.failed });
         }
     }
 

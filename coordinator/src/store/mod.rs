@@ -71,6 +71,12 @@ pub enum StoreOp {
         started_ms: Millis,
     },
     UpsertWorker(WorkerRecord),
+    /// A worker's success and failure counts (cheaper than the whole record).
+    WorkerCounters {
+        id: WorkerId,
+        succeeded: u64,
+        failed: u64,
+    },
     /// A worker's failures of a batch so far (the per-batch blocklist).
     CountFailure {
         worker: WorkerId,

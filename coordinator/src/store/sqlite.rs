@@ -322,6 +322,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 w.secret.to_hex()
             ])?;
         }
+        StoreOp::WorkerCounters { id, succeeded, failed } => {
+            tx.prepare_cached("UPDATE workers SET succeeded = ?2, failed = ?3 WHERE id = ?1")?.execute(params![id.0, *succeeded as i64, *failed as i64])?;
+        }
         StoreOp::CountFailure { worker, batch, failures } => {
             tx.prepare_cached(
                 "INSERT INTO worker_batch_failures (worker_id, batch_id, failures) VALUES (?1, ?2, ?3)
