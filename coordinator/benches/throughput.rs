@@ -163,8 +163,9 @@ fn batch(b: usize, n: usize) -> pb::SubmitBatchRequest {
     }
 }
 
-/// Leases and completes until `done` reaches `jobs`; returns latencies.
-async fn work(id: String, mut api: stylefarm_proto::connect::Worker, done: Arc<AtomicUsize>, jobs: usize) -> (Vec<f64>, Vec<f64>) {
+/// Leases and completes until `done` reaches `jobs`; returns latencies if
+/// `record` (the soak does not keep them: its RSS is the coordinator's).
+async fn work(id: String, mut api: stylefarm_proto::connect::Worker, done: Arc<AtomicUsize>, jobs: usize, record: bool) -> (Vec<f64>, Vec<f64>) {
     let mut lease_ms = Vec::new();
     let mut complete_ms = Vec::new();
     loop {
@@ -174,12 +175,16 @@ async fn work(id: String, mut api: stylefarm_proto::connect::Worker, done: Arc<A
         let t = Instant::now();
         let request = pb::LeaseJobRequest { worker_id: id.clone(), device: "cuda:0".into(), device_memory_bytes: 80 << 30, wait_ms: 100 };
         let Some(lease) = api.lease_job(request).await.unwrap().into_inner().lease else { continue };
-        lease_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if record {
+            lease_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
         let t = Instant::now();
         let request =
             pb::CompleteJobRequest { worker_id: id.clone(), job_id: lease.job_id, attempt: lease.attempt, result: None, lease_secret: lease.lease_secret };
         api.complete_job(request).await.unwrap();
-        complete_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if record {
+            complete_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
         done.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -202,7 +207,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
     let submit_s = submit_started.elapsed().as_secs_f64();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), jobs))).collect();
+    let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), jobs, true))).collect();
     let mut lease_ms = Vec::new();
     let mut complete_ms = Vec::new();
     for task in tasks {
@@ -233,12 +238,15 @@ fn rss_mib() -> f64 {
 /// batches submitted as the queue drains, a watcher on every batch that leaves
 /// early, and 100 watches of made-up ids per batch; RSS as it goes.
 async fn soak(total: usize) {
+    // the coordinator logs the sizes of its in-memory indexes every 10 s
+    let filter = tracing_subscriber::EnvFilter::new("stylefarm_coordinator::sizes=debug");
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let server = start(true, Security::Open).await;
     let worker_channels = channels(&server.worker, 8).await;
     let ids = register(&server.worker, &worker_channels, 100).await;
     let mut client = server.client.coordinator(channels(&server.client, 1).await.remove(0)).unwrap();
     let done = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), total))).collect();
+    let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), total, false))).collect();
     let started = Instant::now();
     let (mut submitted, mut b, mut next_report) = (0, 0, 100_000);
     println!("soak: {total} jobs, 100 simulated workers; coordinator and clients share this process");

@@ -1,63 +1,74 @@
-//! When running attempts' leases must be looked at again: a heap of expiries
-//! (heartbeats move a lease's deadline; a popped entry is checked against the
-//! job's current one and pushed back if it moved). Entries of attempts that
-//! ended another way are dropped when they come due, so the heap holds at most
-//! one lease TTL's worth of attempts.
+//! Which running attempts must end now: leases that ran out (no heartbeat for a
+//! TTL) and attempts past the job's time limit. Found by scanning the running
+//! jobs (one per busy device) on every tick, so nothing is kept per lease that
+//! outlives it: memory follows the number of running jobs, not the rate.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashMap;
 
 use crate::ids::JobId;
-use crate::model::Millis;
+use crate::model::{JobRecord, JobState, Millis};
 
-#[derive(Default)]
-pub struct LeaseClock {
-    expiries: BinaryHeap<Reverse<(Millis, JobId, u32)>>,
+/// Why a running attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// No heartbeat within the lease TTL.
+    Expired,
+    /// Alive, but past the job's time limit.
+    OverTime,
 }
 
-impl LeaseClock {
-    /// Looks at `job`'s `attempt` again at `expires`.
-    pub fn watch(&mut self, job: JobId, attempt: u32, expires: Millis) {
-        self.expiries.push(Reverse((expires, job, attempt)));
-    }
-
-    /// Entries due by `now`, earliest first: (job, attempt).
-    pub fn due(&mut self, now: Millis) -> Vec<(JobId, u32)> {
-        let mut out = Vec::new();
-        while let Some(Reverse((at, job, attempt))) = self.expiries.peek().copied() {
-            if at > now {
-                break;
+/// The running jobs among `running` whose attempt must end at `now`.
+pub fn due(jobs: &HashMap<JobId, JobRecord>, running: impl Iterator<Item = JobId>, now: Millis) -> Vec<(JobId, Due)> {
+    running
+        .filter_map(|id| {
+            let job = jobs.get(&id)?;
+            match &job.state {
+                JobState::Running { lease_expires_ms, .. } if *lease_expires_ms <= now => Some((id, Due::Expired)),
+                JobState::Running { .. } if job.over_time(now) => Some((id, Due::OverTime)),
+                _ => None,
             }
-            self.expiries.pop();
-            out.push((job, attempt));
-        }
-        out
-    }
-
-    pub fn len(&self) -> usize {
-        self.expiries.len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.expiries.is_empty()
-    }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{BatchId, WorkerId};
+    use crate::model::ImageSource;
+
+    fn running(id: i64, lease_expires_ms: Millis, leased_ms: Millis) -> JobRecord {
+        JobRecord {
+            id: JobId(id),
+            batch: BatchId(1),
+            index: 0,
+            name: String::new(),
+            priority: 0,
+            content: ImageSource::Blob(String::new()),
+            styles: Vec::new(),
+            params_json: String::new(),
+            estimate_bytes: 0,
+            max_attempts: 1,
+            attempt: 1,
+            handed_back: 0,
+            time_limit_ms: 1_000,
+            state: JobState::Running { worker: WorkerId(1), lease_expires_ms, cancel_requested: false, lease_secret: Default::default(), leased_ms },
+            last_failure: None,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            trace_id: String::new(),
+        }
+    }
 
     #[test]
-    fn expiries_come_due_in_order() {
-        let mut c = LeaseClock::default();
-        c.watch(JobId(1), 1, 100);
-        c.watch(JobId(2), 1, 50);
-        assert!(c.due(49).is_empty());
-        assert_eq!(c.due(100), vec![(JobId(2), 1), (JobId(1), 1)]);
-        c.watch(JobId(1), 1, 300);
-        assert_eq!(c.len(), 1);
-        assert_eq!(c.due(1000), vec![(JobId(1), 1)]);
-        assert!(c.is_empty());
+    fn expired_leases_and_overrun_attempts_are_due() {
+        let jobs: HashMap<JobId, JobRecord> = [running(1, 100, 0), running(2, 5_000, 0), running(3, 5_000, 4_500)].into_iter().map(|j| (j.id, j)).collect();
+        let ids = || [JobId(1), JobId(2), JobId(3), JobId(9)].into_iter();
+        assert_eq!(due(&jobs, ids(), 99), vec![]);
+        assert_eq!(due(&jobs, ids(), 100), vec![(JobId(1), Due::Expired)]);
+        let mut at_1001 = due(&jobs, ids(), 1_001);
+        at_1001.sort_by_key(|(id, _)| *id);
+        assert_eq!(at_1001, vec![(JobId(1), Due::Expired), (JobId(2), Due::OverTime)]);
     }
 }

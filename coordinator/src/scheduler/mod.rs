@@ -6,8 +6,8 @@
 //! batch on a tie); FIFO within a batch ([`queue`]). A job goes only to a device
 //! whose memory fits its estimate, and never to a worker that has failed that
 //! batch `worker_batch_failure_limit` times ([`workers`]). Leases expire unless
-//! heartbeats extend them ([`leases`]); an attempt that outlives the job's time
-//! limit is ended. A queued job that no connected device can fit says so, and
+//! heartbeats extend them, and an attempt that outlives the job's time limit is
+//! ended ([`leases`]). A queued job that no connected device can fit says so, and
 //! fails with that reason after `unfit_grace_ms`.
 //!
 //! Memory stays bounded: a finished batch leaves memory once its end is
@@ -32,7 +32,7 @@ use crate::model::{
 };
 use crate::secrets::{LeaseClaim, Secret};
 use crate::store::{ImageRecord, JobUpdate, Snapshot, StoreOp};
-use leases::LeaseClock;
+use leases::Due;
 use queue::{PickRules, ReadyQueue};
 use requests::RequestIds;
 pub use workers::Registration;
@@ -151,6 +151,8 @@ pub struct AttemptFailure {
 
 /// How often the fit check runs.
 const FIT_CHECK_EVERY_MS: Millis = 1_000;
+/// How often the sizes of the in-memory indexes are logged (debug, target `stylefarm_coordinator::sizes`).
+const SIZES_LOG_EVERY_MS: Millis = 10_000;
 
 pub struct Scheduler {
     config: SchedulerConfig,
@@ -163,7 +165,6 @@ pub struct Scheduler {
     /// Each in-memory batch's jobs, in index order.
     members: HashMap<BatchId, Vec<JobId>>,
     queue: ReadyQueue,
-    leases: LeaseClock,
     workers: WorkerRegistry,
     progress: HashMap<JobId, JobProgress>,
     /// Queued jobs no connected device fits: why, and since when.
@@ -212,7 +213,6 @@ impl Scheduler {
             jobs: HashMap::new(),
             members: HashMap::new(),
             queue: ReadyQueue::default(),
-            leases: LeaseClock::default(),
             workers: WorkerRegistry::new(snapshot.next_worker),
             progress: HashMap::new(),
             waiting: HashMap::new(),
@@ -250,7 +250,6 @@ impl Scheduler {
                 JobState::Queued { .. } => s.queue.push_back(job.priority, job.batch, job.id),
                 JobState::Running { worker, lease_expires_ms, .. } => {
                     *lease_expires_ms = now + s.config.lease_ttl_ms;
-                    s.leases.watch(job.id, job.attempt, *lease_expires_ms);
                     s.workers.start(*worker, job.id);
                 }
                 _ => {}
@@ -326,14 +325,14 @@ impl Scheduler {
     /// Sizes of the in-memory indexes (the soak benchmark prints them).
     pub fn sizes(&self) -> String {
         format!(
-            "batches={} jobs={} progress={} waiting={} request_ids={} workers={} leases={}",
+            "batches={} jobs={} progress={} waiting={} request_ids={} workers={} running={}",
             self.batches.len(),
             self.jobs.len(),
             self.progress.len(),
             self.waiting.len(),
             self.request_ids.len(),
             self.workers.len(),
-            self.leases.len()
+            self.workers.all_running().count()
         )
     }
 
@@ -455,7 +454,6 @@ impl Scheduler {
         let (attempt, secret) = job.lease(worker, now, ttl)?;
         let grant = Grant { job: job.clone(), attempt, secret };
         self.queue.remove(priority, batch, job_id);
-        self.leases.watch(job_id, attempt, now + ttl);
         self.workers.start(worker, job_id);
         self.waiting.remove(&job_id);
         let batch_record = self.batches.get_mut(&batch).ok_or_else(|| CoordError::Internal(format!("job {job_id} has no batch")))?;
@@ -597,37 +595,33 @@ impl Scheduler {
     /// forgets what the windows say to.
     pub fn tick(&mut self, now: Millis, fx: &mut Effects) {
         let backoff = self.config.backoff;
-        for (job_id, attempt) in self.leases.due(now) {
+        for (job_id, due) in leases::due(&self.jobs, self.workers.all_running(), now) {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            if job.attempt != attempt {
-                continue;
-            }
-            let (worker, expires) = match &job.state {
-                JobState::Running { worker, lease_expires_ms, .. } => (*worker, *lease_expires_ms),
-                _ => continue,
+            let Some(worker) = job.running_worker() else { continue };
+            let (attempt, batch) = (job.attempt, job.batch);
+            let after = match due {
+                Due::Expired => job.expire(now, backoff),
+                Due::OverTime => job.time_out(now, backoff),
             };
-            if expires > now {
-                self.leases.watch(job_id, attempt, expires);
-                continue;
-            }
-            let Some(after) = job.expire(now, backoff) else { continue };
-            let batch = job.batch;
-            tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "lease expired");
-            if after != AfterFailure::Cancelled {
-                self.count_failure(worker, batch, fx);
+            let Some(after) = after else { continue };
+            match due {
+                Due::Expired => {
+                    tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "lease expired");
+                    if after != AfterFailure::Cancelled {
+                        self.count_failure(worker, batch, fx);
+                    }
+                }
+                Due::OverTime => {
+                    tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "attempt exceeded its time limit")
+                }
             }
             self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
         }
-        let over: Vec<JobId> = self.workers.all_running().filter(|j| self.jobs.get(j).is_some_and(|j| j.over_time(now))).collect();
-        for job_id in over {
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            let worker = job.running_worker();
-            let Some(after) = job.time_out(now, backoff) else { continue };
-            tracing::warn!(job_id = %job_id, worker_id = ?worker, time_limit_ms = job.time_limit_ms, outcome = ?after, "attempt exceeded its time limit");
-            self.after_attempt(job_id, worker, StateKind::Running, now, fx);
-        }
         self.release_delayed(now, fx);
         if now - self.last_fit_check >= FIT_CHECK_EVERY_MS {
+            if now / SIZES_LOG_EVERY_MS != self.last_fit_check / SIZES_LOG_EVERY_MS {
+                tracing::debug!(target: "stylefarm_coordinator::sizes", sizes = %self.sizes(), "in-memory indexes");
+            }
             self.last_fit_check = now;
             self.check_fit(now, fx);
             self.request_ids.expire(now);
