@@ -1,6 +1,8 @@
 # stylefarm — see README.md
 SHELL := /bin/bash
 CARGO ?= cargo
+# where cargo puts binaries (CARGO_TARGET_DIR if set)
+TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: setup build release test lint bench bench-coordinator soak-coordinator bench-farm demo render-demo figures
 
@@ -8,7 +10,7 @@ CARGO ?= cargo
 setup:
 	bash scripts/setup.sh
 	$(CARGO) build --workspace --all-targets
-	./target/debug/stylefarm-worker weights fetch
+	$(TARGET)/debug/stylefarm-worker weights fetch
 
 build: setup
 
@@ -26,7 +28,7 @@ release: setup
 
 ## bench: engine vs the in-repo eager PyTorch reference, 256 and 512 px.
 bench: release
-	./target/release/stylefarm-worker bench --sizes 256,512 --repeats 3 --rounds 3
+	$(TARGET)/release/stylefarm-worker bench --sizes 256,512 --repeats 3 --rounds 3
 
 ## demo: the whole farm on this machine: coordinator + worker, sample photos x styles, live progress, outputs in out/demo/.
 demo: setup
@@ -46,7 +48,7 @@ bench-farm: setup
 
 ## render-demo: one local render of the sample images, no farm.
 render-demo: release
-	./target/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/retina.jpg \
+	$(TARGET)/release/stylefarm-worker render --content .samples/chelsea.png --style .samples/retina.jpg \
 	  --output out/chelsea-retina.png --size 256 --iterations 100 --preset keras --device auto \
 	  --trace out/chelsea-retina.trace.jsonl --animation out/chelsea-retina.gif --metadata out/chelsea-retina.json
 	@echo "outputs: out/chelsea-retina.png out/chelsea-retina.trace.jsonl out/chelsea-retina.gif out/chelsea-retina.json"
