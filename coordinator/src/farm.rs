@@ -178,10 +178,6 @@ impl Farm {
         self.hub.subscribe(batch)
     }
 
-    pub fn watched_batches(&self) -> usize {
-        self.hub.channels()
-    }
-
     /// A batch `caller` may see: from memory (unfinished) or the store.
     /// Another principal's batch is NOT_FOUND, like a missing one.
     pub async fn batch_record(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<BatchRecord> {

@@ -40,11 +40,6 @@ impl InputPolicy {
         Ok(InputPolicy { allowed })
     }
 
-    /// The prefixes a user's URL must start with.
-    pub fn allowed(&self) -> &[String] {
-        &self.allowed
-    }
-
     /// Checks a user-supplied input URL; the error says why and what is allowed.
     pub fn check(&self, text: &str) -> Result<(), String> {
         let url = Url::parse(text).map_err(|e| format!("`{text}`: {e}"))?;

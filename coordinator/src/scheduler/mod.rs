@@ -193,7 +193,7 @@ impl PickRules for Rules<'_> {
         !matches!(self.jobs.get(&job).map(|j| &j.state), Some(JobState::Queued { .. }))
     }
     fn blocked(&self, batch: BatchId) -> bool {
-        self.workers.failures(self.worker, batch) >= self.limit
+        self.workers.blocked(self.worker, batch, self.limit)
     }
     fn running(&self, batch: BatchId) -> u32 {
         self.batches.get(&batch).map(|b| b.counts.running).unwrap_or(0)
@@ -319,7 +319,7 @@ impl Scheduler {
 
     /// Whether `worker` has failed `batch` too often to get more of its jobs.
     pub fn is_blocked(&self, worker: WorkerId, batch: BatchId) -> bool {
-        self.workers.failures(worker, batch) >= self.config.worker_batch_failure_limit
+        self.workers.blocked(worker, batch, self.config.worker_batch_failure_limit)
     }
 
     /// Sizes of the in-memory indexes (the soak benchmark prints them).

@@ -149,6 +149,11 @@ impl WorkerRegistry {
         self.failures.get(&batch).and_then(|m| m.get(&worker)).copied().unwrap_or(0)
     }
 
+    /// The per-batch block rule: `worker` failed `batch` `limit` times or more.
+    pub fn blocked(&self, worker: WorkerId, batch: BatchId, limit: u32) -> bool {
+        self.failures(worker, batch) >= limit
+    }
+
     pub fn forget_batch(&mut self, batch: BatchId) {
         self.failures.remove(&batch);
     }
