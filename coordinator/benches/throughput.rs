@@ -31,10 +31,20 @@ struct Args {
     reference: bool,
     soak: usize,
     rounds: usize,
+    /// Which of open, auth, tls to run (all by default).
+    modes: Vec<String>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { workers: vec![100, 1000], jobs: 20_000, connections: 8, reference: true, soak: 0, rounds: 3 };
+    let mut args = Args {
+        workers: vec![100, 1000],
+        jobs: 20_000,
+        connections: 8,
+        reference: true,
+        soak: 0,
+        rounds: 3,
+        modes: vec!["open".into(), "auth".into(), "tls".into()],
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -44,6 +54,7 @@ fn parse_args() -> Args {
             "--no-reference" => args.reference = false,
             "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--rounds" => args.rounds = it.next().expect("--rounds N").parse().expect("number"),
+            "--modes" => args.modes = it.next().expect("--modes open,auth,tls").split(',').map(String::from).collect(),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -229,6 +240,47 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
     }
 }
 
+/// glibc's `struct mallinfo2` (all arenas), to tell live heap from RSS the
+/// allocator keeps.
+#[repr(C)]
+#[derive(Default)]
+struct MallInfo2 {
+    arena: usize,
+    ordblks: usize,
+    smblks: usize,
+    hblks: usize,
+    hblkhd: usize,
+    usmblks: usize,
+    fsmblks: usize,
+    uordblks: usize,
+    fordblks: usize,
+    keepcost: usize,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_mib() -> (f64, f64) {
+    extern "C" {
+        fn mallinfo2() -> MallInfo2;
+    }
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
+    let m = unsafe { mallinfo2() };
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    // live = allocated chunks + mmapped chunks; held = what the arenas hold (live + free)
+    (mib(m.uordblks + m.hblkhd), mib(m.arena + m.hblkhd))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_mib() -> (f64, f64) {
+    let _ = MallInfo2::default();
+    (f64::NAN, f64::NAN)
+}
+
+/// Bytes SQLite has allocated (page caches, statements), all connections.
+fn sqlite_mib() -> f64 {
+    // SAFETY: sqlite3_memory_used reads a counter; it is thread-safe.
+    (unsafe { rusqlite::ffi::sqlite3_memory_used() }) as f64 / (1 << 20) as f64
+}
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
@@ -250,7 +302,7 @@ async fn soak(total: usize) {
     let started = Instant::now();
     let (mut submitted, mut b, mut next_report) = (0, 0, 100_000);
     println!("soak: {total} jobs, 100 simulated workers; coordinator and clients share this process");
-    println!("{:>10} {:>10} {:>10} {:>10}", "jobs done", "RSS MiB", "seconds", "jobs/s");
+    println!("{:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10}", "jobs done", "RSS MiB", "heap live", "heap held", "SQLite MiB", "seconds", "jobs/s");
     while done.load(Ordering::Relaxed) < total {
         if submitted < total && submitted - done.load(Ordering::Relaxed).min(submitted) < 20_000 {
             let n = (total - submitted).min(10_000);
@@ -277,7 +329,8 @@ async fn soak(total: usize) {
         let d = done.load(Ordering::Relaxed);
         if d >= next_report {
             let s = started.elapsed().as_secs_f64();
-            println!("{:>10} {:>10.1} {:>10.1} {:>10.0}", d, rss_mib(), s, d as f64 / s);
+            let (live, held) = heap_mib();
+            println!("{:>10} {:>10.1} {:>12.1} {:>12.1} {:>10.1} {:>10.1} {:>10.0}", d, rss_mib(), live, held, sqlite_mib(), s, d as f64 / s);
             next_report += if next_report < 500_000 { 100_000 } else { 250_000 };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -286,7 +339,17 @@ async fn soak(total: usize) {
         task.await.unwrap();
     }
     let s = started.elapsed().as_secs_f64();
-    println!("{:>10} {:>10.1} {:>10.1} {:>10.0}   (end)", done.load(Ordering::Relaxed), rss_mib(), s, total as f64 / s);
+    let (live, held) = heap_mib();
+    println!(
+        "{:>10} {:>10.1} {:>12.1} {:>12.1} {:>10.1} {:>10.1} {:>10.0}   (end)",
+        done.load(Ordering::Relaxed),
+        rss_mib(),
+        live,
+        held,
+        sqlite_mib(),
+        s,
+        total as f64 / s
+    );
     let _ = server.stop.send(());
     server.handle.await.unwrap().unwrap();
 }
@@ -310,11 +373,12 @@ fn main() {
     );
     println!("(medians of {} rounds; each round runs every mode once, in turn, so the VM's drift hits them alike)", args.rounds);
     for &workers in &args.workers {
-        let mut modes: Vec<(&str, bool, Security, Vec<Run>)> = vec![
-            ("group commit", true, Security::Open, Vec::new()),
-            ("+ auth (tokens)", true, Security::Auth, Vec::new()),
-            ("+ auth + TLS", true, Security::AuthTls, Vec::new()),
-        ];
+        let mut modes: Vec<(&str, bool, Security, Vec<Run>)> =
+            [("open", "group commit", Security::Open), ("auth", "+ auth (tokens)", Security::Auth), ("tls", "+ auth + TLS", Security::AuthTls)]
+                .into_iter()
+                .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))
+                .map(|(_, name, security)| (name, true, security, Vec::new()))
+                .collect();
         if args.reference {
             modes.push(("reference: per-request", false, Security::Open, Vec::new()));
         }
