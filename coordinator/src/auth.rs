@@ -136,6 +136,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 /// The token table (`DATA_DIR/auth.sqlite`).
 pub struct TokenStore {
     conn: Mutex<Connection>,
+    /// Says when another process (`token create/revoke`) may have written.
+    watch: crate::filewatch::FileWatch,
 }
 
 fn db_err(e: impl fmt::Display) -> CoordError {
@@ -152,7 +154,9 @@ impl TokenStore {
         let conn = Connection::open(data_dir.join("auth.sqlite")).map_err(db_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;").map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        Ok(TokenStore { conn: Mutex::new(conn) })
+        let (db, wal) = (data_dir.join("auth.sqlite"), data_dir.join("auth.sqlite-wal"));
+        let watch = crate::filewatch::FileWatch::new(&[&db, &wal]);
+        Ok(TokenStore { conn: Mutex::new(conn), watch })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -210,7 +214,7 @@ impl TokenStore {
     /// committed), with the new version.
     fn reload_if_changed(&self, version: i64) -> Result<Option<(i64, HashMap<String, TokenRow>)>> {
         let conn = self.conn();
-        let now: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(db_err)?;
+        let now: i64 = conn.prepare_cached("PRAGMA data_version").and_then(|mut st| st.query_row([], |r| r.get(0))).map_err(db_err)?;
         if now == version {
             return Ok(None);
         }
@@ -261,13 +265,24 @@ impl Authenticator {
         Ok(self.required || !cache.tokens.is_empty())
     }
 
+    /// The token cache, reloaded if the table changed. The file watch is
+    /// asked under the cache's lock, so no call can see a change "taken" by
+    /// another call that has not reloaded yet.
     fn refreshed(&self) -> Result<std::sync::MutexGuard<'_, Cache>> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let maybe_changed = self.store.watch.changed();
+        if cache.version < 0 || maybe_changed {
+            self.reload(&mut cache)?;
+        }
+        Ok(cache)
+    }
+
+    fn reload(&self, cache: &mut Cache) -> Result<()> {
         if let Some((version, tokens)) = self.store.reload_if_changed(cache.version)? {
             cache.version = version;
             cache.tokens = tokens;
         }
-        Ok(cache)
+        Ok(())
     }
 
     /// The caller of `request`, allowed to use `api`.

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod error;
 pub mod events;
 pub mod farm;
+pub mod filewatch;
 pub mod ids;
 pub mod model;
 pub mod scheduler;
