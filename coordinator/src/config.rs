@@ -54,6 +54,8 @@ pub struct CoordinatorConfig {
     pub request_id_window_ms: i64,
     /// Workers unseen this long leave memory.
     pub forget_workers_after_ms: i64,
+    /// Serve KEDA's external scaler (queue depth, no token needed) on the gRPC port.
+    pub scaler: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -84,6 +86,7 @@ impl Default for CoordinatorConfig {
             unfit_grace_ms: scheduler.unfit_grace_ms,
             request_id_window_ms: scheduler.request_id_window_ms,
             forget_workers_after_ms: scheduler.forget_workers_after_ms,
+            scaler: true,
         }
     }
 }
@@ -138,6 +141,7 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_UPLOAD_BYTES", &mut self.max_upload_bytes)?;
         env("STYLEFARM_MAX_JOBS_PER_BATCH", &mut self.max_jobs_per_batch)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
+        env("STYLEFARM_SCALER", &mut self.scaler)?;
         if let Ok(v) = std::env::var("STYLEFARM_AUTH") {
             self.auth_required = parse_auth(&v).map_err(|reason| ConfigError::Env { name: "STYLEFARM_AUTH".into(), value: v.clone(), reason })?;
         }

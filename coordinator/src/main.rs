@@ -62,6 +62,9 @@ struct Args {
     /// Most jobs in one batch [default: 100000].
     #[arg(long)]
     max_jobs_per_batch: Option<usize>,
+    /// Do not serve KEDA's external scaler (queue depth, answered without a token).
+    #[arg(long)]
+    no_scaler: bool,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -72,6 +75,14 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Exit 0 if the coordinator at --url says SERVING on the gRPC health service (container HEALTHCHECK).
+    Health {
+        #[arg(long, env = "STYLEFARM_HEALTH_URL", default_value = "http://127.0.0.1:50051")]
+        url: String,
+        /// PEM CA of the coordinator's certificate (https:// URLs).
+        #[arg(long, env = "STYLEFARM_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+    },
     /// API tokens (work on the data dir of a running or stopped coordinator).
     Token {
         #[command(subcommand)]
@@ -174,6 +185,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     if let Some(v) = args.max_jobs_per_batch {
         config.max_jobs_per_batch = v;
     }
+    if args.no_scaler {
+        config.scaler = false;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -206,6 +220,11 @@ async fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    if let Some(Command::Health { url, tls_ca }) = &args.command {
+        let options = stylefarm_proto::connect::ConnectOptions { url: url.clone(), tls_ca: tls_ca.clone(), ..Default::default() };
+        options.check_health(std::time::Duration::from_secs(3)).await?;
+        return Ok(());
     }
     let config = config(&args)?;
     if let Some(Command::Token { action }) = &args.command {

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use stylefarm_core::storage::Location;
 use stylefarm_proto as pb;
+use stylefarm_proto::externalscaler as ks;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::api::client::ClientApi;
+use crate::api::scaler::ScalerService;
 use crate::api::worker::WorkerService;
 use crate::auth::{Authenticator, TokenStore};
 use crate::config::CoordinatorConfig;
@@ -130,8 +132,10 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let worker_api = pb::worker_api_server::WorkerApiServer::new(WorkerService::new(Arc::clone(&farm))).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // KEDA's external scaler: queue depth for autoscaling workers (no token: KEDA cannot send one)
+    let scaler = config.scaler.then(|| ks::external_scaler_server::ExternalScalerServer::new(ScalerService::new(Arc::clone(&farm))));
     let mut fatal = farm.fatal_signal();
-    tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, "coordinator serving");
+    tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, scaler = config.scaler, "coordinator serving");
     let stopping = Arc::clone(&farm);
     let stop = async move {
         tokio::select! {
@@ -159,10 +163,23 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
         .add_service(reflection)
         .add_service(client_api)
         .add_service(worker_api)
+        .add_optional_service(scaler)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
     ticker.abort();
     health_watch.abort();
+    // statistics the tick writes once a second: the last second's too
+    if farm.fatal_signal().borrow().is_none() {
+        if let Err(e) = farm
+            .apply(|s, fx, _| {
+                s.flush_counters(fx);
+                Ok(())
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not write the worker counters at shutdown");
+        }
+    }
     served?;
     if let Some(reason) = farm.fatal_signal().borrow().clone() {
         return Err(ServeError::Fatal(reason));

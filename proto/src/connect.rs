@@ -27,6 +27,8 @@ pub enum ConnectError {
     Token(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{url}: {reason}")]
+    Unhealthy { url: String, reason: String },
 }
 
 /// Where the coordinator is and how to prove who we are.
@@ -120,5 +122,22 @@ impl ConnectOptions {
 
     pub fn worker(&self, channel: Channel) -> Result<Worker, ConnectError> {
         Ok(WorkerApiClient::new(self.wrap(channel)?).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// The standard gRPC health check (service ""): Ok when the server says
+    /// SERVING within `timeout`; the error says what it said or why it could
+    /// not be asked. Container HEALTHCHECKs run this (`… health`).
+    pub async fn check_health(&self, timeout: Duration) -> Result<(), ConnectError> {
+        let unhealthy = |reason: String| ConnectError::Unhealthy { url: self.url.clone(), reason };
+        let ask = async {
+            let channel = self.endpoint()?.connect().await.map_err(|e| unhealthy(format!("cannot connect: {e}")))?;
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel).check(request).await.map_err(|s| unhealthy(s.message().to_string()))?;
+            match answer.into_inner().status() {
+                tonic_health::pb::health_check_response::ServingStatus::Serving => Ok(()),
+                other => Err(unhealthy(format!("answers {}", other.as_str_name()))),
+            }
+        };
+        tokio::time::timeout(timeout, ask).await.map_err(|_| unhealthy(format!("no answer within {} s", timeout.as_secs_f64())))?
     }
 }

@@ -10,4 +10,10 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// KEDA's external scaler contract, served by the coordinator for autoscaling.
+#[allow(clippy::all)]
+pub mod externalscaler {
+    tonic::include_proto!("externalscaler");
+}
+
 pub mod connect;

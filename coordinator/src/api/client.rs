@@ -261,10 +261,12 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         self.caller(&request, Api::Admin)?;
         let now = now_ms();
         let heartbeat = self.farm.config.heartbeat_interval_ms;
+        // the counters shown are written (with this read's commit) before the answer
         let workers = self
             .farm
-            .read_committed(|s| {
-                s.workers().map(|w| convert::worker(w, s.running_jobs_of(w.id).iter().map(ToString::to_string).collect(), now, heartbeat)).collect()
+            .apply(|s, fx, _| {
+                s.flush_counters(fx);
+                Ok(s.workers().map(|w| convert::worker(w, s.running_jobs_of(w.id).iter().map(ToString::to_string).collect(), now, heartbeat)).collect())
             })
             .await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))

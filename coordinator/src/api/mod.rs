@@ -1,6 +1,8 @@
-//! The two gRPC services: [`client::ClientApi`] for users, [`worker::WorkerService`] for workers.
+//! The gRPC services: [`client::ClientApi`] for users, [`worker::WorkerService`]
+//! for workers, [`scaler::ScalerService`] for KEDA.
 
 pub mod client;
+pub mod scaler;
 pub mod worker;
 
 /// Object keys of a job attempt's outputs.

@@ -38,6 +38,23 @@ use requests::RequestIds;
 pub use workers::Registration;
 use workers::WorkerRegistry;
 
+/// Jobs by what a worker could do about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Demand {
+    /// Queued, including those waiting out a retry backoff and those no device fits.
+    pub queued: u64,
+    pub running: u64,
+    /// Queued jobs that no registered device can fit.
+    pub unfit: u64,
+}
+
+impl Demand {
+    /// Jobs a worker could take now or is running: what autoscaling follows.
+    pub fn workable(&self) -> u64 {
+        self.queued.saturating_sub(self.unfit) + self.running
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub lease_ttl_ms: Millis,
@@ -166,6 +183,10 @@ pub struct Scheduler {
     members: HashMap<BatchId, Vec<JobId>>,
     queue: ReadyQueue,
     workers: WorkerRegistry,
+    /// Workers whose succeeded/failed counters changed since they were last
+    /// written: statistics, written once a second (and before any read of them)
+    /// rather than with every job, which would add a page to every commit.
+    dirty_counters: HashSet<WorkerId>,
     progress: HashMap<JobId, JobProgress>,
     /// Queued jobs no connected device fits: why, and since when.
     waiting: HashMap<JobId, (String, Millis)>,
@@ -214,6 +235,7 @@ impl Scheduler {
             members: HashMap::new(),
             queue: ReadyQueue::default(),
             workers: WorkerRegistry::new(snapshot.next_worker),
+            dirty_counters: HashSet::new(),
             progress: HashMap::new(),
             waiting: HashMap::new(),
             last_fit_check: now,
@@ -320,6 +342,12 @@ impl Scheduler {
     /// Whether `worker` has failed `batch` too often to get more of its jobs.
     pub fn is_blocked(&self, worker: WorkerId, batch: BatchId) -> bool {
         self.workers.blocked(worker, batch, self.config.worker_batch_failure_limit)
+    }
+
+    /// What the farm has to do now, for autoscaling.
+    pub fn demand(&self) -> Demand {
+        let (queued, running) = self.batches.values().fold((0u64, 0u64), |(q, r), b| (q + b.counts.queued as u64, r + b.counts.running as u64));
+        Demand { queued, running, unfit: self.waiting.len() as u64 }
     }
 
     /// Sizes of the in-memory indexes (the soak benchmark prints them).
@@ -513,7 +541,7 @@ impl Scheduler {
         job.complete(worker, claim, outputs, now)?;
         if let Some(record) = self.workers.get_mut(worker) {
             record.succeeded += 1;
-            fx.ops.push(StoreOp::WorkerCounters { id: worker, succeeded: record.succeeded, failed: record.failed });
+            self.dirty_counters.insert(worker);
         }
         self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
         Ok(())
@@ -554,7 +582,17 @@ impl Scheduler {
         }
         if let Some(record) = self.workers.get_mut(worker) {
             record.failed += 1;
-            fx.ops.push(StoreOp::WorkerCounters { id: worker, succeeded: record.succeeded, failed: record.failed });
+            self.dirty_counters.insert(worker);
+        }
+    }
+
+    /// Writes the worker counters that changed since the last flush (the tick
+    /// does it every second; reads of the counters and shutdown do it first).
+    pub fn flush_counters(&mut self, fx: &mut Effects) {
+        for id in self.dirty_counters.drain() {
+            if let Some(record) = self.workers.get(id) {
+                fx.ops.push(StoreOp::WorkerCounters { id, succeeded: record.succeeded, failed: record.failed });
+            }
         }
     }
 
@@ -624,6 +662,7 @@ impl Scheduler {
             }
             self.last_fit_check = now;
             self.check_fit(now, fx);
+            self.flush_counters(fx);
             self.request_ids.expire(now);
             for id in self.workers.forget_idle(now - self.config.forget_workers_after_ms) {
                 tracing::info!(worker_id = %id, "worker unseen for too long: forgotten (kept in the store)");

@@ -104,3 +104,18 @@ fn a_worker_acts_only_for_its_principal() {
     assert!(matches!(e, CoordError::PermissionDenied(_)), "{e}");
     assert!(s.lease(w, &alice, 0, 1, &mut Effects::default()).unwrap().is_none());
 }
+
+#[test]
+fn demand_counts_what_a_worker_could_do_and_leaves_out_unfit_jobs() {
+    let (mut s, w) = setup();
+    assert_eq!(s.demand().workable(), 0, "nothing to do: scale to zero");
+    s.submit(batch(vec![job(1 << 30), job(1 << 30), job(64 << 30)]), "local", 0, &mut Effects::default(), &mut trace());
+    s.tick(1_000, &mut Effects::default());
+    assert_eq!(s.demand(), Demand { queued: 3, running: 0, unfit: 1 });
+    assert_eq!(s.demand().workable(), 2, "the 64 GiB job fits no device: more of the same workers would not help");
+    let grant = s.lease(w, &local(), 4 << 30, 1_100, &mut Effects::default()).unwrap().unwrap();
+    assert_eq!(s.demand(), Demand { queued: 2, running: 1, unfit: 1 });
+    s.complete(w, &local(), grant.job.id, &LeaseClaim::new(grant.attempt, grant.secret.expose()), JobOutputs::default(), 1_200, &mut Effects::default())
+        .unwrap();
+    assert_eq!(s.demand().workable(), 1);
+}
