@@ -214,6 +214,52 @@ async fn tokens_made_beside_a_running_coordinator_apply_at_once_and_sigterm_ends
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+    // the watcher reconnects to the restarted coordinator, which refuses the revoked token
+    let _restarted = CoordinatorProcess::start(dir.path(), &coordinator.addr, 3000);
     let watched = watcher.join().unwrap();
-    assert_ne!(watched.status.code(), Some(0), "the watch was cut off: {}", String::from_utf8_lossy(&watched.stderr));
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    assert_eq!(watched.status.code(), Some(7), "refused after the reconnect: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_and_a_worker_carry_on_across_a_coordinator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = CoordinatorProcess::start(dir.path(), "127.0.0.1:0", 3000);
+    let url = coordinator.url.clone();
+    let retina = sample("retina.jpg");
+    let retina = retina.to_str().unwrap();
+    let out = stylefarm(&url, &["submit", "--content", retina, "--style", retina, "--size", "32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut worker = TestWorker::register(connect_retrying(&url).await, "restart-test", 1 << 34).await;
+    let watcher = {
+        let url = url.clone();
+        std::thread::spawn(move || stylefarm(&url, &["--json", "watch", "b1"]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(coordinator.child.id() as i32, libc::SIGTERM) };
+    assert!(coordinator.child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!watcher.is_finished(), "the watch waits for the coordinator to come back");
+    let _restarted = CoordinatorProcess::start(dir.path(), &coordinator.addr, 3000);
+    // the same worker (same channel, same id) leases and completes on the new process
+    let started = std::time::Instant::now();
+    let lease = loop {
+        let request = pb::LeaseJobRequest { worker_id: worker.id.clone(), device: "cpu".into(), device_memory_bytes: 1 << 34, wait_ms: 500 };
+        match worker.api.lease_job(request).await {
+            Ok(r) if r.get_ref().lease.is_some() => break r.into_inner().lease.unwrap(),
+            Ok(_) => {}
+            // the old connection is gone: the channel reconnects on a later call
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no lease from the restarted coordinator");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    worker.complete(&lease).await.unwrap();
+    let watched = watcher.join().unwrap();
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
+    let batch: serde_json::Value = serde_json::from_slice(&watched.stdout).unwrap();
+    assert_eq!(batch["state"], "succeeded");
 }

@@ -118,22 +118,67 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Follows the batch to its end; returns its final record.
+/// How long a watcher keeps trying to reach a coordinator that went away
+/// (a restart, a rolling update) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+/// Whether a failed call or stream may succeed against a restarted coordinator.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+}
+
+/// Follows the batch to its end; returns its final record. When the
+/// coordinator goes away (a restart, SIGTERM), the watch reconnects with
+/// backoff and carries on from the fresh snapshot the coordinator sends.
 pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
-    let mut stream = client.watch_batch(pb::WatchBatchRequest { batch_id: batch_id.to_string() }).await?.into_inner();
     let mut bars = Bars::new(quiet);
-    let mut last = None;
-    while let Some(event) = stream.message().await? {
-        if let Some(batch) = &event.batch {
-            bars.header.set_message(counts_line(batch));
-            last = Some(batch.clone());
+    let mut last: Option<pb::Batch> = None;
+    let mut outage: Option<std::time::Instant> = None;
+    let mut delay = Duration::from_millis(200);
+    'watch: loop {
+        let request = pb::WatchBatchRequest { batch_id: batch_id.to_string() };
+        let ended = match client.watch_batch(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            // on stderr even with --json (stdout stays the machine's)
+                            if outage.take().is_some() {
+                                bars.multi.suspend(|| eprintln!("reconnected to the coordinator"));
+                            }
+                            delay = Duration::from_millis(200);
+                            if let Some(batch) = &event.batch {
+                                bars.header.set_message(counts_line(batch));
+                                last = Some(batch.clone());
+                            }
+                            if let Some(job) = &event.job {
+                                bars.update(job);
+                            }
+                            if event.kind == pb::EventKind::BatchFinished as i32 {
+                                break 'watch;
+                            }
+                        }
+                        // a stream that ends without the batch's end: the coordinator stopped
+                        Ok(None) => break tonic::Status::unavailable("the watch stream ended"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if !transient(&ended) {
+            return Err(ended.into());
         }
-        if let Some(job) = &event.job {
-            bars.update(job);
+        let since = *outage.get_or_insert_with(|| {
+            bars.multi.suspend(|| eprintln!("lost the coordinator ({}); reconnecting", ended.message()));
+            std::time::Instant::now()
+        });
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(anyhow::Error::new(ended).context(format!("the coordinator has been unreachable for {} s", RECONNECT_FOR.as_secs())));
         }
-        if event.kind == pb::EventKind::BatchFinished as i32 {
-            break;
-        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
     bars.header.finish_and_clear();
     let batch = match last {
@@ -144,4 +189,18 @@ pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id:
         eprintln!("{}", counts_line(&batch));
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_outages_are_retried() {
+        assert!(transient(&tonic::Status::unavailable("down")));
+        assert!(transient(&tonic::Status::unknown("transport error")));
+        assert!(!transient(&tonic::Status::not_found("no batch")));
+        assert!(!transient(&tonic::Status::permission_denied("no")));
+        assert!(!transient(&tonic::Status::unauthenticated("no")));
+    }
 }

@@ -342,6 +342,16 @@ impl CoordinatorProcess {
     }
 }
 
+impl Drop for CoordinatorProcess {
+    /// A test that ends (or fails) never leaves a coordinator running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// kill -9, then reaps it.
 pub fn sigkill(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
