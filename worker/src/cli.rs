@@ -27,6 +27,19 @@ pub enum Command {
     },
     /// Time one loss+gradient evaluation against the in-repo eager PyTorch reference.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Exit 0 if the worker's health server (--health-listen) says SERVING (container HEALTHCHECK).
+    Health {
+        #[arg(long, env = "STYLEFARM_HEALTH_ADDR", default_value = "127.0.0.1:50052")]
+        addr: std::net::SocketAddr,
+    },
+    /// Drain the worker on this machine and wait until it has exited (a Kubernetes preStop hook).
+    Drain {
+        #[arg(long, env = "STYLEFARM_HEALTH_ADDR", default_value = "127.0.0.1:50052")]
+        health_addr: std::net::SocketAddr,
+        /// Give up waiting after this long (the worker's own --drain-timeout-s bounds the drain).
+        #[arg(long, default_value_t = 150)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -46,6 +46,11 @@ fn main() -> ExitCode {
         Some(Command::Render(args)) => render_cmd::run(&args),
         Some(Command::Weights { action }) => weights(action),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Health { addr }) => probe(async move {
+            let options = stylefarm_proto::connect::ConnectOptions { url: format!("http://{addr}"), ..Default::default() };
+            Ok(options.check_health(std::time::Duration::from_secs(3)).await?)
+        }),
+        Some(Command::Drain { health_addr, timeout_s }) => probe(farm::control::drain_and_wait(health_addr, std::time::Duration::from_secs(timeout_s))),
         None if cli.farm.coordinator.is_some() => farm::run(&cli.farm),
         None => Err(anyhow::anyhow!("give --coordinator URL to work on the farm, or a subcommand (render, weights, bench); see --help")),
     };
@@ -56,6 +61,11 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// Runs a small async client command on a one-thread runtime.
+fn probe(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
 fn weights(action: WeightsAction) -> anyhow::Result<()> {

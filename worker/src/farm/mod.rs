@@ -3,6 +3,7 @@
 //! idle), streams progress in heartbeats, uploads outputs to the attempt's
 //! prefix and reports. SIGTERM drains; a lost coordinator does not stop a job.
 
+pub mod control;
 mod devices;
 mod inputs;
 mod job;
@@ -63,6 +64,10 @@ pub struct FarmArgs {
     /// Largest input image to download, in bytes [default: what the coordinator allows uploads to be].
     #[arg(long)]
     pub max_input_bytes: Option<u64>,
+    /// Serve the gRPC health service (and Drain, to local callers) here, for
+    /// container health checks and Kubernetes probes, e.g. 0.0.0.0:50052.
+    #[arg(long, env = "STYLEFARM_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 /// The worker's identity on the coordinator, kept across restarts.
@@ -219,6 +224,18 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
     });
+    let control = Arc::new(control::Control {
+        drain: tokio::sync::Notify::new(),
+        running: {
+            let farm = Arc::clone(&farm);
+            Box::new(move || farm.running.lock().map(|r| r.len()).unwrap_or(0))
+        },
+    });
+    // up before registering: the process is alive while it retries the coordinator
+    let health = match args.health_listen {
+        Some(addr) => Some(control::serve(control::bind(addr).await?, Arc::clone(&control)).await?),
+        None => None,
+    };
     farm.register().await?;
     let cap = args.max_input_bytes.unwrap_or(*farm.max_input_bytes.lock().expect("cap lock"));
     let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap));
@@ -237,9 +254,15 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
             tokio::spawn(runner(Arc::clone(&farm), device, ctx))
         })
         .collect();
-    shutdown.await;
-    tracing::info!(running = farm.running.lock().expect("running lock").len(), "SIGTERM: draining (no new leases)");
+    tokio::select! {
+        _ = shutdown => {}
+        _ = control.drain.notified() => {}
+    }
+    tracing::info!(running = farm.running.lock().expect("running lock").len(), "draining (no new leases)");
     farm.draining.store(true, Ordering::Relaxed);
+    if let Some(health) = &health {
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    }
     let drain = async {
         for runner in runners {
             let _ = runner.await;
