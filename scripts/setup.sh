@@ -5,7 +5,8 @@
 #     venv under the stylefarm cache, linked into the repo as .venv and .libtorch;
 #   * the default VGG-16 weights (Keras/caffe ImageNet), fetched, converted to
 #     safetensors and verified by SHA-256 by the worker binary itself;
-#   * the sample images from the scikit-image wheel.
+#   * the sample images from the scikit-image wheel;
+#   * systemd-analyze (Debian package systemd) for the deploy/ tests.
 #
 # A second run finds the stamps and makes no network calls.
 # Cache: $STYLEFARM_CACHE, else ~/.cache/stylefarm.
@@ -70,3 +71,15 @@ else
   log "sample images already in $samples"
 fi
 ln -sfn "$samples" "$repo/.samples"
+
+# --- 3. tools the deploy/ tests call ---------------------------------------------
+# kubectl (with kustomize) renders deploy/k8s; systemd-analyze verifies the units.
+missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  log "installing ${missing[*]} (Debian packages) for the deploy/ tests"
+  SUDO=""; [[ "$(id -u)" -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v kubectl >/dev/null 2>&1 || log "warning: kubectl not found; the deploy/k8s tests need it (https://kubernetes.io/docs/tasks/tools/)"

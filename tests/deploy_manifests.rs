@@ -1,0 +1,316 @@
+//! `deploy/` checked without a cluster: every kustomize overlay renders with
+//! the machine's kubectl, and every object it renders validates against the
+//! Kubernetes API schema (k8s-openapi's types for Kubernetes 1.33: an object
+//! must read back exactly as written, so a misspelt or misplaced field fails);
+//! KEDA's ScaledObject against its CRD's fields. Then the rules that tie the
+//! objects together (selectors, ports, probes, grace periods against the drain
+//! timeout), and the systemd units through `systemd-analyze verify`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use stylefarm_tests::{repo_root, workspace_bin};
+
+/// KEDA 2.x `ScaledObject` (keda.sh/v1alpha1), the fields of its CRD schema
+/// this project may use; anything else is refused.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScaledObject {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: ScaledObjectSpec,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScaledObjectSpec {
+    scale_target_ref: ScaleTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    polling_interval: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cooldown_period: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initial_cooldown_period: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_replica_count: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_replica_count: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_replica_count: Option<i32>,
+    triggers: Vec<Trigger>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScaleTarget {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Trigger {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// The CRD types it as a map of strings: numbers must be quoted.
+    metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metric_type: Option<String>,
+}
+
+fn kustomize(overlay: &str) -> Vec<Value> {
+    let dir = repo_root().join("deploy/k8s/overlays").join(overlay);
+    let out = Command::new("kubectl").arg("kustomize").arg(&dir).output().expect("kubectl (preinstalled; `make setup` checks for it)");
+    assert!(out.status.success(), "kubectl kustomize {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    serde_yaml::Deserializer::from_slice(&out.stdout).map(|doc| serde_json::to_value(Value::deserialize(doc).unwrap()).unwrap()).collect()
+}
+
+/// Where `a` and `b` differ (a field the type does not know, or a value it
+/// read as something else), as JSON paths.
+fn differences(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) => differences(&format!("{path}.{k}"), v, w, out),
+                    None => out.push(format!("{path}.{k}: not a field of this kind")),
+                }
+            }
+            // k8s-openapi writes apiVersion and kind on embedded objects (a claim template): not a finding
+            for k in y.keys().filter(|k| !x.contains_key(*k) && *k != "apiVersion" && *k != "kind") {
+                out.push(format!("{path}.{k}: added on reading"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                differences(&format!("{path}[{i}]"), v, w, out);
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(format!("{path}: {a} reads back as {b}")),
+    }
+}
+
+/// Reads `object` as `T` and insists it reads back unchanged.
+fn strict<T: DeserializeOwned + Serialize>(object: &Value) -> T {
+    let name = format!("{} {}", object["kind"], object["metadata"]["name"]);
+    let typed: T = serde_json::from_value(object.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    let mut diff = Vec::new();
+    differences("", object, &back, &mut diff);
+    assert!(diff.is_empty(), "{name} does not validate against its schema:\n  {}", diff.join("\n  "));
+    typed
+}
+
+#[derive(Default)]
+struct Rendered {
+    statefulsets: Vec<StatefulSet>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    pdbs: Vec<PodDisruptionBudget>,
+    configmaps: Vec<ConfigMap>,
+    scaled: Vec<ScaledObject>,
+    kinds: Vec<String>,
+}
+
+fn validate(objects: &[Value]) -> Rendered {
+    let mut r = Rendered::default();
+    for object in objects {
+        let kind = object["kind"].as_str().unwrap_or_default().to_string();
+        match (object["apiVersion"].as_str().unwrap_or_default(), kind.as_str()) {
+            ("apps/v1", "StatefulSet") => r.statefulsets.push(strict(object)),
+            ("apps/v1", "Deployment") => r.deployments.push(strict(object)),
+            ("v1", "Service") => r.services.push(strict(object)),
+            ("v1", "ConfigMap") => r.configmaps.push(strict(object)),
+            ("v1", "ServiceAccount") => drop(strict::<ServiceAccount>(object)),
+            ("v1", "Namespace") => drop(strict::<Namespace>(object)),
+            ("policy/v1", "PodDisruptionBudget") => r.pdbs.push(strict(object)),
+            ("keda.sh/v1alpha1", "ScaledObject") => r.scaled.push(strict(object)),
+            (api, kind) => panic!("{api} {kind}: a kind this test does not know how to validate"),
+        }
+        r.kinds.push(kind);
+    }
+    r
+}
+
+fn pod(spec: &Option<PodSpec>) -> &PodSpec {
+    spec.as_ref().expect("pod spec")
+}
+
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The rules every overlay keeps.
+fn check_wiring(r: &Rendered, overlay: &str) {
+    let coordinator = r.statefulsets.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-coordinator")).expect("coordinator StatefulSet");
+    let worker = r.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("stylefarm-worker")).expect("worker Deployment");
+    let service = r.services.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-coordinator")).expect("coordinator Service");
+
+    // the coordinator: one replica with its state on a claim, reached through the Service, probed over gRPC
+    let cs = coordinator.spec.as_ref().unwrap();
+    assert_eq!(cs.replicas, Some(1), "{overlay}: one SQLite writer");
+    let claims = cs.volume_claim_templates.as_ref().expect("a PersistentVolumeClaim for the state");
+    let c = &pod(&cs.template.spec).containers[0];
+    let state_mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == claims[0].metadata.name.clone().unwrap()).expect("the claim is mounted");
+    let env = r.configmaps.iter().find(|m| m.metadata.name.as_deref() == Some("stylefarm-coordinator")).unwrap().data.clone().unwrap();
+    assert_eq!(env.get("STYLEFARM_DATA_DIR"), Some(&state_mount.mount_path), "{overlay}: the data dir is the mounted claim");
+    let grpc_port = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("grpc")).unwrap().container_port;
+    assert!(env["STYLEFARM_LISTEN"].ends_with(&format!(":{grpc_port}")), "{overlay}: listens on the declared port");
+    for probe in [&c.startup_probe, &c.readiness_probe, &c.liveness_probe] {
+        assert_eq!(probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port), Some(grpc_port), "{overlay}: coordinator probes use gRPC health");
+    }
+    let selector = service.spec.as_ref().unwrap().selector.clone().unwrap();
+    assert!(labels_match(&selector, cs.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{overlay}: the Service selects the coordinator");
+
+    // workers: reach the Service, probed on their health port, and get longer than their drain to stop
+    let ws = worker.spec.as_ref().unwrap();
+    let wp = pod(&ws.template.spec);
+    let w = &wp.containers[0];
+    let args = w.args.clone().unwrap_or_default();
+    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    let drain_s: i64 = flag("--drain-timeout-s").expect("--drain-timeout-s is explicit").parse().unwrap();
+    let grace = wp.termination_grace_period_seconds.expect("terminationGracePeriodSeconds");
+    assert!(grace > drain_s, "{overlay}: grace {grace} s must exceed the drain timeout {drain_s} s");
+    let pre_stop =
+        w.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|h| h.exec.as_ref()).expect("a preStop that drains").command.clone().unwrap();
+    assert_eq!(pre_stop[..2], ["stylefarm-worker".to_string(), "drain".to_string()], "{overlay}");
+    let wait: i64 = pre_stop[pre_stop.iter().position(|a| a == "--timeout-s").unwrap() + 1].parse().unwrap();
+    assert!(wait >= drain_s && wait < grace, "{overlay}: preStop waits {wait} s: at least the drain ({drain_s} s), less than the grace ({grace} s)");
+    let health: std::net::SocketAddr = flag("--health-listen").expect("--health-listen").parse().unwrap();
+    let health_port = w.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("health")).unwrap().container_port;
+    assert_eq!(health.port() as i32, health_port);
+    for probe in [&w.startup_probe, &w.liveness_probe] {
+        assert_eq!(probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port), Some(health_port), "{overlay}: worker probes use its gRPC health");
+    }
+    let wenv = r.configmaps.iter().find(|m| m.metadata.name.as_deref() == Some("stylefarm-worker")).unwrap().data.clone().unwrap();
+    let service_port = service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+    assert_eq!(wenv["STYLEFARM_COORDINATOR"], format!("http://stylefarm-coordinator:{service_port}"), "{overlay}: workers reach the Service");
+    let pdb = &r.pdbs[0];
+    let pdb_selector = pdb.spec.as_ref().unwrap().selector.as_ref().unwrap().match_labels.clone().unwrap();
+    assert!(labels_match(&pdb_selector, ws.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{overlay}: the PDB covers the workers");
+    assert!(labels_match(ws.selector.match_labels.as_ref().unwrap(), ws.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()));
+    for c in wp.containers.iter().chain(pod(&cs.template.spec).containers.iter()) {
+        let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{overlay} {}", c.name);
+        assert!(c.image.as_deref().is_some_and(|i| i.contains(':')), "{overlay} {}: a pinned image tag", c.name);
+    }
+}
+
+#[test]
+fn every_overlay_renders_and_validates_against_the_api_schema() {
+    // gpu: GPU nodes, nvidia.com/gpu limits, KEDA scaling to zero on the coordinator's queue
+    let gpu = validate(&kustomize("gpu"));
+    check_wiring(&gpu, "gpu");
+    let w = pod(&gpu.deployments[0].spec.as_ref().unwrap().template.spec);
+    let limits = w.containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
+    assert_eq!(limits.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"));
+    assert!(w.tolerations.as_ref().unwrap().iter().any(|t| t.key.as_deref() == Some("nvidia.com/gpu")));
+    assert!(w.node_selector.as_ref().unwrap().contains_key("nvidia.com/gpu.present"));
+    let so = &gpu.scaled[0];
+    assert_eq!(so.spec.scale_target_ref.name, "stylefarm-worker");
+    assert_eq!(so.spec.min_replica_count, Some(0), "scales to zero");
+    let trigger = &so.spec.triggers[0];
+    assert_eq!(trigger.kind, "external");
+    let address = &trigger.metadata["scalerAddress"];
+    let port = gpu.services[0].spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+    assert!(address.starts_with("stylefarm-coordinator.stylefarm.svc") && address.ends_with(&format!(":{port}")), "{address}");
+    assert!(gpu.kinds.contains(&"Namespace".to_string()));
+
+    // cpu: two workers, no GPU asked for, no autoscaler
+    let cpu = validate(&kustomize("cpu"));
+    check_wiring(&cpu, "cpu");
+    assert_eq!(cpu.deployments[0].spec.as_ref().unwrap().replicas, Some(2));
+    let limits = pod(&cpu.deployments[0].spec.as_ref().unwrap().template.spec).containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
+    assert!(!limits.contains_key("nvidia.com/gpu"));
+    assert!(cpu.scaled.is_empty());
+}
+
+#[test]
+fn the_schema_check_catches_a_misplaced_field() {
+    // the check itself can fail: a field one level too deep, and a number where a string belongs
+    let mut objects = kustomize("cpu");
+    let worker = objects.iter_mut().find(|o| o["kind"] == "Deployment").unwrap();
+    worker["spec"]["template"]["spec"]["containers"][0]["terminationGracePeriodSeconds"] = 30.into();
+    let result = std::panic::catch_unwind(|| validate(&objects));
+    let Err(panic) = result else { panic!("a Deployment with a misplaced field validated") };
+    let message = *panic.downcast::<String>().unwrap();
+    assert!(message.contains("containers[0].terminationGracePeriodSeconds"), "{message}");
+
+    let so: Value = serde_json::json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
+        "spec": {"scaleTargetRef": {"name": "w"}, "triggers": [{"type": "external", "metadata": {"jobsPerWorker": 1}}]}});
+    assert!(serde_json::from_value::<ScaledObject>(so).is_err(), "trigger metadata values are strings");
+}
+
+/// A root for `systemd-analyze verify --root`: the units where systemd looks
+/// for them, the binaries where they name them, and the host's own system units.
+fn systemd_root(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    let units = root.join("etc/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    for unit in ["stylefarm-coordinator.service", "stylefarm-worker.service"] {
+        std::fs::copy(repo_root().join("deploy/systemd").join(unit), units.join(unit)).unwrap();
+    }
+    let bin = root.join("opt/stylefarm/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (package, name) in [("stylefarm-coordinator", "stylefarm-coordinator"), ("stylefarm-worker", "stylefarm-worker")] {
+        std::fs::copy(workspace_bin(package, name), bin.join(name)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("etc/stylefarm")).unwrap();
+    for f in ["worker.env", "coordinator.env"] {
+        std::fs::copy(repo_root().join("deploy/systemd").join(f), root.join("etc/stylefarm").join(f)).unwrap();
+    }
+    std::fs::write(root.join("etc/stylefarm/worker.token"), "sf1_0_x\n").unwrap();
+    std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+    let status = Command::new("cp").arg("-a").arg("/usr/lib/systemd/system").arg(root.join("usr/lib/systemd/")).status().unwrap();
+    assert!(status.success(), "copying the host's system units");
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    root
+}
+
+fn verify(root: &Path, unit: &str) -> (bool, String) {
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", root.display()))
+        .arg(root.join("etc/systemd/system").join(unit))
+        .output()
+        .expect("systemd-analyze (Debian package systemd; `make setup` installs it)");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+fn the_systemd_units_verify_and_outlast_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = systemd_root(dir.path());
+    for unit in ["stylefarm-coordinator.service", "stylefarm-worker.service"] {
+        let (ok, said) = verify(&root, unit);
+        // systemd-analyze exits 0 on unknown keys; anything it says is a finding
+        assert!(ok && said.trim().is_empty(), "systemd-analyze verify {unit}:\n{said}");
+    }
+    let worker = std::fs::read_to_string(root.join("etc/systemd/system/stylefarm-worker.service")).unwrap();
+    let value = |key: &str| worker.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("{key} is set")).to_string();
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    let exec = value("ExecStart");
+    let drain: u64 = exec.split_whitespace().skip_while(|w| *w != "--drain-timeout-s").nth(1).expect("--drain-timeout-s in ExecStart").parse().unwrap();
+    assert!(stop > drain, "TimeoutStopSec {stop} must exceed the drain timeout {drain}");
+
+    // and the check can fail: a misspelt key is reported
+    let units = root.join("etc/systemd/system");
+    std::fs::write(units.join("stylefarm-worker.service"), worker.replace("TimeoutStopSec=", "TimeoutStopSek=")).unwrap();
+    let (_, said) = verify(&root, "stylefarm-worker.service");
+    assert!(said.contains("TimeoutStopSek"), "{said}");
+}
