@@ -4,7 +4,7 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: setup build release test lint bench bench-coordinator soak-coordinator bench-farm demo render-demo figures
+.PHONY: setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist deploy-test
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -38,6 +38,10 @@ demo: setup
 bench-coordinator:
 	$(CARGO) bench -p stylefarm-coordinator --bench throughput -- --workers 100,1000 --jobs 20000
 
+## bench-coordinator-baseline: this checkout's coordinator beside the one before the trust boundary (9e49a34), alternating rounds.
+bench-coordinator-baseline:
+	bash scripts/bench_coordinator_baseline.sh
+
 ## soak-coordinator: 1,000,000 trivial jobs, watchers coming and going; the coordinator's RSS as it goes.
 soak-coordinator:
 	$(CARGO) bench -p stylefarm-coordinator --bench throughput -- --soak 1000000
@@ -56,3 +60,17 @@ render-demo: release
 ## figures: the README's pictures and loss plot (docs/results/).
 figures: release
 	bash scripts/readme_figures.sh
+
+## images: the coordinator and S3 images with podman (Debian base from mmdebstrap; this checkout's binaries).
+images:
+	bash scripts/images.sh coordinator s3
+
+## dist: target/dist/stylefarm-VERSION-linux-x86_64.tar.gz (binaries, systemd units, install.sh).
+dist:
+	bash scripts/dist.sh
+
+## deploy-test: the worker image too (~5 GB, torch), then a batch through coordinator, two workers and S3 in containers.
+deploy-test: setup
+	PROFILE=release cargo build --release -p stylefarm-coordinator -p stylefarm-client -p stylefarm-worker
+	PROFILE=release bash scripts/images.sh coordinator s3 worker
+	PROFILE=release bash scripts/deploy_test.sh

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Installs stylefarm from the release bundle this script sits in.
+#
+#   sudo ./install.sh worker --coordinator URL --token-file FILE [--tls-ca FILE] [--devices auto]
+#   sudo ./install.sh coordinator
+#
+# Options:
+#   --prefix DIR       where bin/ and site-packages/ go        [/opt/stylefarm]
+#   --etc DIR          settings, tokens                        [/etc/stylefarm]
+#   --units DIR        systemd units                           [/etc/systemd/system]
+#   --python PATH      the python3 to use for torch            [python3]
+#   --no-start         install only; do not enable or start the service
+#   --no-user          do not create the `stylefarm` system user (tests, containers)
+#
+# torch: if PYTHON already has torch 2.11.x, its site-packages is linked as
+# PREFIX/site-packages; otherwise torch==2.11.0 (CUDA 13 build, ~5 GB) is
+# installed into PREFIX/venv from PyPI. The worker finds it through its rpath
+# ($ORIGIN/../site-packages/torch/lib): nothing to set.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+role="${1:-}"; shift || true
+prefix=/opt/stylefarm etc=/etc/stylefarm units=/etc/systemd/system python=python3
+coordinator="" token_file="" tls_ca="" devices=auto start=1 user=1
+die() { echo "install.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix=$2; shift 2 ;;
+    --etc) etc=$2; shift 2 ;;
+    --units) units=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    --coordinator) coordinator=$2; shift 2 ;;
+    --token-file) token_file=$2; shift 2 ;;
+    --tls-ca) tls_ca=$2; shift 2 ;;
+    --devices) devices=$2; shift 2 ;;
+    --no-start) start=0; shift ;;
+    --no-user) user=0; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+case "$role" in
+  worker) [ -n "$coordinator" ] || die "worker: --coordinator URL is required" ;;
+  coordinator) ;;
+  *) die "first argument: worker or coordinator (see --help)" ;;
+esac
+log() { printf 'install: %s\n' "$*" >&2; }
+
+if [ "$user" = 1 ] && ! id stylefarm >/dev/null 2>&1; then
+  log "creating the system user stylefarm"
+  useradd --system --home-dir /var/lib/stylefarm --shell /usr/sbin/nologin --user-group stylefarm
+  for g in video render; do getent group "$g" >/dev/null && usermod -aG "$g" stylefarm; done
+fi
+
+mkdir -p "$prefix/bin" "$etc"
+install -m 0755 "$here/bin/"* "$prefix/bin/"
+log "binaries in $prefix/bin"
+
+if [ "$role" = worker ]; then
+  # --- torch 2.11 -----------------------------------------------------------
+  have=$("$python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+  if [[ "$have" == 2.11.* ]]; then
+    site=$("$python" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+    log "using this host's PyTorch $have from $site"
+  else
+    log "installing torch==2.11.0 into $prefix/venv (one-time, ~5 GB)"
+    [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "$prefix/venv"
+    "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.11.0"
+    site=$("$prefix/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  fi
+  ln -sfn "$site" "$prefix/site-packages"
+  # the worker must load libtorch from there with no environment set
+  env -u LD_LIBRARY_PATH "$prefix/bin/stylefarm-worker" --version >/dev/null || die "the worker cannot load libtorch from $prefix/site-packages/torch/lib"
+  log "libtorch: $prefix/site-packages/torch/lib"
+
+  # --- settings ------------------------------------------------------------
+  if [ ! -f "$etc/worker.env" ]; then
+    sed -e "s|^STYLEFARM_COORDINATOR=.*|STYLEFARM_COORDINATOR=$coordinator|" -e "s|^STYLEFARM_DEVICES=.*|STYLEFARM_DEVICES=$devices|" \
+      "$here/systemd/worker.env" > "$etc/worker.env"
+    if [ -n "$tls_ca" ]; then
+      install -m 0644 "$tls_ca" "$etc/ca.crt"
+      sed -i "s|^STYLEFARM_TLS_CA=.*|STYLEFARM_TLS_CA=$etc/ca.crt|" "$etc/worker.env"
+    else
+      sed -i "s|^STYLEFARM_TLS_CA=|#STYLEFARM_TLS_CA=|" "$etc/worker.env"
+    fi
+    log "settings: $etc/worker.env"
+  else
+    log "keeping the existing $etc/worker.env"
+  fi
+  if [ -n "$token_file" ]; then
+    install -m 0600 "$token_file" "$etc/worker.token"
+  elif [ ! -f "$etc/worker.token" ]; then
+    : > "$etc/worker.token"; chmod 0600 "$etc/worker.token"
+    log "no --token-file: $etc/worker.token is empty (fine for a coordinator without tokens)"
+  fi
+  # the VGG-16 weights, once, into the service's cache
+  mkdir -p /var/cache/stylefarm 2>/dev/null || true
+  if STYLEFARM_CACHE=${STYLEFARM_CACHE:-/var/cache/stylefarm} "$prefix/bin/stylefarm-worker" weights fetch >/dev/null; then
+    log "weights cached"
+  else
+    log "weights not fetched now (the worker fetches them on its first job)"
+  fi
+else
+  [ -f "$etc/coordinator.env" ] || cp "$here/systemd/coordinator.env" "$etc/coordinator.env"
+  log "settings: $etc/coordinator.env (TLS and tokens: see README#security)"
+fi
+
+# --- the unit ------------------------------------------------------------------
+mkdir -p "$units"
+unit="stylefarm-$role.service"
+sed -e "s|/opt/stylefarm|$prefix|g" -e "s|/etc/stylefarm|$etc|g" "$here/systemd/$unit" > "$units/$unit"
+[ "$user" = 1 ] && [ -d "$etc" ] && chown -R root:stylefarm "$etc" && chmod 0750 "$etc"
+log "unit: $units/$unit"
+if [ "$start" = 1 ]; then
+  systemctl daemon-reload
+  systemctl enable --now "$unit"
+  log "started: systemctl status $unit; journalctl -u $unit -f"
+else
+  log "not started (--no-start): systemctl enable --now $unit"
+fi

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the container images from deploy/docker/*.Dockerfile with podman, on
+# a machine that reaches no image registry: the base is a Debian bookworm
+# minbase made by mmdebstrap from Debian's packages and `podman import`-ed, and
+# the binaries are this checkout's (built on the host: BINARIES=prebuilt).
+#
+#   bash scripts/images.sh [coordinator] [s3] [worker]     (default: coordinator s3)
+#
+# Installs podman, runc and mmdebstrap (Debian packages) when missing, and
+# sets `default_ulimits = []` in podman's containers.conf (needed in this
+# sandbox). Images: localhost/stylefarm-{coordinator,s3,worker}:VERSION.
+# Env: PROFILE=debug|release (binaries; default debug, what `make test` built),
+#      CARGO_TARGET_DIR, STYLEFARM_CACHE (where the base tarball is kept).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+PROFILE=${PROFILE:-debug}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+CACHE=${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}
+BASE_IMAGE=localhost/stylefarm-base:bookworm
+images=("$@")
+[ ${#images[@]} -gt 0 ] || images=(coordinator s3)
+log() { printf 'images: %s\n' "$*" >&2; }
+
+# --- podman, runc, mmdebstrap --------------------------------------------------
+need=()
+for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]} (Debian packages)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends podman runc mmdebstrap uidmap fuse-overlayfs slirp4netns >/dev/null
+fi
+conf=/etc/containers/containers.conf
+if ! grep -qs '^default_ulimits *= *\[\]' "$conf"; then
+  log "setting default_ulimits = [] in $conf"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO mkdir -p /etc/containers
+  if grep -qs '^\[containers\]' "$conf"; then
+    $SUDO sed -i 's/^\[containers\]/[containers]\ndefault_ulimits = []/' "$conf"
+  else
+    printf '[containers]\ndefault_ulimits = []\n' | $SUDO tee -a "$conf" >/dev/null
+  fi
+fi
+
+# --- the base image: Debian bookworm minbase -------------------------------------
+if ! podman image exists "$BASE_IMAGE"; then
+  tarball="$CACHE/images/debian-bookworm-minbase.tar"
+  if [ ! -s "$tarball" ]; then
+    log "mmdebstrap --variant=minbase bookworm (one-time, ~100 MB)"
+    mkdir -p "$(dirname "$tarball")"
+    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$tarball.tmp"
+    mv "$tarball.tmp" "$tarball"
+  fi
+  log "podman import $tarball as $BASE_IMAGE"
+  podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["/bin/bash"]' "$tarball" "$BASE_IMAGE" >/dev/null
+fi
+
+# --- images ----------------------------------------------------------------------
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+build() { # name, dockerfile
+  log "building localhost/stylefarm-$1:$VERSION"
+  podman build --quiet --network host --build-arg BASE="$BASE_IMAGE" --build-arg BINARIES=prebuilt \
+    --build-arg VERSION="$VERSION" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    -f "$ROOT/deploy/docker/$2" -t "localhost/stylefarm-$1:$VERSION" "$context" >/dev/null
+}
+for image in "${images[@]}"; do
+  rm -rf "${context:?}"/*
+  mkdir -p "$context/bin"
+  case "$image" in
+    coordinator)
+      [ -x "$TARGET/$PROFILE/stylefarm-coordinator" ] || cargo build $([ "$PROFILE" = release ] && echo --release) -p stylefarm-coordinator -p stylefarm-client
+      cp "$TARGET/$PROFILE/stylefarm-coordinator" "$TARGET/$PROFILE/stylefarm" "$context/bin/"
+      build coordinator coordinator.Dockerfile ;;
+    s3)
+      s3s="$CACHE/bin/s3s-fs"
+      if [ ! -x "$s3s" ]; then
+        log "cargo install s3s-fs 0.14.1 (one-time)"
+        cargo install --quiet --locked --root "$CACHE" s3s-fs --version 0.14.1 --features binary
+      fi
+      cp "$s3s" "$context/bin/"
+      build s3 s3.Dockerfile ;;
+    worker)
+      [ -x "$TARGET/$PROFILE/stylefarm-worker" ] || cargo build $([ "$PROFILE" = release ] && echo --release) -p stylefarm-worker
+      cp "$TARGET/$PROFILE/stylefarm-worker" "$context/bin/"
+      # torch's and CUDA's shared libraries from the venv `make setup` made (no Python needed at run time)
+      site=$(readlink -f "$ROOT/.libtorch")/..
+      mkdir -p "$context/site-packages/torch"
+      cp -a "$(readlink -f "$site")/torch/lib" "$context/site-packages/torch/lib"
+      [ -d "$site/nvidia" ] && cp -a "$(readlink -f "$site")/nvidia" "$context/site-packages/nvidia"
+      build worker worker.Dockerfile ;;
+    *) echo "unknown image $image (coordinator, s3, worker)" >&2; exit 2 ;;
+  esac
+done
+podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep stylefarm- >&2 || true
