@@ -10,6 +10,9 @@
 //     it (nothing references its symbols), and then CUDA is never registered.
 fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    // declaring any rerun-if turns off cargo's default (rerun on any package change)
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../build-support/libtorch_link.rs");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
