@@ -4,7 +4,7 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist deploy-test
+.PHONY: setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -68,9 +68,3 @@ images:
 ## dist: target/dist/stylefarm-VERSION-linux-x86_64.tar.gz (binaries, systemd units, install.sh).
 dist:
 	bash scripts/dist.sh
-
-## deploy-test: the worker image too (~5 GB, torch), then a batch through coordinator, two workers and S3 in containers.
-deploy-test: setup
-	PROFILE=release cargo build --release -p stylefarm-coordinator -p stylefarm-client -p stylefarm-worker
-	PROFILE=release bash scripts/images.sh coordinator s3 worker
-	PROFILE=release bash scripts/deploy_test.sh
