@@ -50,8 +50,9 @@ if ! podman image exists "$BASE_IMAGE"; then
   if [ ! -s "$tarball" ]; then
     log "mmdebstrap --variant=minbase bookworm (one-time, ~100 MB)"
     mkdir -p "$(dirname "$tarball")"
-    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$tarball.tmp"
-    mv "$tarball.tmp" "$tarball"
+    # mmdebstrap picks the output format from the name: keep .tar at the end
+    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "${tarball%.tar}.partial.tar"
+    mv "${tarball%.tar}.partial.tar" "$tarball"
   fi
   log "podman import $tarball as $BASE_IMAGE"
   podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -63,7 +64,7 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 build() { # name, dockerfile
   log "building localhost/stylefarm-$1:$VERSION"
-  podman build --quiet --network host --build-arg BASE="$BASE_IMAGE" --build-arg BINARIES=prebuilt \
+  podman build --quiet --format docker --network host --build-arg BASE="$BASE_IMAGE" --build-arg BINARIES=prebuilt \
     --build-arg VERSION="$VERSION" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     -f "$ROOT/deploy/docker/$2" -t "localhost/stylefarm-$1:$VERSION" "$context" >/dev/null
 }

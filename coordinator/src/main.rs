@@ -77,8 +77,9 @@ struct Args {
 enum Command {
     /// Exit 0 if the coordinator at --url says SERVING on the gRPC health service (container HEALTHCHECK).
     Health {
-        #[arg(long, env = "STYLEFARM_HEALTH_URL", default_value = "http://127.0.0.1:50051")]
-        url: String,
+        /// [default: this machine's side of STYLEFARM_LISTEN, else http://127.0.0.1:50051]
+        #[arg(long, env = "STYLEFARM_HEALTH_URL")]
+        url: Option<String>,
         /// PEM CA of the coordinator's certificate (https:// URLs).
         #[arg(long, env = "STYLEFARM_TLS_CA")]
         tls_ca: Option<PathBuf>,
@@ -222,7 +223,14 @@ async fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     if let Some(Command::Health { url, tls_ca }) = &args.command {
-        let options = stylefarm_proto::connect::ConnectOptions { url: url.clone(), tls_ca: tls_ca.clone(), ..Default::default() };
+        let url = url.clone().unwrap_or_else(|| {
+            let listen: SocketAddr = std::env::var("STYLEFARM_LISTEN").ok().and_then(|a| a.parse().ok()).unwrap_or_else(|| CoordinatorConfig::default().listen);
+            let scheme = if tls_ca.is_some() { "https" } else { "http" };
+            // a wildcard listener is reached on loopback
+            let ip = if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() };
+            format!("{scheme}://{}", SocketAddr::new(ip, listen.port()))
+        });
+        let options = stylefarm_proto::connect::ConnectOptions { url, tls_ca: tls_ca.clone(), ..Default::default() };
         options.check_health(std::time::Duration::from_secs(3)).await?;
         return Ok(());
     }
