@@ -77,7 +77,7 @@ struct Args {
 enum Command {
     /// Exit 0 if the coordinator at --url says SERVING on the gRPC health service (container HEALTHCHECK).
     Health {
-        /// [default: this machine's side of STYLEFARM_LISTEN, else http://127.0.0.1:50051]
+        /// [default: this machine's side of the listen address (--config, STYLEFARM_LISTEN, --listen)]
         #[arg(long, env = "STYLEFARM_HEALTH_URL")]
         url: Option<String>,
         /// PEM CA of the coordinator's certificate (https:// URLs).
@@ -222,10 +222,12 @@ async fn main() -> Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
+    let config = config(&args)?;
     if let Some(Command::Health { url, tls_ca }) = &args.command {
+        // by default, this machine's side of the address the server listens on (same config)
         let url = url.clone().unwrap_or_else(|| {
-            let listen: SocketAddr = std::env::var("STYLEFARM_LISTEN").ok().and_then(|a| a.parse().ok()).unwrap_or_else(|| CoordinatorConfig::default().listen);
-            let scheme = if tls_ca.is_some() { "https" } else { "http" };
+            let scheme = if tls_ca.is_some() || config.tls_cert.is_some() { "https" } else { "http" };
+            let listen = config.listen;
             // a wildcard listener is reached on loopback
             let ip = if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() };
             format!("{scheme}://{}", SocketAddr::new(ip, listen.port()))
@@ -234,7 +236,6 @@ async fn main() -> Result<()> {
         options.check_health(std::time::Duration::from_secs(3)).await?;
         return Ok(());
     }
-    let config = config(&args)?;
     if let Some(Command::Token { action }) = &args.command {
         return token_command(&config.data_dir, action);
     }

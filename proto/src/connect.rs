@@ -124,20 +124,26 @@ impl ConnectOptions {
         Ok(WorkerApiClient::new(self.wrap(channel)?).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// The standard gRPC health check (service ""): Ok when the server says
-    /// SERVING within `timeout`; the error says what it said or why it could
-    /// not be asked. Container HEALTHCHECKs run this (`… health`).
-    pub async fn check_health(&self, timeout: Duration) -> Result<(), ConnectError> {
+    /// What the server's standard gRPC health service (service "") answers
+    /// within `timeout`; the error says why it could not be asked.
+    pub async fn health_status(&self, timeout: Duration) -> Result<tonic_health::pb::health_check_response::ServingStatus, ConnectError> {
         let unhealthy = |reason: String| ConnectError::Unhealthy { url: self.url.clone(), reason };
         let ask = async {
             let channel = self.endpoint()?.connect().await.map_err(|e| unhealthy(format!("cannot connect: {e}")))?;
             let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
             let answer = tonic_health::pb::health_client::HealthClient::new(channel).check(request).await.map_err(|s| unhealthy(s.message().to_string()))?;
-            match answer.into_inner().status() {
-                tonic_health::pb::health_check_response::ServingStatus::Serving => Ok(()),
-                other => Err(unhealthy(format!("answers {}", other.as_str_name()))),
-            }
+            Ok(answer.into_inner().status())
         };
         tokio::time::timeout(timeout, ask).await.map_err(|_| unhealthy(format!("no answer within {} s", timeout.as_secs_f64())))?
+    }
+
+    /// Ok when the server says SERVING within `timeout`; the error says what
+    /// it said or why it could not be asked. Container HEALTHCHECKs run this
+    /// (`… health`).
+    pub async fn check_health(&self, timeout: Duration) -> Result<(), ConnectError> {
+        match self.health_status(timeout).await? {
+            tonic_health::pb::health_check_response::ServingStatus::Serving => Ok(()),
+            other => Err(ConnectError::Unhealthy { url: self.url.clone(), reason: format!("answers {}", other.as_str_name()) }),
+        }
     }
 }

@@ -38,8 +38,13 @@ impl ScalerService {
     }
 
     fn demand(&self) -> Result<u64, Status> {
-        Ok(self.farm.read(|s| s.demand())?.workable())
+        workable(&self.farm)
     }
+}
+
+/// The metric: jobs a worker could take now or is running.
+fn workable(farm: &Farm) -> Result<u64, Status> {
+    Ok(farm.read(|s| s.demand())?.workable())
 }
 
 /// Jobs per worker from the trigger's metadata (`jobsPerWorker`, default 1).
@@ -72,10 +77,10 @@ impl ks::external_scaler_server::ExternalScaler for ScalerService {
             let mut stopping = farm.stopping();
             let mut last = None;
             loop {
-                let active = match farm.read(|s| s.demand()) {
-                    Ok(d) => d.workable() > 0,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                let active = match workable(&farm) {
+                    Ok(n) => n > 0,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };

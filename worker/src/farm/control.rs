@@ -68,18 +68,15 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 /// until it has exited (its health port closes) or `timeout` passes.
 pub async fn drain_and_wait(addr: SocketAddr, timeout: Duration) -> Result<()> {
     let url = format!("http://{addr}");
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await.with_context(|| format!("no worker health server at {addr}"))?;
+    let probe = stylefarm_proto::connect::ConnectOptions { url: url.clone(), ..Default::default() };
+    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await.with_context(|| format!("no worker health server at {addr}"))?;
     let r = pb::worker_control_client::WorkerControlClient::new(channel).drain(pb::DrainRequest {}).await.context("Drain")?.into_inner();
     eprintln!("draining: {} job(s) running", r.running_jobs);
     let started = Instant::now();
     loop {
+        // alive while its health server answers at all (it says NOT_SERVING while it drains);
         // a fresh connection each time: the old one may linger after the process exits
-        let alive = match tonic::transport::Endpoint::from_shared(url.clone())?.connect_timeout(Duration::from_secs(1)).connect().await {
-            Ok(channel) => {
-                tonic_health::pb::health_client::HealthClient::new(channel).check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok()
-            }
-            Err(_) => false,
-        };
+        let alive = probe.health_status(Duration::from_secs(1)).await.is_ok();
         if !alive {
             eprintln!("drained: the worker has exited after {:.1} s", started.elapsed().as_secs_f64());
             return Ok(());
