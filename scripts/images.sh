@@ -6,7 +6,7 @@
 #
 #   bash scripts/images.sh [coordinator] [s3] [worker]     (default: coordinator s3)
 #
-# Installs podman, runc and mmdebstrap (Debian packages) when missing, and
+# Installs podman, runc, catatonit (kube play's pause image) and mmdebstrap (Debian packages) when missing, and
 # sets `default_ulimits = []` in podman's containers.conf (needed in this
 # sandbox). Images: localhost/stylefarm-{coordinator,s3,worker}:VERSION.
 # Env: PROFILE=debug|release (binaries; default debug, what `make test` built),
@@ -25,12 +25,12 @@ log() { printf 'images: %s\n' "$*" >&2; }
 
 # --- podman, runc, mmdebstrap --------------------------------------------------
 need=()
-for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+for tool in podman runc mmdebstrap catatonit; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]} (Debian packages)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends podman runc mmdebstrap uidmap fuse-overlayfs slirp4netns >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends podman runc mmdebstrap catatonit uidmap fuse-overlayfs slirp4netns >/dev/null
 fi
 conf=/etc/containers/containers.conf
 if ! grep -qs '^default_ulimits *= *\[\]' "$conf"; then
@@ -60,6 +60,12 @@ if ! podman image exists "$BASE_IMAGE"; then
 fi
 
 # --- images ----------------------------------------------------------------------
+# this checkout's binaries, built the way `make setup` builds them (a no-op after it)
+if [ "$PROFILE" = release ]; then
+  cargo build --release -p stylefarm-coordinator -p stylefarm-client -p stylefarm-worker
+else
+  cargo build --workspace --all-targets
+fi
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 build() { # name, dockerfile
@@ -73,7 +79,6 @@ for image in "${images[@]}"; do
   mkdir -p "$context/bin"
   case "$image" in
     coordinator)
-      [ -x "$TARGET/$PROFILE/stylefarm-coordinator" ] || cargo build $([ "$PROFILE" = release ] && echo --release) -p stylefarm-coordinator -p stylefarm-client
       cp "$TARGET/$PROFILE/stylefarm-coordinator" "$TARGET/$PROFILE/stylefarm" "$context/bin/"
       build coordinator coordinator.Dockerfile ;;
     s3)
@@ -85,7 +90,6 @@ for image in "${images[@]}"; do
       cp "$s3s" "$context/bin/"
       build s3 s3.Dockerfile ;;
     worker)
-      [ -x "$TARGET/$PROFILE/stylefarm-worker" ] || cargo build $([ "$PROFILE" = release ] && echo --release) -p stylefarm-worker
       cp "$TARGET/$PROFILE/stylefarm-worker" "$context/bin/"
       # torch's and CUDA's shared libraries from the venv `make setup` made (no Python needed at run time)
       site=$(readlink -f "$ROOT/.libtorch")/..
@@ -96,4 +100,5 @@ for image in "${images[@]}"; do
     *) echo "unknown image $image (coordinator, s3, worker)" >&2; exit 2 ;;
   esac
 done
+podman image prune -f >/dev/null   # the previous builds' layers
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep stylefarm- >&2 || true

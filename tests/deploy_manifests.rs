@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, PodSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,7 @@ struct Rendered {
     services: Vec<Service>,
     pdbs: Vec<PodDisruptionBudget>,
     configmaps: Vec<ConfigMap>,
+    secrets: Vec<Secret>,
     scaled: Vec<ScaledObject>,
     kinds: Vec<String>,
 }
@@ -137,6 +138,8 @@ fn validate(objects: &[Value]) -> Rendered {
             ("v1", "ConfigMap") => r.configmaps.push(strict(object)),
             ("v1", "ServiceAccount") => drop(strict::<ServiceAccount>(object)),
             ("v1", "Namespace") => drop(strict::<Namespace>(object)),
+            ("v1", "Secret") => r.secrets.push(strict(object)),
+            ("v1", "PersistentVolumeClaim") => drop(strict::<PersistentVolumeClaim>(object)),
             ("policy/v1", "PodDisruptionBudget") => r.pdbs.push(strict(object)),
             ("keda.sh/v1alpha1", "ScaledObject") => r.scaled.push(strict(object)),
             (api, kind) => panic!("{api} {kind}: a kind this test does not know how to validate"),
@@ -144,6 +147,29 @@ fn validate(objects: &[Value]) -> Rendered {
         r.kinds.push(kind);
     }
     r
+}
+
+impl Rendered {
+    fn deployment(&self, name: &str) -> &Deployment {
+        self.deployments.iter().find(|d| d.metadata.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("Deployment {name}"))
+    }
+
+    fn configmap(&self, name: &str) -> BTreeMap<String, String> {
+        self.configmaps.iter().find(|m| m.metadata.name.as_deref() == Some(name)).and_then(|m| m.data.clone()).unwrap_or_else(|| panic!("ConfigMap {name}"))
+    }
+}
+
+/// The names of the ConfigMaps and Secrets a container takes its environment from.
+fn env_sources(c: &k8s_openapi::api::core::v1::Container) -> Vec<String> {
+    c.env_from
+        .iter()
+        .flatten()
+        .flat_map(|e| e.config_map_ref.as_ref().map(|r| r.name.clone()).into_iter().chain(e.secret_ref.as_ref().map(|r| r.name.clone())))
+        .collect()
+}
+
+fn s3_pod_labels(d: &Deployment) -> &BTreeMap<String, String> {
+    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
 }
 
 fn pod(spec: &Option<PodSpec>) -> &PodSpec {
@@ -157,7 +183,7 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
 /// The rules every overlay keeps.
 fn check_wiring(r: &Rendered, overlay: &str) {
     let coordinator = r.statefulsets.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-coordinator")).expect("coordinator StatefulSet");
-    let worker = r.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("stylefarm-worker")).expect("worker Deployment");
+    let worker = r.deployment("stylefarm-worker");
     let service = r.services.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-coordinator")).expect("coordinator Service");
 
     // the coordinator: one replica with its state on a claim, reached through the Service, probed over gRPC
@@ -166,7 +192,7 @@ fn check_wiring(r: &Rendered, overlay: &str) {
     let claims = cs.volume_claim_templates.as_ref().expect("a PersistentVolumeClaim for the state");
     let c = &pod(&cs.template.spec).containers[0];
     let state_mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == claims[0].metadata.name.clone().unwrap()).expect("the claim is mounted");
-    let env = r.configmaps.iter().find(|m| m.metadata.name.as_deref() == Some("stylefarm-coordinator")).unwrap().data.clone().unwrap();
+    let env = r.configmap("stylefarm-coordinator");
     assert_eq!(env.get("STYLEFARM_DATA_DIR"), Some(&state_mount.mount_path), "{overlay}: the data dir is the mounted claim");
     let grpc_port = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("grpc")).unwrap().container_port;
     assert!(env["STYLEFARM_LISTEN"].ends_with(&format!(":{grpc_port}")), "{overlay}: listens on the declared port");
@@ -196,13 +222,20 @@ fn check_wiring(r: &Rendered, overlay: &str) {
     for probe in [&w.startup_probe, &w.liveness_probe] {
         assert_eq!(probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port), Some(health_port), "{overlay}: worker probes use its gRPC health");
     }
-    let wenv = r.configmaps.iter().find(|m| m.metadata.name.as_deref() == Some("stylefarm-worker")).unwrap().data.clone().unwrap();
+    let wenv = r.configmap("stylefarm-worker");
     let service_port = service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
     assert_eq!(wenv["STYLEFARM_COORDINATOR"], format!("http://stylefarm-coordinator:{service_port}"), "{overlay}: workers reach the Service");
     let pdb = &r.pdbs[0];
     let pdb_selector = pdb.spec.as_ref().unwrap().selector.as_ref().unwrap().match_labels.clone().unwrap();
     assert!(labels_match(&pdb_selector, ws.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{overlay}: the PDB covers the workers");
     assert!(labels_match(ws.selector.match_labels.as_ref().unwrap(), ws.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()));
+    // both read the same store and its credentials
+    let store = r.configmap("stylefarm-store");
+    assert!(store["STYLEFARM_STORE"].starts_with("s3://"), "{overlay}: workers in other pods need a shared store, not the coordinator's disk");
+    for c in [w, c] {
+        let sources = env_sources(c);
+        assert!(sources.contains(&"stylefarm-store".to_string()) && sources.contains(&"stylefarm-s3".to_string()), "{overlay} {}: {sources:?}", c.name);
+    }
     for c in wp.containers.iter().chain(pod(&cs.template.spec).containers.iter()) {
         let sc = c.security_context.as_ref().expect("securityContext");
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{overlay} {}", c.name);
@@ -215,7 +248,7 @@ fn every_overlay_renders_and_validates_against_the_api_schema() {
     // gpu: GPU nodes, nvidia.com/gpu limits, KEDA scaling to zero on the coordinator's queue
     let gpu = validate(&kustomize("gpu"));
     check_wiring(&gpu, "gpu");
-    let w = pod(&gpu.deployments[0].spec.as_ref().unwrap().template.spec);
+    let w = pod(&gpu.deployment("stylefarm-worker").spec.as_ref().unwrap().template.spec);
     let limits = w.containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
     assert_eq!(limits.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"));
     assert!(w.tolerations.as_ref().unwrap().iter().any(|t| t.key.as_deref() == Some("nvidia.com/gpu")));
@@ -230,13 +263,29 @@ fn every_overlay_renders_and_validates_against_the_api_schema() {
     assert!(address.starts_with("stylefarm-coordinator.stylefarm.svc") && address.ends_with(&format!(":{port}")), "{address}");
     assert!(gpu.kinds.contains(&"Namespace".to_string()));
 
-    // cpu: two workers, no GPU asked for, no autoscaler
+    assert!(gpu.secrets.is_empty(), "the gpu overlay ships no credentials");
+
+    // cpu: two workers, no GPU asked for, no autoscaler, its own S3 store
     let cpu = validate(&kustomize("cpu"));
     check_wiring(&cpu, "cpu");
-    assert_eq!(cpu.deployments[0].spec.as_ref().unwrap().replicas, Some(2));
-    let limits = pod(&cpu.deployments[0].spec.as_ref().unwrap().template.spec).containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
+    let workers = cpu.deployment("stylefarm-worker");
+    assert_eq!(workers.spec.as_ref().unwrap().replicas, Some(2));
+    let limits = pod(&workers.spec.as_ref().unwrap().template.spec).containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
     assert!(!limits.contains_key("nvidia.com/gpu"));
     assert!(cpu.scaled.is_empty());
+    let s3 = cpu.deployment("stylefarm-s3");
+    let s3_pod = pod(&s3.spec.as_ref().unwrap().template.spec);
+    let s3_port = s3_pod.containers[0].ports.as_ref().unwrap()[0].container_port;
+    let s3_service = cpu.services.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-s3")).expect("the store's Service");
+    assert!(labels_match(s3_service.spec.as_ref().unwrap().selector.as_ref().unwrap(), s3_pod_labels(s3)));
+    let store = cpu.configmap("stylefarm-store");
+    let service_port = s3_service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+    assert_eq!(store["AWS_ENDPOINT"], format!("http://stylefarm-s3:{service_port}"), "workers and coordinator reach the store's Service");
+    assert_eq!(service_port, s3_port);
+    let buckets = s3_pod.containers[0].env.iter().flatten().find(|e| e.name == "S3_BUCKETS").and_then(|e| e.value.clone()).unwrap();
+    assert_eq!(format!("s3://{buckets}/"), store["STYLEFARM_STORE"], "the store serves the bucket STYLEFARM_STORE names");
+    let keys: Vec<String> = cpu.secrets[0].string_data.clone().unwrap().into_keys().collect();
+    assert_eq!(keys, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
 }
 
 #[test]

@@ -227,10 +227,7 @@ async fn main() -> Result<()> {
         // by default, this machine's side of the address the server listens on (same config)
         let url = url.clone().unwrap_or_else(|| {
             let scheme = if tls_ca.is_some() || config.tls_cert.is_some() { "https" } else { "http" };
-            let listen = config.listen;
-            // a wildcard listener is reached on loopback
-            let ip = if listen.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { listen.ip() };
-            format!("{scheme}://{}", SocketAddr::new(ip, listen.port()))
+            format!("{scheme}://{}", stylefarm_proto::connect::local_dial_addr(config.listen))
         });
         let options = stylefarm_proto::connect::ConnectOptions { url, tls_ca: tls_ca.clone(), ..Default::default() };
         options.check_health(std::time::Duration::from_secs(3)).await?;

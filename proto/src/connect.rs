@@ -44,6 +44,17 @@ pub struct ConnectOptions {
 }
 
 /// The token from `--token-file` if given, else `STYLEFARM_TOKEN`, else none.
+/// Where a process on this machine reaches a server listening on `listen`:
+/// a wildcard address (0.0.0.0, ::) is reached on the loopback of its family.
+pub fn local_dial_addr(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}
+
 pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>, ConnectError> {
     if let Some(path) = token_file {
         let text = std::fs::read_to_string(path).map_err(|e| ConnectError::File {
@@ -144,6 +155,19 @@ impl ConnectOptions {
         match self.health_status(timeout).await? {
             tonic_health::pb::health_check_response::ServingStatus::Serving => Ok(()),
             other => Err(ConnectError::Unhealthy { url: self.url.clone(), reason: format!("answers {}", other.as_str_name()) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod local_dial_tests {
+    use super::local_dial_addr;
+
+    #[test]
+    fn wildcards_are_reached_on_loopback_and_others_as_they_are() {
+        let cases = [("0.0.0.0:50052", "127.0.0.1:50052"), ("[::]:7", "[::1]:7"), ("10.1.2.3:9", "10.1.2.3:9"), ("127.0.0.1:1", "127.0.0.1:1")];
+        for (listen, dial) in cases {
+            assert_eq!(local_dial_addr(listen.parse().unwrap()).to_string(), dial.parse::<std::net::SocketAddr>().unwrap().to_string());
         }
     }
 }

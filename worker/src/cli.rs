@@ -29,17 +29,36 @@ pub enum Command {
     Bench(Box<crate::bench::BenchArgs>),
     /// Exit 0 if the worker's health server (--health-listen) says SERVING (container HEALTHCHECK).
     Health {
-        #[arg(long, env = "STYLEFARM_HEALTH_ADDR", default_value = "127.0.0.1:50052")]
-        addr: std::net::SocketAddr,
+        /// The health server's address [default: this machine's side of STYLEFARM_HEALTH_LISTEN, else 127.0.0.1:50052]
+        #[arg(long, env = "STYLEFARM_HEALTH_ADDR")]
+        addr: Option<std::net::SocketAddr>,
     },
     /// Drain the worker on this machine and wait until it has exited (a Kubernetes preStop hook).
     Drain {
-        #[arg(long, env = "STYLEFARM_HEALTH_ADDR", default_value = "127.0.0.1:50052")]
-        health_addr: std::net::SocketAddr,
+        /// The health server's address [default: this machine's side of STYLEFARM_HEALTH_LISTEN, else 127.0.0.1:50052]
+        #[arg(long, env = "STYLEFARM_HEALTH_ADDR")]
+        health_addr: Option<std::net::SocketAddr>,
         /// Give up waiting after this long (the worker's own --drain-timeout-s bounds the drain).
         #[arg(long, default_value_t = 150)]
         timeout_s: u64,
     },
+}
+
+/// The worker health server a `health` or `drain` on this machine asks: the
+/// flag, else where the same environment makes the worker listen
+/// (STYLEFARM_HEALTH_LISTEN, a wildcard reached on loopback), else the default port.
+pub fn health_addr(flag: Option<std::net::SocketAddr>) -> anyhow::Result<std::net::SocketAddr> {
+    if let Some(addr) = flag {
+        return Ok(addr);
+    }
+    match std::env::var("STYLEFARM_HEALTH_LISTEN") {
+        Ok(listen) if !listen.is_empty() => {
+            let listen: std::net::SocketAddr =
+                listen.parse().map_err(|e| anyhow::anyhow!("STYLEFARM_HEALTH_LISTEN={listen:?}: not an address like 0.0.0.0:50052 ({e})"))?;
+            Ok(stylefarm_proto::connect::local_dial_addr(listen))
+        }
+        _ => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 50052))),
+    }
 }
 
 #[derive(Subcommand, Debug)]

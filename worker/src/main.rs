@@ -47,10 +47,13 @@ fn main() -> ExitCode {
         Some(Command::Weights { action }) => weights(action),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::Health { addr }) => probe(async move {
+            let addr = cli::health_addr(addr)?;
             let options = stylefarm_proto::connect::ConnectOptions { url: format!("http://{addr}"), ..Default::default() };
             Ok(options.check_health(std::time::Duration::from_secs(3)).await?)
         }),
-        Some(Command::Drain { health_addr, timeout_s }) => probe(farm::control::drain_and_wait(health_addr, std::time::Duration::from_secs(timeout_s))),
+        Some(Command::Drain { health_addr, timeout_s }) => {
+            probe(async move { Ok(farm::control::drain_and_wait(cli::health_addr(health_addr)?, std::time::Duration::from_secs(timeout_s)).await?) })
+        }
         None if cli.farm.coordinator.is_some() => farm::run(&cli.farm),
         None => Err(anyhow::anyhow!("give --coordinator URL to work on the farm, or a subcommand (render, weights, bench); see --help")),
     };
