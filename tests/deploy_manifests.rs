@@ -304,6 +304,65 @@ fn the_schema_check_catches_a_misplaced_field() {
     assert!(serde_json::from_value::<ScaledObject>(so).is_err(), "trigger metadata values are strings");
 }
 
+/// The JSON-array ENTRYPOINT of a Dockerfile in deploy/docker.
+fn entrypoint(dockerfile: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("deploy/docker").join(dockerfile)).unwrap();
+    let line = text.lines().filter(|l| l.starts_with("ENTRYPOINT ")).last().unwrap_or_else(|| panic!("{dockerfile}: no ENTRYPOINT"));
+    serde_json::from_str(&line["ENTRYPOINT ".len()..]).unwrap_or_else(|e| panic!("{dockerfile}: ENTRYPOINT is not a JSON array: {e}"))
+}
+
+/// Runs `argv` (its first word one of this workspace's binaries, as the image
+/// names it) with `--help` after the given flags: clap refuses an unknown,
+/// repeated or malformed flag before it gets to `--help`.
+fn accepts(context: &str, argv: &[String]) {
+    let package = if argv[0] == "stylefarm-coordinator" { "stylefarm-coordinator" } else { "stylefarm-worker" };
+    let mut command = Command::new(workspace_bin(package, &argv[0]));
+    command.args(&argv[1..]).arg("--help");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("STYLEFARM_")) {
+        command.env_remove(key);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{context}: `{}` is refused: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_images_accept_the_command_lines_the_manifests_give_them() {
+    let images = [("stylefarm-coordinator", "coordinator.Dockerfile"), ("stylefarm-worker", "worker.Dockerfile")];
+    for (_, dockerfile) in images {
+        // settings the image bakes in are ENV, so that args can add to or override them
+        assert_eq!(entrypoint(dockerfile).len(), 1, "{dockerfile}: flags in the ENTRYPOINT cannot be overridden by args");
+    }
+    for overlay in ["gpu", "cpu"] {
+        let objects = kustomize(overlay);
+        for object in objects.iter().filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet") {
+            let name = object["metadata"]["name"].as_str().unwrap();
+            let Some((_, dockerfile)) = images.iter().find(|(n, _)| *n == name) else { continue };
+            let container = &object["spec"]["template"]["spec"]["containers"][0];
+            let args: Vec<String> = serde_json::from_value(container["args"].clone()).unwrap_or_default();
+            accepts(&format!("{overlay} {name}"), &[entrypoint(dockerfile), args].concat());
+            if let Some(hook) = container["lifecycle"]["preStop"]["exec"]["command"].as_array() {
+                let hook: Vec<String> = hook.iter().map(|a| a.as_str().unwrap().to_string()).collect();
+                accepts(&format!("{overlay} {name} preStop"), &hook);
+            }
+        }
+    }
+    let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/compose.yaml")).unwrap()).unwrap();
+    for (service, dockerfile) in [("coordinator", "coordinator.Dockerfile"), ("worker", "worker.Dockerfile")] {
+        let command: Vec<String> = serde_json::from_value(compose["services"][service]["command"].clone()).unwrap_or_default();
+        accepts(&format!("compose {service}"), &[entrypoint(dockerfile), command].concat());
+    }
+    for unit in ["stylefarm-coordinator.service", "stylefarm-worker.service"] {
+        let text = std::fs::read_to_string(repo_root().join("deploy/systemd").join(unit)).unwrap();
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{unit}: ExecStart"));
+        let mut argv: Vec<String> = exec.split_whitespace().map(|a| a.replace("%d", "/run/credentials/x")).collect();
+        argv[0] = argv[0].rsplit('/').next().unwrap().to_string();
+        accepts(unit, &argv);
+    }
+    // the check can fail: the image's old ENTRYPOINT with the manifest's --work-dir
+    let twice = ["stylefarm-worker", "--work-dir", "/var/lib/stylefarm", "--work-dir", "/work"].map(String::from);
+    assert!(std::panic::catch_unwind(|| accepts("repeated flag", &twice)).is_err());
+}
+
 /// A root for `systemd-analyze verify --root`: the units where systemd looks
 /// for them, the binaries where they name them, and the host's own system units.
 fn systemd_root(dir: &Path) -> PathBuf {

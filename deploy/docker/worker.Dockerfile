@@ -54,6 +54,7 @@ RUN ln -s /opt/stylefarm/bin/stylefarm-worker /usr/local/bin/stylefarm-worker
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     STYLEFARM_CACHE=/var/cache/stylefarm \
+    STYLEFARM_WORK_DIR=/var/lib/stylefarm \
     STYLEFARM_HEALTH_LISTEN=0.0.0.0:50052 \
     STYLEFARM_DEVICES=auto
 USER 10001:10001
@@ -63,4 +64,6 @@ EXPOSE 50052
 # SIGTERM drains: the running job finishes (or is handed back after --drain-timeout-s)
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["stylefarm-worker", "health"]
-ENTRYPOINT ["stylefarm-worker", "--work-dir", "/var/lib/stylefarm"]
+# flags given to the container (compose `command:`, Kubernetes `args:`) add to
+# or override the environment above
+ENTRYPOINT ["stylefarm-worker"]

@@ -43,7 +43,7 @@ pub struct FarmArgs {
     #[arg(long, default_value_t = 120)]
     pub drain_timeout_s: u64,
     /// Scratch space for outputs before upload, and the input cache [default: the model cache dir].
-    #[arg(long)]
+    #[arg(long, env = "STYLEFARM_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// File holding the worker's API token (role worker); else STYLEFARM_TOKEN.
     #[arg(long)]
