@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod animation;
+pub mod batch;
 pub mod device;
 pub mod error;
 pub mod image_io;

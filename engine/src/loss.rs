@@ -47,9 +47,15 @@ pub fn total_variation(image: &Tensor, exponent: f64) -> Result<Tensor> {
     Ok(terms.f_sum(image.kind())?)
 }
 
-/// The objective of one scale of one job.
-pub struct StyleObjective {
-    model: Vgg16,
+/// The `[1,3,H,W]` channels-last view of a flat NHWC vector of an H×W image.
+pub fn image_view(flat: &Tensor, height: i64, width: i64) -> Result<Tensor> {
+    Ok(flat.f_view([1, height, width, 3])?.f_permute([0, 3, 1, 2])?)
+}
+
+/// One job's objective at one scale without the network: its targets, weights
+/// and image size. [`StyleObjective`] pairs it with a model; a
+/// [`crate::batch::BatchEvaluator`] evaluates several of them in one pass.
+pub struct LossSpec {
     /// Every layer the losses read, sorted, without repeats.
     layers: Vec<LayerId>,
     content: Vec<(usize, Tensor)>,
@@ -61,6 +67,62 @@ pub struct StyleObjective {
     tv_exponent: f64,
     height: i64,
     width: i64,
+}
+
+impl LossSpec {
+    /// The layers [`LossSpec::losses_from`] wants, in the order it wants them.
+    pub fn layers(&self) -> &[LayerId] {
+        &self.layers
+    }
+
+    pub fn height(&self) -> i64 {
+        self.height
+    }
+
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+
+    /// The `[1,3,H,W]` channels-last view of a flat NHWC vector.
+    pub fn image_view(&self, flat: &Tensor) -> Result<Tensor> {
+        image_view(flat, self.height, self.width)
+    }
+
+    /// [total, content, style, tv] as a 1-D tensor (differentiable), from the
+    /// image [1,3,H,W] and its activations at [`LossSpec::layers`] (same order).
+    pub fn losses_from(&self, features: &[Tensor], image: &Tensor) -> Result<Tensor> {
+        let zero = || Tensor::zeros([], (image.kind(), image.device()));
+        let mut content = zero();
+        for (slot, target) in &self.content {
+            let diff_sq = features[*slot].f_sub(target)?.f_square()?;
+            let term = match self.content_loss {
+                ContentLoss::Sum => diff_sq.f_sum(image.kind())?,
+                ContentLoss::Mse => diff_sq.f_mean(image.kind())?,
+            };
+            content += term;
+        }
+        let content = content * self.content_weight;
+        let pixels = (self.height * self.width) as f64;
+        let mut style = zero();
+        for (slot, target, weight) in &self.style {
+            let g = gram(&features[*slot], self.style_loss == StyleLoss::Mse)?;
+            let diff_sq = g.f_sub(target)?.f_square()?;
+            let term = match self.style_loss {
+                StyleLoss::Keras => diff_sq.f_sum(image.kind())?.f_div_scalar(4.0 * 9.0 * pixels * pixels)?,
+                StyleLoss::Mse => diff_sq.f_mean(image.kind())?,
+            };
+            style += term * *weight;
+        }
+        let tv = if self.tv_weight == 0.0 { zero() } else { total_variation(image, self.tv_exponent)? * self.tv_weight };
+        let total = &content + &style + &tv;
+        Ok(Tensor::f_stack(&[total, content, style, tv], 0)?)
+    }
+}
+
+/// The objective of one scale of one job.
+pub struct StyleObjective {
+    model: Vgg16,
+    spec: LossSpec,
 }
 
 impl StyleObjective {
@@ -91,8 +153,7 @@ impl StyleObjective {
             Ok((content_targets, style_targets))
         })?;
         let size = content.size();
-        Ok(StyleObjective {
-            model,
+        let spec = LossSpec {
             layers,
             content: content_targets,
             style: style_targets,
@@ -103,20 +164,30 @@ impl StyleObjective {
             tv_exponent: params.tv_exponent,
             height: size[2],
             width: size[3],
-        })
+        };
+        Ok(StyleObjective { model, spec })
+    }
+
+    /// The job's part, for evaluating it together with others.
+    pub fn into_spec(self) -> LossSpec {
+        self.spec
+    }
+
+    pub fn spec(&self) -> &LossSpec {
+        &self.spec
     }
 
     pub fn height(&self) -> i64 {
-        self.height
+        self.spec.height
     }
 
     pub fn width(&self) -> i64 {
-        self.width
+        self.spec.width
     }
 
     /// The `[1,3,H,W]` channels-last view of a flat NHWC vector.
     pub fn image_view(&self, flat: &Tensor) -> Result<Tensor> {
-        Ok(flat.f_view([1, self.height, self.width, 3])?.f_permute([0, 3, 1, 2])?)
+        self.spec.image_view(flat)
     }
 
     /// A `[1,3,H,W]` image as the flat NHWC vector the optimiser works on.
@@ -126,32 +197,8 @@ impl StyleObjective {
 
     /// [total, content, style, tv] as a 1-D tensor (differentiable).
     pub fn losses(&self, image: &Tensor) -> Result<Tensor> {
-        let features = self.model.forward(image, &self.layers)?;
-        let zero = || Tensor::zeros([], (image.kind(), image.device()));
-        let mut content = zero();
-        for (slot, target) in &self.content {
-            let diff_sq = features[*slot].f_sub(target)?.f_square()?;
-            let term = match self.content_loss {
-                ContentLoss::Sum => diff_sq.f_sum(image.kind())?,
-                ContentLoss::Mse => diff_sq.f_mean(image.kind())?,
-            };
-            content += term;
-        }
-        let content = content * self.content_weight;
-        let pixels = (self.height * self.width) as f64;
-        let mut style = zero();
-        for (slot, target, weight) in &self.style {
-            let g = gram(&features[*slot], self.style_loss == StyleLoss::Mse)?;
-            let diff_sq = g.f_sub(target)?.f_square()?;
-            let term = match self.style_loss {
-                StyleLoss::Keras => diff_sq.f_sum(image.kind())?.f_div_scalar(4.0 * 9.0 * pixels * pixels)?,
-                StyleLoss::Mse => diff_sq.f_mean(image.kind())?,
-            };
-            style += term * *weight;
-        }
-        let tv = if self.tv_weight == 0.0 { zero() } else { total_variation(image, self.tv_exponent)? * self.tv_weight };
-        let total = &content + &style + &tv;
-        Ok(Tensor::f_stack(&[total, content, style, tv], 0)?)
+        let features = self.model.forward(image, &self.spec.layers)?;
+        self.spec.losses_from(&features, image)
     }
 }
 

@@ -8,11 +8,12 @@ use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::batch::BatchHandle;
 use crate::device::describe;
 use crate::error::{EngineError, Result};
 use crate::image_io::{self, fit_long_side, load_rgb, luminance_rgb, match_luminance, recolor, resize, to_tensor};
-use crate::loss::StyleObjective;
-use crate::optim::{Adam, AdamConfig, AnyOptimizer, Lbfgs, LbfgsConfig, StopReason};
+use crate::loss::{image_view, StyleObjective};
+use crate::optim::{Adam, AdamConfig, AnyOptimizer, Lbfgs, LbfgsConfig, Objective, StopReason};
 use crate::params::{Init, Optimizer, RenderParams, StyleResize};
 use crate::trace::TraceRow;
 use crate::vgg::Vgg16;
@@ -131,14 +132,77 @@ pub fn render_loaded(
     device: Device,
     progress: &mut dyn Progress,
 ) -> Result<RenderOutput> {
+    render_with(content, styles, init_image, weights, params, device, Kind::Float, None, progress)
+}
+
+/// [`render_loaded`] computing in another floating-point kind (`Double` to
+/// check numerics: there, reduction order moves nothing visible).
+#[allow(clippy::too_many_arguments)]
+pub fn render_loaded_in(
+    kind: Kind,
+    content: &RgbImage,
+    styles: &[RgbImage],
+    init_image: Option<&RgbImage>,
+    weights: &VggWeights,
+    params: &RenderParams,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<RenderOutput> {
+    render_with(content, styles, init_image, weights, params, device, kind, None, progress)
+}
+
+/// Renders already-decoded images with its evaluations stacked with other
+/// jobs' in `shared` (see [`crate::batch`]): the same result as
+/// [`render_loaded`], up to floating-point reduction order.
+#[allow(clippy::too_many_arguments)]
+pub fn render_shared(
+    content: &RgbImage,
+    styles: &[RgbImage],
+    init_image: Option<&RgbImage>,
+    weights: &VggWeights,
+    params: &RenderParams,
+    shared: &BatchHandle,
+    device: Device,
+    progress: &mut dyn Progress,
+) -> Result<RenderOutput> {
+    shared.compatible(weights, params.pooling, device)?;
+    render_with(content, styles, init_image, weights, params, device, shared.kind(), Some(shared), progress)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_with(
+    content: &RgbImage,
+    styles: &[RgbImage],
+    init_image: Option<&RgbImage>,
+    weights: &VggWeights,
+    params: &RenderParams,
+    device: Device,
+    kind: Kind,
+    shared: Option<&BatchHandle>,
+    progress: &mut dyn Progress,
+) -> Result<RenderOutput> {
     params.validate(styles.len())?;
-    let kind = Kind::Float;
     let norm = &weights.normalization;
     let depth = params.depth();
     let blend = params.blend_weights(styles.len());
-    tch::manual_seed(params.seed as i64);
-    // uploaded once, shared by every scale
-    let model = Vgg16::new(weights.tensors(depth), params.pooling, device, kind);
+    let sizes = params.scale_sizes();
+    // the noise of a random start, drawn at once from the seeded global
+    // generator: renders running side by side (a shared evaluator) take turns
+    let noise = match params.init {
+        Init::Random => {
+            let (w, h) = fit_long_side(content.width(), content.height(), sizes[0]);
+            static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _turn = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tch::manual_seed(params.seed as i64);
+            Some(Tensor::randn([1, 3, h as i64, w as i64], (kind, Device::Cpu)))
+        }
+        _ => None,
+    };
+    // uploaded once, shared by every scale (or the shared evaluator's)
+    let model = match shared {
+        Some(s) => s.model(),
+        None => Vgg16::new(weights.tensors(depth), params.pooling, device, kind),
+    };
 
     let started = Instant::now();
     let mut trace = Vec::new();
@@ -148,7 +212,6 @@ pub fn render_loaded(
     let mut total_iterations = 0u32;
     let mut total_evals = 0u32;
     let mut stop_reason = None;
-    let sizes = params.scale_sizes();
 
     for (scale_index, &scale_size) in sizes.iter().enumerate() {
         let (w, h) = fit_long_side(content.width(), content.height(), scale_size);
@@ -182,7 +245,7 @@ pub fn render_loaded(
             Some(prev) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
             None => match &params.init {
                 Init::Content => content_net.shallow_clone(),
-                Init::Random => Tensor::randn(content_net.size(), (kind, Device::Cpu)).to_device(device) * 0.001,
+                Init::Random => noise.as_ref().expect("drawn above").to_device(device) * 0.001,
                 Init::Image(_) => {
                     let img = init_image.ok_or_else(|| EngineError::param("init", "init image was not loaded"))?;
                     let rgb = to_tensor(&resize(img, w, h), kind, device);
@@ -191,7 +254,12 @@ pub fn render_loaded(
             },
         };
 
-        let mut objective = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
+        let own = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
+        let (height, width) = (own.height(), own.width());
+        let mut objective: Box<dyn Objective> = match shared {
+            Some(s) => Box::new(s.join(own.into_spec())?),
+            None => Box::new(own),
+        };
         let x0 = StyleObjective::flatten(&x0)?;
         let iterations = params.iterations_at(scale_index);
         let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0, norm);
@@ -202,7 +270,7 @@ pub fn render_loaded(
         };
         let mut evals_in_scale = 0u32;
         let mut iteration = 0u32;
-        let mut report = optimizer.start(&mut objective)?;
+        let mut report = optimizer.start(objective.as_mut())?;
         loop {
             evals_in_scale += report.evaluations;
             let row = TraceRow {
@@ -219,7 +287,7 @@ pub fn render_loaded(
             progress.on_row(&row);
             let last = iteration == iterations || report.stop.is_some();
             if iteration % snapshot_every == 0 || last {
-                let image = finish_image(&objective, optimizer.x(), norm, params.preserve_colors, &content_rgb)?;
+                let image = finish_image((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb)?;
                 progress.on_snapshot(&row, &image);
                 frames.push((row.clone(), preview(&image)));
                 final_image = Some(image);
@@ -234,12 +302,12 @@ pub fn render_loaded(
             if progress.should_cancel() {
                 return Err(EngineError::Cancelled);
             }
-            report = optimizer.iterate(&mut objective)?;
+            report = optimizer.iterate(objective.as_mut())?;
             iteration += 1;
         }
         total_iterations += iteration;
         total_evals += evals_in_scale;
-        previous = Some(objective.image_view(optimizer.x())?.detach().copy());
+        previous = Some(image_view(optimizer.x(), height, width)?.detach().copy());
         if stop_reason == Some(StopReason::NonFinite) {
             return Err(EngineError::param("loss", "the loss became NaN or infinite; lower the learning rate or the weights"));
         }
@@ -300,9 +368,9 @@ fn preview(image: &RgbImage) -> RgbImage {
 }
 
 /// The current iterate as an 8-bit image (recoloured for luminance-only transfer).
-fn finish_image(objective: &StyleObjective, x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor) -> Result<RgbImage> {
+fn finish_image((height, width): (i64, i64), x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor) -> Result<RgbImage> {
     let rgb = tch::no_grad(|| -> Result<Tensor> {
-        let rgb = norm.from_network(&objective.image_view(x)?).clamp(0.0, 1.0);
+        let rgb = norm.from_network(&image_view(x, height, width)?).clamp(0.0, 1.0);
         Ok(if preserve_colors { recolor(&rgb, content_rgb).clamp(0.0, 1.0) } else { rgb })
     })?;
     image_io::to_image(&rgb)
