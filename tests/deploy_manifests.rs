@@ -307,7 +307,7 @@ fn the_schema_check_catches_a_misplaced_field() {
 /// The JSON-array ENTRYPOINT of a Dockerfile in deploy/docker.
 fn entrypoint(dockerfile: &str) -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("deploy/docker").join(dockerfile)).unwrap();
-    let line = text.lines().filter(|l| l.starts_with("ENTRYPOINT ")).last().unwrap_or_else(|| panic!("{dockerfile}: no ENTRYPOINT"));
+    let line = text.lines().rfind(|l| l.starts_with("ENTRYPOINT ")).unwrap_or_else(|| panic!("{dockerfile}: no ENTRYPOINT"));
     serde_json::from_str(&line["ENTRYPOINT ".len()..]).unwrap_or_else(|e| panic!("{dockerfile}: ENTRYPOINT is not a JSON array: {e}"))
 }
 

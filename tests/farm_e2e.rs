@@ -77,6 +77,54 @@ async fn two_workers_render_a_batch_into_the_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_packs_several_jobs_on_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let coffee = upload_file(&mut client, &sample("coffee.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    let gravel = upload_file(&mut client, &sample("gravel.png")).await;
+    let worker = InProcessWorker::start_args(stylefarm_worker::farm::FarmArgs {
+        coordinator: Some(coordinator.url.clone()),
+        devices: "cpu".into(),
+        name: Some("packed".into()),
+        drain_timeout_s: 30,
+        work_dir: Some(dir.path().join("w")),
+        jobs_per_device: 3,
+        ..Default::default()
+    });
+    let request = pb::SubmitBatchRequest {
+        name: "packed".into(),
+        cartesian: Some(pb::CartesianSpec {
+            contents: vec![sha_ref(&chelsea), sha_ref(&coffee)],
+            styles: vec![sha_ref(&retina), sha_ref(&gravel)],
+            settings: vec![settings(48, 6).unwrap()],
+        }),
+        ..Default::default()
+    };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;
+    assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Succeeded, "{jobs:?}");
+    let objects = dir.path().join("objects");
+    let mut stacked = 0;
+    for job in &jobs {
+        let result = job.result.as_ref().unwrap();
+        assert_eq!(result.iterations, 6);
+        let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(objects.join(&result.prefix).join("metadata.json")).unwrap()).unwrap();
+        let packing = &metadata["packing"];
+        assert!(packing["evaluations"].as_u64().unwrap() >= 7, "every evaluation through the device's shared evaluator: {packing}");
+        stacked += u64::from(packing["max_width"].as_u64().unwrap() >= 2);
+    }
+    // three runners on one device: the first three jobs run together
+    assert!(stacked >= 2, "jobs stacked in one pass: {stacked} of 4");
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].succeeded, 4);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_fail_their_jobs_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(test_config(dir.path())).await;

@@ -8,7 +8,7 @@ use image::RgbImage;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::batch::BatchHandle;
+use crate::batch::{BatchHandle, Member, Packing};
 use crate::device::describe;
 use crate::error::{EngineError, Result};
 use crate::image_io::{self, fit_long_side, load_rgb, luminance_rgb, match_luminance, recolor, resize, to_tensor};
@@ -62,6 +62,10 @@ pub struct RenderMetadata {
     pub iterations_run: u32,
     pub evaluations: u32,
     pub stop_reason: Option<StopReason>,
+    /// How its evaluations were stacked with other jobs' (renders through a
+    /// shared evaluator only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packing: Option<Packing>,
     pub initial_loss: f64,
     pub final_loss: f64,
     pub timings: Timings,
@@ -212,6 +216,7 @@ fn render_with(
     let mut total_iterations = 0u32;
     let mut total_evals = 0u32;
     let mut stop_reason = None;
+    let mut packing: Option<Packing> = None;
 
     for (scale_index, &scale_size) in sizes.iter().enumerate() {
         let (w, h) = fit_long_side(content.width(), content.height(), scale_size);
@@ -256,9 +261,9 @@ fn render_with(
 
         let own = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
         let (height, width) = (own.height(), own.width());
-        let mut objective: Box<dyn Objective> = match shared {
-            Some(s) => Box::new(s.join(own.into_spec())?),
-            None => Box::new(own),
+        let mut objective = match shared {
+            Some(s) => Either::Shared(s.join(own.into_spec())?),
+            None => Either::Own(own),
         };
         let x0 = StyleObjective::flatten(&x0)?;
         let iterations = params.iterations_at(scale_index);
@@ -270,7 +275,7 @@ fn render_with(
         };
         let mut evals_in_scale = 0u32;
         let mut iteration = 0u32;
-        let mut report = optimizer.start(objective.as_mut())?;
+        let mut report = optimizer.start(&mut objective)?;
         loop {
             evals_in_scale += report.evaluations;
             let row = TraceRow {
@@ -302,8 +307,11 @@ fn render_with(
             if progress.should_cancel() {
                 return Err(EngineError::Cancelled);
             }
-            report = optimizer.iterate(objective.as_mut())?;
+            report = optimizer.iterate(&mut objective)?;
             iteration += 1;
+        }
+        if let Either::Shared(member) = &objective {
+            packing.get_or_insert_with(Packing::default).merge(member.packing());
         }
         total_iterations += iteration;
         total_evals += evals_in_scale;
@@ -330,11 +338,27 @@ fn render_with(
         iterations_run: total_iterations,
         evaluations: total_evals,
         stop_reason,
+        packing,
         initial_loss: trace.first().map(|r| r.total).unwrap_or(f64::NAN),
         final_loss: trace.last().map(|r| r.total).unwrap_or(f64::NAN),
         timings: Timings { load_ms: 0.0, optimise_ms, total_ms: optimise_ms, ms_per_iteration: optimise_ms / total_iterations.max(1) as f64 },
     };
     Ok(RenderOutput { image, trace, frames, metadata })
+}
+
+/// A job's own objective, or its place in a shared evaluator.
+enum Either {
+    Own(StyleObjective),
+    Shared(Member),
+}
+
+impl Objective for Either {
+    fn evaluate(&mut self, x: &Tensor) -> Result<crate::optim::Evaluation> {
+        match self {
+            Either::Own(o) => o.evaluate(x),
+            Either::Shared(m) => m.evaluate(x),
+        }
+    }
 }
 
 fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &Normalization) -> AnyOptimizer {

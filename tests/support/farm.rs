@@ -263,7 +263,7 @@ impl InProcessWorker {
 
     /// With its own drain timeout (0: hand running jobs back at once on stop).
     pub fn start_with(coordinator_url: &str, name: &str, work_dir: &Path, drain_timeout_s: u64) -> InProcessWorker {
-        let args = stylefarm_worker::farm::FarmArgs {
+        InProcessWorker::start_args(stylefarm_worker::farm::FarmArgs {
             coordinator: Some(coordinator_url.to_string()),
             devices: "cpu".into(),
             name: Some(name.into()),
@@ -271,7 +271,11 @@ impl InProcessWorker {
             drain_timeout_s,
             work_dir: Some(work_dir.to_path_buf()),
             ..Default::default()
-        };
+        })
+    }
+
+    /// With any flags.
+    pub fn start_args(args: stylefarm_worker::farm::FarmArgs) -> InProcessWorker {
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             stylefarm_worker::farm::serve(&args, async move {

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             Ok(options.check_health(std::time::Duration::from_secs(3)).await?)
         }),
         Some(Command::Drain { health_addr, timeout_s }) => {
-            probe(async move { Ok(farm::control::drain_and_wait(cli::health_addr(health_addr)?, std::time::Duration::from_secs(timeout_s)).await?) })
+            probe(async move { farm::control::drain_and_wait(cli::health_addr(health_addr)?, std::time::Duration::from_secs(timeout_s)).await })
         }
         None if cli.farm.coordinator.is_some() => farm::run(&cli.farm),
         None => Err(anyhow::anyhow!("give --coordinator URL to work on the farm, or a subcommand (render, weights, bench); see --help")),

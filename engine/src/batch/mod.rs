@@ -42,8 +42,11 @@ use crate::weights::VggWeights;
 /// Requests queued to the driver at most (members block beyond it).
 const QUEUE: usize = 256;
 
+/// An evaluation and how many jobs' evaluations its pass stacked.
+type Answer = Result<(Evaluation, u32)>;
+
 enum Msg {
-    Join { id: u64, spec: LossSpec, reply: SyncSender<Result<Evaluation>> },
+    Join { id: u64, spec: LossSpec, reply: SyncSender<Answer> },
     Eval { id: u64, x: Tensor },
     Leave { id: u64 },
 }
@@ -94,6 +97,13 @@ impl BatchEvaluator {
     /// A handle for one more job thread.
     pub fn handle(&self) -> BatchHandle {
         self.handle.as_ref().expect("kept until finish").clone()
+    }
+
+    /// Lets the driver run on its own: it stops when the last handle and
+    /// member are gone (a cache of evaluators can forget one in use).
+    pub fn into_handle(mut self) -> BatchHandle {
+        self.driver.take();
+        self.handle.take().expect("kept until finish")
     }
 
     /// Waits until every handle and member is gone, stops the driver and says what it did.
@@ -176,7 +186,7 @@ impl BatchHandle {
         let (reply, answers) = mpsc::sync_channel(1);
         let (height, width) = (spec.height(), spec.width());
         self.tx.send(Msg::Join { id, spec, reply }).map_err(|_| stopped())?;
-        Ok(Member { id, tx: self.tx.clone(), answers, height, width })
+        Ok(Member { id, tx: self.tx.clone(), answers, height, width, packing: Packing::default() })
     }
 }
 
@@ -188,12 +198,50 @@ fn stopped() -> EngineError {
 pub struct Member {
     id: u64,
     tx: SyncSender<Msg>,
-    answers: Receiver<Result<Evaluation>>,
+    answers: Receiver<Answer>,
+    packing: Packing,
     height: i64,
     width: i64,
 }
 
+/// How a job's evaluations were stacked with others' (in its metadata).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Packing {
+    /// Evaluations made through the shared evaluator.
+    pub evaluations: u64,
+    /// Of those, stacked with at least one other job's.
+    pub stacked: u64,
+    /// Mean jobs per pass, this job included.
+    pub mean_width: f64,
+    /// The most jobs in one of its passes.
+    pub max_width: u32,
+}
+
+impl Packing {
+    fn add(&mut self, width: u32) {
+        self.mean_width = (self.mean_width * self.evaluations as f64 + width as f64) / (self.evaluations + 1) as f64;
+        self.evaluations += 1;
+        self.stacked += u64::from(width > 1);
+        self.max_width = self.max_width.max(width);
+    }
+
+    /// Both parts together (a render's scales).
+    pub fn merge(&mut self, other: Packing) {
+        let n = self.evaluations + other.evaluations;
+        if n > 0 {
+            self.mean_width = (self.mean_width * self.evaluations as f64 + other.mean_width * other.evaluations as f64) / n as f64;
+        }
+        self.evaluations = n;
+        self.stacked += other.stacked;
+        self.max_width = self.max_width.max(other.max_width);
+    }
+}
+
 impl Member {
+    pub fn packing(&self) -> Packing {
+        self.packing
+    }
+
     pub fn height(&self) -> i64 {
         self.height
     }
@@ -206,7 +254,9 @@ impl Member {
 impl Objective for Member {
     fn evaluate(&mut self, x: &Tensor) -> Result<Evaluation> {
         self.tx.send(Msg::Eval { id: self.id, x: x.detach() }).map_err(|_| stopped())?;
-        self.answers.recv().map_err(|_| stopped())?
+        let (evaluation, width) = self.answers.recv().map_err(|_| stopped())??;
+        self.packing.add(width);
+        Ok(evaluation)
     }
 }
 
@@ -218,7 +268,7 @@ impl Drop for Member {
 
 struct Joined {
     spec: LossSpec,
-    reply: SyncSender<Result<Evaluation>>,
+    reply: SyncSender<Answer>,
 }
 
 /// A member's evaluation waiting for its round: (member, point).
@@ -294,15 +344,16 @@ impl Driver {
             let points: Vec<&Tensor> = group.iter().map(|(_, x)| x).collect();
             match evaluate_stacked(&self.model, &specs, &points) {
                 Ok(evaluations) => {
+                    let width = group.len() as u32;
                     for ((id, _), evaluation) in group.iter().zip(evaluations) {
-                        let _ = self.members[id].reply.send(Ok(evaluation));
+                        let _ = self.members[id].reply.send(Ok((evaluation, width)));
                     }
                 }
                 Err(_) if group.len() > 1 => {
                     // find the job that fails: each alone, so the others still get theirs
                     self.stats.fallbacks += 1;
                     for (id, x) in &group {
-                        let result = evaluate_stacked(&self.model, &[&self.members[id].spec], &[x]).map(|mut e| e.remove(0));
+                        let result = evaluate_stacked(&self.model, &[&self.members[id].spec], &[x]).map(|mut e| (e.remove(0), 1));
                         let _ = self.members[id].reply.send(result);
                     }
                 }

@@ -182,9 +182,15 @@ fn jobs_rendered_together_match_their_solo_renders_as_they_join_and_leave() {
     let alone: Vec<RenderOutput> = jobs().iter().map(|j| solo(Kind::Double, &w, j).unwrap()).collect();
     let (together, stats) = shared(Kind::Double, &w, jobs());
     for (i, (t, a)) in together.into_iter().zip(&alone).enumerate() {
-        assert_same_render(&t.unwrap(), a, 1e-9, &format!("job {i}"));
+        let t = t.unwrap();
+        assert_same_render(&t, a, 1e-9, &format!("job {i}"));
+        // the metadata says how it was packed; a solo render says nothing
+        let packing = t.metadata.packing.expect("packing in the metadata");
+        assert_eq!(packing.evaluations, a.metadata.evaluations as u64, "every evaluation went through the evaluator");
+        assert!(packing.max_width >= 2 && packing.stacked > 0, "job {i}: {packing:?}");
+        assert!(a.metadata.packing.is_none());
     }
-    let solo_evaluations: u64 = alone.iter().map(|a| a.metadata.evaluations as u64 + 1).sum();
+    let solo_evaluations: u64 = alone.iter().map(|a| a.metadata.evaluations as u64).sum();
     assert!(stats.widest >= 2, "evaluations were stacked: {stats:?}");
     assert!(stats.passes < solo_evaluations, "fewer passes than evaluations: {stats:?} vs {solo_evaluations}");
     assert_eq!(stats.fallbacks, 0);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use stylefarm_core::storage::Location;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
-use stylefarm_engine::render::{load_weights, render_loaded, write_outputs, OutputPaths, Progress};
+use stylefarm_engine::render::{load_weights, render_loaded, render_shared, write_outputs, OutputPaths, Progress};
 use stylefarm_engine::trace::TraceRow;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::EngineError;
@@ -132,6 +132,8 @@ pub struct JobContext {
     pub work_dir: PathBuf,
     pub inputs: Arc<InputCache>,
     pub worker_id: String,
+    /// The device's shared evaluators when it renders several jobs at once.
+    pub pack: Option<Arc<super::pack::DevicePack>>,
 }
 
 fn failed(reason: impl Into<String>, retryable: bool) -> Outcome {
@@ -165,8 +167,8 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     }
     // the engine runs on a blocking thread; the loaded weights go with it and come back
     let taken = slot.take();
-    let (device, job_for_engine, dir_for_engine) = (ctx.device, Arc::clone(job), dir.clone());
-    let rendered = tokio::task::spawn_blocking(move || render_job(images, params, taken, device, job_for_engine, &dir_for_engine)).await;
+    let (device, job_for_engine, dir_for_engine, pack) = (ctx.device, Arc::clone(job), dir.clone(), ctx.pack.clone());
+    let rendered = tokio::task::spawn_blocking(move || render_job(images, params, taken, device, pack, job_for_engine, &dir_for_engine)).await;
     let (result, returned) = match rendered {
         Ok(pair) => pair,
         Err(e) => return failed(format!("the engine thread panicked: {e}"), true),
@@ -197,6 +199,7 @@ fn render_job(
     params: RenderParams,
     slot: Option<WeightsSlot>,
     device: Device,
+    pack: Option<Arc<super::pack::DevicePack>>,
     job: Arc<RunningJob>,
     dir: &Path,
 ) -> (Result<Rendered, EngineError>, Option<WeightsSlot>) {
@@ -222,7 +225,14 @@ fn render_job(
     };
     let mut progress = FarmProgress { job: Arc::clone(&job) };
     let (content, styles) = decoded.split_first().expect("content is first");
-    let out = match render_loaded(content, styles, None, &slot.weights, &params, device, &mut progress) {
+    let rendered = match &pack {
+        Some(pack) => {
+            let shared = pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling);
+            render_shared(content, styles, None, &slot.weights, &params, &shared, device, &mut progress)
+        }
+        None => render_loaded(content, styles, None, &slot.weights, &params, device, &mut progress),
+    };
+    let out = match rendered {
         Ok(out) => out,
         Err(e) => return (Err(e), Some(slot)),
     };

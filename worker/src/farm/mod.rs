@@ -7,6 +7,7 @@ pub mod control;
 mod devices;
 mod inputs;
 mod job;
+mod pack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -64,6 +65,10 @@ pub struct FarmArgs {
     /// Largest input image to download, in bytes [default: what the coordinator allows uploads to be].
     #[arg(long)]
     pub max_input_bytes: Option<u64>,
+    /// Jobs rendered at once on each device, their evaluations stacked through
+    /// one VGG-16 pass; each lease asks for jobs that fit 1/K of the device's memory.
+    #[arg(long, env = "STYLEFARM_JOBS_PER_DEVICE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub jobs_per_device: u32,
     /// Serve the gRPC health service (and Drain, to local callers) here, for
     /// container health checks and Kubernetes probes, e.g. 0.0.0.0:50052.
     #[arg(long, env = "STYLEFARM_HEALTH_LISTEN")]
@@ -240,18 +245,24 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
     let cap = args.max_input_bytes.unwrap_or(*farm.max_input_bytes.lock().expect("cap lock"));
     let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap));
     tokio::spawn(heartbeat_loop(Arc::clone(&farm)));
+    let per_device = args.jobs_per_device.max(1);
     let runners: Vec<_> = devices
         .into_iter()
-        .map(|device| {
-            let ctx = JobContext {
-                device: device.device,
-                store_url: farm.store_url.lock().expect("store lock").clone(),
-                work_dir: work_dir.join("work").join(std::process::id().to_string()),
-                inputs: Arc::clone(&inputs),
-                worker_id: farm.worker_id(),
-            };
-            tracing::info!(device = %device.name, memory_bytes = device.memory_bytes, "runner started");
-            tokio::spawn(runner(Arc::clone(&farm), device, ctx))
+        .flat_map(|device| {
+            let pack = (per_device > 1).then(|| Arc::new(pack::DevicePack::new(device.device)));
+            let (farm, inputs, work_dir) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone());
+            (0..per_device).map(move |slot| {
+                let ctx = JobContext {
+                    device: device.device,
+                    store_url: farm.store_url.lock().expect("store lock").clone(),
+                    work_dir: work_dir.join("work").join(std::process::id().to_string()),
+                    inputs: Arc::clone(&inputs),
+                    worker_id: farm.worker_id(),
+                    pack: pack.clone(),
+                };
+                tracing::info!(device = %device.name, slot, jobs_per_device = per_device, memory_bytes = device.memory_bytes, "runner started");
+                tokio::spawn(runner(Arc::clone(&farm), device.clone(), per_device, ctx))
+            })
         })
         .collect();
     tokio::select! {
@@ -294,15 +305,17 @@ async fn shutdown_signal() {
 }
 
 /// One device: lease when idle, run, report.
-async fn runner(farm: Arc<Farm>, device: DeviceInfo, ctx: JobContext) {
+/// With K runners on a device, each asks for jobs that fit 1/K of its memory,
+/// so the K jobs fit together.
+async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobContext) {
+    let memory_bytes = device.memory_bytes / u64::from(per_device);
     let mut slot = None;
     let mut delay = Duration::from_millis(200);
     loop {
         if farm.draining.load(Ordering::Relaxed) {
             return;
         }
-        let request =
-            pb::LeaseJobRequest { worker_id: farm.worker_id(), device: device.name.clone(), device_memory_bytes: device.memory_bytes, wait_ms: 2_000 };
+        let request = pb::LeaseJobRequest { worker_id: farm.worker_id(), device: device.name.clone(), device_memory_bytes: memory_bytes, wait_ms: 2_000 };
         let lease = match farm.api().lease_job(request).await {
             Ok(r) => {
                 delay = Duration::from_millis(200);
