@@ -46,3 +46,14 @@ sample_mem > "$OUT/mem-ref-$PRESET.txt" & SP=$!
 kill $SP
 echo "reference GPU memory: peak $(peak "$OUT/mem-ref-$PRESET.txt") MiB (nvidia-smi, whole device)"
 done
+
+# issue 12: several jobs per GPU, their evaluations stacked through one VGG-16 pass
+for PRESET in ${PRESETS:-keras gatys}; do
+echo "== [$PRESET] packing: K jobs per GPU beside one at a time, $SIZE px x $ITERS iterations"
+sample_mem > "$OUT/mem-pack-$PRESET.txt" & SP=$!
+"$B" bench-pack --k "${PACK_K:-2,4,8}" --jobs "${PACK_JOBS:-16}" --size "$SIZE" --iterations "$ITERS" --preset "$PRESET" \
+  --device "$DEVICE" --weights "$W" --contents "$S/chelsea.png" --styles "$S/hubble_deep_field.jpg" 2>&1 | grep -v INFO | tee "$OUT/pack-$PRESET.txt"
+kill $SP
+echo "packing GPU memory: peak $(peak "$OUT/mem-pack-$PRESET.txt") MiB (nvidia-smi, whole device)"
+done
+

@@ -3,6 +3,7 @@
 //! cache) and `bench`.
 
 mod bench;
+mod bench_pack;
 mod cli;
 mod render_cmd;
 
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Some(Command::Render(args)) => render_cmd::run(&args),
         Some(Command::Weights { action }) => weights(action),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::BenchPack(args)) => bench_pack::run(&args),
         Some(Command::Health { addr }) => probe(async move {
             let addr = cli::health_addr(addr)?;
             let options = stylefarm_proto::connect::ConnectOptions { url: format!("http://{addr}"), ..Default::default() };
