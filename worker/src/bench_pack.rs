@@ -51,6 +51,9 @@ pub struct BenchPackArgs {
     pub weights: String,
 }
 
+/// Jobs not started yet, with their index.
+type Queue = VecDeque<(usize, Arc<Job>)>;
+
 struct Job {
     content: RgbImage,
     style: RgbImage,
@@ -114,7 +117,7 @@ pub fn run(args: &BenchPackArgs) -> Result<()> {
 
     for &k in args.k.iter().filter(|&&k| k > 1) {
         let evaluator = BatchEvaluator::new(&weights, params.depth(), params.pooling, device, Duration::from_millis(20));
-        let queue: Arc<Mutex<VecDeque<(usize, Arc<Job>)>>> = Arc::new(Mutex::new(jobs.iter().cloned().enumerate().collect()));
+        let queue: Arc<Mutex<Queue>> = Arc::new(Mutex::new(jobs.iter().cloned().enumerate().collect()));
         let losses = Arc::new(Mutex::new(vec![f64::NAN; jobs.len()]));
         let started = Instant::now();
         std::thread::scope(|scope| -> Result<()> {
