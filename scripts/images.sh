@@ -10,6 +10,7 @@
 # sets `default_ulimits = []` in podman's containers.conf (needed in this
 # sandbox). Images: localhost/stylefarm-{coordinator,s3,worker}:VERSION.
 # Env: PROFILE=debug|release (binaries; default debug, what `make test` built),
+#      IMAGES_PREBUILT=1 (do not run cargo build first),
 #      CARGO_TARGET_DIR, STYLEFARM_CACHE (where the base tarball is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +61,11 @@ if ! podman image exists "$BASE_IMAGE"; then
 fi
 
 # --- images ----------------------------------------------------------------------
-# this checkout's binaries, built the way `make setup` builds them (a no-op after it)
-if [ "$PROFILE" = release ]; then
+# this checkout's binaries, built the way `make setup` builds them (a no-op after it);
+# IMAGES_PREBUILT=1 takes target/$PROFILE as it is (make test, right after the tests built it)
+if [ -n "${IMAGES_PREBUILT:-}" ]; then
+  :
+elif [ "$PROFILE" = release ]; then
   cargo build --release -p stylefarm-coordinator -p stylefarm-client -p stylefarm-worker
 else
   cargo build --workspace --all-targets

@@ -342,7 +342,7 @@ impl Driver {
             self.stats.evaluations += group.len() as u64;
             let specs: Vec<&LossSpec> = group.iter().map(|(id, _)| &self.members[id].spec).collect();
             let points: Vec<&Tensor> = group.iter().map(|(_, x)| x).collect();
-            match evaluate_stacked(&self.model, &specs, &points) {
+            match guarded(&self.model, &specs, &points) {
                 Ok(evaluations) => {
                     let width = group.len() as u32;
                     for ((id, _), evaluation) in group.iter().zip(evaluations) {
@@ -353,7 +353,7 @@ impl Driver {
                     // find the job that fails: each alone, so the others still get theirs
                     self.stats.fallbacks += 1;
                     for (id, x) in &group {
-                        let result = evaluate_stacked(&self.model, &[&self.members[id].spec], &[x]).map(|mut e| (e.remove(0), 1));
+                        let result = guarded(&self.model, &[&self.members[id].spec], &[x]).map(|mut e| (e.remove(0), 1));
                         let _ = self.members[id].reply.send(result);
                     }
                 }
@@ -363,6 +363,13 @@ impl Driver {
             }
         }
     }
+}
+
+/// [`evaluate_stacked`], with a panic inside libtorch's bindings turned into
+/// an error: the driver outlives any one job's bad pass.
+fn guarded(model: &Vgg16, specs: &[&LossSpec], points: &[&Tensor]) -> Result<Vec<Evaluation>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluate_stacked(model, specs, points)))
+        .unwrap_or_else(|_| Err(EngineError::param("batch", "the stacked pass panicked")))
 }
 
 /// The losses and gradients of `specs[i]` at `points[i]` (flat NHWC, all the
