@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{get_batch, sha_ref, test_config, upload_bytes, upload_file, url_ref, wait_batch, Coordinator, InProcessWorker};
+use stylefarm_tests::farm::{get_batch, sha_ref, test_config, upload_bytes, upload_file, url_ref, wait_batch, Client, Coordinator, InProcessWorker};
 use stylefarm_tests::sample;
 use tonic::Code;
 
@@ -18,27 +18,34 @@ fn job(name: &str, content: pb::ImageRef, style: pb::ImageRef, size: u32, iterat
     pb::JobSpec { name: name.into(), content: Some(content), styles: vec![style], settings: settings(size, iterations) }
 }
 
+/// Uploads two photos and two styles; a batch of the four pairings at 48 px
+/// with `iterations`, and the retina style's SHA-256.
+async fn two_by_two(client: &mut Client, name: &str, iterations: u32) -> (pb::SubmitBatchRequest, String) {
+    let chelsea = upload_file(client, &sample("chelsea.png")).await;
+    let coffee = upload_file(client, &sample("coffee.png")).await;
+    let retina = upload_file(client, &sample("retina.jpg")).await;
+    let gravel = upload_file(client, &sample("gravel.png")).await;
+    let request = pb::SubmitBatchRequest {
+        name: name.into(),
+        cartesian: Some(pb::CartesianSpec {
+            contents: vec![sha_ref(&chelsea), sha_ref(&coffee)],
+            styles: vec![sha_ref(&retina), sha_ref(&gravel)],
+            settings: vec![settings(48, iterations).unwrap()],
+        }),
+        ..Default::default()
+    };
+    (request, retina)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_render_a_batch_into_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(test_config(dir.path())).await;
     let mut client = coordinator.client().await;
-    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
-    let coffee = upload_file(&mut client, &sample("coffee.png")).await;
-    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
-    let gravel = upload_file(&mut client, &sample("gravel.png")).await;
+    let (request, retina) = two_by_two(&mut client, "e2e", 4).await;
     let a = InProcessWorker::start(&coordinator.url, "a", &dir.path().join("wa"));
     let b = InProcessWorker::start(&coordinator.url, "b", &dir.path().join("wb"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let request = pb::SubmitBatchRequest {
-        name: "e2e".into(),
-        cartesian: Some(pb::CartesianSpec {
-            contents: vec![sha_ref(&chelsea), sha_ref(&coffee)],
-            styles: vec![sha_ref(&retina), sha_ref(&gravel)],
-            settings: vec![settings(48, 4).unwrap()],
-        }),
-        ..Default::default()
-    };
     let batch = client.submit_batch(request).await.unwrap().into_inner();
     let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;
     assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Succeeded, "{jobs:?}");
@@ -81,10 +88,7 @@ async fn a_worker_packs_several_jobs_on_one_device() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(test_config(dir.path())).await;
     let mut client = coordinator.client().await;
-    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
-    let coffee = upload_file(&mut client, &sample("coffee.png")).await;
-    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
-    let gravel = upload_file(&mut client, &sample("gravel.png")).await;
+    let (request, _) = two_by_two(&mut client, "packed", 6).await;
     let worker = InProcessWorker::start_args(stylefarm_worker::farm::FarmArgs {
         coordinator: Some(coordinator.url.clone()),
         devices: "cpu".into(),
@@ -94,15 +98,6 @@ async fn a_worker_packs_several_jobs_on_one_device() {
         jobs_per_device: 3,
         ..Default::default()
     });
-    let request = pb::SubmitBatchRequest {
-        name: "packed".into(),
-        cartesian: Some(pb::CartesianSpec {
-            contents: vec![sha_ref(&chelsea), sha_ref(&coffee)],
-            styles: vec![sha_ref(&retina), sha_ref(&gravel)],
-            settings: vec![settings(48, 6).unwrap()],
-        }),
-        ..Default::default()
-    };
     let batch = client.submit_batch(request).await.unwrap().into_inner();
     let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;
     assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Succeeded, "{jobs:?}");

@@ -125,7 +125,7 @@ pub fn load_weights(params: &RenderParams) -> Result<VggWeights> {
     Ok(weights)
 }
 
-/// Renders already-decoded images.
+/// Renders already-decoded images (float32, the job's own model).
 #[allow(clippy::too_many_arguments)]
 pub fn render_loaded(
     content: &RgbImage,
@@ -136,14 +136,23 @@ pub fn render_loaded(
     device: Device,
     progress: &mut dyn Progress,
 ) -> Result<RenderOutput> {
-    render_with(content, styles, init_image, weights, params, device, Kind::Float, None, progress)
+    render_via(Evaluator::Own(Kind::Float), content, styles, init_image, weights, params, device, progress)
 }
 
-/// [`render_loaded`] computing in another floating-point kind (`Double` to
-/// check numerics: there, reduction order moves nothing visible).
+/// Where a render's evaluations run.
+pub enum Evaluator<'a> {
+    /// The job's own model, in this floating-point kind (`Double` to check
+    /// numerics: there, reduction order moves nothing visible).
+    Own(Kind),
+    /// Stacked with other jobs' in a shared evaluator (see [`crate::batch`]):
+    /// the same result as alone, up to floating-point reduction order.
+    Shared(&'a BatchHandle),
+}
+
+/// Renders already-decoded images with their evaluations where `evaluator` says.
 #[allow(clippy::too_many_arguments)]
-pub fn render_loaded_in(
-    kind: Kind,
+pub fn render_via(
+    evaluator: Evaluator<'_>,
     content: &RgbImage,
     styles: &[RgbImage],
     init_image: Option<&RgbImage>,
@@ -152,39 +161,13 @@ pub fn render_loaded_in(
     device: Device,
     progress: &mut dyn Progress,
 ) -> Result<RenderOutput> {
-    render_with(content, styles, init_image, weights, params, device, kind, None, progress)
-}
-
-/// Renders already-decoded images with its evaluations stacked with other
-/// jobs' in `shared` (see [`crate::batch`]): the same result as
-/// [`render_loaded`], up to floating-point reduction order.
-#[allow(clippy::too_many_arguments)]
-pub fn render_shared(
-    content: &RgbImage,
-    styles: &[RgbImage],
-    init_image: Option<&RgbImage>,
-    weights: &VggWeights,
-    params: &RenderParams,
-    shared: &BatchHandle,
-    device: Device,
-    progress: &mut dyn Progress,
-) -> Result<RenderOutput> {
-    shared.compatible(weights, params.pooling, device)?;
-    render_with(content, styles, init_image, weights, params, device, shared.kind(), Some(shared), progress)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn render_with(
-    content: &RgbImage,
-    styles: &[RgbImage],
-    init_image: Option<&RgbImage>,
-    weights: &VggWeights,
-    params: &RenderParams,
-    device: Device,
-    kind: Kind,
-    shared: Option<&BatchHandle>,
-    progress: &mut dyn Progress,
-) -> Result<RenderOutput> {
+    let (kind, shared) = match evaluator {
+        Evaluator::Own(kind) => (kind, None),
+        Evaluator::Shared(handle) => {
+            handle.compatible(weights, params.pooling, device)?;
+            (handle.kind(), Some(handle))
+        }
+    };
     params.validate(styles.len())?;
     let norm = &weights.normalization;
     let depth = params.depth();

@@ -16,7 +16,7 @@ use stylefarm_engine::batch::BatchEvaluator;
 use stylefarm_engine::device::{describe, parse_device};
 use stylefarm_engine::image_io::load_rgb;
 use stylefarm_engine::params::{Init, Preset, RenderParams};
-use stylefarm_engine::render::{load_weights, render_loaded, render_shared, Silent};
+use stylefarm_engine::render::{load_weights, render_loaded, render_via, Evaluator, Silent};
 
 #[derive(Args, Debug)]
 pub struct BenchPackArgs {
@@ -94,19 +94,18 @@ pub fn run(args: &BenchPackArgs) -> Result<()> {
 
     // the reference: one job at a time, as a worker with --jobs-per-device 1 renders
     let started = Instant::now();
-    let mut solo = Vec::with_capacity(jobs.len());
-    for job in &jobs {
+    let alone = |job: &Job| -> Result<f64> {
         let out = render_loaded(&job.content, std::slice::from_ref(&job.style), None, &weights, &params, device, &mut Silent).context("solo render")?;
-        solo.push(out.metadata.final_loss);
-    }
+        Ok(out.metadata.final_loss)
+    };
+    let solo = jobs.iter().map(|job| alone(job)).collect::<Result<Vec<f64>>>()?;
     let reference = started.elapsed();
     if args.noise {
         let threads = tch::get_num_threads();
         tch::set_num_threads(if threads > 1 { 1 } else { 2 });
         let mut worst = 0f64;
-        for (job, alone) in jobs.iter().zip(&solo) {
-            let out = render_loaded(&job.content, std::slice::from_ref(&job.style), None, &weights, &params, device, &mut Silent)?;
-            worst = worst.max(((out.metadata.final_loss - alone) / alone).abs() * 100.0);
+        for (job, first) in jobs.iter().zip(&solo) {
+            worst = worst.max(((alone(job)? - first) / first).abs() * 100.0);
         }
         println!("noise: the same jobs alone with {} torch threads instead of {threads}: final losses up to {worst:.3} % apart", tch::get_num_threads());
         tch::set_num_threads(threads);
@@ -128,7 +127,7 @@ pub fn run(args: &BenchPackArgs) -> Result<()> {
                         loop {
                             let Some((i, job)) = queue.lock().expect("queue").pop_front() else { return Ok(()) };
                             let style = std::slice::from_ref(&job.style);
-                            let out = render_shared(&job.content, style, None, weights, params, &shared, device, &mut Silent)?;
+                            let out = render_via(Evaluator::Shared(&shared), &job.content, style, None, weights, params, device, &mut Silent)?;
                             losses.lock().expect("losses")[i] = out.metadata.final_loss;
                         }
                     })

@@ -81,7 +81,7 @@ impl BatchEvaluator {
     }
 
     /// [`BatchEvaluator::new`] in another floating-point kind (see
-    /// [`crate::render::render_loaded_in`]).
+    /// [`crate::render::Evaluator::Own`]).
     pub fn new_in(kind: Kind, weights: &VggWeights, depth: usize, pooling: Pooling, device: Device, linger: Duration) -> BatchEvaluator {
         let model = Vgg16::new(weights.tensors(depth), pooling, device, kind);
         let (tx, rx) = mpsc::sync_channel(QUEUE);

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use stylefarm_core::storage::Location;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
-use stylefarm_engine::render::{load_weights, render_loaded, render_shared, write_outputs, OutputPaths, Progress};
+use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress};
 use stylefarm_engine::trace::TraceRow;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::EngineError;
 use stylefarm_proto as pb;
-use tch::Device;
+use tch::{Device, Kind};
 
 use super::inputs::{InputCache, InputError};
 
@@ -225,13 +225,9 @@ fn render_job(
     };
     let mut progress = FarmProgress { job: Arc::clone(&job) };
     let (content, styles) = decoded.split_first().expect("content is first");
-    let rendered = match &pack {
-        Some(pack) => {
-            let shared = pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling);
-            render_shared(content, styles, None, &slot.weights, &params, &shared, device, &mut progress)
-        }
-        None => render_loaded(content, styles, None, &slot.weights, &params, device, &mut progress),
-    };
+    let shared = pack.map(|pack| pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling));
+    let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
+    let rendered = render_via(evaluator, content, styles, None, &slot.weights, &params, device, &mut progress);
     let out = match rendered {
         Ok(out) => out,
         Err(e) => return (Err(e), Some(slot)),
