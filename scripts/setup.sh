@@ -73,9 +73,11 @@ fi
 ln -sfn "$samples" "$repo/.samples"
 
 # --- 3. tools the deploy/ tests call ---------------------------------------------
-# kubectl (with kustomize) renders deploy/k8s; systemd-analyze verifies the units.
+# kubectl (with kustomize) renders deploy/k8s; systemd-analyze verifies the units;
+# prometheus scrapes a live farm and promtool checks deploy/observability.
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [[ ${#missing[@]} -gt 0 ]]; then
   log "installing ${missing[*]} (Debian packages) for the deploy/ tests"
   SUDO=""; [[ "$(id -u)" -eq 0 ]] || SUDO=sudo

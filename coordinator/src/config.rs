@@ -56,6 +56,9 @@ pub struct CoordinatorConfig {
     pub forget_workers_after_ms: i64,
     /// Serve KEDA's external scaler (queue depth, no token needed) on the gRPC port.
     pub scaler: bool,
+    /// Serve Prometheus metrics over HTTP at `/metrics` here (no token: they
+    /// hold counts and timings, never names, ids or secrets).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -87,6 +90,7 @@ impl Default for CoordinatorConfig {
             request_id_window_ms: scheduler.request_id_window_ms,
             forget_workers_after_ms: scheduler.forget_workers_after_ms,
             scaler: true,
+            metrics_listen: None,
         }
     }
 }
@@ -142,6 +146,14 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_JOBS_PER_BATCH", &mut self.max_jobs_per_batch)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
         env("STYLEFARM_SCALER", &mut self.scaler)?;
+        if let Ok(v) = std::env::var("STYLEFARM_METRICS_LISTEN") {
+            let addr = v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name: "STYLEFARM_METRICS_LISTEN".into(),
+                value: v.clone(),
+                reason: e.to_string(),
+            })?;
+            self.metrics_listen = Some(addr);
+        }
         if let Ok(v) = std::env::var("STYLEFARM_AUTH") {
             self.auth_required = parse_auth(&v).map_err(|reason| ConfigError::Env { name: "STYLEFARM_AUTH".into(), value: v.clone(), reason })?;
         }

@@ -23,6 +23,7 @@ use crate::convert;
 use crate::error::{CoordError, Result};
 use crate::events::{Hub, Watch};
 use crate::ids::{BatchId, JobId};
+use crate::metrics::CoordMetrics;
 use crate::model::{BatchPhase, BatchRecord, JobRecord, Millis};
 use crate::scheduler::{Effects, Event, EventKind, Scheduler, SchedulerConfig};
 use crate::store::Store;
@@ -37,6 +38,8 @@ pub struct FarmConfig {
     pub heartbeat_interval_ms: Millis,
     pub max_upload_bytes: u64,
     pub submit: SubmitRules,
+    /// Prometheus metrics (`--metrics-listen`); None records nothing.
+    pub metrics: Option<Arc<CoordMetrics>>,
 }
 
 pub struct Farm {
@@ -62,7 +65,7 @@ impl Farm {
         let (batches, jobs) = (snapshot.batches.len(), snapshot.jobs.len());
         let sched = Scheduler::restore(config.scheduler.clone(), snapshot, now_ms());
         tracing::info!(store = %store.describe(), objects = %blobs.url, batches, live_jobs = jobs, "state loaded");
-        Ok(Arc::new(Farm {
+        let farm = Arc::new(Farm {
             sched: Mutex::new(sched),
             store,
             hub: Hub::default(),
@@ -73,7 +76,15 @@ impl Farm {
             fatal: watch::channel(None).0,
             broken: watch::channel(None).0,
             stopping: watch::channel(false).0,
-        }))
+        });
+        if let Some(metrics) = &farm.config.metrics {
+            metrics.attach(&farm);
+        }
+        Ok(farm)
+    }
+
+    pub fn metrics(&self) -> Option<&CoordMetrics> {
+        self.config.metrics.as_deref()
     }
 
     /// Resolves with the reason once the coordinator has to stop.
@@ -123,7 +134,7 @@ impl Farm {
 
     /// Changes the scheduler, makes the change durable, then publishes it.
     pub async fn apply<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Effects, Millis) -> Result<T>) -> Result<T> {
-        let (value, ticket, events, finished, wake) = {
+        let (value, ticket, events, finished, wake, observations) = {
             let mut sched = self.lock()?;
             if self.fatal.borrow().is_some() {
                 return Err(CoordError::ShuttingDown);
@@ -132,10 +143,13 @@ impl Farm {
             let value = f(&mut sched, &mut fx, now_ms())?;
             let ticket = (!fx.ops.is_empty() || fx.barrier).then(|| self.store.commit(std::mem::take(&mut fx.ops)));
             let events = self.render_events(&sched, &fx.events);
-            (value, ticket, events, fx.finished_batches, fx.wake)
+            (value, ticket, events, fx.finished_batches, fx.wake, fx.observations)
         };
         if let Some(ticket) = ticket {
             self.wait(ticket).await?;
+        }
+        if let (Some(metrics), false) = (self.metrics(), observations.is_empty()) {
+            metrics.observe(&observations);
         }
         for (batch, event) in events {
             self.hub.publish(batch, event);
@@ -355,6 +369,7 @@ mod tests {
             heartbeat_interval_ms: 1_000,
             max_upload_bytes: 1 << 20,
             submit: SubmitRules::for_store(&blobs.url),
+            metrics: None,
         };
         let farm = Farm::open(store, blobs, config, Authenticator::new(TokenStore::open(dir.path()).unwrap(), false, false)).unwrap();
         let broken = farm.broken_signal();

@@ -16,6 +16,7 @@ pub mod events;
 pub mod farm;
 pub mod filewatch;
 pub mod ids;
+pub mod metrics;
 pub mod model;
 pub mod scheduler;
 pub mod secrets;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use stylefarm_coordinator::auth::{Role, TokenStore};
-use stylefarm_coordinator::{run, CoordinatorConfig};
+use stylefarm_coordinator::server::{run_with, Listeners};
+use stylefarm_coordinator::CoordinatorConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -65,6 +66,9 @@ struct Args {
     /// Do not serve KEDA's external scaler (queue depth, answered without a token).
     #[arg(long)]
     no_scaler: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -189,6 +193,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     if args.no_scaler {
         config.scaler = false;
     }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = Some(v);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -237,8 +244,16 @@ async fn main() -> Result<()> {
         return token_command(&config.data_dir, action);
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    // scripts read the bound address (useful with port 0) from this line
+    // scripts read the bound addresses (useful with port 0) from these lines
     println!("listening on {}", listener.local_addr()?);
-    run(listener, config, shutdown_signal()).await?;
+    let http = match config.metrics_listen {
+        Some(addr) => {
+            let http = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
+            println!("metrics on http://{}/metrics", http.local_addr()?);
+            Some(http)
+        }
+        None => None,
+    };
+    run_with(Listeners { grpc: listener, http }, config, shutdown_signal()).await?;
     Ok(())
 }

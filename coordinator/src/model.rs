@@ -99,6 +99,14 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// When the running attempt was leased.
+    pub fn leased_ms(&self) -> Option<Millis> {
+        match self {
+            JobState::Running { leased_ms, .. } => Some(*leased_ms),
+            _ => None,
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(self, JobState::Succeeded { .. } | JobState::Failed { .. } | JobState::Cancelled)
     }

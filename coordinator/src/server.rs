@@ -18,7 +18,9 @@ use crate::api::worker::WorkerService;
 use crate::auth::{Authenticator, TokenStore};
 use crate::config::CoordinatorConfig;
 use crate::farm::{Farm, FarmConfig};
+use crate::metrics::{CoordMetrics, GrpcMetricsLayer};
 use crate::store::SqliteStore;
+use stylefarm_core::telemetry::Registry;
 
 /// Largest gRPC message (a 100,000-job submit is ~20 MB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -43,8 +45,9 @@ pub enum ServeError {
     Tls(String),
 }
 
-/// Opens the state under the data dir and the object store.
-pub fn open_farm(config: &CoordinatorConfig) -> Result<Arc<Farm>, ServeError> {
+/// Opens the state under the data dir and the object store (with metrics
+/// when `metrics` is given).
+pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>) -> Result<Arc<Farm>, ServeError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Open(format!("{}: {e}", config.data_dir.display())))?;
     let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.sync_full, config.group_commit).map_err(|e| ServeError::Open(e.0))?;
@@ -55,6 +58,7 @@ pub fn open_farm(config: &CoordinatorConfig) -> Result<Arc<Farm>, ServeError> {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         max_upload_bytes: config.max_upload_bytes,
         submit: config.submit_rules(&blobs.url)?,
+        metrics,
     };
     let tokens = TokenStore::open(&config.data_dir).map_err(|e| ServeError::Open(e.to_string()))?;
     let auth = Authenticator::new(tokens, config.auth_required, config.tls_client_ca.is_some());
@@ -101,10 +105,28 @@ fn check_exposure(addr: Option<std::net::SocketAddr>, config: &CoordinatorConfig
     )))
 }
 
-/// Serves both services, gRPC health and reflection on `listener` until
-/// `shutdown` resolves (or the state store fails).
+/// Where the coordinator serves: gRPC, and HTTP (`/metrics`) if any.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+/// Serves on `listener`, and on `config.metrics_listen` if set (see [`run_with`]).
 pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-    let farm = open_farm(&config)?;
+    let http = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| ServeError::Open(format!("binding metrics_listen {addr}: {e}")))?),
+        None => None,
+    };
+    run_with(Listeners { grpc: listener, http }, config, shutdown).await
+}
+
+/// Serves both services, gRPC health and reflection on `listeners.grpc`, and
+/// `/metrics` on `listeners.http`, until `shutdown` resolves (or the state
+/// store fails).
+pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    let Listeners { grpc: listener, http } = listeners;
+    let metrics = http.is_some().then(|| CoordMetrics::new(Registry::new()));
+    let farm = open_farm(&config, metrics.clone())?;
     let addr = listener.local_addr().ok();
     let auth_enforced = farm.auth.enforced().map_err(|e| ServeError::Open(e.to_string()))?;
     check_exposure(addr, &config, auth_enforced)?;
@@ -135,6 +157,16 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
     // KEDA's external scaler: queue depth for autoscaling workers (no token: KEDA cannot send one)
     let scaler = config.scaler.then(|| ks::external_scaler_server::ExternalScalerServer::new(ScalerService::new(Arc::clone(&farm))));
     let mut fatal = farm.fatal_signal();
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_server = match (http, &metrics) {
+        (Some(http), Some(metrics)) => {
+            let router = stylefarm_core::telemetry::router(Arc::clone(metrics) as Arc<dyn stylefarm_core::telemetry::Scrape>);
+            Some(tokio::spawn(stylefarm_core::telemetry::serve(http, router, async move {
+                let _ = http_stopped.await;
+            })))
+        }
+        _ => None,
+    };
     tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, scaler = config.scaler, "coordinator serving");
     let stopping = Arc::clone(&farm);
     let stop = async move {
@@ -158,6 +190,7 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
     }
     let served = builder
         .tcp_nodelay(true)
+        .layer(GrpcMetricsLayer::new(metrics))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
@@ -168,6 +201,14 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
         .await;
     ticker.abort();
     health_watch.abort();
+    let _ = http_stop.send(());
+    if let Some(server) = http_server {
+        match server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the metrics listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     // statistics the tick writes once a second: the last second's too
     if farm.fatal_signal().borrow().is_none() {
         if let Err(e) = farm

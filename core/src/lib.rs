@@ -13,6 +13,8 @@ pub mod params;
 pub mod policy;
 #[cfg(feature = "storage")]
 pub mod storage;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod weights_spec;
 
 pub use error::{ParamError, Result};

@@ -34,6 +34,8 @@ pub fn test_config(data_dir: &Path) -> CoordinatorConfig {
 pub struct Coordinator {
     pub addr: SocketAddr,
     pub url: String,
+    /// `http://ADDR/metrics` when the config asked for metrics (bound on port 0).
+    pub metrics_url: Option<String>,
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), stylefarm_coordinator::server::ServeError>>>,
@@ -45,7 +47,13 @@ impl Coordinator {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();
-        let handle = tokio::spawn(stylefarm_coordinator::run(listener, config, async move {
+        let http = match config.metrics_listen {
+            Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")),
+            None => None,
+        };
+        let metrics_url = http.as_ref().map(|l| format!("http://{}/metrics", l.local_addr().unwrap()));
+        let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http };
+        let handle = tokio::spawn(stylefarm_coordinator::server::run_with(listeners, config, async move {
             let _ = stopped.await;
         }));
         let url = format!("http://{addr}");
@@ -56,7 +64,12 @@ impl Coordinator {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Coordinator { addr, url, data_dir, stop: Some(stop), handle: Some(handle) }
+        Coordinator { addr, url, metrics_url, data_dir, stop: Some(stop), handle: Some(handle) }
+    }
+
+    /// What `/metrics` says now (the config must have asked for metrics).
+    pub async fn scrape(&self) -> String {
+        http_get(self.metrics_url.as_deref().expect("started with metrics_listen")).await
     }
 
     pub async fn channel(&self) -> Channel {
@@ -361,4 +374,15 @@ pub fn sigkill(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed: {status:?}");
+}
+
+/// GET `url` (plain HTTP) off the async runtime; panics unless it answers 200.
+pub async fn http_get(url: &str) -> String {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let response = ureq::get(&url).timeout(Duration::from_secs(10)).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        response.into_string().expect("a text body")
+    })
+    .await
+    .expect("the GET task")
 }

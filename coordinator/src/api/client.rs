@@ -237,6 +237,9 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         }
         let size = data.len() as u64;
         self.farm.blobs.put(&image_key(&sha), data).await.map_err(|e| CoordError::Blob(e.to_string()))?;
+        if let Some(metrics) = self.farm.metrics() {
+            metrics.uploaded_bytes.increment(size);
+        }
         let record = ImageRecord { sha256: sha.clone(), size_bytes: size, width, height, format: format.clone(), created_ms: now_ms() };
         let added = self.farm.apply(move |s, fx, _| Ok(s.add_image(record, fx))).await?;
         tracing::info!(width, height, format = %format, "image stored");
@@ -283,11 +286,17 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         };
         let (tx, rx) = mpsc::channel(4);
         let blobs = self.farm.blobs.clone();
+        let downloaded = self.farm.metrics().map(|m| m.downloaded_bytes.clone());
         tokio::spawn(async move {
             for file in outputs.files {
                 let name = file.key.strip_prefix(&outputs.prefix).unwrap_or(&file.key).to_string();
                 let data = match blobs.get(&file.key).await {
-                    Ok(data) => data,
+                    Ok(data) => {
+                        if let Some(counter) = &downloaded {
+                            counter.increment(data.len() as u64);
+                        }
+                        data
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
                         return;

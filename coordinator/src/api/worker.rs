@@ -120,7 +120,11 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let principal = caller.clone();
+            let looked = std::time::Instant::now();
             if let Some(grant) = self.farm.apply(move |s, fx, now| s.lease(worker, &principal, memory, now, fx)).await? {
+                if let Some(metrics) = self.farm.metrics() {
+                    metrics.lease_latency.record(looked.elapsed().as_secs_f64());
+                }
                 break Some(grant);
             }
             if tokio::time::Instant::now() >= deadline || self.farm.is_stopping() {

@@ -26,6 +26,7 @@ use stylefarm_proto::JobProgress;
 use crate::auth::Principal;
 use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
+use crate::metrics::{AttemptEnd, Observation};
 use crate::model::{
     AfterFailure, Backoff, BatchRecord, CancelOutcome, Counts, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState, Millis, StateKind,
     WorkerRecord,
@@ -115,6 +116,8 @@ pub struct Effects {
     pub wake: bool,
     /// Answer only after every earlier change is committed (even with no ops).
     pub barrier: bool,
+    /// What the metrics count (recorded once the change is committed).
+    pub observations: Vec<Observation>,
 }
 
 #[derive(Debug)]
@@ -344,6 +347,11 @@ impl Scheduler {
         self.workers.blocked(worker, batch, self.config.worker_batch_failure_limit)
     }
 
+    /// Batches not finished yet (those in memory).
+    pub fn live_batches(&self) -> impl Iterator<Item = &BatchRecord> {
+        self.batches.values()
+    }
+
     /// What the farm has to do now, for autoscaling.
     pub fn demand(&self) -> Demand {
         let (queued, running) = self.batches.values().fold((0u64, 0u64), |(q, r), b| (q + b.counts.queued as u64, r + b.counts.running as u64));
@@ -479,7 +487,12 @@ impl Scheduler {
         };
         let ttl = self.config.lease_ttl_ms;
         let job = self.jobs.get_mut(&job_id).ok_or_else(|| CoordError::Internal(format!("picked job {job_id} is not in memory")))?;
+        let leasable_since = match job.state {
+            JobState::Queued { not_before_ms } => not_before_ms.max(job.created_ms),
+            _ => job.created_ms,
+        };
         let (attempt, secret) = job.lease(worker, now, ttl)?;
+        fx.observations.push(Observation::Leased { queue_wait_ms: now - leasable_since });
         let grant = Grant { job: job.clone(), attempt, secret };
         self.queue.remove(priority, batch, job_id);
         self.workers.start(worker, job_id);
@@ -538,7 +551,9 @@ impl Scheduler {
     ) -> Result<()> {
         self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
         let job = self.jobs.get_mut(&job_id).ok_or_else(|| stale_or_missing(job_id, claim.attempt))?;
+        let leased_ms = job.state.leased_ms();
         job.complete(worker, claim, outputs, now)?;
+        fx.observations.push(Observation::AttemptEnded { end: AttemptEnd::Succeeded, run_ms: leased_ms.map_or(0, |l| now - l) });
         if let Some(record) = self.workers.get_mut(worker) {
             record.succeeded += 1;
             self.dirty_counters.insert(worker);
@@ -561,11 +576,21 @@ impl Scheduler {
         self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
         let backoff = self.config.backoff;
         let job = self.jobs.get_mut(&job_id).ok_or_else(|| stale_or_missing(job_id, claim.attempt))?;
+        let leased_ms = job.state.leased_ms();
         let after = if failure.handed_back {
             job.hand_back(worker, claim, now)?
         } else {
             job.fail(worker, claim, (failure.reason, failure.retryable), failure.cancelled, now, backoff)?
         };
+        let end = match after {
+            _ if failure.handed_back => AttemptEnd::HandedBack,
+            AfterFailure::Cancelled => AttemptEnd::Cancelled,
+            AfterFailure::Requeued { .. } | AfterFailure::Failed => AttemptEnd::Failed,
+        };
+        fx.observations.push(Observation::AttemptEnded { end, run_ms: leased_ms.map_or(0, |l| now - l) });
+        if matches!(after, AfterFailure::Requeued { .. }) && !failure.handed_back {
+            fx.observations.push(Observation::Retried);
+        }
         let batch = job.batch;
         if after != AfterFailure::Cancelled && !failure.handed_back {
             self.count_failure(worker, batch, fx);
@@ -578,6 +603,7 @@ impl Scheduler {
         let failures = self.workers.count_failure(worker, batch);
         fx.ops.push(StoreOp::CountFailure { worker, batch, failures });
         if failures == self.config.worker_batch_failure_limit {
+            fx.observations.push(Observation::WorkerBlocked);
             tracing::warn!(worker_id = %worker, batch_id = %batch, failures, "worker blocked from the batch");
         }
         if let Some(record) = self.workers.get_mut(worker) {
@@ -636,12 +662,21 @@ impl Scheduler {
         for (job_id, due) in leases::due(&self.jobs, self.workers.all_running(), now) {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
             let Some(worker) = job.running_worker() else { continue };
-            let (attempt, batch) = (job.attempt, job.batch);
+            let (attempt, batch, leased_ms) = (job.attempt, job.batch, job.state.leased_ms());
             let after = match due {
                 Due::Expired => job.expire(now, backoff),
                 Due::OverTime => job.time_out(now, backoff),
             };
             let Some(after) = after else { continue };
+            let end = match (due, after) {
+                (_, AfterFailure::Cancelled) => AttemptEnd::Cancelled,
+                (Due::Expired, _) => AttemptEnd::Expired,
+                (Due::OverTime, _) => AttemptEnd::TimedOut,
+            };
+            fx.observations.push(Observation::AttemptEnded { end, run_ms: leased_ms.map_or(0, |l| now - l) });
+            if matches!(after, AfterFailure::Requeued { .. }) {
+                fx.observations.push(Observation::Retried);
+            }
             match due {
                 Due::Expired => {
                     tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "lease expired");
@@ -754,6 +789,7 @@ impl Scheduler {
         if to.is_terminal() {
             self.progress.remove(&job_id);
             self.waiting.remove(&job_id);
+            fx.observations.push(Observation::Finished(to));
         }
         let kind = match to {
             StateKind::Queued => EventKind::Queued,

@@ -25,11 +25,13 @@ pub struct InputCache {
     dir: PathBuf,
     retries: u32,
     max_bytes: u64,
+    /// Counts downloaded bytes (`--metrics-listen`).
+    downloaded: Option<metrics::Counter>,
 }
 
 impl InputCache {
-    pub fn new(dir: PathBuf, max_bytes: u64) -> InputCache {
-        InputCache { dir, retries: 4, max_bytes }
+    pub fn new(dir: PathBuf, max_bytes: u64, downloaded: Option<metrics::Counter>) -> InputCache {
+        InputCache { dir, retries: 4, max_bytes, downloaded }
     }
 
     /// The bytes of `url`; `sha256` (if known) is checked and keys the cache.
@@ -60,7 +62,12 @@ impl InputCache {
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=self.retries {
             match get_url_capped(url, self.max_bytes).await {
-                Ok(data) => return Ok(data),
+                Ok(data) => {
+                    if let Some(counter) = &self.downloaded {
+                        counter.increment(data.len() as u64);
+                    }
+                    return Ok(data);
+                }
                 Err(e @ (StorageError::NotFound { .. } | StorageError::BadUrl { .. } | StorageError::TooLarge { .. })) => {
                     return Err(InputError::Permanent(format!("{role} image: {e}")));
                 }

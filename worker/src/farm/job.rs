@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use stylefarm_core::storage::Location;
@@ -18,6 +18,7 @@ use stylefarm_proto as pb;
 use tch::{Device, Kind};
 
 use super::inputs::{InputCache, InputError};
+use super::metrics::{DeviceMetrics, Stage, WorkerMetrics};
 
 /// Progress the heartbeat has not sent yet, and the flag that stops the engine.
 #[derive(Debug, Default)]
@@ -93,10 +94,16 @@ pub fn loss_row(row: &TraceRow) -> pb::LossRow {
 
 struct FarmProgress {
     job: Arc<RunningJob>,
+    metrics: Option<Arc<DeviceMetrics>>,
+    previous: Option<TraceRow>,
 }
 
 impl Progress for FarmProgress {
     fn on_row(&mut self, row: &TraceRow) {
+        if let Some(metrics) = &self.metrics {
+            metrics.row(self.previous.as_ref(), row);
+            self.previous = Some(row.clone());
+        }
         let mut shared = self.job.shared.lock().expect("progress lock");
         let row = loss_row(row);
         shared.latest = Some(row);
@@ -134,6 +141,17 @@ pub struct JobContext {
     pub worker_id: String,
     /// The device's shared evaluators when it renders several jobs at once.
     pub pack: Option<Arc<super::pack::DevicePack>>,
+    /// Prometheus metrics (`--metrics-listen`), and this device's.
+    pub metrics: Option<Arc<WorkerMetrics>>,
+    pub device_metrics: Option<Arc<DeviceMetrics>>,
+}
+
+impl JobContext {
+    fn stage(&self, stage: Stage, started: Instant) {
+        if let Some(metrics) = &self.metrics {
+            metrics.stage(stage, started.elapsed());
+        }
+    }
 }
 
 fn failed(reason: impl Into<String>, retryable: bool) -> Outcome {
@@ -152,6 +170,7 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     for (i, url) in lease.style_urls.iter().enumerate() {
         sources.push((format!("style[{i}]"), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
     }
+    let fetching = Instant::now();
     let mut images: Vec<(String, Bytes)> = Vec::with_capacity(sources.len());
     for (role, url, sha) in sources {
         match ctx.inputs.fetch(&role, &url, &sha).await {
@@ -160,6 +179,7 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
             Err(InputError::Transient(reason)) => return failed(reason, true),
         }
     }
+    ctx.stage(Stage::FetchInputs, fetching);
     let dir = ctx.work_dir.join(format!("{}-attempt-{}", lease.job_id, lease.attempt));
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(dir.join("snapshots")) {
@@ -167,8 +187,11 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     }
     // the engine runs on a blocking thread; the loaded weights go with it and come back
     let taken = slot.take();
-    let (device, job_for_engine, dir_for_engine, pack) = (ctx.device, Arc::clone(job), dir.clone(), ctx.pack.clone());
-    let rendered = tokio::task::spawn_blocking(move || render_job(images, params, taken, device, pack, job_for_engine, &dir_for_engine)).await;
+    let (device, dir_for_engine, pack) = (ctx.device, dir.clone(), ctx.pack.clone());
+    let progress = FarmProgress { job: Arc::clone(job), metrics: ctx.device_metrics.clone(), previous: None };
+    let rendering = Instant::now();
+    let rendered = tokio::task::spawn_blocking(move || render_job(images, params, taken, device, pack, progress, &dir_for_engine)).await;
+    ctx.stage(Stage::Render, rendering);
     let (result, returned) = match rendered {
         Ok(pair) => pair,
         Err(e) => return failed(format!("the engine thread panicked: {e}"), true),
@@ -179,7 +202,12 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         Ok(render) if !render.final_loss.is_finite() || !render.engine_ms.is_finite() => {
             failed(format!("the render diverged: final loss {} (try a smaller style weight or learning rate)", render.final_loss), false)
         }
-        Ok(render) => upload(ctx, lease, &dir, render).await,
+        Ok(render) => {
+            let uploading = Instant::now();
+            let outcome = upload(ctx, lease, &dir, render).await;
+            ctx.stage(Stage::Upload, uploading);
+            outcome
+        }
         Err(EngineError::Cancelled) => Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled)),
         Err(e) => failed(e.to_string(), e.is_retryable()),
     };
@@ -200,9 +228,10 @@ fn render_job(
     slot: Option<WeightsSlot>,
     device: Device,
     pack: Option<Arc<super::pack::DevicePack>>,
-    job: Arc<RunningJob>,
+    mut progress: FarmProgress,
     dir: &Path,
 ) -> (Result<Rendered, EngineError>, Option<WeightsSlot>) {
+    let job = Arc::clone(&progress.job);
     let mut decoded = Vec::with_capacity(images.len());
     for (role, bytes) in &images {
         match decode_rgb(bytes) {
@@ -223,7 +252,6 @@ fn render_job(
             Err(e) => return (Err(e), None),
         },
     };
-    let mut progress = FarmProgress { job: Arc::clone(&job) };
     let (content, styles) = decoded.split_first().expect("content is first");
     let shared = pack.map(|pack| pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling));
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
@@ -304,7 +332,12 @@ async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rende
         loop {
             tries += 1;
             match location.put(&name, data.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(metrics) = &ctx.metrics {
+                        metrics.uploaded_bytes.increment(size);
+                    }
+                    break;
+                }
                 Err(e) if !e.is_retryable() || tries >= 5 => return failed(format!("uploading {name}: {e}"), e.is_retryable()),
                 Err(e) => {
                     tracing::warn!(job_id = %lease.job_id, file = %name, error = %e, "upload failed; retrying");

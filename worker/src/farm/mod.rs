@@ -7,6 +7,7 @@ pub mod control;
 mod devices;
 mod inputs;
 mod job;
+pub mod metrics;
 mod pack;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tracing::Instrument;
 use devices::DeviceInfo;
 use inputs::InputCache;
 use job::{JobContext, Outcome, RunningJob, StopCause};
+use stylefarm_core::telemetry::Registry;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FarmArgs {
@@ -73,6 +75,10 @@ pub struct FarmArgs {
     /// container health checks and Kubernetes probes, e.g. 0.0.0.0:50052.
     #[arg(long, env = "STYLEFARM_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9465):
+    /// per device busy, iteration rate, seconds per evaluation, GPU memory.
+    #[arg(long, env = "STYLEFARM_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The worker's identity on the coordinator, kept across restarts.
@@ -241,16 +247,34 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         Some(addr) => Some(control::serve(control::bind(addr).await?, Arc::clone(&control)).await?),
         None => None,
     };
+    let metrics = args.metrics_listen.map(|_| metrics::WorkerMetrics::new(Registry::new(), &devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>()));
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut metrics_tasks = Vec::new();
+    if let (Some(addr), Some(m)) = (args.metrics_listen, &metrics) {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
+        let router = stylefarm_core::telemetry::router(Arc::clone(m) as Arc<dyn stylefarm_core::telemetry::Scrape>);
+        metrics_tasks.push(tokio::spawn(async move {
+            if let Err(e) = stylefarm_core::telemetry::serve(listener, router, async move {
+                let _ = metrics_stopped.await;
+            })
+            .await
+            {
+                tracing::warn!(error = %e, "the metrics listener failed");
+            }
+        }));
+        metrics_tasks.extend(m.spawn_gpu_poller(Duration::from_secs(5)));
+    }
     farm.register().await?;
     let cap = args.max_input_bytes.unwrap_or(*farm.max_input_bytes.lock().expect("cap lock"));
-    let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap));
+    let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap, metrics.as_ref().map(|m| m.downloaded_bytes.clone())));
     tokio::spawn(heartbeat_loop(Arc::clone(&farm)));
     let per_device = args.jobs_per_device.max(1);
     let runners: Vec<_> = devices
         .into_iter()
         .flat_map(|device| {
             let pack = (per_device > 1).then(|| Arc::new(pack::DevicePack::new(device.device)));
-            let (farm, inputs, work_dir) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone());
+            let (farm, inputs, work_dir, metrics) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone(), metrics.clone());
+            let device_metrics = metrics.as_ref().and_then(|m| m.device(&device.name));
             (0..per_device).map(move |slot| {
                 let ctx = JobContext {
                     device: device.device,
@@ -259,6 +283,8 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
                     inputs: Arc::clone(&inputs),
                     worker_id: farm.worker_id(),
                     pack: pack.clone(),
+                    metrics: metrics.clone(),
+                    device_metrics: device_metrics.clone(),
                 };
                 tracing::info!(device = %device.name, slot, jobs_per_device = per_device, memory_bytes = device.memory_bytes, "runner started");
                 tokio::spawn(runner(Arc::clone(&farm), device.clone(), per_device, ctx))
@@ -286,6 +312,10 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
             job.request_stop(StopCause::Shutdown);
         }
         drain.await;
+    }
+    let _ = metrics_stop.send(());
+    for task in metrics_tasks {
+        task.abort();
     }
     tracing::info!("drained; exiting");
     Ok(())
@@ -341,9 +371,24 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
             return;
         }
         farm.running.lock().expect("running lock").insert(key.clone(), Arc::clone(&job));
+        if let Some(m) = &ctx.device_metrics {
+            m.job_delta(1);
+        }
         async {
             tracing::info!(name = %job.lease.name, "job started");
             let outcome = job::execute(&ctx, &job, &mut slot).await;
+            if let Some(m) = &ctx.device_metrics {
+                m.job_delta(-1);
+            }
+            if let Some(m) = &ctx.metrics {
+                m.job_ended(match &outcome {
+                    Outcome::Done(_) => metrics::JobEnd::Succeeded,
+                    Outcome::Failed { .. } => metrics::JobEnd::Failed,
+                    Outcome::Stopped(StopCause::Cancelled) => metrics::JobEnd::Cancelled,
+                    Outcome::Stopped(StopCause::LeaseLost) => metrics::JobEnd::LeaseLost,
+                    Outcome::Stopped(StopCause::Shutdown) => metrics::JobEnd::HandedBack,
+                });
+            }
             report(&farm, &job, outcome).await;
         }
         .instrument(span)

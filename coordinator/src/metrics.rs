@@ -1,0 +1,428 @@
+//! The coordinator's Prometheus metrics. The scheduler stays pure: it
+//! describes what happened as [`Observation`]s in its effects, and the farm
+//! hands them here once they are committed. Point-in-time gauges (jobs by
+//! state, queue depth by priority, workers, devices) are read from the
+//! scheduler when `/metrics` is scraped; gRPC calls are counted by
+//! [`GrpcMetricsLayer`] around every service.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics::{Counter, Gauge, Histogram};
+use stylefarm_core::telemetry::{Registry, Scrape};
+
+use crate::farm::{now_ms, Farm};
+use crate::model::{Millis, StateKind};
+use crate::scheduler::Scheduler;
+
+/// What the scheduler tells the metrics about one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// A job was leased after waiting this long since it became leasable.
+    Leased { queue_wait_ms: Millis },
+    /// An attempt ended after running this long.
+    AttemptEnded { end: AttemptEnd, run_ms: Millis },
+    /// A failed, expired or timed-out attempt put its job back in the queue.
+    Retried,
+    /// A job reached a final state.
+    Finished(StateKind),
+    /// A worker reached the failure limit on a batch and gets no more of its jobs.
+    WorkerBlocked,
+}
+
+/// How an attempt ended (the `outcome` label of the run-time histogram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    Succeeded,
+    Failed,
+    HandedBack,
+    Expired,
+    TimedOut,
+    Cancelled,
+}
+
+impl AttemptEnd {
+    const ALL: [AttemptEnd; 6] =
+        [AttemptEnd::Succeeded, AttemptEnd::Failed, AttemptEnd::HandedBack, AttemptEnd::Expired, AttemptEnd::TimedOut, AttemptEnd::Cancelled];
+
+    fn label(self) -> &'static str {
+        match self {
+            AttemptEnd::Succeeded => "succeeded",
+            AttemptEnd::Failed => "failed",
+            AttemptEnd::HandedBack => "handed_back",
+            AttemptEnd::Expired => "expired",
+            AttemptEnd::TimedOut => "timed_out",
+            AttemptEnd::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Device kinds as labels (anything else is `other`, so a worker cannot add series).
+fn device_kind(name: &str) -> &'static str {
+    match name.split(':').next().unwrap_or("") {
+        "cuda" => "cuda",
+        "cpu" => "cpu",
+        "mps" => "mps",
+        _ => "other",
+    }
+}
+
+const DEVICE_KINDS: [&str; 4] = ["cuda", "cpu", "mps", "other"];
+
+/// The gRPC methods this coordinator serves, as `(path, service, method)`;
+/// any other path is counted as `unknown` so callers cannot add series.
+fn known_methods() -> HashMap<String, (&'static str, &'static str)> {
+    use prost::Message;
+    let sets: [&[u8]; 2] = [stylefarm_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
+    let mut out = HashMap::new();
+    for bytes in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let full = if package.is_empty() { service.name().to_string() } else { format!("{package}.{}", service.name()) };
+                let service_label: &'static str = Box::leak(full.clone().into_boxed_str());
+                for method in service.method {
+                    let name: &'static str = Box::leak(method.name().to_string().into_boxed_str());
+                    out.insert(format!("/{full}/{name}"), (service_label, name));
+                }
+            }
+        }
+    }
+    out.insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into(), ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo"));
+    out
+}
+
+struct MethodMetrics {
+    duration: Histogram,
+    codes: Mutex<HashMap<i32, Counter>>,
+    registry: Registry,
+    service: &'static str,
+    method: &'static str,
+}
+
+pub struct CoordMetrics {
+    registry: Registry,
+    finished: [Counter; 3],
+    retries: Counter,
+    blocks: Counter,
+    queue_wait: Histogram,
+    run: [Histogram; 6],
+    pub lease_latency: Histogram,
+    pub uploaded_bytes: Counter,
+    pub downloaded_bytes: Counter,
+    methods: HashMap<String, Arc<MethodMetrics>>,
+    unknown_method: Arc<MethodMetrics>,
+    jobs: [Gauge; 3],
+    queue_depth: Mutex<BTreeMap<i32, Gauge>>,
+    workers: Gauge,
+    devices: [Gauge; 4],
+    batches: Gauge,
+    /// The farm, for the scrape-time gauges (set once it is open).
+    farm: Mutex<Weak<Farm>>,
+}
+
+impl CoordMetrics {
+    pub fn new(registry: Registry) -> Arc<CoordMetrics> {
+        let r = &registry;
+        let finished = ["succeeded", "failed", "cancelled"]
+            .map(|o| r.counter("stylefarm_jobs_finished_total", "Jobs that reached a final state, by outcome.", &[("outcome", o)]));
+        let run = AttemptEnd::ALL.map(|end| {
+            r.histogram("stylefarm_job_run_seconds", "How long each attempt ran, from lease to its end, by how it ended.", &[("outcome", end.label())])
+        });
+        let method = |service: &'static str, method: &'static str| {
+            Arc::new(MethodMetrics {
+                duration: r.histogram(
+                    "stylefarm_grpc_request_duration_seconds",
+                    "gRPC calls served: time to the response headers (the whole call for unary methods).",
+                    &[("service", service), ("method", method)],
+                ),
+                codes: Mutex::new(HashMap::new()),
+                registry: r.clone(),
+                service,
+                method,
+            })
+        };
+        let methods = known_methods().into_iter().map(|(path, (s, m))| (path, method(s, m))).collect();
+        let unknown_method = method("unknown", "unknown");
+        let jobs = ["queued", "running", "waiting_for_device"].map(|s| {
+            r.gauge("stylefarm_jobs", "Jobs of unfinished batches by state (waiting_for_device: queued jobs no connected device fits).", &[("state", s)])
+        });
+        let devices = DEVICE_KINDS.map(|k| r.gauge("stylefarm_devices", "Devices of connected workers, by kind.", &[("kind", k)]));
+        Arc::new(CoordMetrics {
+            finished,
+            retries: r.counter("stylefarm_job_retries_total", "Failed, expired or timed-out attempts whose job was queued again.", &[]),
+            blocks: r.counter("stylefarm_worker_blocks_total", "Times a worker reached the failure limit on a batch (blocklisted from it).", &[]),
+            queue_wait: r.histogram("stylefarm_job_queue_wait_seconds", "How long a job waited in the queue before each lease.", &[]),
+            run,
+            lease_latency: r.histogram("stylefarm_lease_latency_seconds", "Time to pick, record and commit a lease once work is there.", &[]),
+            uploaded_bytes: r.counter("stylefarm_upload_bytes_total", "Image bytes clients uploaded through the coordinator.", &[]),
+            downloaded_bytes: r.counter("stylefarm_download_bytes_total", "Output bytes clients downloaded through the coordinator.", &[]),
+            methods,
+            unknown_method,
+            jobs,
+            queue_depth: Mutex::new(BTreeMap::new()),
+            workers: r.gauge("stylefarm_workers_connected", "Workers seen within the lease TTL.", &[]),
+            devices,
+            batches: r.gauge("stylefarm_batches_unfinished", "Batches with jobs still queued or running.", &[]),
+            farm: Mutex::new(Weak::new()),
+            registry,
+        })
+    }
+
+    /// Where the scrape-time gauges come from.
+    pub fn attach(&self, farm: &Arc<Farm>) {
+        *self.farm.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(farm);
+    }
+
+    pub fn observe(&self, observations: &[Observation]) {
+        for o in observations {
+            match *o {
+                Observation::Leased { queue_wait_ms } => self.queue_wait.record(seconds(queue_wait_ms)),
+                Observation::AttemptEnded { end, run_ms } => {
+                    let i = AttemptEnd::ALL.iter().position(|e| *e == end).unwrap_or(0);
+                    self.run[i].record(seconds(run_ms));
+                }
+                Observation::Retried => self.retries.increment(1),
+                Observation::Finished(state) => match state {
+                    StateKind::Succeeded => self.finished[0].increment(1),
+                    StateKind::Failed => self.finished[1].increment(1),
+                    StateKind::Cancelled => self.finished[2].increment(1),
+                    StateKind::Queued | StateKind::Running => {}
+                },
+                Observation::WorkerBlocked => self.blocks.increment(1),
+            }
+        }
+    }
+
+    fn method(&self, path: &str) -> Arc<MethodMetrics> {
+        Arc::clone(self.methods.get(path).unwrap_or(&self.unknown_method))
+    }
+
+    fn refresh(&self, s: &Scheduler) {
+        let now = now_ms();
+        let demand = s.demand();
+        self.jobs[0].set(demand.queued as f64);
+        self.jobs[1].set(demand.running as f64);
+        self.jobs[2].set(demand.unfit as f64);
+        let mut depth: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut batches = 0;
+        for b in s.live_batches() {
+            batches += 1;
+            *depth.entry(b.priority).or_default() += b.counts.queued as u64;
+        }
+        self.batches.set(batches as f64);
+        {
+            // priorities are bounded by the submit check, so the series are too
+            let mut gauges = self.queue_depth.lock().unwrap_or_else(|p| p.into_inner());
+            for gauge in gauges.values() {
+                gauge.set(0.0);
+            }
+            for (priority, queued) in depth {
+                gauges
+                    .entry(priority)
+                    .or_insert_with(|| self.registry.gauge("stylefarm_queue_depth", "Queued jobs by batch priority.", &[("priority", &priority.to_string())]))
+                    .set(queued as f64);
+            }
+        }
+        let live_since = now - s.config().lease_ttl_ms;
+        let mut devices = [0u64; 4];
+        let mut workers = 0;
+        for w in s.workers().filter(|w| w.last_seen_ms >= live_since) {
+            workers += 1;
+            for d in &w.devices {
+                let kind = device_kind(&d.name);
+                devices[DEVICE_KINDS.iter().position(|k| *k == kind).unwrap_or(3)] += 1;
+            }
+        }
+        self.workers.set(workers as f64);
+        for (gauge, n) in self.devices.iter().zip(devices) {
+            gauge.set(n as f64);
+        }
+    }
+}
+
+fn seconds(ms: Millis) -> f64 {
+    ms.max(0) as f64 / 1000.0
+}
+
+impl Scrape for CoordMetrics {
+    fn scrape(&self) -> String {
+        let farm = self.farm.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+        if let Some(farm) = farm {
+            if let Err(e) = farm.read(|s| self.refresh(s)) {
+                tracing::warn!(error = %e, "metrics: the scheduler could not be read");
+            }
+        }
+        self.registry.render()
+    }
+}
+
+/// A tower layer that counts every gRPC call by service, method and status
+/// code, and times it to the response headers.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: Option<Arc<CoordMetrics>>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: Option<Arc<CoordMetrics>>) -> GrpcMetricsLayer {
+        GrpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner, metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Option<Arc<CoordMetrics>>,
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = self.metrics.as_ref().map(|m| m.method(request.uri().path()));
+        let future = self.inner.call(request);
+        let Some(method) = method else { return Box::pin(future) };
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = future.await;
+            method.duration.record(started.elapsed().as_secs_f64());
+            // errors come as trailers-only responses (grpc-status in the
+            // headers); a unary success sends its status in the trailers
+            let code = match &response {
+                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0),
+                Err(_) => tonic::Code::Unknown as i32,
+            };
+            method.count(code);
+            response
+        })
+    }
+}
+
+impl MethodMetrics {
+    fn count(&self, code: i32) {
+        let code = if (0..=16).contains(&code) { code } else { tonic::Code::Unknown as i32 };
+        let counter = {
+            let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
+            codes.entry(code).or_insert_with(|| self.counter(code)).clone()
+        };
+        counter.increment(1);
+    }
+
+    fn counter(&self, code: i32) -> Counter {
+        self.registry.counter(
+            "stylefarm_grpc_requests_total",
+            "gRPC calls served, by service, method and status code.",
+            &[("service", self.service), ("method", self.method), ("code", code_name(code))],
+        )
+    }
+}
+
+/// gRPC status codes as grpc-go's Prometheus middleware names them.
+fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    usize::try_from(code).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("Unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_method_has_its_own_series_and_anything_else_is_unknown() {
+        let metrics = CoordMetrics::new(Registry::new());
+        for path in [
+            "/stylefarm.v1.Coordinator/SubmitBatch",
+            "/stylefarm.v1.WorkerApi/LeaseJob",
+            "/grpc.health.v1.Health/Check",
+            "/externalscaler.ExternalScaler/GetMetrics",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            let m = metrics.method(path);
+            assert_eq!(format!("/{}/{}", m.service, m.method), path);
+        }
+        for path in ["/stylefarm.v1.Coordinator/Nope", "/made.up/Anything", "/", ""] {
+            assert_eq!((metrics.method(path).service, metrics.method(path).method), ("unknown", "unknown"), "{path}");
+        }
+    }
+
+    #[test]
+    fn status_codes_are_named_and_out_of_range_ones_are_unknown() {
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(3), "InvalidArgument");
+        assert_eq!(code_name(16), "Unauthenticated");
+        assert_eq!(code_name(17), "Unknown");
+        assert_eq!(code_name(-1), "Unknown");
+        let metrics = CoordMetrics::new(Registry::new());
+        let m = metrics.method("/stylefarm.v1.Coordinator/GetJob");
+        m.count(5);
+        m.count(99);
+        let text = metrics.registry.render();
+        let series = |code: &str| format!(r#"stylefarm_grpc_requests_total{{service="stylefarm.v1.Coordinator",method="GetJob",code="{code}"}}"#);
+        assert_eq!(stylefarm_core::telemetry::sample(&text, &series("NotFound")), Some(1.0), "{text}");
+        assert_eq!(stylefarm_core::telemetry::sample(&text, &series("Unknown")), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn observations_land_in_their_series() {
+        let metrics = CoordMetrics::new(Registry::new());
+        metrics.observe(&[
+            Observation::Leased { queue_wait_ms: 1500 },
+            Observation::AttemptEnded { end: AttemptEnd::Expired, run_ms: 2000 },
+            Observation::Retried,
+            Observation::AttemptEnded { end: AttemptEnd::Succeeded, run_ms: 500 },
+            Observation::Finished(StateKind::Succeeded),
+            Observation::Finished(StateKind::Cancelled),
+            Observation::WorkerBlocked,
+        ]);
+        let text = metrics.registry.render();
+        let v = |s: &str| stylefarm_core::telemetry::sample(&text, s).unwrap_or_else(|| panic!("{s} in {text}"));
+        assert_eq!(v("stylefarm_job_queue_wait_seconds_sum"), 1.5);
+        assert_eq!(v(r#"stylefarm_job_run_seconds_sum{outcome="expired"}"#), 2.0);
+        assert_eq!(v(r#"stylefarm_job_run_seconds_count{outcome="succeeded"}"#), 1.0);
+        assert_eq!(v(r#"stylefarm_job_run_seconds_count{outcome="failed"}"#), 0.0);
+        assert_eq!(v("stylefarm_job_retries_total"), 1.0);
+        assert_eq!(v(r#"stylefarm_jobs_finished_total{outcome="succeeded"}"#), 1.0);
+        assert_eq!(v(r#"stylefarm_jobs_finished_total{outcome="cancelled"}"#), 1.0);
+        assert_eq!(v(r#"stylefarm_jobs_finished_total{outcome="failed"}"#), 0.0);
+        assert_eq!(v("stylefarm_worker_blocks_total"), 1.0);
+    }
+}

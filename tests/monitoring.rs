@@ -1,0 +1,198 @@
+//! Monitoring: the coordinator's Prometheus metrics through real gRPC calls.
+
+use std::time::Duration;
+
+use stylefarm_core::telemetry::sample;
+use stylefarm_proto as pb;
+use stylefarm_tests::farm::{batch_request, test_config, Coordinator};
+use tonic::Code;
+
+const GIB: u64 = 1 << 30;
+
+fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_metrics_count_jobs_attempts_queue_and_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.max_attempts = 2;
+    let coordinator = Coordinator::start(config).await;
+    let mut client = coordinator.client().await;
+    client.submit_batch(batch_request("high", 3, 5)).await.unwrap();
+    client.submit_batch(batch_request("low", 2, 0)).await.unwrap();
+    let bad = client.submit_batch(batch_request("bad", 1, 5000)).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    let text = coordinator.scrape().await;
+    assert_eq!(value(&text, r#"stylefarm_queue_depth{priority="5"}"#), 3.0);
+    assert_eq!(value(&text, r#"stylefarm_queue_depth{priority="0"}"#), 2.0);
+    assert_eq!(value(&text, r#"stylefarm_jobs{state="queued"}"#), 5.0);
+    assert_eq!(value(&text, "stylefarm_batches_unfinished"), 2.0);
+    assert_eq!(value(&text, r#"stylefarm_grpc_requests_total{service="stylefarm.v1.Coordinator",method="SubmitBatch",code="OK"}"#), 2.0);
+    assert_eq!(value(&text, r#"stylefarm_grpc_requests_total{service="stylefarm.v1.Coordinator",method="SubmitBatch",code="InvalidArgument"}"#), 1.0);
+
+    let mut worker = coordinator.worker("w-metrics", 16 * GIB).await;
+    // one succeeds
+    let first = worker.lease(0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    worker.complete(&first).await.unwrap();
+    // one fails retryably (a retry), then for good
+    let second = worker.lease(0).await.unwrap();
+    assert!(worker.fail(&second, "out of memory", true, false).await.unwrap(), "retried");
+    let mut again = None;
+    for _ in 0..50 {
+        match worker.lease(0).await {
+            Some(l) if l.job_id == second.job_id => {
+                again = Some(l);
+                break;
+            }
+            Some(other) => worker.complete(&other).await.unwrap(),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let again = again.expect("the failed job came back");
+    assert!(!worker.fail(&again, "broken input", false, false).await.unwrap());
+    let text = coordinator.scrape().await;
+    let succeeded = value(&text, r#"stylefarm_jobs_finished_total{outcome="succeeded"}"#);
+    assert!(succeeded >= 1.0, "{text}");
+    assert_eq!(value(&text, r#"stylefarm_jobs_finished_total{outcome="failed"}"#), 1.0);
+    assert_eq!(value(&text, "stylefarm_job_retries_total"), 1.0);
+    assert_eq!(value(&text, r#"stylefarm_job_run_seconds_count{outcome="succeeded"}"#), succeeded);
+    assert_eq!(value(&text, r#"stylefarm_job_run_seconds_count{outcome="failed"}"#), 2.0);
+    assert!(value(&text, r#"stylefarm_job_run_seconds_sum{outcome="succeeded"}"#) >= 0.03, "the first job ran 30 ms: {text}");
+    let leases = value(&text, "stylefarm_job_queue_wait_seconds_count");
+    assert_eq!(leases, succeeded + 2.0, "one queue wait per lease");
+    assert_eq!(value(&text, "stylefarm_lease_latency_seconds_count"), leases);
+    assert_eq!(value(&text, "stylefarm_workers_connected"), 1.0);
+    assert_eq!(value(&text, r#"stylefarm_devices{kind="cpu"}"#), 1.0);
+    assert_eq!(value(&text, r#"stylefarm_devices{kind="cuda"}"#), 0.0);
+    assert_eq!(value(&text, r#"stylefarm_jobs{state="queued"}"#) + value(&text, r#"stylefarm_jobs{state="running"}"#), 5.0 - succeeded - 1.0);
+    assert!(value(&text, r#"stylefarm_grpc_requests_total{service="stylefarm.v1.WorkerApi",method="LeaseJob",code="OK"}"#) >= leases);
+    assert!(value(&text, r#"stylefarm_grpc_request_duration_seconds_count{service="stylefarm.v1.WorkerApi",method="FailJob"}"#) == 2.0);
+    // a stale completion is counted under its code
+    let stale = worker.complete(&first).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let text = coordinator.scrape().await;
+    assert_eq!(value(&text, r#"stylefarm_grpc_requests_total{service="stylefarm.v1.WorkerApi",method="CompleteJob",code="FailedPrecondition"}"#), 1.0);
+    coordinator.stop().await.unwrap();
+}
+
+/// A free local port (bound and released: the caller binds it again at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The Debian `prometheus` server (scripts/setup.sh installs it), scraping
+/// `targets` every second, with its data in `dir`.
+struct PrometheusServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrometheusServer {
+    fn start(dir: &std::path::Path, targets: &[(&str, String)]) -> PrometheusServer {
+        let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
+        for (job, target) in targets {
+            config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"));
+        }
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`; `make setup` installs it)");
+        PrometheusServer { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// The single value of an instant PromQL query, if it has one.
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let url = format!("{}/api/v1/query", self.url);
+        let promql = promql.to_string();
+        let body: serde_json::Value = tokio::task::spawn_blocking(move || {
+            ureq::get(&url).query("query", &promql).call().ok()?.into_string().ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        })
+        .await
+        .unwrap()?;
+        assert_eq!(body["status"], "success", "{body}");
+        body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_coordinator_and_a_worker_during_a_batch() {
+    use stylefarm_tests::farm::{sha_ref, upload_file, wait_batch, InProcessWorker};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = Coordinator::start(config).await;
+    let worker_metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let worker = InProcessWorker::start_args(stylefarm_worker::farm::FarmArgs {
+        coordinator: Some(coordinator.url.clone()),
+        devices: "cpu".into(),
+        name: Some("scraped".into()),
+        drain_timeout_s: 30,
+        work_dir: Some(dir.path().join("w")),
+        metrics_listen: Some(worker_metrics),
+        ..Default::default()
+    });
+    let coordinator_target = coordinator.metrics_url.as_deref().unwrap().trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+    let prometheus = PrometheusServer::start(dir.path(), &[("coordinator", coordinator_target), ("worker", worker_metrics.to_string())]);
+
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &stylefarm_tests::sample("chelsea.png")).await;
+    let wave = upload_file(&mut client, &stylefarm_tests::sample("retina.jpg")).await;
+    let settings = pb::RenderSettings { size: Some(48), iterations: Some(6), ..Default::default() };
+    let jobs = (0..2)
+        .map(|i| pb::JobSpec { name: format!("scraped-{i}"), content: Some(sha_ref(&chelsea)), styles: vec![sha_ref(&wave)], settings: Some(settings.clone()) })
+        .collect();
+    let batch = client.submit_batch(pb::SubmitBatchRequest { name: "scraped".into(), jobs, ..Default::default() }).await.unwrap().into_inner();
+    let (done, _) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;
+    assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Succeeded);
+
+    // Prometheus has both targets up and sees what happened, through PromQL
+    let queries = [
+        (r#"sum(up{job=~"coordinator|worker"})"#, 2.0),
+        (r#"stylefarm_jobs_finished_total{job="coordinator",outcome="succeeded"}"#, 2.0),
+        (r#"sum(stylefarm_job_run_seconds_count{job="coordinator",outcome="succeeded"})"#, 2.0),
+        (r#"stylefarm_worker_jobs_total{job="worker",outcome="succeeded"}"#, 2.0),
+        (r#"stylefarm_device_busy{job="worker",device="cpu"}"#, 0.0),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (promql, want) in queries {
+        let mut got = None;
+        while std::time::Instant::now() < deadline {
+            got = prometheus.query(promql).await;
+            if got == Some(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(got, Some(want), "{promql} (log: {})", std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default());
+    }
+    let run_sum = prometheus.query(r#"sum(stylefarm_job_run_seconds_sum{job="coordinator"})"#).await.unwrap();
+    assert!(run_sum > 0.0, "a non-zero run-time histogram: {run_sum}");
+    let evaluations = prometheus.query(r#"stylefarm_engine_evaluation_seconds_count{job="worker",device="cpu"}"#).await.unwrap();
+    assert!(evaluations >= 2.0, "the engine's evaluations were timed: {evaluations}");
+    let downloaded = prometheus.query(r#"stylefarm_worker_download_bytes_total{job="worker"}"#).await.unwrap();
+    let uploaded = prometheus.query(r#"stylefarm_worker_upload_bytes_total{job="worker"}"#).await.unwrap();
+    let inputs = (std::fs::metadata(stylefarm_tests::sample("chelsea.png")).unwrap().len()
+        + std::fs::metadata(stylefarm_tests::sample("retina.jpg")).unwrap().len()) as f64;
+    assert_eq!(downloaded, inputs, "each input downloaded once (then cached)");
+    assert!(uploaded > 0.0);
+    worker.stop().await;
+    coordinator.stop().await.unwrap();
+}

@@ -1,0 +1,292 @@
+//! The worker's Prometheus metrics (`--metrics-listen`): per device whether it
+//! is busy, the running job's iteration rate, the engine's seconds per
+//! evaluation, GPU memory (from nvidia-smi; absent on CPU, never 0); per
+//! worker jobs by outcome, time per stage and bytes moved.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use stylefarm_core::telemetry::{Registry, Scrape};
+use stylefarm_engine::trace::TraceRow;
+
+/// How a job ended on this worker (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEnd {
+    Succeeded,
+    Failed,
+    Cancelled,
+    LeaseLost,
+    HandedBack,
+}
+
+impl JobEnd {
+    const ALL: [JobEnd; 5] = [JobEnd::Succeeded, JobEnd::Failed, JobEnd::Cancelled, JobEnd::LeaseLost, JobEnd::HandedBack];
+
+    fn label(self) -> &'static str {
+        match self {
+            JobEnd::Succeeded => "succeeded",
+            JobEnd::Failed => "failed",
+            JobEnd::Cancelled => "cancelled",
+            JobEnd::LeaseLost => "lease_lost",
+            JobEnd::HandedBack => "handed_back",
+        }
+    }
+}
+
+/// A step of a job (the `stage` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    FetchInputs,
+    Render,
+    Upload,
+}
+
+impl Stage {
+    const ALL: [Stage; 3] = [Stage::FetchInputs, Stage::Render, Stage::Upload];
+
+    fn label(self) -> &'static str {
+        match self {
+            Stage::FetchInputs => "fetch_inputs",
+            Stage::Render => "render",
+            Stage::Upload => "upload",
+        }
+    }
+}
+
+/// One device's series.
+pub struct DeviceMetrics {
+    running: AtomicI64,
+    busy: Gauge,
+    jobs: Gauge,
+    rate: Gauge,
+    evaluation: Histogram,
+}
+
+impl DeviceMetrics {
+    /// A job started (+1) or ended (-1) on this device.
+    pub fn job_delta(&self, delta: i64) {
+        let running = (self.running.fetch_add(delta, Ordering::Relaxed) + delta).max(0);
+        self.jobs.set(running as f64);
+        self.busy.set(if running > 0 { 1.0 } else { 0.0 });
+        if running == 0 {
+            self.rate.set(0.0);
+        }
+    }
+
+    /// A trace row after `previous` (same scale): the iteration rate and the
+    /// engine's time per evaluation since then.
+    pub fn row(&self, previous: Option<&TraceRow>, row: &TraceRow) {
+        let Some(prev) = previous.filter(|p| p.scale == row.scale && row.iteration > p.iteration) else { return };
+        let ms = row.elapsed_ms - prev.elapsed_ms;
+        if !(ms.is_finite() && ms > 0.0) {
+            return;
+        }
+        self.rate.set((row.iteration - prev.iteration) as f64 * 1000.0 / ms);
+        let evaluations = row.evaluations.saturating_sub(prev.evaluations);
+        if evaluations > 0 {
+            self.evaluation.record(ms / 1000.0 / evaluations as f64);
+        }
+    }
+}
+
+pub struct WorkerMetrics {
+    registry: Registry,
+    devices: HashMap<String, Arc<DeviceMetrics>>,
+    jobs: [Counter; 5],
+    stages: [Histogram; 3],
+    pub downloaded_bytes: Counter,
+    pub uploaded_bytes: Counter,
+    /// GPU memory gauges by device name, made on nvidia-smi's first answer.
+    gpu_memory: Mutex<HashMap<String, (Gauge, Gauge)>>,
+}
+
+impl WorkerMetrics {
+    pub fn new(registry: Registry, devices: &[String]) -> Arc<WorkerMetrics> {
+        let r = &registry;
+        let devices = devices
+            .iter()
+            .map(|name| {
+                let d = &[("device", name.as_str())];
+                let metrics = DeviceMetrics {
+                    running: AtomicI64::new(0),
+                    busy: r.gauge("stylefarm_device_busy", "1 while the device runs a job, else 0.", d),
+                    jobs: r.gauge("stylefarm_device_jobs_running", "Jobs the device runs now (more than 1 with --jobs-per-device).", d),
+                    rate: r.gauge("stylefarm_device_iterations_per_second", "The running job's optimiser iterations per second (0 when idle).", d),
+                    evaluation: r.histogram("stylefarm_engine_evaluation_seconds", "Engine time per loss-and-gradient evaluation.", d),
+                };
+                metrics.job_delta(0);
+                (name.clone(), Arc::new(metrics))
+            })
+            .collect();
+        Arc::new(WorkerMetrics {
+            devices,
+            jobs: JobEnd::ALL.map(|e| r.counter("stylefarm_worker_jobs_total", "Jobs this worker finished, by how they ended.", &[("outcome", e.label())])),
+            stages: Stage::ALL.map(|s| r.histogram("stylefarm_worker_stage_seconds", "Time per job stage on this worker.", &[("stage", s.label())])),
+            downloaded_bytes: r.counter("stylefarm_worker_download_bytes_total", "Input bytes downloaded from storage (cache misses).", &[]),
+            uploaded_bytes: r.counter("stylefarm_worker_upload_bytes_total", "Output bytes uploaded to storage.", &[]),
+            gpu_memory: Mutex::new(HashMap::new()),
+            registry,
+        })
+    }
+
+    pub fn device(&self, name: &str) -> Option<Arc<DeviceMetrics>> {
+        self.devices.get(name).cloned()
+    }
+
+    pub fn job_ended(&self, end: JobEnd) {
+        let i = JobEnd::ALL.iter().position(|e| *e == end).unwrap_or(0);
+        self.jobs[i].increment(1);
+    }
+
+    pub fn stage(&self, stage: Stage, elapsed: Duration) {
+        let i = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        self.stages[i].record(elapsed.as_secs_f64());
+    }
+
+    fn set_gpu_memory(&self, readings: &[GpuMemory]) {
+        let mut gauges = self.gpu_memory.lock().unwrap_or_else(|p| p.into_inner());
+        for reading in readings {
+            let name = format!("cuda:{}", reading.index);
+            if !self.devices.contains_key(&name) {
+                continue;
+            }
+            let (used, total) = gauges.entry(name.clone()).or_insert_with(|| {
+                let d = &[("device", name.as_str())];
+                (
+                    self.registry.gauge("stylefarm_device_memory_used_bytes", "GPU memory in use (nvidia-smi; absent on CPU).", d),
+                    self.registry.gauge("stylefarm_device_memory_total_bytes", "GPU memory in all (nvidia-smi; absent on CPU).", d),
+                )
+            });
+            used.set(reading.used_bytes as f64);
+            total.set(reading.total_bytes as f64);
+        }
+    }
+
+    /// Polls nvidia-smi for GPU memory every `period` while any device is a
+    /// GPU (never on a CPU-only worker).
+    pub fn spawn_gpu_poller(self: &Arc<Self>, period: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.devices.keys().any(|d| d.starts_with("cuda:")) {
+            return None;
+        }
+        let metrics = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match query_gpu_memory().await {
+                    Ok(readings) => metrics.set_gpu_memory(&readings),
+                    Err(e) if !warned => {
+                        tracing::warn!(error = %e, "nvidia-smi gave no memory figures; the GPU memory metrics stay absent");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(period).await;
+            }
+        }))
+    }
+}
+
+impl Scrape for WorkerMetrics {
+    fn scrape(&self) -> String {
+        self.registry.render()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMemory {
+    pub index: usize,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// `nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv,noheader,nounits` (MiB).
+pub fn parse_gpu_memory(text: &str) -> Vec<GpuMemory> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split(',').map(str::trim);
+            let index = parts.next()?.parse().ok()?;
+            let used: u64 = parts.next()?.parse().ok()?;
+            let total: u64 = parts.next()?.parse().ok()?;
+            Some(GpuMemory { index, used_bytes: used << 20, total_bytes: total << 20 })
+        })
+        .collect()
+}
+
+async fn query_gpu_memory() -> Result<Vec<GpuMemory>, String> {
+    let command = tokio::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(5), command).await.map_err(|_| "nvidia-smi took over 5 s".to_string())?.map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("nvidia-smi exited with {}", output.status));
+    }
+    let readings = parse_gpu_memory(&String::from_utf8_lossy(&output.stdout));
+    if readings.is_empty() {
+        return Err("nvidia-smi printed no memory figures".into());
+    }
+    Ok(readings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stylefarm_core::telemetry::sample;
+
+    fn row(scale: u32, iteration: u32, elapsed_ms: f64, evaluations: u32) -> TraceRow {
+        TraceRow { scale, size: 64, iteration, total: 1.0, content: 0.5, style: 0.5, tv: 0.0, evaluations, elapsed_ms }
+    }
+
+    #[test]
+    fn rows_give_the_iteration_rate_and_seconds_per_evaluation() {
+        let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
+        let device = metrics.device("cpu").unwrap();
+        device.job_delta(1);
+        device.row(None, &row(0, 1, 100.0, 2));
+        device.row(Some(&row(0, 1, 100.0, 2)), &row(0, 3, 600.0, 7));
+        let text = metrics.scrape();
+        assert_eq!(sample(&text, r#"stylefarm_device_iterations_per_second{device="cpu"}"#), Some(4.0), "{text}");
+        assert_eq!(sample(&text, r#"stylefarm_engine_evaluation_seconds_sum{device="cpu"}"#), Some(0.1), "{text}");
+        assert_eq!(sample(&text, r#"stylefarm_device_busy{device="cpu"}"#), Some(1.0));
+        // a new scale restarts the clock: no bogus rate across it
+        device.row(Some(&row(0, 3, 600.0, 7)), &row(1, 1, 50.0, 1));
+        assert_eq!(sample(&metrics.scrape(), r#"stylefarm_engine_evaluation_seconds_count{device="cpu"}"#), Some(1.0));
+        device.job_delta(-1);
+        let text = metrics.scrape();
+        assert_eq!(sample(&text, r#"stylefarm_device_busy{device="cpu"}"#), Some(0.0));
+        assert_eq!(sample(&text, r#"stylefarm_device_iterations_per_second{device="cpu"}"#), Some(0.0));
+    }
+
+    #[test]
+    fn gpu_memory_is_absent_on_cpu_and_parsed_from_nvidia_smi() {
+        let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
+        assert!(metrics.spawn_gpu_poller(Duration::from_secs(5)).is_none(), "no poller without a GPU");
+        assert!(!metrics.scrape().contains("stylefarm_device_memory"), "absent, not 0");
+        let readings = parse_gpu_memory("0, 1024, 81559\n1, 0, 81559\nNo devices were found\n");
+        assert_eq!(
+            readings,
+            vec![GpuMemory { index: 0, used_bytes: 1024 << 20, total_bytes: 81559 << 20 }, GpuMemory { index: 1, used_bytes: 0, total_bytes: 81559 << 20 }]
+        );
+        let gpu = WorkerMetrics::new(Registry::new(), &["cuda:1".into()]);
+        gpu.set_gpu_memory(&readings);
+        let text = gpu.scrape();
+        assert_eq!(sample(&text, r#"stylefarm_device_memory_total_bytes{device="cuda:1"}"#), Some((81559u64 << 20) as f64), "{text}");
+        assert_eq!(sample(&text, r#"stylefarm_device_memory_used_bytes{device="cuda:0"}"#), None, "only this worker's devices");
+    }
+
+    #[test]
+    fn outcomes_and_stages_count() {
+        let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
+        metrics.job_ended(JobEnd::Succeeded);
+        metrics.job_ended(JobEnd::HandedBack);
+        metrics.stage(Stage::Upload, Duration::from_millis(250));
+        let text = metrics.scrape();
+        assert_eq!(sample(&text, r#"stylefarm_worker_jobs_total{outcome="succeeded"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"stylefarm_worker_jobs_total{outcome="handed_back"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"stylefarm_worker_jobs_total{outcome="failed"}"#), Some(0.0));
+        assert_eq!(sample(&text, r#"stylefarm_worker_stage_seconds_sum{stage="upload"}"#), Some(0.25));
+    }
+}
