@@ -5,6 +5,7 @@ use std::time::Duration;
 use stylefarm_core::telemetry::sample;
 use stylefarm_proto as pb;
 use stylefarm_tests::farm::{batch_request, test_config, Coordinator};
+use stylefarm_tests::repo_root;
 use tonic::Code;
 
 const GIB: u64 = 1 << 30;
@@ -80,6 +81,24 @@ async fn coordinator_metrics_count_jobs_attempts_queue_and_calls() {
     coordinator.stop().await.unwrap();
 }
 
+/// Every `stylefarm_…` series name in `text`, without histogram suffixes.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("stylefarm_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        // alert names (StylefarmX) are not series; job labels are `stylefarm-…`
+        if !base.ends_with('_') {
+            names.insert(base.to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
 /// A free local port (bound and released: the caller binds it again at once).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -109,6 +128,24 @@ impl PrometheusServer {
             .spawn()
             .expect("prometheus (Debian package `prometheus`; `make setup` installs it)");
         PrometheusServer { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Whether an instant query evaluates, and how many series it returns.
+    async fn evaluate(&self, promql: &str) -> (bool, usize) {
+        let url = format!("{}/api/v1/query", self.url);
+        let promql = promql.to_string();
+        let body: Option<serde_json::Value> = tokio::task::spawn_blocking(move || {
+            let text = match ureq::get(&url).query("query", &promql).call() {
+                Ok(r) => r.into_string().ok()?,
+                Err(ureq::Error::Status(_, r)) => r.into_string().ok()?,
+                Err(_) => return None,
+            };
+            serde_json::from_str(&text).ok()
+        })
+        .await
+        .unwrap();
+        let Some(body) = body else { return (false, 0) };
+        (body["status"] == "success", body["data"]["result"].as_array().map_or(0, Vec::len))
     }
 
     /// The single value of an instant PromQL query, if it has one.
@@ -193,6 +230,97 @@ async fn prometheus_scrapes_the_coordinator_and_a_worker_during_a_batch() {
         + std::fs::metadata(stylefarm_tests::sample("retina.jpg")).unwrap().len()) as f64;
     assert_eq!(downloaded, inputs, "each input downloaded once (then cached)");
     assert!(uploaded > 0.0);
+
+    // the shipped dashboard and alerts name only series the farm exports, and
+    // every dashboard query evaluates on this Prometheus
+    let exported = format!("{}\n{}", coordinator.scrape().await, stylefarm_tests::farm::http_get(&format!("http://{worker_metrics}/metrics")).await);
+    let dashboard = std::fs::read_to_string(repo_root().join("deploy/observability/grafana/dashboards/stylefarm.json")).unwrap();
+    let alerts = std::fs::read_to_string(repo_root().join("deploy/observability/alerts.yml")).unwrap();
+    for name in metric_names(&format!("{dashboard}\n{alerts}")) {
+        // GPU memory comes from nvidia-smi: absent on this CPU worker by design
+        if name.starts_with("stylefarm_device_memory_") {
+            continue;
+        }
+        assert!(exported.lines().any(|l| l.starts_with(&name)), "{name} is in the dashboard or alerts but not exported");
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().replace("$__rate_interval", "1m"))
+        .collect();
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    // rates need a few scrapes after the batch
+    let enough = std::time::Instant::now() + Duration::from_secs(30);
+    while prometheus.query(r#"min(count_over_time(up{job=~"coordinator|worker"}[1m]))"#).await.unwrap_or(0.0) < 8.0 && std::time::Instant::now() < enough {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut with_data = 0;
+    for expr in &exprs {
+        let (ok, points) = prometheus.evaluate(expr).await;
+        assert!(ok, "the dashboard query {expr} does not evaluate");
+        if points == 0 {
+            eprintln!("no data yet: {expr}");
+        }
+        with_data += usize::from(points > 0);
+    }
+    assert!(with_data * 4 >= exprs.len() * 3, "most panels show data after a batch: {with_data} of {}", exprs.len());
     worker.stop().await;
     coordinator.stop().await.unwrap();
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(repo_root().join("deploy/observability"))
+        .output()
+        .expect("promtool (Debian package `prometheus`; `make setup` installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn the_shipped_prometheus_config_and_alert_rules_pass_promtool() {
+    let config = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(config.contains("SUCCESS: 1 rule files found"), "{config}");
+    let rules = promtool(&["check", "rules", "alerts.yml"]);
+    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    // each alert fires on the series that should fire it and not on a healthy farm
+    promtool(&["test", "rules", "alerts_test.yml"]);
+}
+
+#[test]
+fn the_grafana_dashboard_is_provisioned_from_the_files_compose_mounts() {
+    let compose: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/compose.yaml")).unwrap()).unwrap();
+    for service in ["prometheus", "grafana"] {
+        for volume in compose["services"][service]["volumes"].as_sequence().unwrap() {
+            let host = volume.as_str().unwrap().split(':').next().unwrap();
+            if host.starts_with("./") {
+                assert!(repo_root().join("deploy").join(host).exists(), "{service} mounts {host}, which is missing");
+            }
+        }
+    }
+    for service in ["coordinator", "worker"] {
+        let listen = compose["services"][service]["environment"]["STYLEFARM_METRICS_LISTEN"].as_str().unwrap_or_default().to_string();
+        let port = listen.rsplit(':').next().unwrap();
+        let scrape = std::fs::read_to_string(repo_root().join("deploy/observability/prometheus.yml")).unwrap();
+        assert!(scrape.contains(&format!("{service}:{port}")) || scrape.contains(&format!("port: {port}")), "Prometheus scrapes {service} on {port}");
+    }
+    let provider: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/observability/grafana/provisioning/dashboards/stylefarm.yml")).unwrap())
+            .unwrap();
+    assert_eq!(provider["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/observability/grafana/dashboards/stylefarm.json")).unwrap()).unwrap();
+    let datasource: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/observability/grafana/provisioning/datasources/prometheus.yml")).unwrap())
+            .unwrap();
+    assert_eq!(dashboard["templating"]["list"][0]["current"]["value"].as_str(), datasource["datasources"][0]["uid"].as_str());
+    let mut ids = std::collections::HashSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert!(ids.insert(panel["id"].as_i64().unwrap()), "panel ids are unique");
+    }
 }

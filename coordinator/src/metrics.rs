@@ -69,6 +69,8 @@ fn device_kind(name: &str) -> &'static str {
     }
 }
 
+const QUEUE_DEPTH_HELP: &str = "Queued jobs by batch priority.";
+
 const DEVICE_KINDS: [&str; 4] = ["cuda", "cpu", "mps", "other"];
 
 /// The gRPC methods this coordinator serves, as `(path, service, method)`;
@@ -163,7 +165,8 @@ impl CoordMetrics {
             methods,
             unknown_method,
             jobs,
-            queue_depth: Mutex::new(BTreeMap::new()),
+            // the default priority's series exists from the start (others appear with their first batch)
+            queue_depth: Mutex::new(BTreeMap::from([(0, r.gauge("stylefarm_queue_depth", QUEUE_DEPTH_HELP, &[("priority", "0")]))])),
             workers: r.gauge("stylefarm_workers_connected", "Workers seen within the lease TTL.", &[]),
             devices,
             batches: r.gauge("stylefarm_batches_unfinished", "Batches with jobs still queued or running.", &[]),
@@ -223,7 +226,7 @@ impl CoordMetrics {
             for (priority, queued) in depth {
                 gauges
                     .entry(priority)
-                    .or_insert_with(|| self.registry.gauge("stylefarm_queue_depth", "Queued jobs by batch priority.", &[("priority", &priority.to_string())]))
+                    .or_insert_with(|| self.registry.gauge("stylefarm_queue_depth", QUEUE_DEPTH_HELP, &[("priority", &priority.to_string())]))
                     .set(queued as f64);
             }
         }

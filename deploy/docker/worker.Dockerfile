@@ -60,7 +60,7 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 USER 10001:10001
 WORKDIR /var/lib/stylefarm
 VOLUME ["/var/lib/stylefarm", "/var/cache/stylefarm"]
-EXPOSE 50052
+EXPOSE 50052 9465
 # SIGTERM drains: the running job finishes (or is handed back after --drain-timeout-s)
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["stylefarm-worker", "health"]
