@@ -6,7 +6,8 @@
 //!   cargo bench -p stylefarm-coordinator --bench throughput -- --workers 100,1000 --jobs 20000
 //!
 //! With authentication on (tokens for the client and every worker) and with TLS
-//! on loopback as well, beside auth off, in the same run.
+//! on loopback as well, beside auth off, in the same run; and with Prometheus
+//! metrics on (`--metrics-listen`, scraped every second during the run).
 //!
 //!   ... -- --soak 1000000
 //!
@@ -31,7 +32,7 @@ struct Args {
     reference: bool,
     soak: usize,
     rounds: usize,
-    /// Which of open, auth, tls to run (all by default).
+    /// Which of open, auth, tls, metrics to run (all by default).
     modes: Vec<String>,
 }
 
@@ -43,7 +44,7 @@ fn parse_args() -> Args {
         reference: true,
         soak: 0,
         rounds: 3,
-        modes: vec!["open".into(), "auth".into(), "tls".into()],
+        modes: vec!["open".into(), "auth".into(), "tls".into(), "metrics".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,7 +55,7 @@ fn parse_args() -> Args {
             "--no-reference" => args.reference = false,
             "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--rounds" => args.rounds = it.next().expect("--rounds N").parse().expect("number"),
-            "--modes" => args.modes = it.next().expect("--modes open,auth,tls").split(',').map(String::from).collect(),
+            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics").split(',').map(String::from).collect(),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -82,6 +83,8 @@ enum Security {
     Open,
     Auth,
     AuthTls,
+    /// Open, with /metrics served and scraped every second.
+    OpenMetrics,
 }
 
 /// A coordinator on loopback, and how to reach it.
@@ -91,6 +94,26 @@ struct Server {
     handle: tokio::task::JoinHandle<Result<(), stylefarm_coordinator::server::ServeError>>,
     client: ConnectOptions,
     worker: ConnectOptions,
+    /// Scrapes /metrics every second (metrics mode); answers how many scrapes it made.
+    scraper: Option<tokio::task::JoinHandle<usize>>,
+    scraping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// GET /metrics every second until `scraping` turns false, as Prometheus would
+/// (every 15 s by default: this is 15 times harsher); the number of scrapes.
+async fn scrape_every_second(addr: std::net::SocketAddr, scraping: Arc<std::sync::atomic::AtomicBool>) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut scrapes = 0;
+    while scraping.load(Ordering::Relaxed) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.contains("stylefarm_jobs_finished_total"), "{body}");
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    scrapes
 }
 
 async fn start(group_commit: bool, security: Security) -> Server {
@@ -103,7 +126,7 @@ async fn start(group_commit: bool, security: Security) -> Server {
         ..CoordinatorConfig::default()
     };
     let (mut client_token, mut worker_token) = (None, None);
-    if security != Security::Open {
+    if matches!(security, Security::Auth | Security::AuthTls) {
         let tokens = TokenStore::open(dir.path()).unwrap();
         client_token = Some(tokens.create("bench-client", Role::Submit).unwrap());
         worker_token = Some(tokens.create("bench-workers", Role::Worker).unwrap());
@@ -122,12 +145,20 @@ async fn start(group_commit: bool, security: Security) -> Server {
     let port = listener.local_addr().unwrap().port();
     let url = if tls_ca.is_some() { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(stylefarm_coordinator::run(listener, config, async move {
+    let http = match security {
+        Security::OpenMetrics => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        _ => None,
+    };
+    let metrics_addr = http.as_ref().map(|l| l.local_addr().unwrap());
+    let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http };
+    let handle = tokio::spawn(stylefarm_coordinator::server::run_with(listeners, config, async move {
         let _ = stopped.await;
     }));
+    let scraping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scraper = metrics_addr.map(|addr| tokio::spawn(scrape_every_second(addr, Arc::clone(&scraping))));
     let client = ConnectOptions { url: url.clone(), token: client_token, tls_ca: tls_ca.clone(), tls_identity: None };
     let worker = ConnectOptions { url, token: worker_token, tls_ca, tls_identity: None };
-    Server { _dir: dir, stop, handle, client, worker }
+    Server { _dir: dir, stop, handle, client, worker, scraper, scraping }
 }
 
 async fn channels(options: &ConnectOptions, n: usize) -> Vec<tonic::transport::Channel> {
@@ -227,6 +258,10 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
         complete_ms.extend(c);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    server.scraping.store(false, Ordering::Relaxed);
+    if let Some(scraper) = server.scraper {
+        assert!(scraper.await.unwrap() >= 1, "metrics were scraped during the run");
+    }
     let _ = server.stop.send(());
     server.handle.await.unwrap().unwrap();
     lease_ms.sort_by(f64::total_cmp);
@@ -373,12 +408,16 @@ fn main() {
     );
     println!("(medians of {} rounds; each round runs every mode once, in turn, so the VM's drift hits them alike)", args.rounds);
     for &workers in &args.workers {
-        let mut modes: Vec<(&str, bool, Security, Vec<Run>)> =
-            [("open", "group commit", Security::Open), ("auth", "+ auth (tokens)", Security::Auth), ("tls", "+ auth + TLS", Security::AuthTls)]
-                .into_iter()
-                .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))
-                .map(|(_, name, security)| (name, true, security, Vec::new()))
-                .collect();
+        let mut modes: Vec<(&str, bool, Security, Vec<Run>)> = [
+            ("open", "group commit", Security::Open),
+            ("auth", "+ auth (tokens)", Security::Auth),
+            ("tls", "+ auth + TLS", Security::AuthTls),
+            ("metrics", "+ metrics, scraped 1/s", Security::OpenMetrics),
+        ]
+        .into_iter()
+        .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))
+        .map(|(_, name, security)| (name, true, security, Vec::new()))
+        .collect();
         if args.reference {
             modes.push(("reference: per-request", false, Security::Open, Vec::new()));
         }
