@@ -20,7 +20,14 @@ if [ ! -x /usr/lib/cni/dnsname ] && [ "$(podman info --format '{{.Host.NetworkBa
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-github-containernetworking-plugin-dnsname >/dev/null
 fi
 T=$(mktemp -d)
-export STYLEFARM_PORT=15351 STYLEFARM_DEVICES=cpu
+export STYLEFARM_PORT=15351 STYLEFARM_DEVICES=cpu STYLEFARM_PROMETHEUS_PORT=15390
+# Prometheus: Debian's binary in a stand-in for docker.io/prom/prometheus (no registry here)
+export STYLEFARM_PROMETHEUS_IMAGE=localhost/stylefarm-prometheus-debian:test
+command -v prometheus >/dev/null || { echo "no prometheus: run make setup" >&2; exit 1; }
+prom_ctx=$(mktemp -d)
+cp "$(command -v prometheus)" "$prom_ctx/prometheus"
+podman build --quiet --format docker --network host -f scripts/prometheus-debian.Dockerfile -t "$STYLEFARM_PROMETHEUS_IMAGE" "$prom_ctx" >/dev/null
+rm -rf "$prom_ctx"
 compose() { "$VENV/bin/podman-compose" -p sf-dt-compose -f "$T/compose.yaml" -f "$T/compose.cpu.yaml" "$@"; }
 cleanup() { compose down -v -t 5 >/dev/null 2>&1 || true; podman network rm -f sf-dt-compose_default >/dev/null 2>&1 || true; }
 trap 'cleanup; rm -rf "$T"' EXIT
@@ -53,3 +60,18 @@ batch=$(client submit --name compose --content $S/chelsea.png $S/coffee.png --st
 client watch "$batch" >/dev/null || { client status "$batch"; compose logs --tail 20 >&2; exit 1; }
 on=$(client status "$batch" --json | python3 -c 'import json,sys; print(sorted({j["worker_id"] for j in json.load(sys.stdin)["jobs"]}))')
 echo "compose: services up and batch $batch succeeded $((SECONDS - start)) s after up (jobs on workers $on)"
+
+# Prometheus (deploy/observability/prometheus.yml as shipped) scraped the
+# coordinator and both worker replicas (found through the compose DNS name) and
+# loaded the alert rules
+promql() { curl -fsS --get "http://127.0.0.1:$STYLEFARM_PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'; }
+for _ in $(seq 60); do
+  [ "$(promql 'stylefarm_jobs_finished_total{job="stylefarm-coordinator",outcome="succeeded"}')" = 2 ] && [ "$(promql 'count(up{job="stylefarm-worker"} == 1)')" = 2 ] && break
+  sleep 2
+done
+up_c=$(promql 'up{job="stylefarm-coordinator"}'); up_w=$(promql 'count(up{job="stylefarm-worker"} == 1)')
+done_c=$(promql 'stylefarm_jobs_finished_total{job="stylefarm-coordinator",outcome="succeeded"}')
+done_w=$(promql 'sum(stylefarm_worker_jobs_total{job="stylefarm-worker",outcome="succeeded"})')
+rules=$(curl -fsS "http://127.0.0.1:$STYLEFARM_PROMETHEUS_PORT/api/v1/rules" | python3 -c 'import json,sys; print(sum(len(g["rules"]) for g in json.load(sys.stdin)["data"]["groups"]))')
+echo "compose: Prometheus up{coordinator}=$up_c, workers up=$up_w, jobs succeeded (coordinator)=$done_c, (workers)=$done_w, alert rules loaded=$rules"
+[ "$up_c" = 1 ] && [ "$up_w" = 2 ] && [ "$done_c" = 2 ] && [ "$done_w" = 2 ] && [ "$rules" = 6 ] || { compose logs --tail 20 prometheus >&2; exit 1; }

@@ -207,6 +207,8 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         request_id: args.request_id.clone().unwrap_or_default(),
         job_time_limit_s: args.time_limit_s.unwrap_or(0),
     };
+    let mut request = tonic::Request::new(request);
+    stylefarm_core::traces::inject(&tracing::Span::current(), request.metadata_mut());
     let response = client.submit_batch(request).await?.into_inner();
     if cli.json && !args.wait {
         print_json(&serde_json::json!({"batch_id": response.batch_id, "job_ids": response.job_ids, "deduplicated": response.deduplicated}))?;
@@ -450,7 +452,10 @@ async fn workers(cli: &Cli) -> Result<()> {
 
 async fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Submit(args) => submit(cli, args).await,
+        Command::Submit(args) => {
+            use tracing::Instrument;
+            submit(cli, args).instrument(tracing::info_span!("submit")).await
+        }
         Command::Watch { batch } => {
             let mut client = connect(cli).await?;
             let batch = watch::watch(&mut client, batch, cli.json).await?;
@@ -497,10 +502,28 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     6
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli).await {
+    // spans (the submit, continued by the coordinator and the workers) over OTLP
+    // when OTEL_EXPORTER_OTLP_ENDPOINT is set; logs then go to stderr per STYLEFARM_LOG
+    let traces = if stylefarm_core::traces::otlp_configured() {
+        let log = std::env::var("STYLEFARM_LOG").unwrap_or_else(|_| "warn".into());
+        match stylefarm_core::traces::init("stylefarm-client", &log, false) {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let result = run(&cli).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = exit_code(&error);

@@ -27,6 +27,7 @@ use crate::metrics::CoordMetrics;
 use crate::model::{BatchPhase, BatchRecord, JobRecord, Millis};
 use crate::scheduler::{Effects, Event, EventKind, Scheduler, SchedulerConfig};
 use crate::store::Store;
+use crate::traces::JobTracer;
 use crate::validate::SubmitRules;
 
 pub fn now_ms() -> Millis {
@@ -40,6 +41,8 @@ pub struct FarmConfig {
     pub submit: SubmitRules,
     /// Prometheus metrics (`--metrics-listen`); None records nothing.
     pub metrics: Option<Arc<CoordMetrics>>,
+    /// Job spans (OTLP export on); None records nothing.
+    pub tracer: Option<Arc<JobTracer>>,
 }
 
 pub struct Farm {
@@ -85,6 +88,10 @@ impl Farm {
 
     pub fn metrics(&self) -> Option<&CoordMetrics> {
         self.config.metrics.as_deref()
+    }
+
+    pub fn tracer(&self) -> Option<&JobTracer> {
+        self.config.tracer.as_deref()
     }
 
     /// Resolves with the reason once the coordinator has to stop.
@@ -148,8 +155,13 @@ impl Farm {
         if let Some(ticket) = ticket {
             self.wait(ticket).await?;
         }
-        if let (Some(metrics), false) = (self.metrics(), observations.is_empty()) {
-            metrics.observe(&observations);
+        if !observations.is_empty() {
+            if let Some(metrics) = self.metrics() {
+                metrics.observe(&observations);
+            }
+            if let Some(tracer) = self.tracer() {
+                tracer.observe(&observations);
+            }
         }
         for (batch, event) in events {
             self.hub.publish(batch, event);
@@ -370,6 +382,7 @@ mod tests {
             max_upload_bytes: 1 << 20,
             submit: SubmitRules::for_store(&blobs.url),
             metrics: None,
+            tracer: None,
         };
         let farm = Farm::open(store, blobs, config, Authenticator::new(TokenStore::open(dir.path()).unwrap(), false, false)).unwrap();
         let broken = farm.broken_signal();

@@ -22,6 +22,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod traces;
 pub mod validate;
 
 pub use config::CoordinatorConfig;

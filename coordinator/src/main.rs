@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use stylefarm_coordinator::auth::{Role, TokenStore};
 use stylefarm_coordinator::server::{run_with, Listeners};
 use stylefarm_coordinator::CoordinatorConfig;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "stylefarm-coordinator", version, about = "stylefarm coordinator: batches in, leases out, results kept")]
@@ -223,12 +222,8 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_new(&args.log).context("--log")?;
-    if args.log_json {
-        tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    }
+    // logs to stderr; spans over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (flushed at exit)
+    let traces = stylefarm_core::traces::init("stylefarm-coordinator", &args.log, args.log_json)?;
     let config = config(&args)?;
     if let Some(Command::Health { url, tls_ca }) = &args.command {
         // by default, this machine's side of the address the server listens on (same config)
@@ -254,6 +249,8 @@ async fn main() -> Result<()> {
         }
         None => None,
     };
-    run_with(Listeners { grpc: listener, http }, config, shutdown_signal()).await?;
+    let served = run_with(Listeners { grpc: listener, http }, config, shutdown_signal()).await;
+    traces.shutdown().await;
+    served?;
     Ok(())
 }

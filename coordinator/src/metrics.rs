@@ -14,6 +14,7 @@ use metrics::{Counter, Gauge, Histogram};
 use stylefarm_core::telemetry::{Registry, Scrape};
 
 use crate::farm::{now_ms, Farm};
+use crate::ids::JobId;
 use crate::model::{Millis, StateKind};
 use crate::scheduler::Scheduler;
 
@@ -23,11 +24,11 @@ pub enum Observation {
     /// A job was leased after waiting this long since it became leasable.
     Leased { queue_wait_ms: Millis },
     /// An attempt ended after running this long.
-    AttemptEnded { end: AttemptEnd, run_ms: Millis },
+    AttemptEnded { job: JobId, attempt: u32, end: AttemptEnd, run_ms: Millis },
     /// A failed, expired or timed-out attempt put its job back in the queue.
     Retried,
     /// A job reached a final state.
-    Finished(StateKind),
+    Finished { job: JobId, state: StateKind },
     /// A worker reached the failure limit on a batch and gets no more of its jobs.
     WorkerBlocked,
 }
@@ -47,7 +48,7 @@ impl AttemptEnd {
     const ALL: [AttemptEnd; 6] =
         [AttemptEnd::Succeeded, AttemptEnd::Failed, AttemptEnd::HandedBack, AttemptEnd::Expired, AttemptEnd::TimedOut, AttemptEnd::Cancelled];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             AttemptEnd::Succeeded => "succeeded",
             AttemptEnd::Failed => "failed",
@@ -184,12 +185,12 @@ impl CoordMetrics {
         for o in observations {
             match *o {
                 Observation::Leased { queue_wait_ms } => self.queue_wait.record(seconds(queue_wait_ms)),
-                Observation::AttemptEnded { end, run_ms } => {
+                Observation::AttemptEnded { end, run_ms, .. } => {
                     let i = AttemptEnd::ALL.iter().position(|e| *e == end).unwrap_or(0);
                     self.run[i].record(seconds(run_ms));
                 }
                 Observation::Retried => self.retries.increment(1),
-                Observation::Finished(state) => match state {
+                Observation::Finished { state, .. } => match state {
                     StateKind::Succeeded => self.finished[0].increment(1),
                     StateKind::Failed => self.finished[1].increment(1),
                     StateKind::Cancelled => self.finished[2].increment(1),
@@ -263,23 +264,27 @@ impl Scrape for CoordMetrics {
     }
 }
 
-/// A tower layer that counts every gRPC call by service, method and status
-/// code, and times it to the response headers.
+/// A tower layer around every gRPC call: counts it by service, method and
+/// status code and times it to the response headers (with metrics on), and
+/// runs it in a server span whose parent is the caller's `traceparent` (with
+/// traces exported).
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
     metrics: Option<Arc<CoordMetrics>>,
+    methods: Arc<HashMap<String, (&'static str, &'static str)>>,
+    traced: bool,
 }
 
 impl GrpcMetricsLayer {
     pub fn new(metrics: Option<Arc<CoordMetrics>>) -> GrpcMetricsLayer {
-        GrpcMetricsLayer { metrics }
+        GrpcMetricsLayer { metrics, methods: Arc::new(known_methods()), traced: stylefarm_core::traces::enabled() }
     }
 }
 
 impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
     fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner, metrics: self.metrics.clone() }
+        GrpcMetrics { inner, metrics: self.metrics.clone(), methods: Arc::clone(&self.methods), traced: self.traced }
     }
 }
 
@@ -287,6 +292,21 @@ impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     metrics: Option<Arc<CoordMetrics>>,
+    methods: Arc<HashMap<String, (&'static str, &'static str)>>,
+    traced: bool,
+}
+
+impl<S> GrpcMetrics<S> {
+    /// The server span of a call (traces exported), child of the caller's context.
+    fn span<B>(&self, request: &http::Request<B>) -> Option<tracing::Span> {
+        if !self.traced {
+            return None;
+        }
+        let (service, method) = self.methods.get(request.uri().path()).copied().unwrap_or(("unknown", "unknown"));
+        let span = tracing::info_span!("grpc", otel.name = %format_args!("{service}/{method}"), otel.kind = "server", rpc.system = "grpc", rpc.service = service, rpc.method = method);
+        stylefarm_core::traces::set_parent(&span, stylefarm_core::traces::extract(request.headers()));
+        Some(span)
+    }
 }
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
@@ -303,8 +323,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
         let method = self.metrics.as_ref().map(|m| m.method(request.uri().path()));
-        let future = self.inner.call(request);
+        let span = self.span(&request);
+        let future = match span {
+            Some(span) => {
+                let _entered = span.enter();
+                let future = self.inner.call(request);
+                drop(_entered);
+                futures::future::Either::Left(future.instrument(span))
+            }
+            None => futures::future::Either::Right(self.inner.call(request)),
+        };
         let Some(method) = method else { return Box::pin(future) };
         let started = Instant::now();
         Box::pin(async move {
@@ -409,11 +439,11 @@ mod tests {
         let metrics = CoordMetrics::new(Registry::new());
         metrics.observe(&[
             Observation::Leased { queue_wait_ms: 1500 },
-            Observation::AttemptEnded { end: AttemptEnd::Expired, run_ms: 2000 },
+            Observation::AttemptEnded { job: JobId(1), attempt: 1, end: AttemptEnd::Expired, run_ms: 2000 },
             Observation::Retried,
-            Observation::AttemptEnded { end: AttemptEnd::Succeeded, run_ms: 500 },
-            Observation::Finished(StateKind::Succeeded),
-            Observation::Finished(StateKind::Cancelled),
+            Observation::AttemptEnded { job: JobId(1), attempt: 2, end: AttemptEnd::Succeeded, run_ms: 500 },
+            Observation::Finished { job: JobId(1), state: StateKind::Succeeded },
+            Observation::Finished { job: JobId(2), state: StateKind::Cancelled },
             Observation::WorkerBlocked,
         ]);
         let text = metrics.registry.render();

@@ -59,6 +59,7 @@ pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>)
         max_upload_bytes: config.max_upload_bytes,
         submit: config.submit_rules(&blobs.url)?,
         metrics,
+        tracer: crate::traces::JobTracer::from_env().map(Arc::new),
     };
     let tokens = TokenStore::open(&config.data_dir).map_err(|e| ServeError::Open(e.to_string()))?;
     let auth = Authenticator::new(tokens, config.auth_required, config.tls_client_ca.is_some());

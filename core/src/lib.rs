@@ -15,6 +15,8 @@ pub mod policy;
 pub mod storage;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+#[cfg(feature = "traces")]
+pub mod traces;
 pub mod weights_spec;
 
 pub use error::{ParamError, Result};

@@ -36,11 +36,16 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STYLEFARM_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let log = std::env::var("STYLEFARM_LOG").unwrap_or_else(|_| "info".into());
+    let farm_mode = cli.command.is_none() && cli.farm.coordinator.is_some();
+    if !farm_mode {
+        // the farm worker installs its own (with trace export) inside its runtime
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let tuned = stylefarm_engine::alloc::keep_freed_memory();
     tracing::debug!(tuned, "allocator keeps freed memory");
     let result = match cli.command {
@@ -56,7 +61,7 @@ fn main() -> ExitCode {
         Some(Command::Drain { health_addr, timeout_s }) => {
             probe(async move { farm::control::drain_and_wait(cli::health_addr(health_addr)?, std::time::Duration::from_secs(timeout_s)).await })
         }
-        None if cli.farm.coordinator.is_some() => farm::run(&cli.farm),
+        None if farm_mode => farm::run(&cli.farm, &log, false),
         None => Err(anyhow::anyhow!("give --coordinator URL to work on the farm, or a subcommand (render, weights, bench); see --help")),
     };
     match result {

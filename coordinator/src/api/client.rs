@@ -44,6 +44,8 @@ impl ClientApi {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+use stylefarm_core::traces;
+
 fn new_trace_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
@@ -83,12 +85,30 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let known: std::collections::HashSet<String> = farm.read(|s| request_images(&req).into_iter().filter(|sha| s.has_image(sha)).collect())?;
         let new: NewBatch = validate::submit(&req, &|sha| known.contains(sha), &farm.config.submit)?;
         let owner = caller.name.clone();
-        let submitted = farm
+        // with traces exported, each job's trace starts at its `job` span under this call
+        let parent = traces::enabled().then(|| tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()));
+        let tracing_farm = Arc::clone(&farm);
+        let (submitted, contexts) = farm
             .apply(move |s, fx, now| {
-                let mut trace_id = new_trace_id;
-                Ok(s.submit(new, &owner, now, fx, &mut trace_id))
+                let mut contexts = Vec::new();
+                let submitted = match (tracing_farm.tracer(), &parent) {
+                    (Some(tracer), Some(parent)) => {
+                        let mut trace_id = || {
+                            let sc = tracer.new_job(parent);
+                            let id = sc.trace_id().to_string();
+                            contexts.push(sc);
+                            id
+                        };
+                        s.submit(new, &owner, now, fx, &mut trace_id)
+                    }
+                    _ => s.submit(new, &owner, now, fx, &mut new_trace_id),
+                };
+                Ok((submitted, contexts))
             })
             .await?;
+        if let Some(tracer) = farm.tracer() {
+            tracer.submitted(&submitted.jobs, contexts);
+        }
         let span = tracing::Span::current();
         span.record("batch_id", tracing::field::display(submitted.batch));
         span.record("jobs", submitted.jobs.len());

@@ -44,7 +44,7 @@ impl WorkerService {
         }
     }
 
-    fn lease_message(&self, grant: &Grant) -> pb::Lease {
+    fn lease_message(&self, grant: &Grant, traceparent_of_attempt: Option<String>) -> pb::Lease {
         let job = &grant.job;
         let (content_url, content_sha256) = self.source_url(&job.content);
         let (style_urls, style_sha256) = job.styles.iter().map(|s| self.source_url(s)).unzip();
@@ -60,7 +60,7 @@ impl WorkerService {
             params_json: job.params_json.clone(),
             output_prefix: self.farm.blobs.url_of(&attempt_prefix(job.batch, job.id, grant.attempt)),
             lease_ttl_ms: self.farm.config.scheduler.lease_ttl_ms as u32,
-            traceparent: traceparent(&job.trace_id),
+            traceparent: traceparent_of_attempt.unwrap_or_else(|| traceparent(&job.trace_id)),
             lease_secret: grant.secret.expose().to_string(),
             time_limit_ms: job.time_limit_ms,
         }
@@ -138,7 +138,9 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         let Some(grant) = grant else {
             return Ok(Response::new(pb::LeaseJobResponse { lease: None }));
         };
-        let lease = self.lease_message(&grant);
+        // the attempt's span (traces exported): the worker's spans continue it
+        let attempt_span = self.farm.tracer().and_then(|t| t.leased(&grant.job, grant.attempt, worker, &req.device, grant.queue_wait_ms));
+        let lease = self.lease_message(&grant, attempt_span);
         tracing::info!(
             job_id = %grant.job.id, batch_id = %grant.job.batch, worker_id = %worker, principal = %caller.name, attempt = grant.attempt,
             device = %req.device, traceparent = %lease.traceparent, "job leased"

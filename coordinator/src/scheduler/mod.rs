@@ -153,6 +153,8 @@ pub struct Grant {
     pub job: JobRecord,
     pub attempt: u32,
     pub secret: Secret,
+    /// How long the job waited to be leased.
+    pub queue_wait_ms: Millis,
 }
 
 /// One job's part of a heartbeat.
@@ -492,8 +494,9 @@ impl Scheduler {
             _ => job.created_ms,
         };
         let (attempt, secret) = job.lease(worker, now, ttl)?;
-        fx.observations.push(Observation::Leased { queue_wait_ms: now - leasable_since });
-        let grant = Grant { job: job.clone(), attempt, secret };
+        let queue_wait_ms = now - leasable_since;
+        fx.observations.push(Observation::Leased { queue_wait_ms });
+        let grant = Grant { job: job.clone(), attempt, secret, queue_wait_ms };
         self.queue.remove(priority, batch, job_id);
         self.workers.start(worker, job_id);
         self.waiting.remove(&job_id);
@@ -553,7 +556,12 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).ok_or_else(|| stale_or_missing(job_id, claim.attempt))?;
         let leased_ms = job.state.leased_ms();
         job.complete(worker, claim, outputs, now)?;
-        fx.observations.push(Observation::AttemptEnded { end: AttemptEnd::Succeeded, run_ms: leased_ms.map_or(0, |l| now - l) });
+        fx.observations.push(Observation::AttemptEnded {
+            job: job_id,
+            attempt: claim.attempt,
+            end: AttemptEnd::Succeeded,
+            run_ms: leased_ms.map_or(0, |l| now - l),
+        });
         if let Some(record) = self.workers.get_mut(worker) {
             record.succeeded += 1;
             self.dirty_counters.insert(worker);
@@ -587,7 +595,7 @@ impl Scheduler {
             AfterFailure::Cancelled => AttemptEnd::Cancelled,
             AfterFailure::Requeued { .. } | AfterFailure::Failed => AttemptEnd::Failed,
         };
-        fx.observations.push(Observation::AttemptEnded { end, run_ms: leased_ms.map_or(0, |l| now - l) });
+        fx.observations.push(Observation::AttemptEnded { job: job_id, attempt: claim.attempt, end, run_ms: leased_ms.map_or(0, |l| now - l) });
         if matches!(after, AfterFailure::Requeued { .. }) && !failure.handed_back {
             fx.observations.push(Observation::Retried);
         }
@@ -673,7 +681,7 @@ impl Scheduler {
                 (Due::Expired, _) => AttemptEnd::Expired,
                 (Due::OverTime, _) => AttemptEnd::TimedOut,
             };
-            fx.observations.push(Observation::AttemptEnded { end, run_ms: leased_ms.map_or(0, |l| now - l) });
+            fx.observations.push(Observation::AttemptEnded { job: job_id, attempt, end, run_ms: leased_ms.map_or(0, |l| now - l) });
             if matches!(after, AfterFailure::Requeued { .. }) {
                 fx.observations.push(Observation::Retried);
             }
@@ -789,7 +797,7 @@ impl Scheduler {
         if to.is_terminal() {
             self.progress.remove(&job_id);
             self.waiting.remove(&job_id);
-            fx.observations.push(Observation::Finished(to));
+            fx.observations.push(Observation::Finished { job: job_id, state: to });
         }
         let kind = match to {
             StateKind::Queued => EventKind::Queued,

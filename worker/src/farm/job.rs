@@ -17,6 +17,9 @@ use stylefarm_engine::EngineError;
 use stylefarm_proto as pb;
 use tch::{Device, Kind};
 
+use stylefarm_core::traces;
+use tracing::Instrument;
+
 use super::inputs::{InputCache, InputError};
 use super::metrics::{DeviceMetrics, Stage, WorkerMetrics};
 
@@ -96,6 +99,42 @@ struct FarmProgress {
     job: Arc<RunningJob>,
     metrics: Option<Arc<DeviceMetrics>>,
     previous: Option<TraceRow>,
+    /// One span per scale's optimisation (when traces are exported).
+    scale_span: Option<(tracing::Span, TraceRow)>,
+    traced: bool,
+}
+
+impl FarmProgress {
+    fn new(job: Arc<RunningJob>, metrics: Option<Arc<DeviceMetrics>>) -> FarmProgress {
+        FarmProgress { job, metrics, previous: None, scale_span: None, traced: traces::enabled() }
+    }
+
+    /// Ends the current scale's span with its totals.
+    fn end_scale(&mut self) {
+        if let Some((span, last)) = self.scale_span.take() {
+            span.record("iterations", last.iteration).record("evaluations", last.evaluations).record("final_loss", last.total);
+        }
+    }
+
+    fn trace_row(&mut self, row: &TraceRow) {
+        if self.scale_span.as_ref().is_some_and(|(_, last)| last.scale != row.scale) {
+            self.end_scale();
+        }
+        match &mut self.scale_span {
+            Some((_, last)) => *last = row.clone(),
+            None => {
+                let span = tracing::info_span!(
+                    "optimise",
+                    scale = row.scale,
+                    size = row.size,
+                    iterations = tracing::field::Empty,
+                    evaluations = tracing::field::Empty,
+                    final_loss = tracing::field::Empty
+                );
+                self.scale_span = Some((span, row.clone()));
+            }
+        }
+    }
 }
 
 impl Progress for FarmProgress {
@@ -103,6 +142,9 @@ impl Progress for FarmProgress {
         if let Some(metrics) = &self.metrics {
             metrics.row(self.previous.as_ref(), row);
             self.previous = Some(row.clone());
+        }
+        if self.traced {
+            self.trace_row(row);
         }
         let mut shared = self.job.shared.lock().expect("progress lock");
         let row = loss_row(row);
@@ -171,14 +213,23 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         sources.push((format!("style[{i}]"), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
     }
     let fetching = Instant::now();
-    let mut images: Vec<(String, Bytes)> = Vec::with_capacity(sources.len());
-    for (role, url, sha) in sources {
-        match ctx.inputs.fetch(&role, &url, &sha).await {
-            Ok(data) => images.push((role, data)),
-            Err(InputError::Permanent(reason)) => return failed(reason, false),
-            Err(InputError::Transient(reason)) => return failed(reason, true),
+    let fetched = async {
+        let mut images: Vec<(String, Bytes)> = Vec::with_capacity(sources.len());
+        for (role, url, sha) in sources {
+            match ctx.inputs.fetch(&role, &url, &sha).await {
+                Ok(data) => images.push((role, data)),
+                Err(InputError::Permanent(reason)) => return Err(failed(reason, false)),
+                Err(InputError::Transient(reason)) => return Err(failed(reason, true)),
+            }
         }
+        Ok(images)
     }
+    .instrument(tracing::info_span!("fetch_inputs", inputs = 1 + lease.style_urls.len()))
+    .await;
+    let images = match fetched {
+        Ok(images) => images,
+        Err(outcome) => return outcome,
+    };
     ctx.stage(Stage::FetchInputs, fetching);
     let dir = ctx.work_dir.join(format!("{}-attempt-{}", lease.job_id, lease.attempt));
     let _ = std::fs::remove_dir_all(&dir);
@@ -188,9 +239,14 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     // the engine runs on a blocking thread; the loaded weights go with it and come back
     let taken = slot.take();
     let (device, dir_for_engine, pack) = (ctx.device, dir.clone(), ctx.pack.clone());
-    let progress = FarmProgress { job: Arc::clone(job), metrics: ctx.device_metrics.clone(), previous: None };
+    let progress = FarmProgress::new(Arc::clone(job), ctx.device_metrics.clone());
     let rendering = Instant::now();
-    let rendered = tokio::task::spawn_blocking(move || render_job(images, params, taken, device, pack, progress, &dir_for_engine)).await;
+    let span = tracing::Span::current();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let _job = span.enter();
+        render_job(images, params, taken, device, pack, progress, &dir_for_engine)
+    })
+    .await;
     ctx.stage(Stage::Render, rendering);
     let (result, returned) = match rendered {
         Ok(pair) => pair,
@@ -204,7 +260,7 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         }
         Ok(render) => {
             let uploading = Instant::now();
-            let outcome = upload(ctx, lease, &dir, render).await;
+            let outcome = upload(ctx, lease, &dir, render).instrument(tracing::info_span!("upload")).await;
             ctx.stage(Stage::Upload, uploading);
             outcome
         }
@@ -247,7 +303,7 @@ fn render_job(
     let key = weights_key(&params);
     let slot = match slot {
         Some(s) if s.key == key => s,
-        _ => match load_weights(&params) {
+        _ => match tracing::info_span!("load_weights").in_scope(|| load_weights(&params)) {
             Ok(weights) => WeightsSlot { key, weights },
             Err(e) => return (Err(e), None),
         },
@@ -255,7 +311,10 @@ fn render_job(
     let (content, styles) = decoded.split_first().expect("content is first");
     let shared = pack.map(|pack| pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling));
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
-    let rendered = render_via(evaluator, content, styles, None, &slot.weights, &params, device, &mut progress);
+    let render_span = tracing::info_span!("render", size = params.size, scales = params.scales, device = %stylefarm_engine::device::describe(device));
+    let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, None, &slot.weights, &params, device, &mut progress));
+    progress.end_scale();
+    drop(render_span);
     let out = match rendered {
         Ok(out) => out,
         Err(e) => return (Err(e), Some(slot)),
@@ -268,6 +327,7 @@ fn render_job(
         animation: (!out.frames.is_empty()).then_some(animation.as_path()),
         metadata: None,
     };
+    let encode = tracing::info_span!("encode", snapshots = out.frames.len()).entered();
     if let Err(e) = write_outputs(&out, &paths) {
         return (Err(e), Some(slot));
     }
@@ -280,6 +340,7 @@ fn render_job(
     if let Err(e) = std::fs::write(&metadata_path, serde_json::to_vec_pretty(&metadata).expect("json")) {
         return (Err(EngineError::Output { path: metadata_path, reason: e.to_string() }), Some(slot));
     }
+    drop(encode);
     let m = &out.metadata;
     let rendered = Rendered { final_loss: m.final_loss, iterations: m.iterations_run, engine_ms: m.timings.total_ms, device: m.device.clone() };
     (Ok(rendered), Some(slot))

@@ -27,6 +27,7 @@ use devices::DeviceInfo;
 use inputs::InputCache;
 use job::{JobContext, Outcome, RunningJob, StopCause};
 use stylefarm_core::telemetry::Registry;
+use stylefarm_core::traces;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FarmArgs {
@@ -192,10 +193,17 @@ impl Farm {
     }
 }
 
-/// Runs until SIGTERM or Ctrl-C, then drains.
-pub fn run(args: &FarmArgs) -> Result<()> {
+/// Runs until SIGTERM or Ctrl-C, then drains. Installs the process's logging
+/// (`log`: a filter; `log_json`) and, when OTEL_EXPORTER_OTLP_ENDPOINT is set,
+/// trace export.
+pub fn run(args: &FarmArgs, log: &str, log_json: bool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(serve(args, shutdown_signal()))
+    runtime.block_on(async {
+        let traces = traces::init("stylefarm-worker", log, log_json)?;
+        let served = serve(args, shutdown_signal()).await;
+        traces.shutdown().await;
+        served
+    })
 }
 
 fn default_name() -> String {
@@ -366,6 +374,8 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
         let job = Arc::new(RunningJob::new(lease));
         let key = (job.lease.job_id.clone(), job.lease.attempt);
         let span = tracing::info_span!("job", job_id = %job.lease.job_id, batch_id = %job.lease.batch_id, attempt = job.lease.attempt, device = %device.name, traceparent = %job.lease.traceparent);
+        // the job's trace: this attempt's span on the coordinator is the parent
+        traces::set_parent(&span, traces::context_from_traceparent(&job.lease.traceparent));
         if farm.draining.load(Ordering::Relaxed) {
             report(&farm, &job, Outcome::Stopped(StopCause::Shutdown)).instrument(span).await;
             return;
@@ -413,7 +423,9 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                     lease_secret: lease.lease_secret.clone(),
                 };
                 let mut request = tonic::Request::new(request);
-                if let Ok(value) = lease.traceparent.parse() {
+                if traces::enabled() {
+                    traces::inject(&tracing::Span::current(), request.metadata_mut());
+                } else if let Ok(value) = lease.traceparent.parse() {
                     request.metadata_mut().insert("traceparent", value);
                 }
                 farm.api().complete_job(request).await.map(|_| ())
@@ -433,6 +445,8 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                     lease_secret: lease.lease_secret.clone(),
                     handed_back: false,
                 };
+                let mut request = tonic::Request::new(request);
+                traces::inject(&tracing::Span::current(), request.metadata_mut());
                 farm.api().fail_job(request).await.map(|_| ())
             }
             Outcome::Stopped(cause) => {
