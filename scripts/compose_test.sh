@@ -21,6 +21,8 @@ if [ ! -x /usr/lib/cni/dnsname ] && [ "$(podman info --format '{{.Host.NetworkBa
 fi
 T=$(mktemp -d)
 export STYLEFARM_PORT=15351 STYLEFARM_DEVICES=cpu STYLEFARM_PROMETHEUS_PORT=15390
+# no Jaeger here (its image cannot be had): export no spans
+export OTEL_EXPORTER_OTLP_ENDPOINT=
 # Prometheus: Debian's binary in a stand-in for docker.io/prom/prometheus (no registry here)
 export STYLEFARM_PROMETHEUS_IMAGE=localhost/stylefarm-prometheus-debian:test
 command -v prometheus >/dev/null || { echo "no prometheus: run make setup" >&2; exit 1; }

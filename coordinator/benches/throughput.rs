@@ -7,7 +7,9 @@
 //!
 //! With authentication on (tokens for the client and every worker) and with TLS
 //! on loopback as well, beside auth off, in the same run; and with Prometheus
-//! metrics on (`--metrics-listen`, scraped every second during the run).
+//! metrics on (`--metrics-listen`, scraped every second during the run); and
+//! with every span exported over OTLP (to a collector in this process, which
+//! counts what it receives: the receiving cost is charged to the coordinator).
 //!
 //!   ... -- --soak 1000000
 //!
@@ -32,7 +34,7 @@ struct Args {
     reference: bool,
     soak: usize,
     rounds: usize,
-    /// Which of open, auth, tls, metrics to run (all by default).
+    /// Which of open, auth, tls, metrics, traces to run (all by default).
     modes: Vec<String>,
 }
 
@@ -44,7 +46,7 @@ fn parse_args() -> Args {
         reference: true,
         soak: 0,
         rounds: 3,
-        modes: vec!["open".into(), "auth".into(), "tls".into(), "metrics".into()],
+        modes: vec!["open".into(), "auth".into(), "tls".into(), "metrics".into(), "traces".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,7 +57,7 @@ fn parse_args() -> Args {
             "--no-reference" => args.reference = false,
             "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--rounds" => args.rounds = it.next().expect("--rounds N").parse().expect("number"),
-            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics").split(',').map(String::from).collect(),
+            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces").split(',').map(String::from).collect(),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -85,6 +87,44 @@ enum Security {
     AuthTls,
     /// Open, with /metrics served and scraped every second.
     OpenMetrics,
+    /// Open, every span exported over OTLP.
+    OpenTraces,
+}
+
+/// An OTLP/gRPC trace collector that counts the spans it receives.
+#[derive(Default, Clone)]
+struct Collector {
+    spans: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.spans.fetch_add(n, Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// Serves a collector and installs this process's OTLP export to it (paused
+/// until a traces-mode run resumes it).
+async fn start_collector() -> (Collector, stylefarm_core::traces::TracingGuard) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // SAFETY: set before any thread reads the environment for OTLP (the exporter reads it at init, here)
+    unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint) };
+    let guard = stylefarm_core::traces::init("stylefarm-coordinator-bench", "warn", false).expect("OTLP export");
+    stylefarm_core::traces::set_exporting(false);
+    (collector, guard)
 }
 
 /// A coordinator on loopback, and how to reach it.
@@ -145,6 +185,8 @@ async fn start(group_commit: bool, security: Security) -> Server {
     let port = listener.local_addr().unwrap().port();
     let url = if tls_ca.is_some() { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // traces: the coordinator reads whether to make spans when it starts
+    stylefarm_core::traces::set_exporting(security == Security::OpenTraces);
     let http = match security {
         Security::OpenMetrics => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
         _ => None,
@@ -407,12 +449,14 @@ fn main() {
         "workers", "mode", "jobs/s", "submit j/s", "lease p50", "lease p99", "complete p99", "ratio"
     );
     println!("(medians of {} rounds; each round runs every mode once, in turn, so the VM's drift hits them alike)", args.rounds);
+    let collector = args.modes.iter().any(|m| m == "traces").then(|| runtime.block_on(start_collector()));
     for &workers in &args.workers {
         let mut modes: Vec<(&str, bool, Security, Vec<Run>)> = [
             ("open", "group commit", Security::Open),
             ("auth", "+ auth (tokens)", Security::Auth),
             ("tls", "+ auth + TLS", Security::AuthTls),
             ("metrics", "+ metrics, scraped 1/s", Security::OpenMetrics),
+            ("traces", "+ traces, all exported", Security::OpenTraces),
         ]
         .into_iter()
         .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))
@@ -463,5 +507,9 @@ fn main() {
             base / 500.0,
             if base >= 5000.0 { "met" } else { "NOT met" }
         );
+    }
+    if let Some((collector, guard)) = collector {
+        runtime.block_on(guard.shutdown());
+        println!("         spans the collector received in traces mode: {}", collector.spans.load(Ordering::Relaxed));
     }
 }

@@ -297,14 +297,20 @@ pub struct GrpcMetrics<S> {
 }
 
 impl<S> GrpcMetrics<S> {
-    /// The server span of a call (traces exported), child of the caller's context.
+    /// The server span of a call whose caller sent a `traceparent` (traces
+    /// exported): calls outside any trace (a worker's lease polls and
+    /// heartbeats, status reads) would each start a trace of one span.
     fn span<B>(&self, request: &http::Request<B>) -> Option<tracing::Span> {
-        if !self.traced {
+        if !self.traced || !request.headers().contains_key("traceparent") {
+            return None;
+        }
+        let parent = stylefarm_core::traces::extract(request.headers());
+        if !opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid() {
             return None;
         }
         let (service, method) = self.methods.get(request.uri().path()).copied().unwrap_or(("unknown", "unknown"));
         let span = tracing::info_span!("grpc", otel.name = %format_args!("{service}/{method}"), otel.kind = "server", rpc.system = "grpc", rpc.service = service, rpc.method = method);
-        stylefarm_core::traces::set_parent(&span, stylefarm_core::traces::extract(request.headers()));
+        stylefarm_core::traces::set_parent(&span, parent);
         Some(span)
     }
 }

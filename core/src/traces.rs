@@ -22,11 +22,20 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+static EXPORTING: AtomicBool = AtomicBool::new(true);
 
-/// Whether spans are exported (OTLP configured and the subscriber installed).
+/// Whether spans are exported (OTLP configured, the subscriber installed, and
+/// export not paused with [`set_exporting`]).
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    INSTALLED.load(Ordering::Relaxed) && EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Pauses (false) or resumes span export in this process: spans started while
+/// paused are not recorded at all. For benchmarks that compare export on and
+/// off in one run; components read [`enabled`] when they start.
+pub fn set_exporting(on: bool) {
+    EXPORTING.store(on, Ordering::Relaxed);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +114,13 @@ pub fn init(default_service: &'static str, filter: &str, json: bool) -> Result<T
     }
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
     let tracer = provider.tracer(default_service);
-    // spans at info and above go out, whatever the log filter prints
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    // spans at info and above go out (whatever the log filter prints), unless paused
+    let exporting = tracing_subscriber::filter::filter_fn(|meta| EXPORTING.load(Ordering::Relaxed) && *meta.level() <= tracing::Level::INFO);
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exporting);
     tracing_subscriber::registry().with(fmt).with(otel).try_init().map_err(|_| TracingError::AlreadyInstalled)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    ENABLED.store(true, Ordering::Relaxed);
+    INSTALLED.store(true, Ordering::Relaxed);
     Ok(TracingGuard { provider: Some(provider) })
 }
 
