@@ -36,6 +36,7 @@ trap 'cleanup; rm -rf "$T"' EXIT
 # the file as shipped, beside its secrets folder, plus the CPU override
 mkdir -p "$T/secrets"
 cp deploy/compose.yaml "$T/compose.yaml"
+cp -r deploy/observability "$T/observability"   # Prometheus' config and rules, Grafana's provisioning
 sed "s|@WEIGHTS@|$CACHE/weights|" scripts/compose.cpu.yaml > "$T/compose.cpu.yaml"
 cleanup
 
@@ -66,7 +67,7 @@ echo "compose: services up and batch $batch succeeded $((SECONDS - start)) s aft
 # Prometheus (deploy/observability/prometheus.yml as shipped) scraped the
 # coordinator and both worker replicas (found through the compose DNS name) and
 # loaded the alert rules
-promql() { curl -fsS --get "http://127.0.0.1:$STYLEFARM_PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'; }
+promql() { curl -sS --get "http://127.0.0.1:$STYLEFARM_PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'; }
 for _ in $(seq 60); do
   [ "$(promql 'stylefarm_jobs_finished_total{job="stylefarm-coordinator",outcome="succeeded"}')" = 2 ] && [ "$(promql 'count(up{job="stylefarm-worker"} == 1)')" = 2 ] && break
   sleep 2
@@ -76,4 +77,4 @@ done_c=$(promql 'stylefarm_jobs_finished_total{job="stylefarm-coordinator",outco
 done_w=$(promql 'sum(stylefarm_worker_jobs_total{job="stylefarm-worker",outcome="succeeded"})')
 rules=$(curl -fsS "http://127.0.0.1:$STYLEFARM_PROMETHEUS_PORT/api/v1/rules" | python3 -c 'import json,sys; print(sum(len(g["rules"]) for g in json.load(sys.stdin)["data"]["groups"]))')
 echo "compose: Prometheus up{coordinator}=$up_c, workers up=$up_w, jobs succeeded (coordinator)=$done_c, (workers)=$done_w, alert rules loaded=$rules"
-[ "$up_c" = 1 ] && [ "$up_w" = 2 ] && [ "$done_c" = 2 ] && [ "$done_w" = 2 ] && [ "$rules" = 6 ] || { compose logs --tail 20 prometheus >&2; exit 1; }
+[ "$up_c" = 1 ] && [ "$up_w" = 2 ] && [ "$done_c" = 2 ] && [ "$done_w" = 2 ] && [ "$rules" = 6 ] || { podman logs --tail 20 sf-dt-compose_prometheus_1 >&2 || true; exit 1; }
