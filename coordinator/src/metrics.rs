@@ -74,9 +74,17 @@ const QUEUE_DEPTH_HELP: &str = "Queued jobs by batch priority.";
 
 const DEVICE_KINDS: [&str; 4] = ["cuda", "cpu", "mps", "other"];
 
-/// The gRPC methods this coordinator serves, as `(path, service, method)`;
+type MethodNames = HashMap<String, (&'static str, &'static str)>;
+
+/// The gRPC methods this coordinator serves, path → `(service, method)`;
 /// any other path is counted as `unknown` so callers cannot add series.
-fn known_methods() -> HashMap<String, (&'static str, &'static str)> {
+/// Decoded once per process (the labels are leaked once, not per start).
+fn known_methods() -> &'static MethodNames {
+    static METHODS: std::sync::OnceLock<MethodNames> = std::sync::OnceLock::new();
+    METHODS.get_or_init(decode_methods)
+}
+
+fn decode_methods() -> MethodNames {
     use prost::Message;
     let sets: [&[u8]; 2] = [stylefarm_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
     let mut out = HashMap::new();
@@ -148,7 +156,7 @@ impl CoordMetrics {
                 method,
             })
         };
-        let methods = known_methods().into_iter().map(|(path, (s, m))| (path, method(s, m))).collect();
+        let methods = known_methods().iter().map(|(path, &(s, m))| (path.clone(), method(s, m))).collect();
         let unknown_method = method("unknown", "unknown");
         let jobs = ["queued", "running", "waiting_for_device"].map(|s| {
             r.gauge("stylefarm_jobs", "Jobs of unfinished batches by state (waiting_for_device: queued jobs no connected device fits).", &[("state", s)])
@@ -271,20 +279,19 @@ impl Scrape for CoordMetrics {
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
     metrics: Option<Arc<CoordMetrics>>,
-    methods: Arc<HashMap<String, (&'static str, &'static str)>>,
     traced: bool,
 }
 
 impl GrpcMetricsLayer {
     pub fn new(metrics: Option<Arc<CoordMetrics>>) -> GrpcMetricsLayer {
-        GrpcMetricsLayer { metrics, methods: Arc::new(known_methods()), traced: stylefarm_core::traces::enabled() }
+        GrpcMetricsLayer { metrics, traced: stylefarm_core::traces::enabled() }
     }
 }
 
 impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
     fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner, metrics: self.metrics.clone(), methods: Arc::clone(&self.methods), traced: self.traced }
+        GrpcMetrics { inner, metrics: self.metrics.clone(), traced: self.traced }
     }
 }
 
@@ -292,7 +299,6 @@ impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     metrics: Option<Arc<CoordMetrics>>,
-    methods: Arc<HashMap<String, (&'static str, &'static str)>>,
     traced: bool,
 }
 
@@ -308,7 +314,7 @@ impl<S> GrpcMetrics<S> {
         if !opentelemetry::trace::TraceContextExt::span(&parent).span_context().is_valid() {
             return None;
         }
-        let (service, method) = self.methods.get(request.uri().path()).copied().unwrap_or(("unknown", "unknown"));
+        let (service, method) = known_methods().get(request.uri().path()).copied().unwrap_or(("unknown", "unknown"));
         let span = tracing::info_span!("grpc", otel.name = %format_args!("{service}/{method}"), otel.kind = "server", rpc.system = "grpc", rpc.service = service, rpc.method = method);
         stylefarm_core::traces::set_parent(&span, parent);
         Some(span)
