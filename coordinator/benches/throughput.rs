@@ -192,7 +192,7 @@ async fn start(group_commit: bool, security: Security) -> Server {
         _ => None,
     };
     let metrics_addr = http.as_ref().map(|l| l.local_addr().unwrap());
-    let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http };
+    let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http, web: None };
     let handle = tokio::spawn(stylefarm_coordinator::server::run_with(listeners, config, async move {
         let _ = stopped.await;
     }));

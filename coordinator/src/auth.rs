@@ -290,16 +290,22 @@ impl Authenticator {
         if api == Api::Worker && self.workers_need_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
             return Err(CoordError::Unauthenticated("the WorkerApi needs a client certificate (mutual TLS)".into()));
         }
+        let header = match request.metadata().get("authorization") {
+            Some(value) => Some(value.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?),
+            None => None,
+        };
+        self.authenticate_token(header, api, "missing `authorization: Bearer TOKEN` metadata (--token-file or STYLEFARM_TOKEN)")
+    }
+
+    /// The caller presenting `credential` (`Bearer TOKEN` or the bare token;
+    /// None: `missing` is the error once tokens are needed), allowed to use `api`.
+    pub fn authenticate_token(&self, credential: Option<&str>, api: Api, missing: &str) -> Result<Principal> {
         let principal = {
             let cache = self.refreshed()?;
             if !self.required && cache.tokens.is_empty() {
                 return Ok(Principal::local());
             }
-            let header = request
-                .metadata()
-                .get("authorization")
-                .ok_or_else(|| CoordError::Unauthenticated("missing `authorization: Bearer TOKEN` metadata (--token-file or STYLEFARM_TOKEN)".into()))?;
-            let text = header.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?;
+            let text = credential.ok_or_else(|| CoordError::Unauthenticated(missing.into()))?;
             let token = text.strip_prefix("Bearer ").unwrap_or(text).trim();
             let invalid = || CoordError::Unauthenticated("invalid or revoked token".into());
             let (id, secret) = token.strip_prefix("sf1_").and_then(|rest| rest.split_once('_')).ok_or_else(invalid)?;

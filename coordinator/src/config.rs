@@ -59,6 +59,8 @@ pub struct CoordinatorConfig {
     /// Serve Prometheus metrics over HTTP at `/metrics` here (no token: they
     /// hold counts and timings, never names, ids or secrets).
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web dashboard here (same tokens and roles as the gRPC API).
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -91,6 +93,7 @@ impl Default for CoordinatorConfig {
             forget_workers_after_ms: scheduler.forget_workers_after_ms,
             scaler: true,
             metrics_listen: None,
+            http_listen: None,
         }
     }
 }
@@ -146,13 +149,11 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_JOBS_PER_BATCH", &mut self.max_jobs_per_batch)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
         env("STYLEFARM_SCALER", &mut self.scaler)?;
-        if let Ok(v) = std::env::var("STYLEFARM_METRICS_LISTEN") {
-            let addr = v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                name: "STYLEFARM_METRICS_LISTEN".into(),
-                value: v.clone(),
-                reason: e.to_string(),
-            })?;
-            self.metrics_listen = Some(addr);
+        for (name, target) in [("STYLEFARM_METRICS_LISTEN", &mut self.metrics_listen), ("STYLEFARM_HTTP_LISTEN", &mut self.http_listen)] {
+            if let Ok(v) = std::env::var(name) {
+                let addr = v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env { name: name.into(), value: v.clone(), reason: e.to_string() })?;
+                *target = Some(addr);
+            }
         }
         if let Ok(v) = std::env::var("STYLEFARM_AUTH") {
             self.auth_required = parse_auth(&v).map_err(|reason| ConfigError::Env { name: "STYLEFARM_AUTH".into(), value: v.clone(), reason })?;

@@ -2,7 +2,7 @@
 
 use stylefarm_proto as pb;
 
-use crate::model::{BatchPhase, BatchRecord, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, WorkerRecord};
+use crate::model::{AttemptRecord, BatchPhase, BatchRecord, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, WorkerRecord};
 
 pub fn image_ref(source: &ImageSource) -> pb::ImageRef {
     let source = match source {
@@ -50,6 +50,23 @@ pub fn outputs(o: &JobOutputs) -> pb::JobResult {
         iterations: o.iterations,
         engine_ms: o.engine_ms,
         device: o.device.clone(),
+        spans: o.spans.iter().map(span).collect(),
+    }
+}
+
+pub fn span(s: &SpanRecord) -> pb::SpanTiming {
+    pb::SpanTiming { name: s.name.clone(), offset_ms: s.offset_ms, duration_ms: s.duration_ms, depth: s.depth, detail: s.detail.clone() }
+}
+
+pub fn attempt(a: &AttemptRecord) -> pb::Attempt {
+    pb::Attempt {
+        attempt: a.attempt,
+        worker_id: a.worker.map(|w| w.to_string()).unwrap_or_default(),
+        leased_at_ms: a.leased_ms,
+        ended_at_ms: a.ended_ms,
+        outcome: a.outcome.clone(),
+        reason: a.reason.clone(),
+        spans: a.spans.iter().map(span).collect(),
     }
 }
 
@@ -93,6 +110,7 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         waiting_reason: waiting.unwrap_or_default().to_string(),
         time_limit_ms: j.time_limit_ms,
         attempts_handed_back: j.handed_back,
+        attempts: Vec::new(),
     }
 }
 

@@ -65,6 +65,19 @@ impl CoordError {
             CoordError::Blob(_) | CoordError::ShuttingDown => Code::Unavailable,
         }
     }
+
+    /// The HTTP status for the dashboard, from the same map.
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            Code::InvalidArgument => 400,
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
+            Code::NotFound => 404,
+            Code::FailedPrecondition => 409,
+            Code::Unavailable => 503,
+            _ => 500,
+        }
+    }
 }
 
 impl From<CoordError> for Status {

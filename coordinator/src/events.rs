@@ -15,9 +15,20 @@ const CHANNEL_CAPACITY: usize = 1024;
 
 type Channels = Mutex<HashMap<BatchId, broadcast::Sender<pb::WatchEvent>>>;
 
-#[derive(Default)]
+/// Events every batch's followers may fall behind by (the dashboard's
+/// farm-wide stream).
+const ALL_CAPACITY: usize = 4096;
+
 pub struct Hub {
     channels: Arc<Channels>,
+    /// Every batch's events, for the dashboard; only rendered while subscribed.
+    all: broadcast::Sender<pb::WatchEvent>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub { channels: Arc::default(), all: broadcast::channel(ALL_CAPACITY).0 }
+    }
 }
 
 /// One watcher's subscription; dropping it frees the batch's channel if it was
@@ -51,11 +62,19 @@ impl Hub {
         Watch { events, batch, channels: Arc::clone(&self.channels) }
     }
 
+    /// Every batch's events from now on (a lagging receiver skips ahead).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<pb::WatchEvent> {
+        self.all.subscribe()
+    }
+
     pub fn is_watched(&self, batch: BatchId) -> bool {
-        lock(&self.channels).get(&batch).is_some_and(|c| c.receiver_count() > 0)
+        self.all.receiver_count() > 0 || lock(&self.channels).get(&batch).is_some_and(|c| c.receiver_count() > 0)
     }
 
     pub fn publish(&self, batch: BatchId, event: pb::WatchEvent) {
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(event.clone());
+        }
         let channels = lock(&self.channels);
         if let Some(sender) = channels.get(&batch) {
             let _ = sender.send(event);
@@ -88,5 +107,20 @@ mod tests {
         assert_eq!(hub.channels(), 0);
         hub.publish(BatchId(1), pb::WatchEvent::default());
         assert_eq!(hub.channels(), 0, "publishing to nobody allocates nothing");
+    }
+
+    #[test]
+    fn the_farm_wide_stream_sees_every_batch_and_makes_them_watched() {
+        let hub = Hub::default();
+        assert!(!hub.is_watched(BatchId(3)));
+        let mut all = hub.subscribe_all();
+        assert!(hub.is_watched(BatchId(3)), "events are rendered while the dashboard follows the farm");
+        hub.publish(BatchId(3), pb::WatchEvent { at_ms: 3, ..Default::default() });
+        hub.publish(BatchId(4), pb::WatchEvent { at_ms: 4, ..Default::default() });
+        assert_eq!(all.try_recv().unwrap().at_ms, 3);
+        assert_eq!(all.try_recv().unwrap().at_ms, 4);
+        assert_eq!(hub.channels(), 0, "no per-batch channel was made");
+        drop(all);
+        assert!(!hub.is_watched(BatchId(3)));
     }
 }

@@ -204,6 +204,18 @@ impl Farm {
         self.hub.subscribe(batch)
     }
 
+    /// Cancels a batch `caller` may see: queued jobs at once, running ones at
+    /// their next heartbeat.
+    pub async fn cancel_batch(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<(u32, u32)> {
+        self.batch_record(id, caller).await?;
+        self.apply(move |s, fx, now| s.cancel_batch(id, now, fx)).await
+    }
+
+    /// Every batch's events (the dashboard's farm-wide stream).
+    pub fn subscribe_all(&self) -> tokio::sync::broadcast::Receiver<pb::WatchEvent> {
+        self.hub.subscribe_all()
+    }
+
     /// A batch `caller` may see: from memory (unfinished) or the store.
     /// Another principal's batch is NOT_FOUND, like a missing one.
     pub async fn batch_record(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<BatchRecord> {
@@ -284,6 +296,11 @@ impl Farm {
             return Err(CoordError::not_found("job", id));
         }
         Ok((record, message))
+    }
+
+    /// A job's ended attempts, oldest first (call after [`Farm::job`] checked the caller).
+    pub async fn attempts(self: &Arc<Self>, id: JobId) -> Result<Vec<crate::model::AttemptRecord>> {
+        self.stored(move |store| store.attempts(id)).await
     }
 
     async fn stored<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&dyn Store) -> crate::store::StoreResult<T> + Send + 'static) -> Result<T> {

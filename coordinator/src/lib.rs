@@ -5,7 +5,8 @@
 //! Layout: [`model`] (records and the job state machine), [`scheduler`] (queues,
 //! fair share, leases, in memory), [`store`] (durable state, group commit),
 //! [`farm`] (the two joined, events, the clock), [`api`] (the gRPC services),
-//! [`validate`] / [`convert`] (the wire edge), [`server`] (`run`).
+//! [`validate`] / [`convert`] (the wire edge), [`web`] (the dashboard),
+//! [`server`] (`run`).
 
 pub mod api;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod farm;
 pub mod filewatch;
+pub mod follow;
 pub mod ids;
 pub mod metrics;
 pub mod model;
@@ -24,6 +26,7 @@ pub mod server;
 pub mod store;
 pub mod traces;
 pub mod validate;
+pub mod web;
 
 pub use config::CoordinatorConfig;
 pub use server::run;

@@ -68,6 +68,10 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the web dashboard at http://ADDR/ (e.g. 127.0.0.1:8080); same
+    /// tokens and roles as the gRPC API.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -195,6 +199,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
     }
+    if let Some(v) = args.http_listen {
+        config.http_listen = Some(v);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -249,7 +256,15 @@ async fn main() -> Result<()> {
         }
         None => None,
     };
-    let served = run_with(Listeners { grpc: listener, http }, config, shutdown_signal()).await;
+    let web = match config.http_listen {
+        Some(addr) => {
+            let web = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --http-listen {addr}"))?;
+            println!("dashboard on http://{}/", web.local_addr()?);
+            Some(web)
+        }
+        None => None,
+    };
+    let served = run_with(Listeners { grpc: listener, http, web }, config, shutdown_signal()).await;
     traces.shutdown().await;
     served?;
     Ok(())

@@ -54,6 +54,35 @@ pub struct JobOutputs {
     #[serde(deserialize_with = "lenient_f64")]
     pub engine_ms: f64,
     pub device: String,
+    /// The worker's steps, for the job's timeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<SpanRecord>,
+}
+
+/// One step of an attempt on its worker, timed from the attempt's start there.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SpanRecord {
+    pub name: String,
+    pub offset_ms: f64,
+    pub duration_ms: f64,
+    pub depth: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// An attempt that ended, kept for the job's history (the dashboard's attempts
+/// table and timeline); the running attempt lives in [`JobState::Running`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub job: JobId,
+    pub attempt: u32,
+    pub worker: Option<WorkerId>,
+    pub leased_ms: Millis,
+    pub ended_ms: Millis,
+    /// succeeded, failed, handed_back, expired, timed_out, cancelled
+    pub outcome: String,
+    pub reason: String,
+    pub spans: Vec<SpanRecord>,
 }
 
 /// A float that JSON stored as `null` (serde_json writes NaN and infinities

@@ -106,31 +106,43 @@ fn check_exposure(addr: Option<std::net::SocketAddr>, config: &CoordinatorConfig
     )))
 }
 
-/// Where the coordinator serves: gRPC, and HTTP (`/metrics`) if any.
+/// Where the coordinator serves: gRPC, HTTP `/metrics` if any, and the web
+/// dashboard if any.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    pub web: Option<TcpListener>,
 }
 
-/// Serves on `listener`, and on `config.metrics_listen` if set (see [`run_with`]).
+async fn bind(addr: Option<std::net::SocketAddr>, what: &str) -> Result<Option<TcpListener>, ServeError> {
+    match addr {
+        Some(addr) => Ok(Some(TcpListener::bind(addr).await.map_err(|e| ServeError::Open(format!("binding {what} {addr}: {e}")))?)),
+        None => Ok(None),
+    }
+}
+
+/// Serves on `listener`, and on `config.metrics_listen` and
+/// `config.http_listen` if set (see [`run_with`]).
 pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-    let http = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| ServeError::Open(format!("binding metrics_listen {addr}: {e}")))?),
-        None => None,
-    };
-    run_with(Listeners { grpc: listener, http }, config, shutdown).await
+    let http = bind(config.metrics_listen, "metrics_listen").await?;
+    let web = bind(config.http_listen, "http_listen").await?;
+    run_with(Listeners { grpc: listener, http, web }, config, shutdown).await
 }
 
 /// Serves both services, gRPC health and reflection on `listeners.grpc`, and
 /// `/metrics` on `listeners.http`, until `shutdown` resolves (or the state
 /// store fails).
 pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-    let Listeners { grpc: listener, http } = listeners;
+    let Listeners { grpc: listener, http, web } = listeners;
     let metrics = http.is_some().then(|| CoordMetrics::new(Registry::new()));
     let farm = open_farm(&config, metrics.clone())?;
     let addr = listener.local_addr().ok();
     let auth_enforced = farm.auth.enforced().map_err(|e| ServeError::Open(e.to_string()))?;
     check_exposure(addr, &config, auth_enforced)?;
+    if let Some(web) = &web {
+        // the dashboard speaks plain HTTP: beyond loopback it needs a TLS proxy in front (--insecure)
+        check_exposure(web.local_addr().ok(), &CoordinatorConfig { tls_cert: None, ..config.clone() }, auth_enforced)?;
+    }
     let tls = tls_config(&config)?;
     let ticker = farm.spawn_ticker(Duration::from_millis(config.tick_ms));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -168,6 +180,12 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
         }
         _ => None,
     };
+    let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
+    let web_server = web.map(|web| {
+        tokio::spawn(crate::web::serve(web, Arc::clone(&farm), async move {
+            let _ = web_stopped.await;
+        }))
+    });
     tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, scaler = config.scaler, "coordinator serving");
     let stopping = Arc::clone(&farm);
     let stop = async move {
@@ -203,10 +221,12 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
     ticker.abort();
     health_watch.abort();
     let _ = http_stop.send(());
-    if let Some(server) = http_server {
+    let _ = web_stop.send(());
+    for (server, what) in [(http_server, "metrics"), (web_server, "dashboard")] {
+        let Some(server) = server else { continue };
         match server.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener failed"),
-            Err(e) => tracing::warn!(error = %e, "the metrics listener panicked"),
+            Ok(Err(e)) => tracing::warn!(error = %e, listener = what, "an HTTP listener failed"),
+            Err(e) => tracing::warn!(error = %e, listener = what, "an HTTP listener panicked"),
             Ok(Ok(())) => {}
         }
     }

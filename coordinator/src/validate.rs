@@ -11,7 +11,7 @@ use stylefarm_core::weights_spec::WeightsSpec;
 use stylefarm_proto as pb;
 
 use crate::error::{CoordError, Result};
-use crate::model::{DeviceRecord, ImageSource, JobOutputs, OutputRecord};
+use crate::model::{DeviceRecord, ImageSource, JobOutputs, OutputRecord, SpanRecord};
 use crate::scheduler::{NewBatch, NewJob};
 
 /// Default limit on jobs in one batch (`max_jobs_per_batch` in the config).
@@ -310,6 +310,35 @@ pub fn progress(field: &str, p: &pb::JobProgress) -> Result<()> {
     Ok(())
 }
 
+/// Most steps one attempt may report.
+pub const MAX_SPANS: usize = 64;
+
+/// An attempt's steps from a worker: bounded, named, finite.
+pub fn spans(field: &str, raw: &[pb::SpanTiming]) -> Result<Vec<SpanRecord>> {
+    if raw.len() > MAX_SPANS {
+        return Err(invalid(field, format!("{} spans; the limit is {MAX_SPANS}", raw.len())));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let f = format!("{field}[{i}]");
+            if s.name.is_empty() || s.name.len() > 64 || s.detail.len() > 200 {
+                return Err(invalid(format!("{f}.name"), "name 1..=64 bytes, detail at most 200"));
+            }
+            if s.depth > 8 {
+                return Err(invalid(format!("{f}.depth"), format!("{}; the limit is 8", s.depth)));
+            }
+            Ok(SpanRecord {
+                name: s.name.clone(),
+                offset_ms: finite(&format!("{f}.offset_ms"), s.offset_ms, true)?,
+                duration_ms: finite(&format!("{f}.duration_ms"), s.duration_ms, true)?,
+                depth: s.depth,
+                detail: s.detail.clone(),
+            })
+        })
+        .collect()
+}
+
 /// A completion's outputs must all lie inside the attempt's own prefix, and
 /// its numbers be finite (a diverged render is a failure, not a result).
 pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<JobOutputs> {
@@ -344,6 +373,7 @@ pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<
         iterations: r.iterations,
         engine_ms: r.engine_ms,
         device: r.device.clone(),
+        spans: spans("result.spans", &r.spans)?,
     })
 }
 

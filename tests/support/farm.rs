@@ -36,6 +36,8 @@ pub struct Coordinator {
     pub url: String,
     /// `http://ADDR/metrics` when the config asked for metrics (bound on port 0).
     pub metrics_url: Option<String>,
+    /// `http://ADDR` of the dashboard when the config asked for one (port 0).
+    pub web_url: Option<String>,
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), stylefarm_coordinator::server::ServeError>>>,
@@ -52,7 +54,12 @@ impl Coordinator {
             None => None,
         };
         let metrics_url = http.as_ref().map(|l| format!("http://{}/metrics", l.local_addr().unwrap()));
-        let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http };
+        let web = match config.http_listen {
+            Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")),
+            None => None,
+        };
+        let web_url = web.as_ref().map(|l| format!("http://{}", l.local_addr().unwrap()));
+        let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http, web };
         let handle = tokio::spawn(stylefarm_coordinator::server::run_with(listeners, config, async move {
             let _ = stopped.await;
         }));
@@ -64,7 +71,7 @@ impl Coordinator {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Coordinator { addr, url, metrics_url, data_dir, stop: Some(stop), handle: Some(handle) }
+        Coordinator { addr, url, metrics_url, web_url, data_dir, stop: Some(stop), handle: Some(handle) }
     }
 
     /// What `/metrics` says now (the config must have asked for metrics).
@@ -175,7 +182,8 @@ impl TestWorker {
 
     pub async fn complete(&mut self, lease: &pb::Lease) -> Result<(), tonic::Status> {
         let prefix = lease.output_prefix.split_once("/batches/").map(|(_, rest)| format!("batches/{rest}")).unwrap_or_default();
-        let result = pb::JobResult { prefix: prefix.clone(), outputs: vec![], final_loss: 1.0, iterations: 10, engine_ms: 5.0, device: "cpu".into() };
+        let result =
+            pb::JobResult { prefix: prefix.clone(), outputs: vec![], final_loss: 1.0, iterations: 10, engine_ms: 5.0, device: "cpu".into(), spans: vec![] };
         let request = pb::CompleteJobRequest {
             worker_id: self.id.clone(),
             job_id: lease.job_id.clone(),
@@ -195,6 +203,7 @@ impl TestWorker {
             retryable,
             cancelled,
             lease_secret: lease.lease_secret.clone(),
+            spans: vec![],
             handed_back: false,
         };
         self.api.fail_job(request).await.map(|r| r.into_inner().will_retry)

@@ -1,6 +1,7 @@
 //! Helpers for the cross-crate tests: where the setup put things, and running the
 //! in-repo PyTorch reference.
 
+pub mod browser;
 pub mod farm;
 
 use std::path::{Path, PathBuf};

@@ -5,10 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use stylefarm_proto as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -158,46 +158,14 @@ impl pb::coordinator_server::Coordinator for ClientApi {
     async fn watch_batch(&self, request: Request<pb::WatchBatchRequest>) -> Result<Response<Self::WatchBatchStream>, Status> {
         let caller = self.caller(&request, Api::Client)?;
         let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
-        // an unknown or foreign id is NOT_FOUND before anything is allocated
-        self.farm.batch_record(id, &caller).await?;
-        // subscribe before the snapshot, so nothing falls between them
-        let mut watch = self.farm.subscribe(id);
-        let (batch, jobs) = self.farm.batch_with_jobs(id, &caller).await?;
-        let (tx, rx) = mpsc::channel(256);
-        let farm = Arc::clone(&self.farm);
-        tokio::spawn(async move {
-            if send_snapshot(&tx, batch, jobs).await.is_err() {
-                return;
-            }
-            let mut stopping = farm.stopping();
-            loop {
-                let received = tokio::select! {
-                    received = watch.events.recv() => Some(received),
-                    _ = stopping.wait_for(|s| *s) => None,
-                };
-                let Some(received) = received else {
-                    let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; watch again"))).await;
-                    return;
-                };
-                let event = match received {
-                    Ok(event) => event,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(batch_id = %id, missed, "watcher lagged; sending a fresh snapshot");
-                        let Ok((batch, jobs)) = farm.batch_with_jobs(id, &caller).await else { return };
-                        if send_snapshot(&tx, batch, jobs).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let finished = event.kind == pb::EventKind::BatchFinished as i32;
-                if tx.send(Ok(event)).await.is_err() || finished {
-                    return;
-                }
-            }
+        let rx = crate::follow::follow_batch(&self.farm, id, caller).await?;
+        let stream = ReceiverStream::new(rx).map(|item| {
+            item.map_err(|e| match e {
+                CoordError::ShuttingDown => Status::unavailable("the coordinator is shutting down; watch again"),
+                e => e.into(),
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     #[tracing::instrument(skip_all, fields(principal, batch_id))]
@@ -205,8 +173,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let caller = self.caller(&request, Api::Client)?;
         let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
         tracing::Span::current().record("principal", caller.name.as_str()).record("batch_id", tracing::field::display(id));
-        self.farm.batch_record(id, &caller).await?;
-        let (cancelled, signalled) = self.farm.apply(move |s, fx, now| s.cancel_batch(id, now, fx)).await?;
+        let (cancelled, signalled) = self.farm.cancel_batch(id, &caller).await?;
         tracing::info!(cancelled, signalled, "batch cancelled");
         Ok(Response::new(pb::CancelBatchResponse { cancelled_queued: cancelled, signalled_running: signalled }))
     }
@@ -214,7 +181,8 @@ impl pb::coordinator_server::Coordinator for ClientApi {
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let caller = self.caller(&request, Api::Client)?;
         let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
-        let (_, job) = self.farm.job(id, &caller).await?;
+        let (_, mut job) = self.farm.job(id, &caller).await?;
+        job.attempts = self.farm.attempts(id).await?.iter().map(convert::attempt).collect();
         Ok(Response::new(job))
     }
 
@@ -351,21 +319,6 @@ fn request_images(req: &pb::SubmitBatchRequest) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-async fn send_snapshot(tx: &mpsc::Sender<Result<pb::WatchEvent, Status>>, batch: pb::Batch, jobs: Vec<pb::Job>) -> Result<(), ()> {
-    let now = now_ms();
-    let finished = batch.finished_at_ms != 0;
-    for job in jobs {
-        let event = pb::WatchEvent { kind: pb::EventKind::Snapshot as i32, batch: Some(batch.clone()), job: Some(job), at_ms: now };
-        tx.send(Ok(event)).await.map_err(|_| ())?;
-    }
-    if finished {
-        let event = pb::WatchEvent { kind: pb::EventKind::BatchFinished as i32, batch: Some(batch), job: None, at_ms: now };
-        tx.send(Ok(event)).await.map_err(|_| ())?;
-        return Err(());
-    }
-    Ok(())
 }
 
 /// Reads only the header: format and dimensions, checked against the limits.

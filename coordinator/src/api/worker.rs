@@ -212,7 +212,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         let job = JobId::parse(&req.job_id, "job_id")?;
         let reason: String = req.reason.chars().filter(|c| !c.is_control() || *c == '\n').take(4096).collect();
         let (attempt, retryable, cancelled, handed_back) = (req.attempt, req.retryable, req.cancelled, req.handed_back);
-        let failure = AttemptFailure { reason: reason.clone(), retryable, cancelled, handed_back };
+        let spans = validate::spans("spans", &req.spans)?;
+        let failure = AttemptFailure { reason: reason.clone(), spans, retryable, cancelled, handed_back };
         let claim = LeaseClaim::new(attempt, req.lease_secret);
         let after = self.farm.apply(move |s, fx, now| s.fail(worker, &caller, job, &claim, failure, now, fx)).await?;
         tracing::warn!(job_id = %job, worker_id = %worker, attempt, retryable, cancelled, handed_back, outcome = ?after, reason = %reason, "job attempt failed");

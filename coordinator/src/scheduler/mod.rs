@@ -28,8 +28,8 @@ use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::metrics::{AttemptEnd, Observation};
 use crate::model::{
-    AfterFailure, Backoff, BatchRecord, CancelOutcome, Counts, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState, Millis, StateKind,
-    WorkerRecord,
+    AfterFailure, AttemptRecord, Backoff, BatchRecord, CancelOutcome, Counts, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState,
+    Millis, SpanRecord, StateKind, WorkerRecord,
 };
 use crate::secrets::{LeaseClaim, Secret};
 use crate::store::{ImageRecord, JobUpdate, Snapshot, StoreOp};
@@ -164,6 +164,8 @@ pub type Beat = (JobId, LeaseClaim, Option<JobProgress>);
 #[derive(Debug, Clone)]
 pub struct AttemptFailure {
     pub reason: String,
+    /// The worker's steps up to the failure.
+    pub spans: Vec<SpanRecord>,
     pub retryable: bool,
     /// Stopped because a heartbeat said CANCEL.
     pub cancelled: bool,
@@ -555,13 +557,10 @@ impl Scheduler {
         self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
         let job = self.jobs.get_mut(&job_id).ok_or_else(|| stale_or_missing(job_id, claim.attempt))?;
         let leased_ms = job.state.leased_ms();
+        let spans = outputs.spans.clone();
         job.complete(worker, claim, outputs, now)?;
-        fx.observations.push(Observation::AttemptEnded {
-            job: job_id,
-            attempt: claim.attempt,
-            end: AttemptEnd::Succeeded,
-            run_ms: leased_ms.map_or(0, |l| now - l),
-        });
+        let ended = Ended { job: job_id, attempt: claim.attempt, worker: Some(worker), leased_ms, end: AttemptEnd::Succeeded };
+        attempt_ended(fx, ended, String::new(), spans, now);
         if let Some(record) = self.workers.get_mut(worker) {
             record.succeeded += 1;
             self.dirty_counters.insert(worker);
@@ -588,19 +587,21 @@ impl Scheduler {
         let after = if failure.handed_back {
             job.hand_back(worker, claim, now)?
         } else {
-            job.fail(worker, claim, (failure.reason, failure.retryable), failure.cancelled, now, backoff)?
+            job.fail(worker, claim, (failure.reason.clone(), failure.retryable), failure.cancelled, now, backoff)?
         };
         let end = match after {
             _ if failure.handed_back => AttemptEnd::HandedBack,
             AfterFailure::Cancelled => AttemptEnd::Cancelled,
             AfterFailure::Requeued { .. } | AfterFailure::Failed => AttemptEnd::Failed,
         };
-        fx.observations.push(Observation::AttemptEnded { job: job_id, attempt: claim.attempt, end, run_ms: leased_ms.map_or(0, |l| now - l) });
-        if matches!(after, AfterFailure::Requeued { .. }) && !failure.handed_back {
+        let handed_back = failure.handed_back;
+        let ended = Ended { job: job_id, attempt: claim.attempt, worker: Some(worker), leased_ms, end };
+        attempt_ended(fx, ended, failure.reason, failure.spans, now);
+        if matches!(after, AfterFailure::Requeued { .. }) && !handed_back {
             fx.observations.push(Observation::Retried);
         }
         let batch = job.batch;
-        if after != AfterFailure::Cancelled && !failure.handed_back {
+        if after != AfterFailure::Cancelled && !handed_back {
             self.count_failure(worker, batch, fx);
         }
         self.after_attempt(job_id, Some(worker), StateKind::Running, now, fx);
@@ -681,7 +682,12 @@ impl Scheduler {
                 (Due::Expired, _) => AttemptEnd::Expired,
                 (Due::OverTime, _) => AttemptEnd::TimedOut,
             };
-            fx.observations.push(Observation::AttemptEnded { job: job_id, attempt, end, run_ms: leased_ms.map_or(0, |l| now - l) });
+            let reason = match end {
+                AttemptEnd::Expired => "the lease expired: the worker stopped sending heartbeats".to_string(),
+                AttemptEnd::TimedOut => format!("the attempt exceeded its time limit of {} s", job.time_limit_ms / 1000),
+                _ => "cancelled".to_string(),
+            };
+            attempt_ended(fx, Ended { job: job_id, attempt, worker: Some(worker), leased_ms, end }, reason, Vec::new(), now);
             if matches!(after, AfterFailure::Requeued { .. }) {
                 fx.observations.push(Observation::Retried);
             }
@@ -845,3 +851,22 @@ fn stale_or_missing(job: JobId, attempt: u32) -> CoordError {
 
 #[cfg(test)]
 mod tests;
+
+/// Which attempt ended, how, and since when it ran.
+struct Ended {
+    job: JobId,
+    attempt: u32,
+    worker: Option<WorkerId>,
+    leased_ms: Option<Millis>,
+    end: AttemptEnd,
+}
+
+/// An attempt ended: the metrics and traces hear of it, and the store keeps it
+/// in the job's history.
+fn attempt_ended(fx: &mut Effects, e: Ended, reason: String, spans: Vec<SpanRecord>, now: Millis) {
+    let leased_ms = e.leased_ms.unwrap_or(now);
+    fx.observations.push(Observation::AttemptEnded { job: e.job, attempt: e.attempt, end: e.end, run_ms: now - leased_ms });
+    let record =
+        AttemptRecord { job: e.job, attempt: e.attempt, worker: e.worker, leased_ms, ended_ms: now, outcome: e.end.label().to_string(), reason, spans };
+    fx.ops.push(StoreOp::InsertAttempt(Box::new(record)));
+}

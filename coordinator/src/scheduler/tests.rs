@@ -66,7 +66,7 @@ fn handed_back_jobs_requeue_at_once_without_blocking_the_worker() {
     s.submit(batch(vec![job(1)]), "local", 0, &mut Effects::default(), &mut trace());
     for n in 0..5 {
         let grant = s.lease(w, &local(), 0, n * 10, &mut Effects::default()).unwrap().expect("leasable again at once");
-        let failure = AttemptFailure { reason: "draining".into(), retryable: true, cancelled: false, handed_back: true };
+        let failure = AttemptFailure { reason: "draining".into(), spans: Vec::new(), retryable: true, cancelled: false, handed_back: true };
         let after =
             s.fail(w, &local(), grant.job.id, &LeaseClaim::new(grant.attempt, grant.secret.expose()), failure, n * 10 + 1, &mut Effects::default()).unwrap();
         assert!(matches!(after, AfterFailure::Requeued { .. }));

@@ -13,7 +13,7 @@ pub use sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
+use crate::model::{AttemptRecord, BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecord {
@@ -84,6 +84,8 @@ pub enum StoreOp {
         failures: u32,
     },
     InsertImage(ImageRecord),
+    /// An attempt ended (the job's history).
+    InsertAttempt(Box<AttemptRecord>),
 }
 
 /// Everything the scheduler needs to resume after a restart: unfinished
@@ -125,6 +127,8 @@ pub trait Store: Send + Sync + 'static {
     fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>>;
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>>;
     fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+    /// The job's ended attempts, oldest first.
+    fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>>;
     fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>>;
     /// Where the state lives, for logs.
     fn describe(&self) -> String;

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::{CommitTicket, ImageRecord, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, Counts, DeviceRecord, Failure, ImageSource, JobRecord, JobState, WorkerRecord};
+use crate::model::{AttemptRecord, BatchRecord, Counts, DeviceRecord, Failure, ImageSource, JobRecord, JobState, WorkerRecord};
 use crate::secrets::SecretHash;
 
 const SCHEMA: &str = "
@@ -67,6 +67,17 @@ CREATE TABLE IF NOT EXISTS worker_batch_failures (
     batch_id INTEGER NOT NULL,
     failures INTEGER NOT NULL,
     PRIMARY KEY (worker_id, batch_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id INTEGER,
+    leased_ms INTEGER NOT NULL,
+    ended_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    spans TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
 );
 CREATE TABLE IF NOT EXISTS images (
     sha256 TEXT PRIMARY KEY,
@@ -336,6 +347,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             tx.prepare_cached("INSERT OR IGNORE INTO images (sha256, size_bytes, width, height, format, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                 .execute(params![i.sha256, i.size_bytes as i64, i.width, i.height, i.format, i.created_ms])?;
         }
+        StoreOp::InsertAttempt(a) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (job_id, attempt, worker_id, leased_ms, ended_ms, outcome, reason, spans) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![a.job.0, a.attempt, a.worker.map(|w| w.0), a.leased_ms, a.ended_ms, a.outcome, a.reason, json(&a.spans)])?;
+        }
     }
     Ok(())
 }
@@ -508,6 +525,29 @@ impl Store for SqliteStore {
         })
         .optional()
         .map_err(err)
+    }
+
+    fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
+        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let mut stmt = conn
+            .prepare_cached("SELECT attempt, worker_id, leased_ms, ended_ms, outcome, reason, spans FROM attempts WHERE job_id = ?1 ORDER BY attempt")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![job.0], |row| {
+                let spans: String = row.get(6)?;
+                Ok(AttemptRecord {
+                    job,
+                    attempt: row.get(0)?,
+                    worker: row.get::<_, Option<i64>>(1)?.map(WorkerId),
+                    leased_ms: row.get(2)?,
+                    ended_ms: row.get(3)?,
+                    outcome: row.get(4)?,
+                    reason: row.get(5)?,
+                    spans: parse_or(&spans, "attempt spans", job.0, |_| Vec::new()),
+                })
+            })
+            .map_err(err)?;
+        Ok(lenient(rows, "attempt"))
     }
 
     fn describe(&self) -> String {

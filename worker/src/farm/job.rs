@@ -39,6 +39,10 @@ pub struct RunningJob {
     pub stop: AtomicBool,
     /// Why it was stopped (reported, or not, accordingly).
     pub stop_reason: Mutex<Option<StopCause>>,
+    /// When this worker took the lease; its steps are timed from here.
+    started: Instant,
+    /// The steps so far (sent with the completion or failure).
+    spans: Mutex<Vec<pb::SpanTiming>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +54,31 @@ pub enum StopCause {
 
 impl RunningJob {
     pub fn new(lease: pb::Lease) -> RunningJob {
-        RunningJob { lease, shared: Mutex::new(Shared::default()), stop: AtomicBool::new(false), stop_reason: Mutex::new(None) }
+        RunningJob {
+            lease,
+            shared: Mutex::new(Shared::default()),
+            stop: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
+            started: Instant::now(),
+            spans: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records a step that began at `began` and ends now (at most 64 are kept,
+    /// the coordinator's limit).
+    pub fn time(&self, name: &str, began: Instant, depth: u32, detail: String) {
+        let mut spans = self.spans.lock().expect("spans lock");
+        if spans.len() < 64 {
+            let offset = began.saturating_duration_since(self.started).as_secs_f64() * 1e3;
+            spans.push(pb::SpanTiming { name: name.into(), offset_ms: offset, duration_ms: began.elapsed().as_secs_f64() * 1e3, depth, detail });
+        }
+    }
+
+    /// The steps recorded so far, in the order they began.
+    pub fn take_spans(&self) -> Vec<pb::SpanTiming> {
+        let mut spans = std::mem::take(&mut *self.spans.lock().expect("spans lock"));
+        spans.sort_by(|a, b| a.offset_ms.total_cmp(&b.offset_ms));
+        spans
     }
 
     pub fn request_stop(&self, cause: StopCause) {
@@ -102,15 +130,27 @@ struct FarmProgress {
     /// One span per scale's optimisation (when traces are exported).
     scale_span: Option<(tracing::Span, TraceRow)>,
     traced: bool,
+    /// The current scale's first row time and its latest row (the job's timeline).
+    scale_timing: Option<(Instant, TraceRow)>,
+    began: Instant,
 }
 
 impl FarmProgress {
     fn new(job: Arc<RunningJob>, metrics: Option<Arc<DeviceMetrics>>) -> FarmProgress {
-        FarmProgress { job, metrics, previous: None, scale_span: None, traced: traces::enabled() }
+        FarmProgress { job, metrics, previous: None, scale_span: None, traced: traces::enabled(), scale_timing: None, began: Instant::now() }
+    }
+
+    /// Closes the current scale's step on the job's timeline.
+    fn end_scale_timing(&mut self) {
+        if let Some((began, last)) = self.scale_timing.take() {
+            let detail = format!("scale {} · {} px · {} it · {} evals · loss {:.3e}", last.scale, last.size, last.iteration, last.evaluations, last.total);
+            self.job.time("optimise", began, 1, detail);
+        }
     }
 
     /// Ends the current scale's span with its totals.
     fn end_scale(&mut self) {
+        self.end_scale_timing();
         if let Some((span, last)) = self.scale_span.take() {
             span.record("iterations", last.iteration).record("evaluations", last.evaluations).record("final_loss", last.total);
         }
@@ -145,6 +185,14 @@ impl Progress for FarmProgress {
         }
         if self.traced {
             self.trace_row(row);
+        }
+        if self.scale_timing.as_ref().is_some_and(|(_, last)| last.scale != row.scale) {
+            self.end_scale_timing();
+            self.began = Instant::now();
+        }
+        match &mut self.scale_timing {
+            Some((_, last)) => *last = row.clone(),
+            None => self.scale_timing = Some((self.began, row.clone())),
         }
         let mut shared = self.job.shared.lock().expect("progress lock");
         let row = loss_row(row);
@@ -231,6 +279,7 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         Err(outcome) => return outcome,
     };
     ctx.stage(Stage::FetchInputs, fetching);
+    job.time("fetch_inputs", fetching, 0, format!("{} images, {} bytes", images.len(), images.iter().map(|(_, b)| b.len()).sum::<usize>()));
     let dir = ctx.work_dir.join(format!("{}-attempt-{}", lease.job_id, lease.attempt));
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(dir.join("snapshots")) {
@@ -248,6 +297,7 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     })
     .await;
     ctx.stage(Stage::Render, rendering);
+    job.time("render", rendering, 0, String::new());
     let (result, returned) = match rendered {
         Ok(pair) => pair,
         Err(e) => return failed(format!("the engine thread panicked: {e}"), true),
@@ -260,8 +310,13 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         }
         Ok(render) => {
             let uploading = Instant::now();
-            let outcome = upload(ctx, lease, &dir, render).instrument(tracing::info_span!("upload")).await;
+            let mut outcome = upload(ctx, lease, &dir, render).instrument(tracing::info_span!("upload")).await;
             ctx.stage(Stage::Upload, uploading);
+            if let Outcome::Done(result) = &mut outcome {
+                let bytes: u64 = result.outputs.iter().map(|o| o.size_bytes).sum();
+                job.time("upload", uploading, 0, format!("{} files, {bytes} bytes", result.outputs.len()));
+                result.spans = job.take_spans();
+            }
             outcome
         }
         Err(EngineError::Cancelled) => Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled)),
@@ -303,15 +358,21 @@ fn render_job(
     let key = weights_key(&params);
     let slot = match slot {
         Some(s) if s.key == key => s,
-        _ => match tracing::info_span!("load_weights").in_scope(|| load_weights(&params)) {
-            Ok(weights) => WeightsSlot { key, weights },
-            Err(e) => return (Err(e), None),
-        },
+        _ => {
+            let loading = Instant::now();
+            let loaded = tracing::info_span!("load_weights").in_scope(|| load_weights(&params));
+            job.time("load_weights", loading, 1, String::new());
+            match loaded {
+                Ok(weights) => WeightsSlot { key, weights },
+                Err(e) => return (Err(e), None),
+            }
+        }
     };
     let (content, styles) = decoded.split_first().expect("content is first");
     let shared = pack.map(|pack| pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling));
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
     let render_span = tracing::info_span!("render", size = params.size, scales = params.scales, device = %stylefarm_engine::device::describe(device));
+    progress.began = Instant::now();
     let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, None, &slot.weights, &params, device, &mut progress));
     progress.end_scale();
     drop(render_span);
@@ -327,6 +388,7 @@ fn render_job(
         animation: (!out.frames.is_empty()).then_some(animation.as_path()),
         metadata: None,
     };
+    let encoding = Instant::now();
     let encode = tracing::info_span!("encode", snapshots = out.frames.len()).entered();
     if let Err(e) = write_outputs(&out, &paths) {
         return (Err(e), Some(slot));
@@ -341,6 +403,7 @@ fn render_job(
         return (Err(EngineError::Output { path: metadata_path, reason: e.to_string() }), Some(slot));
     }
     drop(encode);
+    job.time("encode", encoding, 1, format!("{} snapshots", out.frames.len()));
     let m = &out.metadata;
     let rendered = Rendered { final_loss: m.final_loss, iterations: m.iterations_run, engine_ms: m.timings.total_ms, device: m.device.clone() };
     (Ok(rendered), Some(slot))
@@ -417,5 +480,6 @@ async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rende
         iterations: rendered.iterations,
         engine_ms: rendered.engine_ms,
         device: rendered.device,
+        spans: Vec::new(),
     })
 }

@@ -410,6 +410,7 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
 /// Tells the coordinator how the job ended, retrying while it is unreachable.
 async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
     let lease = &job.lease;
+    let spans = job.take_spans();
     let mut delay = Duration::from_millis(200);
     for _ in 0..600 {
         let worker_id = farm.worker_id();
@@ -443,6 +444,7 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                     retryable: *retryable,
                     cancelled: false,
                     lease_secret: lease.lease_secret.clone(),
+                    spans: spans.clone(),
                     handed_back: false,
                 };
                 let mut request = tonic::Request::new(request);
@@ -463,6 +465,7 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                     retryable: true,
                     cancelled,
                     lease_secret: lease.lease_secret.clone(),
+                    spans: spans.clone(),
                     handed_back: !cancelled,
                 };
                 farm.api().fail_job(request).await.map(|_| ())
