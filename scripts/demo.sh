@@ -24,13 +24,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$B/stylefarm-coordinator" --listen 127.0.0.1:0 --data-dir "$DATA" --heartbeat-interval-ms 1000 \
+# the web dashboard on loopback: port 8080 unless taken (DEMO_HTTP overrides)
+HTTP=${DEMO_HTTP:-127.0.0.1:8080}
+if ! python3 -c "import socket,sys; h,p=sys.argv[1].rsplit(':',1); socket.socket().bind((h,int(p)))" "$HTTP" 2>/dev/null; then
+  HTTP=127.0.0.1:0
+fi
+"$B/stylefarm-coordinator" --listen 127.0.0.1:0 --http-listen "$HTTP" --data-dir "$DATA" --heartbeat-interval-ms 1000 \
   > "$LOG/coordinator.addr" 2> "$LOG/coordinator.log" &
 pids+=($!)
-for _ in $(seq 100); do grep -q "listening on" "$LOG/coordinator.addr" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "dashboard on" "$LOG/coordinator.addr" 2>/dev/null && break; sleep 0.1; done
 ADDR=$(sed -n 's/^listening on //p' "$LOG/coordinator.addr")
+DASHBOARD=$(sed -n 's/^dashboard on //p' "$LOG/coordinator.addr")
 export STYLEFARM_COORDINATOR="http://$ADDR"
 echo "coordinator: $STYLEFARM_COORDINATOR  (state: $DATA/state.sqlite, objects: $DATA/objects/, log: $LOG/coordinator.log)"
+echo "dashboard:   $DASHBOARD  (open it in a browser: batches, live loss curves, outputs, workers)"
 
 THREADS=$(( $(nproc) / WORKERS )); [ "$THREADS" -ge 1 ] || THREADS=1
 for i in $(seq "$WORKERS"); do
@@ -57,3 +64,9 @@ for d in "out/demo/$BATCH"/*/; do echo "  $d"; done
 echo "contact sheet: out/demo/$BATCH/contact-sheet.png"
 echo "in the object store: $DATA/objects/batches/$BATCH/"
 "$B/stylefarm" workers
+echo "dashboard:  ${DASHBOARD}batches/$BATCH"
+# at a terminal the farm stays up for the dashboard until Ctrl-C (DEMO_KEEP=0: stop now)
+if [[ -t 0 && -t 1 && "${DEMO_KEEP:-1}" != 0 ]]; then
+  echo "the farm keeps serving the dashboard; Ctrl-C stops it"
+  wait "${pids[0]}" || true
+fi

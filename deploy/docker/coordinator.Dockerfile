@@ -42,7 +42,7 @@ ENV STYLEFARM_DATA_DIR=/var/lib/stylefarm \
 USER 10001:10001
 WORKDIR /var/lib/stylefarm
 VOLUME ["/var/lib/stylefarm"]
-EXPOSE 50051 9464
+EXPOSE 50051 9464 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["stylefarm-coordinator", "health"]
 ENTRYPOINT ["stylefarm-coordinator"]
