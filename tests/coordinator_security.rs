@@ -8,6 +8,7 @@ use std::time::Duration;
 use stylefarm_coordinator::auth::{Role, TokenStore};
 use stylefarm_proto as pb;
 use stylefarm_tests::farm::{batch_request, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
+use stylefarm_tests::tls::certificates;
 use tonic::Code;
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
@@ -198,30 +199,6 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     tokens.revoke("alice").unwrap();
     assert_eq!(call(Rpc::GetBatch, &mut a, &mut gw, &fixture).await, Code::Unauthenticated);
     coordinator.stop().await.unwrap();
-}
-
-/// A CA, a server certificate for localhost, and a client certificate, as PEM files.
-fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["gpu-07".to_string()]).unwrap().signed_by(&client_key, &ca).unwrap();
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    (
-        write("ca.pem", ca.pem()),
-        write("server.pem", server.pem()),
-        write("server.key", server_key.serialize_pem()),
-        write("client.pem", client.pem()),
-        write("client.key", client_key.serialize_pem()),
-    )
 }
 
 #[tokio::test]

@@ -127,7 +127,8 @@ async fn chromium_follows_a_live_farm_on_every_page() {
     tokio::task::block_in_place(|| browser.open(&format!("{web}/")));
     let row = tokio::task::block_in_place(|| browser.eval(&format!("document.getElementById('batch-{batch}').dataset.state")));
     assert_eq!(row, "succeeded");
-    // a batch submitted while the page is open appears on it, live
+    // a batch submitted while the page is open appears on it, live (once the stream is subscribed)
+    assert!(tokio::task::block_in_place(|| browser.wait_until("document.body.dataset.following === 'yes'", Duration::from_secs(10))));
     let late = client.submit_batch(batch_request("late", 1, 0)).await.unwrap().into_inner().batch_id;
     let appeared = tokio::task::block_in_place(|| browser.wait_until(&format!("!!document.getElementById('batch-{late}')"), Duration::from_secs(30)));
     assert!(appeared, "the new batch's first event added its row");
@@ -268,6 +269,12 @@ async fn every_attempt_is_kept_with_its_worker_steps_across_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let second = second.expect("the retry");
+    // the retry continues the job's trace: same trace id, a new parent span
+    let parts = |tp: &str| tp.split('-').map(str::to_string).collect::<Vec<_>>();
+    let (a, b) = (parts(&first.traceparent), parts(&second.traceparent));
+    assert_eq!(a.len(), 4, "{}", first.traceparent);
+    assert_eq!(a[1], b[1], "both attempts in one trace: {} {}", first.traceparent, second.traceparent);
+    assert_ne!(a[2], b[2], "each attempt its own span");
     let step =
         |name: &str, offset_ms: f64, duration_ms: f64, depth: u32| pb::SpanTiming { name: name.into(), offset_ms, duration_ms, depth, detail: String::new() };
     let prefix = second.output_prefix.split_once("/batches/").map(|(_, rest)| format!("batches/{rest}")).unwrap();
@@ -309,5 +316,46 @@ async fn every_attempt_is_kept_with_its_worker_steps_across_a_restart() {
     assert_eq!(steps, vec![("fetch_inputs", 0), ("render", 0), ("optimise", 1)]);
     assert!(got.attempts.iter().all(|a| a.ended_at_ms >= a.leased_at_ms && a.leased_at_ms > 0));
     assert_eq!(got.result.unwrap().spans.len(), 3, "the committed result keeps its steps too");
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_dashboard_is_https_only_and_its_cookie_secure() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key, _, _) = stylefarm_tests::tls::certificates(dir.path());
+    let admin = TokenStore::open(&dir.path().join("data")).unwrap().create("root", Role::Admin).unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.tls_cert = Some(cert);
+    config.tls_key = Some(key);
+    let coordinator = Coordinator::start(config).await;
+    let port = coordinator.web_url.clone().unwrap().rsplit(':').next().unwrap().to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(&ca).unwrap()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let agent = ureq::AgentBuilder::new().tls_config(std::sync::Arc::new(tls)).redirects(0).timeout(Duration::from_secs(10)).build();
+        let https = format!("https://localhost:{port}");
+        let (status, _, body) = call(agent.get(&format!("{https}/workers")).set("authorization", &format!("Bearer {admin}")));
+        assert_eq!(status, 200, "{body}");
+        let response =
+            agent.post(&format!("{https}/login")).set("content-type", "application/x-www-form-urlencoded").send_string(&format!("token={admin}&next=/"));
+        let cookie = match response {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r.header("set-cookie").unwrap_or_default().to_string(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(cookie.contains("; Secure"), "over HTTPS the cookie is Secure: {cookie}");
+        // plain HTTP on the same port gets no page
+        let plain = agent.get(&format!("http://127.0.0.1:{port}/login")).call();
+        assert!(plain.is_err(), "plain HTTP answered: {:?}", plain.map(|r| r.status()));
+    })
+    .await
+    .unwrap();
     coordinator.stop().await.unwrap();
 }

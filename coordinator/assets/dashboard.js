@@ -325,6 +325,8 @@ function follow() {
   source.addEventListener("batch_finished", () => { source.close(); live?.classList.remove("on"); });
   source.addEventListener("bye", () => source.close());
   source.addEventListener("resync", () => location.reload());
+  // the farm-wide stream says hello once it is subscribed: nothing after this is missed
+  source.addEventListener("hello", () => { document.body.dataset.following = "yes"; });
 }
 
 function start() {

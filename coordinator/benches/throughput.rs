@@ -9,7 +9,9 @@
 //! on loopback as well, beside auth off, in the same run; and with Prometheus
 //! metrics on (`--metrics-listen`, scraped every second during the run); and
 //! with every span exported over OTLP (to a collector in this process, which
-//! counts what it receives: the receiving cost is charged to the coordinator).
+//! counts what it receives: the receiving cost is charged to the coordinator);
+//! and with the web dashboard's farm-wide event stream followed (`--modes
+//! ...,dashboard`: every job event rendered and sent as a server-sent event).
 //!
 //!   ... -- --soak 1000000
 //!
@@ -46,7 +48,7 @@ fn parse_args() -> Args {
         reference: true,
         soak: 0,
         rounds: 3,
-        modes: vec!["open".into(), "auth".into(), "tls".into(), "metrics".into(), "traces".into()],
+        modes: vec!["open".into(), "auth".into(), "tls".into(), "metrics".into(), "traces".into(), "dashboard".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,7 +59,7 @@ fn parse_args() -> Args {
             "--no-reference" => args.reference = false,
             "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--rounds" => args.rounds = it.next().expect("--rounds N").parse().expect("number"),
-            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces").split(',').map(String::from).collect(),
+            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces,dashboard").split(',').map(String::from).collect(),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -89,6 +91,8 @@ enum Security {
     OpenMetrics,
     /// Open, every span exported over OTLP.
     OpenTraces,
+    /// Open, with the web dashboard's farm-wide event stream followed.
+    OpenDashboard,
 }
 
 /// An OTLP/gRPC trace collector that counts the spans it receives.
@@ -156,6 +160,24 @@ async fn scrape_every_second(addr: std::net::SocketAddr, scraping: Arc<std::sync
     scrapes
 }
 
+/// Follows the dashboard's farm-wide event stream (`/api/events`, server-sent
+/// events) as an open Batches page does, until `scraping` turns false; the
+/// number of events read.
+async fn follow_dashboard(addr: std::net::SocketAddr, scraping: Arc<std::sync::atomic::AtomicBool>) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /api/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
+    let (mut events, mut buf) = (0, vec![0u8; 1 << 16]);
+    while scraping.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => events += buf[..n].windows(7).filter(|w| w == b"event: ").count(),
+            Err(_) => {}
+        }
+    }
+    events
+}
+
 async fn start(group_commit: bool, security: Security) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut config = CoordinatorConfig {
@@ -192,12 +214,21 @@ async fn start(group_commit: bool, security: Security) -> Server {
         _ => None,
     };
     let metrics_addr = http.as_ref().map(|l| l.local_addr().unwrap());
-    let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http, web: None };
+    let web = match security {
+        Security::OpenDashboard => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        _ => None,
+    };
+    let web_addr = web.as_ref().map(|l| l.local_addr().unwrap());
+    let listeners = stylefarm_coordinator::server::Listeners { grpc: listener, http, web };
     let handle = tokio::spawn(stylefarm_coordinator::server::run_with(listeners, config, async move {
         let _ = stopped.await;
     }));
     let scraping = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let scraper = metrics_addr.map(|addr| tokio::spawn(scrape_every_second(addr, Arc::clone(&scraping))));
+    let scraper = match (metrics_addr, web_addr) {
+        (Some(addr), _) => Some(tokio::spawn(scrape_every_second(addr, Arc::clone(&scraping)))),
+        (_, Some(addr)) => Some(tokio::spawn(follow_dashboard(addr, Arc::clone(&scraping)))),
+        _ => None,
+    };
     let client = ConnectOptions { url: url.clone(), token: client_token, tls_ca: tls_ca.clone(), tls_identity: None };
     let worker = ConnectOptions { url, token: worker_token, tls_ca, tls_identity: None };
     Server { _dir: dir, stop, handle, client, worker, scraper, scraping }
@@ -302,7 +333,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
     let elapsed = started.elapsed().as_secs_f64();
     server.scraping.store(false, Ordering::Relaxed);
     if let Some(scraper) = server.scraper {
-        assert!(scraper.await.unwrap() >= 1, "metrics were scraped during the run");
+        assert!(scraper.await.unwrap() >= 1, "metrics were scraped (or dashboard events read) during the run");
     }
     let _ = server.stop.send(());
     server.handle.await.unwrap().unwrap();
@@ -457,6 +488,7 @@ fn main() {
             ("tls", "+ auth + TLS", Security::AuthTls),
             ("metrics", "+ metrics, scraped 1/s", Security::OpenMetrics),
             ("traces", "+ traces, all exported", Security::OpenTraces),
+            ("dashboard", "+ dashboard followed", Security::OpenDashboard),
         ]
         .into_iter()
         .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))

@@ -259,7 +259,8 @@ async fn main() -> Result<()> {
     let web = match config.http_listen {
         Some(addr) => {
             let web = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --http-listen {addr}"))?;
-            println!("dashboard on http://{}/", web.local_addr()?);
+            let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+            println!("dashboard on {scheme}://{}/", web.local_addr()?);
             Some(web)
         }
         None => None,

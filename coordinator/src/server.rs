@@ -139,9 +139,13 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
     let addr = listener.local_addr().ok();
     let auth_enforced = farm.auth.enforced().map_err(|e| ServeError::Open(e.to_string()))?;
     check_exposure(addr, &config, auth_enforced)?;
+    // the dashboard is HTTPS with the same certificate, under the same rule
+    let web_tls = match (&web, &config.tls_cert, &config.tls_key) {
+        (Some(_), Some(cert), Some(key)) => Some(crate::web::tls::acceptor(cert, key).map_err(ServeError::Tls)?),
+        _ => None,
+    };
     if let Some(web) = &web {
-        // the dashboard speaks plain HTTP: beyond loopback it needs a TLS proxy in front (--insecure)
-        check_exposure(web.local_addr().ok(), &CoordinatorConfig { tls_cert: None, ..config.clone() }, auth_enforced)?;
+        check_exposure(web.local_addr().ok(), &config, auth_enforced)?;
     }
     let tls = tls_config(&config)?;
     let ticker = farm.spawn_ticker(Duration::from_millis(config.tick_ms));
@@ -182,7 +186,7 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
     };
     let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
     let web_server = web.map(|web| {
-        tokio::spawn(crate::web::serve(web, Arc::clone(&farm), async move {
+        tokio::spawn(crate::web::serve(web, Arc::clone(&farm), web_tls, async move {
             let _ = web_stopped.await;
         }))
     });

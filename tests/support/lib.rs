@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod farm;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -453,6 +453,8 @@ impl Scheduler {
         self.members.insert(id, ids.clone());
         self.batches.insert(id, batch);
         fx.wake = true;
+        // only the dashboard's farm-wide stream can be following a batch this new
+        fx.events.push(Event { kind: EventKind::Queued, batch: id, job: None });
         Submitted { batch: id, jobs: ids, deduplicated: false }
     }
 

@@ -11,6 +11,7 @@
 
 mod live;
 mod pages;
+pub mod tls;
 mod view;
 
 use std::collections::HashMap;
@@ -51,12 +52,14 @@ const CSS: &str = include_str!("../../assets/dashboard.css");
 pub struct Web {
     farm: Arc<Farm>,
     live: Arc<LiveTraces>,
+    /// Served over HTTPS: the sign-in cookie is `Secure`.
+    https: bool,
 }
 
 /// The dashboard's routes; call inside the runtime (it starts the trace collector).
-pub fn router(farm: Arc<Farm>) -> Router {
+pub fn router(farm: Arc<Farm>, https: bool) -> Router {
     let live = LiveTraces::spawn(&farm);
-    let web = Arc::new(Web { farm, live });
+    let web = Arc::new(Web { farm, live, https });
     Router::new()
         .route("/", get(batches_page))
         .route("/batches/{id}", get(batch_page))
@@ -399,7 +402,8 @@ async fn login(State(web): State<Arc<Web>>, Form(form): Form<LoginForm>) -> Resp
     match web.farm.auth.authenticate_token(Some(token), Api::Client, "a token is required") {
         Ok(who) => {
             tracing::info!(principal = %who.name, role = %who.role, "dashboard sign-in");
-            let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
+            let secure = if web.https { "; Secure" } else { "" };
+            let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{secure}");
             ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
         }
         Err(e) => {
@@ -413,14 +417,18 @@ async fn logout() -> Response {
     ([(header::SET_COOKIE, format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"))], Redirect::to("/login")).into_response()
 }
 
-/// Serves the dashboard on `listener` until `shutdown` resolves.
+/// Serves the dashboard on `listener` (HTTPS with `tls`) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     farm: Arc<Farm>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving the dashboard over HTTP");
-    axum::serve(listener, router(farm)).with_graceful_shutdown(shutdown).await
+    tracing::info!(addr = ?listener.local_addr().ok(), https = tls.is_some(), "serving the dashboard");
+    match tls {
+        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, router(farm, true)).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, router(farm, false)).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 #[cfg(test)]
