@@ -21,8 +21,9 @@ const ALL_CAPACITY: usize = 4096;
 
 pub struct Hub {
     channels: Arc<Channels>,
-    /// Every batch's events, for the dashboard; only rendered while subscribed.
-    all: broadcast::Sender<pb::WatchEvent>,
+    /// Every batch's events, for the dashboard; only rendered while subscribed
+    /// (shared, not copied, by its receivers).
+    all: broadcast::Sender<Arc<pb::WatchEvent>>,
 }
 
 impl Default for Hub {
@@ -63,7 +64,7 @@ impl Hub {
     }
 
     /// Every batch's events from now on (a lagging receiver skips ahead).
-    pub fn subscribe_all(&self) -> broadcast::Receiver<pb::WatchEvent> {
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<pb::WatchEvent>> {
         self.all.subscribe()
     }
 
@@ -72,13 +73,23 @@ impl Hub {
     }
 
     pub fn publish(&self, batch: BatchId, event: pb::WatchEvent) {
-        if self.all.receiver_count() > 0 {
-            let _ = self.all.send(event.clone());
-        }
         let channels = lock(&self.channels);
-        if let Some(sender) = channels.get(&batch) {
-            let _ = sender.send(event);
+        let watchers = channels.get(&batch);
+        if self.all.receiver_count() == 0 {
+            if let Some(sender) = watchers {
+                let _ = sender.send(event);
+            }
+            return;
         }
+        // copied only when both a batch's watchers and the farm-wide stream want it
+        let shared = match watchers {
+            Some(sender) => {
+                let _ = sender.send(event.clone());
+                Arc::new(event)
+            }
+            None => Arc::new(event),
+        };
+        let _ = self.all.send(shared);
     }
 
     /// Batches with a channel now.

@@ -212,7 +212,7 @@ impl Farm {
     }
 
     /// Every batch's events (the dashboard's farm-wide stream).
-    pub fn subscribe_all(&self) -> tokio::sync::broadcast::Receiver<pb::WatchEvent> {
+    pub fn subscribe_all(&self) -> tokio::sync::broadcast::Receiver<Arc<pb::WatchEvent>> {
         self.hub.subscribe_all()
     }
 
