@@ -1,6 +1,6 @@
 //! The web dashboard: real Chromium (headless) against a live farm of one
 //! coordinator and two real workers, and the dashboard's access rules over
-//! plain HTTP. Screenshots go to `out/dashboard/` (the README's come from there).
+//! plain HTTP. Screenshots go to `out/dashboard/` (the README shows `make demo`'s, taken the same way).
 
 use std::time::Duration;
 
