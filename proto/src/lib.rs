@@ -17,3 +17,4 @@ pub mod externalscaler {
 }
 
 pub mod connect;
+pub mod names;

@@ -250,13 +250,13 @@ async fn cancel(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<
     Ok(axum::Json(serde_json::json!({ "cancelled_queued": cancelled, "signalled_running": signalled })).into_response())
 }
 
-/// The succeeded job's committed outputs (and where they are kept).
-async fn outputs_of(web: &Web, headers: &HeaderMap, id: &str) -> Result<(JobState, crate::model::JobOutputs), CoordError> {
+/// A job the caller may see, and its committed outputs (none unless it succeeded).
+async fn outputs_of(web: &Web, headers: &HeaderMap, id: &str) -> Result<(pb::Job, crate::model::JobOutputs), CoordError> {
     let who = caller(web, headers, Api::Client)?;
-    let (record, _) = web.farm.job(JobId::parse(id, "job id")?, &who).await?;
-    match &record.state {
-        JobState::Succeeded { outputs, .. } => Ok((record.state.clone(), outputs.clone())),
-        _ => Ok((record.state, Default::default())),
+    let (record, message) = web.farm.job(JobId::parse(id, "job id")?, &who).await?;
+    match record.state {
+        JobState::Succeeded { outputs, .. } => Ok((message, outputs)),
+        _ => Ok((message, Default::default())),
     }
 }
 
@@ -288,14 +288,8 @@ fn parse_trace(text: &str) -> Vec<Row> {
 }
 
 async fn trace(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Failure> {
-    let (state, outputs) = outputs_of(&web, &headers, &id).await?;
-    let state_name = match state.kind() {
-        crate::model::StateKind::Queued => "queued",
-        crate::model::StateKind::Running => "running",
-        crate::model::StateKind::Succeeded => "succeeded",
-        crate::model::StateKind::Failed => "failed",
-        crate::model::StateKind::Cancelled => "cancelled",
-    };
+    let (job, outputs) = outputs_of(&web, &headers, &id).await?;
+    let state_name = view::state_name(job.state);
     let view = match outputs.files.iter().find(|f| f.kind == "trace") {
         Some(file) => {
             if file.size_bytes as usize > MAX_TRACE_BYTES {
@@ -306,7 +300,7 @@ async fn trace(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<S
             let data = web.farm.blobs.get(&file.key).await.map_err(|e| CoordError::Blob(e.to_string()))?;
             TraceView { job: id, state: state_name, source: "store", rows: parse_trace(&String::from_utf8_lossy(&data)) }
         }
-        None if matches!(state, JobState::Running { .. }) => TraceView { rows: web.live.rows(&id), job: id, state: state_name, source: "live" },
+        None if job.state == pb::JobState::Running as i32 => TraceView { rows: web.live.rows(&id), job: id, state: state_name, source: "live" },
         None => TraceView { job: id, state: state_name, source: "none", rows: Vec::new() },
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(view)).into_response())

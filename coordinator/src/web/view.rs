@@ -13,25 +13,11 @@ pub fn row(r: &pb::LossRow) -> Row {
 }
 
 pub fn state_name(state: i32) -> &'static str {
-    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Queued => "queued",
-        pb::JobState::Running => "running",
-        pb::JobState::Succeeded => "succeeded",
-        pb::JobState::Failed => "failed",
-        pb::JobState::Cancelled => "cancelled",
-        pb::JobState::Unspecified => "unknown",
-    }
+    pb::names::job_state(state).unwrap_or("unknown")
 }
 
 pub fn batch_state_name(state: i32) -> &'static str {
-    match pb::BatchState::try_from(state).unwrap_or(pb::BatchState::Unspecified) {
-        pb::BatchState::Queued => "queued",
-        pb::BatchState::Running => "running",
-        pb::BatchState::Succeeded => "succeeded",
-        pb::BatchState::Failed => "failed",
-        pb::BatchState::Cancelled => "cancelled",
-        pb::BatchState::Unspecified => "unknown",
-    }
+    pb::names::batch_state(state).unwrap_or("unknown")
 }
 
 pub fn event_name(kind: i32) -> &'static str {
