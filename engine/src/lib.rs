@@ -9,6 +9,7 @@ pub mod animation;
 pub mod batch;
 pub mod device;
 pub mod error;
+pub mod flow;
 pub mod image_io;
 pub mod loss;
 pub mod optim;
