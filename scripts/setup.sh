@@ -75,13 +75,15 @@ ln -sfn "$samples" "$repo/.samples"
 # --- 3. tools the deploy/ tests call ---------------------------------------------
 # kubectl (with kustomize) renders deploy/k8s; systemd-analyze verifies the units;
 # prometheus scrapes a live farm and promtool checks deploy/observability;
-# headless chromium drives the web dashboard's tests.
+# headless chromium drives the web dashboard's tests; ffmpeg/ffprobe decode,
+# probe and encode videos (the worker's video steps and their tests).
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v "${STYLEFARM_CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+{ command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
 if [[ ${#missing[@]} -gt 0 ]]; then
-  log "installing ${missing[*]} (Debian packages) for the deploy/ and dashboard tests"
+  log "installing ${missing[*]} (Debian packages) for the deploy/, dashboard and video tests"
   SUDO=""; [[ "$(id -u)" -eq 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

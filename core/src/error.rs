@@ -16,3 +16,15 @@ impl ParamError {
 }
 
 pub type Result<T, E = ParamError> = std::result::Result<T, E>;
+
+/// An external tool (ffmpeg, ffprobe) that is missing or failed, or an input it
+/// refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{tool} is not available ({reason}); `make setup` installs it (Debian package ffmpeg)")]
+    Missing { tool: String, reason: String },
+    #[error("{tool} failed: {detail}")]
+    Failed { tool: String, detail: String },
+    #[error(transparent)]
+    Input(#[from] ParamError),
+}

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod estimate;
+pub mod ffmpeg;
 #[cfg(feature = "cli")]
 pub mod knobs;
 pub mod layers;
@@ -17,6 +18,7 @@ pub mod storage;
 pub mod telemetry;
 #[cfg(feature = "traces")]
 pub mod traces;
+pub mod video;
 pub mod weights_spec;
 
-pub use error::{ParamError, Result};
+pub use error::{ParamError, Result, ToolError};

@@ -16,8 +16,10 @@ pub mod optim;
 pub mod problem;
 pub mod render;
 pub mod safetensors;
+pub mod temporal;
 pub mod trace;
 pub mod vgg;
+pub mod video;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -10,6 +10,7 @@ use tch::Tensor;
 use crate::error::{EngineError, Result};
 use crate::optim::{Evaluation, Objective};
 use crate::params::{ContentLoss, RenderParams, StyleLoss};
+use crate::temporal::TemporalTerm;
 use crate::vgg::{LayerId, Vgg16};
 
 /// Names of the values an evaluation reports, in order.
@@ -67,6 +68,8 @@ pub struct LossSpec {
     tv_exponent: f64,
     height: i64,
     width: i64,
+    /// A video frame's pull towards the previous frame's warped output.
+    temporal: Option<TemporalTerm>,
 }
 
 impl LossSpec {
@@ -114,7 +117,11 @@ impl LossSpec {
             style += term * *weight;
         }
         let tv = if self.tv_weight == 0.0 { zero() } else { total_variation(image, self.tv_exponent)? * self.tv_weight };
-        let total = &content + &style + &tv;
+        let mut total = &content + &style + &tv;
+        if let Some(term) = &self.temporal {
+            // part of the total only: the trace keeps content, style and tv apart
+            total += term.loss(image)?;
+        }
         Ok(Tensor::f_stack(&[total, content, style, tv], 0)?)
     }
 }
@@ -164,8 +171,22 @@ impl StyleObjective {
             tv_exponent: params.tv_exponent,
             height: size[2],
             width: size[3],
+            temporal: None,
         };
         Ok(StyleObjective { model, spec })
+    }
+
+    /// Adds the short-term temporal loss (a video frame's; target and mask at this scale's size).
+    pub fn with_temporal(mut self, term: TemporalTerm) -> Result<StyleObjective> {
+        let want = [1, 3, self.spec.height, self.spec.width];
+        if term.target.size() != want || term.mask.size() != [1, 1, self.spec.height, self.spec.width] {
+            return Err(EngineError::param(
+                "temporal",
+                format!("target {:?} and mask {:?} do not fit the image {want:?}", term.target.size(), term.mask.size()),
+            ));
+        }
+        self.spec.temporal = Some(term);
+        Ok(self)
     }
 
     /// The job's part, for evaluating it together with others.

@@ -15,6 +15,7 @@ use crate::image_io::{self, fit_long_side, load_rgb, luminance_rgb, match_lumina
 use crate::loss::{image_view, StyleObjective};
 use crate::optim::{Adam, AdamConfig, AnyOptimizer, Lbfgs, LbfgsConfig, Objective, StopReason};
 use crate::params::{Init, Optimizer, RenderParams, StyleResize};
+use crate::temporal::{start_image, TemporalPrior, TemporalTerm};
 use crate::trace::TraceRow;
 use crate::vgg::Vgg16;
 use crate::weights::{cache_dir, resolve_weights, Normalization, VggWeights};
@@ -37,6 +38,17 @@ pub trait Progress {
     fn should_cancel(&self) -> bool {
         false
     }
+}
+
+/// Where a render starts.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    /// As the params' `init` says, with the decoded image for `init: image`.
+    Init(Option<&'a RgbImage>),
+    /// A video frame: from the previous frame's output warped onto this one
+    /// (the content where the flow is not trusted), held close to it by the
+    /// temporal loss at every scale.
+    Prior(&'a TemporalPrior),
 }
 
 /// Ignores progress.
@@ -101,7 +113,7 @@ pub fn render(inputs: &RenderInputs, params: &RenderParams, device: Device, prog
     };
     let weights = load_weights(params)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut out = render_loaded(&content, &styles, init.as_ref(), &weights, params, device, progress)?;
+    let mut out = render_loaded(&content, &styles, Start::Init(init.as_ref()), &weights, params, device, progress)?;
     out.metadata.content = inputs.content.clone();
     out.metadata.styles = inputs.styles.clone();
     out.metadata.timings.load_ms = load_ms;
@@ -130,13 +142,13 @@ pub fn load_weights(params: &RenderParams) -> Result<VggWeights> {
 pub fn render_loaded(
     content: &RgbImage,
     styles: &[RgbImage],
-    init_image: Option<&RgbImage>,
+    start: Start<'_>,
     weights: &VggWeights,
     params: &RenderParams,
     device: Device,
     progress: &mut dyn Progress,
 ) -> Result<RenderOutput> {
-    render_via(Evaluator::Own(Kind::Float), content, styles, init_image, weights, params, device, progress)
+    render_via(Evaluator::Own(Kind::Float), content, styles, start, weights, params, device, progress)
 }
 
 /// Where a render's evaluations run.
@@ -155,7 +167,7 @@ pub fn render_via(
     evaluator: Evaluator<'_>,
     content: &RgbImage,
     styles: &[RgbImage],
-    init_image: Option<&RgbImage>,
+    start: Start<'_>,
     weights: &VggWeights,
     params: &RenderParams,
     device: Device,
@@ -229,9 +241,23 @@ pub fn render_via(
         let content_net = norm.to_network(&content_in);
         let styles_net: Vec<Tensor> = style_in.iter().map(|s| norm.to_network(s)).collect();
 
-        let x0 = match &previous {
-            Some(prev) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
-            None => match &params.init {
+        // a video frame's prior at this scale, in network units
+        let prior = match start {
+            Start::Prior(p) => {
+                let (warped, mask) = p.at(h as i64, w as i64, kind, device)?;
+                let warped = if params.preserve_colors { luminance_rgb(&warped) } else { warped };
+                Some((norm.to_network(&warped), mask, p.weight))
+            }
+            Start::Init(_) => None,
+        };
+        let init_image = match start {
+            Start::Init(image) => image,
+            Start::Prior(_) => None,
+        };
+        let x0 = match (&previous, &prior) {
+            (Some(prev), _) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
+            (None, Some((warped, mask, _))) => start_image(warped, mask, &content_net)?,
+            (None, None) => match &params.init {
                 Init::Content => content_net.shallow_clone(),
                 Init::Random => noise.as_ref().expect("drawn above").to_device(device) * 0.001,
                 Init::Image(_) => {
@@ -242,7 +268,10 @@ pub fn render_via(
             },
         };
 
-        let own = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
+        let mut own = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
+        if let Some((target, mask, weight)) = prior {
+            own = own.with_temporal(TemporalTerm { target, mask, weight })?;
+        }
         let (height, width) = (own.height(), own.width());
         let mut objective = match shared {
             Some(s) => Either::Shared(s.join(own.into_spec())?),

@@ -16,7 +16,7 @@ use stylefarm_engine::batch::BatchEvaluator;
 use stylefarm_engine::device::{describe, parse_device};
 use stylefarm_engine::image_io::load_rgb;
 use stylefarm_engine::params::{Init, Preset, RenderParams};
-use stylefarm_engine::render::{load_weights, render_loaded, render_via, Evaluator, Silent};
+use stylefarm_engine::render::{load_weights, render_loaded, render_via, Evaluator, Silent, Start};
 
 #[derive(Args, Debug)]
 pub struct BenchPackArgs {
@@ -95,7 +95,8 @@ pub fn run(args: &BenchPackArgs) -> Result<()> {
     // the reference: one job at a time, as a worker with --jobs-per-device 1 renders
     let started = Instant::now();
     let alone = |job: &Job| -> Result<f64> {
-        let out = render_loaded(&job.content, std::slice::from_ref(&job.style), None, &weights, &params, device, &mut Silent).context("solo render")?;
+        let out =
+            render_loaded(&job.content, std::slice::from_ref(&job.style), Start::Init(None), &weights, &params, device, &mut Silent).context("solo render")?;
         Ok(out.metadata.final_loss)
     };
     let solo = jobs.iter().map(|job| alone(job)).collect::<Result<Vec<f64>>>()?;
@@ -127,7 +128,7 @@ pub fn run(args: &BenchPackArgs) -> Result<()> {
                         loop {
                             let Some((i, job)) = queue.lock().expect("queue").pop_front() else { return Ok(()) };
                             let style = std::slice::from_ref(&job.style);
-                            let out = render_via(Evaluator::Shared(&shared), &job.content, style, None, weights, params, device, &mut Silent)?;
+                            let out = render_via(Evaluator::Shared(&shared), &job.content, style, Start::Init(None), weights, params, device, &mut Silent)?;
                             losses.lock().expect("losses")[i] = out.metadata.final_loss;
                         }
                     })

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::*;
 use crate::loss::StyleObjective;
 use crate::params::{Init, Optimizer, Preset, RenderParams};
-use crate::render::{render_via, Evaluator, Progress, RenderOutput};
+use crate::render::{render_via, Evaluator, Progress, RenderOutput, Start};
 use crate::safetensors::RawTensor;
 use crate::trace::TraceRow;
 use crate::weights::Normalization;
@@ -125,7 +125,7 @@ struct Job {
 
 fn solo(kind: Kind, w: &VggWeights, job: &Job) -> crate::Result<RenderOutput> {
     let mut watch = Watch { rows: Vec::new(), cancel_at: job.cancel_at, release_at: None };
-    render_via(Evaluator::Own(kind), &picture(job.seed, 32, 24), &[picture(job.seed + 50, 32, 24)], None, w, &job.params, Device::Cpu, &mut watch)
+    render_via(Evaluator::Own(kind), &picture(job.seed, 32, 24), &[picture(job.seed + 50, 32, 24)], Start::Init(None), w, &job.params, Device::Cpu, &mut watch)
 }
 
 /// Runs the jobs side by side through one evaluator; job 0 lets the last
@@ -146,7 +146,7 @@ fn shared(kind: Kind, w: &Arc<VggWeights>, jobs: Vec<Job>) -> (Vec<crate::Result
                 let release_at = (i == 0).then_some((4, late));
                 let mut watch = Watch { rows: Vec::new(), cancel_at: job.cancel_at, release_at };
                 let (c, s) = (picture(job.seed, 32, 24), picture(job.seed + 50, 32, 24));
-                render_via(Evaluator::Shared(&shared), &c, &[s], None, &w, &job.params, Device::Cpu, &mut watch)
+                render_via(Evaluator::Shared(&shared), &c, &[s], Start::Init(None), &w, &job.params, Device::Cpu, &mut watch)
             })
         })
         .collect();
@@ -257,11 +257,19 @@ fn a_job_the_shared_model_cannot_serve_is_refused_before_it_starts() {
     let shared = evaluator.handle();
     let avg = RenderParams { pooling: Pooling::Avg, ..params(Preset::Gatys, 2) };
     let (c, s) = (picture(1, 32, 24), picture(2, 32, 24));
-    let refused =
-        |p: &RenderParams| match render_via(Evaluator::Shared(&shared), &c, std::slice::from_ref(&s), None, &w, p, Device::Cpu, &mut crate::render::Silent) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("rendered on a model that cannot serve it"),
-        };
+    let refused = |p: &RenderParams| match render_via(
+        Evaluator::Shared(&shared),
+        &c,
+        std::slice::from_ref(&s),
+        Start::Init(None),
+        &w,
+        p,
+        Device::Cpu,
+        &mut crate::render::Silent,
+    ) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("rendered on a model that cannot serve it"),
+    };
     assert!(refused(&avg).contains("pooling"));
     // block5_conv2 is deeper than the 5 convolutions this evaluator holds
     assert!(refused(&params(Preset::Gatys, 2)).contains("convolutions"));

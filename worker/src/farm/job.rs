@@ -10,7 +10,7 @@ use bytes::Bytes;
 use stylefarm_core::storage::Location;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
-use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress};
+use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress, Start};
 use stylefarm_engine::trace::TraceRow;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::EngineError;
@@ -373,7 +373,7 @@ fn render_job(
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
     let render_span = tracing::info_span!("render", size = params.size, scales = params.scales, device = %stylefarm_engine::device::describe(device));
     progress.began = Instant::now();
-    let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, None, &slot.weights, &params, device, &mut progress));
+    let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, Start::Init(None), &slot.weights, &params, device, &mut progress));
     progress.end_scale();
     drop(render_span);
     let out = match rendered {

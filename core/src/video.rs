@@ -1,0 +1,237 @@
+//! Videos: the knobs of a stylised clip, the limits a clip must fit, what
+//! `ffprobe` says about one, and how its frames are split into segments that
+//! run in parallel. Shared by the coordinator (which checks a clip before any
+//! job runs), the worker and the client; no libtorch, no ffmpeg here (see
+//! [`crate::ffmpeg`] for running it).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ParamError, Result};
+
+/// Most frames one video batch may have (a flag may lower it).
+pub const MAX_FRAMES: u32 = 10_000;
+/// Largest input frame side ffprobe may report, in pixels.
+pub const MAX_INPUT_SIDE: u32 = 8192;
+/// Most frames in one segment.
+pub const MAX_SEGMENT_FRAMES: u32 = 1_000;
+/// Most overlapping frames between segments.
+pub const MAX_OVERLAP: u32 = 16;
+/// Frame rates a clip may have (frames per second).
+pub const FPS_RANGE: (f64, f64) = (0.1, 240.0);
+
+/// How a clip is stylised, beyond the per-frame render knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoParams {
+    /// Weight of the short-term temporal loss (network units, as the preset's
+    /// content and style weights). 0 turns temporal consistency off (frames
+    /// are still warm-started).
+    pub temporal_weight: f64,
+    /// Iterations of the first frame of every segment (cold start).
+    pub first_iterations: u32,
+    /// Iterations of every other frame (warm-started from the previous one).
+    pub frame_iterations: u32,
+    /// Frames per segment; segments run in parallel on different workers.
+    pub segment_frames: u32,
+    /// Frames a segment starts before its boundary; the previous segment's
+    /// frames there are cross-faded into its own.
+    pub overlap: u32,
+    /// Seconds into the clip to start at.
+    pub start_s: f64,
+    /// Seconds of the clip to take (0: to the end).
+    pub duration_s: f64,
+}
+
+impl Default for VideoParams {
+    fn default() -> Self {
+        VideoParams { temporal_weight: 1e3, first_iterations: 60, frame_iterations: 20, segment_frames: 24, overlap: 3, start_s: 0.0, duration_s: 0.0 }
+    }
+}
+
+impl VideoParams {
+    pub fn validate(&self) -> Result<()> {
+        if !self.temporal_weight.is_finite() || self.temporal_weight < 0.0 || self.temporal_weight > 1e9 {
+            return Err(ParamError::new("temporal_weight", format!("{} must be a finite number in 0..=1e9", self.temporal_weight)));
+        }
+        let its = crate::params::MAX_ITERATIONS;
+        if !(1..=its).contains(&self.first_iterations) {
+            return Err(ParamError::new("first_iterations", format!("{} must be in 1..={its}", self.first_iterations)));
+        }
+        if !(1..=its).contains(&self.frame_iterations) {
+            return Err(ParamError::new("frame_iterations", format!("{} must be in 1..={its}", self.frame_iterations)));
+        }
+        if !(2..=MAX_SEGMENT_FRAMES).contains(&self.segment_frames) {
+            return Err(ParamError::new("segment_frames", format!("{} must be in 2..={MAX_SEGMENT_FRAMES}", self.segment_frames)));
+        }
+        if self.overlap > MAX_OVERLAP || self.overlap >= self.segment_frames {
+            return Err(ParamError::new(
+                "overlap",
+                format!("{} must be at most {MAX_OVERLAP} and less than segment_frames ({})", self.overlap, self.segment_frames),
+            ));
+        }
+        for (field, value) in [("start_s", self.start_s), ("duration_s", self.duration_s)] {
+            if !value.is_finite() || !(0.0..=86_400.0).contains(&value) {
+                return Err(ParamError::new(field, format!("{value} must be in 0..=86400 seconds")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What ffprobe reports about a clip's first video stream (and whether it has audio).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub width: u32,
+    pub height: u32,
+    /// The frame rate as a fraction (`r_frame_rate`), e.g. 30000/1001.
+    pub fps_num: u32,
+    pub fps_den: u32,
+    /// Frames in the clip (counted, or from the container).
+    pub frames: u32,
+    pub duration_s: f64,
+    pub has_audio: bool,
+}
+
+impl Probe {
+    pub fn fps(&self) -> f64 {
+        self.fps_num as f64 / self.fps_den.max(1) as f64
+    }
+
+    /// Parses `ffprobe -of json -show_streams -show_format [-count_frames]`.
+    /// `field` names the input in errors.
+    pub fn from_ffprobe_json(json: &str, field: &str) -> Result<Probe> {
+        let bad = |reason: String| ParamError::new(field, reason);
+        let root: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(format!("ffprobe's answer is not JSON: {e}")))?;
+        let streams = root.get("streams").and_then(|s| s.as_array()).ok_or_else(|| bad("not a video: no streams".into()))?;
+        let video = streams
+            .iter()
+            .find(|s| s.get("codec_type").and_then(|t| t.as_str()) == Some("video") && !is_cover_art(s))
+            .ok_or_else(|| bad("not a video: no video stream".into()))?;
+        let has_audio = streams.iter().any(|s| s.get("codec_type").and_then(|t| t.as_str()) == Some("audio"));
+        let num = |v: &serde_json::Value, key: &str| -> Option<f64> {
+            match v.get(key)? {
+                serde_json::Value::String(s) => s.parse().ok(),
+                n => n.as_f64(),
+            }
+        };
+        let width = num(video, "width").unwrap_or(0.0) as u32;
+        let height = num(video, "height").unwrap_or(0.0) as u32;
+        let rate = video.get("r_frame_rate").and_then(|r| r.as_str()).unwrap_or("0/0");
+        let (fps_num, fps_den) = parse_rate(rate).ok_or_else(|| bad(format!("frame rate {rate:?} is not a fraction")))?;
+        let duration_s = num(video, "duration").or_else(|| root.get("format").and_then(|f| num(f, "duration"))).unwrap_or(0.0);
+        let frames = num(video, "nb_read_frames")
+            .or_else(|| num(video, "nb_frames"))
+            .unwrap_or_else(|| (duration_s * fps_num as f64 / fps_den.max(1) as f64).round())
+            .max(0.0) as u32;
+        Ok(Probe { width, height, fps_num, fps_den, frames, duration_s, has_audio })
+    }
+
+    /// Frames of `[start_s, start_s + duration_s)` (0 duration: to the end).
+    pub fn frames_in(&self, video: &VideoParams) -> u32 {
+        let fps = self.fps();
+        let skip = (video.start_s * fps).round() as u64;
+        let left = (self.frames as u64).saturating_sub(skip);
+        let take = if video.duration_s > 0.0 { ((video.duration_s * fps).round() as u64).min(left) } else { left };
+        take as u32
+    }
+
+    /// Refuses what the farm cannot take, naming the field and the limit.
+    pub fn check(&self, field: &str, video: &VideoParams, max_frames: u32) -> Result<u32> {
+        let bad = |reason: String| ParamError::new(field, reason);
+        if self.width == 0 || self.height == 0 {
+            return Err(bad("not a video: its video stream has no frame size".into()));
+        }
+        if self.width > MAX_INPUT_SIDE || self.height > MAX_INPUT_SIDE {
+            return Err(bad(format!("{}×{} exceeds the limit of {MAX_INPUT_SIDE} pixels per side", self.width, self.height)));
+        }
+        let fps = self.fps();
+        if !(FPS_RANGE.0..=FPS_RANGE.1).contains(&fps) {
+            return Err(bad(format!("frame rate {fps:.3} is outside {}..={} fps", FPS_RANGE.0, FPS_RANGE.1)));
+        }
+        let frames = self.frames_in(video);
+        if frames == 0 {
+            return Err(bad(format!("no frames to stylise (the clip has {} frames, {:.2} s; start_s {})", self.frames, self.duration_s, video.start_s)));
+        }
+        if frames > max_frames {
+            return Err(bad(format!("{frames} frames exceeds the limit of {max_frames} frames per video (use duration_s, or a shorter clip)")));
+        }
+        Ok(frames)
+    }
+}
+
+fn is_cover_art(stream: &serde_json::Value) -> bool {
+    stream.get("disposition").and_then(|d| d.get("attached_pic")).and_then(|a| a.as_i64()) == Some(1)
+}
+
+fn parse_rate(rate: &str) -> Option<(u32, u32)> {
+    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
+    let (n, d) = (n.trim().parse::<u32>().ok()?, d.trim().parse::<u32>().ok()?);
+    (n > 0 && d > 0).then_some((n, d))
+}
+
+/// One chain of frames stylised in order by one job after another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// First frame the chain renders (0-based; a cold start).
+    pub first: u32,
+    /// The first frame this segment owns outright (`first` + overlap, except the first segment).
+    pub owns_from: u32,
+    /// One past the last frame.
+    pub end: u32,
+}
+
+impl Segment {
+    pub fn frames(&self) -> std::ops::Range<u32> {
+        self.first..self.end
+    }
+}
+
+/// Splits `frames` frames into chains of about `segment_frames` each; every
+/// chain after the first starts `overlap` frames before the frame it owns from.
+pub fn plan_segments(frames: u32, segment_frames: u32, overlap: u32) -> Vec<Segment> {
+    let segment_frames = segment_frames.max(2);
+    let count = frames.div_ceil(segment_frames).max(1);
+    // spread evenly: no runt segment at the end
+    let base = frames / count;
+    let extra = frames % count;
+    let mut segments = Vec::with_capacity(count as usize);
+    let mut start = 0;
+    let mut previous_len: u32 = 0;
+    for k in 0..count {
+        let len = base + u32::from(k < extra);
+        // the earlier segment keeps at least one frame of its own before the fade
+        let first = if k == 0 { 0 } else { start - overlap.min(previous_len.saturating_sub(1)) };
+        segments.push(Segment { first, owns_from: start, end: start + len });
+        start += len;
+        previous_len = len;
+    }
+    segments
+}
+
+/// Which rendered copies make frame `frame`, with their weights (summing to 1):
+/// one segment's, or in an overlap a cross-fade from the earlier segment's
+/// copy into the later one's.
+pub fn blend_of(segments: &[Segment], frame: u32) -> Vec<(usize, f64)> {
+    let Some(owner) = segments.iter().position(|s| (s.owns_from..s.end).contains(&frame)) else {
+        return Vec::new();
+    };
+    let next = owner + 1;
+    if let Some(later) = segments.get(next) {
+        if frame >= later.first {
+            // frame k of the overlap (0-based) of n frames: the later copy weighs (k+1)/(n+1)
+            let n = (later.owns_from - later.first) as f64;
+            let k = (frame - later.first) as f64;
+            let w = (k + 1.0) / (n + 1.0);
+            return vec![(owner, 1.0 - w), (next, w)];
+        }
+    }
+    vec![(owner, 1.0)]
+}
+
+/// A frame's file name in a clip's folders: 1-based, zero-padded (ffmpeg's `%06d`).
+pub fn frame_name(frame: u32) -> String {
+    format!("{:06}.png", frame + 1)
+}
+
+#[cfg(test)]
+mod tests;

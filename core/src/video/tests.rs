@@ -1,0 +1,85 @@
+use super::*;
+
+#[test]
+fn segments_cover_every_frame_once_and_overlap_before_their_boundary() {
+    let segments = plan_segments(50, 12, 3);
+    assert_eq!(segments.len(), 5);
+    assert_eq!(segments[0], Segment { first: 0, owns_from: 0, end: 10 });
+    assert_eq!(segments[1], Segment { first: 7, owns_from: 10, end: 20 });
+    let owned: u32 = segments.iter().map(|s| s.end - s.owns_from).sum();
+    assert_eq!(owned, 50);
+    assert!(segments.windows(2).all(|w| w[0].end == w[1].owns_from));
+    // a clip shorter than a segment is one chain with no overlap
+    assert_eq!(plan_segments(5, 12, 3), vec![Segment { first: 0, owns_from: 0, end: 5 }]);
+    // an overlap longer than the earlier segment leaves it one frame of its own
+    let short = plan_segments(11, 10, 8);
+    assert_eq!(short[1].first, 1);
+}
+
+#[test]
+fn overlaps_cross_fade_from_the_earlier_copy_to_the_later() {
+    let segments = plan_segments(12, 6, 3);
+    assert_eq!(segments[1], Segment { first: 3, owns_from: 6, end: 12 });
+    assert_eq!(blend_of(&segments, 2), vec![(0, 1.0)]);
+    assert_eq!(blend_of(&segments, 3), vec![(0, 0.75), (1, 0.25)]);
+    assert_eq!(blend_of(&segments, 5), vec![(0, 0.25), (1, 0.75)]);
+    assert_eq!(blend_of(&segments, 6), vec![(1, 1.0)]);
+    assert!(blend_of(&segments, 12).is_empty());
+    for frame in 0..12 {
+        let sum: f64 = blend_of(&segments, frame).iter().map(|(_, w)| w).sum();
+        assert!((sum - 1.0).abs() < 1e-12, "frame {frame}");
+    }
+}
+
+const PROBE: &str = r#"{"streams":[
+  {"index":0,"codec_type":"video","width":320,"height":240,"r_frame_rate":"30000/1001","duration":"2.002000","nb_read_frames":"60"},
+  {"index":1,"codec_type":"audio","sample_rate":"44100"}],
+  "format":{"duration":"2.010000"}}"#;
+
+#[test]
+fn reads_ffprobe_and_checks_the_limits() {
+    let probe = Probe::from_ffprobe_json(PROBE, "video").unwrap();
+    assert_eq!((probe.width, probe.height, probe.fps_num, probe.fps_den, probe.frames, probe.has_audio), (320, 240, 30000, 1001, 60, true));
+    let video = VideoParams::default();
+    assert_eq!(probe.check("video", &video, 100).unwrap(), 60);
+    // a window of the clip
+    let window = VideoParams { start_s: 1.0, duration_s: 0.5, ..VideoParams::default() };
+    assert_eq!(probe.frames_in(&window), 15);
+    let err = probe.check("video", &video, 50).unwrap_err();
+    assert_eq!(err.field, "video");
+    assert!(err.reason.contains("limit of 50 frames"), "{err}");
+    let past_end = VideoParams { start_s: 5.0, ..VideoParams::default() };
+    assert!(probe.check("video", &past_end, 100).unwrap_err().reason.contains("no frames"));
+    let huge = Probe { width: 20_000, ..probe.clone() };
+    assert!(huge.check("video", &video, 100).unwrap_err().reason.contains("8192 pixels"));
+}
+
+#[test]
+fn a_file_with_no_video_stream_is_not_a_video() {
+    let audio_only = r#"{"streams":[{"codec_type":"audio"}],"format":{}}"#;
+    assert!(Probe::from_ffprobe_json(audio_only, "video").unwrap_err().reason.contains("no video stream"));
+    let cover = r#"{"streams":[{"codec_type":"video","width":10,"height":10,"r_frame_rate":"90000/1","disposition":{"attached_pic":1}}]}"#;
+    assert!(Probe::from_ffprobe_json(cover, "video").is_err());
+    assert!(Probe::from_ffprobe_json("{}", "video").is_err());
+}
+
+#[test]
+fn knobs_name_the_field_and_the_limit() {
+    assert!(VideoParams::default().validate().is_ok());
+    let cases = [
+        (VideoParams { temporal_weight: f64::NAN, ..Default::default() }, "temporal_weight"),
+        (VideoParams { frame_iterations: 0, ..Default::default() }, "frame_iterations"),
+        (VideoParams { segment_frames: 1, ..Default::default() }, "segment_frames"),
+        (VideoParams { overlap: 24, ..Default::default() }, "overlap"),
+        (VideoParams { start_s: -1.0, ..Default::default() }, "start_s"),
+    ];
+    for (params, field) in cases {
+        assert_eq!(params.validate().unwrap_err().field, field);
+    }
+}
+
+#[test]
+fn frames_are_numbered_from_one_with_zero_padding() {
+    assert_eq!(frame_name(0), "000001.png");
+    assert_eq!(frame_name(1234), "001235.png");
+}

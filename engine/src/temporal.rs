@@ -1,0 +1,105 @@
+//! Temporal consistency for video frames (Ruder, Dosovitskiy and Brox 2016): a
+//! frame starts from the previous frame's stylised output warped onto it by the
+//! optical flow, and a short-term temporal loss keeps it close to that warped
+//! image wherever the flow is trusted.
+
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::flow::{warp, FramePair};
+use crate::image_io::to_tensor;
+
+/// The previous frame's output brought onto this frame, and how much to trust it.
+pub struct TemporalPrior {
+    /// `[1,3,H,W]` RGB in 0..1 at the frame's render size.
+    pub warped: Tensor,
+    /// `[1,1,H,W]` in 0..1: 1 where the flow is trusted.
+    pub mask: Tensor,
+    /// Weight of the temporal loss (see [`TemporalTerm`]).
+    pub weight: f64,
+}
+
+impl TemporalPrior {
+    /// `previous` (the previous frame's stylised output) warped onto the current
+    /// frame by `pair`, resampled to the pair's grid first if its size differs.
+    pub fn new(previous: &RgbImage, pair: &FramePair, weight: f64) -> Result<TemporalPrior> {
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(EngineError::param("temporal_weight", format!("{weight} is not a finite number ≥ 0")));
+        }
+        let size = pair.backward.size();
+        let (h, w) = (size[2], size[3]);
+        let prev = to_tensor(previous, Kind::Float, Device::Cpu);
+        let prev = if (prev.size()[2], prev.size()[3]) == (h, w) { prev } else { prev.f_upsample_bilinear2d([h, w], false, None, None)? };
+        let warped = warp(&prev, &pair.backward.f_to_device(Device::Cpu)?)?;
+        Ok(TemporalPrior { warped, mask: pair.mask.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?, weight })
+    }
+
+    /// The warped image and mask at `h`×`w` on `device` in `kind`.
+    pub fn at(&self, h: i64, w: i64, kind: Kind, device: Device) -> Result<(Tensor, Tensor)> {
+        let resize = |t: &Tensor| -> Result<Tensor> {
+            let t = t.f_to_device(device)?.f_to_kind(kind)?;
+            if (t.size()[2], t.size()[3]) == (h, w) {
+                return Ok(t);
+            }
+            Ok(t.f_upsample_bilinear2d([h, w], false, None, None)?)
+        };
+        Ok((resize(&self.warped)?, resize(&self.mask)?))
+    }
+}
+
+/// The short-term temporal loss of one scale: `weight / D · Σ c(p)·(x(p) − ω(p))²`
+/// over the D = 3·H·W values of the image, `x` and the warped previous output
+/// `ω` in network units, `c` the mask.
+pub struct TemporalTerm {
+    pub target: Tensor,
+    pub mask: Tensor,
+    pub weight: f64,
+}
+
+impl TemporalTerm {
+    pub fn loss(&self, image: &Tensor) -> Result<Tensor> {
+        let values = image.numel() as f64;
+        let diff = image.f_sub(&self.target)?.f_square()?.f_mul(&self.mask)?;
+        Ok(diff.f_sum(image.kind())?.f_mul_scalar(self.weight / values)?)
+    }
+}
+
+/// The start of a frame: the warped previous output where the mask trusts it,
+/// `fallback` (the content, in network units) elsewhere.
+pub fn start_image(warped_net: &Tensor, mask: &Tensor, fallback: &Tensor) -> Result<Tensor> {
+    let keep = mask.f_expand_as(warped_net)?;
+    Ok(warped_net.f_mul(&keep)?.f_add(&fallback.f_mul(&(keep.f_neg()? + 1.0))?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loss_counts_only_trusted_pixels() {
+        let x = Tensor::ones([1, 3, 2, 2], (Kind::Double, Device::Cpu));
+        let target = Tensor::zeros([1, 3, 2, 2], (Kind::Double, Device::Cpu));
+        let mask = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 1.0]).view([1, 1, 2, 2]);
+        let term = TemporalTerm { target, mask, weight: 6.0 };
+        // 2 trusted pixels × 3 channels × 1² of 12 values, times 6
+        assert_eq!(term.loss(&x).unwrap().double_value(&[]), 3.0);
+    }
+
+    #[test]
+    fn the_start_falls_back_where_the_flow_is_not_trusted() {
+        let warped = Tensor::full([1, 3, 1, 2], 5.0, (Kind::Float, Device::Cpu));
+        let content = Tensor::full([1, 3, 1, 2], -1.0, (Kind::Float, Device::Cpu));
+        let mask = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 1, 1, 2]);
+        let start = start_image(&warped, &mask, &content).unwrap();
+        assert_eq!(Vec::<f32>::try_from(start.view([-1])).unwrap(), vec![5.0, -1.0, 5.0, -1.0, 5.0, -1.0]);
+    }
+
+    #[test]
+    fn a_negative_weight_is_refused() {
+        let pair =
+            FramePair { backward: Tensor::zeros([1, 2, 4, 4], (Kind::Float, Device::Cpu)), mask: Tensor::ones([1, 1, 4, 4], (Kind::Float, Device::Cpu)) };
+        let err = TemporalPrior::new(&RgbImage::new(4, 4), &pair, -1.0).err().expect("refused");
+        assert!(err.to_string().contains("temporal_weight"), "{err}");
+    }
+}
