@@ -215,31 +215,7 @@ pub fn render_via(
 
     for (scale_index, &scale_size) in sizes.iter().enumerate() {
         let (w, h) = fit_long_side(content.width(), content.height(), scale_size);
-        let content_rgb = to_tensor(&resize(content, w, h), kind, device);
-        let style_rgbs: Vec<Tensor> = styles
-            .iter()
-            .map(|s| {
-                let (sw, sh) = match params.style_resize {
-                    StyleResize::ContentSize => {
-                        (((w as f64 * params.style_scale).round() as u32).max(1), ((h as f64 * params.style_scale).round() as u32).max(1))
-                    }
-                    StyleResize::LongSide => {
-                        let long = ((scale_size as f64 * params.style_scale).round() as u32).max(1);
-                        fit_long_side(s.width(), s.height(), long)
-                    }
-                };
-                to_tensor(&resize(s, sw, sh), kind, device)
-            })
-            .collect();
-        let (content_in, style_in) = if params.preserve_colors {
-            let luma = luminance_rgb(&content_rgb);
-            let styles_luma = style_rgbs.iter().map(|s| match_luminance(&luminance_rgb(s), &luma)).collect::<Vec<_>>();
-            (luma, styles_luma)
-        } else {
-            (content_rgb.shallow_clone(), style_rgbs)
-        };
-        let content_net = norm.to_network(&content_in);
-        let styles_net: Vec<Tensor> = style_in.iter().map(|s| norm.to_network(s)).collect();
+        let Scale { content_rgb, content_net, styles_net } = prepare_scale(content, styles, params, norm, scale_size, kind, device);
 
         // a video frame's prior at this scale, in network units
         let prior = match start {
@@ -356,6 +332,67 @@ pub fn render_via(
         timings: Timings { load_ms: 0.0, optimise_ms, total_ms: optimise_ms, ms_per_iteration: optimise_ms / total_iterations.max(1) as f64 },
     };
     Ok(RenderOutput { image, trace, frames, metadata })
+}
+
+/// One scale's inputs: the content in RGB (for recolouring) and in network
+/// units, and the styles resized as the params say, in network units.
+struct Scale {
+    content_rgb: Tensor,
+    content_net: Tensor,
+    styles_net: Vec<Tensor>,
+}
+
+fn prepare_scale(content: &RgbImage, styles: &[RgbImage], params: &RenderParams, norm: &Normalization, scale_size: u32, kind: Kind, device: Device) -> Scale {
+    let (w, h) = fit_long_side(content.width(), content.height(), scale_size);
+    let content_rgb = to_tensor(&resize(content, w, h), kind, device);
+    let style_rgbs: Vec<Tensor> = styles
+        .iter()
+        .map(|s| {
+            let (sw, sh) = match params.style_resize {
+                StyleResize::ContentSize => (((w as f64 * params.style_scale).round() as u32).max(1), ((h as f64 * params.style_scale).round() as u32).max(1)),
+                StyleResize::LongSide => {
+                    let long = ((scale_size as f64 * params.style_scale).round() as u32).max(1);
+                    fit_long_side(s.width(), s.height(), long)
+                }
+            };
+            to_tensor(&resize(s, sw, sh), kind, device)
+        })
+        .collect();
+    let (content_in, style_in) = if params.preserve_colors {
+        let luma = luminance_rgb(&content_rgb);
+        let styles_luma = style_rgbs.iter().map(|s| match_luminance(&luminance_rgb(s), &luma)).collect::<Vec<_>>();
+        (luma, styles_luma)
+    } else {
+        (content_rgb.shallow_clone(), style_rgbs)
+    };
+    let content_net = norm.to_network(&content_in);
+    let styles_net: Vec<Tensor> = style_in.iter().map(|s| norm.to_network(s)).collect();
+    Scale { content_rgb, content_net, styles_net }
+}
+
+/// [total, content, style, tv] of `image` as a finished output of a job with
+/// these inputs and params (its last scale, no temporal term): how good a frame
+/// is, whatever way it was made.
+pub fn evaluate_output(
+    content: &RgbImage,
+    styles: &[RgbImage],
+    image: &RgbImage,
+    weights: &VggWeights,
+    params: &RenderParams,
+    device: Device,
+) -> Result<Vec<f64>> {
+    params.validate(styles.len())?;
+    let norm = &weights.normalization;
+    let kind = Kind::Float;
+    let size = params.size;
+    let Scale { content_net, styles_net, .. } = prepare_scale(content, styles, params, norm, size, kind, device);
+    let (h, w) = (content_net.size()[2], content_net.size()[3]);
+    let model = Vgg16::new(weights.tensors(params.depth()), params.pooling, device, kind);
+    let objective = StyleObjective::new(model, params, &content_net, &styles_net, &params.blend_weights(styles.len()))?;
+    let out = to_tensor(&resize(image, w as u32, h as u32), kind, device);
+    let out = if params.preserve_colors { luminance_rgb(&out) } else { out };
+    let values = tch::no_grad(|| objective.losses(&crate::vgg::channels_last(&norm.to_network(&out))))?;
+    Ok(Vec::<f64>::try_from(values.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?)?)
 }
 
 /// A job's own objective, or its place in a shared evaluator.

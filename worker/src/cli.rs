@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Render one style-transfer job locally.
     Render(Box<RenderArgs>),
+    /// Stylise a video clip locally: temporally consistent segments, cross-faded, re-encoded with its audio.
+    Video(Box<VideoArgs>),
     /// Fetch, verify or import the VGG-16 weights in the model cache.
     Weights {
         #[command(subcommand)]
@@ -105,6 +107,64 @@ pub struct RenderArgs {
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, env = "STYLEFARM_THREADS")]
     pub threads: Option<i32>,
+
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VideoArgs {
+    /// The clip (anything ffmpeg reads).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Style image(s), comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub style: Vec<PathBuf>,
+    /// The stylised clip (MP4, H.264, the input's frame rate and audio).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Folder for decoded frames, flows and stylised frames [default: OUTPUT without extension + "-work"].
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Device: auto, cpu, cuda, cuda:N.
+    #[arg(long, env = "STYLEFARM_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, env = "STYLEFARM_THREADS")]
+    pub threads: Option<i32>,
+    /// Weight of the short-term temporal loss [default: 1000].
+    #[arg(long)]
+    pub temporal_weight: Option<f64>,
+    /// Iterations of each segment's first frame [default: --iterations].
+    #[arg(long)]
+    pub first_iterations: Option<u32>,
+    /// Iterations of every warm-started frame [default: 20].
+    #[arg(long)]
+    pub frame_iterations: Option<u32>,
+    /// Frames per segment (segments are independent chains) [default: 24].
+    #[arg(long)]
+    pub segment_frames: Option<u32>,
+    /// Frames of overlap cross-faded between segments [default: 3].
+    #[arg(long)]
+    pub overlap: Option<u32>,
+    /// Start this many seconds into the clip.
+    #[arg(long)]
+    pub start: Option<f64>,
+    /// Take this many seconds of the clip.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Refuse clips with more frames than this.
+    #[arg(long, default_value_t = stylefarm_core::video::MAX_FRAMES)]
+    pub max_frames: u32,
+    /// Join segments by the cross-fade alone, without re-optimising the faded frames (to measure what the seam pass buys).
+    #[arg(long)]
+    pub no_seam_pass: bool,
+    /// Also stylise every frame on its own at the same total iterations and print both side by side.
+    #[arg(long)]
+    pub compare: bool,
+    /// Write the figures (per frame and means) as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 
     #[command(flatten)]
     pub knobs: KnobArgs,

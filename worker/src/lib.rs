@@ -2,3 +2,4 @@
 //! `stylefarm-worker` binary adds `render`, `weights` and `bench`.
 
 pub mod farm;
+pub mod video;

@@ -6,6 +6,7 @@ mod bench;
 mod bench_pack;
 mod cli;
 mod render_cmd;
+mod video_cmd;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
     tracing::debug!(tuned, "allocator keeps freed memory");
     let result = match cli.command {
         Some(Command::Render(args)) => render_cmd::run(&args),
+        Some(Command::Video(args)) => video_cmd::run(&args),
         Some(Command::Weights { action }) => weights(action),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::BenchPack(args)) => bench_pack::run(&args),
