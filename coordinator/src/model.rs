@@ -195,7 +195,17 @@ pub struct JobRecord {
     pub finished_ms: Option<Millis>,
     /// W3C trace id (32 hex digits) shared by the coordinator's and workers' spans.
     pub trace_id: String,
+    /// Jobs of the same batch that must succeed before this one is leased
+    /// (always earlier in the batch, so there are no cycles); the lease hands
+    /// the worker their committed outputs.
+    pub depends_on: Vec<JobId>,
+    /// What the worker does, as JSON (a video step); `None`: render the content
+    /// with the styles.
+    pub task: Option<String>,
 }
+
+/// How the reason of a job failed by its dependency begins.
+const DEPENDENCY_FAILED: &str = "dependency ";
 
 /// What a failed or expired attempt leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,6 +396,35 @@ impl JobRecord {
         AfterFailure::Failed
     }
 
+    /// Whether every dependency has succeeded (`state_of` answers for jobs of
+    /// the same batch).
+    pub fn dependencies_met(&self, state_of: impl Fn(JobId) -> Option<StateKind>) -> bool {
+        self.depends_on.iter().all(|d| state_of(*d) == Some(StateKind::Succeeded))
+    }
+
+    /// A dependency ended without succeeding: a queued job cannot run any more.
+    /// It fails with a reason naming the dependency, or is cancelled with it.
+    pub fn dependency_ended(&mut self, dependency: &JobRecord, now: Millis) -> bool {
+        if !matches!(self.state, JobState::Queued { .. }) {
+            return false;
+        }
+        self.state = match &dependency.state {
+            JobState::Cancelled => JobState::Cancelled,
+            // a chain names the job that failed first, not every link after it
+            JobState::Failed { worker: None, reason, .. } if reason.starts_with(DEPENDENCY_FAILED) => {
+                JobState::Failed { worker: None, reason: reason.clone(), retryable: false }
+            }
+            JobState::Failed { reason, .. } => JobState::Failed {
+                worker: None,
+                reason: format!("{DEPENDENCY_FAILED}{} ({}) failed: {reason}", dependency.id, dependency.name),
+                retryable: false,
+            },
+            _ => return false,
+        };
+        self.finished_ms = Some(now);
+        true
+    }
+
     /// A queued job that cannot run (no device fits it) fails with `reason`.
     pub fn fail_queued(&mut self, reason: String, now: Millis) -> bool {
         if !matches!(self.state, JobState::Queued { .. }) {
@@ -549,6 +588,8 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             trace_id: "0".repeat(32),
+            depends_on: Vec::new(),
+            task: None,
         }
     }
 
@@ -641,5 +682,34 @@ mod tests {
     fn backoff_doubles_and_caps() {
         assert_eq!((BACKOFF.delay_ms(1), BACKOFF.delay_ms(2), BACKOFF.delay_ms(3)), (1000, 2000, 4000));
         assert_eq!(BACKOFF.delay_ms(40), 60_000);
+    }
+
+    #[test]
+    fn a_job_waits_for_its_dependencies_and_fails_or_cancels_with_them() {
+        let mut frame = job(3);
+        frame.depends_on = vec![JobId(7), JobId(8)];
+        let states = |ok: bool| move |id: JobId| Some(if id == JobId(8) && !ok { StateKind::Running } else { StateKind::Succeeded });
+        assert!(!frame.dependencies_met(states(false)));
+        assert!(frame.dependencies_met(states(true)));
+        assert!(!frame.dependencies_met(|_| None), "an unknown dependency is not met");
+
+        let mut dependency = job(3);
+        dependency.id = JobId(8);
+        dependency.name = "flow-000005".into();
+        // a dependency still running or succeeded changes nothing
+        assert!(!frame.dependency_ended(&dependency, 10));
+        dependency.state = JobState::Failed { worker: Some(W1), reason: "out of memory".into(), retryable: false };
+        assert!(frame.dependency_ended(&dependency, 10));
+        let JobState::Failed { reason, retryable, .. } = &frame.state else { panic!("{:?}", frame.state) };
+        assert_eq!(reason, "dependency j8 (flow-000005) failed: out of memory");
+        assert!(!retryable);
+        assert_eq!(frame.finished_ms, Some(10));
+        // only a queued job is touched
+        assert!(!frame.dependency_ended(&dependency, 11));
+
+        let mut other = job(3);
+        dependency.state = JobState::Cancelled;
+        assert!(other.dependency_ended(&dependency, 12));
+        assert_eq!(other.state, JobState::Cancelled);
     }
 }

@@ -188,7 +188,7 @@ fn default_name(content: &ImageSource, style: &ImageSource) -> String {
 fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params: &RenderParams, time_limit_s: u32) -> Result<NewJob> {
     let params_json = serde_json::to_string(params).map_err(|e| invalid("settings", format!("cannot be stored: {e}")))?;
     let time_limit_ms = if time_limit_s == 0 { default_time_limit_ms(params) } else { time_limit_s as u64 * 1000 };
-    Ok(NewJob { name, content, styles, params_json, estimate_bytes: device_bytes(params), time_limit_ms })
+    Ok(NewJob { name, content, styles, params_json, estimate_bytes: device_bytes(params), time_limit_ms, depends_on: Vec::new(), task: None })
 }
 
 /// A SubmitBatch request as a batch the scheduler can take.

@@ -58,6 +58,8 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             trace_id: String::new(),
+            depends_on: Vec::new(),
+            task: None,
         }
     }
 

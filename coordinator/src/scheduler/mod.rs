@@ -14,6 +14,7 @@
 //! committed (the store answers for it), request ids are kept for a window
 //! ([`requests`]), and workers unseen for `forget_workers_after_ms` are dropped.
 
+mod deps;
 mod leases;
 mod queue;
 mod requests;
@@ -33,6 +34,7 @@ use crate::model::{
 };
 use crate::secrets::{LeaseClaim, Secret};
 use crate::store::{ImageRecord, JobUpdate, Snapshot, StoreOp};
+use deps::Dependencies;
 use leases::Due;
 use queue::{PickRules, ReadyQueue};
 use requests::RequestIds;
@@ -47,12 +49,14 @@ pub struct Demand {
     pub running: u64,
     /// Queued jobs that no registered device can fit.
     pub unfit: u64,
+    /// Queued jobs waiting for a dependency to succeed.
+    pub blocked: u64,
 }
 
 impl Demand {
     /// Jobs a worker could take now or is running: what autoscaling follows.
     pub fn workable(&self) -> u64 {
-        self.queued.saturating_sub(self.unfit) + self.running
+        self.queued.saturating_sub(self.unfit + self.blocked) + self.running
     }
 }
 
@@ -128,6 +132,10 @@ pub struct NewJob {
     pub params_json: String,
     pub estimate_bytes: u64,
     pub time_limit_ms: u64,
+    /// Indices of earlier jobs of the same batch that must succeed first.
+    pub depends_on: Vec<u32>,
+    /// What the worker does (JSON), for jobs other than a plain render.
+    pub task: Option<String>,
 }
 
 #[derive(Debug)]
@@ -155,6 +163,16 @@ pub struct Grant {
     pub secret: Secret,
     /// How long the job waited to be leased.
     pub queue_wait_ms: Millis,
+    /// The committed outputs of the jobs it depends on, in `depends_on` order.
+    pub inputs: Vec<DependencyOutput>,
+}
+
+/// Where a dependency's committed attempt put its outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyOutput {
+    pub job: JobId,
+    pub name: String,
+    pub prefix: String,
 }
 
 /// One job's part of a heartbeat.
@@ -195,6 +213,8 @@ pub struct Scheduler {
     /// rather than with every job, which would add a page to every commit.
     dirty_counters: HashSet<WorkerId>,
     progress: HashMap<JobId, JobProgress>,
+    /// Which jobs wait on which; queued jobs whose dependencies have not all succeeded.
+    deps: Dependencies,
     /// Queued jobs no connected device fits: why, and since when.
     waiting: HashMap<JobId, (String, Millis)>,
     last_fit_check: Millis,
@@ -244,6 +264,7 @@ impl Scheduler {
             workers: WorkerRegistry::new(snapshot.next_worker),
             dirty_counters: HashSet::new(),
             progress: HashMap::new(),
+            deps: Dependencies::default(),
             waiting: HashMap::new(),
             last_fit_check: now,
             images: snapshot.images.into_iter().collect(),
@@ -268,13 +289,16 @@ impl Scheduler {
                 s.workers.restore_failures(worker, batch, failures);
             }
         }
+        let mut waiting_on_deps = Vec::new();
         for mut job in snapshot.jobs {
             let Some(batch) = s.batches.get_mut(&job.batch) else { continue };
             batch.counts.total += 1;
             batch.counts.add(job.state.kind());
             let max = s.batch_max_estimate.entry(job.batch).or_default();
             *max = (*max).max(job.estimate_bytes);
+            s.deps.add(job.id, &job.depends_on, false);
             match &mut job.state {
+                JobState::Queued { .. } if !job.depends_on.is_empty() => waiting_on_deps.push(job.id),
                 JobState::Queued { not_before_ms } if *not_before_ms > now => s.queue.delay(*not_before_ms, job.id),
                 JobState::Queued { .. } => s.queue.push_back(job.priority, job.batch, job.id),
                 JobState::Running { worker, lease_expires_ms, .. } => {
@@ -288,6 +312,19 @@ impl Scheduler {
         }
         for members in s.members.values_mut() {
             members.sort_by_key(|id| s.jobs[id].index);
+        }
+        // a job whose dependencies all succeeded goes in the queue (it may be
+        // a retry, backing off); the others wait
+        for id in waiting_on_deps {
+            let job = &s.jobs[&id];
+            if job.dependencies_met(|d| s.jobs.get(&d).map(|j| j.state.kind())) {
+                match job.state {
+                    JobState::Queued { not_before_ms } if not_before_ms > now => s.queue.delay(not_before_ms, id),
+                    _ => s.queue.push_back(job.priority, job.batch, id),
+                }
+            } else {
+                s.deps.add(id, &[], true);
+            }
         }
         s
     }
@@ -359,17 +396,19 @@ impl Scheduler {
     /// What the farm has to do now, for autoscaling.
     pub fn demand(&self) -> Demand {
         let (queued, running) = self.batches.values().fold((0u64, 0u64), |(q, r), b| (q + b.counts.queued as u64, r + b.counts.running as u64));
-        Demand { queued, running, unfit: self.waiting.len() as u64 }
+        Demand { queued, running, unfit: self.waiting.len() as u64, blocked: self.deps.blocked_count() as u64 }
     }
 
     /// Sizes of the in-memory indexes (the soak benchmark prints them).
     pub fn sizes(&self) -> String {
         format!(
-            "batches={} jobs={} progress={} waiting={} request_ids={} workers={} running={}",
+            "batches={} jobs={} progress={} waiting={} dependencies={} blocked={} request_ids={} workers={} running={}",
             self.batches.len(),
             self.jobs.len(),
             self.progress.len(),
             self.waiting.len(),
+            self.deps.len(),
+            self.deps.blocked_count(),
             self.request_ids.len(),
             self.workers.len(),
             self.workers.all_running().count()
@@ -436,12 +475,19 @@ impl Scheduler {
                 started_ms: None,
                 finished_ms: None,
                 trace_id: trace_id(),
+                // validated at the edge: indices of earlier jobs
+                depends_on: spec.depends_on.iter().filter_map(|&i| ids.get(i as usize).copied()).collect(),
+                task: spec.task,
             };
             self.next_job += 1;
             max_estimate = max_estimate.max(job.estimate_bytes);
             batch.counts.total += 1;
             batch.counts.queued += 1;
-            self.queue.push_back(batch.priority, id, job.id);
+            if job.depends_on.is_empty() {
+                self.queue.push_back(batch.priority, id, job.id);
+            } else {
+                self.deps.add(job.id, &job.depends_on, true);
+            }
             ids.push(job.id);
             fx.ops.push(StoreOp::InsertJob(Box::new(job.clone())));
             self.jobs.insert(job.id, job);
@@ -500,7 +546,8 @@ impl Scheduler {
         let (attempt, secret) = job.lease(worker, now, ttl)?;
         let queue_wait_ms = now - leasable_since;
         fx.observations.push(Observation::Leased { queue_wait_ms });
-        let grant = Grant { job: job.clone(), attempt, secret, queue_wait_ms };
+        let mut grant = Grant { job: job.clone(), attempt, secret, queue_wait_ms, inputs: Vec::new() };
+        grant.inputs = self.dependency_outputs(&grant.job);
         self.queue.remove(priority, batch, job_id);
         self.workers.start(worker, job_id);
         self.waiting.remove(&job_id);
@@ -514,6 +561,18 @@ impl Scheduler {
         fx.ops.push(StoreOp::UpdateJob(JobUpdate::of(&grant.job)));
         fx.events.push(Event { kind: EventKind::Started, batch, job: Some(job_id) });
         Ok(Some(grant))
+    }
+
+    /// The committed outputs of `job`'s dependencies (all succeeded: it was leasable).
+    fn dependency_outputs(&self, job: &JobRecord) -> Vec<DependencyOutput> {
+        job.depends_on
+            .iter()
+            .filter_map(|d| self.jobs.get(d))
+            .filter_map(|d| match &d.state {
+                JobState::Succeeded { outputs, .. } => Some(DependencyOutput { job: d.id, name: d.name.clone(), prefix: outputs.prefix.clone() }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Progress in, verdicts out; the lease of every live attempt is extended.
@@ -644,13 +703,14 @@ impl Scheduler {
             fx.ops.push(StoreOp::CancelBatch(id));
         }
         let priority = batch.priority;
+        let cancelled_before = batch.counts.cancelled;
         let job_ids = self.members.get(&id).cloned().unwrap_or_default();
-        let (mut cancelled, mut signalled) = (0, 0);
+        let mut signalled = 0;
         for job_id in job_ids {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
             match job.cancel(now) {
                 CancelOutcome::CancelledNow => {
-                    cancelled += 1;
+                    // its dependents are cancelled with it (and counted below)
                     self.after_attempt(job_id, None, StateKind::Queued, now, fx);
                 }
                 CancelOutcome::Signalled => {
@@ -662,6 +722,7 @@ impl Scheduler {
         }
         self.queue.remove_batch(priority, id);
         fx.barrier = true;
+        let cancelled = self.batches.get(&id).map(|b| b.counts.cancelled - cancelled_before).unwrap_or(0);
         Ok((cancelled, signalled))
     }
 
@@ -805,6 +866,7 @@ impl Scheduler {
         if to.is_terminal() {
             self.progress.remove(&job_id);
             self.waiting.remove(&job_id);
+            self.deps.unblock(job_id);
             fx.observations.push(Observation::Finished { job: job_id, state: to });
         }
         let kind = match to {
@@ -815,14 +877,55 @@ impl Scheduler {
             StateKind::Cancelled => EventKind::Cancelled,
         };
         fx.events.push(Event { kind, batch: batch_id, job: Some(job_id) });
+        if let Some(batch) = self.batches.get_mut(&batch_id) {
+            batch.counts.moved(from, to);
+        }
+        match to {
+            StateKind::Succeeded => self.release_dependents(job_id, fx),
+            StateKind::Failed | StateKind::Cancelled => self.end_dependents(job_id, now, fx),
+            _ => {}
+        }
         let Some(batch) = self.batches.get_mut(&batch_id) else { return };
-        batch.counts.moved(from, to);
         if batch.counts.finished() && batch.finished_ms.is_none() {
             batch.finished_ms = Some(now);
             fx.ops.push(StoreOp::FinishBatch { id: batch_id, finished_ms: now, counts: batch.counts.clone(), started: batch.started });
             fx.events.push(Event { kind: EventKind::BatchFinished, batch: batch_id, job: None });
             fx.finished_batches.push(batch_id);
             tracing::info!(batch_id = %batch_id, counts = ?batch.counts, "batch finished");
+        }
+    }
+
+    /// `job` succeeded: its dependents whose dependencies have all succeeded join the queue.
+    fn release_dependents(&mut self, job_id: JobId, fx: &mut Effects) {
+        let state_of = |d: JobId| self.jobs.get(&d).map(|j| j.state.kind());
+        let ready: Vec<JobId> = self
+            .deps
+            .dependents(job_id)
+            .iter()
+            .copied()
+            .filter(|d| {
+                self.deps.is_blocked(*d) && self.jobs.get(d).is_some_and(|j| matches!(j.state, JobState::Queued { .. }) && j.dependencies_met(state_of))
+            })
+            .collect();
+        for id in ready {
+            self.deps.unblock(id);
+            let job = &self.jobs[&id];
+            self.queue.push_back(job.priority, job.batch, id);
+            fx.wake = true;
+        }
+    }
+
+    /// `job` failed or was cancelled: every queued job that depends on it (and
+    /// on those, transitively) fails naming it, or is cancelled with it.
+    fn end_dependents(&mut self, job_id: JobId, now: Millis, fx: &mut Effects) {
+        let Some(ended) = self.jobs.get(&job_id).cloned() else { return };
+        for dependent in self.deps.dependents(job_id).to_vec() {
+            let Some(job) = self.jobs.get_mut(&dependent) else { continue };
+            if job.dependency_ended(&ended, now) {
+                self.deps.unblock(dependent);
+                // recursion is bounded by the chain's length, and each job ends once
+                self.after_attempt(dependent, None, StateKind::Queued, now, fx);
+            }
         }
     }
 
@@ -836,6 +939,7 @@ impl Scheduler {
                 self.jobs.remove(&job);
                 self.progress.remove(&job);
                 self.waiting.remove(&job);
+                self.deps.forget(job);
             }
         }
     }

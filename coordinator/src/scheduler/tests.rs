@@ -15,6 +15,8 @@ fn job(estimate_bytes: u64) -> NewJob {
         params_json: "{}".into(),
         estimate_bytes,
         time_limit_ms: 10_000,
+        depends_on: Vec::new(),
+        task: None,
     }
 }
 
@@ -111,11 +113,103 @@ fn demand_counts_what_a_worker_could_do_and_leaves_out_unfit_jobs() {
     assert_eq!(s.demand().workable(), 0, "nothing to do: scale to zero");
     s.submit(batch(vec![job(1 << 30), job(1 << 30), job(64 << 30)]), "local", 0, &mut Effects::default(), &mut trace());
     s.tick(1_000, &mut Effects::default());
-    assert_eq!(s.demand(), Demand { queued: 3, running: 0, unfit: 1 });
+    assert_eq!(s.demand(), Demand { queued: 3, running: 0, unfit: 1, blocked: 0 });
     assert_eq!(s.demand().workable(), 2, "the 64 GiB job fits no device: more of the same workers would not help");
     let grant = s.lease(w, &local(), 4 << 30, 1_100, &mut Effects::default()).unwrap().unwrap();
-    assert_eq!(s.demand(), Demand { queued: 2, running: 1, unfit: 1 });
+    assert_eq!(s.demand(), Demand { queued: 2, running: 1, unfit: 1, blocked: 0 });
     s.complete(w, &local(), grant.job.id, &LeaseClaim::new(grant.attempt, grant.secret.expose()), JobOutputs::default(), 1_200, &mut Effects::default())
         .unwrap();
     assert_eq!(s.demand().workable(), 1);
+}
+
+/// A → B → C, and C also waits on A (a video chain: frames and their flows).
+fn chain() -> NewBatch {
+    let mut jobs = vec![job(1), job(1), job(1)];
+    jobs[1].depends_on = vec![0];
+    jobs[2].depends_on = vec![0, 1];
+    for (j, name) in jobs.iter_mut().zip(["a", "b", "c"]) {
+        j.name = name.into();
+    }
+    batch(jobs)
+}
+
+fn finish(s: &mut Scheduler, w: WorkerId, grant: &Grant, now: Millis) -> Effects {
+    let mut fx = Effects::default();
+    let outputs = JobOutputs { prefix: format!("file:///out/{}/", grant.job.name), ..JobOutputs::default() };
+    s.complete(w, &local(), grant.job.id, &LeaseClaim::new(grant.attempt, grant.secret.expose()), outputs, now, &mut fx).unwrap();
+    fx
+}
+
+#[test]
+fn a_job_is_leased_only_after_its_dependencies_succeed_and_gets_their_outputs() {
+    let (mut s, w) = setup();
+    let ids = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace()).jobs;
+    assert_eq!(s.demand().blocked, 2);
+    let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().expect("a has no dependencies");
+    assert_eq!(a.job.id, ids[0]);
+    assert!(s.lease(w, &local(), 0, 2, &mut Effects::default()).unwrap().is_none(), "b and c wait for a");
+    let fx = finish(&mut s, w, &a, 3);
+    assert!(fx.wake, "b became leasable: long-polling workers are woken");
+    let b = s.lease(w, &local(), 0, 4, &mut Effects::default()).unwrap().expect("b is released");
+    assert_eq!(b.job.id, ids[1]);
+    assert_eq!(b.inputs, vec![DependencyOutput { job: ids[0], name: "a".into(), prefix: "file:///out/a/".into() }]);
+    assert!(s.lease(w, &local(), 0, 5, &mut Effects::default()).unwrap().is_none(), "c still waits for b");
+    finish(&mut s, w, &b, 6);
+    let c = s.lease(w, &local(), 0, 7, &mut Effects::default()).unwrap().expect("c is released");
+    assert_eq!(c.inputs.iter().map(|i| i.prefix.as_str()).collect::<Vec<_>>(), ["file:///out/a/", "file:///out/b/"]);
+    assert_eq!(s.demand().blocked, 0);
+}
+
+#[test]
+fn a_failed_dependency_fails_its_dependents_naming_it() {
+    let (mut s, w) = setup();
+    let submitted = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace());
+    let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
+    let failure = AttemptFailure { reason: "corrupt frame".into(), spans: Vec::new(), retryable: false, cancelled: false, handed_back: false };
+    let mut fx = Effects::default();
+    s.fail(w, &local(), a.job.id, &LeaseClaim::new(a.attempt, a.secret.expose()), failure, 2, &mut fx).unwrap();
+    for (id, expect) in submitted.jobs[1..].iter().zip(["dependency j1 (a) failed: corrupt frame", "dependency j1 (a) failed: corrupt frame"]) {
+        let JobState::Failed { reason, .. } = &s.job(*id).unwrap().state else { panic!("{:?}", s.job(*id).unwrap().state) };
+        assert_eq!(reason, expect);
+    }
+    assert_eq!(fx.finished_batches, vec![submitted.batch], "nothing is left to run: the batch ends");
+    assert_eq!(s.batch(submitted.batch).unwrap().counts.failed, 3);
+    assert_eq!(s.demand().blocked, 0);
+}
+
+#[test]
+fn cancelling_reaches_jobs_waiting_on_a_running_one() {
+    let (mut s, w) = setup();
+    let submitted = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace());
+    let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
+    assert_eq!(s.cancel_batch(submitted.batch, 2, &mut Effects::default()).unwrap(), (2, 1));
+    assert!(submitted.jobs[1..].iter().all(|id| s.job(*id).unwrap().state == JobState::Cancelled));
+    // the running one stops at its next heartbeat
+    let verdicts = s.heartbeat(w, &local(), vec![(a.job.id, LeaseClaim::new(a.attempt, a.secret.expose()), None)], 3, &mut Effects::default()).unwrap();
+    assert_eq!(verdicts[0].2, HeartbeatVerdict::Cancel);
+}
+
+#[test]
+fn dependencies_survive_a_restart() {
+    let (mut s, w) = setup();
+    let submitted = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace());
+    let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
+    finish(&mut s, w, &a, 2);
+    let snapshot = Snapshot {
+        batches: vec![s.batch(submitted.batch).unwrap().clone()],
+        jobs: s.batch_jobs(submitted.batch).unwrap().into_iter().cloned().collect(),
+        next_batch: 2,
+        next_job: 4,
+        next_worker: 2,
+        ..Snapshot::default()
+    };
+    let mut restored = Scheduler::restore(config(), snapshot, 10);
+    assert_eq!(restored.demand().blocked, 1, "c still waits for b");
+    let w = restored.register_worker(None, &local(), "w".into(), gpu(4 << 30), "1".into(), 10, &mut Effects::default()).unwrap().id;
+    let b = restored.lease(w, &local(), 0, 11, &mut Effects::default()).unwrap().expect("b's dependency succeeded before the restart");
+    assert_eq!(b.job.id, submitted.jobs[1]);
+    assert_eq!(b.inputs[0].prefix, "file:///out/a/");
+    assert!(restored.lease(w, &local(), 0, 12, &mut Effects::default()).unwrap().is_none());
+    finish(&mut restored, w, &b, 13);
+    assert_eq!(restored.lease(w, &local(), 0, 14, &mut Effects::default()).unwrap().expect("c").job.id, submitted.jobs[2]);
 }

@@ -90,13 +90,15 @@ CREATE TABLE IF NOT EXISTS images (
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "time_limit_ms", "INTEGER NOT NULL DEFAULT 86400000"),
     ("workers", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("workers", "secret_sha256", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "depends_on", "TEXT NOT NULL DEFAULT '[]'"),
+    ("jobs", "task", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -269,8 +271,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
         StoreOp::InsertJob(j) => {
             tx.prepare_cached(
                 "INSERT INTO jobs (id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
-                                   attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                                   attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
+                                   depends_on, task)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             )?
             .execute(params![
                 j.id.0,
@@ -292,6 +295,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 j.trace_id,
                 j.handed_back,
                 j.time_limit_ms as i64,
+                json(&j.depends_on.iter().map(|d| d.0).collect::<Vec<i64>>()),
+                j.task,
             ])?;
         }
         StoreOp::UpdateJob(u) => {
@@ -358,7 +363,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
 }
 
 const JOB_COLUMNS: &str = "id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
-                           attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms";
+                           attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
+                           depends_on, task";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: i64 = row.get(0)?;
@@ -366,6 +372,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let styles: String = row.get(6)?;
     let state: String = row.get(11)?;
     let last_failure: Option<String> = row.get(12)?;
+    let depends_on: String = row.get(19)?;
     let unreadable_input = |_| ImageSource::Url(String::new());
     Ok(JobRecord {
         id: JobId(id),
@@ -387,6 +394,8 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         trace_id: row.get(16)?,
         handed_back: row.get(17)?,
         time_limit_ms: row.get::<_, i64>(18)?.max(0) as u64,
+        depends_on: parse_or::<Vec<i64>>(&depends_on, "depends_on", id, |_| Vec::new()).into_iter().map(JobId).collect(),
+        task: row.get(20)?,
     })
 }
 
