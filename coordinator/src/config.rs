@@ -48,6 +48,8 @@ pub struct CoordinatorConfig {
     pub allowed_weights: Vec<String>,
     /// Most jobs in one batch.
     pub max_jobs_per_batch: usize,
+    /// Most frames one video batch may have.
+    pub max_video_frames: u32,
     /// How long a queued job may wait while no connected device fits it.
     pub unfit_grace_ms: i64,
     /// How long submit request ids are remembered in memory (the store keeps them).
@@ -88,6 +90,7 @@ impl Default for CoordinatorConfig {
             allowed_input_prefixes: Vec::new(),
             allowed_weights: Vec::new(),
             max_jobs_per_batch: crate::validate::MAX_JOBS_PER_BATCH,
+            max_video_frames: stylefarm_core::video::MAX_FRAMES,
             unfit_grace_ms: scheduler.unfit_grace_ms,
             request_id_window_ms: scheduler.request_id_window_ms,
             forget_workers_after_ms: scheduler.forget_workers_after_ms,
@@ -147,6 +150,7 @@ impl CoordinatorConfig {
         env("STYLEFARM_BACKOFF_BASE_MS", &mut self.backoff_base_ms)?;
         env("STYLEFARM_MAX_UPLOAD_BYTES", &mut self.max_upload_bytes)?;
         env("STYLEFARM_MAX_JOBS_PER_BATCH", &mut self.max_jobs_per_batch)?;
+        env("STYLEFARM_MAX_VIDEO_FRAMES", &mut self.max_video_frames)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
         env("STYLEFARM_SCALER", &mut self.scaler)?;
         for (name, target) in [("STYLEFARM_METRICS_LISTEN", &mut self.metrics_listen), ("STYLEFARM_HTTP_LISTEN", &mut self.http_listen)] {
@@ -197,6 +201,9 @@ impl CoordinatorConfig {
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return invalid("tls_client_ca", "mutual TLS needs --tls-cert and --tls-key".into());
         }
+        if !(1..=stylefarm_core::video::MAX_FRAMES).contains(&self.max_video_frames) {
+            return invalid("max_video_frames", format!("{} is outside 1..={}", self.max_video_frames, stylefarm_core::video::MAX_FRAMES));
+        }
         if !(1..=1_000_000).contains(&self.max_jobs_per_batch) {
             return invalid("max_jobs_per_batch", format!("{} is outside 1..=1000000", self.max_jobs_per_batch));
         }
@@ -228,7 +235,12 @@ impl CoordinatorConfig {
     pub fn submit_rules(&self, store_url: &str) -> Result<crate::validate::SubmitRules, ConfigError> {
         let inputs = stylefarm_core::policy::InputPolicy::new(store_url, &self.allowed_input_prefixes)
             .map_err(|reason| ConfigError::Invalid { field: "allowed_input_prefixes", reason })?;
-        Ok(crate::validate::SubmitRules { max_jobs: self.max_jobs_per_batch, inputs, weights: self.allowed_weights.clone() })
+        Ok(crate::validate::SubmitRules {
+            max_jobs: self.max_jobs_per_batch,
+            inputs,
+            weights: self.allowed_weights.clone(),
+            max_video_frames: self.max_video_frames,
+        })
     }
 
     /// The object store URL in effect.

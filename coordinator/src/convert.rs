@@ -1,5 +1,6 @@
 //! Records → wire messages.
 
+use stylefarm_core::video::VideoTask;
 use stylefarm_proto as pb;
 
 use crate::model::{AttemptRecord, BatchPhase, BatchRecord, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, WorkerRecord};
@@ -111,6 +112,8 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         time_limit_ms: j.time_limit_ms,
         attempts_handed_back: j.handed_back,
         attempts: Vec::new(),
+        depends_on: j.depends_on.iter().map(|d| d.to_string()).collect(),
+        task: j.task.as_deref().and_then(|t| VideoTask::parse(t).ok()).map(|t| t.label()).unwrap_or_default(),
     }
 }
 

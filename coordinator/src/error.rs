@@ -32,6 +32,10 @@ pub enum CoordError {
     #[error("shutting down")]
     ShuttingDown,
 
+    /// A tool the coordinator runs (ffprobe) is missing or failed: an operator's problem, not the request's.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// No credentials, or credentials that are not (or no longer) valid.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -62,7 +66,7 @@ impl CoordError {
             CoordError::Store(_) | CoordError::Internal(_) => Code::Internal,
             CoordError::Unauthenticated(_) => Code::Unauthenticated,
             CoordError::PermissionDenied(_) => Code::PermissionDenied,
-            CoordError::Blob(_) | CoordError::ShuttingDown => Code::Unavailable,
+            CoordError::Blob(_) | CoordError::ShuttingDown | CoordError::Unavailable(_) => Code::Unavailable,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod server;
 pub mod store;
 pub mod traces;
 pub mod validate;
+pub mod video;
 pub mod web;
 
 pub use config::CoordinatorConfig;

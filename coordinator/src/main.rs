@@ -62,6 +62,9 @@ struct Args {
     /// Most jobs in one batch [default: 100000].
     #[arg(long)]
     max_jobs_per_batch: Option<usize>,
+    /// Most frames one video batch may have [default: 10000].
+    #[arg(long)]
+    max_video_frames: Option<u32>,
     /// Do not serve KEDA's external scaler (queue depth, answered without a token).
     #[arg(long)]
     no_scaler: bool,
@@ -192,6 +195,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     config.allowed_input_prefixes.extend(args.allow_input_prefix.iter().cloned());
     if let Some(v) = args.max_jobs_per_batch {
         config.max_jobs_per_batch = v;
+    }
+    if let Some(v) = args.max_video_frames {
+        config.max_video_frames = v;
     }
     if args.no_scaler {
         config.scaler = false;

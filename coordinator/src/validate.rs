@@ -36,6 +36,8 @@ pub struct SubmitRules {
     pub inputs: InputPolicy,
     /// Weights URLs the operator allows jobs to name (beside `default`).
     pub weights: Vec<String>,
+    /// Most frames one video batch may have.
+    pub max_video_frames: u32,
 }
 
 impl SubmitRules {
@@ -45,6 +47,7 @@ impl SubmitRules {
             max_jobs: MAX_JOBS_PER_BATCH,
             inputs: InputPolicy::new(store_url, &[]).expect("the store URL was opened, so it parses"),
             weights: Vec::new(),
+            max_video_frames: stylefarm_core::video::MAX_FRAMES,
         }
     }
 }
@@ -74,7 +77,7 @@ pub fn check_sha256(field: &str, sha: &str) -> Result<String> {
 
 /// An image reference; uploaded images must be known (`has_image`), URLs
 /// inside the store or the operator's allowlist.
-fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<ImageSource> {
+pub fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<ImageSource> {
     match image.and_then(|i| i.source.as_ref()) {
         None => Err(invalid(field, "missing: give a sha256 from UploadImage or an object-store url")),
         Some(pb::image_ref::Source::Sha256(sha)) => {
@@ -209,6 +212,21 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
     }
     let limit_s = req.job_time_limit_s;
     let labels = labels(&req.labels)?;
+    let header = NewBatch {
+        name: req.name.clone(),
+        priority: req.priority,
+        labels,
+        max_attempts: req.max_attempts,
+        request_id: (!req.request_id.is_empty()).then(|| req.request_id.clone()),
+        jobs: Vec::new(),
+    };
+    if req.video.is_some() {
+        if !req.jobs.is_empty() || req.cartesian.is_some() {
+            return Err(invalid("video", "a video batch has no `jobs` or `cartesian`: its jobs come from the clip"));
+        }
+        // the clip's jobs are planned once it is probed (crate::video)
+        return Ok(header);
+    }
     let cartesian_count = req.cartesian.as_ref().map_or(0, |c| c.contents.len().saturating_mul(c.styles.len()).saturating_mul(c.settings.len().max(1)));
     let total = req.jobs.len().saturating_add(cartesian_count);
     if total == 0 {
@@ -249,14 +267,7 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
             }
         }
     }
-    Ok(NewBatch {
-        name: req.name.clone(),
-        priority: req.priority,
-        labels,
-        max_attempts: req.max_attempts,
-        request_id: (!req.request_id.is_empty()).then(|| req.request_id.clone()),
-        jobs,
-    })
+    Ok(NewBatch { jobs, ..header })
 }
 
 pub fn devices(raw: &[pb::Device]) -> Result<Vec<DeviceRecord>> {

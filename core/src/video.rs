@@ -102,6 +102,10 @@ impl Probe {
     pub fn from_ffprobe_json(json: &str, field: &str) -> Result<Probe> {
         let bad = |reason: String| ParamError::new(field, reason);
         let root: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(format!("ffprobe's answer is not JSON: {e}")))?;
+        let format = root.get("format").and_then(|f| f.get("format_name")).and_then(|f| f.as_str()).unwrap_or("");
+        if format == "image2" || format.ends_with("_pipe") {
+            return Err(bad(format!("not a video: a still image ({format})")));
+        }
         let streams = root.get("streams").and_then(|s| s.as_array()).ok_or_else(|| bad("not a video: no streams".into()))?;
         let video = streams
             .iter()
@@ -226,6 +230,128 @@ pub fn blend_of(segments: &[Segment], frame: u32) -> Vec<(usize, f64)> {
         }
     }
     vec![(owner, 1.0)]
+}
+
+/// What one job of a video batch does. Its dependencies' committed outputs
+/// reach the worker in `depends_on` order, as each variant says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VideoTask {
+    /// Decode frames `first..end` of the clip's window (the content) into
+    /// `frames/NNNNNN.png` (frame numbers of the window, from 1). No inputs.
+    Decode { first: u32, end: u32, video: VideoParams },
+    /// The flow from `frame` back to `frame − 1` with its mask, at the render
+    /// size, as `flow.safetensors`. Inputs: the decode job holding both frames.
+    Flow { frame: u32 },
+    /// One frame of a segment's chain as `frame.png` (+ trace): cold from the
+    /// params' start, or warm from the previous frame of the chain. Inputs:
+    /// the decode job holding it; when warm, then the flow of `frame` and the
+    /// chain's previous frame.
+    Frame { frame: u32, segment: u32, warm: bool, video: VideoParams },
+    /// An overlap frame: the cross-fade of two segments' copies (`weight` on
+    /// the later one), re-optimised. Inputs: the decode job, the earlier copy, the later copy.
+    Seam { frame: u32, weight: f64, video: VideoParams },
+    /// Encode the final frames at the clip's rate with its audio into
+    /// `output`. Inputs: the job that made each frame, in frame order.
+    Assemble { frames: u32, fps_num: u32, fps_den: u32, has_audio: bool, video: VideoParams, output: String },
+}
+
+impl VideoTask {
+    pub fn parse(json: &str) -> Result<VideoTask> {
+        serde_json::from_str(json).map_err(|e| ParamError::new("task", format!("not a video task: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a task serialises")
+    }
+
+    /// A short label for lists ("frame 12", "flow 12", "assemble").
+    pub fn label(&self) -> String {
+        match self {
+            VideoTask::Decode { first, end, .. } => format!("decode {}-{}", first + 1, end),
+            VideoTask::Flow { frame } => format!("flow {}", frame + 1),
+            VideoTask::Frame { frame, segment, warm, .. } => format!("frame {} (segment {}{})", frame + 1, segment + 1, if *warm { "" } else { ", cold" }),
+            VideoTask::Seam { frame, .. } => format!("seam {}", frame + 1),
+            VideoTask::Assemble { .. } => "assemble".into(),
+        }
+    }
+
+    /// Whether it runs the network (and needs the device memory of a render).
+    pub fn renders(&self) -> bool {
+        matches!(self, VideoTask::Frame { .. } | VideoTask::Seam { .. })
+    }
+}
+
+/// One job of a video batch's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedJob {
+    pub name: String,
+    pub task: VideoTask,
+    /// Indices of earlier jobs of the plan.
+    pub depends_on: Vec<u32>,
+}
+
+/// Every job of a clip of `frames` frames: per segment a decode job, the flows
+/// of its frames, its chain of frames; a seam job per overlap frame; and the
+/// assembly, which waits on whichever job made each final frame. Flows and
+/// segments are independent of each other, so a farm runs them side by side.
+pub fn plan_jobs(stem: &str, probe: &Probe, frames: u32, video: &VideoParams) -> Vec<PlannedJob> {
+    let segments = plan_segments(frames, video.segment_frames, video.overlap);
+    let mut jobs: Vec<PlannedJob> = Vec::new();
+    let push = |jobs: &mut Vec<PlannedJob>, name: String, task: VideoTask, depends_on: Vec<u32>| -> u32 {
+        jobs.push(PlannedJob { name, task, depends_on });
+        jobs.len() as u32 - 1
+    };
+    // decode: each segment's frames and the one before (its first flow needs it)
+    let decodes: Vec<u32> = segments
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let first = s.first.saturating_sub(1);
+            push(&mut jobs, format!("decode-s{:02}", k + 1), VideoTask::Decode { first, end: s.end, video: video.clone() }, vec![])
+        })
+        .collect();
+    let owner = |frame: u32| segments.iter().position(|s| (s.owns_from..s.end).contains(&frame)).expect("every frame has an owner");
+    let decode_of = |frame: u32| decodes[owner(frame)];
+    let mut flows = vec![None; frames as usize];
+    for (t, slot) in flows.iter_mut().enumerate().skip(1) {
+        let t = t as u32;
+        *slot = Some(push(&mut jobs, format!("flow-{:06}", t + 1), VideoTask::Flow { frame: t }, vec![decode_of(t)]));
+    }
+    let mut copies: Vec<std::collections::BTreeMap<u32, u32>> = Vec::new();
+    for (k, s) in segments.iter().enumerate() {
+        let mut chain = std::collections::BTreeMap::new();
+        let mut previous: Option<u32> = None;
+        for t in s.frames() {
+            let warm = previous.is_some();
+            let mut deps = vec![decodes[k]];
+            if let (Some(p), Some(flow)) = (previous, flows[t as usize]) {
+                deps.extend([flow, p]);
+            }
+            let task = VideoTask::Frame { frame: t, segment: k as u32, warm, video: video.clone() };
+            let id = push(&mut jobs, format!("frame-{:06}-s{:02}", t + 1, k + 1), task, deps);
+            chain.insert(t, id);
+            previous = Some(id);
+        }
+        copies.push(chain);
+    }
+    let mut finals = Vec::with_capacity(frames as usize);
+    for t in 0..frames {
+        let blend = blend_of(&segments, t);
+        let made_by = match blend[..] {
+            [(k, _)] => copies[k][&t],
+            [(a, _), (b, weight)] => {
+                let task = VideoTask::Seam { frame: t, weight, video: video.clone() };
+                push(&mut jobs, format!("seam-{:06}", t + 1), task, vec![decode_of(t), copies[a][&t], copies[b][&t]])
+            }
+            _ => unreachable!("a frame is made by one or two segments"),
+        };
+        finals.push(made_by);
+    }
+    let output = format!("{stem}-stylised.mp4");
+    let task = VideoTask::Assemble { frames, fps_num: probe.fps_num, fps_den: probe.fps_den, has_audio: probe.has_audio, video: video.clone(), output };
+    push(&mut jobs, "assemble".into(), task, finals);
+    jobs
 }
 
 /// A frame's file name in a clip's folders: 1-based, zero-padded (ffmpeg's `%06d`).

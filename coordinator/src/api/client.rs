@@ -83,7 +83,14 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         }
         // images: a snapshot of the known set, so validation runs outside the lock
         let known: std::collections::HashSet<String> = farm.read(|s| request_images(&req).into_iter().filter(|sha| s.has_image(sha)).collect())?;
-        let new: NewBatch = validate::submit(&req, &|sha| known.contains(sha), &farm.config.submit)?;
+        let mut new: NewBatch = validate::submit(&req, &|sha| known.contains(sha), &farm.config.submit)?;
+        if let Some(spec) = &req.video {
+            // the clip is probed before any job exists: a bad one is refused here
+            let video = crate::video::check(spec, &|sha| known.contains(sha), &farm.config.submit)?;
+            let probe = crate::video::probe(&farm, &video.source).await?;
+            new.jobs = crate::video::jobs(&video, &probe, &farm.config.submit, req.job_time_limit_s)?;
+            tracing::info!(frames = probe.frames, width = probe.width, height = probe.height, fps = probe.fps(), jobs = new.jobs.len(), "video planned");
+        }
         let owner = caller.name.clone();
         // with traces exported, each job's trace starts at its `job` span under this call
         let parent = traces::enabled().then(|| tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()));
@@ -219,7 +226,16 @@ impl pb::coordinator_server::Coordinator for ClientApi {
             return Err(CoordError::invalid("header.sha256", format!("announced {}, the bytes hash to {sha}", header.sha256)).into());
         }
         tracing::Span::current().record("sha256", &sha[..16]).record("bytes", data.len());
-        let (width, height, format) = inspect_image(&header.filename, &data)?;
+        let (width, height, format) = if header.video {
+            // a clip is probed now (and again, with its window, at submit)
+            let probe = crate::video::probe_bytes(data.clone()).await?;
+            probe
+                .check("video", &stylefarm_core::video::VideoParams::default(), u32::MAX)
+                .map_err(|e| CoordError::invalid("chunk", format!("{}: {}", header.filename, e.reason)))?;
+            (probe.width, probe.height, "video".to_string())
+        } else {
+            inspect_image(&header.filename, &data)?
+        };
         if self.farm.read(|s| s.has_image(&sha))? {
             return Ok(Response::new(pb::UploadImageResponse { sha256: sha, size_bytes: data.len() as u64, width, height, format, already_present: true }));
         }
@@ -313,7 +329,9 @@ impl pb::coordinator_server::Coordinator for ClientApi {
 fn request_images(req: &pb::SubmitBatchRequest) -> Vec<String> {
     let refs = req.jobs.iter().flat_map(|j| j.content.iter().chain(j.styles.iter()));
     let cartesian = req.cartesian.iter().flat_map(|c| c.contents.iter().chain(c.styles.iter()));
+    let video = req.video.iter().flat_map(|v| v.video.iter().chain(v.styles.iter()));
     refs.chain(cartesian)
+        .chain(video)
         .filter_map(|r| match &r.source {
             Some(pb::image_ref::Source::Sha256(sha)) => Some(sha.to_ascii_lowercase()),
             _ => None,

@@ -63,6 +63,8 @@ impl WorkerService {
             traceparent: traceparent_of_attempt.unwrap_or_else(|| traceparent(&job.trace_id)),
             lease_secret: grant.secret.expose().to_string(),
             time_limit_ms: job.time_limit_ms,
+            task_json: job.task.clone().unwrap_or_default(),
+            inputs: grant.inputs.iter().map(|i| pb::DependencyOutput { job_id: i.job.to_string(), name: i.name.clone(), prefix: i.prefix.clone() }).collect(),
         }
     }
 }

@@ -61,6 +61,8 @@ fn a_file_with_no_video_stream_is_not_a_video() {
     let cover = r#"{"streams":[{"codec_type":"video","width":10,"height":10,"r_frame_rate":"90000/1","disposition":{"attached_pic":1}}]}"#;
     assert!(Probe::from_ffprobe_json(cover, "video").is_err());
     assert!(Probe::from_ffprobe_json("{}", "video").is_err());
+    let png = r#"{"streams":[{"codec_type":"video","width":10,"height":10,"r_frame_rate":"25/1"}],"format":{"format_name":"png_pipe"}}"#;
+    assert!(Probe::from_ffprobe_json(png, "video").unwrap_err().reason.contains("still image"));
 }
 
 #[test]
@@ -82,4 +84,39 @@ fn knobs_name_the_field_and_the_limit() {
 fn frames_are_numbered_from_one_with_zero_padding() {
     assert_eq!(frame_name(0), "000001.png");
     assert_eq!(frame_name(1234), "001235.png");
+}
+
+fn probe(frames: u32) -> Probe {
+    Probe { width: 64, height: 48, fps_num: 12, fps_den: 1, frames, duration_s: frames as f64 / 12.0, has_audio: true }
+}
+
+#[test]
+fn the_plan_chains_each_segment_and_runs_flows_and_segments_side_by_side() {
+    let video = VideoParams { segment_frames: 6, overlap: 2, ..VideoParams::default() };
+    let jobs = plan_jobs("clip", &probe(12), 12, &video);
+    let count = |kind: &str| jobs.iter().filter(|j| j.name.starts_with(kind)).count();
+    // 2 segments: 2 decodes, 11 flows, 6 + 8 frames, 2 seams, 1 assembly
+    assert_eq!((count("decode"), count("flow"), count("frame"), count("seam"), count("assemble")), (2, 11, 14, 2, 1));
+    for (i, job) in jobs.iter().enumerate() {
+        assert!(job.depends_on.iter().all(|&d| (d as usize) < i), "{} depends only on earlier jobs", job.name);
+        assert!(VideoTask::parse(&job.task.to_json()).unwrap() == job.task);
+    }
+    let by_name = |name: &str| jobs.iter().position(|j| j.name == name).unwrap() as u32;
+    // a warm frame waits on its decode, its flow and the chain's previous frame
+    let frame3 = &jobs[by_name("frame-000003-s01") as usize];
+    assert_eq!(frame3.depends_on, vec![by_name("decode-s01"), by_name("flow-000003"), by_name("frame-000002-s01")]);
+    // the second segment starts cold two frames before its boundary, on its own decode
+    let cold = &jobs[by_name("frame-000005-s02") as usize];
+    assert_eq!(cold.depends_on, vec![by_name("decode-s02")]);
+    assert!(matches!(cold.task, VideoTask::Frame { warm: false, .. }));
+    // and no flow waits on a frame: all of them can run at once
+    assert!(jobs.iter().filter(|j| j.name.starts_with("flow")).all(|j| j.depends_on.len() == 1));
+    let seam = &jobs[by_name("seam-000005") as usize];
+    assert_eq!(seam.depends_on, vec![by_name("decode-s01"), by_name("frame-000005-s01"), by_name("frame-000005-s02")]);
+    let assemble = jobs.last().unwrap();
+    assert_eq!(assemble.depends_on.len(), 12);
+    assert_eq!(assemble.depends_on[4], by_name("seam-000005"));
+    assert_eq!(assemble.depends_on[11], by_name("frame-000012-s02"));
+    let VideoTask::Decode { first, end, .. } = jobs[by_name("decode-s02") as usize].task else { panic!() };
+    assert_eq!((first, end), (3, 12), "the second decode holds the frame before its chain's first");
 }
