@@ -352,6 +352,7 @@ async fn invalid_requests_name_the_field_and_limit() {
                     filename: "x.png".into(),
                     size_bytes: data.len() as u64,
                     sha256: sha.into(),
+                    video: false,
                 })),
             },
             pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.into())) },

@@ -83,6 +83,12 @@ struct SubmitArgs {
     /// Content images: local files (uploaded once) or object-store URLs.
     #[arg(long, num_args = 1..)]
     content: Vec<String>,
+    /// A clip to stylise (instead of --content): temporally consistent, split
+    /// over the farm; `fetch` then yields NAME-stylised.mp4 with the audio.
+    #[arg(long, conflicts_with_all = ["content", "manifest"])]
+    video: Option<String>,
+    #[command(flatten)]
+    video_knobs: stylefarm_core::video_knobs::VideoKnobArgs,
     /// Style images: local files or object-store URLs.
     #[arg(long, num_args = 1..)]
     style: Vec<String>,
@@ -150,6 +156,9 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
             job_inputs.push((job.name.clone(), manifest::input(base, &job.content), job.styles.iter().map(|s| manifest::input(base, s)).collect(), params));
         }
     }
+    if let Some(video) = &args.video {
+        return submit_video(cli, args, Input::parse(video), styles).await;
+    }
     if contents.is_empty() != styles.is_empty() {
         return Err(Failure::Input("give both --content and --style (every content is rendered with every style)".into()).into());
     }
@@ -169,7 +178,7 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
     let mut client = connect(cli).await?;
     let all: Vec<Input> =
         contents.iter().chain(&styles).cloned().chain(job_inputs.iter().flat_map(|(_, c, s, _)| std::iter::once(c.clone()).chain(s.iter().cloned()))).collect();
-    let refs = upload::resolve_inputs(&mut client, &all, cli.json).await?;
+    let refs = upload::resolve_inputs(&mut client, &all, &|_| false, cli.json).await?;
     let (m, _) = manifest.as_ref().map(|(m, b)| (Some(m), b)).unwrap_or((None, &PathBuf::new()));
     // contents × styles as explicit jobs, named after the files ("chelsea-x-retina")
     let mut jobs = Vec::with_capacity(contents.len() * styles.len() + job_inputs.len());
@@ -206,7 +215,45 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         max_attempts: args.max_attempts.or_else(|| m.and_then(|m| m.max_attempts)).unwrap_or(0),
         request_id: args.request_id.clone().unwrap_or_default(),
         job_time_limit_s: args.time_limit_s.unwrap_or(0),
+        video: None,
     };
+    send(cli, args, client, request).await
+}
+
+/// A clip with its styles: the coordinator probes it and plans its jobs.
+async fn submit_video(cli: &Cli, args: &SubmitArgs, video: Input, styles: Vec<Input>) -> Result<()> {
+    if styles.is_empty() {
+        return Err(Failure::Input("give --style with --video".into()).into());
+    }
+    let params = args.knobs.to_params().map_err(|e| Failure::Input(e.to_string()))?;
+    // checked here too, so a typo fails before the upload
+    args.video_knobs.to_params(params.iterations).map_err(|e| Failure::Input(e.to_string()))?;
+    let mut client = connect(cli).await?;
+    let all: Vec<Input> = std::iter::once(video.clone()).chain(styles.iter().cloned()).collect();
+    let refs = upload::resolve_inputs(&mut client, &all, &|input| *input == video, cli.json).await?;
+    let spec = pb::VideoSpec {
+        video: Some(refs[&video].clone()),
+        styles: styles.iter().map(|s| refs[s].clone()).collect(),
+        settings: Some(pb::RenderSettings { params_json: serde_json::to_string(&params)?, ..Default::default() }),
+        video_params_json: serde_json::Value::Object(args.video_knobs.overlay()).to_string(),
+        name: stem(&video),
+    };
+    let request = pb::SubmitBatchRequest {
+        name: args.name.clone().unwrap_or_else(|| stem(&video)),
+        priority: args.priority.unwrap_or(0),
+        labels: args.labels.iter().cloned().collect(),
+        jobs: Vec::new(),
+        cartesian: None,
+        max_attempts: args.max_attempts.unwrap_or(0),
+        request_id: args.request_id.clone().unwrap_or_default(),
+        job_time_limit_s: args.time_limit_s.unwrap_or(0),
+        video: Some(spec),
+    };
+    send(cli, args, client, request).await
+}
+
+/// Submits, prints the batch id, and with --wait follows it to the end.
+async fn send(cli: &Cli, args: &SubmitArgs, mut client: Coordinator, request: pb::SubmitBatchRequest) -> Result<()> {
     let mut request = tonic::Request::new(request);
     stylefarm_core::traces::inject(&tracing::Span::current(), request.metadata_mut());
     let response = client.submit_batch(request).await?.into_inner();

@@ -34,10 +34,16 @@ impl Input {
 }
 
 /// Uploads every distinct local file that the coordinator lacks; returns the
-/// image reference of each input.
-pub async fn resolve_inputs(client: &mut stylefarm_proto::connect::Coordinator, inputs: &[Input], quiet: bool) -> Result<BTreeMap<Input, pb::ImageRef>> {
+/// reference of each input. `is_video` says which are clips (probed by the
+/// coordinator instead of decoded as images).
+pub async fn resolve_inputs(
+    client: &mut stylefarm_proto::connect::Coordinator,
+    inputs: &[Input],
+    is_video: &dyn Fn(&Input) -> bool,
+    quiet: bool,
+) -> Result<BTreeMap<Input, pb::ImageRef>> {
     let mut refs = BTreeMap::new();
-    let mut local: BTreeMap<String, (PathBuf, Bytes)> = BTreeMap::new();
+    let mut local: BTreeMap<String, (PathBuf, Bytes, bool)> = BTreeMap::new();
     for input in inputs {
         if refs.contains_key(input) {
             continue;
@@ -50,7 +56,7 @@ pub async fn resolve_inputs(client: &mut stylefarm_proto::connect::Coordinator, 
                 let data = read(path)?;
                 let sha = hex::encode(Sha256::digest(&data));
                 refs.insert(input.clone(), pb::ImageRef { source: Some(pb::image_ref::Source::Sha256(sha.clone())) });
-                local.entry(sha).or_insert((path.clone(), data));
+                local.entry(sha).or_insert((path.clone(), data, is_video(input)));
             }
         }
     }
@@ -59,8 +65,8 @@ pub async fn resolve_inputs(client: &mut stylefarm_proto::connect::Coordinator, 
     }
     let missing = client.stat_images(pb::StatImagesRequest { sha256: local.keys().cloned().collect() }).await?.into_inner().missing;
     for sha in &missing {
-        let (path, data) = &local[sha];
-        let response = upload(client, path, data.clone(), sha).await?;
+        let (path, data, video) = &local[sha];
+        let response = upload(client, path, data.clone(), sha, *video).await?;
         if !quiet {
             eprintln!("uploaded {} ({}x{} {}, {} bytes)", path.display(), response.width, response.height, response.format, response.size_bytes);
         }
@@ -76,11 +82,12 @@ fn read(path: &Path) -> Result<Bytes> {
     Ok(Bytes::from(data))
 }
 
-async fn upload(client: &mut stylefarm_proto::connect::Coordinator, path: &Path, data: Bytes, sha: &str) -> Result<pb::UploadImageResponse> {
+async fn upload(client: &mut stylefarm_proto::connect::Coordinator, path: &Path, data: Bytes, sha: &str, video: bool) -> Result<pb::UploadImageResponse> {
     let header = pb::UploadHeader {
         filename: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         size_bytes: data.len() as u64,
         sha256: sha.to_string(),
+        video,
     };
     let mut messages = vec![pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Header(header)) }];
     let mut offset = 0;

@@ -65,34 +65,39 @@ impl Tools {
     }
 
     /// Decodes the frames of `video`'s window into `dir` as `000001.png`, … at
-    /// the clip's own size and rate (every frame, none duplicated or dropped).
+    /// the clip's own size (every frame, none duplicated or dropped), or only
+    /// `frames` of the window (0-based, named by their place in the window).
     /// Returns how many it wrote.
-    pub fn decode(&self, input: &Path, video: &VideoParams, dir: &Path) -> Result<u32, ToolError> {
-        std::fs::create_dir_all(dir).map_err(|e| ToolError::Failed { tool: "ffmpeg".into(), detail: format!("creating {}: {e}", dir.display()) })?;
-        let (start, duration) = (format!("{}", video.start_s), format!("{}", video.duration_s));
-        let pattern = dir.join("%06d.png");
-        let mut args: Vec<&std::ffi::OsStr> = vec!["-v".as_ref(), "error".as_ref(), "-nostdin".as_ref(), "-y".as_ref(), "-i".as_ref(), input.as_os_str()];
-        if video.start_s > 0.0 {
-            args.extend(["-ss".as_ref(), start.as_ref() as &std::ffi::OsStr]);
+    pub fn decode(&self, input: &Path, video: &VideoParams, frames: Option<std::ops::Range<u32>>, dir: &Path) -> Result<u32, ToolError> {
+        let failed = |detail: String| ToolError::Failed { tool: "ffmpeg".into(), detail };
+        std::fs::create_dir_all(dir).map_err(|e| failed(format!("creating {}: {e}", dir.display())))?;
+        let mut filters = Vec::new();
+        if video.start_s > 0.0 || video.duration_s > 0.0 {
+            let mut trim = format!("trim=start={}", video.start_s);
+            if video.duration_s > 0.0 {
+                trim.push_str(&format!(":duration={}", video.duration_s));
+            }
+            filters.push(trim);
         }
-        if video.duration_s > 0.0 {
-            args.extend(["-t".as_ref(), duration.as_ref() as &std::ffi::OsStr]);
+        let first = frames.as_ref().map_or(0, |r| r.start);
+        if let Some(r) = &frames {
+            filters.push(format!("select=between(n\\,{}\\,{})", r.start, r.end.saturating_sub(1)));
         }
-        args.extend([
-            "-map".as_ref(),
-            "0:v:0".as_ref(),
-            "-fps_mode".as_ref(),
-            "passthrough".as_ref(),
-            "-start_number".as_ref(),
-            "1".as_ref(),
-            pattern.as_os_str(),
-        ]);
-        let out = run(&self.ffmpeg, &args)?;
+        let mut args: Vec<std::ffi::OsString> = ["-v", "error", "-nostdin", "-y", "-i"].iter().map(Into::into).collect();
+        args.push(input.as_os_str().to_owned());
+        if !filters.is_empty() {
+            args.extend(["-vf".into(), filters.join(",").into()]);
+        }
+        let start_number = (first + 1).to_string();
+        args.extend(["-map", "0:v:0", "-fps_mode", "passthrough", "-start_number", &start_number].iter().map(Into::into));
+        args.push(dir.join("%06d.png").into_os_string());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = run(&self.ffmpeg, &refs)?;
         if !out.status.success() {
-            return Err(ToolError::Failed { tool: "ffmpeg".into(), detail: format!("decoding {}: {}", input.display(), tail(&out.stderr)) });
+            return Err(failed(format!("decoding {}: {}", input.display(), tail(&out.stderr))));
         }
         let count = std::fs::read_dir(dir)
-            .map_err(|e| ToolError::Failed { tool: "ffmpeg".into(), detail: e.to_string() })?
+            .map_err(|e| failed(e.to_string()))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
             .count();
@@ -110,6 +115,9 @@ impl Tools {
         if let Some((source, video)) = audio_from {
             if video.start_s > 0.0 {
                 args.extend(["-ss".into(), format!("{}", video.start_s).into()]);
+            }
+            if video.duration_s > 0.0 {
+                args.extend(["-t".into(), format!("{}", video.duration_s).into()]);
             }
             args.extend(["-i".into(), source.as_os_str().to_owned()]);
             args.extend(["-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-shortest"].iter().map(Into::into));

@@ -19,6 +19,8 @@ pub mod telemetry;
 #[cfg(feature = "traces")]
 pub mod traces;
 pub mod video;
+#[cfg(feature = "cli")]
+pub mod video_knobs;
 pub mod weights_spec;
 
 pub use error::{ParamError, Result, ToolError};

@@ -255,12 +255,18 @@ pub async fn upload_file(client: &mut Client, path: &Path) -> String {
 }
 
 pub async fn upload_bytes(client: &mut Client, filename: &str, data: Vec<u8>) -> Result<String, tonic::Status> {
+    upload_as(client, filename, data, false).await
+}
+
+/// Uploads bytes as an image, or as a clip (`video`, probed by the coordinator).
+pub async fn upload_as(client: &mut Client, filename: &str, data: Vec<u8>, video: bool) -> Result<String, tonic::Status> {
     let messages = vec![
         pb::UploadImageRequest {
             part: Some(pb::upload_image_request::Part::Header(pb::UploadHeader {
                 filename: filename.into(),
                 size_bytes: data.len() as u64,
                 sha256: String::new(),
+                video,
             })),
         },
         pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.into())) },

@@ -132,27 +132,8 @@ pub struct VideoArgs {
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, env = "STYLEFARM_THREADS")]
     pub threads: Option<i32>,
-    /// Weight of the short-term temporal loss [default: 1000].
-    #[arg(long)]
-    pub temporal_weight: Option<f64>,
-    /// Iterations of each segment's first frame [default: --iterations].
-    #[arg(long)]
-    pub first_iterations: Option<u32>,
-    /// Iterations of every warm-started frame [default: 20].
-    #[arg(long)]
-    pub frame_iterations: Option<u32>,
-    /// Frames per segment (segments are independent chains) [default: 24].
-    #[arg(long)]
-    pub segment_frames: Option<u32>,
-    /// Frames of overlap cross-faded between segments [default: 3].
-    #[arg(long)]
-    pub overlap: Option<u32>,
-    /// Start this many seconds into the clip.
-    #[arg(long)]
-    pub start: Option<f64>,
-    /// Take this many seconds of the clip.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    #[command(flatten)]
+    pub video: stylefarm_core::video_knobs::VideoKnobArgs,
     /// Refuse clips with more frames than this.
     #[arg(long, default_value_t = stylefarm_core::video::MAX_FRAMES)]
     pub max_frames: u32,

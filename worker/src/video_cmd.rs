@@ -60,23 +60,9 @@ struct Report {
     runs: Vec<RunFigures>,
 }
 
-fn video_params(args: &VideoArgs, iterations: u32) -> VideoParams {
-    let d = VideoParams::default();
-    VideoParams {
-        temporal_weight: args.temporal_weight.unwrap_or(d.temporal_weight),
-        first_iterations: args.first_iterations.unwrap_or(iterations),
-        frame_iterations: args.frame_iterations.unwrap_or(d.frame_iterations),
-        segment_frames: args.segment_frames.unwrap_or(d.segment_frames),
-        overlap: args.overlap.unwrap_or(d.overlap),
-        start_s: args.start.unwrap_or(0.0),
-        duration_s: args.duration.unwrap_or(0.0),
-    }
-}
-
 pub fn run(args: &VideoArgs) -> Result<()> {
     let params = args.knobs.to_params()?;
-    let video = video_params(args, params.iterations);
-    video.validate()?;
+    let video = args.video.to_params(params.iterations)?;
     if let Some(threads) = args.threads {
         anyhow::ensure!(threads >= 1, "invalid parameter `threads`: {threads} must be >= 1");
         tch::set_num_threads(threads);
@@ -88,7 +74,7 @@ pub fn run(args: &VideoArgs) -> Result<()> {
     let work = args.work.clone().unwrap_or_else(|| args.output.with_extension("").with_file_name(format!("{}-work", stem(&args.output))));
     let decoded = work.join("frames");
     let _ = std::fs::remove_dir_all(&decoded);
-    let count = tools.decode(&args.input, &video, &decoded)?;
+    let count = tools.decode(&args.input, &video, None, &decoded)?;
     eprintln!(
         "video: {} {}x{} at {}/{} fps, {count} frames decoded (ffprobe: {frames}), audio: {}",
         args.input.display(),

@@ -237,14 +237,14 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    fn stage(&self, stage: Stage, started: Instant) {
+    pub fn stage(&self, stage: Stage, started: Instant) {
         if let Some(metrics) = &self.metrics {
             metrics.stage(stage, started.elapsed());
         }
     }
 }
 
-fn failed(reason: impl Into<String>, retryable: bool) -> Outcome {
+pub fn failed(reason: impl Into<String>, retryable: bool) -> Outcome {
     Outcome::Failed { reason: reason.into(), retryable }
 }
 
@@ -255,8 +255,27 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         Ok(p) => p,
         Err(e) => return failed(format!("invalid params_json: {e}"), false),
     };
+    let task = match super::video_task::parse(lease) {
+        Ok(task) => task,
+        Err(reason) => return failed(reason, false),
+    };
+    if let Some(step) = task.as_ref().filter(|t| !t.renders()) {
+        // decode, flow, assemble: no network to run
+        return super::video_task::execute_step(ctx, job, step, &params).await;
+    }
     job.shared.lock().expect("progress lock").iterations = (0..params.scales as usize).map(|i| params.iterations_at(i)).collect();
     let mut sources = vec![("content".to_string(), lease.content_url.clone(), lease.content_sha256.clone())];
+    // a video frame's content is its decoded frame; its start comes from earlier jobs' outputs
+    let mut prior = None;
+    if let Some(task) = &task {
+        match super::video_task::frame_inputs(ctx, lease, task).await {
+            Ok((content_url, bytes)) => {
+                sources[0] = ("content".to_string(), content_url, String::new());
+                prior = bytes;
+            }
+            Err(outcome) => return outcome,
+        }
+    }
     for (i, url) in lease.style_urls.iter().enumerate() {
         sources.push((format!("style[{i}]"), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
     }
@@ -293,7 +312,7 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     let span = tracing::Span::current();
     let rendered = tokio::task::spawn_blocking(move || {
         let _job = span.enter();
-        render_job(images, params, taken, device, pack, progress, &dir_for_engine)
+        render_job(images, prior, params, taken, device, pack, progress, &dir_for_engine)
     })
     .await;
     ctx.stage(Stage::Render, rendering);
@@ -326,15 +345,17 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     outcome
 }
 
-struct Rendered {
-    final_loss: f64,
-    iterations: u32,
-    engine_ms: f64,
-    device: String,
+pub struct Rendered {
+    pub final_loss: f64,
+    pub iterations: u32,
+    pub engine_ms: f64,
+    pub device: String,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render_job(
     images: Vec<(String, Bytes)>,
+    prior: Option<super::video_task::PriorBytes>,
     params: RenderParams,
     slot: Option<WeightsSlot>,
     device: Device,
@@ -373,7 +394,12 @@ fn render_job(
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
     let render_span = tracing::info_span!("render", size = params.size, scales = params.scales, device = %stylefarm_engine::device::describe(device));
     progress.began = Instant::now();
-    let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, Start::Init(None), &slot.weights, &params, device, &mut progress));
+    let prior = match prior.map(|p| p.decode(params.size)).transpose() {
+        Ok(prior) => prior,
+        Err(e) => return (Err(e), Some(slot)),
+    };
+    let start = prior.as_ref().map_or(Start::Init(None), Start::Prior);
+    let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, start, &slot.weights, &params, device, &mut progress));
     progress.end_scale();
     drop(render_span);
     let out = match rendered {
@@ -419,12 +445,37 @@ fn kind_of(name: &str) -> &'static str {
         "trace.jsonl" => "trace",
         "metadata.json" => "metadata",
         "animation.gif" => "animation",
+        "flow.safetensors" => "flow",
+        n if n.starts_with("frames/") => "frame",
+        n if n.ends_with(".mp4") => "video",
         _ => "snapshot",
     }
 }
 
 /// Uploads every output file under the attempt's prefix, retrying transient errors.
 async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rendered) -> Outcome {
+    let mut files = Vec::new();
+    for name in ["output.png", "trace.jsonl", "metadata.json", "animation.gif"] {
+        if dir.join(name).is_file() {
+            files.push(name.to_string());
+        }
+    }
+    files.extend(listing(dir, "snapshots"));
+    upload_files(ctx, lease, dir, files, rendered).await
+}
+
+/// The files of `dir/sub`, as `sub/NAME`, sorted.
+pub fn listing(dir: &Path, sub: &str) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir.join(sub)) {
+        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// Uploads `files` (relative to `dir`) under the attempt's prefix, retrying transient errors.
+pub async fn upload_files(ctx: &JobContext, lease: &pb::Lease, dir: &Path, files: Vec<String>, rendered: Rendered) -> Outcome {
     let Some(relative) = lease.output_prefix.strip_prefix(&ctx.store_url) else {
         return failed(format!("output prefix {} is not under the store {}", lease.output_prefix, ctx.store_url), false);
     };
@@ -433,17 +484,6 @@ async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rende
         Ok(l) => l,
         Err(e) => return failed(e.to_string(), false),
     };
-    let mut files = Vec::new();
-    for name in ["output.png", "trace.jsonl", "metadata.json", "animation.gif"] {
-        if dir.join(name).is_file() {
-            files.push(name.to_string());
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(dir.join("snapshots")) {
-        let mut snapshots: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| format!("snapshots/{}", e.file_name().to_string_lossy())).collect();
-        snapshots.sort();
-        files.extend(snapshots);
-    }
     let mut outputs = Vec::with_capacity(files.len());
     for name in files {
         let data = match std::fs::read(dir.join(&name)) {

@@ -9,6 +9,7 @@ mod inputs;
 mod job;
 pub mod metrics;
 mod pack;
+mod video_task;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
