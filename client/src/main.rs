@@ -439,7 +439,14 @@ async fn fetch(cli: &Cli, batch: &str, out: &std::path::Path) -> Result<()> {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                std::fs::write(&path, files.remove(&name).unwrap_or_default()).with_context(|| format!("writing {}", path.display()))?;
+                let data = files.remove(&name).unwrap_or_default();
+                std::fs::write(&path, &data).with_context(|| format!("writing {}", path.display()))?;
+                // a video batch's clip also lands at the top: out/NAME-stylised.mp4
+                if name.ends_with(".mp4") && !name.contains('/') {
+                    let top = out.join(&name);
+                    std::fs::write(&top, &data).with_context(|| format!("writing {}", top.display()))?;
+                    fetched.push(top);
+                }
                 fetched.push(path);
             }
         }
