@@ -4,7 +4,7 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: deploy-test setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
+.PHONY: video-demo deploy-test setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
 setup:
@@ -50,6 +50,10 @@ soak-coordinator:
 ## bench-farm: farm throughput with 1 vs 2 local workers, and the coordinator's overhead per job.
 bench-farm: setup
 	bash scripts/farm_bench.sh
+
+## video-demo: a generated clip stylised temporally consistent vs frame by frame, figures side by side (CPU, ~15 min at 256 px).
+video-demo: setup release
+	bash scripts/video_demo.sh
 
 ## render-demo: one local render of the sample images, no farm.
 render-demo: release

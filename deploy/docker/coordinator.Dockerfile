@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The coordinator (and the `stylefarm` client): no libtorch, ~100 MB.
+# The coordinator (and the `stylefarm` client): no libtorch; ffprobe for clips.
 #
 #   docker build -f deploy/docker/coordinator.Dockerfile -t stylefarm-coordinator:0.1.0 .
 #
@@ -32,6 +32,8 @@ LABEL org.opencontainers.image.title="stylefarm-coordinator" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/stylefarm/stylefarm"
+# ffmpeg/ffprobe (Debian's): the coordinator probes every submitted clip (video batches) with ffprobe
+RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg && rm -rf /var/lib/apt/lists/*
 # a fixed non-root user (no passwd package needed)
 RUN echo 'stylefarm:x:10001:10001:stylefarm:/var/lib/stylefarm:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'stylefarm:x:10001:' >> /etc/group \

@@ -44,6 +44,8 @@ LABEL org.opencontainers.image.title="stylefarm-worker" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/stylefarm/stylefarm"
+# ffmpeg/ffprobe (Debian's): the worker decodes clips and encodes stylised ones (video batches)
+RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg && rm -rf /var/lib/apt/lists/*
 RUN echo 'stylefarm:x:10001:10001:stylefarm:/var/lib/stylefarm:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'stylefarm:x:10001:' >> /etc/group \
  && mkdir -p /var/lib/stylefarm /var/cache/stylefarm && chown 10001:10001 /var/lib/stylefarm /var/cache/stylefarm

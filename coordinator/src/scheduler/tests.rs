@@ -213,3 +213,23 @@ fn dependencies_survive_a_restart() {
     finish(&mut restored, w, &b, 13);
     assert_eq!(restored.lease(w, &local(), 0, 14, &mut Effects::default()).unwrap().expect("c").job.id, submitted.jobs[2]);
 }
+
+#[test]
+fn a_worker_lost_mid_chain_resumes_it_from_the_last_committed_frame() {
+    let (mut s, w) = setup();
+    let ids = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace()).jobs;
+    let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
+    finish(&mut s, w, &a, 2);
+    let b = s.lease(w, &local(), 0, 3, &mut Effects::default()).unwrap().unwrap();
+    assert_eq!(b.job.id, ids[1]);
+    // the worker dies: b's lease runs out, a stays committed
+    s.tick(3 + 1_001, &mut Effects::default());
+    assert!(matches!(s.job(ids[1]).unwrap().state, JobState::Queued { .. }));
+    assert!(matches!(s.job(ids[0]).unwrap().state, JobState::Succeeded { .. }), "the committed frame is not run again");
+    let other = s.register_worker(None, &local(), "w2".into(), gpu(4 << 30), "1".into(), 5_000, &mut Effects::default()).unwrap().id;
+    let retry = s.lease(other, &local(), 0, 10_000, &mut Effects::default()).unwrap().expect("b again, after its backoff");
+    assert_eq!((retry.job.id, retry.attempt), (ids[1], 2));
+    assert_eq!(retry.inputs[0].prefix, "file:///out/a/", "from the same committed output");
+    finish(&mut s, other, &retry, 10_001);
+    assert_eq!(s.lease(other, &local(), 0, 10_002, &mut Effects::default()).unwrap().expect("c").job.id, ids[2]);
+}
