@@ -35,6 +35,15 @@ impl TemporalPrior {
         Ok(TemporalPrior { warped, mask: pair.mask.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?, weight })
     }
 
+    /// Holds a frame near `image` everywhere (no motion, every pixel trusted):
+    /// the start of a seam frame, from the cross-fade of two segments' copies.
+    pub fn hold(image: &RgbImage, weight: f64) -> Result<TemporalPrior> {
+        let (w, h) = (image.width() as i64, image.height() as i64);
+        let still =
+            FramePair { backward: Tensor::f_zeros([1, 2, h, w], (Kind::Float, Device::Cpu))?, mask: Tensor::f_ones([1, 1, h, w], (Kind::Float, Device::Cpu))? };
+        TemporalPrior::new(image, &still, weight)
+    }
+
     /// The warped image and mask at `h`×`w` on `device` in `kind`.
     pub fn at(&self, h: i64, w: i64, kind: Kind, device: Device) -> Result<(Tensor, Tensor)> {
         let resize = |t: &Tensor| -> Result<Tensor> {

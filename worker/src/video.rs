@@ -10,7 +10,7 @@ use stylefarm_engine::render::{evaluate_output, load_weights, render_loaded, Pro
 use stylefarm_engine::temporal::TemporalPrior;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::Result;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 /// Renders the frames of one clip: same styles, params and device throughout.
 pub struct FrameRenderer {
@@ -48,10 +48,9 @@ impl FrameRenderer {
     /// every pixel trusted) while the style statistics the averaging washed out
     /// come back, in `frame_iterations`.
     pub fn seam(&self, frame: &RgbImage, faded: &RgbImage, progress: &mut dyn Progress) -> Result<RenderOutput> {
-        let (w, h) = (faded.width() as i64, faded.height() as i64);
-        let still =
-            FramePair { backward: Tensor::zeros([1, 2, h, w], (Kind::Float, Device::Cpu)), mask: Tensor::ones([1, 1, h, w], (Kind::Float, Device::Cpu)) };
-        self.warm(frame, faded, &still, progress)
+        let prior = TemporalPrior::hold(faded, self.video.temporal_weight)?;
+        let params = RenderParams { iterations: self.video.frame_iterations, ..self.params.clone() };
+        render_loaded(frame, &self.styles, Start::Prior(&prior), &self.weights, &params, self.device, progress)
     }
 
     /// A frame with no predecessor at `iterations` (the independent baseline).

@@ -11,14 +11,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use stylefarm_core::ffmpeg::Tools;
 use stylefarm_core::video::{frame_name, VideoTask};
-use stylefarm_engine::flow::FramePair;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
 use stylefarm_engine::temporal::TemporalPrior;
 use stylefarm_engine::video::{at_size, blend, pair_for, pair_from_bytes, pair_to_bytes};
 use stylefarm_engine::EngineError;
 use stylefarm_proto as pb;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use super::inputs::InputError;
 use super::job::{failed, listing, upload_files, JobContext, Outcome, Rendered, RunningJob};
@@ -68,13 +67,7 @@ impl PriorBytes {
             PriorBytes::Seam { earlier, later, weight, temporal_weight } => {
                 let (a, b) = (image(&earlier, "earlier copy")?, image(&later, "later copy")?);
                 let faded = blend(&[(&a, 1.0 - weight), (&b, weight)])?;
-                let faded = at_size(&faded, size);
-                let (w, h) = (faded.width() as i64, faded.height() as i64);
-                let still = FramePair {
-                    backward: Tensor::zeros([1, 2, h, w], (Kind::Float, Device::Cpu)),
-                    mask: Tensor::ones([1, 1, h, w], (Kind::Float, Device::Cpu)),
-                };
-                TemporalPrior::new(&faded, &still, temporal_weight)
+                TemporalPrior::hold(&at_size(&faded, size), temporal_weight)
             }
         }
     }
