@@ -848,7 +848,26 @@ impl Scheduler {
     /// Bookkeeping after a job left `from`: counts, queues, worker sets, the
     /// store op, the event, and the batch's end.
     fn after_attempt(&mut self, job_id: JobId, worker: Option<WorkerId>, from: StateKind, now: Millis, fx: &mut Effects) {
-        let Some(job) = self.jobs.get(&job_id) else { return };
+        let Some((to, batch_id)) = self.settle(job_id, worker, from, now, fx) else { return };
+        match to {
+            StateKind::Succeeded => self.release_dependents(job_id, fx),
+            StateKind::Failed | StateKind::Cancelled => self.end_dependents(job_id, now, fx),
+            _ => {}
+        }
+        let Some(batch) = self.batches.get_mut(&batch_id) else { return };
+        if batch.counts.finished() && batch.finished_ms.is_none() {
+            batch.finished_ms = Some(now);
+            fx.ops.push(StoreOp::FinishBatch { id: batch_id, finished_ms: now, counts: batch.counts.clone(), started: batch.started });
+            fx.events.push(Event { kind: EventKind::BatchFinished, batch: batch_id, job: None });
+            fx.finished_batches.push(batch_id);
+            tracing::info!(batch_id = %batch_id, counts = ?batch.counts, "batch finished");
+        }
+    }
+
+    /// The job's own bookkeeping after it left `from` (not its dependents', not
+    /// the batch's end): its new state and batch.
+    fn settle(&mut self, job_id: JobId, worker: Option<WorkerId>, from: StateKind, now: Millis, fx: &mut Effects) -> Option<(StateKind, BatchId)> {
+        let job = self.jobs.get(&job_id)?;
         let to = job.state.kind();
         let batch_id = job.batch;
         if let (StateKind::Running, Some(worker)) = (from, worker) {
@@ -880,19 +899,7 @@ impl Scheduler {
         if let Some(batch) = self.batches.get_mut(&batch_id) {
             batch.counts.moved(from, to);
         }
-        match to {
-            StateKind::Succeeded => self.release_dependents(job_id, fx),
-            StateKind::Failed | StateKind::Cancelled => self.end_dependents(job_id, now, fx),
-            _ => {}
-        }
-        let Some(batch) = self.batches.get_mut(&batch_id) else { return };
-        if batch.counts.finished() && batch.finished_ms.is_none() {
-            batch.finished_ms = Some(now);
-            fx.ops.push(StoreOp::FinishBatch { id: batch_id, finished_ms: now, counts: batch.counts.clone(), started: batch.started });
-            fx.events.push(Event { kind: EventKind::BatchFinished, batch: batch_id, job: None });
-            fx.finished_batches.push(batch_id);
-            tracing::info!(batch_id = %batch_id, counts = ?batch.counts, "batch finished");
-        }
+        Some((to, batch_id))
     }
 
     /// `job` succeeded: its dependents whose dependencies have all succeeded join the queue.
@@ -916,15 +923,19 @@ impl Scheduler {
     }
 
     /// `job` failed or was cancelled: every queued job that depends on it (and
-    /// on those, transitively) fails naming it, or is cancelled with it.
+    /// on those, transitively) fails naming it, or is cancelled with it. A
+    /// worklist, not recursion: a chain of thousands of frames ends in one pass.
     fn end_dependents(&mut self, job_id: JobId, now: Millis, fx: &mut Effects) {
-        let Some(ended) = self.jobs.get(&job_id).cloned() else { return };
-        for dependent in self.deps.dependents(job_id).to_vec() {
-            let Some(job) = self.jobs.get_mut(&dependent) else { continue };
-            if job.dependency_ended(&ended, now) {
-                self.deps.unblock(dependent);
-                // recursion is bounded by the chain's length, and each job ends once
-                self.after_attempt(dependent, None, StateKind::Queued, now, fx);
+        let mut ended = vec![job_id];
+        while let Some(id) = ended.pop() {
+            let Some(record) = self.jobs.get(&id).cloned() else { continue };
+            for dependent in self.deps.dependents(id).to_vec() {
+                let Some(job) = self.jobs.get_mut(&dependent) else { continue };
+                if job.dependency_ended(&record, now) {
+                    self.deps.unblock(dependent);
+                    self.settle(dependent, None, StateKind::Queued, now, fx);
+                    ended.push(dependent);
+                }
             }
         }
     }

@@ -233,3 +233,19 @@ fn a_worker_lost_mid_chain_resumes_it_from_the_last_committed_frame() {
     finish(&mut s, other, &retry, 10_001);
     assert_eq!(s.lease(other, &local(), 0, 10_002, &mut Effects::default()).unwrap().expect("c").job.id, ids[2]);
 }
+
+#[test]
+fn a_failure_at_the_head_of_a_long_chain_ends_it_in_one_pass() {
+    let (mut s, w) = setup();
+    // a 20,000-frame chain: each job waits on the one before
+    let jobs: Vec<NewJob> = (0..20_000u32).map(|i| NewJob { depends_on: if i == 0 { vec![] } else { vec![i - 1] }, ..job(1) }).collect();
+    let submitted = s.submit(batch(jobs), "local", 0, &mut Effects::default(), &mut trace());
+    let head = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
+    let failure = AttemptFailure { reason: "bad frame".into(), spans: Vec::new(), retryable: false, cancelled: false, handed_back: false };
+    let mut fx = Effects::default();
+    s.fail(w, &local(), head.job.id, &LeaseClaim::new(head.attempt, head.secret.expose()), failure, 2, &mut fx).unwrap();
+    assert_eq!(s.batch(submitted.batch).unwrap().counts.failed, 20_000);
+    assert_eq!(fx.finished_batches, vec![submitted.batch]);
+    let JobState::Failed { reason, .. } = &s.job(*submitted.jobs.last().unwrap()).unwrap().state else { panic!() };
+    assert_eq!(reason, "dependency j1 (j) failed: bad frame", "the last link names the head, not its predecessor");
+}
