@@ -44,18 +44,16 @@ pub fn check(spec: &pb::VideoSpec, has_image: &dyn Fn(&str) -> bool, rules: &Sub
     }
     let styles = spec.styles.iter().enumerate().map(|(k, s)| image(&format!("video.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
     let params = resolve_settings("video.settings", spec.settings.as_ref(), styles.len(), rules)?;
-    let video: VideoParams = if spec.video_params_json.trim().is_empty() {
-        VideoParams { first_iterations: params.iterations, ..VideoParams::default() }
+    let overlay = if spec.video_params_json.trim().is_empty() {
+        serde_json::Map::new()
     } else {
-        let mut overlay: serde_json::Value =
-            serde_json::from_str(&spec.video_params_json).map_err(|e| invalid("video.video_params_json", format!("not JSON: {e}")))?;
-        // the first frame of a chain gets the settings' iterations unless told otherwise
-        if let Some(map) = overlay.as_object_mut() {
-            map.entry("first_iterations").or_insert(params.iterations.into());
+        match serde_json::from_str(&spec.video_params_json) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Err(invalid("video.video_params_json", "must be a JSON object of VideoParams fields")),
+            Err(e) => return Err(invalid("video.video_params_json", format!("not JSON: {e}"))),
         }
-        serde_json::from_value(overlay).map_err(|e| invalid("video.video_params_json", e.to_string()))?
     };
-    video.validate().map_err(|e| invalid(format!("video.{}", e.field), e.reason))?;
+    let video = VideoParams::from_overlay(overlay, params.iterations).map_err(|e| invalid(format!("video.{}", e.field), e.reason))?;
     check_name("video.name", &spec.name)?;
     let stem: String = spec.name.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(80).collect();
     let stem = if stem.is_empty() { "video".to_string() } else { stem };

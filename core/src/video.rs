@@ -49,6 +49,17 @@ impl Default for VideoParams {
 }
 
 impl VideoParams {
+    /// The defaults with `overlay`'s fields (VideoParams fields as JSON) on top,
+    /// checked; the first frame of a chain takes the render's `iterations`
+    /// unless the overlay says otherwise.
+    pub fn from_overlay(mut overlay: serde_json::Map<String, serde_json::Value>, iterations: u32) -> Result<VideoParams> {
+        overlay.entry("first_iterations").or_insert(iterations.into());
+        let params: VideoParams =
+            serde_json::from_value(serde_json::Value::Object(overlay)).map_err(|e| ParamError::new("video_params_json", e.to_string()))?;
+        params.validate()?;
+        Ok(params)
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !self.temporal_weight.is_finite() || self.temporal_weight < 0.0 || self.temporal_weight > 1e9 {
             return Err(ParamError::new("temporal_weight", format!("{} must be a finite number in 0..=1e9", self.temporal_weight)));

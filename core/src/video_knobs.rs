@@ -54,11 +54,7 @@ impl VideoKnobArgs {
 
     /// The clip's parameters, checked; `iterations` is the render's.
     pub fn to_params(&self, iterations: u32) -> Result<VideoParams> {
-        let mut overlay = self.overlay();
-        overlay.entry("first_iterations").or_insert(iterations.into());
-        let params: VideoParams = serde_json::from_value(Value::Object(overlay)).map_err(|e| crate::ParamError::new("video", e.to_string()))?;
-        params.validate()?;
-        Ok(params)
+        VideoParams::from_overlay(self.overlay(), iterations)
     }
 }
 
