@@ -78,12 +78,18 @@ build() { # name, dockerfile
     --build-arg VERSION="$VERSION" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     -f "$ROOT/deploy/docker/$2" -t "localhost/stylefarm-$1:$VERSION" "$context" >/dev/null
 }
+# the static ffmpeg `make setup` put in the cache (PyPI wheel imageio-ffmpeg): probes, decodes, encodes clips
+copy_ffmpeg() {
+  [ -x "$CACHE/bin/ffmpeg" ] || { echo "images: $CACHE/bin/ffmpeg is missing; run make setup" >&2; exit 1; }
+  cp "$CACHE/bin/ffmpeg" "$context/bin/"
+}
 for image in "${images[@]}"; do
   rm -rf "${context:?}"/*
   mkdir -p "$context/bin"
   case "$image" in
     coordinator)
       cp "$TARGET/$PROFILE/stylefarm-coordinator" "$TARGET/$PROFILE/stylefarm" "$context/bin/"
+      copy_ffmpeg
       build coordinator coordinator.Dockerfile ;;
     s3)
       s3s="$CACHE/bin/s3s-fs"
@@ -95,6 +101,7 @@ for image in "${images[@]}"; do
       build s3 s3.Dockerfile ;;
     worker)
       cp "$TARGET/$PROFILE/stylefarm-worker" "$context/bin/"
+      copy_ffmpeg
       # torch's and CUDA's shared libraries from the venv `make setup` made (no Python needed at run time)
       site=$(readlink -f "$ROOT/.libtorch")/..
       mkdir -p "$context/site-packages/torch"

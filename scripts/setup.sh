@@ -5,6 +5,8 @@
 #     venv under the stylefarm cache, linked into the repo as .venv and .libtorch;
 #   * the default VGG-16 weights (Keras/caffe ImageNet), fetched, converted to
 #     safetensors and verified by SHA-256 by the worker binary itself;
+#   * ffmpeg: the static build in the PyPI wheel imageio-ffmpeg, as $cache/bin/ffmpeg
+#     (no root; one binary probes, decodes and encodes clips);
 #   * the sample images from the scikit-image wheel;
 #   * systemd-analyze (Debian package systemd) for the deploy/ tests.
 #
@@ -20,6 +22,8 @@ venv="$cache/venv-torch-$torch_version"
 requirements="torch==$torch_version numpy<3 pillow<12"
 samples="$cache/samples"
 skimage_version="0.25.2"
+imageio_ffmpeg_version="0.8.1"
+imageio_ffmpeg_sha256="050d6850601c3b3890bd2b28306f3b842b3daea390a561101174375a1c460bda"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null 2>&1 || python=python3
 
@@ -45,7 +49,36 @@ site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 ln -sfn "$venv" "$repo/.venv"
 ln -sfn "$site/torch" "$repo/.libtorch"
 
-# --- 2. sample images (scikit-image wheel, data files only) ------------------
+# --- 2. ffmpeg: the static build in the PyPI wheel imageio-ffmpeg (no root) ---
+# One binary (no ffprobe needed) that probes, decodes and encodes clips; the
+# worker and coordinator find it in $cache/bin (or STYLEFARM_FFMPEG, or PATH).
+ffmpeg_wheel="imageio_ffmpeg-$imageio_ffmpeg_version-py3-none-manylinux_2_28_x86_64.whl"
+if [[ "$(cat "$cache/bin/.ffmpeg-ok" 2>/dev/null)" != "$imageio_ffmpeg_version" || ! -x "$cache/bin/ffmpeg" ]]; then
+  log "fetching ffmpeg (static) from imageio-ffmpeg==$imageio_ffmpeg_version"
+  mkdir -p "$cache/downloads" "$cache/bin"
+  [[ -f "$cache/downloads/$ffmpeg_wheel" ]] || "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: --platform manylinux_2_28_x86_64 -d "$cache/downloads" "imageio-ffmpeg==$imageio_ffmpeg_version"
+  "$venv/bin/python" - "$cache/downloads/$ffmpeg_wheel" "$imageio_ffmpeg_sha256" "$cache/bin/ffmpeg" <<'PY'
+import hashlib, os, sys, zipfile
+wheel, sha, out = sys.argv[1:4]
+got = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+if got != sha:
+    sys.exit(f"setup: {wheel}: sha256 {got}, expected {sha}")
+with zipfile.ZipFile(wheel) as z:
+    member = next(n for n in z.namelist() if n.startswith("imageio_ffmpeg/binaries/ffmpeg-"))
+    with open(out + ".part", "wb") as f:
+        f.write(z.read(member))
+os.chmod(out + ".part", 0o755)
+os.replace(out + ".part", out)
+print(f"setup: {out} from {member}", file=sys.stderr)
+PY
+  "$cache/bin/ffmpeg" -hide_banner -version | head -1 >&2
+  printf '%s' "$imageio_ffmpeg_version" > "$cache/bin/.ffmpeg-ok"
+else
+  log "ffmpeg (imageio-ffmpeg==$imageio_ffmpeg_version) already in $cache/bin"
+fi
+
+# --- 3. sample images (scikit-image wheel, data files only) ------------------
 if [[ ! -f "$samples/.stylefarm-ok" ]]; then
   log "fetching sample images from scikit-image==$skimage_version"
   tmp="$(mktemp -d)"
@@ -72,18 +105,16 @@ else
 fi
 ln -sfn "$samples" "$repo/.samples"
 
-# --- 3. tools the deploy/ tests call ---------------------------------------------
+# --- 4. tools the deploy/ tests call ---------------------------------------------
 # kubectl (with kustomize) renders deploy/k8s; systemd-analyze verifies the units;
 # prometheus scrapes a live farm and promtool checks deploy/observability;
-# headless chromium drives the web dashboard's tests; ffmpeg/ffprobe decode,
-# probe and encode videos (the worker's video steps and their tests).
+# headless chromium drives the web dashboard's tests.
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v "${STYLEFARM_CHROMIUM:-chromium}" >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
-{ command -v ffmpeg && command -v ffprobe; } >/dev/null 2>&1 || missing+=(ffmpeg)
 if [[ ${#missing[@]} -gt 0 ]]; then
-  log "installing ${missing[*]} (Debian packages) for the deploy/, dashboard and video tests"
+  log "installing ${missing[*]} (Debian packages) for the deploy/ and dashboard tests"
   SUDO=""; [[ "$(id -u)" -eq 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

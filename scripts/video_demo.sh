@@ -15,6 +15,8 @@ WORKER=${WORKER:-./target/release/stylefarm-worker}
 OUT=out/video-demo
 D=docs/results
 mkdir -p "$OUT" "$D"
+# the ffmpeg `make setup` installs (static, from the PyPI wheel imageio-ffmpeg), as the worker finds it
+ffmpeg() { "${STYLEFARM_FFMPEG:-${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}/bin/ffmpeg}" "$@"; }
 H=$(( SIZE * 2 / 3 / 2 * 2 ))
 # a slow pan to the right with a gentle zoom over chelsea.png (451x300), 12 fps
 ffmpeg -v error -nostdin -y -loop 1 -framerate 12 -i .samples/chelsea.png -f lavfi -i "sine=frequency=330:duration=$(( FRAMES / 12 + 1 ))" \

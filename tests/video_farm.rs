@@ -1,20 +1,23 @@
 //! A clip through the farm: the coordinator probes it and plans jobs that wait
 //! on each other, two in-process workers decode, compute flows, stylise two
 //! segments side by side, join them and encode an MP4 with the audio (real
-//! ffmpeg/ffprobe, installed by `make setup`). Bad clips are refused before
+//! ffmpeg, the static build `make setup` installs without root). Bad clips are refused before
 //! any job exists.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use stylefarm_core::ffmpeg::Tools;
+use stylefarm_core::video::board::FrameState;
 use stylefarm_engine::flow::FramePair;
 use stylefarm_engine::image_io::load_rgb;
 use stylefarm_engine::params::RenderParams;
 use stylefarm_engine::render::{load_weights, render_loaded, Silent, Start};
 use stylefarm_engine::video::{output_error, pair_from_bytes};
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{sha_ref, test_config, upload_as, upload_file, wait_batch, Coordinator, InProcessWorker};
+use stylefarm_proto::frames::frame_board;
+use stylefarm_tests::farm::{http_get, sha_ref, test_config, upload_as, upload_file, wait_batch, Coordinator, InProcessWorker};
 use stylefarm_tests::sample;
 use tch::Device;
 use tonic::Code;
@@ -22,7 +25,7 @@ use tonic::Code;
 const FRAMES: u32 = 12;
 
 fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg").args(["-v", "error", "-nostdin", "-y"]).args(args).output().expect("ffmpeg (make setup installs it)");
+    let out = Command::new(Tools::default().ffmpeg).args(["-v", "error", "-nostdin", "-y"]).args(args).output().expect("ffmpeg (make setup installs it)");
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -62,16 +65,6 @@ fn clip(dir: &Path) -> PathBuf {
     path
 }
 
-fn ffprobe(path: &Path) -> serde_json::Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-of", "json", "-count_frames", "-show_streams"])
-        .arg(path)
-        .output()
-        .expect("ffprobe (make setup installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn video_request(video: &str, style: &str, video_params: &str) -> pb::SubmitBatchRequest {
     let params = serde_json::json!({"init": "content"}).to_string();
     pb::SubmitBatchRequest {
@@ -90,7 +83,9 @@ fn video_request(video: &str, style: &str, video_params: &str) -> pb::SubmitBatc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clip_is_stylised_over_two_workers_into_an_mp4_with_its_audio() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut config = test_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = Coordinator::start(config).await;
     let mut client = coordinator.client().await;
     let clip = clip(dir.path());
     let video = upload_as(&mut client, "clip.mp4", std::fs::read(&clip).unwrap(), true).await.expect("a clip uploads");
@@ -117,15 +112,28 @@ async fn a_clip_is_stylised_over_two_workers_into_an_mp4_with_its_audio() {
     assert_eq!(workers.len(), 2, "{workers:?}");
     assert_eq!(job("frame-000005-s02").depends_on, vec![job("decode-s02").id.clone()]);
     assert_eq!(job("assemble").task, "assemble");
+    assert_eq!((job("seam-000006").step, job("seam-000006").frame), (pb::VideoStep::Seam as i32, 6));
+
+    // the per-frame view: every frame done, each by the job that makes its final picture
+    let board = frame_board(&jobs);
+    assert_eq!(board.len(), FRAMES as usize);
+    assert!(board.iter().all(|c| c.state == FrameState::Done), "{board:?}");
+    assert_eq!(jobs[board[5].job].name, "seam-000006", "an overlap frame's picture is its seam's");
+    assert_eq!(jobs[board[0].job].name, "frame-000001-s01");
+    // the dashboard draws the same: 12 tiles with pictures, and the clip to play
+    let web = coordinator.web_url.clone().unwrap();
+    let tiles = http_get(&format!("{web}/fragments/frames/{}", batch.batch_id)).await;
+    assert_eq!(tiles.matches(r#"<a class="frame" data-state="done""#).count(), FRAMES as usize, "{tiles}");
+    assert!(tiles.contains(&format!(r#"<video controls preload="metadata" src="/files/{}/clip-stylised.mp4">"#, job("assemble").id)), "{tiles}");
+    assert!(http_get(&format!("{web}/batches/{}", batch.batch_id)).await.contains(r#"<section class="frames" id="frames""#));
 
     // the MP4: every frame, the clip's rate, an audio track
     let mp4 = file(job("assemble"), "clip-stylised.mp4");
-    let probe = ffprobe(&mp4);
-    let streams = probe["streams"].as_array().unwrap();
-    let v = streams.iter().find(|s| s["codec_type"] == "video").expect("a video stream");
-    assert_eq!(v["nb_read_frames"], "12");
-    assert_eq!(v["r_frame_rate"], "12/1");
-    assert!(streams.iter().any(|s| s["codec_type"] == "audio"), "the audio is kept: {streams:?}");
+    let probe = Tools::default().probe(&mp4, "mp4").expect("the output is a video");
+    assert_eq!((probe.frames, probe.fps_num, probe.fps_den, probe.has_audio), (FRAMES, 12, 1, true), "{probe:?}");
+    // decoded, not only counted as packets
+    let decoded = Tools::default().decode(&mp4, &Default::default(), None, &dir.path().join("decoded")).unwrap();
+    assert_eq!(decoded, FRAMES);
 
     // temporal consistency against the same frames stylised on their own at the same total iterations
     let final_job = |t: u32| -> &pb::Job {
@@ -176,7 +184,7 @@ async fn bad_clips_are_refused_before_any_job_runs() {
     refused(upload_as(&mut client, "silent.m4a", std::fs::read(&silent).unwrap(), true).await.unwrap_err(), "no video stream");
     // a resolution beyond the limit
     let wide = dir.path().join("wide.mkv");
-    ffmpeg(&["-f", "lavfi", "-i", "color=size=8200x8:rate=1", "-frames:v", "1", "-c:v", "ffv1", wide.to_str().unwrap()]);
+    ffmpeg(&["-f", "lavfi", "-i", "color=size=8200x8:rate=1", "-frames:v", "2", "-c:v", "ffv1", wide.to_str().unwrap()]);
     refused(upload_as(&mut client, "wide.mkv", std::fs::read(&wide).unwrap(), true).await.unwrap_err(), "limit of 8192 pixels");
     // a clip longer than this coordinator's frame limit uploads, but is refused at submit
     let clip = clip(dir.path());

@@ -6,6 +6,7 @@
 //! cancelled; 6 any other error; 7 not authenticated or not allowed (a missing,
 //! wrong or revoked token, or the wrong role).
 
+mod frames;
 mod manifest;
 mod upload;
 mod watch;
@@ -323,6 +324,7 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "created_at_ms": j.created_at_ms, "started_at_ms": j.started_at_ms, "finished_at_ms": j.finished_at_ms,
         "waiting_reason": j.waiting_reason, "time_limit_ms": j.time_limit_ms, "attempts_handed_back": j.attempts_handed_back,
         "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default(),
+        "depends_on": j.depends_on, "task": j.task, "frame": j.frame,
     })
 }
 
@@ -351,7 +353,11 @@ async fn status(cli: &Cli, id: &str) -> Result<()> {
     let response = client.get_batch(pb::GetBatchRequest { batch_id: id.to_string(), include_jobs: true }).await?.into_inner();
     let batch = response.batch.unwrap_or_default();
     if cli.json {
-        return print_json(&serde_json::json!({"batch": batch_json(&batch), "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>()}));
+        let frames: Vec<serde_json::Value> = stylefarm_proto::frames::frame_board(&response.jobs)
+            .iter()
+            .map(|c| serde_json::json!({"frame": c.frame + 1, "state": c.state.as_str(), "job": response.jobs[c.job].id}))
+            .collect();
+        return print_json(&serde_json::json!({"batch": batch_json(&batch), "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>(), "frames": frames}));
     }
     let c = batch.counts.unwrap_or_default();
     println!(
@@ -379,6 +385,9 @@ async fn status(cli: &Cli, id: &str) -> Result<()> {
             _ => String::new(),
         };
         println!("  {:<8} {:<36} {:<10} attempt {} {}{}", job.id, job.name, watch::job_state_name(job.state), job.attempt, detail, error);
+    }
+    if let Some(frames) = frames::view(&response.jobs) {
+        println!("{frames}");
     }
     Ok(())
 }

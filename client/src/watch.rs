@@ -116,8 +116,19 @@ fn transient(status: &tonic::Status) -> bool {
 /// Follows the batch to its end; returns its final record. When the
 /// coordinator goes away (a restart, SIGTERM), the watch reconnects with
 /// backoff and carries on from the fresh snapshot the coordinator sends.
+/// The header: the batch's counts, and a video batch's frames below them.
+fn header(batch: &pb::Batch, frames: &str) -> String {
+    if frames.is_empty() {
+        counts_line(batch)
+    } else {
+        format!("{}\n{frames}", counts_line(batch))
+    }
+}
+
 pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
     let mut bars = Bars::new(quiet);
+    let mut frames = crate::frames::Follow::default();
+    let mut frame_line = String::new();
     let mut last: Option<pb::Batch> = None;
     let mut outage: Option<std::time::Instant> = None;
     let mut delay = Duration::from_millis(200);
@@ -135,11 +146,16 @@ pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id:
                             }
                             delay = Duration::from_millis(200);
                             if let Some(batch) = &event.batch {
-                                bars.header.set_message(counts_line(batch));
                                 last = Some(batch.clone());
                             }
                             if let Some(job) = &event.job {
                                 bars.update(job);
+                                if let Some(strip) = frames.update(job) {
+                                    frame_line = strip;
+                                }
+                            }
+                            if let Some(batch) = &last {
+                                bars.header.set_message(header(batch, &frame_line));
                             }
                             if event.kind == pb::EventKind::BatchFinished as i32 {
                                 break 'watch;

@@ -304,11 +304,25 @@ function onWorkersEvent(ev) {
 
 const handlers = { batches: onBatchesEvent, workers: onWorkersEvent, batch: onBatchEvent, job: onJobEvent };
 
+// A video batch's frames: the server renders them (one rule for the page and
+// the CLI); a frame's job changing state fetches them again, at most once a second.
+let framesDue = null;
+function refreshFrames() {
+  const el = $("#frames");
+  if (!el || framesDue) return;
+  framesDue = setTimeout(async () => {
+    const r = await fetch(`/fragments/frames/${encodeURIComponent(el.dataset.batch)}`);
+    framesDue = null;
+    if (r.ok) $("#frames").outerHTML = await r.text();
+  }, 1000);
+}
+
 function onBatchEvent(ev) {
   const summary = $("#summary");
   if (ev.batch && summary) updateBatch(summary, ev.batch);
   if (ev.job) onJobCard(ev);
-  if (ev.kind === "batch_finished") $("#cancel")?.remove();
+  if (ev.job?.video && ev.kind !== "progress") refreshFrames();
+  if (ev.kind === "batch_finished") { $("#cancel")?.remove(); refreshFrames(); }
 }
 
 function follow() {

@@ -86,6 +86,8 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         _ => (String::new(), false),
     };
     let worker = worker.or_else(|| j.last_failure.as_ref().and_then(|f| f.worker));
+    let task = j.task.as_deref().and_then(|t| VideoTask::parse(t).ok());
+    let (step, frame) = video_step(task.as_ref());
     pb::Job {
         id: j.id.to_string(),
         batch_id: j.batch.to_string(),
@@ -113,7 +115,21 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         attempts_handed_back: j.handed_back,
         attempts: Vec::new(),
         depends_on: j.depends_on.iter().map(|d| d.to_string()).collect(),
-        task: j.task.as_deref().and_then(|t| VideoTask::parse(t).ok()).map(|t| t.label()).unwrap_or_default(),
+        task: task.as_ref().map(VideoTask::label).unwrap_or_default(),
+        step: step as i32,
+        frame,
+    }
+}
+
+/// A video job's step and the frame (from 1) it makes or ends at.
+fn video_step(task: Option<&VideoTask>) -> (pb::VideoStep, u32) {
+    match task {
+        None => (pb::VideoStep::Unspecified, 0),
+        Some(VideoTask::Decode { .. }) => (pb::VideoStep::Decode, 0),
+        Some(VideoTask::Flow { frame }) => (pb::VideoStep::Flow, frame + 1),
+        Some(VideoTask::Frame { frame, .. }) => (pb::VideoStep::Frame, frame + 1),
+        Some(VideoTask::Seam { frame, .. }) => (pb::VideoStep::Seam, frame + 1),
+        Some(VideoTask::Assemble { .. }) => (pb::VideoStep::Assemble, 0),
     }
 }
 

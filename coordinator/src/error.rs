@@ -32,7 +32,7 @@ pub enum CoordError {
     #[error("shutting down")]
     ShuttingDown,
 
-    /// A tool the coordinator runs (ffprobe) is missing or failed: an operator's problem, not the request's.
+    /// A tool the coordinator runs (ffmpeg) is missing or failed: an operator's problem, not the request's.
     #[error("unavailable: {0}")]
     Unavailable(String),
 

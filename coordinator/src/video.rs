@@ -1,4 +1,4 @@
-//! A video submit: the clip is probed with ffprobe before any job runs (not a
+//! A video submit: the clip is probed with ffmpeg before any job runs (not a
 //! video, no frames, too large, too many frames: INVALID_ARGUMENT naming the
 //! field and the limit), then planned as jobs that wait on each other
 //! ([`stylefarm_core::video::plan_jobs`]).
@@ -71,18 +71,18 @@ pub async fn probe(farm: &Arc<Farm>, source: &ImageSource) -> Result<Probe> {
     probe_bytes(data).await
 }
 
-/// Probes a clip held in memory (written to a temporary file for ffprobe, off the runtime).
+/// Probes a clip held in memory (written to a temporary file for the probe, off the runtime).
 pub async fn probe_bytes(data: bytes::Bytes) -> Result<Probe> {
     tokio::task::spawn_blocking(move || -> Result<Probe> {
-        let file = tempfile::NamedTempFile::new().map_err(|e| CoordError::Unavailable(format!("temporary file for ffprobe: {e}")))?;
-        std::fs::write(file.path(), &data).map_err(|e| CoordError::Unavailable(format!("temporary file for ffprobe: {e}")))?;
+        let file = tempfile::NamedTempFile::new().map_err(|e| CoordError::Unavailable(format!("temporary file for the probe: {e}")))?;
+        std::fs::write(file.path(), &data).map_err(|e| CoordError::Unavailable(format!("temporary file for the probe: {e}")))?;
         Tools::default().probe(file.path(), "video.video").map_err(|e| match e {
             ToolError::Input(p) => invalid(p.field, p.reason),
             other => CoordError::Unavailable(other.to_string()),
         })
     })
     .await
-    .map_err(|e| CoordError::Internal(format!("the ffprobe task panicked: {e}")))?
+    .map_err(|e| CoordError::Internal(format!("the probe task panicked: {e}")))?
 }
 
 /// The clip's jobs, once probed: refused if it has no frames in the window or more than the limit.

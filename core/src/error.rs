@@ -17,11 +17,11 @@ impl ParamError {
 
 pub type Result<T, E = ParamError> = std::result::Result<T, E>;
 
-/// An external tool (ffmpeg, ffprobe) that is missing or failed, or an input it
+/// An external tool (ffmpeg) that is missing or failed, or an input it
 /// refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("{tool} is not available ({reason}); `make setup` installs it (Debian package ffmpeg)")]
+    #[error("{tool} is not available ({reason}); `make setup` installs it (the static ffmpeg of the PyPI wheel imageio-ffmpeg, in <cache>/bin), or set STYLEFARM_FFMPEG")]
     Missing { tool: String, reason: String },
     #[error("{tool} failed: {detail}")]
     Failed { tool: String, detail: String },

@@ -1,24 +1,32 @@
-//! Running ffprobe and ffmpeg: probing a clip, decoding its frames to numbered
-//! PNGs, and encoding stylised frames back into an MP4 with the source's audio.
-//! Blocking calls (child processes): async callers run them on a blocking thread.
+//! Running ffmpeg (and nothing else: no ffprobe): probing a clip, decoding its
+//! frames to numbered PNGs, and encoding stylised frames back into an MP4 with
+//! the source's audio. Blocking calls (child processes): async callers run
+//! them on a blocking thread.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use crate::error::{ParamError, ToolError};
+use crate::video::probe::{FramecrcScan, FRAMECRC_ARGS};
 use crate::video::{Probe, VideoParams};
 
-/// Where the tools are: `STYLEFARM_FFMPEG` / `STYLEFARM_FFPROBE`, else the PATH.
+/// Where ffmpeg is: `STYLEFARM_FFMPEG`; else beside the running binary (the
+/// release bundle's `install.sh` puts it there); else the static build `make
+/// setup` puts in the cache (`<cache>/bin/ffmpeg`, from the PyPI wheel
+/// `imageio-ffmpeg`, no root needed); else `ffmpeg` on the PATH (the images
+/// put the same static build in `/usr/local/bin`).
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub ffmpeg: PathBuf,
-    pub ffprobe: PathBuf,
 }
 
 impl Default for Tools {
     fn default() -> Self {
-        let var = |name: &str, default: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| default.into());
-        Tools { ffmpeg: var("STYLEFARM_FFMPEG", "ffmpeg"), ffprobe: var("STYLEFARM_FFPROBE", "ffprobe") }
+        let configured = std::env::var_os("STYLEFARM_FFMPEG").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let beside = || std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("ffmpeg"))).filter(|p| p.is_file());
+        let cached = || Some(crate::cache::cache_dir().join("bin").join("ffmpeg")).filter(|p| p.is_file());
+        Tools { ffmpeg: configured.or_else(beside).or_else(cached).unwrap_or_else(|| "ffmpeg".into()) }
     }
 }
 
@@ -29,39 +37,69 @@ fn tail(stderr: &[u8]) -> String {
     lines[lines.len().saturating_sub(4)..].join(" | ")
 }
 
+fn missing(tool: &Path, e: std::io::Error) -> ToolError {
+    ToolError::Missing { tool: tool.display().to_string(), reason: e.to_string() }
+}
+
 fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<Output, ToolError> {
-    let name = tool.display().to_string();
-    Command::new(tool).args(args).output().map_err(|e| ToolError::Missing { tool: name, reason: e.to_string() })
+    Command::new(tool).stdin(Stdio::null()).args(args).output().map_err(|e| missing(tool, e))
+}
+
+/// How much of a probe's stderr is kept: its head (the input's description)
+/// and its tail (the error, if any); a corrupt clip can print without end.
+const STDERR_HEAD: usize = 64 << 10;
+const STDERR_TAIL: usize = 8 << 10;
+
+fn read_bounded(mut from: impl Read) -> (Vec<u8>, Vec<u8>) {
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let room = STDERR_HEAD.saturating_sub(head.len()).min(n);
+        head.extend_from_slice(&buf[..room]);
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 2 * STDERR_TAIL {
+            tail.drain(..tail.len() - STDERR_TAIL);
+        }
+    }
+    (head, tail)
+}
+
+/// The `NNNNNN.png` frames in `dir`.
+fn count_frames(dir: &Path) -> std::io::Result<usize> {
+    Ok(std::fs::read_dir(dir)?.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "png")).count())
 }
 
 impl Tools {
-    /// What the clip at `path` holds; a file that is not a video is refused as
-    /// an error on `field`. Counts the frames when the container does not say.
+    /// What the clip at `path` holds (see [`crate::video::probe`]); a file
+    /// that is not a video is refused as an error on `field`. Reads every
+    /// packet without decoding, in constant memory.
     pub fn probe(&self, path: &Path, field: &str) -> Result<Probe, ToolError> {
-        let args = |count: bool| {
-            let mut a: Vec<&std::ffi::OsStr> =
-                vec!["-v".as_ref(), "error".as_ref(), "-of".as_ref(), "json".as_ref(), "-show_streams".as_ref(), "-show_format".as_ref()];
-            if count {
-                a.push("-count_frames".as_ref());
+        let mut child = Command::new(&self.ffmpeg)
+            .args(["-hide_banner", "-nostats", "-nostdin", "-i"])
+            .arg(path)
+            .args(FRAMECRC_ARGS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| missing(&self.ffmpeg, e))?;
+        let stderr = child.stderr.take().map(|s| std::thread::spawn(move || read_bounded(s)));
+        let mut scan = FramecrcScan::default();
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                scan.line(&String::from_utf8_lossy(&line));
             }
-            a.push(path.as_os_str());
-            a
-        };
-        let out = run(&self.ffprobe, &args(false))?;
-        if !out.status.success() {
-            return Err(ParamError::new(field, format!("not a readable video: {}", tail(&out.stderr))).into());
         }
-        let probe = Probe::from_ffprobe_json(&String::from_utf8_lossy(&out.stdout), field)?;
-        let json = String::from_utf8_lossy(&out.stdout).into_owned();
-        if json.contains("\"nb_frames\"") {
-            return Ok(probe);
+        let status = child.wait().map_err(|e| ToolError::Failed { tool: "ffmpeg".into(), detail: format!("waiting for the probe: {e}") })?;
+        let (head, last) = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        if !status.success() {
+            return Err(ParamError::new(field, format!("not a readable video: {}", tail(&last))).into());
         }
-        // no frame count in the container (e.g. Matroska): decode and count
-        let counted = run(&self.ffprobe, &args(true))?;
-        if !counted.status.success() {
-            return Err(ParamError::new(field, format!("not a readable video: {}", tail(&counted.stderr))).into());
-        }
-        Ok(Probe::from_ffprobe_json(&String::from_utf8_lossy(&counted.stdout), field)?)
+        Ok(scan.finish(&String::from_utf8_lossy(&head), field)?)
     }
 
     /// Decodes the frames of `video`'s window into `dir` as `000001.png`, … at
@@ -96,12 +134,7 @@ impl Tools {
         if !out.status.success() {
             return Err(failed(format!("decoding {}: {}", input.display(), tail(&out.stderr))));
         }
-        let count = std::fs::read_dir(dir)
-            .map_err(|e| failed(e.to_string()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "png"))
-            .count();
-        Ok(count as u32)
+        Ok(count_frames(dir).map_err(|e| failed(e.to_string()))? as u32)
     }
 
     /// Encodes `dir/000001.png…` at `fps_num/fps_den` into an H.264 MP4 at
@@ -120,8 +153,13 @@ impl Tools {
                 args.extend(["-t".into(), format!("{}", video.duration_s).into()]);
             }
             args.extend(["-i".into(), source.as_os_str().to_owned()]);
-            args.extend(["-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-shortest"].iter().map(Into::into));
+            args.extend(["-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac"].iter().map(Into::into));
         }
+        // every frame, and the audio cut where the last frame ends (`-shortest`
+        // would drop the last frame when the audio ends a little before it)
+        let frames = count_frames(dir).map_err(|e| ToolError::Failed { tool: "ffmpeg".into(), detail: format!("reading {}: {e}", dir.display()) })?;
+        let seconds = frames as f64 * fps_den as f64 / fps_num.max(1) as f64;
+        args.extend(["-frames:v".into(), frames.to_string().into(), "-t".into(), format!("{seconds:.6}").into()]);
         // H.264 in yuv420p wants even sides: pad by one pixel where needed
         args.extend(
             ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart"].iter().map(Into::into),

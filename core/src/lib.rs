@@ -3,6 +3,7 @@
 //! the weights a job asks for, and a job's device-memory estimate. The engine,
 //! the coordinator and the client all speak it.
 
+pub mod cache;
 pub mod error;
 pub mod estimate;
 pub mod ffmpeg;

@@ -1,5 +1,5 @@
 //! Videos: the knobs of a stylised clip, the limits a clip must fit, what
-//! `ffprobe` says about one, and how its frames are split into segments that
+//! ffmpeg finds in one ([`probe`]), and how its frames are split into segments that
 //! run in parallel. Shared by the coordinator (which checks a clip before any
 //! job runs), the worker and the client; no libtorch, no ffmpeg here (see
 //! [`crate::ffmpeg`] for running it).
@@ -8,9 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ParamError, Result};
 
+pub mod board;
+pub mod probe;
+pub use probe::Probe;
+
 /// Most frames one video batch may have (a flag may lower it).
 pub const MAX_FRAMES: u32 = 10_000;
-/// Largest input frame side ffprobe may report, in pixels.
+/// Largest input frame side a clip may have, in pixels.
 pub const MAX_INPUT_SIDE: u32 = 8192;
 /// Most frames in one segment.
 pub const MAX_SEGMENT_FRAMES: u32 = 1_000;
@@ -87,101 +91,6 @@ impl VideoParams {
         }
         Ok(())
     }
-}
-
-/// What ffprobe reports about a clip's first video stream (and whether it has audio).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Probe {
-    pub width: u32,
-    pub height: u32,
-    /// The frame rate as a fraction (`r_frame_rate`), e.g. 30000/1001.
-    pub fps_num: u32,
-    pub fps_den: u32,
-    /// Frames in the clip (counted, or from the container).
-    pub frames: u32,
-    pub duration_s: f64,
-    pub has_audio: bool,
-}
-
-impl Probe {
-    pub fn fps(&self) -> f64 {
-        self.fps_num as f64 / self.fps_den.max(1) as f64
-    }
-
-    /// Parses `ffprobe -of json -show_streams -show_format [-count_frames]`.
-    /// `field` names the input in errors.
-    pub fn from_ffprobe_json(json: &str, field: &str) -> Result<Probe> {
-        let bad = |reason: String| ParamError::new(field, reason);
-        let root: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(format!("ffprobe's answer is not JSON: {e}")))?;
-        let format = root.get("format").and_then(|f| f.get("format_name")).and_then(|f| f.as_str()).unwrap_or("");
-        if format == "image2" || format.ends_with("_pipe") {
-            return Err(bad(format!("not a video: a still image ({format})")));
-        }
-        let streams = root.get("streams").and_then(|s| s.as_array()).ok_or_else(|| bad("not a video: no streams".into()))?;
-        let video = streams
-            .iter()
-            .find(|s| s.get("codec_type").and_then(|t| t.as_str()) == Some("video") && !is_cover_art(s))
-            .ok_or_else(|| bad("not a video: no video stream".into()))?;
-        let has_audio = streams.iter().any(|s| s.get("codec_type").and_then(|t| t.as_str()) == Some("audio"));
-        let num = |v: &serde_json::Value, key: &str| -> Option<f64> {
-            match v.get(key)? {
-                serde_json::Value::String(s) => s.parse().ok(),
-                n => n.as_f64(),
-            }
-        };
-        let width = num(video, "width").unwrap_or(0.0) as u32;
-        let height = num(video, "height").unwrap_or(0.0) as u32;
-        let rate = video.get("r_frame_rate").and_then(|r| r.as_str()).unwrap_or("0/0");
-        let (fps_num, fps_den) = parse_rate(rate).ok_or_else(|| bad(format!("frame rate {rate:?} is not a fraction")))?;
-        let duration_s = num(video, "duration").or_else(|| root.get("format").and_then(|f| num(f, "duration"))).unwrap_or(0.0);
-        let frames = num(video, "nb_read_frames")
-            .or_else(|| num(video, "nb_frames"))
-            .unwrap_or_else(|| (duration_s * fps_num as f64 / fps_den.max(1) as f64).round())
-            .max(0.0) as u32;
-        Ok(Probe { width, height, fps_num, fps_den, frames, duration_s, has_audio })
-    }
-
-    /// Frames of `[start_s, start_s + duration_s)` (0 duration: to the end).
-    pub fn frames_in(&self, video: &VideoParams) -> u32 {
-        let fps = self.fps();
-        let skip = (video.start_s * fps).round() as u64;
-        let left = (self.frames as u64).saturating_sub(skip);
-        let take = if video.duration_s > 0.0 { ((video.duration_s * fps).round() as u64).min(left) } else { left };
-        take as u32
-    }
-
-    /// Refuses what the farm cannot take, naming the field and the limit.
-    pub fn check(&self, field: &str, video: &VideoParams, max_frames: u32) -> Result<u32> {
-        let bad = |reason: String| ParamError::new(field, reason);
-        if self.width == 0 || self.height == 0 {
-            return Err(bad("not a video: its video stream has no frame size".into()));
-        }
-        if self.width > MAX_INPUT_SIDE || self.height > MAX_INPUT_SIDE {
-            return Err(bad(format!("{}×{} exceeds the limit of {MAX_INPUT_SIDE} pixels per side", self.width, self.height)));
-        }
-        let fps = self.fps();
-        if !(FPS_RANGE.0..=FPS_RANGE.1).contains(&fps) {
-            return Err(bad(format!("frame rate {fps:.3} is outside {}..={} fps", FPS_RANGE.0, FPS_RANGE.1)));
-        }
-        let frames = self.frames_in(video);
-        if frames == 0 {
-            return Err(bad(format!("no frames to stylise (the clip has {} frames, {:.2} s; start_s {})", self.frames, self.duration_s, video.start_s)));
-        }
-        if frames > max_frames {
-            return Err(bad(format!("{frames} frames exceeds the limit of {max_frames} frames per video (use duration_s, or a shorter clip)")));
-        }
-        Ok(frames)
-    }
-}
-
-fn is_cover_art(stream: &serde_json::Value) -> bool {
-    stream.get("disposition").and_then(|d| d.get("attached_pic")).and_then(|a| a.as_i64()) == Some(1)
-}
-
-fn parse_rate(rate: &str) -> Option<(u32, u32)> {
-    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
-    let (n, d) = (n.trim().parse::<u32>().ok()?, d.trim().parse::<u32>().ok()?);
-    (n > 0 && d > 0).then_some((n, d))
 }
 
 /// One chain of frames stylised in order by one job after another.

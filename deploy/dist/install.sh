@@ -16,6 +16,8 @@
 # PREFIX/site-packages; otherwise torch==2.11.0 (CUDA 13 build, ~5 GB) is
 # installed into PREFIX/venv from PyPI. The worker finds it through its rpath
 # ($ORIGIN/../site-packages/torch/lib): nothing to set.
+# ffmpeg (video batches): the host's on the PATH, else the static build of the
+# PyPI wheel imageio-ffmpeg put beside the binaries.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 role="${1:-}"; shift || true
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --devices) devices=$2; shift 2 ;;
     --no-start) start=0; shift ;;
     --no-user) user=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -54,6 +56,28 @@ fi
 mkdir -p "$prefix/bin" "$etc"
 install -m 0755 "$here/bin/"* "$prefix/bin/"
 log "binaries in $prefix/bin"
+
+# --- ffmpeg (video batches: the coordinator probes clips, the worker decodes and encodes) ---
+# The binaries look for ffmpeg beside themselves, then on the PATH. Without one on
+# the PATH, the static build in the PyPI wheel imageio-ffmpeg goes to PREFIX/bin.
+if [ -x "$prefix/bin/ffmpeg" ]; then
+  log "ffmpeg: $prefix/bin/ffmpeg"
+elif command -v ffmpeg >/dev/null 2>&1; then
+  log "ffmpeg: this host's $(command -v ffmpeg)"
+else
+  wheel_dir=$(mktemp -d)
+  if "$python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+       --platform manylinux_2_28_x86_64 -d "$wheel_dir" "imageio-ffmpeg==0.8.1" \
+     && "$python" -c "import glob, sys, zipfile; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); m = [n for n in z.namelist() if n.startswith('imageio_ffmpeg/binaries/ffmpeg-')][0]; open(sys.argv[2], 'wb').write(z.read(m))" \
+          "$wheel_dir" "$prefix/bin/ffmpeg"; then
+    chmod 0755 "$prefix/bin/ffmpeg"
+    log "ffmpeg: $prefix/bin/ffmpeg (imageio-ffmpeg 0.8.1, static)"
+  else
+    rm -f "$prefix/bin/ffmpeg"
+    log "warning: no ffmpeg (pip could not fetch imageio-ffmpeg); images render, video batches fail until ffmpeg is on the PATH"
+  fi
+  rm -rf "$wheel_dir"
+fi
 
 if [ "$role" = worker ]; then
   # --- torch 2.11 -----------------------------------------------------------

@@ -8,12 +8,22 @@
 #   docker run --gpus all -e STYLEFARM_COORDINATOR=http://coordinator:50051 stylefarm-worker:0.1.0
 #
 # BINARIES=build (default) compiles in a Rust stage against the same torch;
-# BINARIES=prebuilt takes bin/stylefarm-worker and site-packages/{torch/lib,nvidia}
+# BINARIES=prebuilt takes bin/stylefarm-worker, bin/ffmpeg and site-packages/{torch/lib,nvidia}
 # from the build context (how the tests here build it).
 ARG BASE=docker.io/library/debian:bookworm-slim
 ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
 ARG BINARIES=build
 ARG TORCH_VERSION=2.11.0
+ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
+ARG IMAGEIO_FFMPEG_VERSION=0.8.1
+
+# ffmpeg: the static build in the PyPI wheel imageio-ffmpeg (one binary; probes,
+# decodes and encodes clips for video batches)
+FROM ${PYTHON_IMAGE} AS ffmpeg
+ARG IMAGEIO_FFMPEG_VERSION
+RUN pip download --no-cache-dir --no-deps --only-binary=:all: -d /tmp/wheel "imageio-ffmpeg==${IMAGEIO_FFMPEG_VERSION}" \
+ && python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/wheel/*.whl')[0]); m = [n for n in z.namelist() if n.startswith('imageio_ffmpeg/binaries/ffmpeg-')][0]; open('/ffmpeg', 'wb').write(z.read(m))" \
+ && chmod 755 /ffmpeg && /ffmpeg -hide_banner -version | head -1
 
 # torch's libraries from the PyPI wheel (and its nvidia-* dependencies)
 FROM ${RUST_IMAGE} AS build
@@ -27,9 +37,10 @@ RUN ln -sfn /out/site-packages/torch .libtorch \
  && mkdir -p /out/bin && cp target/release/stylefarm-worker /out/bin/ \
  && find /out/site-packages -mindepth 1 -maxdepth 1 ! -name torch ! -name nvidia -exec rm -rf {} + \
  && find /out/site-packages/torch -mindepth 1 -maxdepth 1 ! -name lib -exec rm -rf {} +
+COPY --from=ffmpeg /ffmpeg /out/bin/ffmpeg
 
 FROM ${BASE} AS prebuilt
-COPY bin/stylefarm-worker /out/bin/
+COPY bin/stylefarm-worker bin/ffmpeg /out/bin/
 COPY site-packages/ /out/site-packages/
 
 FROM ${BINARIES} AS binaries
@@ -44,13 +55,13 @@ LABEL org.opencontainers.image.title="stylefarm-worker" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/stylefarm/stylefarm"
-# ffmpeg/ffprobe (Debian's): the worker decodes clips and encodes stylised ones (video batches)
-RUN apt-get update && apt-get install -y --no-install-recommends ffmpeg && rm -rf /var/lib/apt/lists/*
 RUN echo 'stylefarm:x:10001:10001:stylefarm:/var/lib/stylefarm:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'stylefarm:x:10001:' >> /etc/group \
  && mkdir -p /var/lib/stylefarm /var/cache/stylefarm && chown 10001:10001 /var/lib/stylefarm /var/cache/stylefarm
 COPY --from=binaries /out/site-packages/ /opt/stylefarm/site-packages/
 COPY --from=binaries /out/bin/stylefarm-worker /opt/stylefarm/bin/stylefarm-worker
+# ffmpeg decodes clips and encodes stylised ones (video batches)
+COPY --from=binaries /out/bin/ffmpeg /usr/local/bin/ffmpeg
 RUN ln -s /opt/stylefarm/bin/stylefarm-worker /usr/local/bin/stylefarm-worker
 # the NVIDIA container runtime mounts the driver for these
 ENV NVIDIA_VISIBLE_DEVICES=all \

@@ -17,4 +17,5 @@ pub mod externalscaler {
 }
 
 pub mod connect;
+pub mod frames;
 pub mod names;

@@ -76,7 +76,7 @@ pub fn run(args: &VideoArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&decoded);
     let count = tools.decode(&args.input, &video, None, &decoded)?;
     eprintln!(
-        "video: {} {}x{} at {}/{} fps, {count} frames decoded (ffprobe: {frames}), audio: {}",
+        "video: {} {}x{} at {}/{} fps, {count} frames decoded (probe: {frames}), audio: {}",
         args.input.display(),
         probe.width,
         probe.height,

@@ -67,6 +67,7 @@ pub fn router(farm: Arc<Farm>, https: bool) -> Router {
         .route("/workers", get(workers_page))
         .route("/fragments/batch-row/{id}", get(batch_row))
         .route("/fragments/workers", get(worker_rows))
+        .route("/fragments/frames/{id}", get(frames_fragment))
         .route("/api/events", get(farm_events))
         .route("/api/batches/{id}/events", get(batch_events))
         .route("/api/batches/{id}/cancel", post(cancel))
@@ -187,6 +188,13 @@ async fn batch_page(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): P
     let (record, jobs) = web.farm.batch_with_jobs(batch, &who).await.map_err(on_page(&path))?;
     let body = pages::batch(&record, &jobs, true);
     Ok(Html(pages::layout(&format!("Batch {}", record.id), "batch", &format!("/api/batches/{}/events", record.id), &who, &body)))
+}
+
+async fn frames_fragment(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Html<String>, Failure> {
+    let who = caller(&web, &headers, Api::Client)?;
+    let batch = BatchId::parse(&id, "batch id")?;
+    let (record, jobs) = web.farm.batch_with_jobs(batch, &who).await?;
+    Ok(Html(pages::frames(&record.id, &jobs)))
 }
 
 async fn job_page(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Html<String>, Failure> {
@@ -313,6 +321,7 @@ fn content_type(name: &str) -> &'static str {
         "jpg" | "jpeg" => "image/jpeg",
         "json" => "application/json",
         "jsonl" => "application/x-ndjson",
+        "mp4" => "video/mp4",
         _ => "application/octet-stream",
     }
 }

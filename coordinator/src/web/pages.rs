@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
+use stylefarm_core::video::board::{summary, FrameState};
 use stylefarm_proto as pb;
+use stylefarm_proto::frames::{assemble_job, frame_board};
 
 use super::view::{batch_state_name, files, state_name};
 use crate::auth::Principal;
@@ -186,7 +188,7 @@ pub fn batch(b: &pb::Batch, jobs: &[pb::Job], can_cancel: bool) -> String {
         String::new()
     };
     let mut out = format!(
-        r#"<h1>Batch {id} <span class="name">{name}</span></h1><section class="summary" id="summary" data-batch="{id}" data-state="{state}" {attrs}><p><span class="state">{pill}</span> owner <b>{owner}</b> · submitted {created} · priority {priority} {labels} {cancel}</p>{bar}<p><small class="counts">{counts}</small> · ETA <span class="eta">—</span></p></section><section class="jobs" id="jobs">"#,
+        r#"<h1>Batch {id} <span class="name">{name}</span></h1><section class="summary" id="summary" data-batch="{id}" data-state="{state}" {attrs}><p><span class="state">{pill}</span> owner <b>{owner}</b> · submitted {created} · priority {priority} {labels} {cancel}</p>{bar}<p><small class="counts">{counts}</small> · ETA <span class="eta">—</span></p></section>"#,
         id = esc(&b.id),
         name = esc(&b.name),
         attrs = counts_attrs(b),
@@ -198,10 +200,49 @@ pub fn batch(b: &pb::Batch, jobs: &[pb::Job], can_cancel: bool) -> String {
         bar = bar(&c),
         counts = counts_text(&c),
     );
+    out.push_str(&frames(&b.id, jobs));
+    out.push_str(r#"<section class="jobs" id="jobs">"#);
     for job in jobs {
         out.push_str(&job_card(job));
     }
     out.push_str("</section>");
+    out
+}
+
+/// A video batch's frames: the assembled clip once it exists, then one tile
+/// per frame (its final picture when done, its number and state before),
+/// each linking to the job that makes it. Empty for a batch of images; the
+/// page fetches it again (`/fragments/frames/ID`) when a frame's job changes.
+pub fn frames(batch: &str, jobs: &[pb::Job]) -> String {
+    let cells = frame_board(jobs);
+    if cells.is_empty() {
+        return String::new();
+    }
+    let clip = assemble_job(jobs)
+        .filter(|j| j.state == pb::JobState::Succeeded as i32)
+        .and_then(|j| files(j).into_iter().find(|f| f.name.ends_with(".mp4")).map(|f| (j, f.name)))
+        .map(|(j, name)| {
+            let src = format!("/files/{}/{}", esc(&j.id), esc(&name));
+            format!(r#"<p class="clip"><video controls preload="metadata" src="{src}"></video><br><a href="{src}" download>{}</a></p>"#, esc(&name))
+        })
+        .unwrap_or_default();
+    let mut out = format!(
+        r#"<section class="frames" id="frames" data-batch="{id}"><h2>Frames <small>{summary}</small></h2>{clip}<div class="frame-grid">"#,
+        id = esc(batch),
+        summary = summary(&cells),
+    );
+    for cell in &cells {
+        let job = &jobs[cell.job];
+        let number = cell.frame + 1;
+        let state = cell.state.as_str();
+        let inner = if cell.state == FrameState::Done {
+            format!(r#"<img src="/files/{}/output.png" alt="frame {number}" loading="lazy">"#, esc(&job.id))
+        } else {
+            format!("<span>{number}</span>")
+        };
+        out.push_str(&format!(r#"<a class="frame" data-state="{state}" href="/jobs/{id}" title="frame {number}: {state}">{inner}</a>"#, id = esc(&job.id)));
+    }
+    out.push_str("</div></section>");
     out
 }
 
@@ -449,6 +490,34 @@ mod tests {
         assert_eq!(utc(0), "—");
         assert_eq!(utc(1_796_083_200_000), "2026-12-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400_000 + 3_723_000), "2000-02-29 01:02:03 UTC");
+    }
+
+    #[test]
+    fn a_video_batch_shows_a_tile_per_frame_and_its_clip_once_assembled() {
+        let job = |id: &str, step: pb::VideoStep, frame: u32, state: pb::JobState| pb::Job {
+            id: id.into(),
+            step: step as i32,
+            frame,
+            state: state as i32,
+            result: (state == pb::JobState::Succeeded).then(|| pb::JobResult {
+                prefix: format!("o/{id}/"),
+                outputs: vec![pb::OutputFile { key: format!("o/{id}/clip-stylised.mp4"), kind: "video".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        use pb::JobState::*;
+        use pb::VideoStep::*;
+        let mut jobs = vec![job("j1", Frame, 1, Succeeded), job("j2", Frame, 2, Running), job("j3", Assemble, 0, Queued)];
+        let html = frames("b1", &jobs);
+        assert!(html.contains(r#"<a class="frame" data-state="done" href="/jobs/j1" title="frame 1: done"><img src="/files/j1/output.png""#), "{html}");
+        assert!(html.contains(r#"data-state="running" href="/jobs/j2" title="frame 2: running"><span>2</span>"#), "{html}");
+        assert!(html.contains("2 frames: 1 done, 1 running"), "{html}");
+        assert!(!html.contains("<video"), "no clip before the assembly: {html}");
+        jobs[2] = job("j3", Assemble, 0, Succeeded);
+        assert!(frames("b1", &jobs).contains(r#"<video controls preload="metadata" src="/files/j3/clip-stylised.mp4">"#));
+        // a batch of images has no frames section
+        assert_eq!(frames("b1", &[job("j9", pb::VideoStep::Unspecified, 0, Succeeded)]), "");
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct JobView {
     pub final_loss: Option<f64>,
     pub started_ms: i64,
     pub finished_ms: i64,
+    /// A video job's step makes or joins a frame (the page redraws its frames).
+    pub video: bool,
 }
 
 impl JobView {
@@ -138,6 +140,7 @@ impl JobView {
             final_loss: j.result.as_ref().map(|r| r.final_loss).filter(|l| l.is_finite()),
             started_ms: j.started_at_ms,
             finished_ms: j.finished_at_ms,
+            video: j.step != pb::VideoStep::Unspecified as i32,
         }
     }
 }

