@@ -47,10 +47,17 @@ done
 "$BIN/stylefarm" --coordinator "http://127.0.0.1:$PORT" --token-file "$T/admin.token" list > "$T/list.txt" || fail "list with the image-made token"
 # without the token: refused (auth is on once a token exists)
 if "$BIN/stylefarm" --coordinator "http://127.0.0.1:$PORT" list > /dev/null 2>&1; then fail "served a caller without a token"; fi
+# a clip: the coordinator probes it with the image's own ffmpeg (static, from imageio-ffmpeg)
+# and plans its jobs (2 frames: 1 decode, 1 flow, 2 frames, the assembly)
+"${STYLEFARM_FFMPEG:-${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}/bin/ffmpeg}" -v error -nostdin -y \
+  -f lavfi -i testsrc=size=64x48:rate=12 -frames:v 2 -c:v libx264 -pix_fmt yuv420p "$T/clip.mp4"
+"$BIN/stylefarm" --coordinator "http://127.0.0.1:$PORT" --token-file "$T/admin.token" submit --video "$T/clip.mp4" \
+  --style .samples/ihc.png > "$T/video.txt" 2>&1 || fail "video submit: $(tail -3 "$T/video.txt")"
+grep -q "submitted batch .* with 5 jobs" "$T/video.txt" || fail "video submit said: $(cat "$T/video.txt")"
 t0=$(date +%s%N)
 podman --log-level=fatal stop -t 30 "$NAME" >/dev/null
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
 [ "$ms" -lt 10000 ] || fail "took $ms ms to stop"
-echo "image check: healthy after ${healthy} s, token from the image accepted, stopped by SIGTERM in $ms ms with exit code 0"
+echo "image check: healthy after ${healthy} s, token from the image accepted, a clip probed and planned, stopped by SIGTERM in $ms ms with exit code 0"

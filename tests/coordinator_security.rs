@@ -92,6 +92,7 @@ async fn call(rpc: Rpc, client: &mut Client, api: &mut WorkerClient, f: &Fixture
                     progress: None,
                     lease_secret: f.lease.lease_secret.clone(),
                 }],
+                memory: Vec::new(),
             })
             .await,
         ),
@@ -344,6 +345,7 @@ async fn a_hostile_client_changes_nothing_it_may_not() {
             lease_secret: lease.lease_secret.clone(),
             progress: Some(pb::JobProgress { rows: vec![row], ..Default::default() }),
         }],
+        memory: Vec::new(),
     };
     assert_eq!(honest.api.heartbeat(beat).await.unwrap_err().code(), Code::InvalidArgument);
     let mut r = batch_request("snap", 1, 0);
@@ -500,6 +502,7 @@ async fn random_well_formed_messages_break_nothing() {
                         lease_secret: s,
                         progress: Some(pb::JobProgress { iteration: n, latest: Some(pb::LossRow { total: f, ..Default::default() }), ..Default::default() }),
                     }],
+                    memory: Vec::new(),
                 })
                 .await
                 .map(|_| ()),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use stylefarm_core::telemetry::sample;
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{batch_request, test_config, Coordinator};
+use stylefarm_tests::farm::{batch_request, test_config, Coordinator, TestWorker};
 use stylefarm_tests::repo_root;
 use tonic::Code;
 
@@ -323,4 +323,38 @@ fn the_grafana_dashboard_is_provisioned_from_the_files_compose_mounts() {
     for panel in dashboard["panels"].as_array().unwrap() {
         assert!(ids.insert(panel["id"].as_i64().unwrap()), "panel ids are unique");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_memory_from_heartbeats_reaches_list_workers_and_the_workers_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = Coordinator::start(config).await;
+    // a simulated worker with one GPU (no GPU here: the coordinator only records what workers say)
+    let api = stylefarm_tests::farm::options(&coordinator.url, None).worker(coordinator.channel().await).unwrap();
+    let mut gpu = TestWorker::register_device(api, "gpu-07", "cuda:0", 80 * GIB, None).await.unwrap();
+    let reading = |device: &str, used: u64, total: u64| pb::DeviceMemory { device: device.into(), used_bytes: used, total_bytes: total };
+    gpu.report_memory(vec![reading("cuda:0", 17 * GIB + GIB / 2, 80 * GIB)]).await.unwrap();
+
+    let mut client = coordinator.client().await;
+    let workers = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert_eq!(workers[0].memory, vec![reading("cuda:0", 17 * GIB + GIB / 2, 80 * GIB)]);
+    let rows = stylefarm_tests::farm::http_get(&format!("{}/fragments/workers", coordinator.web_url.as_deref().unwrap())).await;
+    assert!(rows.contains("17.5 GiB / 80.0 GiB"), "{rows}");
+
+    // checked at the edge, naming the field; the last good reading stays
+    let over = gpu.report_memory(vec![reading("cuda:0", 81 * GIB, 80 * GIB)]).await.unwrap_err();
+    assert_eq!(over.code(), Code::InvalidArgument);
+    assert!(over.message().contains("memory[0].used_bytes"), "{}", over.message());
+    let foreign = gpu.report_memory(vec![reading("cuda:3", GIB, 80 * GIB)]).await.unwrap_err();
+    assert!(foreign.message().contains("memory[0].device") && foreign.message().contains("cuda:3"), "{}", foreign.message());
+    let many = gpu.report_memory((0..65).map(|_| reading("cuda:0", 0, GIB)).collect()).await.unwrap_err();
+    assert!(many.message().contains("limit is 64"), "{}", many.message());
+    let workers = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert_eq!(workers[0].memory[0].used_bytes, 17 * GIB + GIB / 2);
+    // a worker that stops reporting (e.g. nvidia-smi gone) shows none, not a stale figure
+    gpu.report_memory(Vec::new()).await.unwrap();
+    let workers = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert!(workers[0].memory.is_empty());
 }

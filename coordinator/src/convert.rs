@@ -145,5 +145,6 @@ pub fn worker(w: &WorkerRecord, running: Vec<String>, now: Millis, heartbeat_ms:
         running_jobs: running,
         succeeded: w.succeeded,
         failed: w.failed,
+        memory: w.memory.iter().map(|m| pb::DeviceMemory { device: m.device.clone(), used_bytes: m.used_bytes, total_bytes: m.total_bytes }).collect(),
     }
 }

@@ -557,6 +557,16 @@ pub struct WorkerRecord {
     pub owner: String,
     /// Needed (with the id) to register again as this worker.
     pub secret: SecretHash,
+    /// GPU memory from its latest heartbeat; kept in memory only (empty on CPU).
+    pub memory: Vec<MemoryReading>,
+}
+
+/// One device's memory as its worker last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryReading {
+    pub device: String,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
 }
 
 #[cfg(test)]

@@ -138,12 +138,24 @@ impl TestWorker {
     }
 
     /// Registers (as `existing` = (id, secret) if given).
-    pub async fn try_register(mut api: WorkerClient, name: &str, memory_bytes: u64, existing: Option<(&str, &str)>) -> Result<TestWorker, tonic::Status> {
+    pub async fn try_register(api: WorkerClient, name: &str, memory_bytes: u64, existing: Option<(&str, &str)>) -> Result<TestWorker, tonic::Status> {
+        TestWorker::register_device(api, name, "cpu", memory_bytes, existing).await
+    }
+
+    /// Registers with one device named `device` (a `cuda:0` needs no GPU: the
+    /// coordinator only records what a worker says it has).
+    pub async fn register_device(
+        mut api: WorkerClient,
+        name: &str,
+        device: &str,
+        memory_bytes: u64,
+        existing: Option<(&str, &str)>,
+    ) -> Result<TestWorker, tonic::Status> {
         let (worker_id, worker_secret) = existing.map(|(i, s)| (i.to_string(), s.to_string())).unwrap_or_default();
         let response = api
             .register_worker(pb::RegisterWorkerRequest {
                 name: name.into(),
-                devices: vec![pb::Device { name: "cpu".into(), memory_bytes, description: "test".into() }],
+                devices: vec![pb::Device { name: device.into(), memory_bytes, description: "test".into() }],
                 version: "test".into(),
                 worker_id,
                 worker_secret,
@@ -175,9 +187,15 @@ impl TestWorker {
                 progress: Some(progress),
                 lease_secret: lease.lease_secret.clone(),
             }],
+            memory: Vec::new(),
         };
         let response = self.api.heartbeat(request).await.expect("heartbeat").into_inner();
         pb::Verdict::try_from(response.jobs[0].verdict).unwrap()
+    }
+
+    /// A heartbeat with no jobs that reports device memory (as nvidia-smi would).
+    pub async fn report_memory(&mut self, memory: Vec<pb::DeviceMemory>) -> Result<(), tonic::Status> {
+        self.api.heartbeat(pb::HeartbeatRequest { worker_id: self.id.clone(), jobs: Vec::new(), memory }).await.map(|_| ())
     }
 
     pub async fn complete(&mut self, lease: &pb::Lease) -> Result<(), tonic::Status> {

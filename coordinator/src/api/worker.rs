@@ -16,7 +16,7 @@ use crate::auth::{Api, Principal};
 use crate::error::CoordError;
 use crate::farm::Farm;
 use crate::ids::{JobId, WorkerId};
-use crate::model::{HeartbeatVerdict, ImageSource};
+use crate::model::{HeartbeatVerdict, ImageSource, MemoryReading};
 use crate::scheduler::{AttemptFailure, Grant};
 use crate::secrets::LeaseClaim;
 use crate::validate;
@@ -169,7 +169,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             }
             beats.push((job, LeaseClaim::new(beat.attempt, beat.lease_secret), beat.progress));
         }
-        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, &caller, beats, now, fx)).await?;
+        let memory = memory_readings(req.memory)?;
+        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, &caller, beats, memory, now, fx)).await?;
         let ttl = self.farm.config.scheduler.lease_ttl_ms as u32;
         let jobs = verdicts
             .into_iter()
@@ -221,4 +222,25 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         tracing::warn!(job_id = %job, worker_id = %worker, attempt, retryable, cancelled, handed_back, outcome = ?after, reason = %reason, "job attempt failed");
         Ok(Response::new(pb::FailJobResponse { will_retry: matches!(after, crate::model::AfterFailure::Requeued { .. }) }))
     }
+}
+
+/// Most device readings one heartbeat may carry.
+const MAX_MEMORY_READINGS: usize = 64;
+
+/// A heartbeat's GPU memory readings, checked at the edge (the scheduler checks
+/// the devices are the worker's own).
+fn memory_readings(readings: Vec<pb::DeviceMemory>) -> Result<Vec<MemoryReading>, CoordError> {
+    if readings.len() > MAX_MEMORY_READINGS {
+        return Err(CoordError::invalid("memory", format!("{} readings; the limit is {MAX_MEMORY_READINGS}", readings.len())));
+    }
+    readings
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.used_bytes > m.total_bytes {
+                return Err(CoordError::invalid(format!("memory[{i}].used_bytes"), format!("{} exceeds total_bytes {}", m.used_bytes, m.total_bytes)));
+            }
+            Ok(MemoryReading { device: m.device, used_bytes: m.used_bytes, total_bytes: m.total_bytes })
+        })
+        .collect()
 }

@@ -30,7 +30,7 @@ use crate::ids::{BatchId, JobId, WorkerId};
 use crate::metrics::{AttemptEnd, Observation};
 use crate::model::{
     AfterFailure, AttemptRecord, Backoff, BatchRecord, CancelOutcome, Counts, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState,
-    Millis, SpanRecord, StateKind, WorkerRecord,
+    MemoryReading, Millis, SpanRecord, StateKind, WorkerRecord,
 };
 use crate::secrets::{LeaseClaim, Secret};
 use crate::store::{ImageRecord, JobUpdate, Snapshot, StoreOp};
@@ -581,10 +581,15 @@ impl Scheduler {
         worker: WorkerId,
         caller: &Principal,
         beats: Vec<Beat>,
+        memory: Vec<MemoryReading>,
         now: Millis,
         fx: &mut Effects,
     ) -> Result<Vec<(JobId, u32, HeartbeatVerdict)>> {
-        self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
+        let record = self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
+        if let Some((i, reading)) = memory.iter().enumerate().find(|(_, m)| !record.devices.iter().any(|d| d.name == m.device)) {
+            return Err(CoordError::invalid(format!("memory[{i}].device"), format!("`{}` is not one of this worker's registered devices", reading.device)));
+        }
+        record.memory = memory;
         let ttl = self.config.lease_ttl_ms;
         let mut verdicts = Vec::with_capacity(beats.len());
         for (job_id, claim, progress) in beats {

@@ -56,7 +56,7 @@ fn a_job_no_device_fits_says_why_then_fails_after_the_grace() {
     assert_eq!(s.waiting_reason(small), None);
     let grant = s.lease(w, &local(), 4 << 30, 1_500, &mut Effects::default()).unwrap().unwrap();
     assert_eq!(grant.job.id, small, "the small one runs");
-    s.heartbeat(w, &local(), vec![(small, LeaseClaim::new(1, grant.secret.expose()), None)], 5_900, &mut Effects::default()).unwrap();
+    s.heartbeat(w, &local(), vec![(small, LeaseClaim::new(1, grant.secret.expose()), None)], Vec::new(), 5_900, &mut Effects::default()).unwrap();
     s.tick(6_000, &mut Effects::default());
     let JobState::Failed { reason, retryable, .. } = &s.job(big).unwrap().state else { panic!("{:?}", s.job(big).unwrap().state) };
     assert!(reason.contains("no connected worker") && reason.contains("waited 5 s") && !retryable, "{reason}");
@@ -84,7 +84,7 @@ fn attempts_past_their_time_limit_end_and_finished_batches_leave_memory() {
     let grant = s.lease(w, &local(), 0, 0, &mut Effects::default()).unwrap().unwrap();
     // heartbeats keep the lease alive, but not past the time limit
     for t in (500..=10_000).step_by(500) {
-        s.heartbeat(w, &local(), vec![(grant.job.id, LeaseClaim::new(1, grant.secret.expose()), None)], t, &mut Effects::default()).unwrap();
+        s.heartbeat(w, &local(), vec![(grant.job.id, LeaseClaim::new(1, grant.secret.expose()), None)], Vec::new(), t, &mut Effects::default()).unwrap();
         s.tick(t, &mut Effects::default());
     }
     assert!(matches!(s.job(grant.job.id).unwrap().state, JobState::Running { .. }));
@@ -185,7 +185,8 @@ fn cancelling_reaches_jobs_waiting_on_a_running_one() {
     assert_eq!(s.cancel_batch(submitted.batch, 2, &mut Effects::default()).unwrap(), (2, 1));
     assert!(submitted.jobs[1..].iter().all(|id| s.job(*id).unwrap().state == JobState::Cancelled));
     // the running one stops at its next heartbeat
-    let verdicts = s.heartbeat(w, &local(), vec![(a.job.id, LeaseClaim::new(a.attempt, a.secret.expose()), None)], 3, &mut Effects::default()).unwrap();
+    let verdicts =
+        s.heartbeat(w, &local(), vec![(a.job.id, LeaseClaim::new(a.attempt, a.secret.expose()), None)], Vec::new(), 3, &mut Effects::default()).unwrap();
     assert_eq!(verdicts[0].2, HeartbeatVerdict::Cancel);
 }
 

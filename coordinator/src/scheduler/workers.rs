@@ -101,6 +101,7 @@ impl WorkerRegistry {
             failed: 0,
             owner: owner.to_string(),
             secret: secret.hash(),
+            memory: Vec::new(),
         };
         self.workers.insert(id, record.clone());
         Ok(Registration { id, secret: Some(secret), record })

@@ -452,6 +452,7 @@ impl Store for SqliteStore {
                     failed: row.get::<_, i64>(7)?.max(0) as u64,
                     owner: row.get(8)?,
                     secret: SecretHash::from_hex(&secret),
+                    memory: Vec::new(),
                 })
             })
             .map_err(err)?;

@@ -428,7 +428,20 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
     for r in rows {
         let w = &r.worker;
         let devices: Vec<String> = w.devices.iter().map(|d| format!("{} <small>{}</small>", esc(&d.name), esc(&d.description))).collect();
-        let memory: Vec<String> = w.devices.iter().map(|d| bytes(d.memory_bytes)).collect();
+        // in use from the latest heartbeat (nvidia-smi) where the worker reports it, else the registered total
+        let memory: Vec<String> = w
+            .devices
+            .iter()
+            .map(|d| match w.memory.iter().find(|m| m.device == d.name) {
+                Some(m) => format!(
+                    r#"<span class="mem" title="{name}: in use / total (nvidia-smi)">{} / {}</span>"#,
+                    bytes(m.used_bytes),
+                    bytes(m.total_bytes),
+                    name = esc(&d.name)
+                ),
+                None => bytes(d.memory_bytes),
+            })
+            .collect();
         let current: Vec<String> = r
             .jobs
             .iter()

@@ -12,6 +12,8 @@ use metrics::{Counter, Gauge, Histogram};
 use stylefarm_core::telemetry::{Registry, Scrape};
 use stylefarm_engine::trace::TraceRow;
 
+use super::gpu_memory::GpuMemory;
+
 /// How a job ended on this worker (the `outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobEnd {
@@ -146,7 +148,7 @@ impl WorkerMetrics {
         self.stages[i].record(elapsed.as_secs_f64());
     }
 
-    fn set_gpu_memory(&self, readings: &[GpuMemory]) {
+    pub fn set_gpu_memory(&self, readings: &[GpuMemory]) {
         let mut gauges = self.gpu_memory.lock().unwrap_or_else(|p| p.into_inner());
         for reading in readings {
             let name = format!("cuda:{}", reading.index);
@@ -164,29 +166,6 @@ impl WorkerMetrics {
             total.set(reading.total_bytes as f64);
         }
     }
-
-    /// Polls nvidia-smi for GPU memory every `period` while any device is a
-    /// GPU (never on a CPU-only worker).
-    pub fn spawn_gpu_poller(self: &Arc<Self>, period: Duration) -> Option<tokio::task::JoinHandle<()>> {
-        if !self.devices.keys().any(|d| d.starts_with("cuda:")) {
-            return None;
-        }
-        let metrics = Arc::clone(self);
-        Some(tokio::spawn(async move {
-            let mut warned = false;
-            loop {
-                match query_gpu_memory().await {
-                    Ok(readings) => metrics.set_gpu_memory(&readings),
-                    Err(e) if !warned => {
-                        tracing::warn!(error = %e, "nvidia-smi gave no memory figures; the GPU memory metrics stay absent");
-                        warned = true;
-                    }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(period).await;
-            }
-        }))
-    }
 }
 
 impl Scrape for WorkerMetrics {
@@ -195,45 +174,10 @@ impl Scrape for WorkerMetrics {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GpuMemory {
-    pub index: usize,
-    pub used_bytes: u64,
-    pub total_bytes: u64,
-}
-
-/// `nvidia-smi --query-gpu=index,memory.used,memory.total --format=csv,noheader,nounits` (MiB).
-pub fn parse_gpu_memory(text: &str) -> Vec<GpuMemory> {
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.split(',').map(str::trim);
-            let index = parts.next()?.parse().ok()?;
-            let used: u64 = parts.next()?.parse().ok()?;
-            let total: u64 = parts.next()?.parse().ok()?;
-            Some(GpuMemory { index, used_bytes: used << 20, total_bytes: total << 20 })
-        })
-        .collect()
-}
-
-async fn query_gpu_memory() -> Result<Vec<GpuMemory>, String> {
-    let command = tokio::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(5), command).await.map_err(|_| "nvidia-smi took over 5 s".to_string())?.map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(format!("nvidia-smi exited with {}", output.status));
-    }
-    let readings = parse_gpu_memory(&String::from_utf8_lossy(&output.stdout));
-    if readings.is_empty() {
-        return Err("nvidia-smi printed no memory figures".into());
-    }
-    Ok(readings)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::farm::gpu_memory::parse_gpu_memory;
     use stylefarm_core::telemetry::sample;
 
     fn row(scale: u32, iteration: u32, elapsed_ms: f64, evaluations: u32) -> TraceRow {
@@ -261,15 +205,10 @@ mod tests {
     }
 
     #[test]
-    fn gpu_memory_is_absent_on_cpu_and_parsed_from_nvidia_smi() {
+    fn gpu_memory_is_absent_on_cpu_and_set_from_nvidia_smi() {
         let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
-        assert!(metrics.spawn_gpu_poller(Duration::from_secs(5)).is_none(), "no poller without a GPU");
         assert!(!metrics.scrape().contains("stylefarm_device_memory"), "absent, not 0");
         let readings = parse_gpu_memory("0, 1024, 81559\n1, 0, 81559\nNo devices were found\n");
-        assert_eq!(
-            readings,
-            vec![GpuMemory { index: 0, used_bytes: 1024 << 20, total_bytes: 81559 << 20 }, GpuMemory { index: 1, used_bytes: 0, total_bytes: 81559 << 20 }]
-        );
         let gpu = WorkerMetrics::new(Registry::new(), &["cuda:1".into()]);
         gpu.set_gpu_memory(&readings);
         let text = gpu.scrape();

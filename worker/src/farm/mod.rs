@@ -5,6 +5,7 @@
 
 pub mod control;
 mod devices;
+mod gpu_memory;
 mod inputs;
 mod job;
 pub mod metrics;
@@ -128,6 +129,8 @@ struct Farm {
     heartbeat: Mutex<Duration>,
     running: Mutex<HashMap<(String, u32), Arc<RunningJob>>>,
     draining: AtomicBool,
+    /// GPU memory from nvidia-smi, sent with every heartbeat.
+    gpu: Arc<gpu_memory::GpuWatch>,
 }
 
 impl Farm {
@@ -243,6 +246,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         heartbeat: Mutex::new(Duration::from_secs(5)),
         running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
+        gpu: Arc::new(gpu_memory::GpuWatch::new(&devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>())),
     });
     let control = Arc::new(control::Control {
         drain: tokio::sync::Notify::new(),
@@ -271,8 +275,8 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
                 tracing::warn!(error = %e, "the metrics listener failed");
             }
         }));
-        metrics_tasks.extend(m.spawn_gpu_poller(Duration::from_secs(5)));
     }
+    metrics_tasks.extend(farm.gpu.spawn_poller(Duration::from_secs(5), metrics.clone()));
     farm.register().await?;
     let cap = args.max_input_bytes.unwrap_or(*farm.max_input_bytes.lock().expect("cap lock"));
     let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap, metrics.as_ref().map(|m| m.downloaded_bytes.clone())));
@@ -516,7 +520,7 @@ async fn heartbeat_loop(farm: Arc<Farm>) {
                 lease_secret: j.lease.lease_secret.clone(),
             })
             .collect();
-        match farm.api().heartbeat(pb::HeartbeatRequest { worker_id: farm.worker_id(), jobs: beats }).await {
+        match farm.api().heartbeat(pb::HeartbeatRequest { worker_id: farm.worker_id(), jobs: beats, memory: farm.gpu.heartbeat() }).await {
             Ok(response) => {
                 for verdict in response.into_inner().jobs {
                     let Some(job) = jobs.iter().find(|j| j.lease.job_id == verdict.job_id && j.lease.attempt == verdict.attempt) else { continue };
