@@ -69,7 +69,9 @@ echo "compose: services up and batch $batch succeeded $((SECONDS - start)) s aft
 # loaded the alert rules
 promql() { curl -sS --get "http://127.0.0.1:$STYLEFARM_PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'; }
 for _ in $(seq 60); do
-  [ "$(promql 'stylefarm_jobs_finished_total{job="stylefarm-coordinator",outcome="succeeded"}')" = 2 ] && [ "$(promql 'count(up{job="stylefarm-worker"} == 1)')" = 2 ] && break
+  # every figure below is scraped at its own time: wait for the last of them
+  [ "$(promql 'stylefarm_jobs_finished_total{job="stylefarm-coordinator",outcome="succeeded"}')" = 2 ] && [ "$(promql 'count(up{job="stylefarm-worker"} == 1)')" = 2 ] \
+    && [ "$(promql 'sum(stylefarm_worker_jobs_total{job="stylefarm-worker",outcome="succeeded"})')" = 2 ] && break
   sleep 2
 done
 up_c=$(promql 'up{job="stylefarm-coordinator"}'); up_w=$(promql 'count(up{job="stylefarm-worker"} == 1)')

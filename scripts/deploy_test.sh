@@ -118,6 +118,24 @@ if has_step batch || has_step drain || has_step restart; then
   by=$(job_field "$batch" "sorted(set(j['worker_id'] for j in s['jobs']))")
   echo "images fetched: $n; jobs rendered by workers $by"
   [ "$(job_field "$batch" "len(set(j['worker_id'] for j in s['jobs']))")" = 2 ] || fail "one worker did all the jobs: $by"
+
+  # a clip through the containers: the coordinator image's ffmpeg probes it; the
+  # worker images' ffmpeg decodes and encodes it (flows, two segments, a seam)
+  FF=${STYLEFARM_FFMPEG:-$CACHE/bin/ffmpeg}
+  "$FF" -v error -nostdin -y -loop 1 -framerate 12 -i $S/chelsea.png -f lavfi -i sine=frequency=330:duration=1 \
+    -filter_complex "[0:v]scale=360:-1,zoompan=z='1.2':x='iw/2-iw/zoom/2+on*4':y='ih/2-ih/zoom/2':d=1:s=64x48:fps=12,format=yuv420p[v]" \
+    -map "[v]" -map 1:a -frames:v 8 -c:v libx264 -c:a aac "$T/clip.mp4"
+  start=$SECONDS
+  video=$(client submit --name clip --video "$T/clip.mp4" --style $S/ihc.png --size 64 --iterations 20 \
+    --frame-iterations 8 --segment-frames 4 --overlap 1 --preset gatys --init content)
+  client watch "$video" > "$T/watch-video.txt" 2>&1 || { client status "$video"; fail "video batch $video did not succeed"; }
+  client fetch "$video" --out "$T/video" >/dev/null
+  mp4="$T/video/clip-stylised.mp4"
+  [ -s "$mp4" ] || fail "no clip-stylised.mp4 in the fetched batch ($(ls "$T/video" | head -3))"
+  n=$("$FF" -v error -i "$mp4" -map 0:v:0 -c copy -f framecrc - | grep -c '^0,')
+  a=$("$FF" -v error -i "$mp4" -map 0:a:0? -c copy -f framecrc - | grep -c '^0,' || true)
+  [ "$n" = 8 ] && [ "$a" -gt 0 ] || fail "the stylised clip has $n frames (expected 8) and $a audio packets"
+  echo "video batch $video: 8 frames at 64 px, 2 segments, through the containers in $((SECONDS - start)) s; the MP4 has $n frames and an audio track"
 fi
 
 if has_step drain; then
