@@ -311,9 +311,14 @@ function refreshFrames() {
   const el = $("#frames");
   if (!el || framesDue) return;
   framesDue = setTimeout(async () => {
-    const r = await fetch(`/fragments/frames/${encodeURIComponent(el.dataset.batch)}`);
-    framesDue = null;
-    if (r.ok) $("#frames").outerHTML = await r.text();
+    try {
+      const r = await fetch(`/fragments/frames/${encodeURIComponent(el.dataset.batch)}`);
+      if (r.ok) $("#frames").outerHTML = await r.text();
+    } catch (e) {
+      // the coordinator is away: the next frame event tries again
+    } finally {
+      framesDue = null;
+    }
   }, 1000);
 }
 
