@@ -113,9 +113,6 @@ fn transient(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
 }
 
-/// Follows the batch to its end; returns its final record. When the
-/// coordinator goes away (a restart, SIGTERM), the watch reconnects with
-/// backoff and carries on from the fresh snapshot the coordinator sends.
 /// The header: the batch's counts, and a video batch's frames below them.
 fn header(batch: &pb::Batch, frames: &str) -> String {
     if frames.is_empty() {
@@ -125,6 +122,9 @@ fn header(batch: &pb::Batch, frames: &str) -> String {
     }
 }
 
+/// Follows the batch to its end; returns its final record. When the
+/// coordinator goes away (a restart, SIGTERM), the watch reconnects with
+/// backoff and carries on from the fresh snapshot the coordinator sends.
 pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
     let mut bars = Bars::new(quiet);
     let mut frames = crate::frames::Follow::default();
