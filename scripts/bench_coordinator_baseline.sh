@@ -59,7 +59,7 @@ for round in $(seq 1 "$ROUNDS"); do
     if [ "$which" = base ]; then
       "$BASE" --workers "$WORKERS" --jobs "$JOBS" --no-reference >"$OUT/base-$round.txt"
     else
-      "$CURRENT" --workers "$WORKERS" --jobs "$JOBS" --no-reference --rounds 1 >"$OUT/current-$round.txt"
+      "$CURRENT" --workers "$WORKERS" --jobs "$JOBS" --no-reference --rounds 1 --modes open,auth,tls >"$OUT/current-$round.txt"
     fi
   done
 done

@@ -69,10 +69,24 @@ fn parse_args() -> Args {
 
 struct Run {
     jobs_per_s: f64,
+    /// CPU time (user + system, every thread of this process: coordinator,
+    /// simulated workers and, in traces mode, the collector) per job done.
+    cpu_us_per_job: f64,
     submit_jobs_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
     complete_p99_ms: f64,
+}
+
+/// CPU seconds this process has used so far (all threads, user + system).
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass; RUSAGE_SELF covers every thread.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    s(usage.ru_utime) + s(usage.ru_stime)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -322,6 +336,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
     let submit_s = submit_started.elapsed().as_secs_f64();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let cpu_started = process_cpu_s();
     let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), jobs, true))).collect();
     let mut lease_ms = Vec::new();
     let mut complete_ms = Vec::new();
@@ -331,6 +346,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
         complete_ms.extend(c);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_s = process_cpu_s() - cpu_started;
     server.scraping.store(false, Ordering::Relaxed);
     if let Some(scraper) = server.scraper {
         assert!(scraper.await.unwrap() >= 1, "metrics were scraped (or dashboard events read) during the run");
@@ -341,6 +357,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
     complete_ms.sort_by(f64::total_cmp);
     Run {
         jobs_per_s: jobs as f64 / elapsed,
+        cpu_us_per_job: cpu_s * 1e6 / jobs as f64,
         submit_jobs_per_s: jobs as f64 / submit_s,
         p50_ms: percentile(&lease_ms, 0.5),
         p99_ms: percentile(&lease_ms, 0.99),
@@ -476,9 +493,10 @@ fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!(
-        "{:<8} {:<22} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}",
-        "workers", "mode", "jobs/s", "submit j/s", "lease p50", "lease p99", "complete p99", "ratio"
+        "{:<8} {:<22} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
+        "workers", "mode", "jobs/s", "submit j/s", "lease p50", "lease p99", "complete p99", "ratio", "CPU us/job", "CPU ratio"
     );
+    println!("(CPU us/job: user + system time of this whole process per job done; CPU ratio: the first mode's over this one's, so below 1 costs more)");
     println!("(medians of {} rounds; each round runs every mode once, in turn, so the VM's drift hits them alike)", args.rounds);
     let collector = args.modes.iter().any(|m| m == "traces").then(|| runtime.block_on(start_collector()));
     for &workers in &args.workers {
@@ -512,6 +530,7 @@ fn main() {
             .map(|(name, _, _, runs)| {
                 let r = Run {
                     jobs_per_s: median(runs, |r| r.jobs_per_s),
+                    cpu_us_per_job: median(runs, |r| r.cpu_us_per_job),
                     submit_jobs_per_s: median(runs, |r| r.submit_jobs_per_s),
                     p50_ms: median(runs, |r| r.p50_ms),
                     p99_ms: median(runs, |r| r.p99_ms),
@@ -520,17 +539,24 @@ fn main() {
                 (*name, r)
             })
             .collect();
-        let base = summary[0].1.jobs_per_s;
+        let (base, base_cpu) = (summary[0].1.jobs_per_s, summary[0].1.cpu_us_per_job);
         for (name, r) in &summary {
-            let ratio = if name.starts_with("reference") { format!("{:.2}", base / r.jobs_per_s) } else { format!("{:.2}", r.jobs_per_s / base) };
+            let (ratio, cpu_ratio) = if name.starts_with("reference") {
+                (base / r.jobs_per_s, r.cpu_us_per_job / base_cpu)
+            } else {
+                (r.jobs_per_s / base, base_cpu / r.cpu_us_per_job)
+            };
             println!(
-                "{:<8} {:<22} {:>10.0} {:>12.0} {:>8.2}ms {:>8.2}ms {:>10.2}ms {:>10}",
-                workers, name, r.jobs_per_s, r.submit_jobs_per_s, r.p50_ms, r.p99_ms, r.complete_p99_ms, ratio
+                "{:<8} {:<22} {:>10.0} {:>12.0} {:>8.2}ms {:>8.2}ms {:>10.2}ms {:>10.2} {:>12.1} {:>10.2}",
+                workers, name, r.jobs_per_s, r.submit_jobs_per_s, r.p50_ms, r.p99_ms, r.complete_p99_ms, ratio, r.cpu_us_per_job, cpu_ratio
             );
         }
         let all: Vec<String> = modes
             .iter()
-            .map(|(name, _, _, runs)| format!("{name}: {}", runs.iter().map(|r| format!("{:.0}", r.jobs_per_s)).collect::<Vec<_>>().join("/")))
+            .map(|(name, _, _, runs)| {
+                let rounds = |f: fn(&Run) -> f64| runs.iter().map(|r| format!("{:.0}", f(r))).collect::<Vec<_>>().join("/");
+                format!("{name}: {} jobs/s, {} us/job", rounds(|r| r.jobs_per_s), rounds(|r| r.cpu_us_per_job))
+            })
             .collect();
         println!("         rounds: {}", all.join("; "));
         println!(

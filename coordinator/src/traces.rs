@@ -44,17 +44,18 @@ impl JobTracer {
         })
     }
 
-    /// Starts and ends a new job's `job` span under `parent` (the submit
-    /// call); its trace id becomes the job's.
-    pub fn new_job(&self, parent: &Context) -> SpanContext {
-        let mut span = self.tracer.span_builder("job").start_with_context(&self.tracer, parent);
-        let sc = span.span_context().clone();
-        span.end();
-        sc
-    }
-
-    /// Remembers the `job` spans of submitted jobs (same order).
-    pub fn submitted(&self, jobs: &[JobId], contexts: Vec<SpanContext>) {
+    /// Starts and ends the `job` span of each new job under `parent` (the
+    /// submit call, whose trace id the jobs took), and remembers them.
+    pub fn submitted(&self, parent: &Context, jobs: &[JobId]) {
+        let contexts: Vec<SpanContext> = jobs
+            .iter()
+            .map(|_| {
+                let mut span = self.tracer.span_builder("job").start_with_context(&self.tracer, parent);
+                let sc = span.span_context().clone();
+                span.end();
+                sc
+            })
+            .collect();
         let mut map = lock(&self.jobs);
         for (job, sc) in jobs.iter().zip(contexts) {
             map.insert(*job, sc);
@@ -75,6 +76,13 @@ impl JobTracer {
     /// returns the `traceparent` the worker continues.
     pub fn leased(&self, job: &JobRecord, attempt: u32, worker: WorkerId, device: &str, queue_wait_ms: Millis) -> Option<String> {
         let parent = self.job_context(job);
+        let job_span = parent.span().span_context().clone();
+        if !job_span.is_sampled() {
+            // sampled out (OTEL_TRACES_SAMPLER): no spans, nothing kept; the
+            // worker continues the trace unsampled, so it records none either
+            let unsampled = SpanContext::new(job_span.trace_id(), SpanId::from_bytes(rand::random()), TraceFlags::default(), true, TraceState::default());
+            return job_span.is_valid().then(|| traces::traceparent(&unsampled));
+        }
         let now = SystemTime::now();
         let waited = now - Duration::from_millis(queue_wait_ms.max(0) as u64);
         let mut wait = self.tracer.span_builder("queue_wait").with_start_time(waited).start_with_context(&self.tracer, &parent);

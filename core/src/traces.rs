@@ -16,8 +16,10 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use tracing::subscriber::Interest;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::DynFilterFn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -92,6 +94,48 @@ impl Drop for TracingGuard {
     }
 }
 
+/// The batch span processor's queue unless `OTEL_BSP_MAX_QUEUE_SIZE` says
+/// otherwise. The SDK's 2,048 drops spans at the first burst: one submit of
+/// 10,000 jobs makes 10,000 `job` spans at once (measured: 11,482 of 20,000
+/// dropped in the coordinator bench). A full queue holds a few tens of MiB.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 65_536;
+/// Spans per OTLP export request unless `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` says
+/// otherwise (the SDK's 512 means four times as many requests; 2,048 spans
+/// are well under gRPC's 4 MiB message limit).
+pub const DEFAULT_MAX_EXPORT_BATCH_SIZE: usize = 2_048;
+
+/// The batch processor's settings: the `OTEL_BSP_*` variables (read by the
+/// SDK's builder), with stylefarm's defaults where the queue and batch sizes
+/// are not set. `var` reads a variable (the environment, or a test's map).
+fn batch_config(var: impl Fn(&str) -> Option<String>) -> BatchConfig {
+    let mut builder = BatchConfigBuilder::default();
+    if var("OTEL_BSP_MAX_QUEUE_SIZE").is_none_or(|v| v.trim().is_empty()) {
+        builder = builder.with_max_queue_size(DEFAULT_MAX_QUEUE_SIZE);
+    }
+    if var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none_or(|v| v.trim().is_empty()) {
+        builder = builder.with_max_export_batch_size(DEFAULT_MAX_EXPORT_BATCH_SIZE);
+    }
+    builder.build()
+}
+
+/// Spans at info and above go out (whatever the log filter prints), unless
+/// export is paused ([`set_exporting`]). The pause is asked on every span: a
+/// `filter_fn` would cache its first answer per callsite, so a span first
+/// made while paused (the bench's runs without traces come first) would
+/// never be exported after.
+fn exporting_filter<S>(
+) -> DynFilterFn<S, impl Fn(&tracing::Metadata<'_>, &tracing_subscriber::layer::Context<'_, S>) -> bool, impl Fn(&'static tracing::Metadata<'static>) -> Interest>
+{
+    let info_or_above = |meta: &tracing::Metadata<'_>| *meta.level() <= tracing::Level::INFO;
+    DynFilterFn::new(move |meta, _| EXPORTING.load(Ordering::Relaxed) && info_or_above(meta)).with_callsite_filter(move |meta| {
+        if info_or_above(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    })
+}
+
 /// Installs the process's subscriber: logs to stderr (text or JSON lines)
 /// filtered by `filter`, and, when OTLP is configured, spans exported as
 /// service `default_service` (unless OTEL_SERVICE_NAME says otherwise).
@@ -112,11 +156,10 @@ pub fn init(default_service: &'static str, filter: &str, json: bool) -> Result<T
     if !env_set("OTEL_SERVICE_NAME") {
         resource = resource.with_service_name(default_service);
     }
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
+    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch_config(|name| std::env::var(name).ok())).build();
+    let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build();
     let tracer = provider.tracer(default_service);
-    // spans at info and above go out (whatever the log filter prints), unless paused
-    let exporting = tracing_subscriber::filter::filter_fn(|meta| EXPORTING.load(Ordering::Relaxed) && *meta.level() <= tracing::Level::INFO);
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exporting);
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exporting_filter());
     tracing_subscriber::registry().with(fmt).with(otel).try_init().map_err(|_| TracingError::AlreadyInstalled)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -208,6 +251,29 @@ pub fn span_context(span: &tracing::Span) -> SpanContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_is_not_remembered_per_callsite() {
+        use tracing_subscriber::layer::Filter;
+        let filter = exporting_filter::<tracing_subscriber::Registry>();
+        let info = tracing::subscriber::with_default(tracing_subscriber::registry(), || tracing::info_span!("probe").metadata()).unwrap();
+        let debug = tracing::subscriber::with_default(tracing_subscriber::registry(), || tracing::debug_span!("probe").metadata()).unwrap();
+        set_exporting(false);
+        let paused = filter.callsite_enabled(info);
+        set_exporting(true);
+        assert!(paused.is_sometimes(), "an info span first seen while paused must be asked again later");
+        assert!(filter.callsite_enabled(debug).is_never(), "debug spans are never exported");
+    }
+
+    #[test]
+    fn the_batch_queue_holds_a_large_submit_unless_the_variables_say_otherwise() {
+        let ours = format!("{:?}", batch_config(|_| None));
+        assert!(ours.contains("max_queue_size: 65536") && ours.contains("max_export_batch_size: 2048"), "{ours}");
+        // a variable the operator set is the SDK's to read: ours does not override it
+        let set = |name: &str| (name == "OTEL_BSP_MAX_QUEUE_SIZE" || name == "OTEL_BSP_MAX_EXPORT_BATCH_SIZE").then(|| "100".to_string());
+        let theirs = format!("{:?}", batch_config(set));
+        assert!(!theirs.contains("max_queue_size: 65536") && !theirs.contains("max_export_batch_size: 2048"), "{theirs}");
+    }
 
     #[test]
     fn traceparents_parse_and_print_back() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use opentelemetry::trace::TraceContextExt;
 use sha2::{Digest, Sha256};
 use stylefarm_proto as pb;
 use tokio::sync::mpsc;
@@ -43,8 +44,6 @@ impl ClientApi {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-use stylefarm_core::traces;
 
 fn new_trace_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -92,29 +91,26 @@ impl pb::coordinator_server::Coordinator for ClientApi {
             tracing::info!(frames = probe.frames, width = probe.width, height = probe.height, fps = probe.fps(), jobs = new.jobs.len(), "video planned");
         }
         let owner = caller.name.clone();
-        // with traces exported, each job's trace starts at its `job` span under this call
-        let parent = traces::enabled().then(|| tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()));
-        let tracing_farm = Arc::clone(&farm);
-        let (submitted, contexts) = farm
+        // with traces exported, each job's trace starts at its `job` span under
+        // this call: the jobs take this call's trace id in the lock, and their
+        // spans are made after it, so a large submit does not hold up leases
+        let parent = farm
+            .tracer()
+            .map(|_| tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()))
+            .filter(|p| p.span().span_context().is_valid());
+        let parent_trace = parent.as_ref().map(|p| p.span().span_context().trace_id().to_string());
+        let submitted = farm
             .apply(move |s, fx, now| {
-                let mut contexts = Vec::new();
-                let submitted = match (tracing_farm.tracer(), &parent) {
-                    (Some(tracer), Some(parent)) => {
-                        let mut trace_id = || {
-                            let sc = tracer.new_job(parent);
-                            let id = sc.trace_id().to_string();
-                            contexts.push(sc);
-                            id
-                        };
-                        s.submit(new, &owner, now, fx, &mut trace_id)
-                    }
-                    _ => s.submit(new, &owner, now, fx, &mut new_trace_id),
-                };
-                Ok((submitted, contexts))
+                Ok(match parent_trace {
+                    Some(trace_id) => s.submit(new, &owner, now, fx, &mut || trace_id.clone()),
+                    None => s.submit(new, &owner, now, fx, &mut new_trace_id),
+                })
             })
             .await?;
-        if let Some(tracer) = farm.tracer() {
-            tracer.submitted(&submitted.jobs, contexts);
+        if let (Some(tracer), Some(parent)) = (farm.tracer(), &parent) {
+            if !submitted.deduplicated {
+                tracer.submitted(parent, &submitted.jobs);
+            }
         }
         let span = tracing::Span::current();
         span.record("batch_id", tracing::field::display(submitted.batch));
