@@ -422,3 +422,25 @@ fn the_systemd_units_verify_and_outlast_the_drain() {
     let (_, said) = verify(&root, "stylefarm-worker.service");
     assert!(said.contains("TimeoutStopSek"), "{said}");
 }
+
+/// The value between `start` and the next `end` on the first line holding
+/// `start`, in the repo file `path`.
+fn pinned(path: &str, start: &str, end: char) -> String {
+    let text = std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let at = text.find(start).unwrap_or_else(|| panic!("{path}: no `{start}`"));
+    let rest = &text[at + start.len()..];
+    rest[..rest.find(end).unwrap_or(rest.len())].trim().to_string()
+}
+
+#[test]
+fn every_way_of_getting_ffmpeg_takes_the_same_wheel() {
+    // `make setup` pins (and hash-checks) the wheel; the images and the bundle's
+    // install.sh fetch it themselves and must ask for the same version
+    let version = pinned("scripts/setup.sh", "imageio_ffmpeg_version=\"", '"');
+    assert!(version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()), "setup.sh pins `{version}`");
+    for dockerfile in ["deploy/docker/coordinator.Dockerfile", "deploy/docker/worker.Dockerfile"] {
+        assert_eq!(pinned(dockerfile, "ARG IMAGEIO_FFMPEG_VERSION=", '\n'), version, "{dockerfile}");
+    }
+    assert_eq!(pinned("deploy/dist/install.sh", "\"imageio-ffmpeg==", '"'), version, "install.sh's pip download");
+    assert_eq!(pinned("deploy/dist/install.sh", "(imageio-ffmpeg ", ','), version, "install.sh's log line");
+}
