@@ -63,9 +63,11 @@ COPY --from=binaries /out/bin/stylefarm-worker /opt/stylefarm/bin/stylefarm-work
 # ffmpeg decodes clips and encodes stylised ones (video batches)
 COPY --from=binaries /out/bin/ffmpeg /usr/local/bin/ffmpeg
 RUN ln -s /opt/stylefarm/bin/stylefarm-worker /usr/local/bin/stylefarm-worker
-# the NVIDIA container runtime mounts the driver for these
+# the NVIDIA container runtime mounts the driver for these; CUDA numbers GPUs as
+# nvidia-smi does (bus order), so each cuda:N's memory figure is certain
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     STYLEFARM_CACHE=/var/cache/stylefarm \
     STYLEFARM_WORK_DIR=/var/lib/stylefarm \
     STYLEFARM_HEALTH_LISTEN=0.0.0.0:50052 \

@@ -22,14 +22,6 @@ fn cpu_memory() -> u64 {
         .unwrap_or(0)
 }
 
-/// Total memory of each GPU, from nvidia-smi (absent: unknown).
-fn gpu_memory() -> Vec<u64> {
-    let Ok(out) = std::process::Command::new("nvidia-smi").args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"]).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u64>().ok()).map(|mib| mib << 20).collect()
-}
-
 /// `auto` (every CUDA device, else the CPU), `cpu`, or a list like `cuda:0,cuda:1`.
 pub fn detect(spec: &str) -> Result<Vec<DeviceInfo>> {
     let names: Vec<String> = match spec {
@@ -46,12 +38,13 @@ pub fn detect(spec: &str) -> Result<Vec<DeviceInfo>> {
     if names.is_empty() {
         bail!("invalid `--devices`: `{spec}` names no device (auto, cpu, cuda:0,...)");
     }
-    let gpu_memory = gpu_memory();
+    // total memory per GPU from nvidia-smi, matched to CUDA's numbering (unknown: 0)
+    let (rows, order) = (super::gpu_memory::query_now(), super::gpu_memory::CudaOrder::from_env());
     let mut devices = Vec::new();
     for name in names {
         let device = parse_device(&name)?;
         let memory_bytes = match device {
-            Device::Cuda(i) => gpu_memory.get(i).copied().unwrap_or(0),
+            Device::Cuda(i) => order.row(&rows, i).map_or(0, |r| r.total_bytes),
             _ => cpu_memory(),
         };
         let name = match device {

@@ -148,11 +148,11 @@ impl WorkerMetrics {
         self.stages[i].record(elapsed.as_secs_f64());
     }
 
-    pub fn set_gpu_memory(&self, readings: &[GpuMemory]) {
+    /// This worker's devices' readings, by device name (see `gpu_memory::own_devices`).
+    pub fn set_gpu_memory(&self, readings: &[(String, GpuMemory)]) {
         let mut gauges = self.gpu_memory.lock().unwrap_or_else(|p| p.into_inner());
-        for reading in readings {
-            let name = format!("cuda:{}", reading.index);
-            if !self.devices.contains_key(&name) {
+        for (name, reading) in readings {
+            if !self.devices.contains_key(name) {
                 continue;
             }
             let (used, total) = gauges.entry(name.clone()).or_insert_with(|| {
@@ -177,7 +177,7 @@ impl Scrape for WorkerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::farm::gpu_memory::parse_gpu_memory;
+    use crate::farm::gpu_memory::{parse_gpu_memory, GpuMemory};
     use stylefarm_core::telemetry::sample;
 
     fn row(scale: u32, iteration: u32, elapsed_ms: f64, evaluations: u32) -> TraceRow {
@@ -208,9 +208,11 @@ mod tests {
     fn gpu_memory_is_absent_on_cpu_and_set_from_nvidia_smi() {
         let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
         assert!(!metrics.scrape().contains("stylefarm_device_memory"), "absent, not 0");
-        let readings = parse_gpu_memory("0, 1024, 81559\n1, 0, 81559\nNo devices were found\n");
+        let rows = parse_gpu_memory("0, GPU-a, H100, 1024, 81559\n1, GPU-b, H100, 0, 81559\nNo devices were found\n");
         let gpu = WorkerMetrics::new(Registry::new(), &["cuda:1".into()]);
-        gpu.set_gpu_memory(&readings);
+        // what the poller hands over: every device name, the worker's own kept
+        let named: Vec<(String, GpuMemory)> = rows.iter().map(|r| (format!("cuda:{}", r.index), r.clone())).collect();
+        gpu.set_gpu_memory(&named);
         let text = gpu.scrape();
         assert_eq!(sample(&text, r#"stylefarm_device_memory_total_bytes{device="cuda:1"}"#), Some((81559u64 << 20) as f64), "{text}");
         assert_eq!(sample(&text, r#"stylefarm_device_memory_used_bytes{device="cuda:0"}"#), None, "only this worker's devices");

@@ -246,7 +246,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         heartbeat: Mutex::new(Duration::from_secs(5)),
         running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
-        gpu: Arc::new(gpu_memory::GpuWatch::new(&devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>())),
+        gpu: Arc::new(gpu_memory::GpuWatch::new(&devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(), gpu_memory::CudaOrder::from_env())),
     });
     let control = Arc::new(control::Control {
         drain: tokio::sync::Notify::new(),
