@@ -115,21 +115,68 @@ enum Security {
     OpenDashboard,
 }
 
-/// An OTLP/gRPC trace collector that counts the spans it receives.
+/// What the counting collector decodes of an OTLP export request: the span
+/// messages' boundaries and nothing inside them.
+mod counting {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Skipped>,
+    }
+    /// A span, its fields skipped over (no allocation).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Skipped {}
+}
+
+type ExportResponse = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+
+/// An OTLP/gRPC trace collector (the `TraceService/Export` method) that counts
+/// the spans it receives. It walks each request down to the span messages and
+/// skips over their contents: a tracing backend's decoding and storing is its
+/// own cost, on its own machine, not the coordinator's (`tests/tracing_otlp.rs`
+/// decodes and checks every span). It still shares this VM's two cores.
 #[derive(Default, Clone)]
 struct Collector {
     spans: Arc<AtomicUsize>,
 }
 
-#[tonic::async_trait]
-impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>, tonic::Status> {
+impl tonic::server::NamedService for Collector {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::UnaryService<counting::ExportRequest> for Collector {
+    type Response = ExportResponse;
+    type Future = std::future::Ready<Result<tonic::Response<ExportResponse>, tonic::Status>>;
+    fn call(&mut self, request: tonic::Request<counting::ExportRequest>) -> Self::Future {
         let n: usize = request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         self.spans.fetch_add(n, Ordering::Relaxed);
-        Ok(tonic::Response::new(Default::default()))
+        std::future::ready(Ok(tonic::Response::new(ExportResponse::default())))
+    }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Collector {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let collector = self.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<ExportResponse, counting::ExportRequest>::default());
+            Ok(grpc.unary(collector, request).await)
+        })
     }
 }
 
@@ -140,9 +187,7 @@ async fn start_collector() -> (Collector, stylefarm_core::traces::TracingGuard) 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        tonic::transport::Server::builder().add_service(collector.clone()).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     // SAFETY: set before any thread reads the environment for OTLP (the exporter reads it at init, here)
     unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint) };

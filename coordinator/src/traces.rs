@@ -1,15 +1,20 @@
-//! A job's trace on the coordinator (when OTLP export is on): at submit a
-//! `job` span per job, a child of the SubmitBatch call (so of the client's
-//! submit when it sent a `traceparent`); per lease a `queue_wait` span and an
-//! `attempt` span that stays open until the attempt ends (success, failure,
-//! hand-back, expiry, time-out, cancel) and is the parent the lease's
-//! `traceparent` names, so the worker's spans hang under it. Retries are more
-//! attempts in the same trace.
+//! A job's trace on the coordinator (when OTLP export is on): a `job` span
+//! per job, a child of the SubmitBatch call (so of the client's submit when it
+//! sent a `traceparent`), from the submit until the job ends; under it an
+//! `attempt` span per lease, open until the attempt ends (success, failure,
+//! hand-back, expiry, time-out, cancel), whose `queue.wait_ms` says how long
+//! the job waited for that lease (the gap before it in the timeline) and
+//! which is the parent the lease's `traceparent` names, so the worker's spans
+//! hang under it. Retries are more attempts in the same trace. Two spans per
+//! job: the export costs per span, and a separate `queue_wait` span per lease
+//! cost the bench 5 % of its throughput on its own.
 //!
-//! Memory: one span context per live job and one open span per running
-//! attempt, both dropped when they end. After a coordinator restart the open
-//! attempts' spans are lost, and new attempts of jobs submitted before it
-//! parent to the job's trace id without the `job` span.
+//! The `job` span is made at the job's first lease (or its end, if it never
+//! ran) with the submit's time as its start, so queued jobs hold no open span.
+//! Memory: the submit's span context per live job, one open span per started
+//! job and per running attempt, all dropped when they end. After a coordinator
+//! restart the open spans are lost, and new attempts of jobs submitted before
+//! it parent to the job's trace id without the `job` span.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,11 +27,18 @@ use stylefarm_core::traces;
 
 use crate::ids::{JobId, WorkerId};
 use crate::metrics::{AttemptEnd, Observation};
-use crate::model::{JobRecord, Millis};
+use crate::model::{JobRecord, Millis, StateKind};
+
+/// Where a submitted job's trace hangs, and when it was submitted.
+struct Submitted {
+    parent: SpanContext,
+    at: SystemTime,
+}
 
 pub struct JobTracer {
     tracer: BoxedTracer,
-    jobs: Mutex<HashMap<JobId, SpanContext>>,
+    submitted: Mutex<HashMap<JobId, Submitted>>,
+    jobs: Mutex<HashMap<JobId, BoxedSpan>>,
     attempts: Mutex<HashMap<(JobId, u32), BoxedSpan>>,
 }
 
@@ -39,64 +51,67 @@ impl JobTracer {
     pub fn from_env() -> Option<JobTracer> {
         traces::enabled().then(|| JobTracer {
             tracer: opentelemetry::global::tracer("stylefarm-coordinator"),
+            submitted: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Starts and ends the `job` span of each new job under `parent` (the
-    /// submit call, whose trace id the jobs took), and remembers them.
+    /// Remembers where each new job's trace hangs: under `parent` (the submit
+    /// call, whose trace id the jobs took).
     pub fn submitted(&self, parent: &Context, jobs: &[JobId]) {
-        let contexts: Vec<SpanContext> = jobs
-            .iter()
-            .map(|_| {
-                let mut span = self.tracer.span_builder("job").start_with_context(&self.tracer, parent);
-                let sc = span.span_context().clone();
-                span.end();
-                sc
-            })
-            .collect();
-        let mut map = lock(&self.jobs);
-        for (job, sc) in jobs.iter().zip(contexts) {
-            map.insert(*job, sc);
+        let parent = parent.span().span_context().clone();
+        let at = SystemTime::now();
+        let mut map = lock(&self.submitted);
+        for job in jobs {
+            map.insert(*job, Submitted { parent: parent.clone(), at });
         }
     }
 
-    fn job_context(&self, job: &JobRecord) -> Context {
-        if let Some(sc) = lock(&self.jobs).get(&job.id) {
-            return Context::new().with_remote_span_context(sc.clone());
+    /// The job's `job` span, started at its submit (`origin`; a job submitted
+    /// before a restart has only its `record`'s trace id and time).
+    fn job_span(&self, job: JobId, origin: Option<Submitted>, record: Option<&JobRecord>) -> BoxedSpan {
+        let (parent, at) = match (origin, record) {
+            (Some(s), _) => (Context::new().with_remote_span_context(s.parent), s.at),
+            (None, Some(r)) => (restored_parent(r), SystemTime::UNIX_EPOCH + Duration::from_millis(r.created_ms.max(0) as u64)),
+            (None, None) => (Context::new(), SystemTime::now()),
+        };
+        let mut attributes = vec![KeyValue::new("job.id", job.to_string())];
+        if let Some(r) = record {
+            attributes.push(KeyValue::new("batch.id", r.batch.to_string()));
+            attributes.push(KeyValue::new("job.name", r.name.clone()));
         }
-        // submitted before a restart: the job's trace, without its `job` span
-        let Ok(trace_id) = TraceId::from_hex(&job.trace_id) else { return Context::new() };
-        let span_id = SpanId::from_bytes(trace_id.to_bytes()[..8].try_into().unwrap_or([1; 8]));
-        Context::new().with_remote_span_context(SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, TraceState::default()))
+        self.tracer.span_builder("job").with_start_time(at).with_attributes(attributes).start_with_context(&self.tracer, &parent)
     }
 
-    /// A lease: its queue wait, and the attempt's span (open until it ends);
-    /// returns the `traceparent` the worker continues.
+    /// A lease: the attempt's span (open until it ends), under the job's span
+    /// (made at its first lease); returns the `traceparent` the worker continues.
     pub fn leased(&self, job: &JobRecord, attempt: u32, worker: WorkerId, device: &str, queue_wait_ms: Millis) -> Option<String> {
-        let parent = self.job_context(job);
-        let job_span = parent.span().span_context().clone();
+        let job_span = {
+            let mut jobs = lock(&self.jobs);
+            let span = jobs.entry(job.id).or_insert_with(|| {
+                let origin = lock(&self.submitted).get(&job.id).map(|s| Submitted { parent: s.parent.clone(), at: s.at });
+                self.job_span(job.id, origin, Some(job))
+            });
+            span.span_context().clone()
+        };
         if !job_span.is_sampled() {
-            // sampled out (OTEL_TRACES_SAMPLER): no spans, nothing kept; the
-            // worker continues the trace unsampled, so it records none either
+            // sampled out (OTEL_TRACES_SAMPLER): no spans recorded; the worker
+            // continues the trace unsampled, so it records none either
             let unsampled = SpanContext::new(job_span.trace_id(), SpanId::from_bytes(rand::random()), TraceFlags::default(), true, TraceState::default());
             return job_span.is_valid().then(|| traces::traceparent(&unsampled));
         }
-        let now = SystemTime::now();
-        let waited = now - Duration::from_millis(queue_wait_ms.max(0) as u64);
-        let mut wait = self.tracer.span_builder("queue_wait").with_start_time(waited).start_with_context(&self.tracer, &parent);
-        wait.end_with_timestamp(now);
+        let parent = Context::new().with_remote_span_context(job_span);
         let span = self
             .tracer
             .span_builder("attempt")
             .with_kind(SpanKind::Internal)
-            .with_start_time(now)
+            .with_start_time(SystemTime::now())
             .with_attributes([
-                KeyValue::new("job.id", job.id.to_string()),
                 KeyValue::new("job.attempt", i64::from(attempt)),
                 KeyValue::new("worker.id", worker.to_string()),
                 KeyValue::new("device", device.to_string()),
+                KeyValue::new("queue.wait_ms", queue_wait_ms.max(0)),
             ])
             .start_with_context(&self.tracer, &parent);
         let sc = span.span_context().clone();
@@ -104,7 +119,8 @@ impl JobTracer {
         sc.is_valid().then(|| traces::traceparent(&sc))
     }
 
-    /// Ends attempts and forgets finished jobs.
+    /// Ends attempts, and the jobs that finished (a job that never ran gets
+    /// its span now).
     pub fn observe(&self, observations: &[Observation]) {
         for o in observations {
             match *o {
@@ -117,15 +133,38 @@ impl JobTracer {
                     span.end();
                 }
                 Observation::Finished { job, state } if state.is_terminal() => {
-                    lock(&self.jobs).remove(&job);
+                    let origin = lock(&self.submitted).remove(&job);
+                    let open = lock(&self.jobs).remove(&job);
+                    if open.is_some() || origin.is_some() {
+                        let mut span = open.unwrap_or_else(|| self.job_span(job, origin, None));
+                        let outcome = match state {
+                            StateKind::Succeeded => "succeeded",
+                            StateKind::Cancelled => "cancelled",
+                            _ => "failed",
+                        };
+                        span.set_attribute(KeyValue::new("outcome", outcome));
+                        if state != StateKind::Succeeded {
+                            span.set_status(Status::error(outcome));
+                        }
+                        span.end();
+                    }
                 }
                 _ => {}
             }
         }
     }
 
-    /// Sizes of the maps (bounded by live jobs and running attempts).
-    pub fn sizes(&self) -> (usize, usize) {
-        (lock(&self.jobs).len(), lock(&self.attempts).len())
+    /// Sizes of the maps: submitted jobs (bounded by live jobs), open job
+    /// spans (started jobs) and running attempts.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (lock(&self.submitted).len(), lock(&self.jobs).len(), lock(&self.attempts).len())
     }
+}
+
+/// A job submitted before a restart: its trace id, with a span id derived
+/// from it standing in for the submit (which this process never saw).
+fn restored_parent(job: &JobRecord) -> Context {
+    let Ok(trace_id) = TraceId::from_hex(&job.trace_id) else { return Context::new() };
+    let span_id = SpanId::from_bytes(trace_id.to_bytes()[..8].try_into().unwrap_or([1; 8]));
+    Context::new().with_remote_span_context(SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, TraceState::default()))
 }
