@@ -95,9 +95,10 @@ impl Drop for TracingGuard {
 }
 
 /// The batch span processor's queue unless `OTEL_BSP_MAX_QUEUE_SIZE` says
-/// otherwise. The SDK's 2,048 drops spans at the first burst: one submit of
-/// 10,000 jobs makes 10,000 `job` spans at once (measured: 11,482 of 20,000
-/// dropped in the coordinator bench). A full queue holds a few tens of MiB.
+/// otherwise. The SDK's 2,048 drops spans at the first burst: cancelling
+/// 10,000 queued jobs ends 10,000 `job` spans at once (when job spans were
+/// made at submit, the coordinator bench lost 11,482 of 20,000 that way). A
+/// full queue holds a few tens of MiB.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 65_536;
 /// Spans per OTLP export request unless `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` says
 /// otherwise (the SDK's 512 means four times as many requests; 2,048 spans
