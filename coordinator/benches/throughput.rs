@@ -418,8 +418,8 @@ async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool
 
 /// glibc's `struct mallinfo2` (all arenas), to tell live heap from RSS the
 /// allocator keeps.
+#[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
 #[repr(C)]
-#[derive(Default)]
 struct MallInfo2 {
     arena: usize,
     ordblks: usize,
@@ -437,7 +437,6 @@ struct MallInfo2 {
 /// builds, so live is NaN there and held is what it has committed.
 #[cfg(feature = "mimalloc")]
 fn heap_mib() -> (f64, f64) {
-    let _ = MallInfo2::default();
     let (mut elapsed, mut user, mut system, mut rss, mut peak_rss, mut commit, mut peak_commit, mut faults) = (0, 0, 0, 0, 0, 0, 0, 0);
     // SAFETY: mi_process_info only writes the counters it is given pointers to.
     unsafe {
@@ -460,7 +459,6 @@ fn heap_mib() -> (f64, f64) {
 
 #[cfg(all(not(feature = "mimalloc"), not(all(target_os = "linux", target_env = "gnu"))))]
 fn heap_mib() -> (f64, f64) {
-    let _ = MallInfo2::default();
     (f64::NAN, f64::NAN)
 }
 

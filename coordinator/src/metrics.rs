@@ -138,8 +138,8 @@ pub struct CoordMetrics {
 impl CoordMetrics {
     pub fn new(registry: Registry) -> Arc<CoordMetrics> {
         let r = &registry;
-        let finished = ["succeeded", "failed", "cancelled"]
-            .map(|o| r.counter("stylefarm_jobs_finished_total", "Jobs that reached a final state, by outcome.", &[("outcome", o)]));
+        let finished =
+            StateKind::FINAL.map(|k| r.counter("stylefarm_jobs_finished_total", "Jobs that reached a final state, by outcome.", &[("outcome", k.label())]));
         let run = AttemptEnd::ALL.map(|end| {
             r.histogram("stylefarm_job_run_seconds", "How long each attempt ran, from lease to its end, by how it ended.", &[("outcome", end.label())])
         });
@@ -198,12 +198,11 @@ impl CoordMetrics {
                     self.run[i].record(seconds(run_ms));
                 }
                 Observation::Retried => self.retries.increment(1),
-                Observation::Finished { state, .. } => match state {
-                    StateKind::Succeeded => self.finished[0].increment(1),
-                    StateKind::Failed => self.finished[1].increment(1),
-                    StateKind::Cancelled => self.finished[2].increment(1),
-                    StateKind::Queued | StateKind::Running => {}
-                },
+                Observation::Finished { state, .. } => {
+                    if let Some(i) = StateKind::FINAL.iter().position(|k| *k == state) {
+                        self.finished[i].increment(1);
+                    }
+                }
                 Observation::WorkerBlocked => self.blocks.increment(1),
             }
         }

@@ -962,8 +962,22 @@ impl Scheduler {
 }
 
 impl StateKind {
+    /// The states a job ends in.
+    pub const FINAL: [StateKind; 3] = [StateKind::Succeeded, StateKind::Failed, StateKind::Cancelled];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, StateKind::Succeeded | StateKind::Failed | StateKind::Cancelled)
+    }
+
+    /// The state's name in metrics labels and span attributes.
+    pub fn label(self) -> &'static str {
+        match self {
+            StateKind::Queued => "queued",
+            StateKind::Running => "running",
+            StateKind::Succeeded => "succeeded",
+            StateKind::Failed => "failed",
+            StateKind::Cancelled => "cancelled",
+        }
     }
 }
 
