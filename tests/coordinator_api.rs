@@ -94,7 +94,7 @@ async fn expired_lease_requeues_and_the_stale_attempt_is_fenced() {
     let refused = slow.complete(&first).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("stale"), "{}", refused.message());
-    assert_eq!(slow.fail(&first, "late", true, false).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(slow.fail(&first, "late", pb::AttemptStop::FailedRetryable).await.unwrap_err().code(), Code::FailedPrecondition);
     fast.complete(&second).await.unwrap();
     let job = client.get_job(pb::GetJobRequest { job_id: first.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&job), pb::JobState::Succeeded);
@@ -113,13 +113,13 @@ async fn retries_run_out_and_bad_input_fails_at_once() {
     client.submit_batch(request).await.unwrap();
     let mut worker = coordinator.worker("flaky", 16 * GIB).await;
     let a = worker.lease(0).await.unwrap();
-    assert!(worker.fail(&a, "CUDA out of memory", true, false).await.unwrap(), "retryable: will retry");
+    assert!(worker.fail(&a, "CUDA out of memory", pb::AttemptStop::FailedRetryable).await.unwrap(), "retryable: will retry");
     let b = worker.lease(0).await.unwrap();
     assert_ne!(b.job_id, a.job_id, "the failed job backs off; the next one goes first");
-    assert!(!worker.fail(&b, "corrupt image: bad PNG signature", false, false).await.unwrap(), "bad input: no retry");
+    assert!(!worker.fail(&b, "corrupt image: bad PNG signature", pb::AttemptStop::Failed).await.unwrap(), "bad input: no retry");
     let again = worker.lease(2000).await.expect("the first job after its backoff");
     assert_eq!((again.job_id.as_str(), again.attempt), (a.job_id.as_str(), 2));
-    assert!(!worker.fail(&again, "CUDA out of memory", true, false).await.unwrap(), "attempts exhausted");
+    assert!(!worker.fail(&again, "CUDA out of memory", pb::AttemptStop::FailedRetryable).await.unwrap(), "attempts exhausted");
     let (batch, jobs) = get_batch(&mut client, "b1").await;
     assert_eq!(pb::BatchState::try_from(batch.state).unwrap(), pb::BatchState::Failed);
     let by_id = |id: &str| jobs.iter().find(|j| j.id == id).unwrap().clone();
@@ -144,7 +144,7 @@ async fn a_worker_that_keeps_failing_a_batch_stops_getting_it() {
     let mut healthy = coordinator.worker("healthy", 16 * GIB).await;
     for _ in 0..2 {
         let lease = broken.lease(0).await.unwrap();
-        broken.fail(&lease, "driver error", true, false).await.unwrap();
+        broken.fail(&lease, "driver error", pb::AttemptStop::FailedRetryable).await.unwrap();
     }
     assert!(broken.lease(300).await.is_none(), "blocked from this batch after 2 failures");
     let mut done = 0;
@@ -173,7 +173,7 @@ async fn cancel_stops_queued_jobs_at_once_and_running_ones_at_their_heartbeat() 
     assert_eq!((response.cancelled_queued, response.signalled_running), (2, 1));
     assert!(worker.lease(0).await.is_none(), "cancelled jobs are not leased");
     assert_eq!(worker.heartbeat(&running, 5).await, pb::Verdict::Cancel);
-    worker.fail(&running, "cancelled", false, true).await.unwrap();
+    worker.fail(&running, "cancelled", pb::AttemptStop::Cancelled).await.unwrap();
     let (batch, jobs) = get_batch(&mut client, "b1").await;
     assert_eq!(pb::BatchState::try_from(batch.state).unwrap(), pb::BatchState::Cancelled);
     assert!(jobs.iter().all(|j| state(j) == pb::JobState::Cancelled), "{jobs:?}");

@@ -141,7 +141,7 @@ async fn the_cli_submits_lists_watches_and_exits_with_meaningful_codes() {
     let first = worker.lease(0).await.unwrap();
     worker.complete(&first).await.unwrap();
     let second = worker.lease(0).await.unwrap();
-    worker.fail(&second, "corrupt content image", false, false).await.unwrap();
+    worker.fail(&second, "corrupt content image", pb::AttemptStop::Failed).await.unwrap();
     let watched = watcher.await.unwrap();
     assert_eq!(watched.status.code(), Some(1), "a batch with a failed job: {}", String::from_utf8_lossy(&watched.stderr));
     let final_batch: serde_json::Value = serde_json::from_slice(&watched.stdout).unwrap();

@@ -112,7 +112,7 @@ async fn call(rpc: Rpc, client: &mut Client, api: &mut WorkerClient, f: &Fixture
                 job_id: f.fail_lease.job_id.clone(),
                 attempt: f.fail_lease.attempt,
                 reason: "x".into(),
-                retryable: false,
+                stop: pb::AttemptStop::Failed as i32,
                 lease_secret: f.fail_lease.lease_secret.clone(),
                 ..Default::default()
             })
@@ -303,6 +303,7 @@ async fn a_hostile_client_changes_nothing_it_may_not() {
             job_id: lease.job_id.clone(),
             attempt: lease.attempt,
             reason: "x".into(),
+            stop: pb::AttemptStop::Failed as i32,
             lease_secret: String::new(),
             ..Default::default()
         };
@@ -417,7 +418,7 @@ async fn blocklist_counters_and_start_times_survive_a_restart() {
     let mut w = coordinator.worker("flaky", 1 << 30).await;
     for _ in 0..3 {
         let lease = w.lease(0).await.unwrap();
-        w.fail(&lease, "CUDA error", true, false).await.unwrap();
+        w.fail(&lease, "CUDA error", pb::AttemptStop::FailedRetryable).await.unwrap();
     }
     let started = stylefarm_tests::farm::get_batch(&mut client, &batch.batch_id).await.0.started_at_ms;
     assert!(started > 0);
@@ -524,7 +525,8 @@ async fn random_well_formed_messages_break_nothing() {
                     job_id: s,
                     attempt: n,
                     reason: "r".repeat((n % 10_000) as usize),
-                    handed_back: n.is_multiple_of(2),
+                    // valid and invalid ways to stop alike
+                    stop: (n % 6) as i32,
                     ..Default::default()
                 })
                 .await

@@ -259,7 +259,7 @@ async fn every_attempt_is_kept_with_its_worker_steps_across_a_restart() {
     let job = batch.job_ids[0].clone();
     let mut worker = coordinator.worker("w-history", 1 << 34).await;
     let first = worker.lease(0).await.unwrap();
-    assert!(worker.fail(&first, "CUDA out of memory", true, false).await.unwrap());
+    assert!(worker.fail(&first, "CUDA out of memory", pb::AttemptStop::FailedRetryable).await.unwrap());
     let mut second = None;
     for _ in 0..100 {
         if let Some(lease) = worker.lease(0).await {

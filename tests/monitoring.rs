@@ -42,7 +42,7 @@ async fn coordinator_metrics_count_jobs_attempts_queue_and_calls() {
     worker.complete(&first).await.unwrap();
     // one fails retryably (a retry), then for good
     let second = worker.lease(0).await.unwrap();
-    assert!(worker.fail(&second, "out of memory", true, false).await.unwrap(), "retried");
+    assert!(worker.fail(&second, "out of memory", pb::AttemptStop::FailedRetryable).await.unwrap(), "retried");
     let mut again = None;
     for _ in 0..50 {
         match worker.lease(0).await {
@@ -55,7 +55,7 @@ async fn coordinator_metrics_count_jobs_attempts_queue_and_calls() {
         }
     }
     let again = again.expect("the failed job came back");
-    assert!(!worker.fail(&again, "broken input", false, false).await.unwrap());
+    assert!(!worker.fail(&again, "broken input", pb::AttemptStop::Failed).await.unwrap());
     let text = coordinator.scrape().await;
     let succeeded = value(&text, r#"stylefarm_jobs_finished_total{outcome="succeeded"}"#);
     assert!(succeeded >= 1.0, "{text}");

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
+use stylefarm_coordinator::store::Commits;
 use stylefarm_coordinator::CoordinatorConfig;
 use stylefarm_proto as pb;
 use stylefarm_proto::connect::ConnectOptions;
@@ -243,11 +244,11 @@ async fn follow_dashboard(addr: std::net::SocketAddr, scraping: Arc<std::sync::a
     events
 }
 
-async fn start(group_commit: bool, security: Security) -> Server {
+async fn start(commits: Commits, security: Security) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut config = CoordinatorConfig {
         data_dir: dir.path().to_path_buf(),
-        group_commit,
+        commits,
         lease_ttl_ms: 60_000,
         allowed_input_prefixes: vec!["s3://bench/".into()],
         ..CoordinatorConfig::default()
@@ -369,8 +370,8 @@ async fn work(id: String, mut api: stylefarm_proto::connect::Worker, done: Arc<A
     }
 }
 
-async fn run(workers: usize, jobs: usize, connections: usize, group_commit: bool, security: Security) -> Run {
-    let server = start(group_commit, security).await;
+async fn run(workers: usize, jobs: usize, connections: usize, commits: Commits, security: Security) -> Run {
+    let server = start(commits, security).await;
     let worker_channels = channels(&server.worker, connections).await;
     let ids = register(&server.worker, &worker_channels, workers).await;
     // submit in batches of up to 10,000 jobs
@@ -480,7 +481,7 @@ async fn soak(total: usize) {
     // the coordinator logs the sizes of its in-memory indexes every 10 s
     let filter = tracing_subscriber::EnvFilter::new("stylefarm_coordinator::sizes=debug");
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    let server = start(true, Security::Open).await;
+    let server = start(Commits::Grouped, Security::Open).await;
     let worker_channels = channels(&server.worker, 8).await;
     let ids = register(&server.worker, &worker_channels, 100).await;
     let mut client = server.client.coordinator(channels(&server.client, 1).await.remove(0)).unwrap();
@@ -563,7 +564,7 @@ fn main() {
     println!("(medians of {} rounds; each round runs every mode once, in turn, so the VM's drift hits them alike)", args.rounds);
     let collector = args.modes.iter().any(|m| m == "traces").then(|| runtime.block_on(start_collector()));
     for &workers in &args.workers {
-        let mut modes: Vec<(&str, bool, Security, Vec<Run>)> = [
+        let mut modes: Vec<(&str, Commits, Security, Vec<Run>)> = [
             ("open", "group commit", Security::Open),
             ("auth", "+ auth (tokens)", Security::Auth),
             ("tls", "+ auth + TLS", Security::AuthTls),
@@ -573,14 +574,14 @@ fn main() {
         ]
         .into_iter()
         .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))
-        .map(|(_, name, security)| (name, true, security, Vec::new()))
+        .map(|(_, name, security)| (name, Commits::Grouped, security, Vec::new()))
         .collect();
         if args.reference {
-            modes.push(("reference: per-request", false, Security::Open, Vec::new()));
+            modes.push(("reference: per-request", Commits::PerRequest, Security::Open, Vec::new()));
         }
         for _ in 0..args.rounds {
-            for (_, group_commit, security, runs) in modes.iter_mut() {
-                runs.push(runtime.block_on(run(workers, args.jobs, args.connections, *group_commit, *security)));
+            for (_, commits, security, runs) in modes.iter_mut() {
+                runs.push(runtime.block_on(run(workers, args.jobs, args.connections, *commits, *security)));
             }
         }
         let median = |runs: &[Run], f: fn(&Run) -> f64| {

@@ -27,64 +27,37 @@ use tonic::Request;
 use crate::error::{CoordError, Result};
 use crate::secrets::SecretHash;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Submit,
-    Worker,
-    Admin,
+pub use crate::identity::{Principal, Role, LOCAL};
+
+/// When calls need a token (`--auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Enforced as soon as the data dir holds any token (revoked ones too).
+    #[default]
+    Auto,
+    /// Always, even before any token exists.
+    Required,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Submit => "submit",
-            Role::Worker => "worker",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Role {
+impl std::str::FromStr for AuthMode {
     type Err = String;
-    fn from_str(text: &str) -> std::result::Result<Role, String> {
+    fn from_str(text: &str) -> std::result::Result<AuthMode, String> {
         match text {
-            "submit" => Ok(Role::Submit),
-            "worker" => Ok(Role::Worker),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!("`{other}` is not a role (submit, worker, admin)")),
+            "auto" => Ok(AuthMode::Auto),
+            "required" => Ok(AuthMode::Required),
+            other => Err(format!("`{other}` is not auto or required")),
         }
     }
 }
 
-/// An authenticated caller: the token's name and role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub name: String,
-    pub role: Role,
-}
-
-/// The name every caller has while authentication is off.
-pub const LOCAL: &str = "local";
-
-impl Principal {
-    pub fn local() -> Principal {
-        Principal { name: LOCAL.into(), role: Role::Admin }
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
-    }
-
-    /// Whether this caller may see and act on something `owner` made.
-    pub fn owns(&self, owner: &str) -> bool {
-        self.is_admin() || self.name == owner
-    }
+/// Whether WorkerApi callers must present a TLS client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCerts {
+    /// A token is enough (no client CA configured).
+    NotRequired,
+    /// Mutual TLS: a certificate the configured client CA signed, and a token.
+    Required,
 }
 
 /// Which part of the API a call belongs to.
@@ -145,7 +118,7 @@ fn db_err(e: impl fmt::Display) -> CoordError {
 }
 
 fn now_ms() -> i64 {
-    crate::farm::now_ms()
+    crate::clock::now_ms()
 }
 
 impl TokenStore {
@@ -249,20 +222,20 @@ struct Cache {
 /// Checks every call's credentials (and, under mutual TLS, a worker's certificate).
 pub struct Authenticator {
     store: TokenStore,
-    required: bool,
-    workers_need_client_cert: bool,
+    mode: AuthMode,
+    worker_certs: WorkerCerts,
     cache: Mutex<Cache>,
 }
 
 impl Authenticator {
-    pub fn new(store: TokenStore, required: bool, workers_need_client_cert: bool) -> Authenticator {
-        Authenticator { store, required, workers_need_client_cert, cache: Mutex::new(Cache { version: -1, tokens: HashMap::new() }) }
+    pub fn new(store: TokenStore, mode: AuthMode, worker_certs: WorkerCerts) -> Authenticator {
+        Authenticator { store, mode, worker_certs, cache: Mutex::new(Cache { version: -1, tokens: HashMap::new() }) }
     }
 
     /// Whether calls need a token now.
     pub fn enforced(&self) -> Result<bool> {
         let cache = self.refreshed()?;
-        Ok(self.required || !cache.tokens.is_empty())
+        Ok(self.mode == AuthMode::Required || !cache.tokens.is_empty())
     }
 
     /// The token cache, reloaded if the table changed. The file watch is
@@ -287,7 +260,7 @@ impl Authenticator {
 
     /// The caller of `request`, allowed to use `api`.
     pub fn authenticate<T>(&self, request: &Request<T>, api: Api) -> Result<Principal> {
-        if api == Api::Worker && self.workers_need_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+        if api == Api::Worker && self.worker_certs == WorkerCerts::Required && request.peer_certs().is_none_or(|c| c.is_empty()) {
             return Err(CoordError::Unauthenticated("the WorkerApi needs a client certificate (mutual TLS)".into()));
         }
         let header = match request.metadata().get("authorization") {
@@ -302,7 +275,7 @@ impl Authenticator {
     pub fn authenticate_token(&self, credential: Option<&str>, api: Api, missing: &str) -> Result<Principal> {
         let principal = {
             let cache = self.refreshed()?;
-            if !self.required && cache.tokens.is_empty() {
+            if self.mode == AuthMode::Auto && cache.tokens.is_empty() {
                 return Ok(Principal::local());
             }
             let text = credential.ok_or_else(|| CoordError::Unauthenticated(missing.into()))?;
@@ -338,7 +311,7 @@ mod tests {
     #[test]
     fn open_until_a_token_exists_then_roles_and_revocation_apply_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), false, false);
+        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), AuthMode::Auto, WorkerCerts::NotRequired);
         assert_eq!(auth.authenticate(&request(None), Api::Admin).unwrap(), Principal::local());
         // another connection (as `token create` in another process) adds tokens
         let cli = TokenStore::open(dir.path()).unwrap();
@@ -373,7 +346,7 @@ mod tests {
     #[test]
     fn required_mode_refuses_everyone_without_tokens() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), true, false);
+        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), AuthMode::Required, WorkerCerts::NotRequired);
         assert!(matches!(auth.authenticate(&request(None), Api::Client), Err(CoordError::Unauthenticated(_))));
     }
 }

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::AuthMode;
 use crate::model::Backoff;
 use crate::scheduler::SchedulerConfig;
+use crate::store::{Commits, Durability};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,16 +27,17 @@ pub struct CoordinatorConfig {
     /// Failures of one batch's jobs after which a worker gets no more of them.
     pub worker_batch_failure_limit: u32,
     pub max_upload_bytes: u64,
-    /// fsync every commit group (survives power loss, not only process death).
-    pub sync_full: bool,
+    /// What a commit survives: `process_crash` (default) or `power_loss`
+    /// (an fsync every commit group).
+    pub durability: Durability,
     /// How often leases are checked for expiry.
     pub tick_ms: u64,
-    /// Commit the changes of concurrent requests in one transaction (off: one
-    /// transaction per request, the benchmark's reference).
-    pub group_commit: bool,
-    /// Require a token even while none exists (otherwise enforced as soon as
-    /// the data dir holds any token).
-    pub auth_required: bool,
+    /// `grouped`: the changes of concurrent requests in one transaction;
+    /// `per_request`: one transaction each (the benchmark's reference).
+    pub commits: Commits,
+    /// `auto`: a token is required as soon as the data dir holds any;
+    /// `required`: always.
+    pub auth: AuthMode,
     /// Serve on a non-loopback address without TLS and authentication.
     pub insecure: bool,
     /// PEM certificate chain and key: serve TLS.
@@ -79,10 +82,10 @@ impl Default for CoordinatorConfig {
             backoff_max_ms: scheduler.backoff.max_ms,
             worker_batch_failure_limit: scheduler.worker_batch_failure_limit,
             max_upload_bytes: 64 << 20,
-            sync_full: false,
+            durability: Durability::ProcessCrash,
             tick_ms: 200,
-            group_commit: true,
-            auth_required: false,
+            commits: Commits::Grouped,
+            auth: AuthMode::Auto,
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -109,15 +112,6 @@ pub enum ConfigError {
     Env { name: String, value: String, reason: String },
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
-}
-
-/// `--auth`: `auto` (enforced once a token exists) or `required`.
-pub fn parse_auth(text: &str) -> Result<bool, String> {
-    match text {
-        "auto" => Ok(false),
-        "required" => Ok(true),
-        other => Err(format!("`{other}` is not auto or required")),
-    }
 }
 
 fn env<T: std::str::FromStr>(name: &str, target: &mut T) -> Result<(), ConfigError>
@@ -159,9 +153,7 @@ impl CoordinatorConfig {
                 *target = Some(addr);
             }
         }
-        if let Ok(v) = std::env::var("STYLEFARM_AUTH") {
-            self.auth_required = parse_auth(&v).map_err(|reason| ConfigError::Env { name: "STYLEFARM_AUTH".into(), value: v.clone(), reason })?;
-        }
+        env("STYLEFARM_AUTH", &mut self.auth)?;
         for (name, target) in
             [("STYLEFARM_TLS_CERT", &mut self.tls_cert), ("STYLEFARM_TLS_KEY", &mut self.tls_key), ("STYLEFARM_TLS_CLIENT_CA", &mut self.tls_client_ca)]
         {

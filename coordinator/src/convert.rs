@@ -27,6 +27,18 @@ pub fn batch_state(phase: BatchPhase) -> pb::BatchState {
     }
 }
 
+/// The phase a wire state names (None for UNSPECIFIED or an unknown value).
+pub fn batch_phase(state: i32) -> Option<BatchPhase> {
+    match pb::BatchState::try_from(state).ok()? {
+        pb::BatchState::Queued => Some(BatchPhase::Queued),
+        pb::BatchState::Running => Some(BatchPhase::Running),
+        pb::BatchState::Succeeded => Some(BatchPhase::Succeeded),
+        pb::BatchState::Failed => Some(BatchPhase::Failed),
+        pb::BatchState::Cancelled => Some(BatchPhase::Cancelled),
+        pb::BatchState::Unspecified => None,
+    }
+}
+
 pub fn batch(b: &BatchRecord) -> pb::Batch {
     pb::Batch {
         id: b.id.to_string(),
@@ -46,7 +58,7 @@ pub fn batch(b: &BatchRecord) -> pb::Batch {
 pub fn outputs(o: &JobOutputs) -> pb::JobResult {
     pb::JobResult {
         prefix: o.prefix.clone(),
-        outputs: o.files.iter().map(|f| pb::OutputFile { key: f.key.clone(), size_bytes: f.size_bytes, kind: f.kind.clone() }).collect(),
+        outputs: o.files.iter().map(|f| pb::OutputFile { key: f.key.clone(), size_bytes: f.size_bytes, kind: f.kind.as_str().to_string() }).collect(),
         final_loss: o.final_loss,
         iterations: o.iterations,
         engine_ms: o.engine_ms,

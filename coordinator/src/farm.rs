@@ -15,13 +15,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use stylefarm_core::storage::Location;
+use stylefarm_core::tasks::Stopping;
 use stylefarm_proto as pb;
 use tokio::sync::{watch, Notify};
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::Authenticator;
+use crate::clock::now_ms;
 use crate::convert;
 use crate::error::{CoordError, Result};
 use crate::events::{Hub, Watch};
+use crate::identity::Principal;
 use crate::ids::{BatchId, JobId};
 use crate::metrics::CoordMetrics;
 use crate::model::{BatchPhase, BatchRecord, JobRecord, Millis};
@@ -29,10 +32,6 @@ use crate::scheduler::{Effects, Event, EventKind, Scheduler, SchedulerConfig};
 use crate::store::Store;
 use crate::traces::JobTracer;
 use crate::validate::SubmitRules;
-
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
-}
 
 pub struct FarmConfig {
     pub scheduler: SchedulerConfig,
@@ -62,6 +61,29 @@ pub struct Farm {
     stopping: watch::Sender<bool>,
 }
 
+/// `/metrics`: the point-in-time gauges read from the scheduler at each
+/// scrape, then every series. The farm owns it, so metrics know nothing of
+/// the farm.
+pub struct MetricsEndpoint {
+    farm: Arc<Farm>,
+    metrics: Arc<CoordMetrics>,
+}
+
+impl MetricsEndpoint {
+    pub fn new(farm: Arc<Farm>, metrics: Arc<CoordMetrics>) -> MetricsEndpoint {
+        MetricsEndpoint { farm, metrics }
+    }
+}
+
+impl stylefarm_core::telemetry::Scrape for MetricsEndpoint {
+    fn scrape(&self) -> String {
+        if let Err(e) = self.farm.read(|s| self.metrics.refresh(s)) {
+            tracing::warn!(error = %e, "metrics: the scheduler could not be read");
+        }
+        self.metrics.render()
+    }
+}
+
 impl Farm {
     pub fn open(store: Arc<dyn Store>, blobs: Location, config: FarmConfig, auth: Authenticator) -> Result<Arc<Farm>> {
         let snapshot = store.load().map_err(|e| CoordError::Store(e.0))?;
@@ -80,9 +102,6 @@ impl Farm {
             broken: watch::channel(None).0,
             stopping: watch::channel(false).0,
         });
-        if let Some(metrics) = &farm.config.metrics {
-            metrics.attach(&farm);
-        }
         Ok(farm)
     }
 
@@ -147,7 +166,11 @@ impl Farm {
                 return Err(CoordError::ShuttingDown);
             }
             let mut fx = Effects::default();
-            let value = f(&mut sched, &mut fx, now_ms())?;
+            let value = f(&mut sched, &mut fx, now_ms());
+            // debug builds check every change (while the state is small enough to walk)
+            #[cfg(debug_assertions)]
+            sched.debug_check_invariants();
+            let value = value?;
             let ticket = (!fx.ops.is_empty() || fx.barrier).then(|| self.store.commit(std::mem::take(&mut fx.ops)));
             let events = self.render_events(&sched, &fx.events);
             (value, ticket, events, fx.finished_batches, fx.wake, fx.observations)
@@ -339,13 +362,19 @@ impl Farm {
     }
 
     /// Expires leases and releases backed-off jobs, every `period`.
-    pub fn spawn_ticker(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+    /// Ticks the scheduler every `period` until `stopping` (or a fatal error).
+    pub fn ticker(self: &Arc<Self>, period: Duration, stopping: Stopping) -> impl std::future::Future<Output = ()> + Send + 'static {
         let farm = Arc::clone(self);
-        tokio::spawn(async move {
+        async move {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let stop = stopping.clone().wait();
+            tokio::pin!(stop);
             loop {
-                interval.tick().await;
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = &mut stop => return,
+                }
                 if farm.fatal.borrow().is_some() {
                     return;
                 }
@@ -359,7 +388,7 @@ impl Farm {
                     tracing::error!(error = %e, "scheduler tick failed");
                 }
             }
-        })
+        }
     }
 }
 
@@ -384,14 +413,15 @@ pub fn event_kind(kind: EventKind) -> pb::EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::TokenStore;
+    use crate::auth::{AuthMode, TokenStore, WorkerCerts};
     use crate::store::SqliteStore;
+    use crate::store::{Commits, Durability};
     use crate::validate::SubmitRules;
 
     #[test]
     fn a_panic_under_the_scheduler_lock_reports_broken_instead_of_serving_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("state.sqlite"), false, true).unwrap());
+        let store = Arc::new(SqliteStore::open(&dir.path().join("state.sqlite"), Durability::ProcessCrash, Commits::Grouped).unwrap());
         let blobs = Location::open_root(&format!("file://{}/objects", dir.path().display())).unwrap();
         let config = FarmConfig {
             scheduler: SchedulerConfig::default(),
@@ -401,7 +431,8 @@ mod tests {
             metrics: None,
             tracer: None,
         };
-        let farm = Farm::open(store, blobs, config, Authenticator::new(TokenStore::open(dir.path()).unwrap(), false, false)).unwrap();
+        let farm =
+            Farm::open(store, blobs, config, Authenticator::new(TokenStore::open(dir.path()).unwrap(), AuthMode::Auto, WorkerCerts::NotRequired)).unwrap();
         let broken = farm.broken_signal();
         assert!(farm.read(|s| s.sizes()).is_ok());
         let victim = Arc::clone(&farm);

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use stylefarm_proto as pb;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::auth::Principal;
+use crate::clock::now_ms;
 use crate::error::{CoordError, Result};
-use crate::farm::{now_ms, Farm};
+use crate::farm::Farm;
+use crate::identity::Principal;
 use crate::ids::BatchId;
 
 /// Events a follower may have unread before the loop waits for it.

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -17,7 +18,9 @@ pub mod events;
 pub mod farm;
 pub mod filewatch;
 pub mod follow;
+pub mod identity;
 pub mod ids;
+pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod scheduler;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use stylefarm_coordinator::auth::{Role, TokenStore};
+use stylefarm_coordinator::auth::{AuthMode, Role, TokenStore};
 use stylefarm_coordinator::server::{run_with, Listeners};
+use stylefarm_coordinator::store::Durability;
 use stylefarm_coordinator::CoordinatorConfig;
 
 /// mimalloc: the coordinator's work per job is mostly small allocations (gRPC
@@ -48,8 +49,8 @@ struct Args {
     #[arg(long)]
     sync_full: bool,
     /// auto: tokens are required once any exists; required: always.
-    #[arg(long, value_parser = stylefarm_coordinator::config::parse_auth)]
-    auth: Option<bool>,
+    #[arg(long)]
+    auth: Option<AuthMode>,
     /// Serve beyond loopback without TLS and authentication (logged as a warning).
     #[arg(long)]
     insecure: bool,
@@ -181,10 +182,10 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
         config.backoff_base_ms = v;
     }
     if args.sync_full {
-        config.sync_full = true;
+        config.durability = Durability::PowerLoss;
     }
     if let Some(v) = args.auth {
-        config.auth_required = v;
+        config.auth = v;
     }
     if args.insecure {
         config.insecure = true;

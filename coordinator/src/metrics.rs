@@ -1,66 +1,23 @@
 //! The coordinator's Prometheus metrics. The scheduler stays pure: it
 //! describes what happened as [`Observation`]s in its effects, and the farm
 //! hands them here once they are committed. Point-in-time gauges (jobs by
-//! state, queue depth by priority, workers, devices) are read from the
-//! scheduler when `/metrics` is scraped; gRPC calls are counted by
+//! state, queue depth by priority, workers, devices) are set from the
+//! scheduler by [`CoordMetrics::refresh`] when `/metrics` is scraped
+//! (`farm::MetricsEndpoint`: this module knows nothing of the farm); gRPC calls are counted by
 //! [`GrpcMetricsLayer`] around every service.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram};
-use stylefarm_core::telemetry::{Registry, Scrape};
+use stylefarm_core::telemetry::Registry;
 
-use crate::farm::{now_ms, Farm};
-use crate::ids::JobId;
+use crate::clock::now_ms;
 use crate::model::{Millis, StateKind};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{AttemptEnd, Observation, Scheduler};
 
-/// What the scheduler tells the metrics about one change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observation {
-    /// A job was leased after waiting this long since it became leasable.
-    Leased { queue_wait_ms: Millis },
-    /// An attempt ended after running this long.
-    AttemptEnded { job: JobId, attempt: u32, end: AttemptEnd, run_ms: Millis },
-    /// A failed, expired or timed-out attempt put its job back in the queue.
-    Retried,
-    /// A job reached a final state.
-    Finished { job: JobId, state: StateKind },
-    /// A worker reached the failure limit on a batch and gets no more of its jobs.
-    WorkerBlocked,
-}
-
-/// How an attempt ended (the `outcome` label of the run-time histogram).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptEnd {
-    Succeeded,
-    Failed,
-    HandedBack,
-    Expired,
-    TimedOut,
-    Cancelled,
-}
-
-impl AttemptEnd {
-    const ALL: [AttemptEnd; 6] =
-        [AttemptEnd::Succeeded, AttemptEnd::Failed, AttemptEnd::HandedBack, AttemptEnd::Expired, AttemptEnd::TimedOut, AttemptEnd::Cancelled];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            AttemptEnd::Succeeded => "succeeded",
-            AttemptEnd::Failed => "failed",
-            AttemptEnd::HandedBack => "handed_back",
-            AttemptEnd::Expired => "expired",
-            AttemptEnd::TimedOut => "timed_out",
-            AttemptEnd::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// Device kinds as labels (anything else is `other`, so a worker cannot add series).
 fn device_kind(name: &str) -> &'static str {
     match name.split(':').next().unwrap_or("") {
         "cuda" => "cuda",
@@ -72,6 +29,7 @@ fn device_kind(name: &str) -> &'static str {
 
 const QUEUE_DEPTH_HELP: &str = "Queued jobs by batch priority.";
 
+/// Device kinds as labels (anything else is `other`, so a worker cannot add series).
 const DEVICE_KINDS: [&str; 4] = ["cuda", "cpu", "mps", "other"];
 
 type MethodNames = HashMap<String, (&'static str, &'static str)>;
@@ -131,8 +89,6 @@ pub struct CoordMetrics {
     workers: Gauge,
     devices: [Gauge; 4],
     batches: Gauge,
-    /// The farm, for the scrape-time gauges (set once it is open).
-    farm: Mutex<Weak<Farm>>,
 }
 
 impl CoordMetrics {
@@ -179,14 +135,14 @@ impl CoordMetrics {
             workers: r.gauge("stylefarm_workers_connected", "Workers seen within the lease TTL.", &[]),
             devices,
             batches: r.gauge("stylefarm_batches_unfinished", "Batches with jobs still queued or running.", &[]),
-            farm: Mutex::new(Weak::new()),
             registry,
         })
     }
 
-    /// Where the scrape-time gauges come from.
-    pub fn attach(&self, farm: &Arc<Farm>) {
-        *self.farm.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(farm);
+    /// Every series in Prometheus' text format (call [`CoordMetrics::refresh`]
+    /// first for the point-in-time gauges).
+    pub fn render(&self) -> String {
+        self.registry.render()
     }
 
     pub fn observe(&self, observations: &[Observation]) {
@@ -212,7 +168,9 @@ impl CoordMetrics {
         Arc::clone(self.methods.get(path).unwrap_or(&self.unknown_method))
     }
 
-    fn refresh(&self, s: &Scheduler) {
+    /// Sets the point-in-time gauges (jobs by state, queue depth, workers,
+    /// devices) from the scheduler: the `/metrics` endpoint calls it per scrape.
+    pub fn refresh(&self, s: &Scheduler) {
         let now = now_ms();
         let demand = s.demand();
         self.jobs[0].set(demand.queued as f64);
@@ -257,18 +215,6 @@ impl CoordMetrics {
 
 fn seconds(ms: Millis) -> f64 {
     ms.max(0) as f64 / 1000.0
-}
-
-impl Scrape for CoordMetrics {
-    fn scrape(&self) -> String {
-        let farm = self.farm.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
-        if let Some(farm) = farm {
-            if let Err(e) = farm.read(|s| self.refresh(s)) {
-                tracing::warn!(error = %e, "metrics: the scheduler could not be read");
-            }
-        }
-        self.registry.render()
-    }
 }
 
 /// A tower layer around every gRPC call: counts it by service, method and
@@ -409,6 +355,7 @@ fn code_name(code: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::JobId;
 
     #[test]
     fn every_served_method_has_its_own_series_and_anything_else_is_unknown() {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stylefarm_core::storage::Location;
+use stylefarm_core::tasks::Tasks;
+use stylefarm_core::telemetry::Registry;
 use stylefarm_proto as pb;
 use stylefarm_proto::externalscaler as ks;
 use tokio::net::TcpListener;
@@ -15,12 +17,11 @@ use tokio_stream::StreamExt;
 use crate::api::client::ClientApi;
 use crate::api::scaler::ScalerService;
 use crate::api::worker::WorkerService;
-use crate::auth::{Authenticator, TokenStore};
+use crate::auth::{Authenticator, TokenStore, WorkerCerts};
 use crate::config::CoordinatorConfig;
 use crate::farm::{Farm, FarmConfig};
 use crate::metrics::{CoordMetrics, GrpcMetricsLayer};
 use crate::store::SqliteStore;
-use stylefarm_core::telemetry::Registry;
 
 /// Largest gRPC message (a 100,000-job submit is ~20 MB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -50,7 +51,7 @@ pub enum ServeError {
 pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>) -> Result<Arc<Farm>, ServeError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Open(format!("{}: {e}", config.data_dir.display())))?;
-    let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.sync_full, config.group_commit).map_err(|e| ServeError::Open(e.0))?;
+    let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.durability, config.commits).map_err(|e| ServeError::Open(e.0))?;
     let store_url = config.store_url()?;
     let blobs = Location::open_root(&store_url)?;
     let farm_config = FarmConfig {
@@ -62,7 +63,7 @@ pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>)
         tracer: crate::traces::JobTracer::from_env().map(Arc::new),
     };
     let tokens = TokenStore::open(&config.data_dir).map_err(|e| ServeError::Open(e.to_string()))?;
-    let auth = Authenticator::new(tokens, config.auth_required, config.tls_client_ca.is_some());
+    let auth = Authenticator::new(tokens, config.auth, if config.tls_client_ca.is_some() { WorkerCerts::Required } else { WorkerCerts::NotRequired });
     Farm::open(Arc::new(store), blobs, farm_config, auth).map_err(|e| ServeError::Open(e.to_string()))
 }
 
@@ -148,15 +149,22 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
         check_exposure(web.local_addr().ok(), &config, auth_enforced)?;
     }
     let tls = tls_config(&config)?;
-    let ticker = farm.spawn_ticker(Duration::from_millis(config.tick_ms));
+    // every task of the coordinator stops on one signal and is awaited at the end
+    let mut tasks = Tasks::new();
+    tasks.spawn("ticker", farm.ticker(Duration::from_millis(config.tick_ms), tasks.stopping()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::coordinator_server::CoordinatorServer<ClientApi>>().await;
     health_reporter.set_serving::<pb::worker_api_server::WorkerApiServer<WorkerService>>().await;
     // a broken invariant: say NOT_SERVING rather than SERVING while every call fails
     let mut broken = farm.broken_signal();
     let reporter = health_reporter.clone();
-    let health_watch = tokio::spawn(async move {
-        if broken.wait_for(|b| b.is_some()).await.is_ok() {
+    let stopping = tasks.stopping();
+    tasks.spawn("health", async move {
+        let is_broken = tokio::select! {
+            b = broken.wait_for(|b| b.is_some()) => b.is_ok(),
+            _ = stopping.wait() => false,
+        };
+        if is_broken {
             reporter.set_not_serving::<pb::coordinator_server::CoordinatorServer<ClientApi>>().await;
             reporter.set_not_serving::<pb::worker_api_server::WorkerApiServer<WorkerService>>().await;
             reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -174,22 +182,16 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
     // KEDA's external scaler: queue depth for autoscaling workers (no token: KEDA cannot send one)
     let scaler = config.scaler.then(|| ks::external_scaler_server::ExternalScalerServer::new(ScalerService::new(Arc::clone(&farm))));
     let mut fatal = farm.fatal_signal();
-    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_server = match (http, &metrics) {
-        (Some(http), Some(metrics)) => {
-            let router = stylefarm_core::telemetry::router(Arc::clone(metrics) as Arc<dyn stylefarm_core::telemetry::Scrape>);
-            Some(tokio::spawn(stylefarm_core::telemetry::serve(http, router, async move {
-                let _ = http_stopped.await;
-            })))
-        }
-        _ => None,
-    };
-    let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
-    let web_server = web.map(|web| {
-        tokio::spawn(crate::web::serve(web, Arc::clone(&farm), web_tls, async move {
-            let _ = web_stopped.await;
-        }))
-    });
+    if let (Some(http), Some(metrics)) = (http, &metrics) {
+        let endpoint = crate::farm::MetricsEndpoint::new(Arc::clone(&farm), Arc::clone(metrics));
+        let router = stylefarm_core::telemetry::router(Arc::new(endpoint) as Arc<dyn stylefarm_core::telemetry::Scrape>);
+        let served = stylefarm_core::telemetry::serve(http, router, tasks.stopping().wait());
+        tasks.spawn("metrics", log_listener_end(served, "metrics"));
+    }
+    if let Some(web) = web {
+        let served = crate::web::serve(web, Arc::clone(&farm), web_tls, tasks.stopping().wait());
+        tasks.spawn("dashboard", log_listener_end(served, "dashboard"));
+    }
     tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, scaler = config.scaler, "coordinator serving");
     let stopping = Arc::clone(&farm);
     let stop = async move {
@@ -222,18 +224,7 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
         .add_optional_service(scaler)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
-    ticker.abort();
-    health_watch.abort();
-    let _ = http_stop.send(());
-    let _ = web_stop.send(());
-    for (server, what) in [(http_server, "metrics"), (web_server, "dashboard")] {
-        let Some(server) = server else { continue };
-        match server.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, listener = what, "an HTTP listener failed"),
-            Err(e) => tracing::warn!(error = %e, listener = what, "an HTTP listener panicked"),
-            Ok(Ok(())) => {}
-        }
-    }
+    tasks.join().await;
     // statistics the tick writes once a second: the last second's too
     if farm.fatal_signal().borrow().is_none() {
         if let Err(e) = farm
@@ -252,4 +243,11 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
     }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// An HTTP listener's task: it serves until the stop signal, and says if it failed.
+async fn log_listener_end(served: impl Future<Output = std::io::Result<()>>, listener: &'static str) {
+    if let Err(e) = served.await {
+        tracing::warn!(error = %e, listener, "an HTTP listener failed");
+    }
 }

@@ -26,8 +26,8 @@ use opentelemetry::{Context, KeyValue};
 use stylefarm_core::traces;
 
 use crate::ids::{JobId, WorkerId};
-use crate::metrics::{AttemptEnd, Observation};
 use crate::model::{JobRecord, Millis, StateKind};
+use crate::scheduler::{AttemptEnd, Observation};
 
 /// Where a submitted job's trace hangs, and when it was submitted.
 struct Submitted {

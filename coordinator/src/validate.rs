@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 use stylefarm_core::estimate::{default_time_limit_ms, device_bytes};
+use stylefarm_core::outputs::OutputKind;
 use stylefarm_core::params::{params_from_overlay, Init, Preset, RenderParams};
 use stylefarm_core::policy::InputPolicy;
 use stylefarm_core::weights_spec::WeightsSpec;
@@ -12,7 +13,7 @@ use stylefarm_proto as pb;
 
 use crate::error::{CoordError, Result};
 use crate::model::{DeviceRecord, ImageSource, JobOutputs, OutputRecord, SpanRecord};
-use crate::scheduler::{NewBatch, NewJob};
+use crate::model::{NewBatch, NewJob};
 
 /// Default limit on jobs in one batch (`max_jobs_per_batch` in the config).
 pub const MAX_JOBS_PER_BATCH: usize = 100_000;
@@ -375,7 +376,9 @@ pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<
         if !f.key.starts_with(expected_prefix) || f.key.contains("..") {
             return Err(invalid(format!("result.outputs[{i}].key"), format!("`{}` is outside `{expected_prefix}`", f.key)));
         }
-        files.push(OutputRecord { key: f.key.clone(), size_bytes: f.size_bytes, kind: f.kind.clone() });
+        let kind = OutputKind::parse(&f.kind)
+            .ok_or_else(|| invalid(format!("result.outputs[{i}].kind"), format!("`{}` is not one of {}", f.kind, OutputKind::names())))?;
+        files.push(OutputRecord { key: f.key.clone(), size_bytes: f.size_bytes, kind });
     }
     Ok(JobOutputs {
         prefix: expected_prefix.to_string(),

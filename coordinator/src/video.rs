@@ -12,11 +12,11 @@ use stylefarm_core::video::{plan_jobs, Probe, VideoParams, VideoTask};
 use stylefarm_core::ToolError;
 use stylefarm_proto as pb;
 
-use crate::api::image_key;
 use crate::error::{CoordError, Result};
 use crate::farm::Farm;
+use crate::keys::image_key;
 use crate::model::ImageSource;
-use crate::scheduler::NewJob;
+use crate::model::NewJob;
 use crate::validate::{check_name, image, resolve_settings, SubmitRules};
 
 /// What the flow of one frame may take on a device.

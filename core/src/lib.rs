@@ -10,11 +10,15 @@ pub mod ffmpeg;
 #[cfg(feature = "cli")]
 pub mod knobs;
 pub mod layers;
+pub mod outputs;
 pub mod params;
 #[cfg(feature = "storage")]
 pub mod policy;
+pub mod retry;
 #[cfg(feature = "storage")]
 pub mod storage;
+#[cfg(feature = "tasks")]
+pub mod tasks;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 #[cfg(feature = "traces")]

@@ -212,17 +212,15 @@ impl TestWorker {
         self.api.complete_job(request).await.map(|_| ())
     }
 
-    pub async fn fail(&mut self, lease: &pb::Lease, reason: &str, retryable: bool, cancelled: bool) -> Result<bool, tonic::Status> {
+    pub async fn fail(&mut self, lease: &pb::Lease, reason: &str, stop: pb::AttemptStop) -> Result<bool, tonic::Status> {
         let request = pb::FailJobRequest {
             worker_id: self.id.clone(),
             job_id: lease.job_id.clone(),
             attempt: lease.attempt,
             reason: reason.into(),
-            retryable,
-            cancelled,
+            stop: stop as i32,
             lease_secret: lease.lease_secret.clone(),
             spans: vec![],
-            handed_back: false,
         };
         self.api.fail_job(request).await.map(|r| r.into_inner().will_retry)
     }

@@ -13,14 +13,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::image_key;
-use crate::auth::{Api, Principal};
+use crate::auth::Api;
+use crate::clock::now_ms;
 use crate::convert;
 use crate::error::CoordError;
-use crate::farm::{now_ms, Farm};
+use crate::farm::Farm;
+use crate::identity::Principal;
 use crate::ids::{BatchId, JobId};
-use crate::model::{BatchPhase, JobState};
-use crate::scheduler::NewBatch;
+use crate::keys::image_key;
+use crate::model::JobState;
+use crate::model::NewBatch;
 use crate::store::ImageRecord;
 use crate::validate;
 
@@ -47,17 +49,6 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 fn new_trace_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
-}
-
-fn batch_phase(state: i32) -> Option<BatchPhase> {
-    match pb::BatchState::try_from(state).ok()? {
-        pb::BatchState::Queued => Some(BatchPhase::Queued),
-        pb::BatchState::Running => Some(BatchPhase::Running),
-        pb::BatchState::Succeeded => Some(BatchPhase::Succeeded),
-        pb::BatchState::Failed => Some(BatchPhase::Failed),
-        pb::BatchState::Cancelled => Some(BatchPhase::Cancelled),
-        pb::BatchState::Unspecified => None,
-    }
 }
 
 #[tonic::async_trait]
@@ -146,7 +137,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let before = if req.page_token.is_empty() { None } else { Some(BatchId::parse(&req.page_token, "page_token")?) };
         let mut phases = Vec::new();
         for (i, &state) in req.states.iter().enumerate() {
-            phases.push(batch_phase(state).ok_or_else(|| CoordError::invalid(format!("states[{i}]"), format!("{state} is not a batch state")))?);
+            phases.push(convert::batch_phase(state).ok_or_else(|| CoordError::invalid(format!("states[{i}]"), format!("{state} is not a batch state")))?);
         }
         if req.states.len() > 16 {
             return Err(CoordError::invalid("states", format!("{} states; the limit is 16", req.states.len())).into());

@@ -11,12 +11,13 @@ use stylefarm_proto as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use super::{attempt_prefix, image_key};
-use crate::auth::{Api, Principal};
+use crate::auth::Api;
 use crate::error::CoordError;
 use crate::farm::Farm;
+use crate::identity::Principal;
 use crate::ids::{JobId, WorkerId};
-use crate::model::{HeartbeatVerdict, ImageSource, MemoryReading};
+use crate::keys::{attempt_prefix, image_key};
+use crate::model::{AttemptStop, HeartbeatVerdict, ImageSource, MemoryReading};
 use crate::scheduler::{AttemptFailure, Grant};
 use crate::secrets::LeaseClaim;
 use crate::validate;
@@ -214,12 +215,25 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
         let worker = WorkerId::parse(&req.worker_id, "worker_id")?;
         let job = JobId::parse(&req.job_id, "job_id")?;
         let reason: String = req.reason.chars().filter(|c| !c.is_control() || *c == '\n').take(4096).collect();
-        let (attempt, retryable, cancelled, handed_back) = (req.attempt, req.retryable, req.cancelled, req.handed_back);
+        let attempt = req.attempt;
+        let stop = match pb::AttemptStop::try_from(req.stop) {
+            Ok(pb::AttemptStop::Failed) => AttemptStop::Failed { retryable: false },
+            Ok(pb::AttemptStop::FailedRetryable) => AttemptStop::Failed { retryable: true },
+            Ok(pb::AttemptStop::Cancelled) => AttemptStop::Cancelled,
+            Ok(pb::AttemptStop::HandedBack) => AttemptStop::HandedBack,
+            Ok(pb::AttemptStop::Unspecified) | Err(_) => {
+                return Err(CoordError::invalid(
+                    "stop",
+                    format!("{} is not a way an attempt stops (FAILED, FAILED_RETRYABLE, CANCELLED, HANDED_BACK)", req.stop),
+                )
+                .into())
+            }
+        };
         let spans = validate::spans("spans", &req.spans)?;
-        let failure = AttemptFailure { reason: reason.clone(), spans, retryable, cancelled, handed_back };
+        let failure = AttemptFailure { reason: reason.clone(), stop: stop.clone(), spans };
         let claim = LeaseClaim::new(attempt, req.lease_secret);
         let after = self.farm.apply(move |s, fx, now| s.fail(worker, &caller, job, &claim, failure, now, fx)).await?;
-        tracing::warn!(job_id = %job, worker_id = %worker, attempt, retryable, cancelled, handed_back, outcome = ?after, reason = %reason, "job attempt failed");
+        tracing::warn!(job_id = %job, worker_id = %worker, attempt, stop = ?stop, outcome = ?after, reason = %reason, "job attempt failed");
         Ok(Response::new(pb::FailJobResponse { will_retry: matches!(after, crate::model::AfterFailure::Requeued { .. }) }))
     }
 }

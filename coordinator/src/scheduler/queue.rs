@@ -107,6 +107,12 @@ impl ReadyQueue {
         }
     }
 
+    /// Every entry, ready or backing off, stale ones included (for the
+    /// invariant check).
+    pub fn entries(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.ready.values().flat_map(|b| b.values().flatten().copied()).chain(self.delayed.iter().map(|Reverse((_, job))| *job))
+    }
+
     /// Every batch with queued entries, and its entries (for the fit check).
     pub fn batches(&self) -> impl Iterator<Item = (BatchId, &VecDeque<JobId>)> {
         self.ready.values().flat_map(|b| b.iter().map(|(id, q)| (*id, q)))

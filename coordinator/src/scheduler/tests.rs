@@ -1,7 +1,10 @@
 //! The scheduler's own rules, without gRPC or a store.
 
 use super::*;
-use crate::auth::{Principal, Role};
+use crate::error::CoordError;
+use crate::identity::{Principal, Role};
+use crate::model::{AfterFailure, AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob};
+use crate::store::Snapshot;
 
 fn config() -> SchedulerConfig {
     SchedulerConfig { lease_ttl_ms: 1_000, unfit_grace_ms: 5_000, ..SchedulerConfig::default() }
@@ -68,7 +71,7 @@ fn handed_back_jobs_requeue_at_once_without_blocking_the_worker() {
     s.submit(batch(vec![job(1)]), "local", 0, &mut Effects::default(), &mut trace());
     for n in 0..5 {
         let grant = s.lease(w, &local(), 0, n * 10, &mut Effects::default()).unwrap().expect("leasable again at once");
-        let failure = AttemptFailure { reason: "draining".into(), spans: Vec::new(), retryable: true, cancelled: false, handed_back: true };
+        let failure = AttemptFailure { reason: "draining".into(), stop: AttemptStop::HandedBack, spans: Vec::new() };
         let after =
             s.fail(w, &local(), grant.job.id, &LeaseClaim::new(grant.attempt, grant.secret.expose()), failure, n * 10 + 1, &mut Effects::default()).unwrap();
         assert!(matches!(after, AfterFailure::Requeued { .. }));
@@ -165,7 +168,7 @@ fn a_failed_dependency_fails_its_dependents_naming_it() {
     let (mut s, w) = setup();
     let submitted = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace());
     let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
-    let failure = AttemptFailure { reason: "corrupt frame".into(), spans: Vec::new(), retryable: false, cancelled: false, handed_back: false };
+    let failure = AttemptFailure { reason: "corrupt frame".into(), stop: AttemptStop::Failed { retryable: false }, spans: Vec::new() };
     let mut fx = Effects::default();
     s.fail(w, &local(), a.job.id, &LeaseClaim::new(a.attempt, a.secret.expose()), failure, 2, &mut fx).unwrap();
     for (id, expect) in submitted.jobs[1..].iter().zip(["dependency j1 (a) failed: corrupt frame", "dependency j1 (a) failed: corrupt frame"]) {
@@ -242,7 +245,7 @@ fn a_failure_at_the_head_of_a_long_chain_ends_it_in_one_pass() {
     let jobs: Vec<NewJob> = (0..20_000u32).map(|i| NewJob { depends_on: if i == 0 { vec![] } else { vec![i - 1] }, ..job(1) }).collect();
     let submitted = s.submit(batch(jobs), "local", 0, &mut Effects::default(), &mut trace());
     let head = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
-    let failure = AttemptFailure { reason: "bad frame".into(), spans: Vec::new(), retryable: false, cancelled: false, handed_back: false };
+    let failure = AttemptFailure { reason: "bad frame".into(), stop: AttemptStop::Failed { retryable: false }, spans: Vec::new() };
     let mut fx = Effects::default();
     s.fail(w, &local(), head.job.id, &LeaseClaim::new(head.attempt, head.secret.expose()), failure, 2, &mut fx).unwrap();
     assert_eq!(s.batch(submitted.batch).unwrap().counts.failed, 20_000);

@@ -135,6 +135,11 @@ impl WorkerRegistry {
         self.running.get(&worker).map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 
+    /// Every (worker, job) of the running sets (for the invariant check).
+    pub fn running_pairs(&self) -> impl Iterator<Item = (WorkerId, JobId)> + '_ {
+        self.running.iter().flat_map(|(w, jobs)| jobs.iter().map(move |j| (*w, *j)))
+    }
+
     pub fn all_running(&self) -> impl Iterator<Item = JobId> + '_ {
         self.running.values().flatten().copied()
     }

@@ -9,11 +9,12 @@
 
 mod sqlite;
 
-pub use sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{AttemptRecord, BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
+
+pub use sqlite::{Commits, Durability, SqliteStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecord {

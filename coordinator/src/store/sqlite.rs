@@ -173,10 +173,33 @@ fn open(path: &Path, full_sync: bool) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// What a commit survives (SQLite's `synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// NORMAL in WAL mode: the process dying loses nothing committed.
+    #[default]
+    ProcessCrash,
+    /// FULL: an fsync per commit group, so power loss loses nothing either.
+    PowerLoss,
+}
+
+/// How concurrent requests' changes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Commits {
+    /// Many requests' changes in one transaction (the default).
+    #[default]
+    Grouped,
+    /// One transaction per request (the benchmark's reference).
+    PerRequest,
+}
+
 impl SqliteStore {
-    /// `group_commit = false` commits every request in its own transaction
+    /// [`Commits::PerRequest`] commits every request in its own transaction
     /// (the reference the benchmark compares group commit against).
-    pub fn open(path: &Path, full_sync: bool, group_commit: bool) -> StoreResult<SqliteStore> {
+    pub fn open(path: &Path, durability: Durability, commits: Commits) -> StoreResult<SqliteStore> {
+        let full_sync = durability == Durability::PowerLoss;
         let conn = open(path, full_sync)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn)?;
@@ -188,10 +211,10 @@ impl SqliteStore {
         let alive = Arc::new(());
         let token = Arc::downgrade(&alive);
         thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpoint_loop(checkpointer, token)).map_err(err)?;
-        let (writer, commits) = mpsc::channel::<Commit>();
+        let (writer, commits_rx) = mpsc::channel::<Commit>();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_loop(conn, commits, if group_commit { MAX_GROUP_OPS } else { 0 }))
+            .spawn(move || write_loop(conn, commits_rx, if commits == Commits::Grouped { MAX_GROUP_OPS } else { 0 }))
             .map_err(err)?;
         Ok(SqliteStore { writer, _alive: alive, reader: Mutex::new(reader), path: path.display().to_string() })
     }
@@ -386,7 +409,7 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         estimate_bytes: row.get::<_, i64>(8)?.max(0) as u64,
         max_attempts: row.get(9)?,
         attempt: row.get(10)?,
-        state: parse_or(&state, "state", id, |reason| JobState::Failed { worker: None, reason, retryable: false }),
+        state: parse_or(&state, "state", id, |reason| JobState::Failed { worker: None, reason, retryable: false, failed_dependency: None }),
         last_failure: last_failure.and_then(|f| parse_or::<Option<Failure>>(&f, "last_failure", id, |_| None)),
         created_ms: row.get(13)?,
         started_ms: row.get(14)?,

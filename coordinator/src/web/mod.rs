@@ -25,19 +25,22 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures::{Stream, StreamExt};
+use stylefarm_core::outputs::OutputKind;
 use stylefarm_proto as pb;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 
-pub use live::LiveTraces;
+use crate::auth::Api;
+use crate::clock::now_ms;
+use crate::convert;
+use crate::error::CoordError;
+use crate::farm::Farm;
+use crate::identity::Principal;
+use crate::ids::{BatchId, JobId};
+use crate::model::{BatchPhase, JobState};
 use pages::WorkerRow;
 use view::{EventView, JobView, Row};
 
-use crate::auth::{Api, Principal};
-use crate::convert;
-use crate::error::CoordError;
-use crate::farm::{now_ms, Farm};
-use crate::ids::{BatchId, JobId};
-use crate::model::{BatchPhase, JobState};
+pub use live::LiveTraces;
 
 /// The cookie `/login` sets.
 const COOKIE: &str = "stylefarm_token";
@@ -163,19 +166,12 @@ fn on_page(path: &str) -> impl FnOnce(CoordError) -> Failure + '_ {
 }
 
 fn phase(name: &str) -> Option<BatchPhase> {
-    match name {
-        "queued" => Some(BatchPhase::Queued),
-        "running" => Some(BatchPhase::Running),
-        "succeeded" => Some(BatchPhase::Succeeded),
-        "failed" => Some(BatchPhase::Failed),
-        "cancelled" => Some(BatchPhase::Cancelled),
-        _ => None,
-    }
+    pb::names::parse_batch_state(name).and_then(|s| convert::batch_phase(s as i32))
 }
 
 async fn batches_page(State(web): State<Arc<Web>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Result<Html<String>, Failure> {
     let who = page_caller(&web, &headers, Api::Client, "/")?;
-    let filter = q.get("state").map(String::as_str).filter(|s| pages::FILTERS.contains(s)).unwrap_or("all");
+    let filter = q.get("state").map(String::as_str).filter(|s| pages::filters().any(|f| f == *s)).unwrap_or("all");
     let phases = phase(filter).into_iter().collect();
     let batches = web.farm.list_batches(&who, None, PAGE_BATCHES, phases).await.map_err(on_page("/"))?;
     Ok(Html(pages::layout("Batches", "batches", "/api/events", &who, &pages::batches(&batches, filter))))
@@ -298,7 +294,7 @@ fn parse_trace(text: &str) -> Vec<Row> {
 async fn trace(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Failure> {
     let (job, outputs) = outputs_of(&web, &headers, &id).await?;
     let state_name = view::state_name(job.state);
-    let view = match outputs.files.iter().find(|f| f.kind == "trace") {
+    let view = match outputs.files.iter().find(|f| f.kind == OutputKind::Trace) {
         Some(file) => {
             if file.size_bytes as usize > MAX_TRACE_BYTES {
                 return Err(

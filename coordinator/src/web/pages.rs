@@ -6,12 +6,13 @@
 
 use std::fmt::Write;
 
+use stylefarm_core::outputs::OutputKind;
 use stylefarm_core::video::board::{summary, FrameState};
 use stylefarm_proto as pb;
 use stylefarm_proto::frames::{assemble_job, frame_board};
 
 use super::view::{batch_state_name, files, state_name};
-use crate::auth::Principal;
+use crate::identity::Principal;
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(text: &str) -> String {
@@ -131,11 +132,14 @@ pub fn batch_row(b: &pb::Batch) -> String {
     )
 }
 
-pub const FILTERS: [&str; 6] = ["all", "queued", "running", "succeeded", "failed", "cancelled"];
+/// The Batches page's filters: `all`, then every batch state by its one name.
+pub fn filters() -> impl Iterator<Item = &'static str> {
+    std::iter::once("all").chain(pb::names::BATCH_STATES.iter().map(|(_, name)| *name))
+}
 
 pub fn batches(batches: &[pb::Batch], filter: &str) -> String {
     let mut out = String::from("<h1>Batches</h1><p class=\"filters\">");
-    for f in FILTERS {
+    for f in filters() {
         let class = if f == filter { " class=\"on\"" } else { "" };
         let _ = write!(out, r#"<a href="/?state={f}"{class}>{f}</a>"#);
     }
@@ -156,7 +160,7 @@ pub fn batches(batches: &[pb::Batch], filter: &str) -> String {
 fn file_links(job: &pb::Job) -> String {
     files(job)
         .iter()
-        .filter(|f| f.kind != "snapshot")
+        .filter(|f| f.kind != OutputKind::Snapshot.as_str())
         .map(|f| format!(r#"<a href="/files/{id}/{name}" download>{name}</a>"#, id = esc(&job.id), name = esc(&f.name)))
         .collect::<Vec<_>>()
         .join(" ")
@@ -371,7 +375,7 @@ pub fn job(job: &pb::Job, attempts: &[pb::Attempt], running_since: Option<i64>, 
     };
     let animation = outputs
         .iter()
-        .find(|f| f.kind == "animation")
+        .find(|f| f.kind == OutputKind::Animation.as_str())
         .map(|f| {
             format!(
                 r#"<figure><img class="animation" src="/files/{}/{}" alt="progress animation"><figcaption>progress animation</figcaption></figure>"#,
@@ -382,7 +386,7 @@ pub fn job(job: &pb::Job, attempts: &[pb::Attempt], running_since: Option<i64>, 
         .unwrap_or_default();
     let snapshots: String = outputs
         .iter()
-        .filter(|f| f.kind == "snapshot")
+        .filter(|f| f.kind == OutputKind::Snapshot.as_str())
         .map(|f| format!(r#"<img src="/files/{}/{}" alt="{}" title="{}" loading="lazy">"#, esc(&job.id), esc(&f.name), esc(&f.name), esc(&f.name)))
         .collect();
     let strip = if snapshots.is_empty() { String::new() } else { format!(r#"<h3>Snapshots</h3><div class="strip" id="snapshots">{snapshots}</div>"#) };

@@ -1,37 +1,13 @@
-//! Records the coordinator keeps, and a job's life as a state machine with pure
-//! transitions (no I/O, no clock: `now` is passed in), so every rule is tested
-//! directly.
-//!
-//! ```text
-//!                 lease                    complete (current attempt)
-//!   ┌────────┐ ───────────▶ ┌─────────┐ ──────────────────────────▶ ┌───────────┐
-//!   │ Queued │              │ Running │                             │ Succeeded │
-//!   └────────┘ ◀─────────── └─────────┘ ──┐                         └───────────┘
-//!     │   ▲  lease expired / retryable    │ non-retryable failure,
-//!     │   │  failure, attempts left       │ or attempts exhausted   ┌────────┐
-//!     │   │  (not before now + backoff)   └───────────────────────▶ │ Failed │
-//!     │                                                             └────────┘
-//!     │ cancel                 cancel: flagged; the worker stops    ┌───────────┐
-//!     └──────────────────────▶ at its next heartbeat, or the lease ▶│ Cancelled │
-//!                              expires                              └───────────┘
-//! ```
-//!
-//! Fencing: every lease is attempt `n` with a fresh random lease secret;
-//! heartbeats, completions and failures carry both ([`LeaseClaim`]), and any
-//! `n` other than the job's current running attempt, or a wrong secret, is
-//! rejected. Only the committed attempt's outputs become the job's result. An
-//! attempt a draining worker hands back is requeued at once and does not count
-//! against `max_attempts`.
-
-use std::collections::BTreeMap;
+//! A job's record and its life as a state machine with pure transitions (see
+//! the diagram in [`crate::model`]).
 
 use serde::{Deserialize, Serialize};
+use stylefarm_core::outputs::OutputKind;
 
+use super::Millis;
 use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::secrets::{LeaseClaim, Secret, SecretHash};
-
-pub type Millis = i64;
 
 /// Where an input image lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,7 +71,7 @@ fn lenient_f64<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
 pub struct OutputRecord {
     pub key: String,
     pub size_bytes: u64,
-    pub kind: String,
+    pub kind: OutputKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +99,10 @@ pub enum JobState {
         worker: Option<WorkerId>,
         reason: String,
         retryable: bool,
+        /// Failed because a job it depends on failed: the first of its chain
+        /// that did (the reason is that job's, with its name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failed_dependency: Option<JobId>,
     },
     Cancelled,
 }
@@ -158,6 +138,26 @@ pub enum StateKind {
     Succeeded,
     Failed,
     Cancelled,
+}
+
+impl StateKind {
+    /// The states a job ends in.
+    pub const FINAL: [StateKind; 3] = [StateKind::Succeeded, StateKind::Failed, StateKind::Cancelled];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StateKind::Succeeded | StateKind::Failed | StateKind::Cancelled)
+    }
+
+    /// The state's name in metrics labels and span attributes.
+    pub fn label(self) -> &'static str {
+        match self {
+            StateKind::Queued => "queued",
+            StateKind::Running => "running",
+            StateKind::Succeeded => "succeeded",
+            StateKind::Failed => "failed",
+            StateKind::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// The last failed attempt, kept for the user even when a retry succeeds.
@@ -204,10 +204,25 @@ pub struct JobRecord {
     pub task: Option<String>,
 }
 
-/// How the reason of a job failed by its dependency begins.
-const DEPENDENCY_FAILED: &str = "dependency ";
-
 /// What a failed or expired attempt leads to.
+/// How an attempt that did not succeed stopped, as its worker reports it
+/// (`FailJobRequest.stop` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptStop {
+    /// The task failed; a retryable failure runs again while attempts are left.
+    Failed { retryable: bool },
+    /// Stopped because a heartbeat said CANCEL.
+    Cancelled,
+    /// Handed back unfinished by a draining worker: requeued at once, not counted.
+    HandedBack,
+}
+
+/// How a running attempt ends when it does not succeed (after the lease check).
+enum Ending {
+    Failed { reason: String, retryable: bool },
+    Cancelled,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterFailure {
     Requeued { not_before_ms: Millis },
@@ -304,7 +319,7 @@ impl JobRecord {
         }
         let JobState::Running { worker, .. } = self.state.clone() else { return None };
         let reason = format!("attempt {} exceeded the job's time limit of {} s on {worker}", self.attempt, self.time_limit_ms / 1000);
-        Some(self.end_attempt(Some(worker), reason, false, false, now, backoff))
+        Some(self.end_attempt(Some(worker), Ending::Failed { reason, retryable: false }, now, backoff))
     }
 
     /// A draining worker gives the job back unfinished: queued again at once,
@@ -351,18 +366,14 @@ impl JobRecord {
     }
 
     /// The running attempt failed (or stopped because it was cancelled).
-    pub fn fail(
-        &mut self,
-        worker: WorkerId,
-        claim: &LeaseClaim,
-        failure: (String, bool),
-        cancelled: bool,
-        now: Millis,
-        backoff: Backoff,
-    ) -> Result<AfterFailure> {
+    pub fn fail(&mut self, worker: WorkerId, claim: &LeaseClaim, reason: String, stop: AttemptStop, now: Millis, backoff: Backoff) -> Result<AfterFailure> {
+        let ending = match stop {
+            AttemptStop::HandedBack => return self.hand_back(worker, claim, now),
+            AttemptStop::Cancelled => Ending::Cancelled,
+            AttemptStop::Failed { retryable } => Ending::Failed { reason, retryable },
+        };
         self.check_lease(worker, claim)?;
-        let (reason, retryable) = failure;
-        Ok(self.end_attempt(Some(worker), reason, retryable, cancelled, now, backoff))
+        Ok(self.end_attempt(Some(worker), ending, now, backoff))
     }
 
     /// The running attempt's lease ran out (the worker died or lost the network).
@@ -374,16 +385,20 @@ impl JobRecord {
             return None;
         }
         let reason = format!("lease of attempt {} expired: worker {worker} stopped heartbeating", self.attempt);
-        Some(self.end_attempt(Some(worker), reason, true, cancel_requested, now, backoff))
+        let ending = if cancel_requested { Ending::Cancelled } else { Ending::Failed { reason, retryable: true } };
+        Some(self.end_attempt(Some(worker), ending, now, backoff))
     }
 
-    fn end_attempt(&mut self, worker: Option<WorkerId>, reason: String, retryable: bool, cancelled: bool, now: Millis, backoff: Backoff) -> AfterFailure {
+    fn end_attempt(&mut self, worker: Option<WorkerId>, ending: Ending, now: Millis, backoff: Backoff) -> AfterFailure {
         let cancel_requested = matches!(self.state, JobState::Running { cancel_requested: true, .. });
-        if cancelled || cancel_requested {
-            self.state = JobState::Cancelled;
-            self.finished_ms = Some(now);
-            return AfterFailure::Cancelled;
-        }
+        let (reason, retryable) = match ending {
+            Ending::Failed { reason, retryable } if !cancel_requested => (reason, retryable),
+            _ => {
+                self.state = JobState::Cancelled;
+                self.finished_ms = Some(now);
+                return AfterFailure::Cancelled;
+            }
+        };
         self.last_failure = Some(Failure { attempt: self.attempt, worker, reason: reason.clone(), retryable });
         if retryable && self.attempts_used() < self.max_attempts {
             let not_before_ms = now + backoff.delay_ms(self.attempts_used());
@@ -391,7 +406,7 @@ impl JobRecord {
             return AfterFailure::Requeued { not_before_ms };
         }
         let reason = if retryable { format!("gave up after {} attempts; last: {reason}", self.attempts_used()) } else { reason };
-        self.state = JobState::Failed { worker, reason, retryable };
+        self.state = JobState::Failed { worker, reason, retryable, failed_dependency: None };
         self.finished_ms = Some(now);
         AfterFailure::Failed
     }
@@ -411,13 +426,14 @@ impl JobRecord {
         self.state = match &dependency.state {
             JobState::Cancelled => JobState::Cancelled,
             // a chain names the job that failed first, not every link after it
-            JobState::Failed { worker: None, reason, .. } if reason.starts_with(DEPENDENCY_FAILED) => {
-                JobState::Failed { worker: None, reason: reason.clone(), retryable: false }
+            JobState::Failed { reason, failed_dependency: Some(first), .. } => {
+                JobState::Failed { worker: None, reason: reason.clone(), retryable: false, failed_dependency: Some(*first) }
             }
-            JobState::Failed { reason, .. } => JobState::Failed {
+            JobState::Failed { reason, failed_dependency: None, .. } => JobState::Failed {
                 worker: None,
-                reason: format!("{DEPENDENCY_FAILED}{} ({}) failed: {reason}", dependency.id, dependency.name),
+                reason: format!("dependency {} ({}) failed: {reason}", dependency.id, dependency.name),
                 retryable: false,
+                failed_dependency: Some(dependency.id),
             },
             _ => return false,
         };
@@ -430,7 +446,7 @@ impl JobRecord {
         if !matches!(self.state, JobState::Queued { .. }) {
             return false;
         }
-        self.state = JobState::Failed { worker: None, reason, retryable: false };
+        self.state = JobState::Failed { worker: None, reason, retryable: false, failed_dependency: None };
         self.finished_ms = Some(now);
         true
     }
@@ -450,123 +466,6 @@ impl JobRecord {
             _ => CancelOutcome::AlreadyFinished,
         }
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub total: u32,
-    pub queued: u32,
-    pub running: u32,
-    pub succeeded: u32,
-    pub failed: u32,
-    pub cancelled: u32,
-}
-
-impl Counts {
-    fn slot(&mut self, kind: StateKind) -> &mut u32 {
-        match kind {
-            StateKind::Queued => &mut self.queued,
-            StateKind::Running => &mut self.running,
-            StateKind::Succeeded => &mut self.succeeded,
-            StateKind::Failed => &mut self.failed,
-            StateKind::Cancelled => &mut self.cancelled,
-        }
-    }
-
-    pub fn add(&mut self, kind: StateKind) {
-        *self.slot(kind) += 1;
-    }
-
-    pub fn moved(&mut self, from: StateKind, to: StateKind) {
-        if from == to {
-            return;
-        }
-        let slot = self.slot(from);
-        *slot = slot.saturating_sub(1);
-        *self.slot(to) += 1;
-    }
-
-    pub fn finished(&self) -> bool {
-        self.queued == 0 && self.running == 0
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchPhase {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchRecord {
-    pub id: BatchId,
-    pub name: String,
-    pub priority: i32,
-    pub labels: BTreeMap<String, String>,
-    pub max_attempts: u32,
-    pub request_id: Option<String>,
-    pub created_ms: Millis,
-    pub finished_ms: Option<Millis>,
-    pub cancel_requested: bool,
-    pub counts: Counts,
-    /// Whether any job has ever started.
-    pub started: bool,
-    /// When the first job started.
-    pub started_ms: Option<Millis>,
-    /// The principal that submitted it.
-    pub owner: String,
-}
-
-impl BatchRecord {
-    pub fn phase(&self) -> BatchPhase {
-        let c = &self.counts;
-        if !c.finished() {
-            return if self.started { BatchPhase::Running } else { BatchPhase::Queued };
-        }
-        if self.cancel_requested && c.cancelled > 0 {
-            BatchPhase::Cancelled
-        } else if c.failed > 0 || c.cancelled > 0 {
-            BatchPhase::Failed
-        } else {
-            BatchPhase::Succeeded
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceRecord {
-    pub name: String,
-    pub memory_bytes: u64,
-    pub description: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerRecord {
-    pub id: WorkerId,
-    pub name: String,
-    pub devices: Vec<DeviceRecord>,
-    pub version: String,
-    pub registered_ms: Millis,
-    pub last_seen_ms: Millis,
-    pub succeeded: u64,
-    pub failed: u64,
-    /// The principal that registered it; only it (or an admin) may act as it.
-    pub owner: String,
-    /// Needed (with the id) to register again as this worker.
-    pub secret: SecretHash,
-    /// GPU memory from its latest heartbeat; kept in memory only (empty on CPU).
-    pub memory: Vec<MemoryReading>,
-}
-
-/// One device's memory as its worker last read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemoryReading {
-    pub device: String,
-    pub used_bytes: u64,
-    pub total_bytes: u64,
 }
 
 #[cfg(test)]
@@ -621,7 +520,7 @@ mod tests {
         assert_eq!(j.heartbeat(W1, &claim(1, &s1), 1150, 100), HeartbeatVerdict::LeaseLost);
         let err = j.complete(W1, &claim(1, &s1), JobOutputs::default(), 1150).unwrap_err();
         assert!(matches!(err, CoordError::StaleAttempt { attempt: 1, .. }), "{err}");
-        assert!(j.fail(W1, &claim(1, &s1), ("x".into(), true), false, 1150, BACKOFF).is_err());
+        assert!(j.fail(W1, &claim(1, &s1), "x".into(), AttemptStop::Failed { retryable: true }, 1150, BACKOFF).is_err());
         // the same attempt number from another worker is rejected too
         assert!(j.complete(W1, &claim(2, &s2), JobOutputs::default(), 1150).is_err());
         // and the right worker and attempt with a wrong secret
@@ -638,10 +537,13 @@ mod tests {
     fn attempts_run_out_with_the_last_reason() {
         let mut j = job(2);
         let (_, s) = j.lease(W1, 0, 100).unwrap();
-        let after = j.fail(W1, &claim(1, &s), ("CUDA out of memory".into(), true), false, 10, BACKOFF).unwrap();
+        let after = j.fail(W1, &claim(1, &s), "CUDA out of memory".into(), AttemptStop::Failed { retryable: true }, 10, BACKOFF).unwrap();
         assert_eq!(after, AfterFailure::Requeued { not_before_ms: 1010 });
         let (_, s) = j.lease(W1, 2000, 100).unwrap();
-        assert_eq!(j.fail(W1, &claim(2, &s), ("CUDA out of memory".into(), true), false, 2010, BACKOFF).unwrap(), AfterFailure::Failed);
+        assert_eq!(
+            j.fail(W1, &claim(2, &s), "CUDA out of memory".into(), AttemptStop::Failed { retryable: true }, 2010, BACKOFF).unwrap(),
+            AfterFailure::Failed
+        );
         let JobState::Failed { reason, .. } = &j.state else { panic!("{:?}", j.state) };
         assert!(reason.contains("after 2 attempts") && reason.contains("out of memory"), "{reason}");
     }
@@ -650,7 +552,7 @@ mod tests {
     fn bad_input_fails_at_once_and_cancel_wins() {
         let mut j = job(5);
         let (_, s) = j.lease(W1, 0, 100).unwrap();
-        assert_eq!(j.fail(W1, &claim(1, &s), ("corrupt image".into(), false), false, 1, BACKOFF).unwrap(), AfterFailure::Failed);
+        assert_eq!(j.fail(W1, &claim(1, &s), "corrupt image".into(), AttemptStop::Failed { retryable: false }, 1, BACKOFF).unwrap(), AfterFailure::Failed);
         let mut j = job(5);
         assert_eq!(j.cancel(0), CancelOutcome::CancelledNow);
         assert!(j.lease(W1, 0, 100).is_err());
@@ -708,11 +610,22 @@ mod tests {
         dependency.name = "flow-000005".into();
         // a dependency still running or succeeded changes nothing
         assert!(!frame.dependency_ended(&dependency, 10));
-        dependency.state = JobState::Failed { worker: Some(W1), reason: "out of memory".into(), retryable: false };
+        dependency.state = JobState::Failed { worker: Some(W1), reason: "out of memory".into(), retryable: false, failed_dependency: None };
         assert!(frame.dependency_ended(&dependency, 10));
-        let JobState::Failed { reason, retryable, .. } = &frame.state else { panic!("{:?}", frame.state) };
+        let JobState::Failed { reason, retryable, failed_dependency, .. } = &frame.state else { panic!("{:?}", frame.state) };
         assert_eq!(reason, "dependency j8 (flow-000005) failed: out of memory");
         assert!(!retryable);
+        assert_eq!(*failed_dependency, Some(JobId(8)), "the failure says which job caused it, as data");
+        // the next link names the first failure, not its own dependency
+        let mut next = job(3);
+        assert!(next.dependency_ended(&frame, 10));
+        assert!(matches!(&next.state, JobState::Failed { reason: r, failed_dependency: Some(JobId(8)), .. } if r == reason));
+        // a job whose own reason happens to start with "dependency " is no dependency failure
+        let mut user = job(4);
+        dependency.state =
+            JobState::Failed { worker: Some(W1), reason: "dependency hell in the user's code".into(), retryable: false, failed_dependency: None };
+        assert!(user.dependency_ended(&dependency, 10));
+        assert!(matches!(&user.state, JobState::Failed { reason, .. } if reason.starts_with("dependency j8 (flow-000005) failed: dependency hell")));
         assert_eq!(frame.finished_ms, Some(10));
         // only a queued job is touched
         assert!(!frame.dependency_ended(&dependency, 11));

@@ -1,0 +1,93 @@
+//! A batch's record: its jobs' counts by state and the phase they add up to.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Millis, StateKind};
+use crate::ids::BatchId;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub total: u32,
+    pub queued: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+}
+
+impl Counts {
+    fn slot(&mut self, kind: StateKind) -> &mut u32 {
+        match kind {
+            StateKind::Queued => &mut self.queued,
+            StateKind::Running => &mut self.running,
+            StateKind::Succeeded => &mut self.succeeded,
+            StateKind::Failed => &mut self.failed,
+            StateKind::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    pub fn add(&mut self, kind: StateKind) {
+        *self.slot(kind) += 1;
+    }
+
+    pub fn moved(&mut self, from: StateKind, to: StateKind) {
+        if from == to {
+            return;
+        }
+        let slot = self.slot(from);
+        debug_assert!(*slot > 0, "a job left {from:?} but the batch counts none there");
+        *slot = slot.saturating_sub(1);
+        *self.slot(to) += 1;
+    }
+
+    pub fn finished(&self) -> bool {
+        self.queued == 0 && self.running == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPhase {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRecord {
+    pub id: BatchId,
+    pub name: String,
+    pub priority: i32,
+    pub labels: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    pub request_id: Option<String>,
+    pub created_ms: Millis,
+    pub finished_ms: Option<Millis>,
+    pub cancel_requested: bool,
+    pub counts: Counts,
+    /// Whether any job has ever started.
+    pub started: bool,
+    /// When the first job started.
+    pub started_ms: Option<Millis>,
+    /// The principal that submitted it.
+    pub owner: String,
+}
+
+impl BatchRecord {
+    pub fn phase(&self) -> BatchPhase {
+        let c = &self.counts;
+        if !c.finished() {
+            return if self.started { BatchPhase::Running } else { BatchPhase::Queued };
+        }
+        if self.cancel_requested && c.cancelled > 0 {
+            BatchPhase::Cancelled
+        } else if c.failed > 0 || c.cancelled > 0 {
+            BatchPhase::Failed
+        } else {
+            BatchPhase::Succeeded
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! A worker's record: its devices, counters and the memory it last reported.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use crate::ids::WorkerId;
+use crate::secrets::SecretHash;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub name: String,
+    pub devices: Vec<DeviceRecord>,
+    pub version: String,
+    pub registered_ms: Millis,
+    pub last_seen_ms: Millis,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The principal that registered it; only it (or an admin) may act as it.
+    pub owner: String,
+    /// Needed (with the id) to register again as this worker.
+    pub secret: SecretHash,
+    /// GPU memory from its latest heartbeat; kept in memory only (empty on CPU).
+    pub memory: Vec<MemoryReading>,
+}
+
+/// One device's memory as its worker last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryReading {
+    pub device: String,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}

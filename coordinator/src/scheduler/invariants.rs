@@ -1,0 +1,86 @@
+//! What must hold between the scheduler's indexes after every call. Checked
+//! by the unit and property tests after each step, and by the farm after each
+//! change in debug builds while the state is small (the check walks it all).
+
+use std::collections::HashMap;
+
+use super::Scheduler;
+use crate::ids::JobId;
+use crate::model::{Counts, JobState};
+
+/// Debug builds check the invariants after every change while at most this
+/// many jobs are in memory (the check walks them all).
+#[cfg(debug_assertions)]
+const DEBUG_CHECK_MAX_JOBS: usize = 2_000;
+
+impl Scheduler {
+    /// Panics (debug builds) naming the broken invariant, while the state is small.
+    #[cfg(debug_assertions)]
+    pub fn debug_check_invariants(&self) {
+        if self.jobs.len() <= DEBUG_CHECK_MAX_JOBS {
+            if let Err(broken) = self.check_invariants() {
+                panic!("scheduler invariant broken: {broken}");
+            }
+        }
+    }
+
+    /// Every invariant, or the first one broken, in words:
+    /// - each in-memory batch's counts equal a tally of its jobs' states;
+    /// - every job in memory belongs to its batch's members, and back;
+    /// - every queued job whose dependencies are met sits in exactly one queue
+    ///   (ready or backing off), and one still blocked on them in none;
+    /// - every running job is in exactly its worker's running set, and every
+    ///   entry of a running set is a job running on that worker;
+    /// - only queued jobs wait for a device.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (id, batch) in &self.batches {
+            let members = self.members.get(id).map(Vec::as_slice).unwrap_or_default();
+            let mut tally = Counts { total: members.len() as u32, ..Counts::default() };
+            for job in members {
+                let record = self.jobs.get(job).ok_or_else(|| format!("batch {id}: member {job} is not in memory"))?;
+                if record.batch != *id {
+                    return Err(format!("job {job} is a member of batch {id} but names batch {}", record.batch));
+                }
+                tally.add(record.state.kind());
+            }
+            if batch.counts != tally {
+                return Err(format!("batch {id}: counts {:?}, but its jobs tally {tally:?}", batch.counts));
+            }
+        }
+        let entries: HashMap<JobId, usize> = self.queue.entries().fold(HashMap::new(), |mut m, j| {
+            *m.entry(j).or_default() += 1;
+            m
+        });
+        let mut running: HashMap<JobId, usize> = HashMap::new();
+        for (worker, job) in self.workers.running_pairs() {
+            *running.entry(job).or_default() += 1;
+            match self.jobs.get(&job).map(|j| &j.state) {
+                Some(JobState::Running { worker: w, .. }) if *w == worker => {}
+                other => return Err(format!("worker {worker}'s running set holds job {job}, which is {other:?}")),
+            }
+        }
+        for (id, job) in &self.jobs {
+            if !self.members.get(&job.batch).is_some_and(|m| m.contains(id)) {
+                return Err(format!("job {id} is in memory but not among batch {}'s members", job.batch));
+            }
+            let queued = entries.get(id).copied().unwrap_or(0);
+            let running_sets = running.get(id).copied().unwrap_or(0);
+            match &job.state {
+                JobState::Queued { .. } if self.deps.is_blocked(*id) && queued != 0 => {
+                    return Err(format!("job {id} waits on its dependencies but has {queued} queue entries"));
+                }
+                JobState::Queued { .. } if !self.deps.is_blocked(*id) && queued != 1 => {
+                    return Err(format!("queued job {id} has {queued} queue entries, not 1"));
+                }
+                JobState::Running { .. } if running_sets != 1 => {
+                    return Err(format!("running job {id} is in {running_sets} running sets, not 1"));
+                }
+                _ => {}
+            }
+            if self.waiting.contains_key(id) && !matches!(job.state, JobState::Queued { .. }) {
+                return Err(format!("job {id} is marked as waiting for a device but is {:?}", job.state.kind()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+//! Reads of the live state (what is in memory: unfinished batches, live
+//! workers); finished batches are the store's to answer.
+
+use stylefarm_proto::JobProgress;
+
+use super::{Demand, Scheduler, SchedulerConfig};
+use crate::ids::{BatchId, JobId, WorkerId};
+use crate::model::{BatchRecord, JobRecord, WorkerRecord};
+
+impl Scheduler {
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// An unfinished batch (finished ones live in the store).
+    pub fn batch(&self, id: BatchId) -> Option<&BatchRecord> {
+        self.batches.get(&id)
+    }
+
+    /// The job if it is in memory (its batch is unfinished).
+    pub fn job(&self, id: JobId) -> Option<&JobRecord> {
+        self.jobs.get(&id)
+    }
+
+    /// The batch's jobs if they are in memory, in index order.
+    pub fn batch_jobs(&self, id: BatchId) -> Option<Vec<&JobRecord>> {
+        let batch = self.batches.get(&id)?;
+        if batch.finished_ms.is_some() {
+            return None;
+        }
+        let members = self.members.get(&id)?;
+        Some(members.iter().filter_map(|j| self.jobs.get(j)).collect())
+    }
+
+    pub fn progress(&self, id: JobId) -> Option<&JobProgress> {
+        self.progress.get(&id)
+    }
+
+    pub fn waiting_reason(&self, id: JobId) -> Option<&str> {
+        self.waiting.get(&id).map(|(r, _)| r.as_str())
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.workers.all()
+    }
+
+    pub fn worker(&self, id: WorkerId) -> Option<&WorkerRecord> {
+        self.workers.get(id)
+    }
+
+    pub fn running_jobs_of(&self, worker: WorkerId) -> Vec<JobId> {
+        self.workers.running_jobs(worker)
+    }
+
+    pub fn has_image(&self, sha256: &str) -> bool {
+        self.images.contains(sha256)
+    }
+
+    pub fn batch_for_request(&self, request_id: &str) -> Option<BatchId> {
+        self.request_ids.get(request_id)
+    }
+
+    /// Whether `worker` has failed `batch` too often to get more of its jobs.
+    pub fn is_blocked(&self, worker: WorkerId, batch: BatchId) -> bool {
+        self.workers.blocked(worker, batch, self.config.worker_batch_failure_limit)
+    }
+
+    /// Batches not finished yet (those in memory).
+    pub fn live_batches(&self) -> impl Iterator<Item = &BatchRecord> {
+        self.batches.values()
+    }
+
+    /// What the farm has to do now, for autoscaling.
+    pub fn demand(&self) -> Demand {
+        let (queued, running) = self.batches.values().fold((0u64, 0u64), |(q, r), b| (q + b.counts.queued as u64, r + b.counts.running as u64));
+        Demand { queued, running, unfit: self.waiting.len() as u64, blocked: self.deps.blocked_count() as u64 }
+    }
+
+    /// Sizes of the in-memory indexes (the soak benchmark prints them).
+    pub fn sizes(&self) -> String {
+        format!(
+            "batches={} jobs={} progress={} waiting={} dependencies={} blocked={} request_ids={} workers={} running={}",
+            self.batches.len(),
+            self.jobs.len(),
+            self.progress.len(),
+            self.waiting.len(),
+            self.deps.len(),
+            self.deps.blocked_count(),
+            self.request_ids.len(),
+            self.workers.len(),
+            self.workers.all_running().count()
+        )
+    }
+}

@@ -1,0 +1,148 @@
+//! Time passing: expired leases, attempts over their time limit, backoffs
+//! that end, the fit check, the windows that forget, and a finished batch
+//! leaving memory.
+
+use std::collections::HashSet;
+
+use super::attempts::{attempt_ended, Ended};
+use super::leases::{self, Due};
+use super::transition::Was;
+use super::{AttemptEnd, Effects, Event, EventKind, Observation, Scheduler, FIT_CHECK_EVERY_MS, SIZES_LOG_EVERY_MS};
+use crate::ids::{BatchId, JobId};
+use crate::model::{AfterFailure, JobState, Millis};
+
+impl Scheduler {
+    /// Expires overdue leases, ends attempts past their time limit, releases
+    /// jobs whose backoff is over, checks that queued jobs fit some device, and
+    /// forgets what the windows say to.
+    pub fn tick(&mut self, now: Millis, fx: &mut Effects) {
+        let backoff = self.config.backoff;
+        for (job_id, due) in leases::due(&self.jobs, self.workers.all_running(), now) {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            let Some(worker) = job.running_worker() else { continue };
+            let (attempt, batch, leased_ms) = (job.attempt, job.batch, job.state.leased_ms());
+            let after = match due {
+                Due::Expired => job.expire(now, backoff),
+                Due::OverTime => job.time_out(now, backoff),
+            };
+            let Some(after) = after else { continue };
+            let end = match (due, after) {
+                (_, AfterFailure::Cancelled) => AttemptEnd::Cancelled,
+                (Due::Expired, _) => AttemptEnd::Expired,
+                (Due::OverTime, _) => AttemptEnd::TimedOut,
+            };
+            let reason = match end {
+                AttemptEnd::Expired => "the lease expired: the worker stopped sending heartbeats".to_string(),
+                AttemptEnd::TimedOut => format!("the attempt exceeded its time limit of {} s", job.time_limit_ms / 1000),
+                _ => "cancelled".to_string(),
+            };
+            attempt_ended(fx, Ended { job: job_id, attempt, worker: Some(worker), leased_ms, end }, reason, Vec::new(), now);
+            if matches!(after, AfterFailure::Requeued { .. }) {
+                fx.observations.push(Observation::Retried);
+            }
+            match due {
+                Due::Expired => {
+                    tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "lease expired");
+                    if after != AfterFailure::Cancelled {
+                        self.count_failure(worker, batch, fx);
+                    }
+                }
+                Due::OverTime => {
+                    tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "attempt exceeded its time limit")
+                }
+            }
+            self.transition(job_id, Was::Running(worker), now, fx);
+        }
+        self.release_delayed(now, fx);
+        if now - self.last_fit_check >= FIT_CHECK_EVERY_MS {
+            if now / SIZES_LOG_EVERY_MS != self.last_fit_check / SIZES_LOG_EVERY_MS {
+                tracing::debug!(target: "stylefarm_coordinator::sizes", sizes = %self.sizes(), "in-memory indexes");
+            }
+            self.last_fit_check = now;
+            self.check_fit(now, fx);
+            self.flush_counters(fx);
+            self.request_ids.expire(now);
+            for id in self.workers.forget_idle(now - self.config.forget_workers_after_ms) {
+                tracing::info!(worker_id = %id, "worker unseen for too long: forgotten (kept in the store)");
+            }
+        }
+    }
+
+    /// Marks queued jobs that no connected worker's device can fit (and fails
+    /// those that waited longer than the grace period); clears the mark when
+    /// such a device shows up.
+    fn check_fit(&mut self, now: Millis, fx: &mut Effects) {
+        let largest = self.workers.largest_device(now - self.config.lease_ttl_ms);
+        let mut unfit = Vec::new();
+        if let Some(largest) = largest {
+            for (batch, entries) in self.queue.batches() {
+                if self.batch_max_estimate.get(&batch).is_none_or(|&m| m <= largest) {
+                    continue;
+                }
+                for id in entries {
+                    if let Some(job) = self.jobs.get(id).filter(|j| matches!(j.state, JobState::Queued { .. }) && j.estimate_bytes > largest) {
+                        unfit.push((job.id, job.batch, job.estimate_bytes));
+                    }
+                }
+            }
+        }
+        let unfit_ids: HashSet<JobId> = unfit.iter().map(|(id, _, _)| *id).collect();
+        let cleared: Vec<JobId> = self.waiting.keys().filter(|id| !unfit_ids.contains(id)).copied().collect();
+        for id in cleared {
+            self.waiting.remove(&id);
+            if let Some(job) = self.jobs.get(&id).filter(|j| matches!(j.state, JobState::Queued { .. })) {
+                fx.events.push(Event { kind: EventKind::Waiting, batch: job.batch, job: Some(id) });
+            }
+        }
+        let Some(largest) = largest else { return };
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        for (id, batch, estimate) in unfit {
+            let reason = format!(
+                "no connected worker has a device that fits it: it needs about {:.1} GiB, the largest device has {:.1} GiB",
+                gib(estimate),
+                gib(largest)
+            );
+            let since = match self.waiting.get(&id) {
+                Some((_, since)) => *since,
+                None => {
+                    fx.events.push(Event { kind: EventKind::Waiting, batch, job: Some(id) });
+                    now
+                }
+            };
+            self.waiting.insert(id, (reason.clone(), since));
+            if now - since >= self.config.unfit_grace_ms {
+                let Some(job) = self.jobs.get_mut(&id) else { continue };
+                if job.fail_queued(format!("{reason} (waited {} s)", (now - since) / 1000), now) {
+                    self.waiting.remove(&id);
+                    self.transition(id, Was::Queued, now, fx);
+                }
+            }
+        }
+    }
+
+    pub(super) fn release_delayed(&mut self, now: Millis, fx: &mut Effects) {
+        for job_id in self.queue.due(now) {
+            let Some(job) = self.jobs.get(&job_id) else { continue };
+            if !matches!(job.state, JobState::Queued { .. }) {
+                continue;
+            }
+            self.queue.push_front(job.priority, job.batch, job_id);
+            fx.wake = true;
+        }
+    }
+
+    /// Drops a finished batch from memory (call once its end is committed).
+    pub fn evict_batch(&mut self, id: BatchId) {
+        if self.batches.get(&id).is_some_and(|b| b.finished_ms.is_some()) {
+            self.batches.remove(&id);
+            self.batch_max_estimate.remove(&id);
+            self.workers.forget_batch(id);
+            for job in self.members.remove(&id).unwrap_or_default() {
+                self.jobs.remove(&job);
+                self.progress.remove(&job);
+                self.waiting.remove(&job);
+                self.deps.forget(job);
+            }
+        }
+    }
+}
