@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use stylefarm_core::tasks::Tasks;
 use stylefarm_proto as pb;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
@@ -42,17 +43,19 @@ impl pb::worker_control_server::WorkerControl for ControlService {
     }
 }
 
-/// Serves health and control on `listener` until the process ends; returns the
-/// health reporter (the caller flips it to NOT_SERVING when it drains).
-pub async fn serve(listener: tokio::net::TcpListener, control: Arc<Control>) -> Result<tonic_health::server::HealthReporter> {
+/// Serves health and control on `listener` as one of `tasks` (until they
+/// stop, at the process's end); returns the health reporter (the caller flips
+/// it to NOT_SERVING when it drains).
+pub async fn serve(listener: tokio::net::TcpListener, control: Arc<Control>, tasks: &mut Tasks) -> Result<tonic_health::server::HealthReporter> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
     reporter.set_serving::<pb::worker_control_server::WorkerControlServer<ControlService>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let router =
         tonic::transport::Server::builder().add_service(health).add_service(pb::worker_control_server::WorkerControlServer::new(ControlService { control }));
-    tokio::spawn(async move {
-        if let Err(e) = router.serve_with_incoming(incoming).await {
+    let stopping = tasks.stopping();
+    tasks.spawn("health", async move {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopping.wait()).await {
             tracing::error!(error = %e, "the health server stopped");
         }
     });
@@ -105,7 +108,8 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let control = Arc::new(Control { drain: Notify::new(), running: Box::new(|| 2) });
-        let reporter = serve(listener, Arc::clone(&control)).await.unwrap();
+        let mut tasks = Tasks::new();
+        let reporter = serve(listener, Arc::clone(&control), &mut tasks).await.unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
@@ -129,7 +133,7 @@ mod tests {
             let listener = bind(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)).await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let control = Arc::new(Control { drain: Notify::new(), running: Box::new(|| 0) });
-            let _other = serve(listener, control).await.unwrap();
+            let _other = serve(listener, control, &mut tasks).await.unwrap();
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{port}")).unwrap().connect().await.unwrap();
             let refused = pb::worker_control_client::WorkerControlClient::new(channel).drain(pb::DrainRequest {}).await.unwrap_err();
             assert_eq!(refused.code(), tonic::Code::PermissionDenied);

@@ -14,9 +14,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use stylefarm_core::tasks::Stopping;
 use stylefarm_proto as pb;
 
-use super::metrics::WorkerMetrics;
+/// Where each poll's readings of this worker's devices go (by device name).
+pub type ReadingsSink = Box<dyn Fn(&[(String, GpuMemory)]) + Send + Sync>;
 
 /// One row of nvidia-smi: a physical GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,16 +158,27 @@ impl GpuWatch {
         latest.iter().map(|(device, r)| pb::DeviceMemory { device: device.clone(), used_bytes: r.used_bytes, total_bytes: r.total_bytes }).collect()
     }
 
-    /// Polls every `period` while any device is a GPU; feeds `metrics` too.
-    pub fn spawn_poller(self: &Arc<Self>, period: Duration, metrics: Option<Arc<WorkerMetrics>>) -> Option<tokio::task::JoinHandle<()>> {
+    /// Polls every `period` while any device is a GPU (None otherwise), until
+    /// `stopping`; hands each poll's readings of this worker's devices to
+    /// `sink` too (the metrics).
+    pub fn poller(
+        self: &Arc<Self>,
+        period: Duration,
+        sink: Option<ReadingsSink>,
+        stopping: Stopping,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         if !self.devices.iter().any(|d| d.starts_with("cuda:")) {
             return None;
         }
         let watch = Arc::clone(self);
-        Some(tokio::spawn(async move {
+        Some(async move {
             let mut warned = false;
             loop {
-                match query_gpu_memory().await {
+                let polled = tokio::select! {
+                    polled = query_gpu_memory() => polled,
+                    _ = stopping.clone().wait() => return,
+                };
+                match polled {
                     Ok(rows) => {
                         let own = watch.set(&rows);
                         if own.is_empty() && !warned {
@@ -175,8 +188,8 @@ impl GpuWatch {
                             );
                             warned = true;
                         }
-                        if let Some(m) = &metrics {
-                            m.set_gpu_memory(&own);
+                        if let Some(sink) = &sink {
+                            sink(&own);
                         }
                     }
                     Err(e) if !warned => {
@@ -185,9 +198,12 @@ impl GpuWatch {
                     }
                     Err(_) => {}
                 }
-                tokio::time::sleep(period).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = stopping.clone().wait() => return,
+                }
             }
-        }))
+        })
     }
 }
 
@@ -258,7 +274,9 @@ mod tests {
         both.set(&glitch);
         assert_eq!(both.heartbeat().iter().map(|m| m.device.as_str()).collect::<Vec<_>>(), vec!["cuda:1"]);
         assert!(
-            Arc::new(GpuWatch::new(&["cpu".to_string()], CudaOrder::default())).spawn_poller(Duration::from_secs(5), None).is_none(),
+            Arc::new(GpuWatch::new(&["cpu".to_string()], CudaOrder::default()))
+                .poller(Duration::from_secs(5), None, stylefarm_core::tasks::Tasks::new().stopping())
+                .is_none(),
             "no poller without a GPU"
         );
     }

@@ -2,10 +2,10 @@
 //! (a style used by a whole batch is downloaded once per worker).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use stylefarm_core::retry::Backoff;
 use stylefarm_core::storage::{get_url_capped, StorageError};
 
 /// Why an input could not be had.
@@ -59,7 +59,7 @@ impl InputCache {
     }
 
     async fn download(&self, role: &str, url: &str) -> Result<Bytes, InputError> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         for attempt in 1..=self.retries {
             match get_url_capped(url, self.max_bytes).await {
                 Ok(data) => {
@@ -74,8 +74,7 @@ impl InputCache {
                 Err(e) if attempt == self.retries => return Err(InputError::Transient(format!("{role} image: {e}"))),
                 Err(e) => {
                     tracing::warn!(url, attempt, error = %e, "input download failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

@@ -3,13 +3,15 @@
 //! idle), streams progress in heartbeats, uploads outputs to the attempt's
 //! prefix and reports. SIGTERM drains; a lost coordinator does not stop a job.
 
+mod attempt;
 pub mod control;
 mod devices;
 mod gpu_memory;
 mod inputs;
-mod job;
 pub mod metrics;
 mod pack;
+mod render;
+mod task;
 mod video_task;
 
 use std::collections::HashMap;
@@ -20,16 +22,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use stylefarm_core::retry::Backoff;
+use stylefarm_core::tasks::{Stopping, Tasks};
+use stylefarm_core::telemetry::Registry;
+use stylefarm_core::traces;
 use stylefarm_proto as pb;
 use stylefarm_proto::connect::{read_token, ConnectOptions};
 use tonic::Code;
 use tracing::Instrument;
 
+use attempt::{JobContext, Outcome, RunningJob, StopCause};
 use devices::DeviceInfo;
 use inputs::InputCache;
-use job::{JobContext, Outcome, RunningJob, StopCause};
-use stylefarm_core::telemetry::Registry;
-use stylefarm_core::traces;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FarmArgs {
@@ -118,15 +122,23 @@ fn save_identity(path: &std::path::Path, identity: &Identity) -> std::io::Result
     std::fs::rename(tmp, path)
 }
 
+/// What the latest registration settled, in one place: who this worker is and
+/// the coordinator's terms.
+struct Session {
+    identity: Identity,
+    /// Where inputs and outputs live.
+    store_url: String,
+    heartbeat: Duration,
+    /// The coordinator's cap on one input image.
+    max_input_bytes: u64,
+}
+
 struct Farm {
     api: stylefarm_proto::connect::Worker,
     name: String,
     devices: Vec<DeviceInfo>,
-    identity: Mutex<Identity>,
+    session: Mutex<Session>,
     state_file: PathBuf,
-    max_input_bytes: Mutex<u64>,
-    store_url: Mutex<String>,
-    heartbeat: Mutex<Duration>,
     running: Mutex<HashMap<(String, u32), Arc<RunningJob>>>,
     draining: AtomicBool,
     /// GPU memory from nvidia-smi, sent with every heartbeat.
@@ -135,7 +147,11 @@ struct Farm {
 
 impl Farm {
     fn worker_id(&self) -> String {
-        self.identity.lock().expect("id lock").worker_id.clone()
+        self.session().identity.worker_id.clone()
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn api(&self) -> stylefarm_proto::connect::Worker {
@@ -144,9 +160,9 @@ impl Farm {
 
     /// Registers (or re-registers, keeping the id), retrying with backoff.
     async fn register(&self) -> Result<()> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         loop {
-            let identity = self.identity.lock().expect("id lock").clone();
+            let identity = self.session().identity.clone();
             let request = pb::RegisterWorkerRequest {
                 name: self.name.clone(),
                 devices: self
@@ -162,21 +178,19 @@ impl Farm {
                 Ok(response) => {
                     let r = response.into_inner();
                     tracing::info!(worker_id = %r.worker_id, store = %r.store_url, heartbeat_ms = r.heartbeat_interval_ms, same_id = r.worker_id == identity.worker_id, "registered");
-                    {
-                        let mut id = self.identity.lock().expect("id lock");
-                        id.worker_id = r.worker_id;
-                        if !r.worker_secret.is_empty() {
-                            id.worker_secret = r.worker_secret;
-                        }
-                        if let Err(e) = save_identity(&self.state_file, &id) {
-                            tracing::warn!(path = %self.state_file.display(), error = %e, "cannot keep the worker's id; a restart registers anew");
-                        }
+                    let mut session = self.session();
+                    session.identity.worker_id = r.worker_id;
+                    if !r.worker_secret.is_empty() {
+                        session.identity.worker_secret = r.worker_secret;
+                    }
+                    if let Err(e) = save_identity(&self.state_file, &session.identity) {
+                        tracing::warn!(path = %self.state_file.display(), error = %e, "cannot keep the worker's id; a restart registers anew");
                     }
                     if r.max_input_bytes > 0 {
-                        *self.max_input_bytes.lock().expect("cap lock") = r.max_input_bytes;
+                        session.max_input_bytes = r.max_input_bytes;
                     }
-                    *self.store_url.lock().expect("store lock") = r.store_url;
-                    *self.heartbeat.lock().expect("heartbeat lock") = Duration::from_millis(r.heartbeat_interval_ms.max(50) as u64);
+                    session.store_url = r.store_url;
+                    session.heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(50) as u64);
                     return Ok(());
                 }
                 Err(status) if matches!(status.code(), Code::InvalidArgument | Code::Unauthenticated) => {
@@ -184,13 +198,13 @@ impl Farm {
                 }
                 Err(status) if status.code() == Code::PermissionDenied && !identity.worker_id.is_empty() => {
                     tracing::warn!(error = %status.message(), "the saved worker id is not ours to use; registering as a new worker");
-                    *self.identity.lock().expect("id lock") = Identity { coordinator: identity.coordinator.clone(), ..Identity::default() };
+                    self.session().identity = Identity { coordinator: identity.coordinator.clone(), ..Identity::default() };
                 }
                 Err(status) if status.code() == Code::PermissionDenied => bail!("the coordinator refused the registration: {}", status.message()),
                 Err(status) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %status.message(), retry_in_ms = delay.as_millis() as u64, "coordinator unreachable; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -239,11 +253,13 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         api: options.worker(channel)?,
         name,
         devices: devices.clone(),
-        identity: Mutex::new(identity),
+        session: Mutex::new(Session {
+            identity,
+            store_url: String::new(),
+            heartbeat: Duration::from_secs(5),
+            max_input_bytes: args.max_input_bytes.unwrap_or(stylefarm_core::policy::DEFAULT_MAX_INPUT_BYTES),
+        }),
         state_file,
-        max_input_bytes: Mutex::new(args.max_input_bytes.unwrap_or(stylefarm_core::policy::DEFAULT_MAX_INPUT_BYTES)),
-        store_url: Mutex::new(String::new()),
-        heartbeat: Mutex::new(Duration::from_secs(5)),
         running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
         gpu: Arc::new(gpu_memory::GpuWatch::new(&devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(), gpu_memory::CudaOrder::from_env())),
@@ -256,31 +272,31 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         },
     });
     // up before registering: the process is alive while it retries the coordinator
+    // every task but the runners (awaited by the drain) stops on one signal and is awaited at the end
+    let mut tasks = Tasks::new();
     let health = match args.health_listen {
-        Some(addr) => Some(control::serve(control::bind(addr).await?, Arc::clone(&control)).await?),
+        Some(addr) => Some(control::serve(control::bind(addr).await?, Arc::clone(&control), &mut tasks).await?),
         None => None,
     };
     let metrics = args.metrics_listen.map(|_| metrics::WorkerMetrics::new(Registry::new(), &devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>()));
-    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut metrics_tasks = Vec::new();
     if let (Some(addr), Some(m)) = (args.metrics_listen, &metrics) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
         let router = stylefarm_core::telemetry::router(Arc::clone(m) as Arc<dyn stylefarm_core::telemetry::Scrape>);
-        metrics_tasks.push(tokio::spawn(async move {
-            if let Err(e) = stylefarm_core::telemetry::serve(listener, router, async move {
-                let _ = metrics_stopped.await;
-            })
-            .await
-            {
+        let stopping = tasks.stopping();
+        tasks.spawn("metrics", async move {
+            if let Err(e) = stylefarm_core::telemetry::serve(listener, router, stopping.wait()).await {
                 tracing::warn!(error = %e, "the metrics listener failed");
             }
-        }));
+        });
     }
-    metrics_tasks.extend(farm.gpu.spawn_poller(Duration::from_secs(5), metrics.clone()));
+    let sink = metrics.clone().map(|m| Box::new(move |own: &[(String, gpu_memory::GpuMemory)]| m.set_gpu_memory(own)) as gpu_memory::ReadingsSink);
+    if let Some(poller) = farm.gpu.poller(Duration::from_secs(5), sink, tasks.stopping()) {
+        tasks.spawn("gpu-memory", poller);
+    }
     farm.register().await?;
-    let cap = args.max_input_bytes.unwrap_or(*farm.max_input_bytes.lock().expect("cap lock"));
+    let cap = args.max_input_bytes.unwrap_or(farm.session().max_input_bytes);
     let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap, metrics.as_ref().map(|m| m.downloaded_bytes.clone())));
-    tokio::spawn(heartbeat_loop(Arc::clone(&farm)));
+    tasks.spawn("heartbeat", heartbeat_loop(Arc::clone(&farm), tasks.stopping()));
     let per_device = args.jobs_per_device.max(1);
     let runners: Vec<_> = devices
         .into_iter()
@@ -289,9 +305,11 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
             let (farm, inputs, work_dir, metrics) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone(), metrics.clone());
             let device_metrics = metrics.as_ref().and_then(|m| m.device(&device.name));
             (0..per_device).map(move |slot| {
+                // one lock at a time: a guard lives to the end of its statement
+                let store_url = farm.session().store_url.clone();
                 let ctx = JobContext {
                     device: device.device,
-                    store_url: farm.store_url.lock().expect("store lock").clone(),
+                    store_url,
                     work_dir: work_dir.join("work").join(std::process::id().to_string()),
                     inputs: Arc::clone(&inputs),
                     worker_id: farm.worker_id(),
@@ -326,10 +344,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         }
         drain.await;
     }
-    let _ = metrics_stop.send(());
-    for task in metrics_tasks {
-        task.abort();
-    }
+    tasks.join().await;
     tracing::info!("drained; exiting");
     Ok(())
 }
@@ -353,7 +368,7 @@ async fn shutdown_signal() {
 async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobContext) {
     let memory_bytes = device.memory_bytes / u64::from(per_device);
     let mut slot = None;
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     loop {
         if farm.draining.load(Ordering::Relaxed) {
             return;
@@ -361,7 +376,7 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
         let request = pb::LeaseJobRequest { worker_id: farm.worker_id(), device: device.name.clone(), device_memory_bytes: memory_bytes, wait_ms: 2_000 };
         let lease = match farm.api().lease_job(request).await {
             Ok(r) => {
-                delay = Duration::from_millis(200);
+                backoff.reset();
                 r.into_inner().lease
             }
             Err(status) => {
@@ -369,8 +384,7 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
                     let _ = farm.register().await;
                 } else {
                     tracing::warn!(device = %device.name, error = %status.message(), "lease failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 continue;
             }
@@ -391,7 +405,7 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
         }
         async {
             tracing::info!(name = %job.lease.name, "job started");
-            let outcome = job::execute(&ctx, &job, &mut slot).await;
+            let outcome = task::execute(&ctx, &job, &mut slot).await;
             if let Some(m) = &ctx.device_metrics {
                 m.job_delta(-1);
             }
@@ -416,7 +430,7 @@ async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobCo
 async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
     let lease = &job.lease;
     let spans = job.take_spans();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     for _ in 0..600 {
         let worker_id = farm.worker_id();
         let result = match &outcome {
@@ -446,32 +460,28 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                     job_id: lease.job_id.clone(),
                     attempt: lease.attempt,
                     reason: reason.clone(),
-                    retryable: *retryable,
-                    cancelled: false,
+                    stop: if *retryable { pb::AttemptStop::FailedRetryable } else { pb::AttemptStop::Failed } as i32,
                     lease_secret: lease.lease_secret.clone(),
                     spans: spans.clone(),
-                    handed_back: false,
                 };
                 let mut request = tonic::Request::new(request);
                 traces::inject(&tracing::Span::current(), request.metadata_mut());
                 farm.api().fail_job(request).await.map(|_| ())
             }
             Outcome::Stopped(cause) => {
-                let (reason, cancelled) = match cause {
-                    StopCause::Cancelled => ("cancelled".to_string(), true),
-                    _ => ("the worker shut down before finishing; handed back".to_string(), false),
-                };
                 // a drain hands the job back: it does not use up an attempt
+                let (reason, stop) = match cause {
+                    StopCause::Cancelled => ("cancelled".to_string(), pb::AttemptStop::Cancelled),
+                    _ => ("the worker shut down before finishing; handed back".to_string(), pb::AttemptStop::HandedBack),
+                };
                 let request = pb::FailJobRequest {
                     worker_id,
                     job_id: lease.job_id.clone(),
                     attempt: lease.attempt,
                     reason,
-                    retryable: true,
-                    cancelled,
+                    stop: stop as i32,
                     lease_secret: lease.lease_secret.clone(),
                     spans: spans.clone(),
-                    handed_back: !cancelled,
                 };
                 farm.api().fail_job(request).await.map(|_| ())
             }
@@ -493,9 +503,9 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
                 let _ = farm.register().await;
             }
             Err(status) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %status.message(), retry_in_ms = delay.as_millis() as u64, "coordinator unreachable; will report when it is back");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -503,10 +513,15 @@ async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
 }
 
 /// Progress out, verdicts in, every heartbeat interval.
-async fn heartbeat_loop(farm: Arc<Farm>) {
+/// Heartbeats every interval while jobs run; ends once drained with none
+/// left, or at the stop.
+async fn heartbeat_loop(farm: Arc<Farm>, stopping: Stopping) {
     loop {
-        let interval = *farm.heartbeat.lock().expect("heartbeat lock");
-        tokio::time::sleep(interval).await;
+        let interval = farm.session().heartbeat;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopping.clone().wait() => return,
+        }
         let jobs: Vec<Arc<RunningJob>> = farm.running.lock().expect("running lock").values().cloned().collect();
         if jobs.is_empty() && farm.draining.load(Ordering::Relaxed) {
             return;

@@ -1,4 +1,5 @@
-//! A video batch's jobs on the worker ([`VideoTask`]): decode a segment's
+//! A video batch's jobs on the worker ([`VideoTask`], dispatched by
+//! [`super::task`]): decode a segment's
 //! frames, the flow between two frames, the assembly into an MP4 with the
 //! audio; and, for the frames and seams that render, where their content and
 //! their start come from (their dependencies' committed outputs, which the
@@ -19,16 +20,8 @@ use stylefarm_engine::EngineError;
 use stylefarm_proto as pb;
 use tch::Device;
 
+use super::attempt::{failed, listing, upload_files, JobContext, Outcome, Rendered, RunningJob};
 use super::inputs::InputError;
-use super::job::{failed, listing, upload_files, JobContext, Outcome, Rendered, RunningJob};
-
-/// The lease's task, if it is a video job.
-pub fn parse(lease: &pb::Lease) -> Result<Option<VideoTask>, String> {
-    if lease.task_json.is_empty() {
-        return Ok(None);
-    }
-    VideoTask::parse(&lease.task_json).map(Some).map_err(|e| e.to_string())
-}
 
 /// The `index`-th dependency's committed output `name`, as a URL in the store.
 fn input_url(ctx: &JobContext, lease: &pb::Lease, index: usize, name: &str) -> Result<String, Outcome> {

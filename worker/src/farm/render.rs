@@ -1,13 +1,13 @@
-//! One leased job: inputs from storage, the engine off the async runtime,
-//! outputs up to the attempt's own prefix.
+//! A render task: fetch the inputs, run the engine off the async runtime with
+//! the device's loaded weights, encode the outputs, upload them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use stylefarm_core::storage::Location;
+use stylefarm_core::traces;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
 use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress, Start};
@@ -16,111 +16,33 @@ use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::EngineError;
 use stylefarm_proto as pb;
 use tch::{Device, Kind};
-
-use stylefarm_core::traces;
 use tracing::Instrument;
 
-use super::inputs::{InputCache, InputError};
-use super::metrics::{DeviceMetrics, Stage, WorkerMetrics};
+use super::attempt::{failed, listing, loss_row, upload_files, JobContext, Outcome, Rendered, RunningJob, StopCause};
+use super::inputs::InputError;
+use super::metrics::{DeviceMetrics, Stage};
+use super::video_task::PriorBytes;
 
-/// Progress the heartbeat has not sent yet, and the flag that stops the engine.
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub pending: Vec<pb::LossRow>,
-    pub latest: Option<pb::LossRow>,
-    pub iterations: Vec<u32>,
-}
-
-pub struct RunningJob {
-    pub lease: pb::Lease,
-    pub shared: Mutex<Shared>,
-    /// Set by a CANCEL or LEASE_LOST verdict, or a drain timeout; the engine
-    /// checks it between iterations.
-    pub stop: AtomicBool,
-    /// Why it was stopped (reported, or not, accordingly).
-    pub stop_reason: Mutex<Option<StopCause>>,
-    /// When this worker took the lease; its steps are timed from here.
-    started: Instant,
-    /// The steps so far (sent with the completion or failure).
-    spans: Mutex<Vec<pb::SpanTiming>>,
-}
-
+/// Which input of a render an image is (named so in errors: `content`, `style[1]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopCause {
-    Cancelled,
-    LeaseLost,
-    Shutdown,
+enum InputRole {
+    Content,
+    Style(usize),
 }
 
-impl RunningJob {
-    pub fn new(lease: pb::Lease) -> RunningJob {
-        RunningJob {
-            lease,
-            shared: Mutex::new(Shared::default()),
-            stop: AtomicBool::new(false),
-            stop_reason: Mutex::new(None),
-            started: Instant::now(),
-            spans: Mutex::new(Vec::new()),
+impl std::fmt::Display for InputRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputRole::Content => f.write_str("content"),
+            InputRole::Style(i) => write!(f, "style[{i}]"),
         }
-    }
-
-    /// Records a step that began at `began` and ends now (at most 64 are kept,
-    /// the coordinator's limit).
-    pub fn time(&self, name: &str, began: Instant, depth: u32, detail: String) {
-        let mut spans = self.spans.lock().expect("spans lock");
-        if spans.len() < 64 {
-            let offset = began.saturating_duration_since(self.started).as_secs_f64() * 1e3;
-            spans.push(pb::SpanTiming { name: name.into(), offset_ms: offset, duration_ms: began.elapsed().as_secs_f64() * 1e3, depth, detail });
-        }
-    }
-
-    /// The steps recorded so far, in the order they began.
-    pub fn take_spans(&self) -> Vec<pb::SpanTiming> {
-        let mut spans = std::mem::take(&mut *self.spans.lock().expect("spans lock"));
-        spans.sort_by(|a, b| a.offset_ms.total_cmp(&b.offset_ms));
-        spans
-    }
-
-    pub fn request_stop(&self, cause: StopCause) {
-        let mut reason = self.stop_reason.lock().expect("stop lock");
-        if reason.is_none() {
-            *reason = Some(cause);
-        }
-        self.stop.store(true, Ordering::Relaxed);
-    }
-
-    pub fn stop_cause(&self) -> Option<StopCause> {
-        *self.stop_reason.lock().expect("stop lock")
-    }
-
-    /// The heartbeat's view: rows since the last one, the latest row.
-    pub fn take_progress(&self) -> Option<pb::JobProgress> {
-        let mut shared = self.shared.lock().expect("progress lock");
-        let latest = shared.latest?;
-        let rows = std::mem::take(&mut shared.pending);
-        Some(pb::JobProgress {
-            iteration: latest.iteration,
-            total_iterations: shared.iterations.get(latest.scale as usize).copied().unwrap_or(0),
-            scale: latest.scale,
-            scales: shared.iterations.len() as u32,
-            latest: Some(latest),
-            rows,
-        })
     }
 }
 
-pub fn loss_row(row: &TraceRow) -> pb::LossRow {
-    pb::LossRow {
-        scale: row.scale,
-        size: row.size,
-        iteration: row.iteration,
-        total: row.total,
-        content: row.content,
-        style: row.style,
-        tv: row.tv,
-        elapsed_ms: row.elapsed_ms,
-        evaluations: row.evaluations,
-    }
+/// A video frame's content URL and start, in place of the lease's content.
+pub struct FrameInputs {
+    pub content_url: String,
+    pub prior: Option<PriorBytes>,
 }
 
 struct FarmProgress {
@@ -205,14 +127,6 @@ impl Progress for FarmProgress {
     }
 }
 
-/// How a job ended on this worker.
-#[derive(Debug)]
-pub enum Outcome {
-    Done(pb::JobResult),
-    Failed { reason: String, retryable: bool },
-    Stopped(StopCause),
-}
-
 /// Weights kept loaded between jobs on one device.
 pub struct WeightsSlot {
     key: String,
@@ -223,67 +137,26 @@ fn weights_key(params: &RenderParams) -> String {
     format!("{:?}|{:?}|{}", params.weights, params.normalization, params.depth())
 }
 
-pub struct JobContext {
-    pub device: Device,
-    pub store_url: String,
-    pub work_dir: PathBuf,
-    pub inputs: Arc<InputCache>,
-    pub worker_id: String,
-    /// The device's shared evaluators when it renders several jobs at once.
-    pub pack: Option<Arc<super::pack::DevicePack>>,
-    /// Prometheus metrics (`--metrics-listen`), and this device's.
-    pub metrics: Option<Arc<WorkerMetrics>>,
-    pub device_metrics: Option<Arc<DeviceMetrics>>,
-}
-
-impl JobContext {
-    pub fn stage(&self, stage: Stage, started: Instant) {
-        if let Some(metrics) = &self.metrics {
-            metrics.stage(stage, started.elapsed());
-        }
-    }
-}
-
-pub fn failed(reason: impl Into<String>, retryable: bool) -> Outcome {
-    Outcome::Failed { reason: reason.into(), retryable }
-}
-
-/// Runs the job; `slot` carries loaded weights from one job to the next.
-pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>) -> Outcome {
+/// Renders the lease's content in its styles; `slot` carries loaded weights
+/// from one job to the next. A video frame or seam brings its own content (its
+/// decoded frame, by URL) and start.
+pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>, params: RenderParams, frame: Option<FrameInputs>) -> Outcome {
     let lease = &job.lease;
-    let params: RenderParams = match serde_json::from_str(&lease.params_json) {
-        Ok(p) => p,
-        Err(e) => return failed(format!("invalid params_json: {e}"), false),
-    };
-    let task = match super::video_task::parse(lease) {
-        Ok(task) => task,
-        Err(reason) => return failed(reason, false),
-    };
-    if let Some(step) = task.as_ref().filter(|t| !t.renders()) {
-        // decode, flow, assemble: no network to run
-        return super::video_task::execute_step(ctx, job, step, &params).await;
-    }
     job.shared.lock().expect("progress lock").iterations = (0..params.scales as usize).map(|i| params.iterations_at(i)).collect();
-    let mut sources = vec![("content".to_string(), lease.content_url.clone(), lease.content_sha256.clone())];
-    // a video frame's content is its decoded frame; its start comes from earlier jobs' outputs
+    let mut sources = vec![(InputRole::Content, lease.content_url.clone(), lease.content_sha256.clone())];
     let mut prior = None;
-    if let Some(task) = &task {
-        match super::video_task::frame_inputs(ctx, lease, task).await {
-            Ok((content_url, bytes)) => {
-                sources[0] = ("content".to_string(), content_url, String::new());
-                prior = bytes;
-            }
-            Err(outcome) => return outcome,
-        }
+    if let Some(FrameInputs { content_url, prior: start }) = frame {
+        sources[0] = (InputRole::Content, content_url, String::new());
+        prior = start;
     }
     for (i, url) in lease.style_urls.iter().enumerate() {
-        sources.push((format!("style[{i}]"), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
+        sources.push((InputRole::Style(i), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
     }
     let fetching = Instant::now();
     let fetched = async {
-        let mut images: Vec<(String, Bytes)> = Vec::with_capacity(sources.len());
+        let mut images: Vec<(InputRole, Bytes)> = Vec::with_capacity(sources.len());
         for (role, url, sha) in sources {
-            match ctx.inputs.fetch(&role, &url, &sha).await {
+            match ctx.inputs.fetch(&role.to_string(), &url, &sha).await {
                 Ok(data) => images.push((role, data)),
                 Err(InputError::Permanent(reason)) => return Err(failed(reason, false)),
                 Err(InputError::Transient(reason)) => return Err(failed(reason, true)),
@@ -345,17 +218,10 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     outcome
 }
 
-pub struct Rendered {
-    pub final_loss: f64,
-    pub iterations: u32,
-    pub engine_ms: f64,
-    pub device: String,
-}
-
 #[allow(clippy::too_many_arguments)]
 fn render_job(
-    images: Vec<(String, Bytes)>,
-    prior: Option<super::video_task::PriorBytes>,
+    images: Vec<(InputRole, Bytes)>,
+    prior: Option<PriorBytes>,
     params: RenderParams,
     slot: Option<WeightsSlot>,
     device: Device,
@@ -369,9 +235,11 @@ fn render_job(
         match decode_rgb(bytes) {
             Ok(image) => decoded.push(image),
             Err(reason) => {
-                let url =
-                    if role == "content" { job.lease.content_url.clone() } else { job.lease.style_urls.get(role_index(role)).cloned().unwrap_or_default() };
-                let error = EngineError::Image { role: role.clone(), path: PathBuf::from(url), reason };
+                let url = match role {
+                    InputRole::Content => job.lease.content_url.clone(),
+                    InputRole::Style(i) => job.lease.style_urls.get(*i).cloned().unwrap_or_default(),
+                };
+                let error = EngineError::Image { role: role.to_string(), path: PathBuf::from(url), reason };
                 return (Err(error), slot);
             }
         }
@@ -435,23 +303,6 @@ fn render_job(
     (Ok(rendered), Some(slot))
 }
 
-fn role_index(role: &str) -> usize {
-    role.trim_start_matches("style[").trim_end_matches(']').parse().unwrap_or(0)
-}
-
-fn kind_of(name: &str) -> &'static str {
-    match name {
-        "output.png" => "image",
-        "trace.jsonl" => "trace",
-        "metadata.json" => "metadata",
-        "animation.gif" => "animation",
-        "flow.safetensors" => "flow",
-        n if n.starts_with("frames/") => "frame",
-        n if n.ends_with(".mp4") => "video",
-        _ => "snapshot",
-    }
-}
-
 /// Uploads every output file under the attempt's prefix, retrying transient errors.
 async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rendered) -> Outcome {
     let mut files = Vec::new();
@@ -462,64 +313,4 @@ async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rende
     }
     files.extend(listing(dir, "snapshots"));
     upload_files(ctx, lease, dir, files, rendered).await
-}
-
-/// The files of `dir/sub`, as `sub/NAME`, sorted.
-pub fn listing(dir: &Path, sub: &str) -> Vec<String> {
-    let mut names: Vec<String> = match std::fs::read_dir(dir.join(sub)) {
-        Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())).collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
-/// Uploads `files` (relative to `dir`) under the attempt's prefix, retrying transient errors.
-pub async fn upload_files(ctx: &JobContext, lease: &pb::Lease, dir: &Path, files: Vec<String>, rendered: Rendered) -> Outcome {
-    let Some(relative) = lease.output_prefix.strip_prefix(&ctx.store_url) else {
-        return failed(format!("output prefix {} is not under the store {}", lease.output_prefix, ctx.store_url), false);
-    };
-    let key_prefix = format!("{}/", relative.trim_matches('/'));
-    let location = match Location::parse(&lease.output_prefix) {
-        Ok(l) => l,
-        Err(e) => return failed(e.to_string(), false),
-    };
-    let mut outputs = Vec::with_capacity(files.len());
-    for name in files {
-        let data = match std::fs::read(dir.join(&name)) {
-            Ok(d) => Bytes::from(d),
-            Err(e) => return failed(format!("reading {name}: {e}"), true),
-        };
-        let size = data.len() as u64;
-        let mut delay = Duration::from_millis(200);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match location.put(&name, data.clone()).await {
-                Ok(()) => {
-                    if let Some(metrics) = &ctx.metrics {
-                        metrics.uploaded_bytes.increment(size);
-                    }
-                    break;
-                }
-                Err(e) if !e.is_retryable() || tries >= 5 => return failed(format!("uploading {name}: {e}"), e.is_retryable()),
-                Err(e) => {
-                    tracing::warn!(job_id = %lease.job_id, file = %name, error = %e, "upload failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-        outputs.push(pb::OutputFile { key: format!("{key_prefix}{name}"), size_bytes: size, kind: kind_of(&name).to_string() });
-    }
-    tracing::debug!(worker_id = %ctx.worker_id, job_id = %lease.job_id, files = outputs.len(), "outputs uploaded");
-    Outcome::Done(pb::JobResult {
-        prefix: key_prefix,
-        outputs,
-        final_loss: rendered.final_loss,
-        iterations: rendered.iterations,
-        engine_ms: rendered.engine_ms,
-        device: rendered.device,
-        spans: Vec::new(),
-    })
 }
