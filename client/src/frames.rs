@@ -57,7 +57,7 @@ pub fn view(jobs: &[pb::Job]) -> Option<String> {
         out.push_str(&format!("  failed frames: {}\n", failed.join(", ")));
     }
     if let Some(assemble) = stylefarm_proto::frames::assemble_job(jobs) {
-        out.push_str(&format!("  clip: {} {}", assemble.id, super::watch::job_state_name(assemble.state)));
+        out.push_str(&format!("  clip: {} {}", assemble.id, crate::output::job_state_name(assemble.state)));
     }
     Some(out.trim_end().to_string())
 }

@@ -23,8 +23,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Deserialize;
 
+use crate::exit::Failure;
 use crate::upload::Input;
-use crate::Failure;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

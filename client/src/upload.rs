@@ -9,7 +9,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use stylefarm_proto as pb;
 
-use crate::Failure;
+use crate::exit::Failure;
 
 const CHUNK: usize = 1 << 20;
 

@@ -6,22 +6,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stylefarm_core::retry::Backoff;
 use stylefarm_proto as pb;
+
+use crate::output::{batch_state_name, job_state_name};
 
 /// Bars shown at once; the rest are summed up in the header.
 const MAX_BARS: usize = 12;
-
-fn state_name(state: i32) -> &'static str {
-    pb::names::job_state(state).unwrap_or("?")
-}
-
-pub fn batch_state_name(state: i32) -> &'static str {
-    pb::names::batch_state(state).unwrap_or("?")
-}
-
-pub fn job_state_name(state: i32) -> &'static str {
-    state_name(state)
-}
 
 fn counts_line(batch: &pb::Batch) -> String {
     let c = batch.counts.unwrap_or_default();
@@ -61,7 +52,7 @@ impl Bars {
         if !self.bars.contains_key(&job.id) {
             if !running || self.bars.len() >= MAX_BARS {
                 if job.state != pb::JobState::Queued as i32 && job.state != pb::JobState::Running as i32 && !self.quiet {
-                    self.multi.suspend(|| eprintln!("{} {} {}{}", job.id, job.name, state_name(job.state), error_suffix(job)));
+                    self.multi.suspend(|| eprintln!("{} {} {}{}", job.id, job.name, job_state_name(job.state), error_suffix(job)));
                 }
                 return;
             }
@@ -78,11 +69,11 @@ impl Bars {
             bar.set_message(format!("scale {}/{} {loss}", p.scale + 1, p.scales.max(1)));
         }
         if !running {
-            bar.finish_with_message(format!("{}{}", state_name(job.state), error_suffix(job)));
+            bar.finish_with_message(format!("{}{}", job_state_name(job.state), error_suffix(job)));
             let bar = self.bars.remove(&job.id).expect("present");
             self.multi.remove(&bar);
             if !self.quiet {
-                self.multi.suspend(|| eprintln!("{} {} {}{}", job.id, job.name, state_name(job.state), error_suffix(job)));
+                self.multi.suspend(|| eprintln!("{} {} {}{}", job.id, job.name, job_state_name(job.state), error_suffix(job)));
             }
         }
     }
@@ -131,7 +122,7 @@ pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id:
     let mut frame_line = String::new();
     let mut last: Option<pb::Batch> = None;
     let mut outage: Option<std::time::Instant> = None;
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     'watch: loop {
         let request = pb::WatchBatchRequest { batch_id: batch_id.to_string() };
         let ended = match client.watch_batch(request).await {
@@ -144,7 +135,7 @@ pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id:
                             if outage.take().is_some() {
                                 bars.multi.suspend(|| eprintln!("reconnected to the coordinator"));
                             }
-                            delay = Duration::from_millis(200);
+                            backoff.reset();
                             if let Some(batch) = &event.batch {
                                 last = Some(batch.clone());
                             }
@@ -179,8 +170,7 @@ pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id:
         if since.elapsed() > RECONNECT_FOR {
             return Err(anyhow::Error::new(ended).context(format!("the coordinator has been unreachable for {} s", RECONNECT_FOR.as_secs())));
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
     bars.header.finish_and_clear();
     let batch = match last {

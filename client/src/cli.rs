@@ -1,0 +1,113 @@
+//! The command line: global flags, the commands and their arguments, and the
+//! connection every command opens with them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use stylefarm_core::knobs::KnobArgs;
+use stylefarm_proto::connect::{read_token, ConnectOptions, Coordinator};
+
+use crate::exit::Failure;
+
+#[derive(Parser, Debug)]
+#[command(name = "stylefarm", version, about = "stylefarm: submit style-transfer batches to a coordinator, watch them, fetch results")]
+pub struct Cli {
+    /// Coordinator URL.
+    #[arg(long, global = true, env = "STYLEFARM_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// File holding the API token (else STYLEFARM_TOKEN; none for an open local coordinator).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate (https:// URLs; default: the system roots).
+    #[arg(long, global = true, env = "STYLEFARM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Submit a batch: every content × every style (and/or a manifest); prints the batch id.
+    Submit(Box<SubmitArgs>),
+    /// Follow a batch to its end: a progress bar per running job, ETA, current loss.
+    Watch { batch: String },
+    /// A batch (with its jobs) or a job.
+    Status { id: String },
+    /// Batches, newest first.
+    List {
+        /// Only these states: queued, running, succeeded, failed, cancelled.
+        #[arg(long, value_delimiter = ',')]
+        state: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a batch: queued jobs at once, running ones at their next heartbeat.
+    Cancel { batch: String },
+    /// Download every succeeded job's outputs (image, trace, metadata, snapshots, animation).
+    Fetch {
+        batch: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Registered workers, their devices and running jobs.
+    Workers,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Content images: local files (uploaded once) or object-store URLs.
+    #[arg(long, num_args = 1..)]
+    pub content: Vec<String>,
+    /// A clip to stylise (instead of --content): temporally consistent, split
+    /// over the farm; `fetch` then yields NAME-stylised.mp4 with the audio.
+    #[arg(long, conflicts_with_all = ["content", "manifest"])]
+    pub video: Option<String>,
+    #[command(flatten)]
+    pub video_knobs: stylefarm_core::video_knobs::VideoKnobArgs,
+    /// Style images: local files or object-store URLs.
+    #[arg(long, num_args = 1..)]
+    pub style: Vec<String>,
+    /// A batch described in TOML (see the README); flags add to it.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Batch name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// -1000..=1000, higher runs first.
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// key=value, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Attempts per job (default: the coordinator's).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Idempotency key: resubmitting with the same id returns the first batch.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Watch the batch until it finishes; the exit code tells how it ended.
+    #[arg(long)]
+    pub wait: bool,
+    /// Per-attempt time limit in seconds (default: derived from each job's size and iterations).
+    #[arg(long)]
+    pub time_limit_s: Option<u32>,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}` is not key=value"))
+}
+
+pub async fn connect(cli: &Cli) -> Result<Coordinator> {
+    let url = &cli.coordinator;
+    let token = read_token(cli.token_file.as_deref()).map_err(|e| Failure::Input(e.to_string()))?;
+    let options = ConnectOptions { url: url.clone(), token, tls_ca: cli.tls_ca.clone(), tls_identity: None };
+    let endpoint = options.endpoint().map_err(|e| Failure::Input(format!("--coordinator: {e}")))?;
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to the coordinator at {url}"))?;
+    Ok(options.coordinator(channel).map_err(|e| Failure::Input(e.to_string()))?)
+}
