@@ -4,12 +4,18 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: video-demo deploy-test setup build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
+.PHONY: video-demo deploy-test setup setup-demo build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
 
-## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images. Idempotent.
+## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images, the test tools, and every target of the workspace. Idempotent.
 setup:
 	bash scripts/setup.sh
 	$(CARGO) build --workspace --all-targets
+	$(TARGET)/debug/stylefarm-worker weights fetch
+
+## setup-demo: only what `make demo` runs: libtorch, ffmpeg, samples, the three binaries and the weights.
+setup-demo:
+	bash scripts/setup.sh --demo
+	$(CARGO) build -p stylefarm-coordinator -p stylefarm-worker -p stylefarm-client --bins
 	$(TARGET)/debug/stylefarm-worker weights fetch
 
 build: setup
@@ -32,7 +38,7 @@ bench: release
 	$(TARGET)/release/stylefarm-worker bench --sizes 256,512 --repeats 3 --rounds 3
 
 ## demo: the whole farm on this machine: coordinator + worker, sample photos x styles, live progress, outputs in out/demo/.
-demo: setup
+demo: setup-demo
 	bash scripts/demo.sh
 
 ## bench-coordinator: jobs/s through real gRPC with 100 and 1,000 simulated workers, vs per-request commits.

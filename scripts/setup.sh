@@ -10,7 +10,8 @@
 #   * the sample images from the scikit-image wheel;
 #   * systemd-analyze (Debian package systemd) for the deploy/ tests.
 #
-# A second run finds the stamps and makes no network calls.
+# A second run finds the stamps and makes no network calls. `--demo` skips the
+# Debian packages only the tests use (step 4).
 # Cache: $STYLEFARM_CACHE, else ~/.cache/stylefarm.
 set -euo pipefail
 
@@ -106,6 +107,11 @@ fi
 ln -sfn "$samples" "$repo/.samples"
 
 # --- 4. tools the deploy/ tests call ---------------------------------------------
+# (not for the demo: `setup.sh --demo` stops here)
+if [[ "${1:-}" == "--demo" ]]; then
+  log "demo setup done (the test tools are installed by a plain \`make setup\`)"
+  exit 0
+fi
 # kubectl (with kustomize) renders deploy/k8s; systemd-analyze verifies the units;
 # prometheus scrapes a live farm and promtool checks deploy/observability;
 # headless chromium drives the web dashboard's tests.
