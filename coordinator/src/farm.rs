@@ -368,7 +368,7 @@ impl Farm {
         async move {
             let mut interval = tokio::time::interval(period);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let stop = stopping.clone().wait();
+            let stop = stopping.wait();
             tokio::pin!(stop);
             loop {
                 tokio::select! {

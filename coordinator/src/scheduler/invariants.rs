@@ -65,11 +65,12 @@ impl Scheduler {
             }
             let queued = entries.get(id).copied().unwrap_or(0);
             let running_sets = running.get(id).copied().unwrap_or(0);
+            let blocked = self.deps.is_blocked(*id);
             match &job.state {
-                JobState::Queued { .. } if self.deps.is_blocked(*id) && queued != 0 => {
+                JobState::Queued { .. } if blocked && queued != 0 => {
                     return Err(format!("job {id} waits on its dependencies but has {queued} queue entries"));
                 }
-                JobState::Queued { .. } if !self.deps.is_blocked(*id) && queued != 1 => {
+                JobState::Queued { .. } if !blocked && queued != 1 => {
                     return Err(format!("queued job {id} has {queued} queue entries, not 1"));
                 }
                 JobState::Running { .. } if running_sets != 1 => {
