@@ -552,8 +552,12 @@ async fn heartbeat_loop(farm: Arc<Farm>, stopping: Stopping) {
                     }
                 }
             }
+            // registering retries while the coordinator is away: the stop must not wait for it
             Err(status) if status.code() == Code::NotFound => {
-                let _ = farm.register().await;
+                tokio::select! {
+                    _ = farm.register() => {}
+                    _ = stopping.clone().wait() => return,
+                }
             }
             Err(status) => tracing::warn!(error = %status.message(), running = jobs.len(), "heartbeat failed; jobs keep running"),
         }
