@@ -20,6 +20,12 @@ pub fn batch_state_name(state: i32) -> &'static str {
     pb::names::batch_state(state).unwrap_or("?")
 }
 
+/// A batch's job counts as the status and watch lines show them.
+pub fn counts_text(batch: &pb::Batch) -> String {
+    let c = batch.counts.unwrap_or_default();
+    format!("{} jobs: {} queued, {} running, {} succeeded, {} failed, {} cancelled", c.total, c.queued, c.running, c.succeeded, c.failed, c.cancelled)
+}
+
 pub fn print_json(value: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

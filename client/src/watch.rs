@@ -9,24 +9,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stylefarm_core::retry::Backoff;
 use stylefarm_proto as pb;
 
-use crate::output::{batch_state_name, job_state_name};
+use crate::output::{batch_state_name, counts_text, job_state_name};
 
 /// Bars shown at once; the rest are summed up in the header.
 const MAX_BARS: usize = 12;
 
 fn counts_line(batch: &pb::Batch) -> String {
-    let c = batch.counts.unwrap_or_default();
-    format!(
-        "batch {} [{}]: {} jobs, {} queued, {} running, {} succeeded, {} failed, {} cancelled",
-        batch.id,
-        batch_state_name(batch.state),
-        c.total,
-        c.queued,
-        c.running,
-        c.succeeded,
-        c.failed,
-        c.cancelled
-    )
+    format!("batch {} [{}]: {}", batch.id, batch_state_name(batch.state), counts_text(batch))
 }
 
 struct Bars {

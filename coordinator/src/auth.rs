@@ -26,6 +26,7 @@ use tonic::Request;
 
 use crate::error::{CoordError, Result};
 use crate::secrets::SecretHash;
+use crate::store::StoreError;
 
 pub use crate::identity::{Principal, Role, LOCAL};
 
@@ -82,7 +83,7 @@ impl Api {
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
 }
@@ -113,8 +114,16 @@ pub struct TokenStore {
     watch: crate::filewatch::FileWatch,
 }
 
-fn db_err(e: impl fmt::Display) -> CoordError {
-    CoordError::Store(format!("auth.sqlite: {e}"))
+/// `token list` reads the role column as a [`Role`]; a value this version
+/// does not know is an error naming it.
+impl rusqlite::types::FromSql for Role {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Role> {
+        value.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> CoordError {
+    CoordError::Store(StoreError::Tokens(std::sync::Arc::new(e)))
 }
 
 fn now_ms() -> i64 {
@@ -123,7 +132,7 @@ fn now_ms() -> i64 {
 
 impl TokenStore {
     pub fn open(data_dir: &Path) -> Result<TokenStore> {
-        std::fs::create_dir_all(data_dir).map_err(db_err)?;
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::io("cannot create the data directory", e))?;
         let conn = Connection::open(data_dir.join("auth.sqlite")).map_err(db_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;").map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -78,8 +79,8 @@ impl Default for CoordinatorConfig {
             lease_ttl_ms: scheduler.lease_ttl_ms,
             heartbeat_interval_ms: 5_000,
             max_attempts: scheduler.default_max_attempts,
-            backoff_base_ms: scheduler.backoff.base_ms,
-            backoff_max_ms: scheduler.backoff.max_ms,
+            backoff_base_ms: scheduler.backoff.first().as_millis() as i64,
+            backoff_max_ms: scheduler.backoff.max().as_millis() as i64,
             worker_batch_failure_limit: scheduler.worker_batch_failure_limit,
             max_upload_bytes: 64 << 20,
             durability: Durability::ProcessCrash,
@@ -215,7 +216,7 @@ impl CoordinatorConfig {
         SchedulerConfig {
             lease_ttl_ms: self.lease_ttl_ms,
             default_max_attempts: self.max_attempts,
-            backoff: Backoff { base_ms: self.backoff_base_ms, max_ms: self.backoff_max_ms },
+            backoff: Backoff::new(Duration::from_millis(self.backoff_base_ms.max(0) as u64), Duration::from_millis(self.backoff_max_ms.max(0) as u64)),
             worker_batch_failure_limit: self.worker_batch_failure_limit,
             unfit_grace_ms: self.unfit_grace_ms,
             request_id_window_ms: self.request_id_window_ms,

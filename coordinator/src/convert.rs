@@ -77,7 +77,7 @@ pub fn attempt(a: &AttemptRecord) -> pb::Attempt {
         worker_id: a.worker.map(|w| w.to_string()).unwrap_or_default(),
         leased_at_ms: a.leased_ms,
         ended_at_ms: a.ended_ms,
-        outcome: a.outcome.clone(),
+        outcome: a.outcome.label().into(),
         reason: a.reason.clone(),
         spans: a.spans.iter().map(span).collect(),
     }

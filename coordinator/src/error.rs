@@ -23,7 +23,7 @@ pub enum CoordError {
     /// The state store failed; the coordinator stops (fail-stop) so that a
     /// restart reloads the durable truth.
     #[error("state store: {0}")]
-    Store(String),
+    Store(#[from] crate::store::StoreError),
 
     /// Object storage failed (retry may succeed).
     #[error("object storage: {0}")]

@@ -29,7 +29,7 @@ use crate::ids::{BatchId, JobId};
 use crate::metrics::CoordMetrics;
 use crate::model::{BatchPhase, BatchRecord, JobRecord, Millis};
 use crate::scheduler::{Effects, Event, EventKind, Scheduler, SchedulerConfig};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::traces::JobTracer;
 use crate::validate::SubmitRules;
 
@@ -86,7 +86,7 @@ impl stylefarm_core::telemetry::Scrape for MetricsEndpoint {
 
 impl Farm {
     pub fn open(store: Arc<dyn Store>, blobs: Location, config: FarmConfig, auth: Authenticator) -> Result<Arc<Farm>> {
-        let snapshot = store.load().map_err(|e| CoordError::Store(e.0))?;
+        let snapshot = store.load()?;
         let (batches, jobs) = (snapshot.batches.len(), snapshot.jobs.len());
         let sched = Scheduler::restore(config.scheduler.clone(), snapshot, now_ms());
         tracing::info!(store = %store.describe(), objects = %blobs.url, batches, live_jobs = jobs, "state loaded");
@@ -153,8 +153,8 @@ impl Farm {
     async fn wait(&self, ticket: crate::store::CommitTicket) -> Result<()> {
         match ticket.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.fail_stop(e.0)),
-            Err(_) => Err(self.fail_stop("the store writer stopped".into())),
+            Ok(Err(e)) => Err(self.fail_stop(e)),
+            Err(_) => Err(self.fail_stop(StoreError::WriterStopped)),
         }
     }
 
@@ -201,10 +201,10 @@ impl Farm {
         Ok(value)
     }
 
-    fn fail_stop(&self, reason: String) -> CoordError {
-        tracing::error!(reason = %reason, "state store failed: stopping the coordinator");
-        self.fatal.send_replace(Some(reason.clone()));
-        CoordError::Store(reason)
+    fn fail_stop(&self, error: StoreError) -> CoordError {
+        tracing::error!(error = %error, "state store failed: stopping the coordinator");
+        self.fatal.send_replace(Some(error.to_string()));
+        CoordError::Store(error)
     }
 
     /// Watch events for batches somebody is watching (built under the lock, so
@@ -328,7 +328,7 @@ impl Farm {
 
     async fn stored<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&dyn Store) -> crate::store::StoreResult<T> + Send + 'static) -> Result<T> {
         let farm = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(farm.store.as_ref())).await.map_err(|e| CoordError::Store(e.to_string()))?.map_err(|e| CoordError::Store(e.0))
+        tokio::task::spawn_blocking(move || f(farm.store.as_ref())).await.map_err(|e| StoreError::Task(Arc::new(e)))?.map_err(CoordError::Store)
     }
 
     /// The batch an old request id made (beyond the in-memory window).

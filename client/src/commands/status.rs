@@ -6,7 +6,7 @@ use stylefarm_proto as pb;
 use crate::cli::{connect, Cli};
 use crate::exit::Failure;
 use crate::frames;
-use crate::output::{batch_state_name, job_state_name, print_json, BatchJson, FrameJson, JobJson};
+use crate::output::{batch_state_name, counts_text, job_state_name, print_json, BatchJson, FrameJson, JobJson};
 
 pub async fn status(cli: &Cli, id: &str) -> Result<()> {
     let mut client = connect(cli).await?;
@@ -40,20 +40,7 @@ pub async fn status(cli: &Cli, id: &str) -> Result<()> {
         let jobs: Vec<JobJson> = response.jobs.iter().map(JobJson::of).collect();
         return print_json(&serde_json::json!({"batch": BatchJson::of(&batch), "jobs": jobs, "frames": frames}));
     }
-    let c = batch.counts.unwrap_or_default();
-    println!(
-        "batch {} {:?} [{}] priority {}: {} jobs ({} queued, {} running, {} succeeded, {} failed, {} cancelled)",
-        batch.id,
-        batch.name,
-        batch_state_name(batch.state),
-        batch.priority,
-        c.total,
-        c.queued,
-        c.running,
-        c.succeeded,
-        c.failed,
-        c.cancelled
-    );
+    println!("batch {} {:?} [{}] priority {}: {}", batch.id, batch.name, batch_state_name(batch.state), batch.priority, counts_text(&batch));
     for job in &response.jobs {
         let detail = match (&job.progress, &job.result) {
             (_, Some(r)) => format!("loss {:.3e}", r.final_loss),

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use stylefarm_core::outputs::OutputKind;
+pub use stylefarm_core::retry::Backoff;
 
 use super::Millis;
 use crate::error::{CoordError, Result};
@@ -46,6 +47,39 @@ pub struct SpanRecord {
     pub detail: String,
 }
 
+/// How an attempt ended: its record's outcome, and the `outcome` label of the
+/// run-time histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptEnd {
+    Succeeded,
+    Failed,
+    HandedBack,
+    Expired,
+    TimedOut,
+    Cancelled,
+}
+
+impl AttemptEnd {
+    pub const ALL: [AttemptEnd; 6] =
+        [AttemptEnd::Succeeded, AttemptEnd::Failed, AttemptEnd::HandedBack, AttemptEnd::Expired, AttemptEnd::TimedOut, AttemptEnd::Cancelled];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptEnd::Succeeded => "succeeded",
+            AttemptEnd::Failed => "failed",
+            AttemptEnd::HandedBack => "handed_back",
+            AttemptEnd::Expired => "expired",
+            AttemptEnd::TimedOut => "timed_out",
+            AttemptEnd::Cancelled => "cancelled",
+        }
+    }
+    /// The outcome a label names (the store's `attempts.outcome` column).
+    pub fn from_label(label: &str) -> Option<AttemptEnd> {
+        AttemptEnd::ALL.into_iter().find(|end| end.label() == label)
+    }
+}
+
 /// An attempt that ended, kept for the job's history (the dashboard's attempts
 /// table and timeline); the running attempt lives in [`JobState::Running`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,8 +89,7 @@ pub struct AttemptRecord {
     pub worker: Option<WorkerId>,
     pub leased_ms: Millis,
     pub ended_ms: Millis,
-    /// succeeded, failed, handed_back, expired, timed_out, cancelled
-    pub outcome: String,
+    pub outcome: AttemptEnd,
     pub reason: String,
     pub spans: Vec<SpanRecord>,
 }
@@ -246,20 +279,6 @@ pub enum CancelOutcome {
     AlreadyFinished,
 }
 
-/// Retry delays: `base · 2^(attempt−1)`, capped.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub base_ms: Millis,
-    pub max_ms: Millis,
-}
-
-impl Backoff {
-    pub fn delay_ms(&self, attempt: u32) -> Millis {
-        let exponent = attempt.saturating_sub(1).min(30);
-        self.base_ms.saturating_mul(1 << exponent).min(self.max_ms)
-    }
-}
-
 impl JobRecord {
     pub fn running_worker(&self) -> Option<WorkerId> {
         match &self.state {
@@ -401,7 +420,8 @@ impl JobRecord {
         };
         self.last_failure = Some(Failure { attempt: self.attempt, worker, reason: reason.clone(), retryable });
         if retryable && self.attempts_used() < self.max_attempts {
-            let not_before_ms = now + backoff.delay_ms(self.attempts_used());
+            let delay_ms = Millis::try_from(backoff.delay_after(self.attempts_used()).as_millis()).unwrap_or(Millis::MAX);
+            let not_before_ms = now.saturating_add(delay_ms);
             self.state = JobState::Queued { not_before_ms };
             return AfterFailure::Requeued { not_before_ms };
         }

@@ -33,6 +33,7 @@ pub mod worker;
 
 pub use batch::{BatchPhase, BatchRecord, Counts};
 pub use job::{
+    AttemptEnd,
     AfterFailure, AttemptRecord, AttemptStop, Backoff, CancelOutcome, Failure, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState, OutputRecord,
     SpanRecord, StateKind,
 };

@@ -4,6 +4,7 @@
 //! scheduler, never the reverse.
 
 use crate::ids::{BatchId, JobId};
+pub use crate::model::AttemptEnd;
 use crate::model::{Millis, StateKind};
 use crate::store::StoreOp;
 
@@ -70,29 +71,3 @@ pub enum Observation {
     WorkerBlocked,
 }
 
-/// How an attempt ended (the `outcome` label of the run-time histogram).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptEnd {
-    Succeeded,
-    Failed,
-    HandedBack,
-    Expired,
-    TimedOut,
-    Cancelled,
-}
-
-impl AttemptEnd {
-    pub const ALL: [AttemptEnd; 6] =
-        [AttemptEnd::Succeeded, AttemptEnd::Failed, AttemptEnd::HandedBack, AttemptEnd::Expired, AttemptEnd::TimedOut, AttemptEnd::Cancelled];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            AttemptEnd::Succeeded => "succeeded",
-            AttemptEnd::Failed => "failed",
-            AttemptEnd::HandedBack => "handed_back",
-            AttemptEnd::Expired => "expired",
-            AttemptEnd::TimedOut => "timed_out",
-            AttemptEnd::Cancelled => "cancelled",
-        }
-    }
-}

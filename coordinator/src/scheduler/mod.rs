@@ -37,6 +37,7 @@ mod transition;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use stylefarm_proto::JobProgress;
 
@@ -90,7 +91,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             lease_ttl_ms: 30_000,
             default_max_attempts: 3,
-            backoff: Backoff { base_ms: 2_000, max_ms: 120_000 },
+            backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(120)),
             worker_batch_failure_limit: 3,
             unfit_grace_ms: 600_000,
             request_id_window_ms: 24 * 3_600_000,

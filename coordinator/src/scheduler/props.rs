@@ -5,6 +5,7 @@
 //! the rest out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,7 +35,7 @@ fn config() -> SchedulerConfig {
     SchedulerConfig {
         lease_ttl_ms: 2_000,
         unfit_grace_ms: 6_000,
-        backoff: Backoff { base_ms: 300, max_ms: 2_000 },
+        backoff: Backoff::new(Duration::from_millis(300), Duration::from_millis(2_000)),
         worker_batch_failure_limit: 1_000,
         ..SchedulerConfig::default()
     }

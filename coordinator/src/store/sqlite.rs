@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::{CommitTicket, ImageRecord, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{AttemptRecord, BatchRecord, Counts, DeviceRecord, Failure, ImageSource, JobRecord, JobState, WorkerRecord};
+use crate::model::{AttemptEnd, AttemptRecord, BatchRecord, Counts, DeviceRecord, Failure, ImageSource, JobRecord, JobState, WorkerRecord};
 use crate::secrets::SecretHash;
 
 const SCHEMA: &str = "
@@ -131,8 +131,8 @@ pub struct SqliteStore {
     path: String,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+fn err(e: rusqlite::Error) -> StoreError {
+    StoreError::from(e)
 }
 
 /// Records as JSON. Every record type serialises (no maps with non-string
@@ -210,13 +210,17 @@ impl SqliteStore {
         let checkpointer = open(path, full_sync)?;
         let alive = Arc::new(());
         let token = Arc::downgrade(&alive);
-        thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpoint_loop(checkpointer, token)).map_err(err)?;
+        thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpoint_loop(checkpointer, token)).map_err(|e| StoreError::io("cannot start the checkpoint thread", e))?;
         let (writer, commits_rx) = mpsc::channel::<Commit>();
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || write_loop(conn, commits_rx, if commits == Commits::Grouped { MAX_GROUP_OPS } else { 0 }))
-            .map_err(err)?;
+            .map_err(|e| StoreError::io("cannot start the writer thread", e))?;
         Ok(SqliteStore { writer, _alive: alive, reader: Mutex::new(reader), path: path.display().to_string() })
+    }
+
+    fn reader(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
+        self.reader.lock().map_err(|_| StoreError::Poisoned)
     }
 }
 
@@ -258,7 +262,7 @@ fn write_loop(mut conn: Connection, commits: mpsc::Receiver<Commit>, max_group_o
             tracing::error!(error = %e, commits = group.len(), "state store commit failed");
         }
         for commit in group {
-            let _ = commit.done.send(result.as_ref().map(|_| ()).map_err(|e| StoreError(e.0.clone())));
+            let _ = commit.done.send(result.clone());
         }
     }
 }
@@ -379,7 +383,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO attempts (job_id, attempt, worker_id, leased_ms, ended_ms, outcome, reason, spans) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![a.job.0, a.attempt, a.worker.map(|w| w.0), a.leased_ms, a.ended_ms, a.outcome, a.reason, json(&a.spans)])?;
+            .execute(params![a.job.0, a.attempt, a.worker.map(|w| w.0), a.leased_ms, a.ended_ms, a.outcome.label(), a.reason, json(&a.spans)])?;
         }
     }
     Ok(())
@@ -448,7 +452,7 @@ fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
 
 impl Store for SqliteStore {
     fn load(&self) -> StoreResult<Snapshot> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         let mut snapshot = Snapshot::default();
         let mut stmt = conn.prepare(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE finished_ms IS NULL ORDER BY id")).map_err(err)?;
         snapshot.batches = lenient(stmt.query_map([], batch_from_row).map_err(err)?, "batches");
@@ -497,19 +501,19 @@ impl Store for SqliteStore {
     fn commit(&self, ops: Vec<StoreOp>) -> CommitTicket {
         let (done, ticket) = oneshot::channel();
         if let Err(mpsc::SendError(commit)) = self.writer.send(Commit { ops, done }) {
-            let _ = commit.done.send(Err(StoreError("the writer thread has stopped".into())));
+            let _ = commit.done.send(Err(StoreError::WriterStopped));
         }
         ticket
     }
 
     fn batch(&self, id: BatchId) -> StoreResult<Option<BatchRecord>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1")).map_err(err)?;
         stmt.query_row(params![id.0], batch_from_row).optional().map_err(err)
     }
 
     fn batches_before(&self, before: BatchId, limit: usize, owner: Option<&str>) -> StoreResult<Vec<BatchRecord>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         let rows = match owner {
             Some(owner) => {
                 let mut stmt =
@@ -527,25 +531,25 @@ impl Store for SqliteStore {
     }
 
     fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         conn.query_row("SELECT id FROM batches WHERE request_id = ?1", params![request_id], |row| Ok(BatchId(row.get(0)?))).optional().map_err(err)
     }
 
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id = ?1 ORDER BY idx")).map_err(err)?;
         let rows = stmt.query_map(params![batch.0], job_from_row).map_err(err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(err)
     }
 
     fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1")).map_err(err)?;
         stmt.query_row(params![id.0], job_from_row).optional().map_err(err)
     }
 
     fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         conn.query_row("SELECT sha256, size_bytes, width, height, format, created_ms FROM images WHERE sha256 = ?1", params![sha256], |row| {
             Ok(ImageRecord {
                 sha256: row.get(0)?,
@@ -561,7 +565,7 @@ impl Store for SqliteStore {
     }
 
     fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>> {
-        let conn = self.reader.lock().map_err(|_| StoreError("reader lock poisoned".into()))?;
+        let conn = self.reader()?;
         let mut stmt = conn
             .prepare_cached("SELECT attempt, worker_id, leased_ms, ended_ms, outcome, reason, spans FROM attempts WHERE job_id = ?1 ORDER BY attempt")
             .map_err(err)?;
@@ -574,7 +578,12 @@ impl Store for SqliteStore {
                     worker: row.get::<_, Option<i64>>(1)?.map(WorkerId),
                     leased_ms: row.get(2)?,
                     ended_ms: row.get(3)?,
-                    outcome: row.get(4)?,
+                    outcome: {
+                        let label: String = row.get(4)?;
+                        AttemptEnd::from_label(&label).ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, format!("unknown attempt outcome `{label}`").into())
+                        })?
+                    },
                     reason: row.get(5)?,
                     spans: parse_or(&spans, "attempt spans", job.0, |_| Vec::new()),
                 })

@@ -1,8 +1,10 @@
 //! The job state machine's rules, transition by transition.
 
+use std::time::Duration;
+
 use super::*;
 
-const BACKOFF: Backoff = Backoff { base_ms: 1000, max_ms: 60_000 };
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(1000), Duration::from_millis(60_000));
 const W1: WorkerId = WorkerId(1);
 const W2: WorkerId = WorkerId(2);
 
@@ -119,8 +121,9 @@ fn a_nan_loss_stored_as_null_reads_back() {
 
 #[test]
 fn backoff_doubles_and_caps() {
-    assert_eq!((BACKOFF.delay_ms(1), BACKOFF.delay_ms(2), BACKOFF.delay_ms(3)), (1000, 2000, 4000));
-    assert_eq!(BACKOFF.delay_ms(40), 60_000);
+    let ms = |n| BACKOFF.delay_after(n).as_millis();
+    assert_eq!((ms(1), ms(2), ms(3)), (1000, 2000, 4000));
+    assert_eq!(ms(40), 60_000);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use stylefarm_tests::{repo_root, workspace_bin};
+use stylefarm_coordinator_tests::{repo_root, workspace_bin};
 
 /// KEDA 2.x `ScaledObject` (keda.sh/v1alpha1), the fields of its CRD schema
 /// this project may use; anything else is refused.

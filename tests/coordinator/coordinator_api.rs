@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{batch_request, eventually, get_batch, test_config, url_ref, Coordinator};
+use stylefarm_coordinator_tests::farm::{batch_request, eventually, get_batch, test_config, url_ref, Coordinator};
 use tonic::Code;
 
 const GIB: u64 = 1 << 30;
@@ -241,10 +241,10 @@ async fn a_reopened_coordinator_resumes_every_batch() {
     let again = client.submit_batch(request).await.unwrap().into_inner();
     assert!(again.deduplicated && again.batch_id == "b2", "{again:?}");
     // the worker carries on with its running attempt on the new process
-    let mut worker = stylefarm_tests::farm::TestWorker {
+    let mut worker = stylefarm_coordinator_tests::farm::TestWorker {
         id: worker_id,
         secret: worker_secret,
-        api: stylefarm_tests::farm::options(&coordinator.url, None).worker(coordinator.channel().await).unwrap(),
+        api: stylefarm_coordinator_tests::farm::options(&coordinator.url, None).worker(coordinator.channel().await).unwrap(),
         memory_bytes: 16 * GIB,
     };
     assert_eq!(worker.heartbeat(&running, 5).await, pb::Verdict::Continue);
@@ -360,7 +360,7 @@ async fn invalid_requests_name_the_field_and_limit() {
     };
     let status = client.upload_image(tokio_stream::iter(upload(b"not an image at all".to_vec(), ""))).await.unwrap_err();
     assert!(status.code() == Code::InvalidArgument && status.message().contains("x.png"), "{status:?}");
-    let png = std::fs::read(stylefarm_tests::sample("chelsea.png")).unwrap();
+    let png = std::fs::read(stylefarm_coordinator_tests::sample("chelsea.png")).unwrap();
     let status = client.upload_image(tokio_stream::iter(upload(png.clone(), &"0".repeat(64)))).await.unwrap_err();
     assert!(status.message().contains("header.sha256"), "{status:?}");
     let first = client.upload_image(tokio_stream::iter(upload(png.clone(), ""))).await.unwrap().into_inner();

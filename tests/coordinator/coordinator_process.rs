@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{batch_request, connect_retrying, sigkill, CoordinatorProcess, TestWorker};
-use stylefarm_tests::{sample, workspace_bin};
+use stylefarm_coordinator_tests::farm::{batch_request, connect_retrying, sigkill, CoordinatorProcess, TestWorker};
+use stylefarm_coordinator_tests::{sample, workspace_bin};
 
 /// A test worker that survives the coordinator's death: every step is retried
 /// against whatever address `url` holds now.
@@ -23,7 +23,7 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
         }
         if connected_to != current() {
             connected_to = current();
-            worker.api = stylefarm_tests::farm::options(&connected_to, None).worker(connect_retrying(&connected_to).await).unwrap();
+            worker.api = stylefarm_coordinator_tests::farm::options(&connected_to, None).worker(connect_retrying(&connected_to).await).unwrap();
         }
         let request = pb::LeaseJobRequest { worker_id: worker.id.clone(), device: "cpu".into(), device_memory_bytes: worker.memory_bytes, wait_ms: 200 };
         let lease = match worker.api.lease_job(request).await {
@@ -39,7 +39,7 @@ async fn resilient_worker(name: String, url: Arc<Mutex<String>>, acked: Arc<Mute
         loop {
             if connected_to != current() {
                 connected_to = current();
-                worker.api = stylefarm_tests::farm::options(&connected_to, None).worker(connect_retrying(&connected_to).await).unwrap();
+                worker.api = stylefarm_coordinator_tests::farm::options(&connected_to, None).worker(connect_retrying(&connected_to).await).unwrap();
             }
             match worker.complete(&lease).await {
                 Ok(()) => {

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{connect_retrying, sha_ref, sigkill, test_config, upload_file, wait_batch, Client, Coordinator, CoordinatorProcess};
-use stylefarm_tests::{sample, workspace_bin};
+use stylefarm_coordinator_tests::farm::{connect_retrying, sha_ref, sigkill, test_config, upload_file, wait_batch, Client, Coordinator, CoordinatorProcess};
+use stylefarm_coordinator_tests::{sample, workspace_bin};
 
 fn start_worker(url: &str, name: &str, work_dir: &Path) -> Child {
     Command::new(workspace_bin("stylefarm-worker", "stylefarm-worker"))
@@ -74,7 +74,7 @@ async fn a_killed_worker_s_job_runs_again_elsewhere_and_only_that_attempt_counts
 }
 
 async fn client_for(addr: &str) -> Client {
-    stylefarm_tests::farm::options("http://x", None).coordinator(connect_retrying(&format!("http://{addr}")).await).unwrap()
+    stylefarm_coordinator_tests::farm::options("http://x", None).coordinator(connect_retrying(&format!("http://{addr}")).await).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

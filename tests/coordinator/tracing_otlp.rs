@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use stylefarm_tests::farm::NOWHERE;
-use stylefarm_tests::{sample, workspace_bin};
+use stylefarm_coordinator_tests::farm::NOWHERE;
+use stylefarm_coordinator_tests::{sample, workspace_bin};
 
 /// A received span and the service that sent it.
 #[derive(Clone, Debug)]

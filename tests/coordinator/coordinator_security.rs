@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
 use stylefarm_proto as pb;
-use stylefarm_tests::farm::{batch_request, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
-use stylefarm_tests::tls::certificates;
+use stylefarm_coordinator_tests::farm::{batch_request, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
+use stylefarm_coordinator_tests::tls::certificates;
 use tonic::Code;
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
@@ -25,7 +25,7 @@ fn tiny_png() -> Vec<u8> {
 }
 
 async fn upload(client: &mut Client, data: Vec<u8>) -> Result<String, tonic::Status> {
-    stylefarm_tests::farm::upload_bytes(client, "t.png", data).await
+    stylefarm_coordinator_tests::farm::upload_bytes(client, "t.png", data).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,7 +370,7 @@ async fn a_hostile_client_changes_nothing_it_may_not() {
     let coordinator = Coordinator::start(config).await;
     assert!(healthy(&coordinator).await, "healthy after a restart");
     let mut client = coordinator.client().await;
-    let (b, _) = stylefarm_tests::farm::get_batch(&mut client, &batch.batch_id).await;
+    let (b, _) = stylefarm_coordinator_tests::farm::get_batch(&mut client, &batch.batch_id).await;
     assert_eq!(b.counts.unwrap().succeeded, 1);
     coordinator.stop().await.unwrap();
 }
@@ -398,7 +398,7 @@ async fn one_unreadable_row_never_stops_the_state_from_loading() {
     let coordinator = Coordinator::start(test_config(dir.path())).await;
     assert!(healthy(&coordinator).await);
     let mut client = coordinator.client().await;
-    let (_, jobs) = stylefarm_tests::farm::get_batch(&mut client, &batch.batch_id).await;
+    let (_, jobs) = stylefarm_coordinator_tests::farm::get_batch(&mut client, &batch.batch_id).await;
     assert_eq!(jobs[0].state, pb::JobState::Succeeded as i32);
     assert!(jobs[0].result.as_ref().unwrap().final_loss.is_nan());
     assert_eq!(jobs[1].state, pb::JobState::Failed as i32);
@@ -420,12 +420,12 @@ async fn blocklist_counters_and_start_times_survive_a_restart() {
         let lease = w.lease(0).await.unwrap();
         w.fail(&lease, "CUDA error", pb::AttemptStop::FailedRetryable).await.unwrap();
     }
-    let started = stylefarm_tests::farm::get_batch(&mut client, &batch.batch_id).await.0.started_at_ms;
+    let started = stylefarm_coordinator_tests::farm::get_batch(&mut client, &batch.batch_id).await.0.started_at_ms;
     assert!(started > 0);
     coordinator.stop().await.unwrap();
     let coordinator = Coordinator::start(config).await;
     let mut client = coordinator.client().await;
-    assert_eq!(stylefarm_tests::farm::get_batch(&mut client, &batch.batch_id).await.0.started_at_ms, started);
+    assert_eq!(stylefarm_coordinator_tests::farm::get_batch(&mut client, &batch.batch_id).await.0.started_at_ms, started);
     let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
     assert_eq!(workers.iter().find(|x| x.id == w.id).unwrap().failed, 3);
     // re-registered with its secret: still blocked from the batch it failed 3 times
