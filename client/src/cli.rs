@@ -45,8 +45,45 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Cancel a batch: queued jobs at once, running ones at their next heartbeat.
-    Cancel { batch: String },
+    /// Cancel a batch, or one job with --job: queued jobs at once, running ones at their next heartbeat.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["batch", "job"])))]
+    Cancel {
+        batch: Option<String>,
+        /// Only this job (its dependents, such as a video's later steps, follow).
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Stop leasing a batch's jobs until `resume`; running jobs finish (or, with --now, go back to the queue without spending an attempt).
+    Pause {
+        batch: String,
+        /// Hand running jobs back now instead of letting them finish.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Run failed jobs again with a fresh attempt budget: every failed job of the batch, or one failed or cancelled job with --job.
+    Retry {
+        batch: String,
+        /// Only this job (and the jobs that ended because of it).
+        #[arg(long, conflicts_with = "failed")]
+        job: Option<String>,
+        /// Every failed job of the batch (the default).
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Admin: let a worker take a batch's jobs again after the batch's blocklist shut it out.
+    Unblock {
+        worker: String,
+        #[arg(long)]
+        batch: String,
+    },
+    /// Lease a paused batch's jobs again.
+    Resume { batch: String },
+    /// Change a queued or running batch's priority (-1000..=1000, higher first), effective at the next lease.
+    Priority {
+        batch: String,
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
     /// Download every succeeded job's outputs (image, trace, metadata, snapshots, animation).
     Fetch {
         batch: String,

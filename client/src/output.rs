@@ -232,6 +232,30 @@ pub struct CancelledJson {
     pub signalled_running: u32,
 }
 
+/// `pause --json`.
+#[derive(Serialize)]
+pub struct PausedJson<'a> {
+    pub batch: BatchJson<'a>,
+    pub handed_back: u32,
+}
+
+/// `retry --json`.
+#[derive(Serialize)]
+pub struct RetriedJson<'a> {
+    pub batch: BatchJson<'a>,
+    pub requeued: u32,
+}
+
+/// `cancel --job J --json`.
+#[derive(Serialize)]
+pub struct CancelledJobJson {
+    pub job_id: String,
+    /// cancelled, signalled or already_finished
+    pub outcome: &'static str,
+    /// The job's state after the call.
+    pub state: &'static str,
+}
+
 /// One frame of a video batch in `status --json`.
 #[derive(Serialize)]
 pub struct FrameJson<'a> {

@@ -86,6 +86,8 @@ function updateBatch(el, b) {
   });
   const counts = $(".counts", el);
   if (counts) counts.textContent = countsText(b);
+  const priority = $(".priority", el);
+  if (priority) priority.textContent = b.priority;
   eta(el);
 }
 
@@ -322,12 +324,28 @@ function refreshFrames() {
   }, 1000);
 }
 
+// A batch control: POST with the header a cross-site form cannot send.
+async function batchAction(id, action, query = "") {
+  const r = await fetch(`/api/batches/${encodeURIComponent(id)}/${action}${query}`, { method: "POST", headers: { "x-stylefarm-action": action } });
+  const body = await r.json();
+  if (!r.ok) { alert(body.error); return null; }
+  return body;
+}
+
+function setPauseButton(paused) {
+  const b = $("#pause");
+  if (!b) return;
+  b.dataset.action = paused ? "resume" : "pause";
+  b.textContent = paused ? "Resume" : "Pause";
+}
+
 function onBatchEvent(ev) {
   const summary = $("#summary");
   if (ev.batch && summary) updateBatch(summary, ev.batch);
   if (ev.job) onJobCard(ev);
   if (ev.job?.video && ev.kind !== "progress") refreshFrames();
-  if (ev.kind === "batch_finished") { $("#cancel")?.remove(); refreshFrames(); }
+  if (ev.kind === "batch_changed" && ev.batch) setPauseButton(ev.batch.state === "paused");
+  if (ev.kind === "batch_finished") { $(".controls")?.remove(); refreshFrames(); }
 }
 
 function follow() {
@@ -338,7 +356,7 @@ function follow() {
   source.onopen = () => live?.classList.add("on");
   source.onerror = () => live?.classList.remove("on");
   const handle = (e) => handlers[page]?.(JSON.parse(e.data));
-  for (const kind of ["snapshot", "queued", "started", "progress", "succeeded", "failed", "cancelled", "waiting", "batch_finished"]) {
+  for (const kind of ["snapshot", "queued", "started", "progress", "succeeded", "failed", "cancelled", "waiting", "batch_changed", "batch_finished"]) {
     source.addEventListener(kind, handle);
   }
   source.addEventListener("batch_finished", () => { source.close(); live?.classList.remove("on"); });
@@ -365,8 +383,26 @@ function start() {
     $("#cancel")?.addEventListener("click", async (e) => {
       const id = e.target.dataset.batch;
       if (!confirm(`Cancel batch ${id}? Queued jobs stop now, running ones at their next heartbeat.`)) return;
-      const r = await fetch(`/api/batches/${encodeURIComponent(id)}/cancel`, { method: "POST", headers: { "x-stylefarm-action": "cancel" } });
-      if (!r.ok) alert((await r.json()).error);
+      await batchAction(id, "cancel");
+    });
+    $("#pause")?.addEventListener("click", async (e) => {
+      const id = $(".controls").dataset.batch;
+      const action = e.target.dataset.action;
+      let query = "";
+      if (action === "pause" && Number($("#summary").dataset.running) > 0
+        && confirm("Hand the running jobs back now (no attempt spent)? Cancel lets them finish.")) query = "?now";
+      const body = await batchAction(id, action, query);
+      if (body) setPauseButton(body.state === "paused");
+    });
+    $("#retry")?.addEventListener("click", async (e) => {
+      const body = await batchAction(e.target.dataset.batch, "retry");
+      if (body) location.reload();
+    });
+    $("#priority")?.addEventListener("click", async () => {
+      const id = $(".controls").dataset.batch;
+      const value = prompt("New priority (-1000..1000, higher first):", $(".priority")?.textContent ?? "0");
+      if (value === null) return;
+      await batchAction(id, "priority", `?priority=${encodeURIComponent(value.trim())}`);
     });
   }
   if (page === "job") loadTrace($("#job").dataset.job);

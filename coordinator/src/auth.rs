@@ -17,7 +17,6 @@
 //! submitter cannot even learn that it exists.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::Mutex;
 

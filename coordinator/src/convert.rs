@@ -3,7 +3,9 @@
 use stylefarm_core::video::VideoTask;
 use stylefarm_proto as pb;
 
-use crate::model::{AttemptRecord, BatchPhase, BatchRecord, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, WorkerRecord};
+use crate::model::{
+    AttemptRecord, BatchPhase, BatchRecord, CancelOutcome, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, StateKind, WorkerRecord,
+};
 
 pub fn image_ref(source: &ImageSource) -> pb::ImageRef {
     let source = match source {
@@ -21,6 +23,7 @@ pub fn batch_state(phase: BatchPhase) -> pb::BatchState {
     match phase {
         BatchPhase::Queued => pb::BatchState::Queued,
         BatchPhase::Running => pb::BatchState::Running,
+        BatchPhase::Paused => pb::BatchState::Paused,
         BatchPhase::Succeeded => pb::BatchState::Succeeded,
         BatchPhase::Failed => pb::BatchState::Failed,
         BatchPhase::Cancelled => pb::BatchState::Cancelled,
@@ -32,6 +35,7 @@ pub fn batch_phase(state: i32) -> Option<BatchPhase> {
     match pb::BatchState::try_from(state).ok()? {
         pb::BatchState::Queued => Some(BatchPhase::Queued),
         pb::BatchState::Running => Some(BatchPhase::Running),
+        pb::BatchState::Paused => Some(BatchPhase::Paused),
         pb::BatchState::Succeeded => Some(BatchPhase::Succeeded),
         pb::BatchState::Failed => Some(BatchPhase::Failed),
         pb::BatchState::Cancelled => Some(BatchPhase::Cancelled),
@@ -84,13 +88,31 @@ pub fn attempt(a: &AttemptRecord) -> pb::Attempt {
 }
 
 /// A job for clients: never its lease secret.
+pub fn job_state(kind: StateKind) -> pb::JobState {
+    match kind {
+        StateKind::Queued => pb::JobState::Queued,
+        StateKind::Running => pb::JobState::Running,
+        StateKind::Succeeded => pb::JobState::Succeeded,
+        StateKind::Failed => pb::JobState::Failed,
+        StateKind::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn cancel_outcome(outcome: CancelOutcome) -> pb::CancelOutcome {
+    match outcome {
+        CancelOutcome::CancelledNow => pb::CancelOutcome::Cancelled,
+        CancelOutcome::Signalled => pb::CancelOutcome::Signalled,
+        CancelOutcome::AlreadyFinished => pb::CancelOutcome::AlreadyFinished,
+    }
+}
+
 pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&str>) -> pb::Job {
-    let (state, worker, result, cancel_requested) = match &j.state {
-        JobState::Queued { .. } => (pb::JobState::Queued, None, None, false),
-        JobState::Running { worker, cancel_requested, .. } => (pb::JobState::Running, Some(*worker), None, *cancel_requested),
-        JobState::Succeeded { worker, outputs: o } => (pb::JobState::Succeeded, Some(*worker), Some(outputs(o)), false),
-        JobState::Failed { worker, .. } => (pb::JobState::Failed, *worker, None, false),
-        JobState::Cancelled => (pb::JobState::Cancelled, None, None, false),
+    let state = job_state(j.state.kind());
+    let (worker, result, cancel_requested) = match &j.state {
+        JobState::Queued { .. } | JobState::Cancelled => (None, None, false),
+        JobState::Running { worker, cancel_requested, .. } => (Some(*worker), None, *cancel_requested),
+        JobState::Succeeded { worker, outputs: o } => (Some(*worker), Some(outputs(o)), false),
+        JobState::Failed { worker, .. } => (*worker, None, false),
     };
     let (error, error_retryable) = match (&j.state, &j.last_failure) {
         (JobState::Failed { reason, retryable, .. }, _) => (reason.clone(), *retryable),

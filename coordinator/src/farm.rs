@@ -27,8 +27,8 @@ use crate::events::{Hub, Watch};
 use crate::identity::Principal;
 use crate::ids::{BatchId, JobId};
 use crate::metrics::CoordMetrics;
-use crate::model::{BatchPhase, BatchRecord, JobRecord, Millis};
-use crate::scheduler::{Effects, Event, EventKind, Scheduler, SchedulerConfig};
+use crate::model::{BatchPhase, BatchRecord, CancelOutcome, JobRecord, Millis, StateKind};
+use crate::scheduler::{Effects, Event, EventKind, PauseMode, RetryTarget, Scheduler, SchedulerConfig};
 use crate::store::{Store, StoreError};
 use crate::traces::JobTracer;
 use crate::validate::SubmitRules;
@@ -234,6 +234,98 @@ impl Farm {
         self.apply(move |s, fx, now| s.cancel_batch(id, now, fx)).await
     }
 
+    /// Cancels one job `caller` may see (see [`Scheduler::cancel_job`]): how,
+    /// and its state after. A job of a finished batch has ended already.
+    pub async fn cancel_job(self: &Arc<Self>, id: JobId, caller: &Principal) -> Result<(CancelOutcome, StateKind)> {
+        self.job(id, caller).await?;
+        let outcome = self
+            .apply(move |s, fx, now| match s.job(id) {
+                None => Ok(CancelOutcome::AlreadyFinished),
+                Some(_) => s.cancel_job(id, now, fx),
+            })
+            .await?;
+        let (record, _) = self.job(id, caller).await?;
+        tracing::info!(job_id = %id, principal = %caller.name, outcome = ?outcome, "job cancel requested");
+        Ok((outcome, record.state.kind()))
+    }
+
+    /// Pauses an unfinished batch `caller` may see (see [`Scheduler::pause_batch`]):
+    /// the batch after, and how many running jobs were handed back.
+    pub async fn pause_batch(self: &Arc<Self>, id: BatchId, mode: PauseMode, caller: &Principal) -> Result<(BatchRecord, u32)> {
+        let handed_back = self.unfinished(id, caller, "pause", move |s, fx, now| s.pause_batch(id, mode, now, fx)).await?;
+        tracing::info!(batch_id = %id, principal = %caller.name, mode = ?mode, handed_back, "batch paused");
+        Ok((self.batch_record(id, caller).await?, handed_back))
+    }
+
+    /// Resumes a paused batch `caller` may see.
+    pub async fn resume_batch(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<BatchRecord> {
+        self.unfinished(id, caller, "resume", move |s, fx, _| s.resume_batch(id, fx)).await?;
+        tracing::info!(batch_id = %id, principal = %caller.name, "batch resumed");
+        self.batch_record(id, caller).await
+    }
+
+    /// Retries jobs of a batch `caller` may see (see [`Scheduler::retry`]); a
+    /// finished batch is read back from the store and runs again. Returns the
+    /// batch after and how many jobs were requeued.
+    pub async fn retry(self: &Arc<Self>, id: BatchId, target: RetryTarget, caller: &Principal) -> Result<(BatchRecord, u32)> {
+        // a batch that finishes between the read and the change is read again, once
+        for _ in 0..2 {
+            let record = self.batch_record(id, caller).await?;
+            let stored = match record.finished_ms {
+                Some(_) => Some((record, self.stored(move |store| store.batch_jobs(id)).await?)),
+                None => None,
+            };
+            let requeued = self
+                .apply(move |s, fx, now| {
+                    let loaded = s.batch(id).is_none();
+                    if loaded {
+                        let Some((batch, jobs)) = stored else { return Ok(None) };
+                        s.load_finished_batch(batch, jobs);
+                    }
+                    let retried = s.retry(id, target, now, fx);
+                    if retried.is_err() && loaded {
+                        // refused: the batch leaves memory as it came
+                        s.evict_batch(id);
+                    }
+                    retried.map(Some)
+                })
+                .await?;
+            if let Some(requeued) = requeued {
+                tracing::info!(batch_id = %id, principal = %caller.name, target = ?target, requeued, "jobs retried");
+                return Ok((self.batch_record(id, caller).await?, requeued));
+            }
+        }
+        Err(CoordError::Unavailable(format!("batch {id} kept changing while it was being retried; try again")))
+    }
+
+    /// Runs an operator's change `f` on an unfinished batch `caller` may see;
+    /// a finished one is FAILED_PRECONDITION naming `action`.
+    async fn unfinished<T>(
+        self: &Arc<Self>,
+        id: BatchId,
+        caller: &Principal,
+        action: &'static str,
+        f: impl FnOnce(&mut Scheduler, &mut Effects, Millis) -> Result<T>,
+    ) -> Result<T> {
+        let finished = move || CoordError::FailedPrecondition(format!("batch {id} has finished: there is nothing left to {action}"));
+        if self.batch_record(id, caller).await?.finished_ms.is_some() {
+            return Err(finished());
+        }
+        self.apply(move |s, fx, now| match s.batch(id) {
+            None => Err(finished()),
+            Some(_) => f(s, fx, now),
+        })
+        .await
+    }
+
+    /// Gives an unfinished batch `caller` may see a new priority (see
+    /// [`Scheduler::set_priority`]); `priority` is already validated.
+    pub async fn set_priority(self: &Arc<Self>, id: BatchId, priority: i32, caller: &Principal) -> Result<BatchRecord> {
+        let old = self.unfinished(id, caller, "prioritise", move |s, fx, _| s.set_priority(id, priority, fx)).await?;
+        tracing::info!(batch_id = %id, principal = %caller.name, from = old, to = priority, "batch priority changed");
+        self.batch_record(id, caller).await
+    }
+
     /// Every batch's events (the dashboard's farm-wide stream).
     pub fn subscribe_all(&self) -> tokio::sync::broadcast::Receiver<Arc<pb::WatchEvent>> {
         self.hub.subscribe_all()
@@ -407,6 +499,7 @@ pub fn event_kind(kind: EventKind) -> pb::EventKind {
         EventKind::Cancelled => pb::EventKind::Cancelled,
         EventKind::BatchFinished => pb::EventKind::BatchFinished,
         EventKind::Waiting => pb::EventKind::Waiting,
+        EventKind::BatchChanged => pb::EventKind::BatchChanged,
     }
 }
 

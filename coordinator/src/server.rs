@@ -32,6 +32,8 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("opening state: {0}")]
     Open(String),
+    #[error("opening the state store: {0}")]
+    State(#[from] crate::store::StoreError),
     #[error("object store: {0}")]
     Storage(#[from] stylefarm_core::storage::StorageError),
     #[error("gRPC server: {0}")]
@@ -51,7 +53,7 @@ pub enum ServeError {
 pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>) -> Result<Arc<Farm>, ServeError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServeError::Open(format!("{}: {e}", config.data_dir.display())))?;
-    let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.durability, config.commits).map_err(|e| ServeError::Open(e.0))?;
+    let store = SqliteStore::open(&config.data_dir.join("state.sqlite"), config.durability, config.commits)?;
     let store_url = config.store_url()?;
     let blobs = Location::open_root(&store_url)?;
     let farm_config = FarmConfig {

@@ -195,13 +195,19 @@ fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params:
     Ok(NewJob { name, content, styles, params_json, estimate_bytes: device_bytes(params), time_limit_ms, depends_on: Vec::new(), task: None })
 }
 
+/// A batch's priority, at submit or changed later.
+pub fn priority(value: i32) -> Result<i32> {
+    let (lo, hi) = PRIORITY_RANGE;
+    if !(lo..=hi).contains(&value) {
+        return Err(invalid("priority", format!("{value} is outside {lo}..={hi}")));
+    }
+    Ok(value)
+}
+
 /// A SubmitBatch request as a batch the scheduler can take.
 pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<NewBatch> {
     check_name("name", &req.name)?;
-    let (lo, hi) = PRIORITY_RANGE;
-    if !(lo..=hi).contains(&req.priority) {
-        return Err(invalid("priority", format!("{} is outside {lo}..={hi}", req.priority)));
-    }
+    priority(req.priority)?;
     if req.max_attempts > MAX_ATTEMPTS {
         return Err(invalid("max_attempts", format!("{} is outside 1..={MAX_ATTEMPTS} (0 = the default)", req.max_attempts)));
     }

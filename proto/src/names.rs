@@ -15,9 +15,10 @@ pub const JOB_STATES: [(JobState, &str); 5] = [
 ];
 
 /// Every batch state with its name (the same names as a job's).
-pub const BATCH_STATES: [(BatchState, &str); 5] = [
+pub const BATCH_STATES: [(BatchState, &str); 6] = [
     (BatchState::Queued, "queued"),
     (BatchState::Running, "running"),
+    (BatchState::Paused, "paused"),
     (BatchState::Succeeded, "succeeded"),
     (BatchState::Failed, "failed"),
     (BatchState::Cancelled, "cancelled"),
@@ -57,6 +58,6 @@ mod tests {
         assert_eq!(job_state(JobState::Unspecified as i32), None);
         assert_eq!(batch_state(99), None);
         assert_eq!(parse_batch_state("done"), None);
-        assert_eq!(batch_state_names(), "queued, running, succeeded, failed, cancelled");
+        assert_eq!(batch_state_names(), "queued, running, paused, succeeded, failed, cancelled");
     }
 }

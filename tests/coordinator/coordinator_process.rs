@@ -7,9 +7,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stylefarm_proto as pb;
 use stylefarm_coordinator_tests::farm::{batch_request, connect_retrying, sigkill, CoordinatorProcess, TestWorker};
 use stylefarm_coordinator_tests::{sample, workspace_bin};
+use stylefarm_proto as pb;
 
 /// A test worker that survives the coordinator's death: every step is retried
 /// against whatever address `url` holds now.

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
-use stylefarm_proto as pb;
 use stylefarm_coordinator_tests::farm::{batch_request, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
 use stylefarm_coordinator_tests::tls::certificates;
+use stylefarm_proto as pb;
 use tonic::Code;
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
@@ -35,6 +35,12 @@ enum Rpc {
     ListBatches,
     Watch,
     Cancel,
+    CancelJob,
+    Priority,
+    Pause,
+    Resume,
+    Retry,
+    Unblock,
     GetJob,
     Upload,
     StatImages,
@@ -47,14 +53,33 @@ enum Rpc {
     Fail,
 }
 
-const CLIENT_RPCS: [Rpc; 10] =
-    [Rpc::Submit, Rpc::GetBatch, Rpc::ListBatches, Rpc::Watch, Rpc::Cancel, Rpc::GetJob, Rpc::Upload, Rpc::StatImages, Rpc::ListWorkers, Rpc::Download];
+const CLIENT_RPCS: [Rpc; 16] = [
+    Rpc::Submit,
+    Rpc::GetBatch,
+    Rpc::ListBatches,
+    Rpc::Watch,
+    Rpc::Cancel,
+    Rpc::CancelJob,
+    Rpc::Priority,
+    Rpc::Pause,
+    Rpc::Resume,
+    Rpc::Retry,
+    Rpc::Unblock,
+    Rpc::GetJob,
+    Rpc::Upload,
+    Rpc::StatImages,
+    Rpc::ListWorkers,
+    Rpc::Download,
+];
 const WORKER_RPCS: [Rpc; 5] = [Rpc::Register, Rpc::Lease, Rpc::Heartbeat, Rpc::Complete, Rpc::Fail];
 
 /// Ids the calls name: alice's batches and jobs, a real worker and lease.
 struct Fixture {
     batch: String,
     cancel_batch: String,
+    /// A queued job of alice's for CancelJob, and a batch of hers for SetBatchPriority.
+    cancel_job: String,
+    priority_batch: String,
     job: String,
     done_job: String,
     worker: TestWorker,
@@ -69,6 +94,12 @@ async fn call(rpc: Rpc, client: &mut Client, api: &mut WorkerClient, f: &Fixture
         Rpc::ListBatches => code(client.list_batches(pb::ListBatchesRequest::default()).await),
         Rpc::Watch => code(client.watch_batch(pb::WatchBatchRequest { batch_id: f.batch.clone() }).await),
         Rpc::Cancel => code(client.cancel_batch(pb::CancelBatchRequest { batch_id: f.cancel_batch.clone() }).await),
+        Rpc::CancelJob => code(client.cancel_job(pb::CancelJobRequest { job_id: f.cancel_job.clone() }).await),
+        Rpc::Priority => code(client.set_batch_priority(pb::SetBatchPriorityRequest { batch_id: f.priority_batch.clone(), priority: -10 }).await),
+        Rpc::Pause => code(client.pause_batch(pb::PauseBatchRequest { batch_id: f.priority_batch.clone(), mode: pb::PauseMode::FinishRunning as i32 }).await),
+        Rpc::Resume => code(client.resume_batch(pb::ResumeBatchRequest { batch_id: f.priority_batch.clone() }).await),
+        Rpc::Retry => code(client.retry(pb::RetryRequest { batch_id: f.priority_batch.clone(), job_id: String::new() }).await),
+        Rpc::Unblock => code(client.unblock_worker(pb::UnblockWorkerRequest { worker_id: f.worker.id.clone(), batch_id: f.priority_batch.clone() }).await),
         Rpc::GetJob => code(client.get_job(pb::GetJobRequest { job_id: f.job.clone() }).await),
         Rpc::Upload => code(upload(client, tiny_png()).await),
         Rpc::StatImages => code(client.stat_images(pb::StatImagesRequest { sha256: vec!["ab".repeat(32)] }).await),
@@ -137,13 +168,24 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     let mut a = coordinator.client_with(Some(&alice)).await;
     let batch = a.submit_batch(batch_request("a", 3, 0)).await.unwrap().into_inner();
     let cancel_batch = a.submit_batch(batch_request("c", 1, -5)).await.unwrap().into_inner().batch_id;
+    let priority_batch = a.submit_batch(batch_request("p", 1, -10)).await.unwrap().into_inner().batch_id;
+    let cancel_job = a.submit_batch(batch_request("j", 1, -20)).await.unwrap().into_inner().job_ids[0].clone();
     let mut worker = coordinator.worker_with("w", 1 << 30, Some(&gpu)).await.unwrap();
     let done = worker.lease(0).await.unwrap();
     worker.complete(&done).await.unwrap();
     let lease = worker.lease(0).await.unwrap();
     let fail_lease = worker.lease(0).await.unwrap();
-    let fixture =
-        Fixture { batch: batch.batch_id.clone(), cancel_batch, job: batch.job_ids[2].clone(), done_job: done.job_id.clone(), worker, lease, fail_lease };
+    let fixture = Fixture {
+        batch: batch.batch_id.clone(),
+        cancel_batch,
+        cancel_job,
+        priority_batch,
+        job: batch.job_ids[2].clone(),
+        done_job: done.job_id.clone(),
+        worker,
+        lease,
+        fail_lease,
+    };
 
     let client = |t: Option<&str>| {
         let t = t.map(str::to_string);
@@ -168,10 +210,12 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     for rpc in WORKER_RPCS {
         assert_eq!(call(rpc, &mut a, &mut as_submitter, &fixture).await, Code::PermissionDenied, "{rpc:?} as a submitter");
     }
-    assert_eq!(call(Rpc::ListWorkers, &mut a, &mut as_submitter, &fixture).await, Code::PermissionDenied, "workers are the admin's");
+    for rpc in [Rpc::ListWorkers, Rpc::Unblock] {
+        assert_eq!(call(rpc, &mut a, &mut as_submitter, &fixture).await, Code::PermissionDenied, "{rpc:?}: workers are the admin's");
+    }
     // another submitter's batch and jobs: NOT_FOUND, and not listed
     let mut b = client(Some(&bob)).await;
-    for rpc in [Rpc::GetBatch, Rpc::Watch, Rpc::Cancel, Rpc::GetJob, Rpc::Download] {
+    for rpc in [Rpc::GetBatch, Rpc::Watch, Rpc::Cancel, Rpc::CancelJob, Rpc::Priority, Rpc::Pause, Rpc::Resume, Rpc::Retry, Rpc::GetJob, Rpc::Download] {
         assert_eq!(call(rpc, &mut b, &mut as_submitter, &fixture).await, Code::NotFound, "{rpc:?} by bob on alice's");
     }
     let listed = b.list_batches(pb::ListBatchesRequest::default()).await.unwrap().into_inner().batches;
@@ -184,14 +228,16 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     }
     // valid callers
     let mut gw = worker_api(Some(&gpu));
-    for rpc in CLIENT_RPCS.iter().filter(|r| **r != Rpc::ListWorkers) {
+    for rpc in CLIENT_RPCS.iter().filter(|r| !matches!(r, Rpc::ListWorkers | Rpc::Unblock)) {
         assert_eq!(call(*rpc, &mut a, &mut gw, &fixture).await, Code::Ok, "{rpc:?} by alice");
     }
     for rpc in WORKER_RPCS {
         assert_eq!(call(rpc, &mut a, &mut gw, &fixture).await, Code::Ok, "{rpc:?} by gpu-07");
     }
     let mut root = client(Some(&admin)).await;
-    for rpc in [Rpc::ListWorkers, Rpc::GetBatch, Rpc::GetJob, Rpc::ListBatches] {
+    for rpc in
+        [Rpc::ListWorkers, Rpc::GetBatch, Rpc::GetJob, Rpc::ListBatches, Rpc::CancelJob, Rpc::Priority, Rpc::Pause, Rpc::Resume, Rpc::Retry, Rpc::Unblock]
+    {
         assert_eq!(call(rpc, &mut root, &mut gw, &fixture).await, Code::Ok, "{rpc:?} by the admin");
     }
     let mine = a.list_batches(pb::ListBatchesRequest::default()).await.unwrap().into_inner().batches;
@@ -458,7 +504,7 @@ async fn random_well_formed_messages_break_nothing() {
         let f = floats[rng.random_range(0..floats.len())];
         let s = pick(&mut rng, &texts);
         let n: u32 = rng.random_range(0..u32::MAX);
-        let _ = match rng.random_range(0..12) {
+        let _ = match rng.random_range(0..17) {
             0 => {
                 let mut r = batch_request(&s, rng.random_range(0..3), rng.random_range(-5000..5000));
                 if let Some(j) = r.jobs.first_mut() {
@@ -541,6 +587,14 @@ async fn random_well_formed_messages_break_nothing() {
                 })
                 .await
                 .map(|_| ()),
+            11 => client.cancel_job(pb::CancelJobRequest { job_id: pick(&mut rng, &["j1", "j2", "j3", &s]) }).await.map(|_| ()),
+            12 => client
+                .set_batch_priority(pb::SetBatchPriorityRequest { batch_id: pick(&mut rng, &["b1", &s]), priority: rng.random_range(-5000..5000) })
+                .await
+                .map(|_| ()),
+            13 => client.pause_batch(pb::PauseBatchRequest { batch_id: pick(&mut rng, &["b1", &s]), mode: (n % 4) as i32 }).await.map(|_| ()),
+            14 => client.resume_batch(pb::ResumeBatchRequest { batch_id: pick(&mut rng, &["b1", &s]) }).await.map(|_| ()),
+            15 => client.retry(pb::RetryRequest { batch_id: pick(&mut rng, &["b1", &s]), job_id: pick(&mut rng, &["", "j1", "j2", &s]) }).await.map(|_| ()),
             _ => upload(&mut client, (0..(n % 64)).map(|i| i as u8).collect()).await.map(|_| ()),
         };
     }

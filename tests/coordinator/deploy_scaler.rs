@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
+use stylefarm_coordinator_tests::farm::{batch_request, test_config, Coordinator};
 use stylefarm_proto as pb;
 use stylefarm_proto::externalscaler as ks;
-use stylefarm_coordinator_tests::farm::{batch_request, test_config, Coordinator};
 
 type Scaler = ks::external_scaler_client::ExternalScalerClient<tonic::transport::Channel>;
 

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stylefarm_proto as pb;
 use stylefarm_coordinator_tests::farm::{connect_retrying, sha_ref, sigkill, test_config, upload_file, wait_batch, Client, Coordinator, CoordinatorProcess};
 use stylefarm_coordinator_tests::{sample, workspace_bin};
+use stylefarm_proto as pb;
 
 fn start_worker(url: &str, name: &str, work_dir: &Path) -> Child {
     Command::new(workspace_bin("stylefarm-worker", "stylefarm-worker"))

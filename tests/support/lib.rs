@@ -12,7 +12,6 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use stylefarm_engine::weights::{cache_dir, resolve_weights, WeightsSpec};
 
-
 /// The setup's Python (torch 2.11).
 pub fn python() -> PathBuf {
     repo_root().join(".venv/bin/python")
@@ -21,7 +20,6 @@ pub fn python() -> PathBuf {
 pub fn reference_script() -> PathBuf {
     repo_root().join("reference/style_reference.py")
 }
-
 
 /// The default weights, fetched into the cache when missing.
 pub fn default_weights() -> PathBuf {
@@ -52,4 +50,3 @@ pub fn problem_args(command: &str, weights: &Path, files: &stylefarm_engine::pro
 pub fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
-

@@ -1,5 +1,6 @@
-//! One module per command (watch and cancel are a few lines, in [`run`]).
+//! One module per command (watch is a few lines, in [`run`]).
 
+pub mod control;
 pub mod fetch;
 pub mod status;
 pub mod submit;
@@ -9,7 +10,7 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 
 use crate::cli::{connect, Cli, Command};
-use crate::output::{finish, print_json, CancelledJson};
+use crate::output::finish;
 use crate::watch;
 
 pub async fn run(cli: &Cli) -> Result<()> {
@@ -25,15 +26,15 @@ pub async fn run(cli: &Cli) -> Result<()> {
         }
         Command::Status { id } => status::status(cli, id).await,
         Command::List { state, limit } => status::list(cli, state, *limit).await,
-        Command::Cancel { batch } => {
-            let mut client = connect(cli).await?;
-            let r = client.cancel_batch(pb::CancelBatchRequest { batch_id: batch.clone() }).await?.into_inner();
-            if cli.json {
-                return print_json(&CancelledJson { cancelled_queued: r.cancelled_queued, signalled_running: r.signalled_running });
-            }
-            println!("cancelled {} queued jobs; {} running jobs told to stop", r.cancelled_queued, r.signalled_running);
-            Ok(())
+        Command::Cancel { batch, job } => control::cancel(cli, batch.as_deref(), job.as_deref()).await,
+        Command::Priority { batch, priority } => control::priority(cli, batch, *priority).await,
+        Command::Pause { batch, now } => {
+            let mode = if *now { pb::PauseMode::HandBackNow } else { pb::PauseMode::FinishRunning };
+            control::pause(cli, batch, mode).await
         }
+        Command::Resume { batch } => control::resume(cli, batch).await,
+        Command::Unblock { worker, batch } => control::unblock(cli, worker, batch).await,
+        Command::Retry { batch, job, failed: _ } => control::retry(cli, batch, job.as_deref()).await,
         Command::Fetch { batch, out } => fetch::fetch(cli, batch, out).await,
         Command::Workers => workers::workers(cli).await,
     }

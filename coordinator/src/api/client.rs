@@ -19,10 +19,11 @@ use crate::convert;
 use crate::error::CoordError;
 use crate::farm::Farm;
 use crate::identity::Principal;
-use crate::ids::{BatchId, JobId};
+use crate::ids::{BatchId, JobId, WorkerId};
 use crate::keys::image_key;
 use crate::model::JobState;
 use crate::model::NewBatch;
+use crate::scheduler::{PauseMode, RetryTarget};
 use crate::store::ImageRecord;
 use crate::validate;
 
@@ -172,6 +173,64 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         Ok(Response::new(pb::CancelBatchResponse { cancelled_queued: cancelled, signalled_running: signalled }))
     }
 
+    #[tracing::instrument(skip_all, fields(principal, job_id))]
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
+        tracing::Span::current().record("principal", caller.name.as_str()).record("job_id", tracing::field::display(id));
+        let (outcome, state) = self.farm.cancel_job(id, &caller).await?;
+        Ok(Response::new(pb::CancelJobResponse { outcome: convert::cancel_outcome(outcome) as i32, state: convert::job_state(state) as i32 }))
+    }
+
+    #[tracing::instrument(skip_all, fields(principal, batch_id))]
+    async fn set_batch_priority(&self, request: Request<pb::SetBatchPriorityRequest>) -> Result<Response<pb::Batch>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        let request = request.into_inner();
+        let id = BatchId::parse(&request.batch_id, "batch_id")?;
+        let priority = validate::priority(request.priority)?;
+        tracing::Span::current().record("principal", caller.name.as_str()).record("batch_id", tracing::field::display(id));
+        let record = self.farm.set_priority(id, priority, &caller).await?;
+        Ok(Response::new(convert::batch(&record)))
+    }
+
+    #[tracing::instrument(skip_all, fields(principal, batch_id))]
+    async fn pause_batch(&self, request: Request<pb::PauseBatchRequest>) -> Result<Response<pb::PauseBatchResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        let request = request.into_inner();
+        let id = BatchId::parse(&request.batch_id, "batch_id")?;
+        let mode = match pb::PauseMode::try_from(request.mode) {
+            Ok(pb::PauseMode::Unspecified | pb::PauseMode::FinishRunning) => PauseMode::FinishRunning,
+            Ok(pb::PauseMode::HandBackNow) => PauseMode::HandBackNow,
+            Err(_) => return Err(CoordError::invalid("mode", format!("{} is not a pause mode (1 finish running, 2 hand back now)", request.mode)).into()),
+        };
+        tracing::Span::current().record("principal", caller.name.as_str()).record("batch_id", tracing::field::display(id));
+        let (record, handed_back) = self.farm.pause_batch(id, mode, &caller).await?;
+        Ok(Response::new(pb::PauseBatchResponse { batch: Some(convert::batch(&record)), handed_back }))
+    }
+
+    #[tracing::instrument(skip_all, fields(principal, batch_id))]
+    async fn retry(&self, request: Request<pb::RetryRequest>) -> Result<Response<pb::RetryResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        let request = request.into_inner();
+        let id = BatchId::parse(&request.batch_id, "batch_id")?;
+        let target = match request.job_id.as_str() {
+            "" => RetryTarget::Failed,
+            job => RetryTarget::Job(JobId::parse(job, "job_id")?),
+        };
+        tracing::Span::current().record("principal", caller.name.as_str()).record("batch_id", tracing::field::display(id));
+        let (record, requeued) = self.farm.retry(id, target, &caller).await?;
+        Ok(Response::new(pb::RetryResponse { batch: Some(convert::batch(&record)), requeued }))
+    }
+
+    #[tracing::instrument(skip_all, fields(principal, batch_id))]
+    async fn resume_batch(&self, request: Request<pb::ResumeBatchRequest>) -> Result<Response<pb::Batch>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        let id = BatchId::parse(&request.into_inner().batch_id, "batch_id")?;
+        tracing::Span::current().record("principal", caller.name.as_str()).record("batch_id", tracing::field::display(id));
+        let record = self.farm.resume_batch(id, &caller).await?;
+        Ok(Response::new(convert::batch(&record)))
+    }
+
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let caller = self.caller(&request, Api::Client)?;
         let id = JobId::parse(&request.into_inner().job_id, "job_id")?;
@@ -249,6 +308,16 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         }
         let missing = self.farm.read_committed(|s| wanted.into_iter().filter(|sha| !s.has_image(sha)).collect()).await?;
         Ok(Response::new(pb::StatImagesResponse { missing }))
+    }
+
+    async fn unblock_worker(&self, request: Request<pb::UnblockWorkerRequest>) -> Result<Response<pb::UnblockWorkerResponse>, Status> {
+        let caller = self.caller(&request, Api::Admin)?;
+        let request = request.into_inner();
+        let worker = WorkerId::parse(&request.worker_id, "worker_id")?;
+        let batch = BatchId::parse(&request.batch_id, "batch_id")?;
+        let was_blocked = self.farm.apply(move |s, fx, _| s.unblock_worker(worker, batch, fx)).await?;
+        tracing::info!(principal = %caller.name, worker_id = %worker, batch_id = %batch, was_blocked, "unblock requested");
+        Ok(Response::new(pb::UnblockWorkerResponse { was_blocked }))
     }
 
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {

@@ -51,6 +51,7 @@ impl Counts {
 pub enum BatchPhase {
     Queued,
     Running,
+    Paused,
     Succeeded,
     Failed,
     Cancelled,
@@ -74,13 +75,19 @@ pub struct BatchRecord {
     pub started_ms: Option<Millis>,
     /// The principal that submitted it.
     pub owner: String,
+    /// An operator paused it: none of its jobs is leased until it is resumed.
+    pub paused: bool,
 }
 
 impl BatchRecord {
     pub fn phase(&self) -> BatchPhase {
         let c = &self.counts;
         if !c.finished() {
-            return if self.started { BatchPhase::Running } else { BatchPhase::Queued };
+            return match (self.paused, self.started) {
+                (true, _) => BatchPhase::Paused,
+                (false, true) => BatchPhase::Running,
+                (false, false) => BatchPhase::Queued,
+            };
         }
         if self.cancel_requested && c.cancelled > 0 {
             BatchPhase::Cancelled

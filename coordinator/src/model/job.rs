@@ -219,6 +219,9 @@ pub struct JobRecord {
     pub attempt: u32,
     /// Attempts a draining worker handed back; they do not count against `max_attempts`.
     pub handed_back: u32,
+    /// Attempts spent before the job's last retry: a retried job has its
+    /// whole budget again (its attempt number, the fencing token, only grows).
+    pub forgiven: u32,
     /// Longest an attempt may run.
     pub time_limit_ms: u64,
     pub state: JobState,
@@ -355,9 +358,40 @@ impl JobRecord {
         Ok(AfterFailure::Requeued { not_before_ms: now })
     }
 
+    /// The coordinator takes the running attempt back (its batch was paused
+    /// with running jobs handed back): queued again at once, the attempt not
+    /// counted, like a drain's hand-back; the worker learns at its next
+    /// heartbeat that the lease is gone. Returns the worker and when it leased;
+    /// None if the job is not running or is being cancelled.
+    pub fn take_back(&mut self, now: Millis) -> Option<(WorkerId, Millis)> {
+        let JobState::Running { worker, cancel_requested: false, leased_ms, .. } = self.state else { return None };
+        self.handed_back += 1;
+        self.state = JobState::Queued { not_before_ms: now };
+        Some((worker, leased_ms))
+    }
+
     /// Attempts that count against `max_attempts`.
     pub fn attempts_used(&self) -> u32 {
-        self.attempt.saturating_sub(self.handed_back)
+        self.attempt.saturating_sub(self.handed_back).saturating_sub(self.forgiven)
+    }
+
+    /// A failed or cancelled job runs again: queued now with a fresh attempt
+    /// budget; its ended attempts stay in its history. Any other state refuses.
+    pub fn retry(&mut self, now: Millis) -> Result<()> {
+        match &self.state {
+            JobState::Failed { .. } | JobState::Cancelled => {}
+            other => {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "job {} is {}: only a failed or cancelled job can be retried",
+                    self.id,
+                    other.kind().label()
+                )))
+            }
+        }
+        self.forgiven += self.attempts_used();
+        self.state = JobState::Queued { not_before_ms: now };
+        self.finished_ms = None;
+        Ok(())
     }
 
     /// Extends the lease of the running attempt.

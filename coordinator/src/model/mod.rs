@@ -33,9 +33,8 @@ pub mod worker;
 
 pub use batch::{BatchPhase, BatchRecord, Counts};
 pub use job::{
-    AttemptEnd,
-    AfterFailure, AttemptRecord, AttemptStop, Backoff, CancelOutcome, Failure, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState, OutputRecord,
-    SpanRecord, StateKind,
+    AfterFailure, AttemptEnd, AttemptRecord, AttemptStop, Backoff, CancelOutcome, Failure, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState,
+    OutputRecord, SpanRecord, StateKind,
 };
 pub use submit::{NewBatch, NewJob, Submitted};
 pub use worker::{DeviceRecord, MemoryReading, WorkerRecord};

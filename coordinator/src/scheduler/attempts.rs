@@ -192,7 +192,6 @@ pub(super) struct Ended {
 pub(super) fn attempt_ended(fx: &mut Effects, e: Ended, reason: String, spans: Vec<SpanRecord>, now: Millis) {
     let leased_ms = e.leased_ms.unwrap_or(now);
     fx.observations.push(Observation::AttemptEnded { job: e.job, attempt: e.attempt, end: e.end, run_ms: now - leased_ms });
-    let record =
-        AttemptRecord { job: e.job, attempt: e.attempt, worker: e.worker, leased_ms, ended_ms: now, outcome: e.end, reason, spans };
+    let record = AttemptRecord { job: e.job, attempt: e.attempt, worker: e.worker, leased_ms, ended_ms: now, outcome: e.end, reason, spans };
     fx.ops.push(StoreOp::InsertAttempt(Box::new(record)));
 }

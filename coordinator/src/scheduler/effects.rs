@@ -19,6 +19,8 @@ pub enum EventKind {
     Cancelled,
     BatchFinished,
     Waiting,
+    /// An operator changed the batch itself (its priority).
+    BatchChanged,
 }
 
 impl EventKind {
@@ -70,4 +72,3 @@ pub enum Observation {
     /// A worker reached the failure limit on a batch and gets no more of its jobs.
     WorkerBlocked,
 }
-

@@ -28,7 +28,8 @@ impl Scheduler {
     /// - each in-memory batch's counts equal a tally of its jobs' states;
     /// - every job in memory belongs to its batch's members, and back;
     /// - every queued job whose dependencies are met sits in exactly one queue
-    ///   (ready or backing off), and one still blocked on them in none;
+    ///   (ready or backing off), and one still blocked on them in none; a
+    ///   ready entry sits at its job's priority;
     /// - every running job is in exactly its worker's running set, and every
     ///   entry of a running set is a job running on that worker;
     /// - only queued jobs wait for a device.
@@ -51,6 +52,13 @@ impl Scheduler {
             *m.entry(j).or_default() += 1;
             m
         });
+        for (priority, job) in self.queue.ready_entries() {
+            if let Some(record) = self.jobs.get(&job).filter(|j| matches!(j.state, JobState::Queued { .. })) {
+                if record.priority != priority {
+                    return Err(format!("queued job {job} of priority {} sits in the queue at priority {priority}", record.priority));
+                }
+            }
+        }
         let mut running: HashMap<JobId, usize> = HashMap::new();
         for (worker, job) in self.workers.running_pairs() {
             *running.entry(job).or_default() += 1;

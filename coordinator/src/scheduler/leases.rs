@@ -51,6 +51,7 @@ mod tests {
             max_attempts: 1,
             attempt: 1,
             handed_back: 0,
+            forgiven: 0,
             time_limit_ms: 1_000,
             state: JobState::Running { worker: WorkerId(1), lease_expires_ms, cancel_requested: false, lease_secret: Default::default(), leased_ms },
             last_failure: None,

@@ -49,6 +49,7 @@ use queue::{PickRules, ReadyQueue};
 use requests::RequestIds;
 use workers::WorkerRegistry;
 
+pub use control::{PauseMode, RetryTarget};
 pub use effects::{AttemptEnd, Effects, Event, EventKind, Observation};
 pub use workers::Registration;
 
@@ -62,12 +63,14 @@ pub struct Demand {
     pub unfit: u64,
     /// Queued jobs waiting for a dependency to succeed.
     pub blocked: u64,
+    /// Queued jobs of paused batches (neither unfit nor blocked).
+    pub paused: u64,
 }
 
 impl Demand {
     /// Jobs a worker could take now or is running: what autoscaling follows.
     pub fn workable(&self) -> u64 {
-        self.queued.saturating_sub(self.unfit + self.blocked) + self.running
+        self.queued.saturating_sub(self.unfit + self.blocked + self.paused) + self.running
     }
 }
 
@@ -183,7 +186,7 @@ impl PickRules for Rules<'_> {
         !matches!(self.jobs.get(&job).map(|j| &j.state), Some(JobState::Queued { .. }))
     }
     fn blocked(&self, batch: BatchId) -> bool {
-        self.workers.blocked(self.worker, batch, self.limit)
+        self.batches.get(&batch).is_some_and(|b| b.paused) || self.workers.blocked(self.worker, batch, self.limit)
     }
     fn running(&self, batch: BatchId) -> u32 {
         self.batches.get(&batch).map(|b| b.counts.running).unwrap_or(0)

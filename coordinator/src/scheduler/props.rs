@@ -27,6 +27,7 @@ struct World {
     /// Final-state observations per job (must stay ≤ 1).
     finished: HashMap<JobId, u32>,
     submitted: Vec<JobId>,
+    batch_ids: Vec<BatchId>,
 }
 
 /// The blocklist is off (a high limit): with it, two workers that both fail a
@@ -45,7 +46,8 @@ impl World {
     fn new(dir: &std::path::Path) -> World {
         let store = SqliteStore::open(&dir.join("state.sqlite"), Durability::ProcessCrash, Commits::Grouped).unwrap();
         let sched = Scheduler::restore(config(), store.load().unwrap(), 0);
-        let mut w = World { sched, store, now: 0, workers: Vec::new(), leases: HashMap::new(), finished: HashMap::new(), submitted: Vec::new() };
+        let mut w =
+            World { sched, store, now: 0, workers: Vec::new(), leases: HashMap::new(), finished: HashMap::new(), submitted: Vec::new(), batch_ids: Vec::new() };
         for (name, memory) in [("small", 4 * GIB), ("big", 16 * GIB)] {
             let devices = vec![DeviceRecord { name: "cuda:0".into(), memory_bytes: memory, description: String::new() }];
             let id = w.apply(|s, fx, now| s.register_worker(None, &Principal::local(), name.into(), devices, "1".into(), now, fx).unwrap().id);
@@ -99,6 +101,7 @@ impl World {
             .collect();
         let new = NewBatch { name: "b".into(), priority: rng.random_range(0..3), labels: BTreeMap::new(), max_attempts: 2, request_id: None, jobs };
         let submitted = self.apply(|s, fx, now| s.submit(new, "local", now, fx, &mut || "0".repeat(32)));
+        self.batch_ids.push(submitted.batch);
         self.submitted.extend(submitted.jobs);
     }
 
@@ -151,6 +154,57 @@ impl World {
         }
     }
 
+    fn cancel_job(&mut self, rng: &mut StdRng) {
+        let live: Vec<JobId> = self.submitted.iter().copied().filter(|j| self.sched.job(*j).is_some()).collect();
+        if let Some(&job) = live.get(rng.random_range(0..live.len().max(1))) {
+            self.apply(|s, fx, now| s.cancel_job(job, now, fx).unwrap());
+        }
+    }
+
+    /// A live batch's priority changes; the store must agree after a restart.
+    fn reprioritise(&mut self, rng: &mut StdRng) {
+        let live: Vec<BatchId> = self.sched.live_batches().map(|b| b.id).collect();
+        if let Some(&batch) = live.get(rng.random_range(0..live.len().max(1))) {
+            let priority = rng.random_range(-2..5);
+            self.apply(|s, fx, _| s.set_priority(batch, priority, fx).unwrap());
+            let jobs = self.sched.batch_jobs(batch).unwrap_or_default();
+            assert!(jobs.iter().all(|j| j.priority == priority), "every job of batch {batch} has its new priority");
+        }
+    }
+
+    /// A live batch is paused (sometimes handing its running jobs back) or resumed.
+    fn pause_or_resume(&mut self, rng: &mut StdRng) {
+        let live: Vec<BatchId> = self.sched.live_batches().map(|b| b.id).collect();
+        let Some(&batch) = live.get(rng.random_range(0..live.len().max(1))) else { return };
+        match rng.random_range(0..3) {
+            0 => self.apply(|s, fx, _| s.resume_batch(batch, fx).unwrap()),
+            n => {
+                let mode = if n == 1 { PauseMode::FinishRunning } else { PauseMode::HandBackNow };
+                self.apply(|s, fx, now| s.pause_batch(batch, mode, now, fx).unwrap());
+                // a taken-back lease is gone: its worker's calls are refused
+                self.leases.retain(|job, _| self.sched.job(*job).is_none_or(|j| matches!(j.state, JobState::Running { .. })));
+            }
+        }
+    }
+
+    /// Every failed job of a random batch runs again (a finished batch is
+    /// read back from the store, as the farm does); a retried job may end again.
+    fn retry(&mut self, rng: &mut StdRng) {
+        let Some(&batch) = self.batch_ids.get(rng.random_range(0..self.batch_ids.len().max(1))) else { return };
+        let stored = match self.sched.batch(batch) {
+            Some(_) => None,
+            None => Some((self.store.batch(batch).unwrap().expect("a submitted batch is stored"), self.store.batch_jobs(batch).unwrap())),
+        };
+        self.apply(|s, fx, now| {
+            if let Some((record, jobs)) = stored {
+                s.load_finished_batch(record, jobs);
+            }
+            s.retry(batch, RetryTarget::Failed, now, fx).unwrap()
+        });
+        let sched = &self.sched;
+        self.finished.retain(|job, _| sched.job(*job).is_none_or(|j| j.state.kind().is_terminal()));
+    }
+
     fn tick(&mut self, ms: Millis) {
         self.now += ms;
         self.apply(|s, fx, now| s.tick(now, fx));
@@ -167,8 +221,12 @@ fn run(seed: u64) {
             15..=44 => w.lease(&mut rng),
             45..=64 => w.end_attempt(&mut rng),
             65..=74 => w.heartbeat(),
-            75..=78 => w.cancel(&mut rng),
+            75..=76 => w.cancel(&mut rng),
+            77..=78 => w.cancel_job(&mut rng),
             79..=81 => w.restart(),
+            82..=84 => w.reprioritise(&mut rng),
+            85..=87 => w.pause_or_resume(&mut rng),
+            88..=89 => w.retry(&mut rng),
             _ => {
                 let ms = rng.random_range(0..1_500);
                 w.tick(ms)
@@ -177,6 +235,10 @@ fn run(seed: u64) {
     }
     // the farm runs the rest out: the workers heartbeat, lease and complete
     // until nothing is left (jobs no device fits fail after the grace)
+    let paused: Vec<BatchId> = w.sched.live_batches().filter(|b| b.paused).map(|b| b.id).collect();
+    for batch in paused {
+        w.apply(|s, fx, _| s.resume_batch(batch, fx).unwrap());
+    }
     for _ in 0..2_000 {
         if w.sched.live_batches().next().is_none() {
             break;
@@ -193,6 +255,10 @@ fn run(seed: u64) {
     }
     let live: Vec<_> = w.sched.live_batches().map(|b| (b.id, b.counts.clone())).collect();
     assert!(live.is_empty(), "seed {seed}: batches never ended: {live:?}");
+    for batch in w.store.batches_before(BatchId(i64::MAX), 1_000, None).unwrap() {
+        let jobs = w.store.batch_jobs(batch.id).unwrap();
+        assert!(jobs.iter().all(|j| j.priority == batch.priority), "seed {seed}: batch {} and its jobs' stored priorities agree", batch.id);
+    }
     for job in &w.submitted {
         let record = w.store.job(*job).unwrap().expect("every job is in the store");
         assert!(record.state.kind().is_terminal(), "seed {seed}: job {job} ended {:?}", record.state.kind());

@@ -5,7 +5,7 @@ use stylefarm_proto::JobProgress;
 
 use super::{Demand, Scheduler, SchedulerConfig};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, JobRecord, WorkerRecord};
+use crate::model::{BatchRecord, JobRecord, JobState, WorkerRecord};
 
 impl Scheduler {
     pub fn config(&self) -> &SchedulerConfig {
@@ -73,7 +73,18 @@ impl Scheduler {
     /// What the farm has to do now, for autoscaling.
     pub fn demand(&self) -> Demand {
         let (queued, running) = self.batches.values().fold((0u64, 0u64), |(q, r), b| (q + b.counts.queued as u64, r + b.counts.running as u64));
-        Demand { queued, running, unfit: self.waiting.len() as u64, blocked: self.deps.blocked_count() as u64 }
+        // paused batches are rare and small to walk; their jobs that are
+        // neither unfit nor blocked would be counted as workable otherwise
+        let paused = self
+            .batches
+            .values()
+            .filter(|b| b.paused)
+            .flat_map(|b| self.members.get(&b.id).map(Vec::as_slice).unwrap_or_default())
+            .filter(|j| {
+                self.jobs.get(j).is_some_and(|r| matches!(r.state, JobState::Queued { .. })) && !self.waiting.contains_key(j) && !self.deps.is_blocked(**j)
+            })
+            .count() as u64;
+        Demand { queued, running, unfit: self.waiting.len() as u64, blocked: self.deps.blocked_count() as u64, paused }
     }
 
     /// Sizes of the in-memory indexes (the soak benchmark prints them).

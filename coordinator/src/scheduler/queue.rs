@@ -21,7 +21,8 @@ pub trait PickRules {
     fn eligible(&self, job: JobId) -> bool;
     /// The job is no longer queued (its entry can go).
     fn gone(&self, job: JobId) -> bool;
-    /// The worker may not take this batch's jobs.
+    /// The worker may not take this batch's jobs (it is blocklisted from the
+    /// batch, or the batch is paused).
     fn blocked(&self, batch: BatchId) -> bool;
     /// Jobs of the batch running now (fair share: fewest first).
     fn running(&self, batch: BatchId) -> u32;
@@ -107,6 +108,42 @@ impl ReadyQueue {
         }
     }
 
+    /// Drops every entry of `job`, ready or backing off (stale ones that a
+    /// cancel or failure left behind): a job that is queued again after it
+    /// ended must have exactly one.
+    pub fn purge(&mut self, priority: i32, batch: BatchId, job: JobId) {
+        if let Some(batches) = self.ready.get_mut(&Reverse(priority)) {
+            if let Some(queue) = batches.get_mut(&batch) {
+                queue.retain(|j| *j != job);
+                if queue.is_empty() {
+                    batches.remove(&batch);
+                }
+            }
+            if batches.is_empty() {
+                self.ready.remove(&Reverse(priority));
+            }
+        }
+        if self.delayed.iter().any(|Reverse((_, j))| *j == job) {
+            self.delayed.retain(|Reverse((_, j))| *j != job);
+        }
+    }
+
+    /// The batch's ready entries move, in order, from priority `from` to `to`
+    /// (behind any already there).
+    pub fn move_batch(&mut self, from: i32, to: i32, batch: BatchId) {
+        let Some(batches) = self.ready.get_mut(&Reverse(from)) else { return };
+        let Some(jobs) = batches.remove(&batch) else { return };
+        if batches.is_empty() {
+            self.ready.remove(&Reverse(from));
+        }
+        self.ready.entry(Reverse(to)).or_default().entry(batch).or_default().extend(jobs);
+    }
+
+    /// Every ready entry with the priority it is queued at (for the invariant check).
+    pub fn ready_entries(&self) -> impl Iterator<Item = (i32, JobId)> + '_ {
+        self.ready.iter().flat_map(|(p, b)| b.values().flatten().map(move |j| (p.0, *j)))
+    }
+
     /// Every entry, ready or backing off, stale ones included (for the
     /// invariant check).
     pub fn entries(&self) -> impl Iterator<Item = JobId> + '_ {
@@ -173,5 +210,21 @@ mod tests {
         q.remove_batch(0, b1);
         q.remove_batch(0, b2);
         assert_eq!(q.pick(&rules), None);
+    }
+
+    #[test]
+    fn a_batch_moves_between_priorities_in_order() {
+        let mut q = ReadyQueue::default();
+        let (b1, b2) = (BatchId(1), BatchId(2));
+        q.push_back(0, b1, JobId(1));
+        q.push_back(0, b1, JobId(2));
+        q.push_back(5, b2, JobId(3));
+        let rules = Rules { gone: HashSet::new(), too_big: HashSet::new(), blocked: HashSet::new(), running: HashMap::new() };
+        assert_eq!(q.pick(&rules), Some((5, b2, JobId(3))));
+        q.move_batch(0, 10, b1);
+        assert_eq!(q.pick(&rules), Some((10, b1, JobId(1))), "the moved batch now goes first");
+        assert_eq!(q.ready_entries().collect::<Vec<_>>(), vec![(10, JobId(1)), (10, JobId(2)), (5, JobId(3))], "order kept, old level gone");
+        q.move_batch(0, 3, b1);
+        assert_eq!(q.ready_entries().count(), 3, "moving from a level the batch is not at changes nothing");
     }
 }

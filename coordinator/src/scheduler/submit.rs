@@ -42,6 +42,7 @@ impl Scheduler {
             started: false,
             started_ms: None,
             owner: owner.to_string(),
+            paused: false,
         };
         fx.ops.push(StoreOp::InsertBatch(batch.clone()));
         let mut ids = Vec::with_capacity(new.jobs.len());
@@ -60,6 +61,7 @@ impl Scheduler {
                 max_attempts,
                 attempt: 0,
                 handed_back: 0,
+                forgiven: 0,
                 time_limit_ms: spec.time_limit_ms,
                 state: JobState::Queued { not_before_ms: now },
                 last_failure: None,

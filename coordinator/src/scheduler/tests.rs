@@ -3,8 +3,8 @@
 use super::*;
 use crate::error::CoordError;
 use crate::identity::{Principal, Role};
-use crate::model::{AfterFailure, AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob};
-use crate::store::Snapshot;
+use crate::model::{AfterFailure, AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, Submitted};
+use crate::store::{Snapshot, StoreOp};
 
 fn config() -> SchedulerConfig {
     SchedulerConfig { lease_ttl_ms: 1_000, unfit_grace_ms: 5_000, ..SchedulerConfig::default() }
@@ -116,10 +116,10 @@ fn demand_counts_what_a_worker_could_do_and_leaves_out_unfit_jobs() {
     assert_eq!(s.demand().workable(), 0, "nothing to do: scale to zero");
     s.submit(batch(vec![job(1 << 30), job(1 << 30), job(64 << 30)]), "local", 0, &mut Effects::default(), &mut trace());
     s.tick(1_000, &mut Effects::default());
-    assert_eq!(s.demand(), Demand { queued: 3, running: 0, unfit: 1, blocked: 0 });
+    assert_eq!(s.demand(), Demand { queued: 3, running: 0, unfit: 1, blocked: 0, paused: 0 });
     assert_eq!(s.demand().workable(), 2, "the 64 GiB job fits no device: more of the same workers would not help");
     let grant = s.lease(w, &local(), 4 << 30, 1_100, &mut Effects::default()).unwrap().unwrap();
-    assert_eq!(s.demand(), Demand { queued: 2, running: 1, unfit: 1, blocked: 0 });
+    assert_eq!(s.demand(), Demand { queued: 2, running: 1, unfit: 1, blocked: 0, paused: 0 });
     s.complete(w, &local(), grant.job.id, &LeaseClaim::new(grant.attempt, grant.secret.expose()), JobOutputs::default(), 1_200, &mut Effects::default())
         .unwrap();
     assert_eq!(s.demand().workable(), 1);
@@ -252,4 +252,140 @@ fn a_failure_at_the_head_of_a_long_chain_ends_it_in_one_pass() {
     assert_eq!(fx.finished_batches, vec![submitted.batch]);
     let JobState::Failed { reason, .. } = &s.job(*submitted.jobs.last().unwrap()).unwrap().state else { panic!() };
     assert_eq!(reason, "dependency j1 (j) failed: bad frame", "the last link names the head, not its predecessor");
+}
+
+#[test]
+fn retrying_a_failed_dependency_runs_it_and_its_dependents_again_in_order() {
+    let (mut s, w) = setup();
+    let submitted = s.submit(chain(), "local", 0, &mut Effects::default(), &mut trace());
+    let a = s.lease(w, &local(), 0, 1, &mut Effects::default()).unwrap().unwrap();
+    let failure = AttemptFailure { reason: "corrupt frame".into(), stop: AttemptStop::Failed { retryable: false }, spans: Vec::new() };
+    let mut fx = Effects::default();
+    s.fail(w, &local(), a.job.id, &LeaseClaim::new(a.attempt, a.secret.expose()), failure, 2, &mut fx).unwrap();
+    assert_eq!(fx.finished_batches, vec![submitted.batch]);
+    // a dependent is retried through its root, not alone
+    let e = s.retry(submitted.batch, RetryTarget::Job(submitted.jobs[2]), 3, &mut Effects::default()).unwrap_err();
+    assert!(e.to_string().contains("retry j1"), "{e}");
+    // every failed job: the root queued, its dependents waiting for it; the batch runs again
+    let mut fx = Effects::default();
+    assert_eq!(s.retry(submitted.batch, RetryTarget::Failed, 3, &mut fx).unwrap(), 3);
+    s.check_invariants().unwrap();
+    assert!(fx.ops.iter().any(|op| matches!(op, StoreOp::ReopenBatch(b) if *b == submitted.batch)), "the batch is unfinished again, durably");
+    let batch = s.batch(submitted.batch).unwrap();
+    assert_eq!((batch.finished_ms, batch.counts.queued, batch.counts.failed), (None, 3, 0));
+    assert_eq!(s.demand().blocked, 2);
+    let again = s.lease(w, &local(), 0, 4, &mut Effects::default()).unwrap().expect("the root runs again");
+    assert_eq!((again.job.id, again.attempt), (a.job.id, 2), "a new attempt number: fencing only grows");
+    assert!(s.lease(w, &local(), 0, 5, &mut Effects::default()).unwrap().is_none(), "its dependents wait for it");
+    finish(&mut s, w, &again, 6);
+    let b = s.lease(w, &local(), 0, 7, &mut Effects::default()).unwrap().unwrap();
+    assert_eq!(b.job.id, submitted.jobs[1]);
+    finish(&mut s, w, &b, 8);
+    let c = s.lease(w, &local(), 0, 9, &mut Effects::default()).unwrap().unwrap();
+    let fx = finish(&mut s, w, &c, 10);
+    assert_eq!(fx.finished_batches, vec![submitted.batch], "and the batch ends again");
+    assert_eq!(s.batch(submitted.batch).unwrap().counts.succeeded, 3);
+    // nothing left to retry; a succeeded job cannot be
+    assert_eq!(s.retry(submitted.batch, RetryTarget::Failed, 11, &mut Effects::default()).unwrap(), 0);
+    let e = s.retry(submitted.batch, RetryTarget::Job(c.job.id), 11, &mut Effects::default()).unwrap_err();
+    assert!(e.to_string().contains("succeeded"), "{e}");
+}
+
+#[test]
+fn a_retried_job_has_its_whole_attempt_budget_again() {
+    let (mut s, w) = setup();
+    let submitted = s.submit(batch(vec![job(1)]), "local", 0, &mut Effects::default(), &mut trace());
+    let mut now = 0;
+    let fail = |s: &mut Scheduler, now: Millis| {
+        let g = s.lease(w, &local(), 0, now, &mut Effects::default()).unwrap().expect("leasable");
+        let failure = AttemptFailure { reason: "flaky".into(), stop: AttemptStop::Failed { retryable: true }, spans: Vec::new() };
+        s.fail(w, &local(), g.job.id, &LeaseClaim::new(g.attempt, g.secret.expose()), failure, now, &mut Effects::default()).unwrap()
+    };
+    // max_attempts = 2: requeued once, then failed
+    assert!(matches!(fail(&mut s, now), AfterFailure::Requeued { .. }));
+    now += 1_000_000;
+    s.tick(now, &mut Effects::default());
+    assert_eq!(fail(&mut s, now), AfterFailure::Failed);
+    s.retry(submitted.batch, RetryTarget::Job(submitted.jobs[0]), now, &mut Effects::default()).unwrap();
+    assert!(matches!(fail(&mut s, now), AfterFailure::Requeued { .. }), "two attempts again after the retry");
+    assert_eq!(s.job(submitted.jobs[0]).unwrap().attempt, 3);
+}
+
+/// Two 4 GiB workers, each blocked from an 8-job batch after three failed
+/// attempts; returns them and the batch.
+fn both_blocked() -> (Scheduler, WorkerId, WorkerId, Submitted) {
+    let (mut s, w1) = setup();
+    let w2 = s.register_worker(None, &local(), "w2".into(), gpu(4 << 30), "1".into(), 0, &mut Effects::default()).unwrap().id;
+    let submitted = s.submit(batch((0..8).map(|_| job(1)).collect()), "local", 0, &mut Effects::default(), &mut trace());
+    for (i, w) in [w1, w2, w1, w2, w1, w2].into_iter().enumerate() {
+        let now = 10 + i as Millis;
+        let g = s.lease(w, &local(), 0, now, &mut Effects::default()).unwrap().expect("a job");
+        let failure = AttemptFailure { reason: "render error".into(), stop: AttemptStop::Failed { retryable: true }, spans: Vec::new() };
+        s.fail(w, &local(), g.job.id, &LeaseClaim::new(g.attempt, g.secret.expose()), failure, now, &mut Effects::default()).unwrap();
+    }
+    (s, w1, w2, submitted)
+}
+
+/// Both workers ask for work at `now` (so they count as connected), then time passes.
+fn idle_tick(s: &mut Scheduler, workers: &[WorkerId], now: Millis) -> Effects {
+    for w in workers {
+        assert!(s.lease(*w, &local(), 0, now, &mut Effects::default()).unwrap().is_none(), "blocked workers get nothing");
+    }
+    let mut fx = Effects::default();
+    s.tick(now, &mut fx);
+    s.check_invariants().unwrap();
+    fx
+}
+
+#[test]
+fn a_batch_every_worker_is_blocked_from_says_why_and_ends_instead_of_hanging() {
+    let (mut s, w1, w2, submitted) = both_blocked();
+    idle_tick(&mut s, &[w1, w2], 1_030);
+    let stuck: Vec<JobId> = submitted.jobs.iter().copied().filter(|j| s.waiting_reason(*j).is_some()).collect();
+    assert_eq!(stuck.len(), 2, "the two never-tried jobs wait, and say why");
+    let reason = s.waiting_reason(stuck[0]).unwrap();
+    assert!(reason.contains("blocklisted from batch") && reason.contains("stylefarm unblock"), "{reason}");
+    // after the grace period every job has ended: the batch does not hang
+    let mut ended = false;
+    for now in (2_000..40_000).step_by(1_000) {
+        if !idle_tick(&mut s, &[w1, w2], now).finished_batches.is_empty() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the batch ended");
+    let counts = s.batch(submitted.batch).unwrap().counts.clone();
+    assert_eq!(counts.failed, 8, "{counts:?}");
+    let JobState::Failed { reason, .. } = &s.job(stuck[0]).unwrap().state else { panic!() };
+    assert!(reason.contains("blocklisted") && reason.contains("waited"), "{reason}");
+}
+
+#[test]
+fn an_admin_unblocks_a_worker_and_expired_leases_do_not_block() {
+    let (mut s, w1, w2, submitted) = both_blocked();
+    idle_tick(&mut s, &[w1, w2], 1_030);
+    let mut fx = Effects::default();
+    assert!(s.unblock_worker(w1, submitted.batch, &mut fx).unwrap());
+    assert!(fx.ops.iter().any(|op| matches!(op, StoreOp::CountFailure { worker, failures: 0, .. } if *worker == w1)), "durably");
+    assert!(matches!(s.unblock_worker(WorkerId(99), submitted.batch, &mut fx), Err(CoordError::NotFound { .. })));
+    let g = s.lease(w1, &local(), 0, 1_100, &mut Effects::default()).unwrap().expect("w1 takes the batch's jobs again");
+    let beat = vec![(g.job.id, LeaseClaim::new(g.attempt, g.secret.expose()), None)];
+    s.heartbeat(w1, &local(), beat, Vec::new(), 2_100, &mut Effects::default()).unwrap();
+    idle_tick(&mut s, &[w2], 2_100);
+    assert!(submitted.jobs.iter().all(|j| s.waiting_reason(*j).is_none()), "a worker may run them: nothing waits for that reason");
+    // w1 dies three times: expired leases are not the job's fault, it stays eligible
+    let mut now = 2_100;
+    let mut held = g;
+    for _ in 0..3 {
+        now += 5_000;
+        s.tick(now, &mut Effects::default());
+        assert!(s.job(held.job.id).is_some_and(|j| !matches!(j.state, JobState::Running { .. })), "the lease expired");
+        now += 130_000;
+        s.tick(now, &mut Effects::default());
+        match s.lease(w1, &local(), 0, now, &mut Effects::default()).unwrap() {
+            Some(next) => held = next,
+            None => break,
+        }
+    }
+    assert!(!s.workers.blocked(w1, submitted.batch, s.config.worker_batch_failure_limit), "three expiries do not block it");
 }

@@ -40,12 +40,11 @@ impl Scheduler {
             if matches!(after, AfterFailure::Requeued { .. }) {
                 fx.observations.push(Observation::Retried);
             }
+            // neither counts toward the blocklist: a worker that dies or loses
+            // the network is not failing the batch's jobs (a render error is)
             match due {
                 Due::Expired => {
                     tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "lease expired");
-                    if after != AfterFailure::Cancelled {
-                        self.count_failure(worker, batch, fx);
-                    }
                 }
                 Due::OverTime => {
                     tracing::warn!(job_id = %job_id, batch_id = %batch, worker_id = %worker, attempt, outcome = ?after, "attempt exceeded its time limit")
@@ -68,25 +67,43 @@ impl Scheduler {
         }
     }
 
-    /// Marks queued jobs that no connected worker's device can fit (and fails
-    /// those that waited longer than the grace period); clears the mark when
-    /// such a device shows up.
+    /// Marks queued jobs that no connected worker may run, saying why: no
+    /// device fits them, or every worker whose device fits is blocklisted from
+    /// their batch. Fails those that waited longer than the grace period, and
+    /// clears the mark when a worker that may run them shows up.
     fn check_fit(&mut self, now: Millis, fx: &mut Effects) {
-        let largest = self.workers.largest_device(now - self.config.lease_ttl_ms);
-        let mut unfit = Vec::new();
+        let since = now - self.config.lease_ttl_ms;
+        let largest = self.workers.largest_device(since);
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let limit = self.config.worker_batch_failure_limit;
+        let mut stuck: Vec<(JobId, BatchId, String)> = Vec::new();
         if let Some(largest) = largest {
             for (batch, entries) in self.queue.batches() {
-                if self.batch_max_estimate.get(&batch).is_none_or(|&m| m <= largest) {
+                let too_big = self.batch_max_estimate.get(&batch).is_some_and(|&m| m > largest);
+                let blocks = self.workers.has_blocks(batch, limit) && !self.batches.get(&batch).is_some_and(|b| b.paused);
+                if !too_big && !blocks {
                     continue;
                 }
                 for id in entries {
-                    if let Some(job) = self.jobs.get(id).filter(|j| matches!(j.state, JobState::Queued { .. }) && j.estimate_bytes > largest) {
-                        unfit.push((job.id, job.batch, job.estimate_bytes));
+                    let Some(job) = self.jobs.get(id).filter(|j| matches!(j.state, JobState::Queued { .. })) else { continue };
+                    if job.estimate_bytes > largest {
+                        let reason = format!(
+                            "no connected worker has a device that fits it: it needs about {:.1} GiB, the largest device has {:.1} GiB",
+                            gib(job.estimate_bytes),
+                            gib(largest)
+                        );
+                        stuck.push((job.id, batch, reason));
+                    } else if blocks && self.workers.all_fitting_blocked(since, job.estimate_bytes, batch, limit) {
+                        let reason = format!(
+                            "every connected worker that fits it is blocklisted from batch {batch} after {limit} failed attempts of its jobs; \
+                             an admin can unblock one (`stylefarm unblock WORKER --batch {batch}`), or another worker may connect"
+                        );
+                        stuck.push((job.id, batch, reason));
                     }
                 }
             }
         }
-        let unfit_ids: HashSet<JobId> = unfit.iter().map(|(id, _, _)| *id).collect();
+        let unfit_ids: HashSet<JobId> = stuck.iter().map(|(id, _, _)| *id).collect();
         let cleared: Vec<JobId> = self.waiting.keys().filter(|id| !unfit_ids.contains(id)).copied().collect();
         for id in cleared {
             self.waiting.remove(&id);
@@ -94,14 +111,7 @@ impl Scheduler {
                 fx.events.push(Event { kind: EventKind::Waiting, batch: job.batch, job: Some(id) });
             }
         }
-        let Some(largest) = largest else { return };
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        for (id, batch, estimate) in unfit {
-            let reason = format!(
-                "no connected worker has a device that fits it: it needs about {:.1} GiB, the largest device has {:.1} GiB",
-                gib(estimate),
-                gib(largest)
-            );
+        for (id, batch, reason) in stuck {
             let since = match self.waiting.get(&id) {
                 Some((_, since)) => *since,
                 None => {

@@ -16,6 +16,8 @@ use crate::store::{JobUpdate, StoreOp};
 pub(super) enum Was {
     Queued,
     Running(WorkerId),
+    /// A final state (succeeded, failed, cancelled): the job is being retried.
+    Ended(StateKind),
 }
 
 impl Was {
@@ -23,6 +25,7 @@ impl Was {
         match self {
             Was::Queued => StateKind::Queued,
             Was::Running(_) => StateKind::Running,
+            Was::Ended(kind) => kind,
         }
     }
 }
@@ -60,9 +63,13 @@ impl Scheduler {
             // a leased job leaves the queue now; other ways out of it (cancel,
             // unfit, a dependency's failure) drop the entry lazily
             Was::Queued if to == StateKind::Running => self.queue.remove(job.priority, batch_id, job_id),
+            // entries an ended job left behind (dropped lazily) must not double up
+            Was::Ended(_) => self.queue.purge(job.priority, batch_id, job_id),
             Was::Queued => {}
         }
         match job.state {
+            // a retried job whose dependencies are being retried too waits for them
+            JobState::Queued { .. } if self.deps.is_blocked(job_id) => {}
             JobState::Queued { not_before_ms } if not_before_ms <= now => {
                 self.queue.push_front(job.priority, batch_id, job_id);
                 fx.wake = true;

@@ -160,6 +160,23 @@ impl WorkerRegistry {
         self.failures(worker, batch) >= limit
     }
 
+    /// Whether any worker is blocked from `batch`.
+    pub fn has_blocks(&self, batch: BatchId, limit: u32) -> bool {
+        self.failures.get(&batch).is_some_and(|m| m.values().any(|&n| n >= limit))
+    }
+
+    /// Whether some worker seen since `since` has a device of `bytes` or more,
+    /// and every such worker is blocked from `batch`.
+    pub fn all_fitting_blocked(&self, since: Millis, bytes: u64, batch: BatchId, limit: u32) -> bool {
+        let mut fitting = self.workers.values().filter(|w| w.last_seen_ms >= since && w.devices.iter().any(|d| d.memory_bytes >= bytes)).peekable();
+        fitting.peek().is_some() && fitting.all(|w| self.blocked(w.id, batch, limit))
+    }
+
+    /// An admin lifts `worker`'s block from `batch`: its failures there start over.
+    pub fn unblock(&mut self, worker: WorkerId, batch: BatchId) -> bool {
+        self.failures.get_mut(&batch).and_then(|m| m.remove(&worker)).is_some()
+    }
+
     pub fn forget_batch(&mut self, batch: BatchId) {
         self.failures.remove(&batch);
     }

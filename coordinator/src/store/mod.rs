@@ -38,6 +38,7 @@ pub struct JobUpdate {
     pub started_ms: Option<Millis>,
     pub finished_ms: Option<Millis>,
     pub handed_back: u32,
+    pub forgiven: u32,
 }
 
 impl JobUpdate {
@@ -50,6 +51,7 @@ impl JobUpdate {
             started_ms: job.started_ms,
             finished_ms: job.finished_ms,
             handed_back: job.handed_back,
+            forgiven: job.forgiven,
         }
     }
 }
@@ -72,6 +74,19 @@ pub enum StoreOp {
     StartBatch {
         id: BatchId,
         started_ms: Millis,
+    },
+    /// A finished batch runs again (a retry): unfinished, not cancelled, its
+    /// blocklist cleared.
+    ReopenBatch(BatchId),
+    /// An operator paused or resumed the batch.
+    SetPaused {
+        batch: BatchId,
+        paused: bool,
+    },
+    /// An operator gave the batch (and so each of its jobs) a new priority.
+    SetPriority {
+        batch: BatchId,
+        priority: i32,
     },
     UpsertWorker(WorkerRecord),
     /// A worker's success and failure counts (cheaper than the whole record).

@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS images (
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
@@ -99,6 +99,8 @@ const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     ("workers", "secret_sha256", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "depends_on", "TEXT NOT NULL DEFAULT '[]'"),
     ("jobs", "task", "TEXT"),
+    ("batches", "paused", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "forgiven", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -210,7 +212,10 @@ impl SqliteStore {
         let checkpointer = open(path, full_sync)?;
         let alive = Arc::new(());
         let token = Arc::downgrade(&alive);
-        thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpoint_loop(checkpointer, token)).map_err(|e| StoreError::io("cannot start the checkpoint thread", e))?;
+        thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, token))
+            .map_err(|e| StoreError::io("cannot start the checkpoint thread", e))?;
         let (writer, commits_rx) = mpsc::channel::<Commit>();
         thread::Builder::new()
             .name("sqlite-writer".into())
@@ -328,12 +333,32 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
         }
         StoreOp::UpdateJob(u) => {
             tx.prepare_cached(
-                "UPDATE jobs SET attempt = ?2, state = ?3, last_failure = ?4, started_ms = ?5, finished_ms = ?6, handed_back = ?7 WHERE id = ?1",
+                "UPDATE jobs SET attempt = ?2, state = ?3, last_failure = ?4, started_ms = ?5, finished_ms = ?6, handed_back = ?7, forgiven = ?8 WHERE id = ?1",
             )?
-            .execute(params![u.id.0, u.attempt, json(&u.state), u.last_failure.as_ref().map(json), u.started_ms, u.finished_ms, u.handed_back])?;
+            .execute(params![
+                u.id.0,
+                u.attempt,
+                json(&u.state),
+                u.last_failure.as_ref().map(json),
+                u.started_ms,
+                u.finished_ms,
+                u.handed_back,
+                u.forgiven
+            ])?;
         }
         StoreOp::CancelBatch(id) => {
             tx.prepare_cached("UPDATE batches SET cancel_requested = 1 WHERE id = ?1")?.execute(params![id.0])?;
+        }
+        StoreOp::ReopenBatch(id) => {
+            tx.prepare_cached("UPDATE batches SET finished_ms = NULL, counts = NULL, cancel_requested = 0 WHERE id = ?1")?.execute(params![id.0])?;
+            tx.prepare_cached("DELETE FROM worker_batch_failures WHERE batch_id = ?1")?.execute(params![id.0])?;
+        }
+        StoreOp::SetPaused { batch, paused } => {
+            tx.prepare_cached("UPDATE batches SET paused = ?2 WHERE id = ?1")?.execute(params![batch.0, paused])?;
+        }
+        StoreOp::SetPriority { batch, priority } => {
+            tx.prepare_cached("UPDATE batches SET priority = ?2 WHERE id = ?1")?.execute(params![batch.0, priority])?;
+            tx.prepare_cached("UPDATE jobs SET priority = ?2 WHERE batch_id = ?1")?.execute(params![batch.0, priority])?;
         }
         StoreOp::FinishBatch { id, finished_ms, counts, started } => {
             tx.prepare_cached("UPDATE batches SET finished_ms = ?2, counts = ?3, started = ?4 WHERE id = ?1")?.execute(params![
@@ -391,7 +416,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
 
 const JOB_COLUMNS: &str = "id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
                            attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
-                           depends_on, task";
+                           depends_on, task, forgiven";
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: i64 = row.get(0)?;
@@ -423,11 +448,12 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         time_limit_ms: row.get::<_, i64>(18)?.max(0) as u64,
         depends_on: parse_or::<Vec<i64>>(&depends_on, "depends_on", id, |_| Vec::new()).into_iter().map(JobId).collect(),
         task: row.get(20)?,
+        forgiven: row.get(21)?,
     })
 }
 
 const BATCH_COLUMNS: &str =
-    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner";
+    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused";
 
 fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
     let id: i64 = row.get(0)?;
@@ -447,6 +473,7 @@ fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
         counts: counts.map(|c| parse_or::<Counts>(&c, "counts", id, |_| Counts::default())).unwrap_or_default(),
         started_ms: row.get(11)?,
         owner: row.get(12)?,
+        paused: row.get(13)?,
     })
 }
 

@@ -183,16 +183,24 @@ fn job_card(job: &pb::Job) -> String {
     )
 }
 
-pub fn batch(b: &pb::Batch, jobs: &[pb::Job], can_cancel: bool) -> String {
+pub fn batch(b: &pb::Batch, jobs: &[pb::Job]) -> String {
     let c = b.counts.unwrap_or_default();
     let state = batch_state_name(b.state);
-    let cancel = if can_cancel && b.finished_at_ms == 0 {
-        format!(r#"<button id="cancel" class="danger" data-batch="{}">Cancel batch</button>"#, esc(&b.id))
+    // an unfinished batch's controls (the caller may see it, so may change it)
+    let cancel = if b.finished_at_ms == 0 {
+        let paused = b.state == pb::BatchState::Paused as i32;
+        format!(
+            r#"<span class="controls" data-batch="{id}"><button id="pause" data-action="{pause}">{pause_label}</button> <button id="priority">Priority…</button> <button id="cancel" class="danger" data-batch="{id}">Cancel batch</button></span>"#,
+            id = esc(&b.id),
+            pause = if paused { "resume" } else { "pause" },
+            pause_label = if paused { "Resume" } else { "Pause" },
+        )
     } else {
         String::new()
     };
+    let retry = if c.failed > 0 { format!(r#" <button id="retry" data-batch="{}">Retry failed jobs</button>"#, esc(&b.id)) } else { String::new() };
     let mut out = format!(
-        r#"<h1>Batch {id} <span class="name">{name}</span></h1><section class="summary" id="summary" data-batch="{id}" data-state="{state}" {attrs}><p><span class="state">{pill}</span> owner <b>{owner}</b> · submitted {created} · priority {priority} {labels} {cancel}</p>{bar}<p><small class="counts">{counts}</small> · ETA <span class="eta">—</span></p></section>"#,
+        r#"<h1>Batch {id} <span class="name">{name}</span></h1><section class="summary" id="summary" data-batch="{id}" data-state="{state}" {attrs}><p><span class="state">{pill}</span> owner <b>{owner}</b> · submitted {created} · priority <span class="priority">{priority}</span> {labels} {cancel}{retry}</p>{bar}<p><small class="counts">{counts}</small> · ETA <span class="eta">—</span></p></section>"#,
         id = esc(&b.id),
         name = esc(&b.name),
         attrs = counts_attrs(b),

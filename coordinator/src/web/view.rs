@@ -31,6 +31,7 @@ pub fn event_name(kind: i32) -> &'static str {
         pb::EventKind::Cancelled => "cancelled",
         pb::EventKind::BatchFinished => "batch_finished",
         pb::EventKind::Waiting => "waiting",
+        pb::EventKind::BatchChanged => "batch_changed",
         pb::EventKind::Unspecified => "unknown",
     }
 }
@@ -41,6 +42,7 @@ pub struct BatchView {
     pub name: String,
     pub state: &'static str,
     pub owner: String,
+    pub priority: i32,
     pub total: u32,
     pub queued: u32,
     pub running: u32,
@@ -60,6 +62,7 @@ impl BatchView {
             name: b.name.clone(),
             state: batch_state_name(b.state),
             owner: b.owner.clone(),
+            priority: b.priority,
             total: c.total,
             queued: c.queued,
             running: c.running,

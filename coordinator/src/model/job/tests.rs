@@ -22,6 +22,7 @@ fn job(max_attempts: u32) -> JobRecord {
         max_attempts,
         attempt: 0,
         handed_back: 0,
+        forgiven: 0,
         time_limit_ms: 1_000_000,
         state: JobState::Queued { not_before_ms: 0 },
         last_failure: None,
