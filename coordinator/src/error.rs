@@ -1,5 +1,7 @@
 //! The coordinator's errors, and the one place that maps them to gRPC codes.
 
+use std::sync::Arc;
+
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +25,7 @@ pub enum CoordError {
     /// The state store failed; the coordinator stops (fail-stop) so that a
     /// restart reloads the durable truth.
     #[error("state store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
 
     /// Object storage failed (retry may succeed).
     #[error("object storage: {0}")]
@@ -93,6 +95,44 @@ impl From<CoordError> for Status {
 impl From<stylefarm_core::ParamError> for CoordError {
     fn from(e: stylefarm_core::ParamError) -> CoordError {
         CoordError::InvalidArgument { field: e.field, reason: e.reason }
+    }
+}
+
+/// Why the state store failed (here, beside `CoordError`, so that the
+/// store and this module do not import each other). `Clone` because one failed group commit
+/// answers every request in the group; the sources are shared, not flattened
+/// into text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused the database file or a statement.
+    #[error("sqlite: {0}")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
+    /// The token table (`auth.sqlite`) failed.
+    #[error("auth.sqlite: {0}")]
+    Tokens(#[source] Arc<rusqlite::Error>),
+    /// The data directory or a store thread could not be made.
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: Arc<std::io::Error> },
+    /// A reader panicked while it held the reader connection.
+    #[error("the reader connection's lock is poisoned")]
+    Poisoned,
+    /// The writer thread is gone, so nothing more can be committed.
+    #[error("the writer thread has stopped")]
+    WriterStopped,
+    /// A blocking store call panicked or was cancelled.
+    #[error("a blocking store call did not finish: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    pub fn io(what: &'static str, e: std::io::Error) -> StoreError {
+        StoreError::Io { what, source: Arc::new(e) }
     }
 }
 

@@ -9,8 +9,6 @@
 
 mod sqlite;
 
-use std::sync::Arc;
-
 use tokio::sync::oneshot;
 
 use crate::ids::{BatchId, JobId, WorkerId};
@@ -121,42 +119,7 @@ pub struct Snapshot {
     pub next_worker: i64,
 }
 
-/// Why the state store failed. `Clone` because one failed group commit
-/// answers every request in the group; the sources are shared, not flattened
-/// into text.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused the database file or a statement.
-    #[error("sqlite: {0}")]
-    Sqlite(#[source] Arc<rusqlite::Error>),
-    /// The token table (`auth.sqlite`) failed.
-    #[error("auth.sqlite: {0}")]
-    Tokens(#[source] Arc<rusqlite::Error>),
-    /// The data directory or a store thread could not be made.
-    #[error("{what}: {source}")]
-    Io { what: &'static str, source: Arc<std::io::Error> },
-    /// A reader panicked while it held the reader connection.
-    #[error("the reader connection's lock is poisoned")]
-    Poisoned,
-    /// The writer thread is gone, so nothing more can be committed.
-    #[error("the writer thread has stopped")]
-    WriterStopped,
-    /// A blocking store call panicked or was cancelled.
-    #[error("a blocking store call did not finish: {0}")]
-    Task(#[source] Arc<tokio::task::JoinError>),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite(Arc::new(e))
-    }
-}
-
-impl StoreError {
-    pub fn io(what: &'static str, e: std::io::Error) -> StoreError {
-        StoreError::Io { what, source: Arc::new(e) }
-    }
-}
+pub use crate::error::StoreError;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
