@@ -90,8 +90,32 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Registered workers, their devices and running jobs.
-    Workers,
+    /// Delete a batch: its jobs, their history and every output in the store
+    /// (uploads stay). Refused while jobs run, unless --force.
+    Delete {
+        batch: String,
+        /// Take running jobs back and cancel them first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Registered workers, their devices and running jobs; with an action
+    /// (admin), take one out of rotation or back.
+    Workers {
+        #[command(subcommand)]
+        action: Option<WorkersAction>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkersAction {
+    /// No new leases for the worker (kept across coordinator restarts); what it runs finishes.
+    Disable { worker: String },
+    /// Lease to the worker again.
+    Enable { worker: String },
+    /// Disable the worker and hand its running jobs back now, without spending an attempt.
+    Drain { worker: String },
+    /// Drop a worker that is gone (not connected, running nothing).
+    Forget { worker: String },
 }
 
 #[derive(Args, Debug)]

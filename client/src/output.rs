@@ -194,6 +194,7 @@ pub struct WorkerJson<'a> {
     name: &'a str,
     version: &'a str,
     connected: bool,
+    availability: &'static str,
     running_jobs: &'a [String],
     succeeded: u64,
     failed: u64,
@@ -208,12 +209,21 @@ impl<'a> WorkerJson<'a> {
             name: &w.name,
             version: &w.version,
             connected: w.connected,
+            availability: availability_name(w.availability),
             running_jobs: &w.running_jobs,
             succeeded: w.succeeded,
             failed: w.failed,
             last_seen_at_ms: w.last_seen_at_ms,
             devices: w.devices.iter().map(|d| DeviceJson { name: &d.name, memory_bytes: d.memory_bytes, description: &d.description }).collect(),
         }
+    }
+}
+
+/// A worker's availability as the CLI prints it.
+pub fn availability_name(value: i32) -> &'static str {
+    match pb::WorkerAvailability::try_from(value) {
+        Ok(pb::WorkerAvailability::Disabled) => "disabled",
+        _ => "enabled",
     }
 }
 

@@ -110,6 +110,7 @@ function onBatchesEvent(ev) {
   const b = ev.batch;
   if (!b) return;
   const row = $(`#batch-${CSS.escape(b.id)}`);
+  if (ev.kind === "batch_deleted") { row?.remove(); return; }
   const filter = $("#batches").dataset.filter;
   if (row) updateBatch(row, b);
   else if (filter === "all" || filter === b.state) batchRow(b.id);
@@ -332,6 +333,14 @@ async function batchAction(id, action, query = "") {
   return body;
 }
 
+// A worker control (admin): disable, enable, drain, forget; the row refreshes.
+async function workerAction(id, action) {
+  const r = await fetch(`/api/workers/${encodeURIComponent(id)}/${action}`, { method: "POST", headers: { "x-stylefarm-action": action } });
+  const body = await r.json();
+  if (!r.ok) { alert(body.error); return null; }
+  return body;
+}
+
 function setPauseButton(paused) {
   const b = $("#pause");
   if (!b) return;
@@ -346,6 +355,7 @@ function onBatchEvent(ev) {
   if (ev.job?.video && ev.kind !== "progress") refreshFrames();
   if (ev.kind === "batch_changed" && ev.batch) setPauseButton(ev.batch.state === "paused");
   if (ev.kind === "batch_finished") { $(".controls")?.remove(); refreshFrames(); }
+  if (ev.kind === "batch_deleted") location.assign("/");
 }
 
 function follow() {
@@ -356,7 +366,7 @@ function follow() {
   source.onopen = () => live?.classList.add("on");
   source.onerror = () => live?.classList.remove("on");
   const handle = (e) => handlers[page]?.(JSON.parse(e.data));
-  for (const kind of ["snapshot", "queued", "started", "progress", "succeeded", "failed", "cancelled", "waiting", "batch_changed", "batch_finished"]) {
+  for (const kind of ["snapshot", "queued", "started", "progress", "succeeded", "failed", "cancelled", "waiting", "batch_changed", "batch_finished", "batch_deleted"]) {
     source.addEventListener(kind, handle);
   }
   source.addEventListener("batch_finished", () => { source.close(); live?.classList.remove("on"); });
@@ -398,11 +408,30 @@ function start() {
       const body = await batchAction(e.target.dataset.batch, "retry");
       if (body) location.reload();
     });
+    $("#delete")?.addEventListener("click", async (e) => {
+      const id = e.target.dataset.batch;
+      if (!confirm(`Delete batch ${id}, its jobs, history and every output? This cannot be undone.`)) return;
+      const force = Number($("#summary").dataset.running) > 0
+        && confirm("Jobs are running: take them back and cancel them first?") ? "?force" : "";
+      if (await batchAction(id, "delete", force)) location.assign("/");
+    });
     $("#priority")?.addEventListener("click", async () => {
       const id = $(".controls").dataset.batch;
       const value = prompt("New priority (-1000..1000, higher first):", $(".priority")?.textContent ?? "0");
       if (value === null) return;
       await batchAction(id, "priority", `?priority=${encodeURIComponent(value.trim())}`);
+    });
+  }
+  if (page === "workers") {
+    // delegated: the rows are replaced as workers change
+    $("#workers")?.addEventListener("click", async (e) => {
+      const b = e.target.closest("button.worker-action");
+      if (!b) return;
+      const { worker, action } = b.dataset;
+      const ask = { drain: `Drain ${worker}: no new jobs, and its running jobs go back to the queue (no attempt spent)?`,
+        forget: `Forget ${worker}? Its record goes; a worker that comes back registers again.` }[action];
+      if (ask && !confirm(ask)) return;
+      if (await workerAction(worker, action)) refreshWorkers();
     });
   }
   if (page === "job") loadTrace($("#job").dataset.job);

@@ -4,7 +4,8 @@ use stylefarm_core::video::VideoTask;
 use stylefarm_proto as pb;
 
 use crate::model::{
-    AttemptRecord, BatchPhase, BatchRecord, CancelOutcome, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, StateKind, WorkerRecord,
+    AttemptRecord, Availability, BatchPhase, BatchRecord, CancelOutcome, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, StateKind,
+    WorkerRecord,
 };
 
 pub fn image_ref(source: &ImageSource) -> pb::ImageRef {
@@ -180,5 +181,9 @@ pub fn worker(w: &WorkerRecord, running: Vec<String>, now: Millis, heartbeat_ms:
         succeeded: w.succeeded,
         failed: w.failed,
         memory: w.memory.iter().map(|m| pb::DeviceMemory { device: m.device.clone(), used_bytes: m.used_bytes, total_bytes: m.total_bytes }).collect(),
+        availability: match w.availability {
+            Availability::Enabled => pb::WorkerAvailability::Enabled,
+            Availability::Disabled => pb::WorkerAvailability::Disabled,
+        } as i32,
     }
 }

@@ -3,9 +3,14 @@
 
 use crate::ids::{BatchId, JobId};
 
+/// Every object a batch's jobs wrote lives under this prefix.
+pub fn batch_prefix(batch: BatchId) -> String {
+    format!("batches/{batch}/")
+}
+
 /// Object keys of a job attempt's outputs.
 pub fn attempt_prefix(batch: BatchId, job: JobId, attempt: u32) -> String {
-    format!("batches/{batch}/jobs/{job}/attempt-{attempt}/")
+    format!("{}jobs/{job}/attempt-{attempt}/", batch_prefix(batch))
 }
 
 /// Content-addressed key of an uploaded image.

@@ -106,6 +106,29 @@ impl Location {
         get_path(&self.store, &self.path(key), &url).await
     }
 
+    /// Deletes every object under `key_prefix` (whole path segments:
+    /// `batches/b3` never touches `batches/b30/`); returns how many went.
+    /// Objects already gone count as deleted; deleting nothing is not an error.
+    pub async fn delete_prefix(&self, key_prefix: &str) -> Result<u64> {
+        use futures_util::StreamExt;
+        let prefix = self.path(key_prefix);
+        if prefix.parts().count() <= self.prefix.parts().count() {
+            return Err(StorageError::BadUrl { url: self.url_of(key_prefix), reason: "refusing to delete the whole store".into() });
+        }
+        let store_err = |source| StorageError::Store { url: self.url_of(key_prefix), source };
+        let locations = self.store.list(Some(&prefix)).map(|meta| meta.map(|m| m.location)).boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        let mut count = 0;
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) => count += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(store_err(source)),
+            }
+        }
+        Ok(count)
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.store.head(&self.path(key)).await {
             Ok(_) => Ok(true),
@@ -192,6 +215,31 @@ mod tests {
         let e = Location::parse("ftp://x/y").unwrap_err().to_string();
         assert!(e.contains("ftp"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn deleting_a_prefix_takes_whole_segments_and_nothing_else() {
+        let dir = tempfile_dir("prefix");
+        let loc = Location::open_root(&format!("file://{}/root", dir.display())).unwrap();
+        let rt = tokio_test_runtime();
+        rt.block_on(async {
+            for key in ["batches/b3/jobs/j1/a.png", "batches/b3/jobs/j2/b.png", "batches/b30/jobs/j9/c.png", "images/sha256/ab"] {
+                loc.put(key, Bytes::from_static(b"x")).await.unwrap();
+            }
+            assert_eq!(loc.delete_prefix("batches/b3/").await.unwrap(), 2);
+            assert!(!loc.exists("batches/b3/jobs/j1/a.png").await.unwrap());
+            assert!(loc.exists("batches/b30/jobs/j9/c.png").await.unwrap(), "b30 is another batch");
+            assert!(loc.exists("images/sha256/ab").await.unwrap());
+            assert_eq!(loc.delete_prefix("batches/b3").await.unwrap(), 0, "again: nothing left, no error");
+            assert!(loc.delete_prefix("/").await.is_err(), "never the whole store");
+        });
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn tempfile_dir(what: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sf-storage-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     fn tokio_test_runtime() -> tokio::runtime::Runtime {

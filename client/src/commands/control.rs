@@ -1,5 +1,5 @@
-//! `cancel` (a batch, or one job), `priority`, `pause`, `resume` and `retry`:
-//! changes to work already submitted.
+//! `cancel` (a batch, or one job), `priority`, `pause`, `resume`, `retry` and
+//! `delete`: changes to work already submitted.
 
 use anyhow::Result;
 use stylefarm_proto as pb;
@@ -86,6 +86,18 @@ pub async fn resume(cli: &Cli, batch: &str) -> Result<()> {
         return print_json(&BatchJson::of(&b));
     }
     println!("batch {} resumed [{}]", b.id, batch_state_name(b.state));
+    Ok(())
+}
+
+pub async fn delete(cli: &Cli, batch: &str, mode: pb::DeleteMode) -> Result<()> {
+    let mut client = connect(cli).await?;
+    let r = client.delete_batch(pb::DeleteBatchRequest { batch_id: batch.into(), mode: mode as i32 }).await?.into_inner();
+    if cli.json {
+        return print_json(&serde_json::json!({
+            "batch_id": batch, "cancelled": r.cancelled, "jobs_removed": r.jobs_removed, "objects_removed": r.objects_removed,
+        }));
+    }
+    println!("batch {batch} deleted: {} jobs removed ({} cancelled first), {} objects removed", r.jobs_removed, r.cancelled, r.objects_removed);
     Ok(())
 }
 

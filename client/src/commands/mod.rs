@@ -36,6 +36,11 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Unblock { worker, batch } => control::unblock(cli, worker, batch).await,
         Command::Retry { batch, job, failed: _ } => control::retry(cli, batch, job.as_deref()).await,
         Command::Fetch { batch, out } => fetch::fetch(cli, batch, out).await,
-        Command::Workers => workers::workers(cli).await,
+        Command::Delete { batch, force } => {
+            let mode = if *force { pb::DeleteMode::CancelRunning } else { pb::DeleteMode::IfIdle };
+            control::delete(cli, batch, mode).await
+        }
+        Command::Workers { action: None } => workers::workers(cli).await,
+        Command::Workers { action: Some(action) } => workers::control(cli, action).await,
     }
 }

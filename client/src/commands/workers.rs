@@ -1,10 +1,11 @@
-//! `stylefarm workers`: registered workers, their devices and running jobs.
+//! `stylefarm workers`: registered workers, their devices and running jobs;
+//! `workers disable|enable|drain|forget W` (admin).
 
 use anyhow::Result;
 use stylefarm_proto as pb;
 
-use crate::cli::{connect, Cli};
-use crate::output::{print_json, WorkerJson};
+use crate::cli::{connect, Cli, WorkersAction};
+use crate::output::{availability_name, print_json, WorkerJson};
 
 pub async fn workers(cli: &Cli) -> Result<()> {
     let mut client = connect(cli).await?;
@@ -15,10 +16,11 @@ pub async fn workers(cli: &Cli) -> Result<()> {
     for w in &workers {
         let devices: Vec<String> = w.devices.iter().map(|d| format!("{} ({:.1} GiB)", d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
         println!(
-            "{:<6} {:<20} {:<12} {} running [{}], {} done, {} failed, devices: {}",
+            "{:<6} {:<20} {:<12} {:<9} {} running [{}], {} done, {} failed, devices: {}",
             w.id,
             w.name,
             if w.connected { "connected" } else { "lost" },
+            availability_name(w.availability),
             w.running_jobs.len(),
             w.running_jobs.join(","),
             w.succeeded,
@@ -26,5 +28,28 @@ pub async fn workers(cli: &Cli) -> Result<()> {
             devices.join(", ")
         );
     }
+    Ok(())
+}
+
+pub async fn control(cli: &Cli, action: &WorkersAction) -> Result<()> {
+    let mut client = connect(cli).await?;
+    let (worker, action) = match action {
+        WorkersAction::Disable { worker } => (worker, pb::WorkerAction::Disable),
+        WorkersAction::Enable { worker } => (worker, pb::WorkerAction::Enable),
+        WorkersAction::Drain { worker } => (worker, pb::WorkerAction::Drain),
+        WorkersAction::Forget { worker } => {
+            client.forget_worker(pb::ForgetWorkerRequest { worker_id: worker.clone() }).await?;
+            if cli.json {
+                return print_json(&serde_json::json!({ "worker_id": worker, "forgotten": true }));
+            }
+            println!("worker {worker} forgotten");
+            return Ok(());
+        }
+    };
+    let w = client.control_worker(pb::ControlWorkerRequest { worker_id: worker.clone(), action: action as i32 }).await?.into_inner();
+    if cli.json {
+        return print_json(&WorkerJson::of(&w));
+    }
+    println!("worker {} ({}) is {}; {} job(s) running", w.id, w.name, availability_name(w.availability), w.running_jobs.len());
     Ok(())
 }

@@ -23,7 +23,7 @@ use crate::ids::{BatchId, JobId, WorkerId};
 use crate::keys::image_key;
 use crate::model::JobState;
 use crate::model::NewBatch;
-use crate::scheduler::{PauseMode, RetryTarget};
+use crate::scheduler::{DeleteMode, PauseMode, RetryTarget, WorkerAction};
 use crate::store::ImageRecord;
 use crate::validate;
 
@@ -318,6 +318,39 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let was_blocked = self.farm.apply(move |s, fx, _| s.unblock_worker(worker, batch, fx)).await?;
         tracing::info!(principal = %caller.name, worker_id = %worker, batch_id = %batch, was_blocked, "unblock requested");
         Ok(Response::new(pb::UnblockWorkerResponse { was_blocked }))
+    }
+
+    async fn delete_batch(&self, request: Request<pb::DeleteBatchRequest>) -> Result<Response<pb::DeleteBatchResponse>, Status> {
+        let caller = self.caller(&request, Api::Client)?;
+        let request = request.into_inner();
+        let id = BatchId::parse(&request.batch_id, "batch_id")?;
+        let mode = match request.mode() {
+            pb::DeleteMode::Unspecified | pb::DeleteMode::IfIdle => DeleteMode::IfIdle,
+            pb::DeleteMode::CancelRunning => DeleteMode::CancelRunning,
+        };
+        let done = self.farm.delete_batch(id, mode, &caller).await?;
+        Ok(Response::new(pb::DeleteBatchResponse { cancelled: done.cancelled, jobs_removed: done.jobs_removed, objects_removed: done.objects_removed }))
+    }
+
+    async fn control_worker(&self, request: Request<pb::ControlWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
+        let caller = self.caller(&request, Api::Admin)?;
+        let request = request.into_inner();
+        let worker = WorkerId::parse(&request.worker_id, "worker_id")?;
+        let action = match request.action() {
+            pb::WorkerAction::Disable => WorkerAction::Disable,
+            pb::WorkerAction::Enable => WorkerAction::Enable,
+            pb::WorkerAction::Drain => WorkerAction::Drain,
+            pb::WorkerAction::Unspecified => return Err(CoordError::invalid("action", "one of DISABLE, ENABLE, DRAIN").into()),
+        };
+        let (record, running, _) = self.farm.control_worker(worker, action, &caller).await?;
+        Ok(Response::new(convert::worker(&record, running, now_ms(), self.farm.config.heartbeat_interval_ms)))
+    }
+
+    async fn forget_worker(&self, request: Request<pb::ForgetWorkerRequest>) -> Result<Response<pb::ForgetWorkerResponse>, Status> {
+        let caller = self.caller(&request, Api::Admin)?;
+        let worker = WorkerId::parse(&request.into_inner().worker_id, "worker_id")?;
+        self.farm.forget_worker(worker, &caller).await?;
+        Ok(Response::new(pb::ForgetWorkerResponse {}))
     }
 
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {

@@ -77,6 +77,8 @@ pub struct BatchRecord {
     pub owner: String,
     /// An operator paused it: none of its jobs is leased until it is resumed.
     pub paused: bool,
+    /// When it was deleted (its row stays as a tombstone; its jobs are gone).
+    pub deleted_ms: Option<Millis>,
 }
 
 impl BatchRecord {

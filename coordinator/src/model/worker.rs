@@ -29,6 +29,24 @@ pub struct WorkerRecord {
     pub secret: SecretHash,
     /// GPU memory from its latest heartbeat; kept in memory only (empty on CPU).
     pub memory: Vec<MemoryReading>,
+    /// Whether it takes new jobs (an admin's choice, kept across restarts).
+    pub availability: Availability,
+}
+
+/// Whether a worker takes new jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Availability {
+    #[default]
+    Enabled,
+    /// An admin took it out of rotation: it leases nothing until enabled;
+    /// what it runs goes on (a drain hands that back too).
+    Disabled,
+}
+
+impl Availability {
+    pub fn takes_work(self) -> bool {
+        self == Availability::Enabled
+    }
 }
 
 /// One device's memory as its worker last read it.

@@ -15,6 +15,10 @@ impl Scheduler {
     pub fn lease(&mut self, worker: WorkerId, caller: &Principal, device_memory: u64, now: Millis, fx: &mut Effects) -> Result<Option<Grant>> {
         self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
         self.release_delayed(now, fx);
+        if !self.workers.takes_work(worker) {
+            // an admin disabled it: it stays registered and keeps what it runs
+            return Ok(None);
+        }
         let rules = Rules {
             jobs: &self.jobs,
             batches: &self.batches,

@@ -1,6 +1,6 @@
 //! What users and operators do to work already submitted: cancel a batch or
 //! one job, change a batch's priority, pause and resume it, retry failed or
-//! cancelled jobs. Every job state change goes through
+//! cancelled jobs, delete it. Every job state change goes through
 //! [`Scheduler::transition`].
 
 use std::collections::HashSet;
@@ -20,6 +20,15 @@ pub enum RetryTarget {
     Job(JobId),
     /// Every failed job of the batch.
     Failed,
+}
+
+/// Whether deleting a batch may stop its running jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// Refused while any of its jobs runs.
+    IfIdle,
+    /// Running jobs are taken back (their attempts not counted) and cancelled first.
+    CancelRunning,
 }
 
 /// What pausing does to a batch's running jobs.
@@ -119,22 +128,55 @@ impl Scheduler {
         if mode == PauseMode::FinishRunning {
             return Ok(0);
         }
-        let mut handed_back = 0;
-        for job_id in self.members.get(&id).cloned().unwrap_or_default() {
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            let attempt = job.attempt;
-            let Some((worker, leased_ms)) = job.take_back(now) else { continue };
-            attempt_ended(
-                fx,
-                Ended { job: job_id, attempt, worker: Some(worker), leased_ms: Some(leased_ms), end: AttemptEnd::HandedBack },
-                "the batch was paused".into(),
-                Vec::new(),
-                now,
-            );
-            self.transition(job_id, Was::Running(worker), now, fx);
-            handed_back += 1;
+        let members = self.members.get(&id).cloned().unwrap_or_default();
+        Ok(members.into_iter().filter(|&job| self.hand_back(job, "the batch was paused", now, fx)).count() as u32)
+    }
+
+    /// Takes a running job back from its worker without spending the attempt
+    /// (it is queued again; the worker learns at its next heartbeat that the
+    /// lease is gone). Returns whether it was running.
+    pub(super) fn hand_back(&mut self, job_id: JobId, why: &str, now: Millis, fx: &mut Effects) -> bool {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return false };
+        let attempt = job.attempt;
+        let Some((worker, leased_ms)) = job.take_back(now) else { return false };
+        attempt_ended(
+            fx,
+            Ended { job: job_id, attempt, worker: Some(worker), leased_ms: Some(leased_ms), end: AttemptEnd::HandedBack },
+            why.to_string(),
+            Vec::new(),
+            now,
+        );
+        self.transition(job_id, Was::Running(worker), now, fx);
+        true
+    }
+
+    /// Deletes a batch's state: an unfinished one is cancelled first (refused
+    /// while jobs run, unless `mode` takes them back), then its jobs and
+    /// their history go from the store and its row stays as a tombstone. A
+    /// batch only in the store (finished) is deleted there. The caller removes
+    /// its objects. Returns how many jobs this cancelled.
+    pub fn delete_batch(&mut self, id: BatchId, mode: DeleteMode, now: Millis, fx: &mut Effects) -> Result<u32> {
+        let mut cancelled = 0;
+        if let Some(batch) = self.batches.get(&id).filter(|b| b.finished_ms.is_none()) {
+            let running = batch.counts.running;
+            if running > 0 && mode == DeleteMode::IfIdle {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "batch {id} has {running} running job(s): cancel it and wait for them to stop, or delete with --force (mode CANCEL_RUNNING)"
+                )));
+            }
+            let members = self.members.get(&id).cloned().unwrap_or_default();
+            for job in members {
+                self.hand_back(job, "the batch was deleted", now, fx);
+            }
+            let (now_cancelled, signalled) = self.cancel_batch(id, now, fx)?;
+            if signalled > 0 {
+                return Err(CoordError::Internal(format!("batch {id} kept {signalled} running job(s) after they were taken back")));
+            }
+            cancelled = now_cancelled;
         }
-        Ok(handed_back)
+        fx.ops.push(StoreOp::DeleteBatch { id, deleted_ms: now });
+        fx.barrier = true;
+        Ok(cancelled)
     }
 
     /// Resumes a paused batch: its queued jobs are leased again.

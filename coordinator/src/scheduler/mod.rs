@@ -11,7 +11,8 @@
 //! fails with that reason after `unfit_grace_ms`.
 //!
 //! Files by idea: [`restore`] (resume from the store), [`submit`], [`attempts`]
-//! (lease, heartbeat, complete, fail), [`control`] (cancel), [`tick`] (time
+//! (lease, heartbeat, complete, fail), [`control`] (cancel, pause, retry,
+//! delete), [`rotation`] (disable, drain, forget workers), [`tick`] (time
 //! passing), [`queries`]; [`transition`] is the one path by which a job moves
 //! between states and every index follows, and [`invariants`] says what must
 //! hold between the indexes after every call. The output vocabulary
@@ -31,6 +32,7 @@ mod queries;
 mod queue;
 mod requests;
 mod restore;
+mod rotation;
 mod submit;
 mod tick;
 mod transition;
@@ -49,8 +51,9 @@ use queue::{PickRules, ReadyQueue};
 use requests::RequestIds;
 use workers::WorkerRegistry;
 
-pub use control::{PauseMode, RetryTarget};
+pub use control::{DeleteMode, PauseMode, RetryTarget};
 pub use effects::{AttemptEnd, Effects, Event, EventKind, Observation};
+pub use rotation::WorkerAction;
 pub use workers::Registration;
 
 /// Jobs by what a worker could do about them.

@@ -1,5 +1,6 @@
 //! Property tests of the pure scheduler: random sequences of submit, lease,
-//! heartbeat, complete, fail, hand-back, cancel, tick and restart (through a
+//! heartbeat, complete, fail, hand-back, cancel, pause, retry, delete,
+//! disable/drain workers, tick and restart (through a
 //! real SQLite store), with [`Scheduler::check_invariants`] after every step,
 //! every job ending at most once, and every job ending once the farm runs
 //! the rest out.
@@ -79,8 +80,11 @@ impl World {
     }
 
     fn restart(&mut self) {
+        let availability = |s: &Scheduler| s.workers().map(|w| (w.id, w.availability)).collect::<Vec<_>>();
+        let before = availability(&self.sched);
         let snapshot: Snapshot = self.store.load().unwrap();
         self.sched = Scheduler::restore(config(), snapshot, self.now);
+        assert_eq!(availability(&self.sched), before, "disabled workers stay disabled across a restart");
         self.sched.check_invariants().unwrap_or_else(|broken| panic!("after a restart: {broken}"));
     }
 
@@ -205,6 +209,29 @@ impl World {
         self.finished.retain(|job, _| sched.job(*job).is_none_or(|j| j.state.kind().is_terminal()));
     }
 
+    /// A random batch is deleted (running jobs taken back first); its jobs
+    /// leave the store, so they leave the checks too.
+    fn delete(&mut self, rng: &mut StdRng) {
+        let Some(&batch) = self.batch_ids.get(rng.random_range(0..self.batch_ids.len().max(1))) else { return };
+        self.apply(|s, fx, now| s.delete_batch(batch, DeleteMode::CancelRunning, now, fx).unwrap());
+        self.batch_ids.retain(|b| *b != batch);
+        let gone: Vec<JobId> = self.submitted.iter().copied().filter(|j| self.store.job(*j).unwrap().is_none()).collect();
+        assert!(self.sched.batch(batch).is_none(), "a deleted batch left memory");
+        self.submitted.retain(|j| !gone.contains(j));
+        self.leases.retain(|j, _| !gone.contains(j));
+        assert_eq!(self.store.batches_before(BatchId(i64::MAX), 1_000, None).unwrap().iter().filter(|b| b.id == batch).count(), 0, "lists skip it");
+    }
+
+    /// A random worker is disabled, enabled or drained (its leases taken back).
+    fn rotate(&mut self, rng: &mut StdRng) {
+        let worker = self.workers[rng.random_range(0..self.workers.len())];
+        let action = [WorkerAction::Disable, WorkerAction::Enable, WorkerAction::Drain][rng.random_range(0..3)];
+        self.apply(|s, fx, now| s.control_worker(worker, action, now, fx).unwrap());
+        if action == WorkerAction::Drain {
+            self.leases.retain(|_, (w, _, _)| *w != worker);
+        }
+    }
+
     fn tick(&mut self, ms: Millis) {
         self.now += ms;
         self.apply(|s, fx, now| s.tick(now, fx));
@@ -227,6 +254,8 @@ fn run(seed: u64) {
             82..=84 => w.reprioritise(&mut rng),
             85..=87 => w.pause_or_resume(&mut rng),
             88..=89 => w.retry(&mut rng),
+            90 => w.delete(&mut rng),
+            91..=92 => w.rotate(&mut rng),
             _ => {
                 let ms = rng.random_range(0..1_500);
                 w.tick(ms)
@@ -238,6 +267,9 @@ fn run(seed: u64) {
     let paused: Vec<BatchId> = w.sched.live_batches().filter(|b| b.paused).map(|b| b.id).collect();
     for batch in paused {
         w.apply(|s, fx, _| s.resume_batch(batch, fx).unwrap());
+    }
+    for worker in w.workers.clone() {
+        w.apply(|s, fx, now| s.control_worker(worker, WorkerAction::Enable, now, fx).unwrap());
     }
     for _ in 0..2_000 {
         if w.sched.live_batches().next().is_none() {

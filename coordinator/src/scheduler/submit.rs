@@ -43,6 +43,7 @@ impl Scheduler {
             started_ms: None,
             owner: owner.to_string(),
             paused: false,
+            deleted_ms: None,
         };
         fx.ops.push(StoreOp::InsertBatch(batch.clone()));
         let mut ids = Vec::with_capacity(new.jobs.len());

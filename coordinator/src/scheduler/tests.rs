@@ -3,7 +3,7 @@
 use super::*;
 use crate::error::CoordError;
 use crate::identity::{Principal, Role};
-use crate::model::{AfterFailure, AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, Submitted};
+use crate::model::{AfterFailure, AttemptStop, Availability, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, StateKind, Submitted};
 use crate::store::{Snapshot, StoreOp};
 
 fn config() -> SchedulerConfig {
@@ -388,4 +388,65 @@ fn an_admin_unblocks_a_worker_and_expired_leases_do_not_block() {
         }
     }
     assert!(!s.workers.blocked(w1, submitted.batch, s.config.worker_batch_failure_limit), "three expiries do not block it");
+}
+
+#[test]
+fn deleting_a_batch_with_running_jobs_is_refused_unless_forced_and_then_spends_no_attempt() {
+    let (mut s, w) = setup();
+    let b = s.submit(batch(vec![job(1), job(1), job(1)]), "local", 0, &mut Effects::default(), &mut trace());
+    let grant = s.lease(w, &local(), 0, 10, &mut Effects::default()).unwrap().unwrap();
+    let e = s.delete_batch(b.batch, DeleteMode::IfIdle, 20, &mut Effects::default()).unwrap_err();
+    assert!(matches!(e, CoordError::FailedPrecondition(_)) && e.to_string().contains("1 running job") && e.to_string().contains("--force"), "{e}");
+    assert_eq!(s.batch(b.batch).unwrap().counts.running, 1, "a refused delete changes nothing");
+    let mut fx = Effects::default();
+    assert_eq!(s.delete_batch(b.batch, DeleteMode::CancelRunning, 30, &mut fx).unwrap(), 3, "all three are cancelled");
+    assert!(fx.finished_batches.contains(&b.batch), "it ended, so it leaves memory once committed");
+    assert!(matches!(fx.ops.last(), Some(StoreOp::DeleteBatch { id, deleted_ms: 30 }) if *id == b.batch), "{:?}", fx.ops.last());
+    let handed_back = fx.ops.iter().any(|op| matches!(op, StoreOp::InsertAttempt(a) if a.job == grant.job.id && a.outcome == AttemptEnd::HandedBack));
+    assert!(handed_back, "the running attempt is recorded as handed back, not failed");
+    assert_eq!(s.worker(w).unwrap().failed, 0);
+    assert!(s.running_jobs_of(w).is_empty());
+    // its worker's next heartbeat learns the lease is gone
+    let verdicts =
+        s.heartbeat(w, &local(), vec![(grant.job.id, LeaseClaim::new(grant.attempt, grant.secret.expose()), None)], Vec::new(), 40, &mut Effects::default());
+    assert!(verdicts.iter().flatten().all(|(_, _, v)| *v != HeartbeatVerdict::Continue), "{verdicts:?}");
+    s.evict_batch(b.batch);
+    // a finished batch (only in the store) is deleted there
+    let mut fx = Effects::default();
+    assert_eq!(s.delete_batch(b.batch, DeleteMode::IfIdle, 50, &mut fx).unwrap(), 0);
+    assert!(matches!(fx.ops.as_slice(), [StoreOp::DeleteBatch { .. }]), "{:?}", fx.ops);
+}
+
+#[test]
+fn a_disabled_worker_leases_nothing_and_a_drained_one_hands_its_jobs_to_another() {
+    let (mut s, w) = setup();
+    let other = s.register_worker(None, &local(), "w2".into(), gpu(4 << 30), "1".into(), 0, &mut Effects::default()).unwrap().id;
+    let b = s.submit(batch(vec![job(1), job(1)]), "local", 0, &mut Effects::default(), &mut trace());
+    let first = s.lease(w, &local(), 0, 10, &mut Effects::default()).unwrap().unwrap();
+    let mut fx = Effects::default();
+    let (record, handed_back) = s.control_worker(w, WorkerAction::Disable, 20, &mut fx).unwrap();
+    assert_eq!((record.availability, handed_back), (Availability::Disabled, 0));
+    assert!(matches!(fx.ops.as_slice(), [StoreOp::SetAvailability { availability: Availability::Disabled, .. }]), "{:?}", fx.ops);
+    assert!(s.lease(w, &local(), 0, 30, &mut Effects::default()).unwrap().is_none(), "disabled: no new lease though a job is queued");
+    assert_eq!(s.running_jobs_of(w), vec![first.job.id], "what it runs goes on");
+    let (_, handed_back) = s.control_worker(w, WorkerAction::Drain, 40, &mut Effects::default()).unwrap();
+    assert_eq!(handed_back, 1);
+    assert!(s.running_jobs_of(w).is_empty());
+    assert_eq!(s.job(first.job.id).unwrap().state.kind(), StateKind::Queued);
+    let a = s.lease(other, &local(), 0, 50, &mut Effects::default()).unwrap().unwrap();
+    let c = s.lease(other, &local(), 0, 51, &mut Effects::default()).unwrap().unwrap();
+    assert_eq!(a.job.id, first.job.id, "the handed-back job goes first");
+    assert_eq!(a.attempt, first.attempt + 1, "a fresh fencing token");
+    assert_eq!(s.job(first.job.id).unwrap().handed_back, 1, "the drained attempt is not counted against max_attempts");
+    assert!(c.job.batch == b.batch && s.worker(w).unwrap().failed == 0);
+    let mut fx = Effects::default();
+    s.control_worker(w, WorkerAction::Enable, 60, &mut fx).unwrap();
+    assert!(fx.wake, "an enabled worker may take queued work at once");
+    assert!(matches!(s.control_worker(WorkerId(99), WorkerAction::Disable, 60, &mut Effects::default()), Err(CoordError::NotFound { .. })));
+    // forgetting: refused while it is connected; fine once it is gone
+    assert!(s.forget_worker(w, 500, &mut Effects::default()).is_err(), "seen 440 ms ago, within a lease");
+    let mut fx = Effects::default();
+    assert_eq!(s.forget_worker(w, 5_000, &mut fx).unwrap().id, w);
+    assert!(matches!(fx.ops.as_slice(), [StoreOp::DeleteWorker(id)] if *id == w));
+    assert!(s.worker(w).is_none());
 }

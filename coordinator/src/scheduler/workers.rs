@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{DeviceRecord, Millis, WorkerRecord};
+use crate::model::{Availability, DeviceRecord, Millis, WorkerRecord};
 use crate::secrets::Secret;
 
 pub struct Registration {
@@ -102,6 +102,7 @@ impl WorkerRegistry {
             owner: owner.to_string(),
             secret: secret.hash(),
             memory: Vec::new(),
+            availability: Availability::Enabled,
         };
         self.workers.insert(id, record.clone());
         Ok(Registration { id, secret: Some(secret), record })
@@ -186,6 +187,40 @@ impl WorkerRegistry {
         self.workers.values().filter(|w| w.last_seen_ms >= since).flat_map(|w| w.devices.iter().map(|d| d.memory_bytes)).max()
     }
 
+    /// An admin's choice: whether `worker` takes new jobs. Returns its record after.
+    pub fn set_availability(&mut self, worker: WorkerId, availability: Availability) -> Result<&WorkerRecord> {
+        let record = self.workers.get_mut(&worker).ok_or_else(|| CoordError::not_found("worker", worker))?;
+        record.availability = availability;
+        Ok(record)
+    }
+
+    /// Whether `worker` may lease (known and enabled).
+    pub fn takes_work(&self, worker: WorkerId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| w.availability.takes_work())
+    }
+
+    /// An admin forgets `worker`: refused while it was seen since `connected_since`
+    /// or runs a job (a live worker is disabled or drained, not forgotten).
+    pub fn forget(&mut self, worker: WorkerId, connected_since: Millis) -> Result<WorkerRecord> {
+        let record = self.workers.get(&worker).ok_or_else(|| CoordError::not_found("worker", worker))?;
+        if let Some(jobs) = self.running.get(&worker) {
+            return Err(CoordError::FailedPrecondition(format!(
+                "worker {worker} runs {} job(s): drain it first (its leases end at once), then forget it once it is gone",
+                jobs.len()
+            )));
+        }
+        if record.last_seen_ms >= connected_since {
+            return Err(CoordError::FailedPrecondition(format!(
+                "worker {worker} is connected (seen {} ms ago): stop it, or disable it instead",
+                connected_since.max(record.last_seen_ms) - connected_since
+            )));
+        }
+        for failures in self.failures.values_mut() {
+            failures.remove(&worker);
+        }
+        self.workers.remove(&worker).ok_or_else(|| CoordError::not_found("worker", worker))
+    }
+
     /// Drops workers unseen since `before` that run nothing; returns their ids.
     pub fn forget_idle(&mut self, before: Millis) -> Vec<WorkerId> {
         let gone: Vec<WorkerId> = self.workers.values().filter(|w| w.last_seen_ms < before && !self.running.contains_key(&w.id)).map(|w| w.id).collect();
@@ -236,5 +271,27 @@ mod tests {
         r.stop(busy, JobId(3));
         assert_eq!(r.forget_idle(10), vec![busy]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn disabled_workers_take_no_work_and_only_gone_idle_ones_are_forgotten() {
+        let mut r = WorkerRegistry::new(1);
+        let w = r.register(None, "local", "a".into(), cpu(), "1".into(), 100).unwrap().id;
+        assert!(r.takes_work(w));
+        assert_eq!(r.set_availability(w, Availability::Disabled).unwrap().availability, Availability::Disabled);
+        assert!(!r.takes_work(w));
+        r.set_availability(w, Availability::Enabled).unwrap();
+        assert!(r.takes_work(w) && !r.takes_work(WorkerId(99)), "an unknown worker takes nothing");
+        assert!(matches!(r.set_availability(WorkerId(99), Availability::Disabled), Err(CoordError::NotFound { .. })));
+        let e = r.forget(w, 50).unwrap_err();
+        assert!(e.to_string().contains("is connected"), "{e}");
+        r.start(w, JobId(1));
+        let e = r.forget(w, 200).unwrap_err();
+        assert!(e.to_string().contains("runs 1 job"), "{e}");
+        r.stop(w, JobId(1));
+        r.count_failure(w, BatchId(4));
+        assert_eq!(r.forget(w, 200).unwrap().id, w);
+        assert!(r.is_empty() && r.failures(w, BatchId(4)) == 0, "its blocklist entries go with it");
+        assert!(matches!(r.forget(w, 200), Err(CoordError::NotFound { .. })));
     }
 }

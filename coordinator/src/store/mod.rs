@@ -7,12 +7,13 @@
 //! changes are committed, so an acknowledged submit, lease or completion
 //! survives `kill -9`.
 
+mod rows;
 mod sqlite;
 
 use tokio::sync::oneshot;
 
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{AttemptRecord, BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
+use crate::model::{AttemptRecord, Availability, BatchRecord, Counts, Failure, JobRecord, JobState, Millis, WorkerRecord};
 
 pub use sqlite::{Commits, Durability, SqliteStore};
 
@@ -102,6 +103,20 @@ pub enum StoreOp {
     InsertImage(ImageRecord),
     /// An attempt ended (the job's history).
     InsertAttempt(Box<AttemptRecord>),
+    /// A finished batch is deleted: its jobs, their attempts and its
+    /// blocklist go; its row stays as a tombstone (owner, request id) marked
+    /// `deleted_ms`, so deleting again is idempotent and lists skip it.
+    DeleteBatch {
+        id: BatchId,
+        deleted_ms: Millis,
+    },
+    /// An admin disabled or enabled the worker.
+    SetAvailability {
+        worker: WorkerId,
+        availability: Availability,
+    },
+    /// An admin forgot a worker that was gone.
+    DeleteWorker(WorkerId),
 }
 
 /// Everything the scheduler needs to resume after a restart: unfinished

@@ -13,10 +13,10 @@ use std::thread;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::rows::{batch_from_row, job_from_row, json, lenient, parse_or, worker_from_row, BATCH_COLUMNS, JOB_COLUMNS, WORKER_COLUMNS};
 use super::{CommitTicket, ImageRecord, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{AttemptEnd, AttemptRecord, BatchRecord, Counts, DeviceRecord, Failure, ImageSource, JobRecord, JobState, WorkerRecord};
-use crate::secrets::SecretHash;
+use crate::model::{AttemptEnd, AttemptRecord, Availability, BatchRecord, JobRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS batches (
@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS images (
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
@@ -101,6 +101,8 @@ const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("jobs", "task", "TEXT"),
     ("batches", "paused", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "forgiven", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "deleted_ms", "INTEGER"),
+    ("workers", "disabled", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -135,37 +137,6 @@ pub struct SqliteStore {
 
 fn err(e: rusqlite::Error) -> StoreError {
     StoreError::from(e)
-}
-
-/// Records as JSON. Every record type serialises (no maps with non-string
-/// keys); a failure would be a bug, and becomes `null` rather than a panic.
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "a record did not serialise");
-        "null".into()
-    })
-}
-
-/// A JSON column, or `fallback` (logged) when the row holds something this
-/// version cannot read: one bad row never stops the coordinator from loading.
-fn parse_or<T: serde::de::DeserializeOwned>(text: &str, what: &str, id: i64, fallback: impl FnOnce(String) -> T) -> T {
-    serde_json::from_str(text).unwrap_or_else(|e| {
-        let reason = format!("{what} of row {id} is unreadable ({e}): `{}`", text.chars().take(200).collect::<String>());
-        tracing::error!(reason = %reason, "state row repaired on load");
-        fallback(reason)
-    })
-}
-
-/// Collects rows, skipping (and logging) any that cannot be read at all.
-fn lenient<T>(rows: impl Iterator<Item = rusqlite::Result<T>>, what: &str) -> Vec<T> {
-    rows.filter_map(|row| match row {
-        Ok(value) => Some(value),
-        Err(e) => {
-            tracing::error!(table = what, error = %e, "unreadable state row skipped");
-            None
-        }
-    })
-    .collect()
 }
 
 fn open(path: &Path, full_sync: bool) -> StoreResult<Connection> {
@@ -410,71 +381,21 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             )?
             .execute(params![a.job.0, a.attempt, a.worker.map(|w| w.0), a.leased_ms, a.ended_ms, a.outcome.label(), a.reason, json(&a.spans)])?;
         }
+        StoreOp::DeleteBatch { id, deleted_ms } => {
+            tx.prepare_cached("DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ?1)")?.execute(params![id.0])?;
+            tx.prepare_cached("DELETE FROM jobs WHERE batch_id = ?1")?.execute(params![id.0])?;
+            tx.prepare_cached("DELETE FROM worker_batch_failures WHERE batch_id = ?1")?.execute(params![id.0])?;
+            tx.prepare_cached("UPDATE batches SET deleted_ms = ?2 WHERE id = ?1 AND deleted_ms IS NULL")?.execute(params![id.0, deleted_ms])?;
+        }
+        StoreOp::SetAvailability { worker, availability } => {
+            tx.prepare_cached("UPDATE workers SET disabled = ?2 WHERE id = ?1")?.execute(params![worker.0, *availability == Availability::Disabled])?;
+        }
+        StoreOp::DeleteWorker(id) => {
+            tx.prepare_cached("DELETE FROM worker_batch_failures WHERE worker_id = ?1")?.execute(params![id.0])?;
+            tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?.execute(params![id.0])?;
+        }
     }
     Ok(())
-}
-
-const JOB_COLUMNS: &str = "id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
-                           attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
-                           depends_on, task, forgiven";
-
-fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
-    let id: i64 = row.get(0)?;
-    let content: String = row.get(5)?;
-    let styles: String = row.get(6)?;
-    let state: String = row.get(11)?;
-    let last_failure: Option<String> = row.get(12)?;
-    let depends_on: String = row.get(19)?;
-    let unreadable_input = |_| ImageSource::Url(String::new());
-    Ok(JobRecord {
-        id: JobId(id),
-        batch: BatchId(row.get(1)?),
-        index: row.get(2)?,
-        name: row.get(3)?,
-        priority: row.get(4)?,
-        content: parse_or(&content, "content", id, unreadable_input),
-        styles: parse_or(&styles, "styles", id, |_| Vec::new()),
-        params_json: row.get(7)?,
-        estimate_bytes: row.get::<_, i64>(8)?.max(0) as u64,
-        max_attempts: row.get(9)?,
-        attempt: row.get(10)?,
-        state: parse_or(&state, "state", id, |reason| JobState::Failed { worker: None, reason, retryable: false, failed_dependency: None }),
-        last_failure: last_failure.and_then(|f| parse_or::<Option<Failure>>(&f, "last_failure", id, |_| None)),
-        created_ms: row.get(13)?,
-        started_ms: row.get(14)?,
-        finished_ms: row.get(15)?,
-        trace_id: row.get(16)?,
-        handed_back: row.get(17)?,
-        time_limit_ms: row.get::<_, i64>(18)?.max(0) as u64,
-        depends_on: parse_or::<Vec<i64>>(&depends_on, "depends_on", id, |_| Vec::new()).into_iter().map(JobId).collect(),
-        task: row.get(20)?,
-        forgiven: row.get(21)?,
-    })
-}
-
-const BATCH_COLUMNS: &str =
-    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused";
-
-fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
-    let id: i64 = row.get(0)?;
-    let labels: String = row.get(3)?;
-    let counts: Option<String> = row.get(10)?;
-    Ok(BatchRecord {
-        id: BatchId(id),
-        name: row.get(1)?,
-        priority: row.get(2)?,
-        labels: parse_or(&labels, "labels", id, |_| Default::default()),
-        max_attempts: row.get(4)?,
-        request_id: row.get(5)?,
-        created_ms: row.get(6)?,
-        finished_ms: row.get(7)?,
-        cancel_requested: row.get(8)?,
-        started: row.get(9)?,
-        counts: counts.map(|c| parse_or::<Counts>(&c, "counts", id, |_| Counts::default())).unwrap_or_default(),
-        started_ms: row.get(11)?,
-        owner: row.get(12)?,
-        paused: row.get(13)?,
-    })
 }
 
 impl Store for SqliteStore {
@@ -487,29 +408,8 @@ impl Store for SqliteStore {
             .prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE batch_id IN (SELECT id FROM batches WHERE finished_ms IS NULL) ORDER BY id"))
             .map_err(err)?;
         snapshot.jobs = lenient(stmt.query_map([], job_from_row).map_err(err)?, "jobs");
-        let mut stmt = conn
-            .prepare("SELECT id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256 FROM workers ORDER BY id")
-            .map_err(err)?;
-        let workers = stmt
-            .query_map([], |row| {
-                let id: i64 = row.get(0)?;
-                let devices: String = row.get(2)?;
-                let secret: String = row.get(9)?;
-                Ok(WorkerRecord {
-                    id: WorkerId(id),
-                    name: row.get(1)?,
-                    devices: parse_or::<Vec<DeviceRecord>>(&devices, "devices", id, |_| Vec::new()),
-                    version: row.get(3)?,
-                    registered_ms: row.get(4)?,
-                    last_seen_ms: row.get(5)?,
-                    succeeded: row.get::<_, i64>(6)?.max(0) as u64,
-                    failed: row.get::<_, i64>(7)?.max(0) as u64,
-                    owner: row.get(8)?,
-                    secret: SecretHash::from_hex(&secret),
-                    memory: Vec::new(),
-                })
-            })
-            .map_err(err)?;
+        let mut stmt = conn.prepare(&format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY id")).map_err(err)?;
+        let workers = stmt.query_map([], worker_from_row).map_err(err)?;
         snapshot.workers = lenient(workers, "workers");
         let mut stmt = conn
             .prepare("SELECT worker_id, batch_id, failures FROM worker_batch_failures WHERE batch_id IN (SELECT id FROM batches WHERE finished_ms IS NULL)")
@@ -543,13 +443,18 @@ impl Store for SqliteStore {
         let conn = self.reader()?;
         let rows = match owner {
             Some(owner) => {
-                let mut stmt =
-                    conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id < ?1 AND owner = ?2 ORDER BY id DESC LIMIT ?3")).map_err(err)?;
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {BATCH_COLUMNS} FROM batches WHERE id < ?1 AND owner = ?2 AND deleted_ms IS NULL ORDER BY id DESC LIMIT ?3"
+                    ))
+                    .map_err(err)?;
                 let rows = stmt.query_map(params![before.0, owner, limit as i64], batch_from_row).map_err(err)?;
                 lenient(rows, "batches")
             }
             None => {
-                let mut stmt = conn.prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id < ?1 ORDER BY id DESC LIMIT ?2")).map_err(err)?;
+                let mut stmt = conn
+                    .prepare_cached(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id < ?1 AND deleted_ms IS NULL ORDER BY id DESC LIMIT ?2"))
+                    .map_err(err)?;
                 let rows = stmt.query_map(params![before.0, limit as i64], batch_from_row).map_err(err)?;
                 lenient(rows, "batches")
             }

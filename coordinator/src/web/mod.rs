@@ -5,10 +5,11 @@
 //! Access uses the gRPC API's tokens and roles: `Authorization: Bearer` or the
 //! HttpOnly cookie `/login` sets. A coordinator without tokens (loopback,
 //! zero-config) is open, as its gRPC port is. Submitters see their own
-//! batches; the Workers page is for admins. Cancelling needs a POST with the
-//! `x-stylefarm-action` header (a cross-site form cannot send it) on top of
+//! batches; the Workers page is for admins. Every control (`actions.rs`) is a POST
+//! with the `x-stylefarm-action` header (a cross-site form cannot send it) on top of
 //! the SameSite=Strict cookie.
 
+mod actions;
 mod live;
 mod pages;
 pub mod tls;
@@ -37,7 +38,6 @@ use crate::farm::Farm;
 use crate::identity::Principal;
 use crate::ids::{BatchId, JobId};
 use crate::model::{BatchPhase, JobState};
-use crate::scheduler::{PauseMode, RetryTarget};
 use pages::WorkerRow;
 use view::{EventView, JobView, Row};
 
@@ -74,7 +74,8 @@ pub fn router(farm: Arc<Farm>, https: bool) -> Router {
         .route("/fragments/frames/{id}", get(frames_fragment))
         .route("/api/events", get(farm_events))
         .route("/api/batches/{id}/events", get(batch_events))
-        .route("/api/batches/{id}/{action}", post(batch_action))
+        .route("/api/batches/{id}/{action}", post(actions::batch_action))
+        .route("/api/workers/{id}/{action}", post(actions::worker_action))
         .route("/api/jobs/{id}", get(job_json))
         .route("/api/jobs/{id}/trace", get(trace))
         .route("/files/{id}/{*name}", get(file))
@@ -242,62 +243,6 @@ async fn job_json(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Pat
     let who = caller(&web, &headers, Api::Client)?;
     let (_, message) = web.farm.job(JobId::parse(&id, "job id")?, &who).await?;
     Ok(axum::Json(JobView::of(&message)).into_response())
-}
-
-/// `?priority=N` for `priority`, `?now` for `pause`, `?job=J` for `retry`.
-#[derive(serde::Deserialize)]
-struct ActionArgs {
-    priority: Option<i32>,
-    now: Option<String>,
-    job: Option<String>,
-}
-
-/// The batch page's buttons: cancel, pause (`?now` hands running jobs back),
-/// resume, priority, retry (every failed job, or `?job=J`). Each needs the header `x-stylefarm-action: ACTION`,
-/// which a cross-site form cannot send (the CSRF guard), and the same rights
-/// as the gRPC call.
-async fn batch_action(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    Query(args): Query<ActionArgs>,
-) -> Result<Response, Failure> {
-    let who = caller(&web, &headers, Api::Client)?;
-    if headers.get("x-stylefarm-action").and_then(|v| v.to_str().ok()) != Some(action.as_str()) {
-        return Err(CoordError::PermissionDenied(format!("`{action}` needs the header `x-stylefarm-action: {action}`")).into());
-    }
-    let batch = BatchId::parse(&id, "batch id")?;
-    let body = match action.as_str() {
-        "cancel" => {
-            let (cancelled, signalled) = web.farm.cancel_batch(batch, &who).await?;
-            serde_json::json!({ "cancelled_queued": cancelled, "signalled_running": signalled })
-        }
-        "pause" => {
-            let mode = if args.now.is_some() { PauseMode::HandBackNow } else { PauseMode::FinishRunning };
-            let (record, handed_back) = web.farm.pause_batch(batch, mode, &who).await?;
-            serde_json::json!({ "state": batch_state_name(&record), "handed_back": handed_back })
-        }
-        "resume" => serde_json::json!({ "state": batch_state_name(&web.farm.resume_batch(batch, &who).await?) }),
-        "priority" => {
-            let priority = crate::validate::priority(args.priority.ok_or_else(|| CoordError::invalid("priority", "missing (?priority=N)"))?)?;
-            serde_json::json!({ "priority": web.farm.set_priority(batch, priority, &who).await?.priority })
-        }
-        "retry" => {
-            let target = match args.job.as_deref() {
-                None | Some("") => RetryTarget::Failed,
-                Some(job) => RetryTarget::Job(JobId::parse(job, "job")?),
-            };
-            let (record, requeued) = web.farm.retry(batch, target, &who).await?;
-            serde_json::json!({ "state": batch_state_name(&record), "requeued": requeued })
-        }
-        other => return Err(CoordError::not_found("batch action", other).into()),
-    };
-    tracing::info!(principal = %who.name, batch_id = %batch, action = %action, "batch changed from the dashboard");
-    Ok(axum::Json(body).into_response())
-}
-
-fn batch_state_name(record: &crate::model::BatchRecord) -> &'static str {
-    pb::names::batch_state(convert::batch_state(record.phase()) as i32).unwrap_or("unknown")
 }
 
 /// A job the caller may see, and its committed outputs (none unless it succeeded).

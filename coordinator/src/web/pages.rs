@@ -199,6 +199,8 @@ pub fn batch(b: &pb::Batch, jobs: &[pb::Job]) -> String {
         String::new()
     };
     let retry = if c.failed > 0 { format!(r#" <button id="retry" data-batch="{}">Retry failed jobs</button>"#, esc(&b.id)) } else { String::new() };
+    let delete = format!(r#" <button id="delete" class="danger" data-batch="{}">Delete…</button>"#, esc(&b.id));
+    let retry = retry + &delete;
     let mut out = format!(
         r#"<h1>Batch {id} <span class="name">{name}</span></h1><section class="summary" id="summary" data-batch="{id}" data-state="{state}" {attrs}><p><span class="state">{pill}</span> owner <b>{owner}</b> · submitted {created} · priority <span class="priority">{priority}</span> {labels} {cancel}{retry}</p>{bar}<p><small class="counts">{counts}</small> · ETA <span class="eta">—</span></p></section>"#,
         id = esc(&b.id),
@@ -471,9 +473,20 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
             })
             .collect();
         let state = if w.connected { "connected" } else { "lost" };
+        let enabled = w.availability != pb::WorkerAvailability::Disabled as i32;
+        let disabled = if enabled { String::new() } else { pill("disabled") };
+        // the admin's controls; forgetting is for a worker that is gone
+        let mut buttons = vec![if enabled { ("disable", "Disable") } else { ("enable", "Enable") }, ("drain", "Drain")];
+        if !w.connected {
+            buttons.push(("forget", "Forget"));
+        }
+        let buttons: String = buttons
+            .iter()
+            .map(|(action, label)| format!(r#"<button class="worker-action" data-worker="{id}" data-action="{action}">{label}</button>"#, id = esc(&w.id)))
+            .collect();
         let _ = write!(
             out,
-            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small></td><td>{state}</td><td>{devices}</td><td>{memory}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td></tr>"#,
+            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small></td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
             id = esc(&w.id),
             name = esc(&w.name),
             version = esc(&w.version),
@@ -491,7 +504,7 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
 
 pub fn workers(rows: &[WorkerRow]) -> String {
     format!(
-        r#"<h1>Workers</h1><table class="workers"><thead><tr><th>Worker</th><th>State</th><th>Devices</th><th>Device memory</th><th>Current jobs</th><th>Succeeded</th><th>Failed</th><th>Last seen</th></tr></thead><tbody id="workers">{}</tbody></table>{}"#,
+        r#"<h1>Workers</h1><table class="workers"><thead><tr><th>Worker</th><th>State</th><th>Devices</th><th>Device memory</th><th>Current jobs</th><th>Succeeded</th><th>Failed</th><th>Last seen</th><th></th></tr></thead><tbody id="workers">{}</tbody></table>{}"#,
         worker_rows(rows),
         if rows.is_empty() { r#"<p class="empty">No worker has registered yet.</p>"# } else { "" }
     )

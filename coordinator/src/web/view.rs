@@ -32,6 +32,7 @@ pub fn event_name(kind: i32) -> &'static str {
         pb::EventKind::BatchFinished => "batch_finished",
         pb::EventKind::Waiting => "waiting",
         pb::EventKind::BatchChanged => "batch_changed",
+        pb::EventKind::BatchDeleted => "batch_deleted",
         pb::EventKind::Unspecified => "unknown",
     }
 }

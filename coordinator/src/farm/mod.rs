@@ -11,6 +11,8 @@
 //! disk, and a restart reloads the durable truth. A broken invariant (a panic
 //! while the scheduler was locked) turns the health service to NOT_SERVING.
 
+mod operate;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +61,9 @@ pub struct Farm {
     /// Set when the server stops: watch streams end and long polls return, so
     /// the graceful stop does not wait on them.
     stopping: watch::Sender<bool>,
+    /// Deleted batches whose prefix is swept again once the workers whose
+    /// leases the delete took back have stopped (see [`operate`]).
+    late_sweeps: operate::LateSweeps,
 }
 
 /// `/metrics`: the point-in-time gauges read from the scheduler at each
@@ -101,6 +106,7 @@ impl Farm {
             fatal: watch::channel(None).0,
             broken: watch::channel(None).0,
             stopping: watch::channel(false).0,
+            late_sweeps: operate::LateSweeps::default(),
         });
         Ok(farm)
     }
@@ -334,6 +340,15 @@ impl Farm {
     /// A batch `caller` may see: from memory (unfinished) or the store.
     /// Another principal's batch is NOT_FOUND, like a missing one.
     pub async fn batch_record(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<BatchRecord> {
+        let record = self.owned_batch(id, caller).await?;
+        if record.deleted_ms.is_some() {
+            return Err(CoordError::not_found("batch", id));
+        }
+        Ok(record)
+    }
+
+    /// A batch `caller` may see, deleted ones (tombstones) included.
+    async fn owned_batch(self: &Arc<Self>, id: BatchId, caller: &Principal) -> Result<BatchRecord> {
         let record = match self.read_committed(|s| s.batch(id).cloned()).await? {
             Some(record) => record,
             None => self.stored(move |store| store.batch(id)).await?.ok_or_else(|| CoordError::not_found("batch", id))?,
@@ -358,7 +373,7 @@ impl Farm {
             (Some(batch), None) => (batch, None),
             (None, _) => (self.stored(move |store| store.batch(id)).await?.ok_or_else(|| CoordError::not_found("batch", id))?, None),
         };
-        if !caller.owns(&record.owner) {
+        if !caller.owns(&record.owner) || record.deleted_ms.is_some() {
             return Err(CoordError::not_found("batch", id));
         }
         let jobs = match jobs {
@@ -479,6 +494,7 @@ impl Farm {
                 {
                     tracing::error!(error = %e, "scheduler tick failed");
                 }
+                farm.sweep_late().await;
             }
         }
     }
