@@ -124,6 +124,16 @@ async fn chromium_follows_a_live_farm_on_every_page() {
     assert_eq!(succeeded, 4, "the workers' successes add up to the batch");
     let shot = tokio::task::block_in_place(|| browser.screenshot());
     save("workers.png", &shot);
+    // an admin takes a worker out of rotation from the page, and puts it back
+    tokio::task::block_in_place(|| browser.eval("document.querySelector('#workers button[data-action=disable]').click()"));
+    let shown = tokio::task::block_in_place(|| browser.wait_until("document.querySelectorAll('#workers .s-disabled').length === 1", Duration::from_secs(10)));
+    assert!(shown, "the disabled pill appears once the row refreshes");
+    let listed = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    let disabled: Vec<_> = listed.iter().filter(|w| w.availability == pb::WorkerAvailability::Disabled as i32).collect();
+    assert_eq!(disabled.len(), 1, "the button disabled one worker in the coordinator: {listed:?}");
+    tokio::task::block_in_place(|| browser.eval("document.querySelector('#workers button[data-action=enable]').click()"));
+    let back = tokio::task::block_in_place(|| browser.wait_until("document.querySelectorAll('#workers .s-disabled').length === 0", Duration::from_secs(10)));
+    assert!(back, "enable puts it back");
     tokio::task::block_in_place(|| browser.open(&format!("{web}/")));
     let row = tokio::task::block_in_place(|| browser.eval(&format!("document.getElementById('batch-{batch}').dataset.state")));
     assert_eq!(row, "succeeded");
@@ -214,6 +224,8 @@ async fn the_dashboard_uses_the_grpc_tokens_and_roles() {
         }
         let (status, _, _) = call(agent.get(&format!("{web}/workers")).set("cookie", &cookie));
         assert_eq!(status, 403, "workers are for admins");
+        let (status, _, _) = call(agent.post(&format!("{web}/api/workers/w1/disable")).set("cookie", &cookie).set("x-stylefarm-action", "disable"));
+        assert_eq!(status, 403, "so are their controls");
         // cancelling needs the action header (a cross-site form cannot send it)
         let (status, _, _) = call(agent.post(&format!("{web}/api/batches/{a_batch}/cancel")).set("cookie", &cookie));
         assert_eq!(status, 403);

@@ -41,6 +41,9 @@ enum Rpc {
     Resume,
     Retry,
     Unblock,
+    Delete,
+    ControlWorker,
+    ForgetWorker,
     GetJob,
     Upload,
     StatImages,
@@ -53,7 +56,7 @@ enum Rpc {
     Fail,
 }
 
-const CLIENT_RPCS: [Rpc; 16] = [
+const CLIENT_RPCS: [Rpc; 19] = [
     Rpc::Submit,
     Rpc::GetBatch,
     Rpc::ListBatches,
@@ -65,6 +68,9 @@ const CLIENT_RPCS: [Rpc; 16] = [
     Rpc::Resume,
     Rpc::Retry,
     Rpc::Unblock,
+    Rpc::Delete,
+    Rpc::ControlWorker,
+    Rpc::ForgetWorker,
     Rpc::GetJob,
     Rpc::Upload,
     Rpc::StatImages,
@@ -80,6 +86,8 @@ struct Fixture {
     /// A queued job of alice's for CancelJob, and a batch of hers for SetBatchPriority.
     cancel_job: String,
     priority_batch: String,
+    /// A queued batch of alice's for DeleteBatch (deleting it again is harmless).
+    delete_batch: String,
     job: String,
     done_job: String,
     worker: TestWorker,
@@ -100,6 +108,15 @@ async fn call(rpc: Rpc, client: &mut Client, api: &mut WorkerClient, f: &Fixture
         Rpc::Resume => code(client.resume_batch(pb::ResumeBatchRequest { batch_id: f.priority_batch.clone() }).await),
         Rpc::Retry => code(client.retry(pb::RetryRequest { batch_id: f.priority_batch.clone(), job_id: String::new() }).await),
         Rpc::Unblock => code(client.unblock_worker(pb::UnblockWorkerRequest { worker_id: f.worker.id.clone(), batch_id: f.priority_batch.clone() }).await),
+        Rpc::Delete => code(client.delete_batch(pb::DeleteBatchRequest { batch_id: f.delete_batch.clone(), mode: pb::DeleteMode::IfIdle as i32 }).await),
+        Rpc::ControlWorker => {
+            code(client.control_worker(pb::ControlWorkerRequest { worker_id: f.worker.id.clone(), action: pb::WorkerAction::Enable as i32 }).await)
+        }
+        // the fixture's worker is connected: an allowed caller is refused by its state, not its rights
+        Rpc::ForgetWorker => match client.forget_worker(pb::ForgetWorkerRequest { worker_id: f.worker.id.clone() }).await {
+            Err(status) if status.code() == Code::FailedPrecondition => Code::Ok,
+            other => code(other),
+        },
         Rpc::GetJob => code(client.get_job(pb::GetJobRequest { job_id: f.job.clone() }).await),
         Rpc::Upload => code(upload(client, tiny_png()).await),
         Rpc::StatImages => code(client.stat_images(pb::StatImagesRequest { sha256: vec!["ab".repeat(32)] }).await),
@@ -170,6 +187,7 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     let cancel_batch = a.submit_batch(batch_request("c", 1, -5)).await.unwrap().into_inner().batch_id;
     let priority_batch = a.submit_batch(batch_request("p", 1, -10)).await.unwrap().into_inner().batch_id;
     let cancel_job = a.submit_batch(batch_request("j", 1, -20)).await.unwrap().into_inner().job_ids[0].clone();
+    let delete_batch = a.submit_batch(batch_request("d", 1, -30)).await.unwrap().into_inner().batch_id;
     let mut worker = coordinator.worker_with("w", 1 << 30, Some(&gpu)).await.unwrap();
     let done = worker.lease(0).await.unwrap();
     worker.complete(&done).await.unwrap();
@@ -180,6 +198,7 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
         cancel_batch,
         cancel_job,
         priority_batch,
+        delete_batch,
         job: batch.job_ids[2].clone(),
         done_job: done.job_id.clone(),
         worker,
@@ -210,12 +229,14 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     for rpc in WORKER_RPCS {
         assert_eq!(call(rpc, &mut a, &mut as_submitter, &fixture).await, Code::PermissionDenied, "{rpc:?} as a submitter");
     }
-    for rpc in [Rpc::ListWorkers, Rpc::Unblock] {
+    for rpc in [Rpc::ListWorkers, Rpc::Unblock, Rpc::ControlWorker, Rpc::ForgetWorker] {
         assert_eq!(call(rpc, &mut a, &mut as_submitter, &fixture).await, Code::PermissionDenied, "{rpc:?}: workers are the admin's");
     }
     // another submitter's batch and jobs: NOT_FOUND, and not listed
     let mut b = client(Some(&bob)).await;
-    for rpc in [Rpc::GetBatch, Rpc::Watch, Rpc::Cancel, Rpc::CancelJob, Rpc::Priority, Rpc::Pause, Rpc::Resume, Rpc::Retry, Rpc::GetJob, Rpc::Download] {
+    for rpc in
+        [Rpc::GetBatch, Rpc::Watch, Rpc::Cancel, Rpc::CancelJob, Rpc::Priority, Rpc::Pause, Rpc::Resume, Rpc::Retry, Rpc::Delete, Rpc::GetJob, Rpc::Download]
+    {
         assert_eq!(call(rpc, &mut b, &mut as_submitter, &fixture).await, Code::NotFound, "{rpc:?} by bob on alice's");
     }
     let listed = b.list_batches(pb::ListBatchesRequest::default()).await.unwrap().into_inner().batches;
@@ -228,16 +249,28 @@ async fn every_rpc_refuses_the_wrong_callers_and_serves_the_right_ones() {
     }
     // valid callers
     let mut gw = worker_api(Some(&gpu));
-    for rpc in CLIENT_RPCS.iter().filter(|r| !matches!(r, Rpc::ListWorkers | Rpc::Unblock)) {
+    for rpc in CLIENT_RPCS.iter().filter(|r| !matches!(r, Rpc::ListWorkers | Rpc::Unblock | Rpc::ControlWorker | Rpc::ForgetWorker)) {
         assert_eq!(call(*rpc, &mut a, &mut gw, &fixture).await, Code::Ok, "{rpc:?} by alice");
     }
     for rpc in WORKER_RPCS {
         assert_eq!(call(rpc, &mut a, &mut gw, &fixture).await, Code::Ok, "{rpc:?} by gpu-07");
     }
     let mut root = client(Some(&admin)).await;
-    for rpc in
-        [Rpc::ListWorkers, Rpc::GetBatch, Rpc::GetJob, Rpc::ListBatches, Rpc::CancelJob, Rpc::Priority, Rpc::Pause, Rpc::Resume, Rpc::Retry, Rpc::Unblock]
-    {
+    for rpc in [
+        Rpc::ListWorkers,
+        Rpc::GetBatch,
+        Rpc::GetJob,
+        Rpc::ListBatches,
+        Rpc::CancelJob,
+        Rpc::Priority,
+        Rpc::Pause,
+        Rpc::Resume,
+        Rpc::Retry,
+        Rpc::Unblock,
+        Rpc::Delete,
+        Rpc::ControlWorker,
+        Rpc::ForgetWorker,
+    ] {
         assert_eq!(call(rpc, &mut root, &mut gw, &fixture).await, Code::Ok, "{rpc:?} by the admin");
     }
     let mine = a.list_batches(pb::ListBatchesRequest::default()).await.unwrap().into_inner().batches;
@@ -504,7 +537,7 @@ async fn random_well_formed_messages_break_nothing() {
         let f = floats[rng.random_range(0..floats.len())];
         let s = pick(&mut rng, &texts);
         let n: u32 = rng.random_range(0..u32::MAX);
-        let _ = match rng.random_range(0..17) {
+        let _ = match rng.random_range(0..20) {
             0 => {
                 let mut r = batch_request(&s, rng.random_range(0..3), rng.random_range(-5000..5000));
                 if let Some(j) = r.jobs.first_mut() {
@@ -595,6 +628,9 @@ async fn random_well_formed_messages_break_nothing() {
             13 => client.pause_batch(pb::PauseBatchRequest { batch_id: pick(&mut rng, &["b1", &s]), mode: (n % 4) as i32 }).await.map(|_| ()),
             14 => client.resume_batch(pb::ResumeBatchRequest { batch_id: pick(&mut rng, &["b1", &s]) }).await.map(|_| ()),
             15 => client.retry(pb::RetryRequest { batch_id: pick(&mut rng, &["b1", &s]), job_id: pick(&mut rng, &["", "j1", "j2", &s]) }).await.map(|_| ()),
+            16 => client.delete_batch(pb::DeleteBatchRequest { batch_id: pick(&mut rng, &["b1", "b2", &s]), mode: (n % 4) as i32 }).await.map(|_| ()),
+            17 => client.control_worker(pb::ControlWorkerRequest { worker_id: pick(&mut rng, &[&w.id, "w999", &s]), action: (n % 5) as i32 }).await.map(|_| ()),
+            18 => client.forget_worker(pb::ForgetWorkerRequest { worker_id: pick(&mut rng, &[&w.id, "w999", &s]) }).await.map(|_| ()),
             _ => upload(&mut client, (0..(n % 64)).map(|i| i as u8).collect()).await.map(|_| ()),
         };
     }

@@ -165,6 +165,13 @@ impl TestWorker {
         Ok(TestWorker { id: response.worker_id, secret: response.worker_secret, api, memory_bytes })
     }
 
+    /// The same worker registering again (its id and secret) over `channel`,
+    /// as after a coordinator restart.
+    pub async fn reconnect(self, channel: Channel) -> TestWorker {
+        let api = options("http://unused", None).worker(channel).unwrap();
+        TestWorker::try_register(api, "again", self.memory_bytes, Some((&self.id, &self.secret))).await.expect("register again")
+    }
+
     pub async fn lease(&mut self, wait_ms: u32) -> Option<pb::Lease> {
         let request = pb::LeaseJobRequest { worker_id: self.id.clone(), device: "cpu".into(), device_memory_bytes: self.memory_bytes, wait_ms };
         self.api.lease_job(request).await.expect("lease").into_inner().lease
