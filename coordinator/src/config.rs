@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use stylefarm_core::duration::HumanDuration;
 
 use crate::auth::AuthMode;
 use crate::model::Backoff;
@@ -67,6 +68,9 @@ pub struct CoordinatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Serve the web dashboard here (same tokens and roles as the gRPC API).
     pub http_listen: Option<SocketAddr>,
+    /// Delete finished batches (rows and objects) this long after they
+    /// finished, e.g. `30d`; None keeps them for ever.
+    pub retain_finished: Option<HumanDuration>,
 }
 
 impl Default for CoordinatorConfig {
@@ -101,6 +105,7 @@ impl Default for CoordinatorConfig {
             scaler: true,
             metrics_listen: None,
             http_listen: None,
+            retain_finished: None,
         }
     }
 }
@@ -148,6 +153,10 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_VIDEO_FRAMES", &mut self.max_video_frames)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
         env("STYLEFARM_SCALER", &mut self.scaler)?;
+        if let Ok(v) = std::env::var("STYLEFARM_RETAIN_FINISHED") {
+            let retain = v.parse().map_err(|reason| ConfigError::Env { name: "STYLEFARM_RETAIN_FINISHED".into(), value: v.clone(), reason })?;
+            self.retain_finished = Some(retain);
+        }
         for (name, target) in [("STYLEFARM_METRICS_LISTEN", &mut self.metrics_listen), ("STYLEFARM_HTTP_LISTEN", &mut self.http_listen)] {
             if let Ok(v) = std::env::var(name) {
                 let addr = v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env { name: name.into(), value: v.clone(), reason: e.to_string() })?;
@@ -184,6 +193,9 @@ impl CoordinatorConfig {
         }
         if self.backoff_base_ms < 0 || self.backoff_max_ms < self.backoff_base_ms {
             return invalid("backoff_base_ms", "must be >= 0 and <= backoff_max_ms".into());
+        }
+        if self.retain_finished.is_some_and(|d| d.0.is_zero()) {
+            return invalid("retain_finished", "must be longer than 0 (leave it out to keep batches for ever)".into());
         }
         if self.tick_ms == 0 {
             return invalid("tick_ms", "must be > 0".into());

@@ -82,6 +82,10 @@ struct Args {
     /// tokens and roles as the gRPC API.
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// Delete finished batches, rows and objects, this long after they
+    /// finished (e.g. 30d, 12h) [default: keep for ever].
+    #[arg(long)]
+    retain_finished: Option<stylefarm_core::duration::HumanDuration>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -202,6 +206,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     config.allowed_input_prefixes.extend(args.allow_input_prefix.iter().cloned());
     if let Some(v) = args.max_jobs_per_batch {
         config.max_jobs_per_batch = v;
+    }
+    if let Some(v) = args.retain_finished {
+        config.retain_finished = Some(v);
     }
     if let Some(v) = args.max_video_frames {
         config.max_video_frames = v;

@@ -154,6 +154,10 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
     // every task of the coordinator stops on one signal and is awaited at the end
     let mut tasks = Tasks::new();
     tasks.spawn("ticker", farm.ticker(Duration::from_millis(config.tick_ms), tasks.stopping()));
+    if let Some(retain) = config.retain_finished {
+        tracing::info!(retain_finished = %retain, "finished batches are deleted this long after they finish");
+        tasks.spawn("retention", farm.retention(retain.as_millis_i64(), tasks.stopping()));
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::coordinator_server::CoordinatorServer<ClientApi>>().await;
     health_reporter.set_serving::<pb::worker_api_server::WorkerApiServer<WorkerService>>().await;

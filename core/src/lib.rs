@@ -4,6 +4,7 @@
 //! the coordinator and the client all speak it.
 
 pub mod cache;
+pub mod duration;
 pub mod error;
 pub mod estimate;
 pub mod ffmpeg;

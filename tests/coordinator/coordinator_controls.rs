@@ -1,11 +1,11 @@
 //! Operator controls through real gRPC, in-process on port 0, with test
 //! workers: cancel one job, priority, pause/resume, retry, delete, and
-//! disabling, draining and forgetting workers.
+//! disabling, draining and forgetting workers, retention.
 
 use std::path::Path;
 use std::time::Duration;
 
-use stylefarm_coordinator_tests::farm::{batch_request, get_batch, test_config, Coordinator};
+use stylefarm_coordinator_tests::farm::{batch_request, get_batch, test_config, Client, Coordinator};
 use stylefarm_proto as pb;
 use tonic::Code;
 
@@ -346,4 +346,48 @@ async fn admins_disable_drain_enable_and_forget_workers_and_it_survives_a_restar
     let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
     assert!(workers.iter().all(|w| w.id != good.id), "forgotten for good: {workers:?}");
     assert_eq!(client.forget_worker(forget(&good.id)).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_finished_batches_once_they_are_old_enough_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = test_config(dir.path());
+        config.retain_finished = Some("2s".parse().unwrap());
+        config
+    };
+    let coordinator = Coordinator::start(config()).await;
+    let mut client = coordinator.client().await;
+    let old = client.submit_batch(batch_request("old", 1, 10)).await.unwrap().into_inner();
+    let unfinished = client.submit_batch(batch_request("unfinished", 1, 0)).await.unwrap().into_inner();
+    let mut worker = coordinator.worker("w", 16 * GIB).await;
+    let lease = worker.lease(0).await.unwrap();
+    assert_eq!(lease.job_id, old.job_ids[0]);
+    let output = put_output(dir.path(), &lease, "output.png");
+    worker.complete(&lease).await.unwrap();
+    let finished_at = std::time::Instant::now();
+    assert_eq!(get_batch(&mut client, &old.batch_id).await.0.state(), pb::BatchState::Succeeded, "kept while younger than 2 s");
+    // what is due comes from the store: a restart loses nothing
+    coordinator.stop().await.unwrap();
+    let coordinator = Coordinator::start(config()).await;
+    let mut client = coordinator.client().await;
+    let gone = |client: &mut Client, id: &str| {
+        let mut client = client.clone();
+        let id = id.to_string();
+        async move { client.get_batch(pb::GetBatchRequest { batch_id: id, include_jobs: false }).await.is_err_and(|e| e.code() == Code::NotFound) }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !gone(&mut client, &old.batch_id).await {
+        assert!(std::time::Instant::now() < deadline, "retention deleted the finished batch within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(finished_at.elapsed() >= Duration::from_secs(2), "not before it was 2 s old");
+    assert!(!output.exists(), "its objects went with it");
+    // an unfinished batch is never retention's, however old
+    let (batch, _) = get_batch(&mut client, &unfinished.batch_id).await;
+    assert_eq!(batch.counts.unwrap().queued, 1);
+    // a retention of zero is refused by name
+    let mut zero = config();
+    zero.retain_finished = Some("0s".parse().unwrap());
+    assert!(zero.validate().unwrap_err().to_string().contains("retain_finished"));
 }

@@ -12,6 +12,7 @@
 //! while the scheduler was locked) turns the health service to NOT_SERVING.
 
 mod operate;
+mod retention;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;

@@ -153,6 +153,9 @@ pub trait Store: Send + Sync + 'static {
     fn batch(&self, id: BatchId) -> StoreResult<Option<BatchRecord>>;
     /// Newest first, ids below `before`, owned by `owner` if given.
     fn batches_before(&self, before: BatchId, limit: usize, owner: Option<&str>) -> StoreResult<Vec<BatchRecord>>;
+    /// Batches that finished before `cutoff` and are not deleted, the oldest
+    /// first, at most `limit` (retention's next step).
+    fn finished_before(&self, cutoff: Millis, limit: usize) -> StoreResult<Vec<BatchId>>;
     fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>>;
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>>;
     fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::rows::{batch_from_row, job_from_row, json, lenient, parse_or, worker_from_row, BATCH_COLUMNS, JOB_COLUMNS, WORKER_COLUMNS};
 use super::{CommitTicket, ImageRecord, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{AttemptEnd, AttemptRecord, Availability, BatchRecord, JobRecord};
+use crate::model::{AttemptEnd, AttemptRecord, Availability, BatchRecord, JobRecord, Millis};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS batches (
@@ -460,6 +460,14 @@ impl Store for SqliteStore {
             }
         };
         Ok(rows)
+    }
+
+    fn finished_before(&self, cutoff: Millis, limit: usize) -> StoreResult<Vec<BatchId>> {
+        let conn = self.reader()?;
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM batches WHERE finished_ms < ?1 AND deleted_ms IS NULL ORDER BY finished_ms, id LIMIT ?2").map_err(err)?;
+        let rows = stmt.query_map(params![cutoff, limit as i64], |row| Ok(BatchId(row.get(0)?))).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
     fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>> {
