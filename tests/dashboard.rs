@@ -44,7 +44,13 @@ async fn chromium_follows_a_live_farm_on_every_page() {
     let style = upload_file(&mut client, &sample("ihc.png")).await;
     let sha = |s: &str| Some(pb::ImageRef { source: Some(pb::image_ref::Source::Sha256(s.into())) });
     let jobs = (0..4)
-        .map(|i| pb::JobSpec { name: format!("frame-{i}"), content: sha(&photos[i % 2]), styles: vec![sha(&style).unwrap()], settings: settings() })
+        .map(|i| pb::JobSpec {
+            name: format!("frame-{i}"),
+            content: sha(&photos[i % 2]),
+            styles: vec![sha(&style).unwrap()],
+            settings: settings(),
+            requires: Vec::new(),
+        })
         .collect();
     let mut request = pb::SubmitBatchRequest { name: "dashboard".into(), jobs, ..Default::default() };
     request.labels.insert("test".into(), "chromium".into());

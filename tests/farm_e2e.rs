@@ -15,7 +15,7 @@ fn settings(size: u32, iterations: u32) -> Option<pb::RenderSettings> {
 }
 
 fn job(name: &str, content: pb::ImageRef, style: pb::ImageRef, size: u32, iterations: u32) -> pb::JobSpec {
-    pb::JobSpec { name: name.into(), content: Some(content), styles: vec![style], settings: settings(size, iterations) }
+    pb::JobSpec { name: name.into(), content: Some(content), styles: vec![style], settings: settings(size, iterations), requires: Vec::new() }
 }
 
 /// Uploads two photos and two styles; a batch of the four pairings at 48 px

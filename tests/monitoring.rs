@@ -194,7 +194,13 @@ async fn prometheus_scrapes_the_coordinator_and_a_worker_during_a_batch() {
     let wave = upload_file(&mut client, &stylefarm_tests::sample("retina.jpg")).await;
     let settings = pb::RenderSettings { size: Some(48), iterations: Some(6), ..Default::default() };
     let jobs = (0..2)
-        .map(|i| pb::JobSpec { name: format!("scraped-{i}"), content: Some(sha_ref(&chelsea)), styles: vec![sha_ref(&wave)], settings: Some(settings.clone()) })
+        .map(|i| pb::JobSpec {
+            name: format!("scraped-{i}"),
+            content: Some(sha_ref(&chelsea)),
+            styles: vec![sha_ref(&wave)],
+            settings: Some(settings.clone()),
+            requires: Vec::new(),
+        })
         .collect();
     let batch = client.submit_batch(pb::SubmitBatchRequest { name: "scraped".into(), jobs, ..Default::default() }).await.unwrap().into_inner();
     let (done, _) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;

@@ -97,6 +97,7 @@ async fn s3_round_trip_from_storage_layer_to_a_farm_job() {
             content: Some(sha_ref(&chelsea)),
             styles: vec![sha_ref(&retina)],
             settings: Some(pb::RenderSettings { size: Some(32), iterations: Some(2), ..Default::default() }),
+            requires: Vec::new(),
         }],
         ..Default::default()
     };

@@ -144,6 +144,10 @@ pub struct SubmitArgs {
     /// key=value, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Worker pools: run every job only on workers whose labels meet this,
+    /// e.g. `pool=studio-b` or `vram>=48` (=, !=, >=, >, <=, <); repeatable.
+    #[arg(long = "require")]
+    pub requires: Vec<stylefarm_core::labels::Requirement>,
     /// Attempts per job (default: the coordinator's).
     #[arg(long)]
     pub max_attempts: Option<u32>,

@@ -4,6 +4,7 @@
 //! name = "autumn"
 //! priority = 10
 //! labels = { project = "demo" }
+//! requires = ["pool=studio-b"]                # worker pools: every job runs only where labels match
 //! params = { size = 512, iterations = 300 }   # every job's RenderParams overlay
 //!
 //! contents = ["a.jpg", "b.jpg"]               # cartesian: contents × styles
@@ -14,6 +15,7 @@
 //! content = "c.jpg"
 //! styles = ["wave.jpg", "scream.jpg"]
 //! params = { style_blend_weights = [0.7, 0.3], preset = "gatys" }
+//! requires = ["vram>=48"]                     # this job's own, with the batch's
 //! ```
 //! Relative paths are relative to the manifest's folder.
 
@@ -22,6 +24,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::Deserialize;
+use stylefarm_core::labels::Requirement;
 
 use crate::exit::Failure;
 use crate::upload::Input;
@@ -45,6 +48,8 @@ pub struct Manifest {
     pub styles: Vec<String>,
     #[serde(default)]
     pub jobs: Vec<ManifestJob>,
+    #[serde(default)]
+    pub requires: Vec<Requirement>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +61,8 @@ pub struct ManifestJob {
     pub styles: Vec<String>,
     #[serde(default)]
     pub params: Option<toml::Table>,
+    #[serde(default)]
+    pub requires: Vec<Requirement>,
 }
 
 impl Manifest {
@@ -83,4 +90,27 @@ pub fn params_json(defaults: Option<&toml::Table>, own: Option<&toml::Table>) ->
         }
     }
     Ok(serde_json::Value::Object(merged).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_are_read_and_checked_with_the_file() {
+        let m: Manifest = toml::from_str(
+            r#"
+            requires = ["pool=studio-b"]
+            [[jobs]]
+            content = "a.jpg"
+            styles = ["b.jpg"]
+            requires = ["vram>=48"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.requires[0].to_string(), "pool=studio-b");
+        assert_eq!(m.jobs[0].requires[0].to_string(), "vram>=48");
+        let e = toml::from_str::<Manifest>(r#"requires = ["vram>=lots"]"#).unwrap_err().to_string();
+        assert!(e.contains("compares numbers"), "{e}");
+    }
 }

@@ -60,6 +60,7 @@ pub struct BatchJson<'a> {
     state: &'static str,
     priority: i32,
     labels: &'a HashMap<String, String>,
+    requires: &'a [String],
     created_at_ms: i64,
     started_at_ms: i64,
     finished_at_ms: i64,
@@ -76,6 +77,7 @@ impl<'a> BatchJson<'a> {
             state: batch_state_name(b.state),
             priority: b.priority,
             labels: &b.labels,
+            requires: &b.requires,
             created_at_ms: b.created_at_ms,
             started_at_ms: b.started_at_ms,
             finished_at_ms: b.finished_at_ms,
@@ -200,6 +202,7 @@ pub struct WorkerJson<'a> {
     failed: u64,
     last_seen_at_ms: i64,
     devices: Vec<DeviceJson<'a>>,
+    labels: std::collections::BTreeMap<&'a str, &'a str>,
 }
 
 impl<'a> WorkerJson<'a> {
@@ -215,6 +218,7 @@ impl<'a> WorkerJson<'a> {
             failed: w.failed,
             last_seen_at_ms: w.last_seen_at_ms,
             devices: w.devices.iter().map(|d| DeviceJson { name: &d.name, memory_bytes: d.memory_bytes, description: &d.description }).collect(),
+            labels: w.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         }
     }
 }

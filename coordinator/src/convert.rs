@@ -57,6 +57,7 @@ pub fn batch(b: &BatchRecord) -> pb::Batch {
         max_attempts: b.max_attempts,
         owner: b.owner.clone(),
         started_at_ms: b.started_ms.unwrap_or(0),
+        requires: b.requires.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -153,6 +154,7 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         task: task.as_ref().map(VideoTask::label).unwrap_or_default(),
         step: step as i32,
         frame,
+        requires: j.requires.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -185,5 +187,6 @@ pub fn worker(w: &WorkerRecord, running: Vec<String>, now: Millis, heartbeat_ms:
             Availability::Enabled => pb::WorkerAvailability::Enabled,
             Availability::Disabled => pb::WorkerAvailability::Disabled,
         } as i32,
+        labels: w.labels.clone().into_iter().collect(),
     }
 }

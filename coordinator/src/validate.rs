@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 use stylefarm_core::estimate::{default_time_limit_ms, device_bytes};
+use stylefarm_core::labels::{Labels, Requirement};
 use stylefarm_core::outputs::OutputKind;
 use stylefarm_core::params::{params_from_overlay, Init, Preset, RenderParams};
 use stylefarm_core::policy::InputPolicy;
@@ -192,7 +193,17 @@ fn default_name(content: &ImageSource, style: &ImageSource) -> String {
 fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params: &RenderParams, time_limit_s: u32) -> Result<NewJob> {
     let params_json = serde_json::to_string(params).map_err(|e| invalid("settings", format!("cannot be stored: {e}")))?;
     let time_limit_ms = if time_limit_s == 0 { default_time_limit_ms(params) } else { time_limit_s as u64 * 1000 };
-    Ok(NewJob { name, content, styles, params_json, estimate_bytes: device_bytes(params), time_limit_ms, depends_on: Vec::new(), task: None })
+    Ok(NewJob {
+        name,
+        content,
+        styles,
+        params_json,
+        estimate_bytes: device_bytes(params),
+        time_limit_ms,
+        depends_on: Vec::new(),
+        task: None,
+        requires: Vec::new(),
+    })
 }
 
 /// A batch's priority, at submit or changed later.
@@ -219,12 +230,14 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
     }
     let limit_s = req.job_time_limit_s;
     let labels = labels(&req.labels)?;
+    let requires = requirements(&req.requires, "requires")?;
     let header = NewBatch {
         name: req.name.clone(),
         priority: req.priority,
         labels,
         max_attempts: req.max_attempts,
         request_id: (!req.request_id.is_empty()).then(|| req.request_id.clone()),
+        requires,
         jobs: Vec::new(),
     };
     if req.video.is_some() {
@@ -254,7 +267,8 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
             spec.styles.iter().enumerate().map(|(k, s)| image(&format!("{field}.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
         let params = resolve_settings(&format!("{field}.settings"), spec.settings.as_ref(), styles.len(), rules)?;
         let name = if spec.name.is_empty() { default_name(&content, &styles[0]) } else { spec.name.clone() };
-        jobs.push(new_job(name, content, styles, &params, limit_s)?);
+        let requires = requirements(&spec.requires, &format!("{field}.requires"))?;
+        jobs.push(NewJob { requires, ..new_job(name, content, styles, &params, limit_s)? });
     }
     if let Some(c) = &req.cartesian {
         let contents =
@@ -275,6 +289,18 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
         }
     }
     Ok(NewBatch { jobs, ..header })
+}
+
+/// Worker-pool requirements (`pool=studio-b`, `vram>=48`), named by field.
+fn requirements(texts: &[String], field: &str) -> Result<Vec<Requirement>> {
+    stylefarm_core::labels::parse_requirements(texts, field).map_err(|(field, reason)| invalid(field, reason))
+}
+
+/// A worker's labels (worker pools).
+pub fn worker_labels(raw: &std::collections::HashMap<String, String>) -> Result<Labels> {
+    let labels: Labels = raw.clone().into_iter().collect();
+    stylefarm_core::labels::check_labels(&labels).map_err(|reason| invalid("labels", reason))?;
+    Ok(labels)
 }
 
 pub fn devices(raw: &[pb::Device]) -> Result<Vec<DeviceRecord>> {

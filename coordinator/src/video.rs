@@ -117,6 +117,7 @@ pub fn jobs(request: &VideoRequest, probe: &Probe, rules: &SubmitRules, time_lim
             time_limit_ms: if time_limit_s == 0 { derived_limit_ms } else { time_limit_s as u64 * 1000 },
             depends_on: planned.depends_on,
             task: Some(planned.task.to_json()),
+            requires: Vec::new(),
         });
     }
     Ok(jobs)

@@ -10,6 +10,7 @@ pub mod estimate;
 pub mod ffmpeg;
 #[cfg(feature = "cli")]
 pub mod knobs;
+pub mod labels;
 pub mod layers;
 pub mod outputs;
 pub mod params;

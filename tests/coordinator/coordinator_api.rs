@@ -418,3 +418,59 @@ async fn long_poll_wakes_when_work_arrives() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert!(eventually(Duration::from_secs(2), || async { true }).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pools_route_batches_by_labels_and_a_job_nobody_matches_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let mut studio = coordinator.worker_labelled("studio", 16 * GIB, &[("pool", "studio-b"), ("vram", "80")]).await;
+    let mut render = coordinator.worker_labelled("render", 16 * GIB, &[("pool", "render"), ("vram", "24")]).await;
+    let pooled =
+        client.submit_batch(pb::SubmitBatchRequest { requires: vec!["pool=studio-b".into()], ..batch_request("studio", 2, 0) }).await.unwrap().into_inner();
+    let mut big = batch_request("big", 1, 0);
+    big.jobs[0].requires = vec!["vram>=48".into()];
+    let big = client.submit_batch(big).await.unwrap().into_inner();
+    let lost = client.submit_batch(pb::SubmitBatchRequest { requires: vec!["pool=gone".into()], ..batch_request("lost", 1, 0) }).await.unwrap().into_inner();
+    // the render pool gets none of it; the studio worker gets all it matches
+    assert!(render.lease(0).await.is_none(), "nothing here is for the render pool");
+    let mut leased = Vec::new();
+    while let Some(lease) = studio.lease(0).await {
+        leased.push(lease.job_id.clone());
+        studio.complete(&lease).await.unwrap();
+    }
+    leased.sort();
+    let mut expected: Vec<String> = pooled.job_ids.iter().chain(&big.job_ids).cloned().collect();
+    expected.sort();
+    assert_eq!(leased, expected);
+    // the batch, its jobs and the workers say what they require and carry
+    let (batch, jobs) = get_batch(&mut client, &pooled.batch_id).await;
+    assert_eq!(batch.requires, ["pool=studio-b"]);
+    assert!(jobs.iter().all(|j| j.requires == ["pool=studio-b"]));
+    let (_, jobs) = get_batch(&mut client, &big.batch_id).await;
+    assert_eq!(jobs[0].requires, ["vram>=48"]);
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    let studio_record = workers.iter().find(|w| w.id == studio.id).unwrap();
+    assert_eq!(studio_record.labels.get("pool").map(String::as_str), Some("studio-b"));
+    // the job nobody matches says why while both workers keep asking
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(studio.lease(0).await.is_none() && render.lease(0).await.is_none());
+        let job = client.get_job(pb::GetJobRequest { job_id: lost.job_ids[0].clone() }).await.unwrap().into_inner();
+        if job.waiting_reason.contains("pool=gone") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the unmatched job names the labels it needs: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // bad requirements and labels name their field and change nothing
+    let e = client.submit_batch(pb::SubmitBatchRequest { requires: vec!["vram>=lots".into()], ..batch_request("bad", 1, 0) }).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("requires[0]") && e.message().contains("numbers"), "{e:?}");
+    let mut bad = batch_request("bad", 2, 0);
+    bad.jobs[1].requires = vec!["Pool=x".into()];
+    let e = client.submit_batch(bad).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("jobs[1].requires[0]"), "{e:?}");
+    let api = stylefarm_coordinator_tests::farm::options("http://unused", None).worker(coordinator.channel().await).unwrap();
+    let e = stylefarm_coordinator_tests::farm::TestWorker::register_profile(api, "bad", "cpu", GIB, None, &[("Pool", "x")]).await.err().unwrap();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("labels"), "{e:?}");
+}

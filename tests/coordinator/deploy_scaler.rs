@@ -2,7 +2,8 @@
 //! work a worker could take (queued jobs some device fits, plus running ones),
 //! IsActive is false on an empty queue (scale to zero), StreamIsActive pushes
 //! the changes, and it answers without a token while the farm's own APIs
-//! require one. `scaler = false` leaves it out.
+//! require one. `scaler = false` leaves it out. With `labels` in the trigger,
+//! the metric is one worker pool's demand.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,4 +84,35 @@ async fn the_scaler_can_be_turned_off() {
     let coordinator = Coordinator::start(stylefarm_coordinator::CoordinatorConfig { scaler: false, ..test_config(dir.path()) }).await;
     let mut scaler = Scaler::new(coordinator.channel().await);
     assert_eq!(scaler.is_active(object(None)).await.unwrap_err().code(), tonic::Code::Unimplemented);
+}
+
+/// The metric for one pool: the trigger names the labels its workers carry.
+async fn pool_metric(scaler: &mut Scaler, labels: &str) -> i64 {
+    let mut object = object(None);
+    object.scaler_metadata.insert("labels".into(), labels.into());
+    let request = ks::GetMetricsRequest { scaled_object_ref: Some(object), metric_name: "s0-stylefarm-jobs".into() };
+    scaler.get_metrics(request).await.unwrap().into_inner().metric_values[0].metric_value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pool_scales_on_its_own_queue_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut scaler = Scaler::new(coordinator.channel().await);
+    let mut client = coordinator.client().await;
+    // no worker of either pool is connected: their jobs wait, and their pools must still grow
+    client.submit_batch(pb::SubmitBatchRequest { requires: vec!["pool=studio-b".into()], ..batch_request("studio", 3, 0) }).await.unwrap();
+    client.submit_batch(pb::SubmitBatchRequest { requires: vec!["pool=render".into(), "vram>=48".into()], ..batch_request("render", 2, 0) }).await.unwrap();
+    client.submit_batch(batch_request("anywhere", 1, 0)).await.unwrap();
+    assert_eq!(pool_metric(&mut scaler, "pool=studio-b,vram=24").await, 3 + 1, "its own three, and the one any worker may take");
+    assert_eq!(pool_metric(&mut scaler, "pool=render,vram=80").await, 2 + 1);
+    assert_eq!(pool_metric(&mut scaler, "pool=render,vram=24").await, 1, "too little vram for the render batch");
+    // a studio worker takes one: it still counts while it runs
+    let mut studio = coordinator.worker_labelled("s", 1 << 34, &[("pool", "studio-b"), ("vram", "24")]).await;
+    let lease = studio.lease(0).await.unwrap();
+    assert_eq!(pool_metric(&mut scaler, "pool=studio-b,vram=24").await, 4);
+    studio.complete(&lease).await.unwrap();
+    assert_eq!(pool_metric(&mut scaler, "pool=studio-b,vram=24").await, 3);
+    let bad = scaler.is_active(ks::ScaledObjectRef { scaler_metadata: HashMap::from([("labels".into(), "pool".into())]), ..object(None) }).await.unwrap_err();
+    assert!(bad.code() == tonic::Code::InvalidArgument && bad.message().contains("labels"), "{bad:?}");
 }

@@ -29,6 +29,7 @@ fn batch(chelsea: &str, retina: &str, jobs: usize, iterations: u32) -> pb::Submi
                 content: Some(sha_ref(chelsea)),
                 styles: vec![sha_ref(retina)],
                 settings: Some(pb::RenderSettings { size: Some(48), iterations: Some(iterations), seed: Some(i as u64), ..Default::default() }),
+                requires: Vec::new(),
             })
             .collect(),
         ..Default::default()

@@ -41,6 +41,9 @@ pub async fn status(cli: &Cli, id: &str) -> Result<()> {
         return print_json(&serde_json::json!({"batch": BatchJson::of(&batch), "jobs": jobs, "frames": frames}));
     }
     println!("batch {} {:?} [{}] priority {}: {}", batch.id, batch.name, batch_state_name(batch.state), batch.priority, counts_text(&batch));
+    if !batch.requires.is_empty() {
+        println!("  requires workers with {}", batch.requires.join(", "));
+    }
     for job in &response.jobs {
         let detail = match (&job.progress, &job.result) {
             (_, Some(r)) => format!("loss {:.3e}", r.final_loss),

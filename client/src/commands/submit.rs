@@ -21,7 +21,7 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
     };
     let mut contents: Vec<Input> = args.content.iter().map(|c| Input::parse(c)).collect();
     let mut styles: Vec<Input> = args.style.iter().map(|s| Input::parse(s)).collect();
-    let mut job_inputs: Vec<(String, Input, Vec<Input>, String)> = Vec::new();
+    let mut job_inputs: Vec<ExplicitJob> = Vec::new();
     let mut defaults_json = String::new();
     if let Some((m, base)) = &manifest {
         contents.extend(m.contents.iter().map(|c| manifest::input(base, c)));
@@ -29,7 +29,13 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         defaults_json = manifest::params_json(m.params.as_ref(), None)?;
         for job in &m.jobs {
             let params = manifest::params_json(m.params.as_ref(), job.params.as_ref())?;
-            job_inputs.push((job.name.clone(), manifest::input(base, &job.content), job.styles.iter().map(|s| manifest::input(base, s)).collect(), params));
+            job_inputs.push(ExplicitJob {
+                name: job.name.clone(),
+                content: manifest::input(base, &job.content),
+                styles: job.styles.iter().map(|s| manifest::input(base, s)).collect(),
+                params,
+                requires: job.requires.iter().map(ToString::to_string).collect(),
+            });
         }
     }
     if let Some(video) = &args.video {
@@ -52,8 +58,12 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
     };
     let settings = resolve(&defaults_json)?;
     let mut client = connect(cli).await?;
-    let all: Vec<Input> =
-        contents.iter().chain(&styles).cloned().chain(job_inputs.iter().flat_map(|(_, c, s, _)| std::iter::once(c.clone()).chain(s.iter().cloned()))).collect();
+    let all: Vec<Input> = contents
+        .iter()
+        .chain(&styles)
+        .cloned()
+        .chain(job_inputs.iter().flat_map(|j| std::iter::once(j.content.clone()).chain(j.styles.iter().cloned())))
+        .collect();
     let refs = upload::resolve_inputs(&mut client, &all, &|_| false, cli.json).await?;
     let (m, _) = manifest.as_ref().map(|(m, b)| (Some(m), b)).unwrap_or((None, &PathBuf::new()));
     // contents × styles as explicit jobs, named after the files ("chelsea-x-retina")
@@ -65,17 +75,19 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
                 content: Some(refs[content].clone()),
                 styles: vec![refs[style].clone()],
                 settings: Some(settings.clone()),
+                requires: Vec::new(),
             });
         }
     }
     let explicit = job_inputs
         .iter()
-        .map(|(name, content, job_styles, params)| -> Result<pb::JobSpec> {
+        .map(|job| -> Result<pb::JobSpec> {
             Ok(pb::JobSpec {
-                name: name.clone(),
-                content: Some(refs[content].clone()),
-                styles: job_styles.iter().map(|s| refs[s].clone()).collect(),
-                settings: Some(resolve(params)?),
+                name: job.name.clone(),
+                content: Some(refs[&job.content].clone()),
+                styles: job.styles.iter().map(|s| refs[s].clone()).collect(),
+                settings: Some(resolve(&job.params)?),
+                requires: job.requires.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -92,8 +104,23 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         request_id: args.request_id.clone().unwrap_or_default(),
         job_time_limit_s: args.time_limit_s.unwrap_or(0),
         video: None,
+        requires: requirements(m, args),
     };
     send(cli, args, client, request).await
+}
+
+/// A manifest's explicit job, its inputs not yet uploaded.
+struct ExplicitJob {
+    name: String,
+    content: Input,
+    styles: Vec<Input>,
+    params: String,
+    requires: Vec<String>,
+}
+
+/// The batch's worker-pool requirements: the manifest's, then `--require`.
+fn requirements(manifest: Option<&manifest::Manifest>, args: &SubmitArgs) -> Vec<String> {
+    manifest.into_iter().flat_map(|m| &m.requires).chain(&args.requires).map(ToString::to_string).collect()
 }
 
 /// A clip with its styles: the coordinator probes it and plans its jobs.
@@ -124,6 +151,7 @@ async fn submit_video(cli: &Cli, args: &SubmitArgs, video: Input, styles: Vec<In
         request_id: args.request_id.clone().unwrap_or_default(),
         job_time_limit_s: args.time_limit_s.unwrap_or(0),
         video: Some(spec),
+        requires: requirements(None, args),
     };
     send(cli, args, client, request).await
 }

@@ -15,8 +15,11 @@ pub async fn workers(cli: &Cli) -> Result<()> {
     }
     for w in &workers {
         let devices: Vec<String> = w.devices.iter().map(|d| format!("{} ({:.1} GiB)", d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
+        let mut labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let labels = if labels.is_empty() { String::new() } else { format!(", labels: {}", labels.join(" ")) };
         println!(
-            "{:<6} {:<20} {:<12} {:<9} {} running [{}], {} done, {} failed, devices: {}",
+            "{:<6} {:<20} {:<12} {:<9} {} running [{}], {} done, {} failed, devices: {}{labels}",
             w.id,
             w.name,
             if w.connected { "connected" } else { "lost" },

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use stylefarm_core::labels::Requirement;
 
 use super::{Millis, StateKind};
 use crate::ids::BatchId;
@@ -79,6 +80,8 @@ pub struct BatchRecord {
     pub paused: bool,
     /// When it was deleted (its row stays as a tombstone; its jobs are gone).
     pub deleted_ms: Option<Millis>,
+    /// Worker labels every job of it needs (worker pools).
+    pub requires: Vec<Requirement>,
 }
 
 impl BatchRecord {

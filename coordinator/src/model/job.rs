@@ -2,6 +2,7 @@
 //! the diagram in [`crate::model`]).
 
 use serde::{Deserialize, Serialize};
+use stylefarm_core::labels::Requirement;
 use stylefarm_core::outputs::OutputKind;
 pub use stylefarm_core::retry::Backoff;
 
@@ -238,6 +239,8 @@ pub struct JobRecord {
     /// What the worker does, as JSON (a video step); `None`: render the content
     /// with the styles.
     pub task: Option<String>,
+    /// Worker labels it needs: its batch's requirements and its own.
+    pub requires: Vec<Requirement>,
 }
 
 /// What a failed or expired attempt leads to.

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use stylefarm_core::labels::Requirement;
+
 use super::ImageSource;
 use crate::ids::{BatchId, JobId};
 
@@ -17,6 +19,8 @@ pub struct NewJob {
     pub depends_on: Vec<u32>,
     /// What the worker does (JSON), for jobs other than a plain render.
     pub task: Option<String>,
+    /// Worker labels this job needs besides its batch's.
+    pub requires: Vec<Requirement>,
 }
 
 #[derive(Debug)]
@@ -26,6 +30,8 @@ pub struct NewBatch {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: Option<String>,
+    /// Worker labels every job needs (worker pools).
+    pub requires: Vec<Requirement>,
     pub jobs: Vec<NewJob>,
 }
 

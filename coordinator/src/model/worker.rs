@@ -1,6 +1,7 @@
 //! A worker's record: its devices, counters and the memory it last reported.
 
 use serde::{Deserialize, Serialize};
+use stylefarm_core::labels::Labels;
 
 use super::Millis;
 use crate::ids::WorkerId;
@@ -11,6 +12,16 @@ pub struct DeviceRecord {
     pub name: String,
     pub memory_bytes: u64,
     pub description: String,
+}
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerProfile {
+    pub name: String,
+    pub devices: Vec<DeviceRecord>,
+    pub version: String,
+    /// Worker pools: what batches' requirements match.
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +42,8 @@ pub struct WorkerRecord {
     pub memory: Vec<MemoryReading>,
     /// Whether it takes new jobs (an admin's choice, kept across restarts).
     pub availability: Availability,
+    /// What batches' requirements match (worker pools), as it registered.
+    pub labels: Labels,
 }
 
 /// Whether a worker takes new jobs.

@@ -1,6 +1,8 @@
 //! A job's attempts from the worker's side: lease, heartbeat, complete, fail;
 //! each ended attempt is kept in the job's history.
 
+use stylefarm_core::labels::Labels;
+
 use super::transition::Was;
 use super::{AttemptEnd, AttemptFailure, Beat, DependencyOutput, Effects, Event, EventKind, Grant, Observation, Rules, Scheduler};
 use crate::error::{CoordError, Result};
@@ -19,11 +21,14 @@ impl Scheduler {
             // an admin disabled it: it stays registered and keeps what it runs
             return Ok(None);
         }
+        let no_labels = Labels::new();
+        let labels = self.workers.get(worker).map_or(&no_labels, |w| &w.labels);
         let rules = Rules {
             jobs: &self.jobs,
             batches: &self.batches,
             workers: &self.workers,
             worker,
+            labels,
             limit: self.config.worker_batch_failure_limit,
             memory: device_memory,
         };

@@ -61,6 +61,7 @@ mod tests {
             trace_id: String::new(),
             depends_on: Vec::new(),
             task: None,
+            requires: Vec::new(),
         }
     }
 

@@ -41,6 +41,7 @@ mod workers;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use stylefarm_core::labels::{self, Labels};
 use stylefarm_proto::JobProgress;
 
 use crate::ids::{BatchId, JobId, WorkerId};
@@ -177,19 +178,25 @@ struct Rules<'a> {
     batches: &'a BTreeMap<BatchId, BatchRecord>,
     workers: &'a WorkerRegistry,
     worker: WorkerId,
+    /// The worker's labels: a job goes only where they meet its requirements (pools).
+    labels: &'a Labels,
     limit: u32,
     memory: u64,
 }
 
 impl PickRules for Rules<'_> {
     fn eligible(&self, job: JobId) -> bool {
-        self.jobs.get(&job).is_some_and(|j| matches!(j.state, JobState::Queued { .. }) && (self.memory == 0 || j.estimate_bytes <= self.memory))
+        self.jobs.get(&job).is_some_and(|j| {
+            matches!(j.state, JobState::Queued { .. }) && (self.memory == 0 || j.estimate_bytes <= self.memory) && labels::satisfied(&j.requires, self.labels)
+        })
     }
     fn gone(&self, job: JobId) -> bool {
         !matches!(self.jobs.get(&job).map(|j| &j.state), Some(JobState::Queued { .. }))
     }
     fn blocked(&self, batch: BatchId) -> bool {
-        self.batches.get(&batch).is_some_and(|b| b.paused) || self.workers.blocked(self.worker, batch, self.limit)
+        // a batch whose requirements this worker does not meet is skipped whole (cheap: one check per batch)
+        self.batches.get(&batch).is_some_and(|b| b.paused || !labels::satisfied(&b.requires, self.labels))
+            || self.workers.blocked(self.worker, batch, self.limit)
     }
     fn running(&self, batch: BatchId) -> u32 {
         self.batches.get(&batch).map(|b| b.counts.running).unwrap_or(0)

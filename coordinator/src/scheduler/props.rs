@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::identity::Principal;
-use crate::model::{AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob};
+use crate::model::{AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, WorkerProfile};
 use crate::store::{Commits, Durability, Snapshot, SqliteStore, Store};
 
 const GIB: u64 = 1 << 30;
@@ -49,9 +49,11 @@ impl World {
         let sched = Scheduler::restore(config(), store.load().unwrap(), 0);
         let mut w =
             World { sched, store, now: 0, workers: Vec::new(), leases: HashMap::new(), finished: HashMap::new(), submitted: Vec::new(), batch_ids: Vec::new() };
-        for (name, memory) in [("small", 4 * GIB), ("big", 16 * GIB)] {
+        for (name, memory, pool, vram) in [("small", 4 * GIB, "a", "4"), ("big", 16 * GIB, "b", "16")] {
             let devices = vec![DeviceRecord { name: "cuda:0".into(), memory_bytes: memory, description: String::new() }];
-            let id = w.apply(|s, fx, now| s.register_worker(None, &Principal::local(), name.into(), devices, "1".into(), now, fx).unwrap().id);
+            let labels = [("pool".to_string(), pool.to_string()), ("vram".to_string(), vram.to_string())].into();
+            let profile = WorkerProfile { name: name.into(), devices, version: "1".into(), labels };
+            let id = w.apply(|s, fx, now| s.register_worker(None, &Principal::local(), profile, now, fx).unwrap().id);
             w.workers.push(id);
         }
         w
@@ -101,9 +103,17 @@ impl World {
                 time_limit_ms: rng.random_range(3_000..20_000),
                 depends_on: if i > 0 && rng.random_bool(0.4) { vec![rng.random_range(0..i)] } else { Vec::new() },
                 task: None,
+                // now and then a job for the big worker's pool only
+                requires: if rng.random_bool(0.1) { vec!["vram>=16".parse().unwrap()] } else { Vec::new() },
             })
             .collect();
-        let new = NewBatch { name: "b".into(), priority: rng.random_range(0..3), labels: BTreeMap::new(), max_attempts: 2, request_id: None, jobs };
+        // now and then a batch for a pool: the small worker's, or one nobody is in
+        let requires = match rng.random_range(0..10) {
+            0 => vec!["pool=a".parse().unwrap()],
+            1 => vec!["pool=none".parse().unwrap()],
+            _ => Vec::new(),
+        };
+        let new = NewBatch { name: "b".into(), priority: rng.random_range(0..3), labels: BTreeMap::new(), max_attempts: 2, request_id: None, requires, jobs };
         let submitted = self.apply(|s, fx, now| s.submit(new, "local", now, fx, &mut || "0".repeat(32)));
         self.batch_ids.push(submitted.batch);
         self.submitted.extend(submitted.jobs);

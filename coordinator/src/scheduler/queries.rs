@@ -1,6 +1,7 @@
 //! Reads of the live state (what is in memory: unfinished batches, live
 //! workers); finished batches are the store's to answer.
 
+use stylefarm_core::labels::{self, Labels};
 use stylefarm_proto::JobProgress;
 
 use super::{Demand, Scheduler, SchedulerConfig};
@@ -85,6 +86,29 @@ impl Scheduler {
             })
             .count() as u64;
         Demand { queued, running, unfit: self.waiting.len() as u64, blocked: self.deps.blocked_count() as u64, paused }
+    }
+
+    /// Jobs a worker with `labels` could take now or is running: one pool's
+    /// autoscaling demand. Queued jobs whose requirements the labels meet
+    /// (except those waiting on a dependency or in a paused batch) plus running
+    /// ones that match. Unlike [`Demand::workable`] it counts jobs that wait
+    /// because no connected worker has the labels: a pool scaled to zero must
+    /// grow for them. A job with no requirements counts for every pool.
+    pub fn pool_demand(&self, labels: &Labels) -> u64 {
+        self.batches
+            .values()
+            .filter(|b| labels::satisfied(&b.requires, labels))
+            .flat_map(|b| self.members.get(&b.id).map(Vec::as_slice).unwrap_or_default().iter().map(move |j| (b.paused, j)))
+            .filter_map(|(paused, j)| self.jobs.get(j).map(|job| (paused, job)))
+            .filter(|(paused, job)| {
+                labels::satisfied(&job.requires, labels)
+                    && match job.state {
+                        JobState::Queued { .. } => !paused && !self.deps.is_blocked(job.id),
+                        JobState::Running { .. } => true,
+                        _ => false,
+                    }
+            })
+            .count() as u64
     }
 
     /// Sizes of the in-memory indexes (the soak benchmark prints them).

@@ -5,7 +5,7 @@ use super::{Effects, Event, EventKind, Registration, Scheduler};
 use crate::error::Result;
 use crate::identity::Principal;
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, Counts, DeviceRecord, JobRecord, JobState, Millis, NewBatch, Submitted};
+use crate::model::{BatchRecord, Counts, JobRecord, JobState, Millis, NewBatch, Submitted, WorkerProfile};
 use crate::store::{ImageRecord, StoreOp};
 
 impl Scheduler {
@@ -44,6 +44,7 @@ impl Scheduler {
             owner: owner.to_string(),
             paused: false,
             deleted_ms: None,
+            requires: new.requires,
         };
         fx.ops.push(StoreOp::InsertBatch(batch.clone()));
         let mut ids = Vec::with_capacity(new.jobs.len());
@@ -73,6 +74,7 @@ impl Scheduler {
                 // validated at the edge: indices of earlier jobs
                 depends_on: spec.depends_on.iter().filter_map(|&i| ids.get(i as usize).copied()).collect(),
                 task: spec.task,
+                requires: batch.requires.iter().chain(&spec.requires).cloned().collect(),
             };
             self.next_job += 1;
             max_estimate = max_estimate.max(job.estimate_bytes);
@@ -105,14 +107,12 @@ impl Scheduler {
         &mut self,
         existing: Option<(WorkerId, String)>,
         caller: &Principal,
-        name: String,
-        devices: Vec<DeviceRecord>,
-        version: String,
+        profile: WorkerProfile,
         now: Millis,
         fx: &mut Effects,
     ) -> Result<Registration> {
         let existing = existing.as_ref().map(|(id, secret)| (*id, secret.as_str()));
-        let registration = self.workers.register(existing, &caller.name, name, devices, version, now)?;
+        let registration = self.workers.register(existing, &caller.name, profile, now)?;
         fx.ops.push(StoreOp::UpsertWorker(registration.record.clone()));
         Ok(registration)
     }

@@ -3,7 +3,9 @@
 use super::*;
 use crate::error::CoordError;
 use crate::identity::{Principal, Role};
-use crate::model::{AfterFailure, AttemptStop, Availability, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, StateKind, Submitted};
+use crate::model::{
+    AfterFailure, AttemptStop, Availability, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, StateKind, Submitted, WorkerProfile,
+};
 use crate::store::{Snapshot, StoreOp};
 
 fn config() -> SchedulerConfig {
@@ -20,11 +22,16 @@ fn job(estimate_bytes: u64) -> NewJob {
         time_limit_ms: 10_000,
         depends_on: Vec::new(),
         task: None,
+        requires: Vec::new(),
     }
 }
 
 fn batch(jobs: Vec<NewJob>) -> NewBatch {
-    NewBatch { name: "b".into(), priority: 0, labels: BTreeMap::new(), max_attempts: 2, request_id: None, jobs }
+    NewBatch { name: "b".into(), priority: 0, labels: BTreeMap::new(), max_attempts: 2, request_id: None, requires: Vec::new(), jobs }
+}
+
+fn profile(name: String, devices: Vec<DeviceRecord>) -> WorkerProfile {
+    WorkerProfile { name, devices, version: "1".into(), labels: Default::default() }
 }
 
 fn gpu(memory: u64) -> Vec<DeviceRecord> {
@@ -37,7 +44,7 @@ fn local() -> Principal {
 
 fn setup() -> (Scheduler, WorkerId) {
     let mut s = Scheduler::restore(config(), Snapshot { next_batch: 1, next_job: 1, next_worker: 1, ..Snapshot::default() }, 0);
-    let w = s.register_worker(None, &local(), "w".into(), gpu(4 << 30), "1".into(), 0, &mut Effects::default()).unwrap().id;
+    let w = s.register_worker(None, &local(), profile("w".into(), gpu(4 << 30)), 0, &mut Effects::default()).unwrap().id;
     (s, w)
 }
 
@@ -104,7 +111,7 @@ fn a_worker_acts_only_for_its_principal() {
     let (mut s, _) = setup();
     let alice = Principal { name: "gpu-a".into(), role: Role::Worker };
     let bob = Principal { name: "gpu-b".into(), role: Role::Worker };
-    let w = s.register_worker(None, &alice, "a".into(), gpu(1 << 30), "1".into(), 0, &mut Effects::default()).unwrap().id;
+    let w = s.register_worker(None, &alice, profile("a".into(), gpu(1 << 30)), 0, &mut Effects::default()).unwrap().id;
     let e = s.lease(w, &bob, 0, 1, &mut Effects::default()).unwrap_err();
     assert!(matches!(e, CoordError::PermissionDenied(_)), "{e}");
     assert!(s.lease(w, &alice, 0, 1, &mut Effects::default()).unwrap().is_none());
@@ -209,7 +216,7 @@ fn dependencies_survive_a_restart() {
     };
     let mut restored = Scheduler::restore(config(), snapshot, 10);
     assert_eq!(restored.demand().blocked, 1, "c still waits for b");
-    let w = restored.register_worker(None, &local(), "w".into(), gpu(4 << 30), "1".into(), 10, &mut Effects::default()).unwrap().id;
+    let w = restored.register_worker(None, &local(), profile("w".into(), gpu(4 << 30)), 10, &mut Effects::default()).unwrap().id;
     let b = restored.lease(w, &local(), 0, 11, &mut Effects::default()).unwrap().expect("b's dependency succeeded before the restart");
     assert_eq!(b.job.id, submitted.jobs[1]);
     assert_eq!(b.inputs[0].prefix, "file:///out/a/");
@@ -230,7 +237,7 @@ fn a_worker_lost_mid_chain_resumes_it_from_the_last_committed_frame() {
     s.tick(3 + 1_001, &mut Effects::default());
     assert!(matches!(s.job(ids[1]).unwrap().state, JobState::Queued { .. }));
     assert!(matches!(s.job(ids[0]).unwrap().state, JobState::Succeeded { .. }), "the committed frame is not run again");
-    let other = s.register_worker(None, &local(), "w2".into(), gpu(4 << 30), "1".into(), 5_000, &mut Effects::default()).unwrap().id;
+    let other = s.register_worker(None, &local(), profile("w2".into(), gpu(4 << 30)), 5_000, &mut Effects::default()).unwrap().id;
     let retry = s.lease(other, &local(), 0, 10_000, &mut Effects::default()).unwrap().expect("b again, after its backoff");
     assert_eq!((retry.job.id, retry.attempt), (ids[1], 2));
     assert_eq!(retry.inputs[0].prefix, "file:///out/a/", "from the same committed output");
@@ -315,7 +322,7 @@ fn a_retried_job_has_its_whole_attempt_budget_again() {
 /// attempts; returns them and the batch.
 fn both_blocked() -> (Scheduler, WorkerId, WorkerId, Submitted) {
     let (mut s, w1) = setup();
-    let w2 = s.register_worker(None, &local(), "w2".into(), gpu(4 << 30), "1".into(), 0, &mut Effects::default()).unwrap().id;
+    let w2 = s.register_worker(None, &local(), profile("w2".into(), gpu(4 << 30)), 0, &mut Effects::default()).unwrap().id;
     let submitted = s.submit(batch((0..8).map(|_| job(1)).collect()), "local", 0, &mut Effects::default(), &mut trace());
     for (i, w) in [w1, w2, w1, w2, w1, w2].into_iter().enumerate() {
         let now = 10 + i as Millis;
@@ -420,7 +427,7 @@ fn deleting_a_batch_with_running_jobs_is_refused_unless_forced_and_then_spends_n
 #[test]
 fn a_disabled_worker_leases_nothing_and_a_drained_one_hands_its_jobs_to_another() {
     let (mut s, w) = setup();
-    let other = s.register_worker(None, &local(), "w2".into(), gpu(4 << 30), "1".into(), 0, &mut Effects::default()).unwrap().id;
+    let other = s.register_worker(None, &local(), profile("w2".into(), gpu(4 << 30)), 0, &mut Effects::default()).unwrap().id;
     let b = s.submit(batch(vec![job(1), job(1)]), "local", 0, &mut Effects::default(), &mut trace());
     let first = s.lease(w, &local(), 0, 10, &mut Effects::default()).unwrap().unwrap();
     let mut fx = Effects::default();
@@ -449,4 +456,53 @@ fn a_disabled_worker_leases_nothing_and_a_drained_one_hands_its_jobs_to_another(
     assert_eq!(s.forget_worker(w, 5_000, &mut fx).unwrap().id, w);
     assert!(matches!(fx.ops.as_slice(), [StoreOp::DeleteWorker(id)] if *id == w));
     assert!(s.worker(w).is_none());
+}
+
+fn labelled(name: &str, memory: u64, labels: &[(&str, &str)]) -> WorkerProfile {
+    WorkerProfile { labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..profile(name.into(), gpu(memory)) }
+}
+
+fn requires(texts: &[&str]) -> Vec<stylefarm_core::labels::Requirement> {
+    texts.iter().map(|t| t.parse().unwrap()).collect()
+}
+
+#[test]
+fn pools_route_jobs_to_matching_workers_with_fair_share_inside_and_say_when_nobody_matches() {
+    let mut s = Scheduler::restore(config(), Snapshot { next_batch: 1, next_job: 1, next_worker: 1, ..Snapshot::default() }, 0);
+    let mut reg = |p| s.register_worker(None, &local(), p, 0, &mut Effects::default()).unwrap().id;
+    let studio = reg(labelled("studio", 4 << 30, &[("pool", "studio-b"), ("vram", "80")]));
+    let render = reg(labelled("render", 4 << 30, &[("pool", "render"), ("vram", "24")]));
+    let plain = reg(profile("plain".into(), gpu(4 << 30)));
+    // two studio batches (fair share between them), one for any worker with vram >= 48, one nobody matches
+    let a = s.submit(NewBatch { requires: requires(&["pool=studio-b"]), ..batch(vec![job(1), job(1)]) }, "local", 0, &mut Effects::default(), &mut trace());
+    let b = s.submit(NewBatch { requires: requires(&["pool=studio-b"]), ..batch(vec![job(1), job(1)]) }, "local", 0, &mut Effects::default(), &mut trace());
+    let big = s.submit(batch(vec![NewJob { requires: requires(&["vram>=48"]), ..job(1) }]), "local", 0, &mut Effects::default(), &mut trace());
+    let lost = s.submit(NewBatch { requires: requires(&["pool=gone"]), ..batch(vec![job(1)]) }, "local", 0, &mut Effects::default(), &mut trace());
+    assert_eq!(s.job(big.jobs[0]).unwrap().requires, requires(&["vram>=48"]), "a job carries its own requirements");
+    assert_eq!(s.job(a.jobs[0]).unwrap().requires, requires(&["pool=studio-b"]), "and its batch's");
+    // the other pools' workers get nothing of the studio's
+    assert!(s.lease(render, &local(), 0, 10, &mut Effects::default()).unwrap().is_none());
+    assert!(s.lease(plain, &local(), 0, 10, &mut Effects::default()).unwrap().is_none());
+    // the studio worker takes them, alternating batches (fair share within the pool), then the vram job
+    let mut batches = Vec::new();
+    for now in 11..16 {
+        batches.push(s.lease(studio, &local(), 0, now, &mut Effects::default()).unwrap().expect("studio work").job.batch);
+    }
+    assert_eq!(batches[..2].iter().collect::<HashSet<_>>(), [a.batch, b.batch].iter().collect::<HashSet<_>>(), "one of each first: {batches:?}");
+    assert!(batches.contains(&big.batch) && !batches.contains(&lost.batch), "{batches:?}");
+    assert!(s.lease(studio, &local(), 0, 16, &mut Effects::default()).unwrap().is_none());
+    // the job nobody matches says so, then fails after the grace period
+    for w in [studio, render, plain] {
+        assert!(s.lease(w, &local(), 0, 1_010, &mut Effects::default()).unwrap().is_none(), "connected, nothing for it");
+    }
+    s.tick(1_020, &mut Effects::default());
+    let reason = s.waiting_reason(lost.jobs[0]).expect("it says why it waits");
+    assert!(reason.contains("pool=gone") && reason.contains("--label"), "{reason}");
+    for w in [studio, render, plain] {
+        s.lease(w, &local(), 0, 7_000, &mut Effects::default()).unwrap();
+    }
+    s.tick(7_030, &mut Effects::default());
+    let JobState::Failed { reason, .. } = &s.job(lost.jobs[0]).unwrap().state else { panic!("{:?}", s.job(lost.jobs[0])) };
+    assert!(reason.contains("pool=gone") && reason.contains("waited"), "{reason}");
+    s.check_invariants().unwrap();
 }

@@ -73,7 +73,7 @@ impl Scheduler {
     /// clears the mark when a worker that may run them shows up.
     fn check_fit(&mut self, now: Millis, fx: &mut Effects) {
         let since = now - self.config.lease_ttl_ms;
-        let largest = self.workers.largest_device(since);
+        let largest = self.workers.largest_device(since, &[]);
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let limit = self.config.worker_batch_failure_limit;
         let mut stuck: Vec<(JobId, BatchId, String)> = Vec::new();
@@ -81,19 +81,31 @@ impl Scheduler {
             for (batch, entries) in self.queue.batches() {
                 let too_big = self.batch_max_estimate.get(&batch).is_some_and(|&m| m > largest);
                 let blocks = self.workers.has_blocks(batch, limit) && !self.batches.get(&batch).is_some_and(|b| b.paused);
-                if !too_big && !blocks {
+                let pooled = entries.iter().any(|id| self.jobs.get(id).is_some_and(|j| !j.requires.is_empty()));
+                if !too_big && !blocks && !pooled {
                     continue;
                 }
                 for id in entries {
                     let Some(job) = self.jobs.get(id).filter(|j| matches!(j.state, JobState::Queued { .. })) else { continue };
-                    if job.estimate_bytes > largest {
+                    // the largest device among the workers this job may go to (its pool)
+                    let Some(largest) = (if job.requires.is_empty() { Some(largest) } else { self.workers.largest_device(since, &job.requires) }) else {
+                        let wanted: Vec<String> = job.requires.iter().map(ToString::to_string).collect();
                         let reason = format!(
-                            "no connected worker has a device that fits it: it needs about {:.1} GiB, the largest device has {:.1} GiB",
+                            "no connected worker has the labels it requires ({}): start a worker with matching --label flags, or resubmit without them",
+                            wanted.join(", ")
+                        );
+                        stuck.push((job.id, batch, reason));
+                        continue;
+                    };
+                    if job.estimate_bytes > largest {
+                        let among = if job.requires.is_empty() { "" } else { " among the workers with its labels" };
+                        let reason = format!(
+                            "no connected worker has a device that fits it: it needs about {:.1} GiB, the largest device{among} has {:.1} GiB",
                             gib(job.estimate_bytes),
                             gib(largest)
                         );
                         stuck.push((job.id, batch, reason));
-                    } else if blocks && self.workers.all_fitting_blocked(since, job.estimate_bytes, batch, limit) {
+                    } else if blocks && self.workers.all_fitting_blocked(since, job.estimate_bytes, &job.requires, batch, limit) {
                         let reason = format!(
                             "every connected worker that fits it is blocklisted from batch {batch} after {limit} failed attempts of its jobs; \
                              an admin can unblock one (`stylefarm unblock WORKER --batch {batch}`), or another worker may connect"

@@ -4,9 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use stylefarm_core::labels::{self, Requirement};
+
 use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{Availability, DeviceRecord, Millis, WorkerRecord};
+use crate::model::{Availability, Millis, WorkerProfile, WorkerRecord};
 use crate::secrets::Secret;
 
 pub struct Registration {
@@ -62,15 +64,8 @@ impl WorkerRegistry {
     /// A new worker, or the same one again: re-registering as `existing` needs
     /// its secret and, with authentication on, the principal that registered it.
     #[allow(clippy::too_many_arguments)]
-    pub fn register(
-        &mut self,
-        existing: Option<(WorkerId, &str)>,
-        owner: &str,
-        name: String,
-        devices: Vec<DeviceRecord>,
-        version: String,
-        now: Millis,
-    ) -> Result<Registration> {
+    pub fn register(&mut self, existing: Option<(WorkerId, &str)>, owner: &str, profile: WorkerProfile, now: Millis) -> Result<Registration> {
+        let WorkerProfile { name, devices, version, labels } = profile;
         if let Some((id, secret)) = existing {
             if let Some(record) = self.workers.get_mut(&id) {
                 if !record.secret.verify(secret) {
@@ -82,6 +77,7 @@ impl WorkerRegistry {
                 record.name = name;
                 record.devices = devices;
                 record.version = version;
+                record.labels = labels;
                 record.last_seen_ms = now;
                 return Ok(Registration { id, secret: None, record: record.clone() });
             }
@@ -103,6 +99,7 @@ impl WorkerRegistry {
             secret: secret.hash(),
             memory: Vec::new(),
             availability: Availability::Enabled,
+            labels,
         };
         self.workers.insert(id, record.clone());
         Ok(Registration { id, secret: Some(secret), record })
@@ -166,10 +163,14 @@ impl WorkerRegistry {
         self.failures.get(&batch).is_some_and(|m| m.values().any(|&n| n >= limit))
     }
 
-    /// Whether some worker seen since `since` has a device of `bytes` or more,
-    /// and every such worker is blocked from `batch`.
-    pub fn all_fitting_blocked(&self, since: Millis, bytes: u64, batch: BatchId, limit: u32) -> bool {
-        let mut fitting = self.workers.values().filter(|w| w.last_seen_ms >= since && w.devices.iter().any(|d| d.memory_bytes >= bytes)).peekable();
+    /// Whether some worker seen since `since` whose labels meet `requires` has
+    /// a device of `bytes` or more, and every such worker is blocked from `batch`.
+    pub fn all_fitting_blocked(&self, since: Millis, bytes: u64, requires: &[Requirement], batch: BatchId, limit: u32) -> bool {
+        let mut fitting = self
+            .workers
+            .values()
+            .filter(|w| w.last_seen_ms >= since && labels::satisfied(requires, &w.labels) && w.devices.iter().any(|d| d.memory_bytes >= bytes))
+            .peekable();
         fitting.peek().is_some() && fitting.all(|w| self.blocked(w.id, batch, limit))
     }
 
@@ -182,9 +183,14 @@ impl WorkerRegistry {
         self.failures.remove(&batch);
     }
 
-    /// Largest device memory among workers seen since `since` (None: nobody is).
-    pub fn largest_device(&self, since: Millis) -> Option<u64> {
-        self.workers.values().filter(|w| w.last_seen_ms >= since).flat_map(|w| w.devices.iter().map(|d| d.memory_bytes)).max()
+    /// Largest device memory among workers seen since `since` whose labels
+    /// meet `requires` (None: no such worker).
+    pub fn largest_device(&self, since: Millis, requires: &[Requirement]) -> Option<u64> {
+        self.workers
+            .values()
+            .filter(|w| w.last_seen_ms >= since && labels::satisfied(requires, &w.labels))
+            .flat_map(|w| w.devices.iter().map(|d| d.memory_bytes))
+            .max()
     }
 
     /// An admin's choice: whether `worker` takes new jobs. Returns its record after.
@@ -234,6 +240,11 @@ impl WorkerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DeviceRecord;
+
+    fn profile(name: String) -> WorkerProfile {
+        WorkerProfile { name, devices: cpu(), version: "1".into(), labels: Default::default() }
+    }
 
     fn cpu() -> Vec<DeviceRecord> {
         vec![DeviceRecord { name: "cpu".into(), memory_bytes: 8 << 30, description: String::new() }]
@@ -242,13 +253,13 @@ mod tests {
     #[test]
     fn ids_are_kept_only_with_the_secret_and_by_the_same_principal() {
         let mut r = WorkerRegistry::new(1);
-        let first = r.register(None, "gpu-07", "a".into(), cpu(), "1".into(), 0).unwrap();
+        let first = r.register(None, "gpu-07", profile("a".into()), 0).unwrap();
         let secret = first.secret.expect("a new worker gets a secret");
-        let again = r.register(Some((first.id, secret.expose())), "gpu-07", "a2".into(), cpu(), "1".into(), 5).unwrap();
+        let again = r.register(Some((first.id, secret.expose())), "gpu-07", profile("a2".into()), 5).unwrap();
         assert_eq!((again.id, again.secret.is_none(), again.record.name.as_str()), (first.id, true, "a2"));
-        let e = r.register(Some((first.id, "guess")), "gpu-07", "x".into(), cpu(), "1".into(), 6).err().unwrap();
+        let e = r.register(Some((first.id, "guess")), "gpu-07", profile("x".into()), 6).err().unwrap();
         assert!(matches!(e, CoordError::PermissionDenied(_)), "{e}");
-        let e = r.register(Some((first.id, secret.expose())), "mallory", "x".into(), cpu(), "1".into(), 6).err().unwrap();
+        let e = r.register(Some((first.id, secret.expose())), "mallory", profile("x".into()), 6).err().unwrap();
         assert!(matches!(e, CoordError::PermissionDenied(_)), "{e}");
         assert!(r.act_as(first.id, "mallory", false, 7).is_err());
         assert!(r.act_as(first.id, "root", true, 7).is_ok(), "an admin may");
@@ -258,14 +269,14 @@ mod tests {
     #[test]
     fn failures_per_batch_are_forgotten_with_the_batch_and_idle_workers_go() {
         let mut r = WorkerRegistry::new(1);
-        let w = r.register(None, "local", "a".into(), cpu(), "1".into(), 0).unwrap().id;
-        let busy = r.register(None, "local", "b".into(), cpu(), "1".into(), 0).unwrap().id;
+        let w = r.register(None, "local", profile("a".into()), 0).unwrap().id;
+        let busy = r.register(None, "local", profile("b".into()), 0).unwrap().id;
         assert_eq!(r.count_failure(w, BatchId(1)), 1);
         assert_eq!(r.count_failure(w, BatchId(1)), 2);
         r.forget_batch(BatchId(1));
         assert_eq!(r.failures(w, BatchId(1)), 0);
-        assert_eq!(r.largest_device(0), Some(8 << 30));
-        assert_eq!(r.largest_device(1), None, "nobody seen since");
+        assert_eq!(r.largest_device(0, &[]), Some(8 << 30));
+        assert_eq!(r.largest_device(1, &[]), None, "nobody seen since");
         r.start(busy, JobId(3));
         assert_eq!(r.forget_idle(10), vec![w], "a worker running a job is kept");
         r.stop(busy, JobId(3));
@@ -276,7 +287,7 @@ mod tests {
     #[test]
     fn disabled_workers_take_no_work_and_only_gone_idle_ones_are_forgotten() {
         let mut r = WorkerRegistry::new(1);
-        let w = r.register(None, "local", "a".into(), cpu(), "1".into(), 100).unwrap().id;
+        let w = r.register(None, "local", profile("a".into()), 100).unwrap().id;
         assert!(r.takes_work(w));
         assert_eq!(r.set_availability(w, Availability::Disabled).unwrap().availability, Availability::Disabled);
         assert!(!r.takes_work(w));

@@ -39,7 +39,7 @@ pub(super) fn lenient<T>(rows: impl Iterator<Item = rusqlite::Result<T>>, what: 
 
 pub(super) const JOB_COLUMNS: &str = "id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
                            attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
-                           depends_on, task, forgiven";
+                           depends_on, task, forgiven, requires";
 
 pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: i64 = row.get(0)?;
@@ -48,6 +48,7 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecor
     let state: String = row.get(11)?;
     let last_failure: Option<String> = row.get(12)?;
     let depends_on: String = row.get(19)?;
+    let requires: String = row.get(22)?;
     let unreadable_input = |_| ImageSource::Url(String::new());
     Ok(JobRecord {
         id: JobId(id),
@@ -72,16 +73,18 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecor
         depends_on: parse_or::<Vec<i64>>(&depends_on, "depends_on", id, |_| Vec::new()).into_iter().map(JobId).collect(),
         task: row.get(20)?,
         forgiven: row.get(21)?,
+        requires: parse_or(&requires, "requires", id, |_| Vec::new()),
     })
 }
 
 pub(super) const BATCH_COLUMNS: &str =
-    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused, deleted_ms";
+    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused, deleted_ms, requires";
 
 pub(super) fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
     let id: i64 = row.get(0)?;
     let labels: String = row.get(3)?;
     let counts: Option<String> = row.get(10)?;
+    let requires: String = row.get(15)?;
     Ok(BatchRecord {
         id: BatchId(id),
         name: row.get(1)?,
@@ -98,15 +101,17 @@ pub(super) fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchR
         owner: row.get(12)?,
         paused: row.get(13)?,
         deleted_ms: row.get(14)?,
+        requires: parse_or(&requires, "requires", id, |_| Vec::new()),
     })
 }
 
-pub(super) const WORKER_COLUMNS: &str = "id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256, disabled";
+pub(super) const WORKER_COLUMNS: &str = "id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256, disabled, labels";
 
 pub(super) fn worker_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WorkerRecord> {
     let id: i64 = row.get(0)?;
     let devices: String = row.get(2)?;
     let secret: String = row.get(9)?;
+    let labels: String = row.get(11)?;
     Ok(WorkerRecord {
         id: WorkerId(id),
         name: row.get(1)?,
@@ -120,5 +125,6 @@ pub(super) fn worker_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Worke
         secret: SecretHash::from_hex(&secret),
         memory: Vec::new(),
         availability: if row.get::<_, bool>(10)? { Availability::Disabled } else { Availability::Enabled },
+        labels: parse_or(&labels, "labels", id, |_| Default::default()),
     })
 }

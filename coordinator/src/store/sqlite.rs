@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS images (
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 15] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
@@ -103,6 +103,9 @@ const ADDED_COLUMNS: [(&str, &str, &str); 12] = [
     ("jobs", "forgiven", "INTEGER NOT NULL DEFAULT 0"),
     ("batches", "deleted_ms", "INTEGER"),
     ("workers", "disabled", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "requires", "TEXT NOT NULL DEFAULT '[]'"),
+    ("batches", "requires", "TEXT NOT NULL DEFAULT '[]'"),
+    ("workers", "labels", "TEXT NOT NULL DEFAULT '{}'"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -255,8 +258,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
     match op {
         StoreOp::InsertBatch(b) => {
             tx.prepare_cached(
-                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_id, created_ms, cancel_requested, started, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_id, created_ms, cancel_requested, started, owner, requires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 b.id.0,
@@ -268,15 +271,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 b.created_ms,
                 b.cancel_requested,
                 b.started,
-                b.owner
+                b.owner,
+                json(&b.requires)
             ])?;
         }
         StoreOp::InsertJob(j) => {
             tx.prepare_cached(
                 "INSERT INTO jobs (id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
                                    attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
-                                   depends_on, task)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                                   depends_on, task, requires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             )?
             .execute(params![
                 j.id.0,
@@ -300,6 +304,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 j.time_limit_ms as i64,
                 json(&j.depends_on.iter().map(|d| d.0).collect::<Vec<i64>>()),
                 j.task,
+                json(&j.requires),
             ])?;
         }
         StoreOp::UpdateJob(u) => {
@@ -344,9 +349,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
         }
         StoreOp::UpsertWorker(w) => {
             tx.prepare_cached(
-                "INSERT INTO workers (id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                 ON CONFLICT(id) DO UPDATE SET name = ?2, devices = ?3, version = ?4, last_seen_ms = ?6, succeeded = ?7, failed = ?8",
+                "INSERT INTO workers (id, name, devices, version, registered_ms, last_seen_ms, succeeded, failed, owner, secret_sha256, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT(id) DO UPDATE SET name = ?2, devices = ?3, version = ?4, last_seen_ms = ?6, succeeded = ?7, failed = ?8, labels = ?11",
             )?
             .execute(params![
                 w.id.0,
@@ -358,7 +363,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 w.succeeded as i64,
                 w.failed as i64,
                 w.owner,
-                w.secret.to_hex()
+                w.secret.to_hex(),
+                json(&w.labels)
             ])?;
         }
         StoreOp::WorkerCounters { id, succeeded, failed } => {

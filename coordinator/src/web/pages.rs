@@ -473,6 +473,9 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
             })
             .collect();
         let state = if w.connected { "connected" } else { "lost" };
+        let mut labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let labels = if labels.is_empty() { String::new() } else { format!(r#"<br><small class="labels">{}</small>"#, esc(&labels.join(" "))) };
         let enabled = w.availability != pb::WorkerAvailability::Disabled as i32;
         let disabled = if enabled { String::new() } else { pill("disabled") };
         // the admin's controls; forgetting is for a worker that is gone
@@ -486,7 +489,7 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
             .collect();
         let _ = write!(
             out,
-            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small></td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
+            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small>{labels}</td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
             id = esc(&w.id),
             name = esc(&w.name),
             version = esc(&w.version),

@@ -96,6 +96,12 @@ impl Coordinator {
         TestWorker::register(self.channel().await, name, memory_bytes).await
     }
 
+    /// A test worker in a pool: it registers with `labels` (e.g. `[("pool", "studio-b")]`).
+    pub async fn worker_labelled(&self, name: &str, memory_bytes: u64, labels: &[(&str, &str)]) -> TestWorker {
+        let api = options("http://unused", None).worker(self.channel().await).unwrap();
+        TestWorker::register_profile(api, name, "cpu", memory_bytes, None, labels).await.expect("register")
+    }
+
     /// A test worker that registers with `token`.
     pub async fn worker_with(&self, name: &str, memory_bytes: u64, token: Option<&str>) -> Result<TestWorker, tonic::Status> {
         TestWorker::try_register(options(&self.url, token).worker(self.channel().await).unwrap(), name, memory_bytes, None).await
@@ -145,11 +151,23 @@ impl TestWorker {
     /// Registers with one device named `device` (a `cuda:0` needs no GPU: the
     /// coordinator only records what a worker says it has).
     pub async fn register_device(
+        api: WorkerClient,
+        name: &str,
+        device: &str,
+        memory_bytes: u64,
+        existing: Option<(&str, &str)>,
+    ) -> Result<TestWorker, tonic::Status> {
+        TestWorker::register_profile(api, name, device, memory_bytes, existing, &[]).await
+    }
+
+    /// Registers with one device and `labels` (worker pools).
+    pub async fn register_profile(
         mut api: WorkerClient,
         name: &str,
         device: &str,
         memory_bytes: u64,
         existing: Option<(&str, &str)>,
+        labels: &[(&str, &str)],
     ) -> Result<TestWorker, tonic::Status> {
         let (worker_id, worker_secret) = existing.map(|(i, s)| (i.to_string(), s.to_string())).unwrap_or_default();
         let response = api
@@ -159,6 +177,7 @@ impl TestWorker {
                 version: "test".into(),
                 worker_id,
                 worker_secret,
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             })
             .await?
             .into_inner();
@@ -245,6 +264,7 @@ pub fn batch_request(name: &str, n: usize, priority: i32) -> pb::SubmitBatchRequ
             content: Some(url_ref(&format!("{NOWHERE}content-{i}.png"))),
             styles: vec![url_ref(&format!("{NOWHERE}style.png"))],
             settings: Some(pb::RenderSettings { size: Some(64), iterations: Some(10), ..Default::default() }),
+            requires: Vec::new(),
         })
         .collect();
     pb::SubmitBatchRequest { name: name.into(), priority, jobs, ..Default::default() }

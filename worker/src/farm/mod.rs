@@ -86,6 +86,10 @@ pub struct FarmArgs {
     /// per device busy, iteration rate, seconds per evaluation, GPU memory.
     #[arg(long, env = "STYLEFARM_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A label batches can require (worker pools), e.g. `pool=studio-b` or
+    /// `vram=80`; repeatable. STYLEFARM_LABELS takes a comma-separated list.
+    #[arg(long = "label", env = "STYLEFARM_LABELS", value_delimiter = ',', value_parser = stylefarm_core::labels::parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// The worker's identity on the coordinator, kept across restarts.
@@ -136,6 +140,8 @@ struct Session {
 struct Farm {
     api: stylefarm_proto::connect::Worker,
     name: String,
+    /// Worker pools: what batches' requirements match.
+    labels: stylefarm_core::labels::Labels,
     devices: Vec<DeviceInfo>,
     session: Mutex<Session>,
     state_file: PathBuf,
@@ -173,6 +179,7 @@ impl Farm {
                 version: env!("CARGO_PKG_VERSION").into(),
                 worker_id: identity.worker_id.clone(),
                 worker_secret: identity.worker_secret.clone(),
+                labels: self.labels.clone().into_iter().collect(),
             };
             match self.api().register_worker(request).await {
                 Ok(response) => {
@@ -249,9 +256,12 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
     let state_file = args.state_file.clone().unwrap_or_else(|| work_dir.join(format!("worker-{}.json", sanitise(&name))));
     let mut identity = load_identity(&state_file, &url);
     identity.coordinator = url.clone();
+    let labels: stylefarm_core::labels::Labels = args.labels.iter().cloned().collect();
+    stylefarm_core::labels::check_labels(&labels).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
     let farm = Arc::new(Farm {
         api: options.worker(channel)?,
         name,
+        labels,
         devices: devices.clone(),
         session: Mutex::new(Session {
             identity,

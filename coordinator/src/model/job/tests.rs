@@ -32,6 +32,7 @@ fn job(max_attempts: u32) -> JobRecord {
         trace_id: "0".repeat(32),
         depends_on: Vec::new(),
         task: None,
+        requires: Vec::new(),
     }
 }
 
