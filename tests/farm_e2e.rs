@@ -246,7 +246,7 @@ async fn a_handed_back_job_costs_no_attempt_and_a_restarted_worker_keeps_its_id(
     let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
     let retina = upload_file(&mut client, &sample("retina.jpg")).await;
     let worker = InProcessWorker::start_with(&coordinator.url, "keeper", &dir.path().join("w"), 0);
-    let request = pb::SubmitBatchRequest { jobs: vec![job("long", sha_ref(&chelsea), sha_ref(&retina), 48, 1500)], ..Default::default() };
+    let request = pb::SubmitBatchRequest { jobs: vec![job("long", sha_ref(&chelsea), sha_ref(&retina), 48, 300)], ..Default::default() };
     let batch = client.submit_batch(request).await.unwrap().into_inner();
     let job_id = batch.job_ids[0].clone();
     let deadline = Instant::now() + Duration::from_secs(120);

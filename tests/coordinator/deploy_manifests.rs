@@ -1,4 +1,4 @@
-//! `deploy/` checked without a cluster: every kustomize overlay renders with
+//! `deploy/` checked without a cluster: every kustomize overlay (gpu, pools, cpu) renders with
 //! the machine's kubectl, and every object it renders validates against the
 //! Kubernetes API schema (k8s-openapi's types for Kubernetes 1.33: an object
 //! must read back exactly as written, so a misspelt or misplaced field fails);
@@ -288,6 +288,50 @@ fn every_overlay_renders_and_validates_against_the_api_schema() {
     assert_eq!(keys, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
 }
 
+/// A Deployment's pod template labels.
+fn template_labels(d: &Deployment) -> &BTreeMap<String, String> {
+    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
+}
+
+#[test]
+fn the_pools_overlay_scales_two_gpu_pools_each_on_its_own_queue() {
+    let pools = validate(&kustomize("pools"));
+    check_wiring(&pools, "pools");
+    let names = ["stylefarm-worker", "stylefarm-worker-render"];
+    let deployments: Vec<&Deployment> = names.iter().map(|n| pools.deployment(n)).collect();
+    let mut seen_pools = Vec::new();
+    for (i, d) in deployments.iter().enumerate() {
+        let name = names[i];
+        let other = deployments[1 - i];
+        let spec = d.spec.as_ref().unwrap();
+        let selector = spec.selector.match_labels.clone().unwrap();
+        assert!(labels_match(&selector, template_labels(d)), "{name} selects its own pods");
+        assert!(!labels_match(&selector, template_labels(other)), "{name} must not select the other pool's pods");
+        let w = &pod(&spec.template.spec).containers[0];
+        assert_eq!(w.resources.as_ref().unwrap().limits.as_ref().unwrap().get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"), "{name}: a GPU pool");
+        // the labels the workers carry, as the worker parses them
+        let text = w.env.iter().flatten().find(|e| e.name == "STYLEFARM_LABELS").and_then(|e| e.value.clone()).expect("STYLEFARM_LABELS");
+        let labels: BTreeMap<String, String> = text.split(',').map(|l| stylefarm_core::labels::parse_label(l).unwrap()).collect();
+        seen_pools.push(labels["pool"].clone());
+        // its ScaledObject asks for the demand of exactly those labels
+        let so = pools.scaled.iter().find(|s| s.spec.scale_target_ref.name == name).unwrap_or_else(|| panic!("a ScaledObject for {name}"));
+        assert_eq!(so.spec.min_replica_count, Some(0), "{name} scales to zero");
+        let trigger = &so.spec.triggers[0];
+        let asked: BTreeMap<String, String> = trigger.metadata["labels"].split(',').map(|l| stylefarm_core::labels::parse_label(l).unwrap()).collect();
+        assert_eq!(asked, labels, "{name}: the trigger's labels are its workers'");
+        // exactly one PodDisruptionBudget covers its pods (two would block every eviction)
+        let covering = pools
+            .pdbs
+            .iter()
+            .filter(|p| labels_match(p.spec.as_ref().unwrap().selector.as_ref().unwrap().match_labels.as_ref().unwrap(), template_labels(d)))
+            .count();
+        assert_eq!(covering, 1, "{name}: one PodDisruptionBudget");
+    }
+    seen_pools.sort();
+    assert_eq!(seen_pools, ["render", "studio-b"]);
+    assert_eq!(pools.statefulsets.len(), 1, "one coordinator for both pools");
+}
+
 #[test]
 fn the_schema_check_catches_a_misplaced_field() {
     // the check itself can fail: a field one level too deep, and a number where a string belongs
@@ -332,7 +376,7 @@ fn the_images_accept_the_command_lines_the_manifests_give_them() {
         // settings the image bakes in are ENV, so that args can add to or override them
         assert_eq!(entrypoint(dockerfile).len(), 1, "{dockerfile}: flags in the ENTRYPOINT cannot be overridden by args");
     }
-    for overlay in ["gpu", "cpu"] {
+    for overlay in ["gpu", "pools", "cpu"] {
         let objects = kustomize(overlay);
         for object in objects.iter().filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet") {
             let name = object["metadata"]["name"].as_str().unwrap();
