@@ -11,7 +11,9 @@
 //! with every span exported over OTLP (to a collector in this process, which
 //! counts what it receives: the receiving cost is charged to the coordinator);
 //! and with the web dashboard's farm-wide event stream followed (`--modes
-//! ...,dashboard`: every job event rendered and sent as a server-sent event).
+//! ...,dashboard`: every job event rendered and sent as a server-sent event);
+//! and with the workers split over 4 pools (`pools`: each worker labelled with
+//! one, each batch requiring one, so every lease matches labels).
 //!
 //!   ... -- --soak 1000000
 //!
@@ -43,7 +45,7 @@ struct Args {
     reference: bool,
     soak: usize,
     rounds: usize,
-    /// Which of open, auth, tls, metrics, traces to run (all by default).
+    /// Which of open, auth, tls, metrics, traces, dashboard, pools to run (all by default).
     modes: Vec<String>,
 }
 
@@ -55,7 +57,7 @@ fn parse_args() -> Args {
         reference: true,
         soak: 0,
         rounds: 3,
-        modes: vec!["open".into(), "auth".into(), "tls".into(), "metrics".into(), "traces".into(), "dashboard".into()],
+        modes: ["open", "auth", "tls", "metrics", "traces", "dashboard", "pools"].map(String::from).to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,7 +68,7 @@ fn parse_args() -> Args {
             "--no-reference" => args.reference = false,
             "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--rounds" => args.rounds = it.next().expect("--rounds N").parse().expect("number"),
-            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces,dashboard").split(',').map(String::from).collect(),
+            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces,dashboard,pools").split(',').map(String::from).collect(),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -314,7 +316,16 @@ async fn channels(options: &ConnectOptions, n: usize) -> Vec<tonic::transport::C
     out
 }
 
-async fn register(options: &ConnectOptions, channels: &[tonic::transport::Channel], workers: usize) -> Vec<(String, stylefarm_proto::connect::Worker)> {
+/// Worker pools in the `pools` mode.
+const POOLS: usize = 4;
+
+/// Registers `workers` simulated workers; with `pools` > 0, worker i carries `pool=p{i % pools}`.
+async fn register(
+    options: &ConnectOptions,
+    channels: &[tonic::transport::Channel],
+    workers: usize,
+    pools: usize,
+) -> Vec<(String, stylefarm_proto::connect::Worker)> {
     let mut out = Vec::with_capacity(workers);
     for i in 0..workers {
         let mut api = options.worker(channels[i % channels.len()].clone()).unwrap();
@@ -323,6 +334,7 @@ async fn register(options: &ConnectOptions, channels: &[tonic::transport::Channe
                 name: format!("sim-{i}"),
                 devices: vec![pb::Device { name: "cuda:0".into(), memory_bytes: 80 << 30, description: "simulated".into() }],
                 version: "bench".into(),
+                labels: if pools > 0 { [("pool".to_string(), format!("p{}", i % pools))].into() } else { Default::default() },
                 ..Default::default()
             })
             .await
@@ -370,18 +382,22 @@ async fn work(id: String, mut api: stylefarm_proto::connect::Worker, done: Arc<A
     }
 }
 
-async fn run(workers: usize, jobs: usize, connections: usize, commits: Commits, security: Security) -> Run {
+async fn run(workers: usize, jobs: usize, connections: usize, commits: Commits, security: Security, pools: usize) -> Run {
     let server = start(commits, security).await;
     let worker_channels = channels(&server.worker, connections).await;
-    let ids = register(&server.worker, &worker_channels, workers).await;
-    // submit in batches of up to 10,000 jobs
+    let ids = register(&server.worker, &worker_channels, workers, pools).await;
+    // submit in batches of up to 10,000 jobs (with pools, at least one batch per pool, batch b for pool b % pools)
     let mut client = server.client.coordinator(channels(&server.client, 1).await.remove(0)).unwrap();
     let submit_started = Instant::now();
     let mut left = jobs;
     let mut b = 0;
     while left > 0 {
-        let n = left.min(10_000);
-        client.submit_batch(batch(b, n)).await.unwrap();
+        let n = if pools > 0 { left.min(10_000).min(jobs.div_ceil(pools)) } else { left.min(10_000) };
+        let mut request = batch(b, n);
+        if pools > 0 {
+            request.requires = vec![format!("pool=p{}", b % pools)];
+        }
+        client.submit_batch(request).await.unwrap();
         left -= n;
         b += 1;
     }
@@ -483,7 +499,7 @@ async fn soak(total: usize) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let server = start(Commits::Grouped, Security::Open).await;
     let worker_channels = channels(&server.worker, 8).await;
-    let ids = register(&server.worker, &worker_channels, 100).await;
+    let ids = register(&server.worker, &worker_channels, 100, 0).await;
     let mut client = server.client.coordinator(channels(&server.client, 1).await.remove(0)).unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = ids.into_iter().map(|(id, api)| tokio::spawn(work(id, api, Arc::clone(&done), total, false))).collect();
@@ -564,24 +580,25 @@ fn main() {
     println!("(medians of {} rounds; each round runs every mode once, in turn, so the VM's drift hits them alike)", args.rounds);
     let collector = args.modes.iter().any(|m| m == "traces").then(|| runtime.block_on(start_collector()));
     for &workers in &args.workers {
-        let mut modes: Vec<(&str, Commits, Security, Vec<Run>)> = [
-            ("open", "group commit", Security::Open),
-            ("auth", "+ auth (tokens)", Security::Auth),
-            ("tls", "+ auth + TLS", Security::AuthTls),
-            ("metrics", "+ metrics, scraped 1/s", Security::OpenMetrics),
-            ("traces", "+ traces, all exported", Security::OpenTraces),
-            ("dashboard", "+ dashboard followed", Security::OpenDashboard),
+        let mut modes: Vec<(&str, Commits, Security, usize, Vec<Run>)> = [
+            ("open", "group commit", Security::Open, 0),
+            ("auth", "+ auth (tokens)", Security::Auth, 0),
+            ("tls", "+ auth + TLS", Security::AuthTls, 0),
+            ("metrics", "+ metrics, scraped 1/s", Security::OpenMetrics, 0),
+            ("traces", "+ traces, all exported", Security::OpenTraces, 0),
+            ("dashboard", "+ dashboard followed", Security::OpenDashboard, 0),
+            ("pools", "+ 4 worker pools", Security::Open, POOLS),
         ]
         .into_iter()
-        .filter(|(key, _, _)| args.modes.iter().any(|m| m == key))
-        .map(|(_, name, security)| (name, Commits::Grouped, security, Vec::new()))
+        .filter(|(key, _, _, _)| args.modes.iter().any(|m| m == key))
+        .map(|(_, name, security, pools)| (name, Commits::Grouped, security, pools, Vec::new()))
         .collect();
         if args.reference {
-            modes.push(("reference: per-request", Commits::PerRequest, Security::Open, Vec::new()));
+            modes.push(("reference: per-request", Commits::PerRequest, Security::Open, 0, Vec::new()));
         }
         for _ in 0..args.rounds {
-            for (_, commits, security, runs) in modes.iter_mut() {
-                runs.push(runtime.block_on(run(workers, args.jobs, args.connections, *commits, *security)));
+            for (_, commits, security, pools, runs) in modes.iter_mut() {
+                runs.push(runtime.block_on(run(workers, args.jobs, args.connections, *commits, *security, *pools)));
             }
         }
         let median = |runs: &[Run], f: fn(&Run) -> f64| {
@@ -591,7 +608,7 @@ fn main() {
         };
         let summary: Vec<(&str, Run)> = modes
             .iter()
-            .map(|(name, _, _, runs)| {
+            .map(|(name, _, _, _, runs)| {
                 let r = Run {
                     jobs_per_s: median(runs, |r| r.jobs_per_s),
                     cpu_us_per_job: median(runs, |r| r.cpu_us_per_job),
@@ -617,7 +634,7 @@ fn main() {
         }
         let all: Vec<String> = modes
             .iter()
-            .map(|(name, _, _, runs)| {
+            .map(|(name, _, _, _, runs)| {
                 let rounds = |f: fn(&Run) -> f64| runs.iter().map(|r| format!("{:.0}", f(r))).collect::<Vec<_>>().join("/");
                 format!("{name}: {} jobs/s, {} us/job", rounds(|r| r.jobs_per_s), rounds(|r| r.cpu_us_per_job))
             })

@@ -61,7 +61,7 @@ pub fn check_labels(labels: &Labels) -> Result<(), String> {
 }
 
 /// How a requirement compares a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Eq,
     Ne,
@@ -90,7 +90,7 @@ impl Op {
 }
 
 /// One requirement, e.g. `pool=studio-b` or `vram>=48`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: String,
     pub op: Op,

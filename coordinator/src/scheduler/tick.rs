@@ -2,7 +2,9 @@
 //! that end, the fit check, the windows that forget, and a finished batch
 //! leaving memory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use stylefarm_core::labels::Requirement;
 
 use super::attempts::{attempt_ended, Ended};
 use super::leases::{self, Due};
@@ -77,6 +79,10 @@ impl Scheduler {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let limit = self.config.worker_batch_failure_limit;
         let mut stuck: Vec<(JobId, BatchId, String)> = Vec::new();
+        // the largest device per requirement set, each worked out once per check
+        // (a pooled batch's jobs share one set; asking the registry per job would be
+        // jobs × workers label checks)
+        let mut largest_for: HashMap<&[Requirement], Option<u64>> = HashMap::new();
         if let Some(largest) = largest {
             for (batch, entries) in self.queue.batches() {
                 let too_big = self.batch_max_estimate.get(&batch).is_some_and(|&m| m > largest);
@@ -88,7 +94,12 @@ impl Scheduler {
                 for id in entries {
                     let Some(job) = self.jobs.get(id).filter(|j| matches!(j.state, JobState::Queued { .. })) else { continue };
                     // the largest device among the workers this job may go to (its pool)
-                    let Some(largest) = (if job.requires.is_empty() { Some(largest) } else { self.workers.largest_device(since, &job.requires) }) else {
+                    let pool_largest = if job.requires.is_empty() {
+                        Some(largest)
+                    } else {
+                        *largest_for.entry(job.requires.as_slice()).or_insert_with(|| self.workers.largest_device(since, &job.requires))
+                    };
+                    let Some(largest) = pool_largest else {
                         let wanted: Vec<String> = job.requires.iter().map(ToString::to_string).collect();
                         let reason = format!(
                             "no connected worker has the labels it requires ({}): start a worker with matching --label flags, or resubmit without them",
