@@ -204,8 +204,7 @@ impl Scheduler {
         let mut members = Vec::with_capacity(jobs.len());
         for job in jobs {
             batch.counts.add(job.state.kind());
-            let max = self.batch_max_estimate.entry(id).or_default();
-            *max = (*max).max(job.estimate_bytes);
+            self.batch_fit.entry(id).or_default().add(&job);
             self.deps.add(job.id, &job.depends_on, false);
             members.push(job.id);
             self.jobs.insert(job.id, job);

@@ -148,9 +148,9 @@ const SIZES_LOG_EVERY_MS: Millis = 10_000;
 pub struct Scheduler {
     config: SchedulerConfig,
     batches: BTreeMap<BatchId, BatchRecord>,
-    /// Largest estimate among each in-memory batch's jobs (the fit check skips
-    /// batches that fit).
-    batch_max_estimate: HashMap<BatchId, u64>,
+    /// What the fit check needs of each in-memory batch, so it skips, with one
+    /// look, the batches that fit every device and require no labels.
+    batch_fit: HashMap<BatchId, BatchFit>,
     /// Jobs of unfinished batches (finished ones are read from the store).
     jobs: HashMap<JobId, JobRecord>,
     /// Each in-memory batch's jobs, in index order.
@@ -171,6 +171,22 @@ pub struct Scheduler {
     images: HashSet<String>,
     next_batch: i64,
     next_job: i64,
+}
+
+/// A batch's jobs taken together, for the fit check.
+#[derive(Debug, Default, Clone, Copy)]
+struct BatchFit {
+    /// The largest estimate among its jobs.
+    max_estimate: u64,
+    /// Whether any of its jobs requires worker labels (a pool).
+    pooled: bool,
+}
+
+impl BatchFit {
+    fn add(&mut self, job: &JobRecord) {
+        self.max_estimate = self.max_estimate.max(job.estimate_bytes);
+        self.pooled |= !job.requires.is_empty();
+    }
 }
 
 struct Rules<'a> {

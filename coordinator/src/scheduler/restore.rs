@@ -19,7 +19,7 @@ impl Scheduler {
             request_ids: RequestIds::new(config.request_id_window_ms),
             config,
             batches: BTreeMap::new(),
-            batch_max_estimate: HashMap::new(),
+            batch_fit: HashMap::new(),
             jobs: HashMap::new(),
             members: HashMap::new(),
             queue: ReadyQueue::default(),
@@ -56,8 +56,7 @@ impl Scheduler {
             let Some(batch) = s.batches.get_mut(&job.batch) else { continue };
             batch.counts.total += 1;
             batch.counts.add(job.state.kind());
-            let max = s.batch_max_estimate.entry(job.batch).or_default();
-            *max = (*max).max(job.estimate_bytes);
+            s.batch_fit.entry(job.batch).or_default().add(&job);
             s.deps.add(job.id, &job.depends_on, false);
             match &mut job.state {
                 JobState::Queued { .. } if !job.depends_on.is_empty() => waiting_on_deps.push(job.id),

@@ -1,7 +1,7 @@
 //! New work and new workers: uploads, batches (or the same batch again for a
 //! remembered request id), registrations.
 
-use super::{Effects, Event, EventKind, Registration, Scheduler};
+use super::{BatchFit, Effects, Event, EventKind, Registration, Scheduler};
 use crate::error::Result;
 use crate::identity::Principal;
 use crate::ids::{BatchId, JobId, WorkerId};
@@ -48,7 +48,7 @@ impl Scheduler {
         };
         fx.ops.push(StoreOp::InsertBatch(batch.clone()));
         let mut ids = Vec::with_capacity(new.jobs.len());
-        let mut max_estimate = 0;
+        let mut fit = BatchFit::default();
         for (index, spec) in new.jobs.into_iter().enumerate() {
             let job = JobRecord {
                 id: JobId(self.next_job),
@@ -77,7 +77,7 @@ impl Scheduler {
                 requires: batch.requires.iter().chain(&spec.requires).cloned().collect(),
             };
             self.next_job += 1;
-            max_estimate = max_estimate.max(job.estimate_bytes);
+            fit.add(&job);
             batch.counts.total += 1;
             batch.counts.queued += 1;
             if job.depends_on.is_empty() {
@@ -92,7 +92,7 @@ impl Scheduler {
         if let Some(request_id) = &batch.request_id {
             self.request_ids.insert(request_id.clone(), id, now);
         }
-        self.batch_max_estimate.insert(id, max_estimate);
+        self.batch_fit.insert(id, fit);
         self.members.insert(id, ids.clone());
         self.batches.insert(id, batch);
         fx.wake = true;

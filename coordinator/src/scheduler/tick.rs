@@ -85,9 +85,10 @@ impl Scheduler {
         let mut largest_for: HashMap<&[Requirement], Option<u64>> = HashMap::new();
         if let Some(largest) = largest {
             for (batch, entries) in self.queue.batches() {
-                let too_big = self.batch_max_estimate.get(&batch).is_some_and(|&m| m > largest);
+                let fit = self.batch_fit.get(&batch).copied().unwrap_or_default();
+                let too_big = fit.max_estimate > largest;
                 let blocks = self.workers.has_blocks(batch, limit) && !self.batches.get(&batch).is_some_and(|b| b.paused);
-                let pooled = entries.iter().any(|id| self.jobs.get(id).is_some_and(|j| !j.requires.is_empty()));
+                let pooled = fit.pooled;
                 if !too_big && !blocks && !pooled {
                     continue;
                 }
@@ -168,7 +169,7 @@ impl Scheduler {
     pub fn evict_batch(&mut self, id: BatchId) {
         if self.batches.get(&id).is_some_and(|b| b.finished_ms.is_some()) {
             self.batches.remove(&id);
-            self.batch_max_estimate.remove(&id);
+            self.batch_fit.remove(&id);
             self.workers.forget_batch(id);
             for job in self.members.remove(&id).unwrap_or_default() {
                 self.jobs.remove(&job);
