@@ -48,6 +48,14 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Parses a comma-separated list, `pool=studio-b,vram=80` (what
+/// `STYLEFARM_LABELS` and a KEDA trigger's `labels` hold), and checks the set.
+pub fn parse_labels(text: &str) -> Result<Labels, String> {
+    let labels = text.split(',').filter(|l| !l.trim().is_empty()).map(parse_label).collect::<Result<Labels, String>>()?;
+    check_labels(&labels)?;
+    Ok(labels)
+}
+
 /// Checks a whole label set (count, keys, values).
 pub fn check_labels(labels: &Labels) -> Result<(), String> {
     if labels.len() > MAX_LABELS {
@@ -213,6 +221,8 @@ mod tests {
         assert!("pool=a b".parse::<Requirement>().unwrap_err().contains("letters"));
         assert!(parse_label("pool").unwrap_err().contains("KEY=VALUE"));
         assert_eq!(parse_label("pool=studio-b").unwrap(), ("pool".into(), "studio-b".into()));
+        assert_eq!(parse_labels("pool=studio-b, vram=80").unwrap(), labels(&[("pool", "studio-b"), ("vram", "80")]));
+        assert!(parse_labels("pool=a,Pool=b").unwrap_err().contains("a-z"));
         assert!(parse_label(&format!("k={}", "v".repeat(64))).unwrap_err().contains("63"));
         let many: Labels = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(check_labels(&many).unwrap_err().contains("at most 32"));

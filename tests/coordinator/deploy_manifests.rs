@@ -311,13 +311,13 @@ fn the_pools_overlay_scales_two_gpu_pools_each_on_its_own_queue() {
         assert_eq!(w.resources.as_ref().unwrap().limits.as_ref().unwrap().get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"), "{name}: a GPU pool");
         // the labels the workers carry, as the worker parses them
         let text = w.env.iter().flatten().find(|e| e.name == "STYLEFARM_LABELS").and_then(|e| e.value.clone()).expect("STYLEFARM_LABELS");
-        let labels: BTreeMap<String, String> = text.split(',').map(|l| stylefarm_core::labels::parse_label(l).unwrap()).collect();
+        let labels = stylefarm_core::labels::parse_labels(&text).unwrap();
         seen_pools.push(labels["pool"].clone());
         // its ScaledObject asks for the demand of exactly those labels
         let so = pools.scaled.iter().find(|s| s.spec.scale_target_ref.name == name).unwrap_or_else(|| panic!("a ScaledObject for {name}"));
         assert_eq!(so.spec.min_replica_count, Some(0), "{name} scales to zero");
         let trigger = &so.spec.triggers[0];
-        let asked: BTreeMap<String, String> = trigger.metadata["labels"].split(',').map(|l| stylefarm_core::labels::parse_label(l).unwrap()).collect();
+        let asked = stylefarm_core::labels::parse_labels(&trigger.metadata["labels"]).unwrap();
         assert_eq!(asked, labels, "{name}: the trigger's labels are its workers'");
         // exactly one PodDisruptionBudget covers its pods (two would block every eviction)
         let covering = pools

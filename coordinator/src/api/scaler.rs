@@ -76,16 +76,7 @@ fn trigger(r: &ks::ScaledObjectRef) -> Result<Trigger, CoordError> {
     };
     let pool = match r.scaler_metadata.get("labels") {
         None => None,
-        Some(text) => {
-            let labels = text
-                .split(',')
-                .filter(|l| !l.trim().is_empty())
-                .map(labels::parse_label)
-                .collect::<Result<Labels, String>>()
-                .and_then(|l| labels::check_labels(&l).map(|()| l))
-                .map_err(|e| CoordError::invalid("scalerMetadata.labels", e))?;
-            Some(labels)
-        }
+        Some(text) => Some(labels::parse_labels(text).map_err(|e| CoordError::invalid("scalerMetadata.labels", e))?),
     };
     Ok(Trigger { per_worker, pool })
 }

@@ -71,10 +71,9 @@ impl Farm {
         let record = self.owned_batch(id, caller).await?;
         let mut deletion = Deletion::default();
         if record.deleted_ms.is_none() {
-            let running = self.read(|s| s.batch(id).map(|b| b.counts.running).unwrap_or(0))?;
             deletion.cancelled = self.apply(move |s, fx, now| s.delete_batch(id, mode, now, fx)).await?;
             deletion.jobs_removed = record.counts.total;
-            if running > 0 {
+            if record.counts.running > 0 {
                 self.late_sweeps.push(id, now_ms() + self.config.scheduler.lease_ttl_ms);
             }
             let gone = convert::batch(&record);

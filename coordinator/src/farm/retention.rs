@@ -14,7 +14,6 @@ use super::Farm;
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::identity::{Principal, Role};
-use crate::ids::BatchId;
 use crate::model::Millis;
 use crate::scheduler::DeleteMode;
 
@@ -30,36 +29,29 @@ pub fn period(retain_ms: Millis) -> Duration {
     Duration::from_millis((retain_ms / 4).clamp(250, 60_000) as u64)
 }
 
-/// What one step did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Swept {
-    pub batches: u32,
-    pub objects: u64,
-}
-
 impl Farm {
     /// Deletes up to [`STEP`] batches that finished before `now - retain_ms`,
     /// the oldest first. A batch that fails to delete is logged and left for
-    /// the next step.
-    pub async fn retention_step(self: &Arc<Self>, retain_ms: Millis) -> Result<(Swept, Vec<BatchId>)> {
+    /// the next step. Returns how many were due (a full step means more are).
+    pub async fn retention_step(self: &Arc<Self>, retain_ms: Millis) -> Result<usize> {
         let cutoff = now_ms().saturating_sub(retain_ms);
         let due = self.stored(move |store| store.finished_before(cutoff, STEP)).await?;
         let system = Principal { name: PRINCIPAL.into(), role: Role::Admin };
-        let mut swept = Swept::default();
+        let (mut batches, mut objects) = (0u64, 0u64);
         for &id in &due {
             match self.delete_batch(id, DeleteMode::IfIdle, &system).await {
                 Ok(done) => {
-                    swept.batches += 1;
-                    swept.objects += done.objects_removed;
+                    batches += 1;
+                    objects += done.objects_removed;
                 }
                 Err(e) => tracing::warn!(batch_id = %id, error = %e, "retention could not delete a finished batch (tried again next step)"),
             }
         }
         if let Some(metrics) = &self.config.metrics {
-            metrics.retention_batches.increment(u64::from(swept.batches));
-            metrics.retention_objects.increment(swept.objects);
+            metrics.retention_batches.increment(batches);
+            metrics.retention_objects.increment(objects);
         }
-        Ok((swept, due))
+        Ok(due.len())
     }
 
     /// Runs retention until `stopping`: a step every [`period`], and at once
@@ -77,7 +69,7 @@ impl Farm {
                 }
                 pause = match farm.retention_step(retain_ms).await {
                     // a full step: more are due; a short breath lets other work in
-                    Ok((_, due)) if due.len() == STEP => Duration::from_millis(50),
+                    Ok(due) if due == STEP => Duration::from_millis(50),
                     Ok(_) => period(retain_ms),
                     Err(e) => {
                         tracing::warn!(error = %e, "retention step failed");

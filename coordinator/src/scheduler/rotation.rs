@@ -43,7 +43,6 @@ impl Scheduler {
         }
         fx.barrier = true;
         let record = self.workers.get(worker).cloned().ok_or_else(|| crate::error::CoordError::not_found("worker", worker))?;
-        tracing::info!(worker_id = %worker, action = ?action, handed_back, "worker availability changed");
         Ok((record, handed_back))
     }
 
@@ -55,7 +54,6 @@ impl Scheduler {
         self.dirty_counters.remove(&worker);
         fx.ops.push(StoreOp::DeleteWorker(worker));
         fx.barrier = true;
-        tracing::info!(worker_id = %worker, name = %record.name, "worker forgotten");
         Ok(record)
     }
 }

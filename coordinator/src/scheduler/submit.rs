@@ -102,7 +102,6 @@ impl Scheduler {
     }
 
     /// Registers a worker for `caller`; see [`WorkerRegistry::register`].
-    #[allow(clippy::too_many_arguments)]
     pub fn register_worker(
         &mut self,
         existing: Option<(WorkerId, String)>,

@@ -63,7 +63,6 @@ impl WorkerRegistry {
 
     /// A new worker, or the same one again: re-registering as `existing` needs
     /// its secret and, with authentication on, the principal that registered it.
-    #[allow(clippy::too_many_arguments)]
     pub fn register(&mut self, existing: Option<(WorkerId, &str)>, owner: &str, profile: WorkerProfile, now: Millis) -> Result<Registration> {
         let WorkerProfile { name, devices, version, labels } = profile;
         if let Some((id, secret)) = existing {
