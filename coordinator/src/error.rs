@@ -86,9 +86,20 @@ impl CoordError {
     }
 }
 
+/// The trailer that names the refused field of an INVALID_ARGUMENT, so that
+/// clients (the Python package's `InvalidArgument.field`) need not parse the message.
+pub const FIELD_TRAILER: &str = "stylefarm-field";
+
 impl From<CoordError> for Status {
     fn from(e: CoordError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.to_string());
+        if let CoordError::InvalidArgument { field, .. } = &e {
+            // a field name that is not valid metadata (never ours) is left to the message
+            if let Ok(value) = field.parse() {
+                status.metadata_mut().insert(FIELD_TRAILER, value);
+            }
+        }
+        status
     }
 }
 
@@ -137,3 +148,18 @@ impl StoreError {
 }
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_argument_names_its_field_in_a_trailer_and_the_message() {
+        let status = Status::from(CoordError::invalid("jobs[3].settings.size", "9000 is outside the limits 16..=8192 px"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.metadata().get(FIELD_TRAILER).unwrap(), "jobs[3].settings.size");
+        assert_eq!(status.message(), "invalid `jobs[3].settings.size`: 9000 is outside the limits 16..=8192 px");
+        let other = Status::from(CoordError::not_found("batch", "b7"));
+        assert!(other.metadata().get(FIELD_TRAILER).is_none());
+    }
+}

@@ -17,6 +17,7 @@ pub mod params;
 #[cfg(feature = "storage")]
 pub mod policy;
 pub mod retry;
+pub mod schemes;
 #[cfg(feature = "storage")]
 pub mod storage;
 #[cfg(feature = "tasks")]

@@ -11,16 +11,10 @@
 
 use url::Url;
 
-/// Every scheme the storage layer opens.
-pub const STORE_SCHEMES: [&str; 11] = ["file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory", "http", "https"];
+pub use crate::schemes::{known_scheme, STORE_SCHEMES};
 
 /// Largest input image a worker downloads unless configured otherwise (bytes).
 pub const DEFAULT_MAX_INPUT_BYTES: u64 = 64 << 20;
-
-/// Whether the storage layer knows `scheme`.
-pub fn known_scheme(scheme: &str) -> bool {
-    STORE_SCHEMES.contains(&scheme)
-}
 
 /// Which input URLs a user may submit.
 #[derive(Debug, Clone, PartialEq, Eq)]
