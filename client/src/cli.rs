@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use stylefarm_client::{Client, ClientError};
 use stylefarm_core::knobs::KnobArgs;
 use stylefarm_proto::connect::{read_token, ConnectOptions, Coordinator};
-
-use crate::exit::Failure;
 
 #[derive(Parser, Debug)]
 #[command(name = "stylefarm", version, about = "stylefarm: submit style-transfer batches to a coordinator, watch them, fetch results")]
@@ -168,11 +167,16 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}` is not key=value"))
 }
 
+/// The client library's [`Client`] (submit, watch, wait, fetch) over [`connect`]'s stub.
+pub async fn connect_client(cli: &Cli) -> Result<Client> {
+    Ok(Client::from_coordinator(connect(cli).await?))
+}
+
 pub async fn connect(cli: &Cli) -> Result<Coordinator> {
     let url = &cli.coordinator;
-    let token = read_token(cli.token_file.as_deref()).map_err(|e| Failure::Input(e.to_string()))?;
+    let token = read_token(cli.token_file.as_deref()).map_err(|e| ClientError::Input(e.to_string()))?;
     let options = ConnectOptions { url: url.clone(), token, tls_ca: cli.tls_ca.clone(), tls_identity: None };
-    let endpoint = options.endpoint().map_err(|e| Failure::Input(format!("--coordinator: {e}")))?;
+    let endpoint = options.endpoint().map_err(|e| ClientError::Input(format!("--coordinator: {e}")))?;
     let channel = endpoint.connect().await.with_context(|| format!("connecting to the coordinator at {url}"))?;
-    Ok(options.coordinator(channel).map_err(|e| Failure::Input(e.to_string()))?)
+    Ok(options.coordinator(channel).map_err(|e| ClientError::Input(e.to_string()))?)
 }

@@ -1,17 +1,9 @@
-//! How the client ends: its errors that are not the coordinator's, and the
-//! exit code each outcome gives (documented in `stylefarm --help`'s crate doc).
+//! How the client ends: the exit code each outcome gives (documented in
+//! `stylefarm --help`'s crate doc).
 
 use std::process::ExitCode;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error("{0}")]
-    Input(String),
-    #[error("batch {0} finished with failed jobs")]
-    BatchFailed(String),
-    #[error("batch {0} was cancelled")]
-    BatchCancelled(String),
-}
+use stylefarm_client::ClientError;
 
 /// The client's exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,28 +29,40 @@ pub enum Exit {
 impl Exit {
     /// The code an error ends the client with.
     pub fn of(error: &anyhow::Error) -> Exit {
-        if let Some(f) = error.downcast_ref::<Failure>() {
-            return match f {
-                Failure::Input(_) => Exit::Invalid,
-                Failure::BatchFailed(_) => Exit::BatchFailed,
-                Failure::BatchCancelled(_) => Exit::Cancelled,
-            };
+        if let Some(e) = error.downcast_ref::<ClientError>() {
+            match e {
+                ClientError::Input(_) | ClientError::Connect(_) => return Exit::Invalid,
+                ClientError::Transport { .. } | ClientError::Unreachable { .. } => return Exit::Unreachable,
+                ClientError::BatchFailed { .. } => return Exit::BatchFailed,
+                ClientError::BatchCancelled(_) => return Exit::Cancelled,
+                ClientError::Status(status) => return Exit::of_status(status),
+                ClientError::Write { .. } | ClientError::Timeout { .. } => return Exit::Other,
+            }
         }
         for cause in error.chain() {
             if let Some(status) = cause.downcast_ref::<tonic::Status>() {
-                return match status.code() {
-                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Exit::Invalid,
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Exit::Unreachable,
-                    tonic::Code::NotFound => Exit::NotFound,
-                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Exit::Denied,
-                    _ => Exit::Other,
-                };
+                return Exit::of_status(status);
+            }
+            if let Some(ClientError::Status(status)) = cause.downcast_ref::<ClientError>() {
+                return Exit::of_status(status);
             }
             if cause.downcast_ref::<tonic::transport::Error>().is_some() {
                 return Exit::Unreachable;
             }
         }
         Exit::Other
+    }
+}
+
+impl Exit {
+    fn of_status(status: &tonic::Status) -> Exit {
+        match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Exit::Invalid,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Exit::Unreachable,
+            tonic::Code::NotFound => Exit::NotFound,
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Exit::Denied,
+            _ => Exit::Other,
+        }
     }
 }
 
@@ -75,9 +79,12 @@ mod tests {
     #[test]
     fn each_outcome_has_its_code() {
         let status = |code| anyhow::Error::new(tonic::Status::new(code, "x"));
-        assert_eq!(Exit::of(&Failure::Input("x".into()).into()), Exit::Invalid);
-        assert_eq!(Exit::of(&Failure::BatchFailed("b1".into()).into()), Exit::BatchFailed);
-        assert_eq!(Exit::of(&Failure::BatchCancelled("b1".into()).into()), Exit::Cancelled);
+        let batch = || Box::new(stylefarm_proto::Batch { id: "b1".into(), ..Default::default() });
+        assert_eq!(Exit::of(&ClientError::Input("x".into()).into()), Exit::Invalid);
+        assert_eq!(Exit::of(&ClientError::BatchFailed { batch: batch(), failures: vec![] }.into()), Exit::BatchFailed);
+        assert_eq!(Exit::of(&ClientError::BatchCancelled(batch()).into()), Exit::Cancelled);
+        assert_eq!(Exit::of(&ClientError::Status(tonic::Status::not_found("b1")).into()), Exit::NotFound);
+        assert_eq!(Exit::of(&anyhow::Error::new(ClientError::Status(tonic::Status::unavailable("down"))).context("watching")), Exit::Unreachable);
         assert_eq!(Exit::of(&status(tonic::Code::Unavailable)), Exit::Unreachable);
         assert_eq!(Exit::of(&status(tonic::Code::NotFound).context("getting the batch")), Exit::NotFound);
         assert_eq!(Exit::of(&status(tonic::Code::PermissionDenied)), Exit::Denied);

@@ -1,15 +1,16 @@
-//! Local images go up once: hashed here, asked about with StatImages, and only
-//! the missing ones are streamed (content-addressed by SHA-256).
+//! Inputs: local images go up once (hashed here, asked about with StatImages,
+//! and only the missing ones streamed, content-addressed by SHA-256); store
+//! URLs are used as they are.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use stylefarm_proto as pb;
+use stylefarm_proto::connect::Coordinator;
 
-use crate::exit::Failure;
+use crate::error::{ClientError, Result};
 
 const CHUNK: usize = 1 << 20;
 
@@ -21,11 +22,9 @@ pub enum Input {
 }
 
 impl Input {
+    /// A URL of a scheme the farm's storage knows (core's policy), else a local path.
     pub fn parse(text: &str) -> Input {
-        let is_url = ["s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "file://", "memory://", "https://"]
-            .iter()
-            .any(|scheme| text.starts_with(scheme));
-        if is_url {
+        if stylefarm_core::schemes::is_store_url(text) {
             Input::Url(text.to_string())
         } else {
             Input::File(PathBuf::from(text))
@@ -33,56 +32,58 @@ impl Input {
     }
 }
 
+/// What resolving a submit's inputs did.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Each input's reference for the request.
+    pub refs: BTreeMap<Input, pb::ImageRef>,
+    /// The local files sent now, with what the coordinator made of each.
+    pub uploaded: Vec<(PathBuf, pb::UploadImageResponse)>,
+    /// Distinct local files the coordinator already had.
+    pub already_present: usize,
+}
+
 /// Uploads every distinct local file that the coordinator lacks; returns the
 /// reference of each input. `is_video` says which are clips (probed by the
 /// coordinator instead of decoded as images).
-pub async fn resolve_inputs(
-    client: &mut stylefarm_proto::connect::Coordinator,
-    inputs: &[Input],
-    is_video: &dyn Fn(&Input) -> bool,
-    quiet: bool,
-) -> Result<BTreeMap<Input, pb::ImageRef>> {
-    let mut refs = BTreeMap::new();
+pub async fn resolve(client: &mut Coordinator, inputs: &[Input], is_video: &dyn Fn(&Input) -> bool) -> Result<Resolved> {
+    let mut resolved = Resolved::default();
     let mut local: BTreeMap<String, (PathBuf, Bytes, bool)> = BTreeMap::new();
     for input in inputs {
-        if refs.contains_key(input) {
+        if resolved.refs.contains_key(input) {
             continue;
         }
         match input {
             Input::Url(url) => {
-                refs.insert(input.clone(), pb::ImageRef { source: Some(pb::image_ref::Source::Url(url.clone())) });
+                resolved.refs.insert(input.clone(), pb::ImageRef { source: Some(pb::image_ref::Source::Url(url.clone())) });
             }
             Input::File(path) => {
                 let data = read(path)?;
                 let sha = hex::encode(Sha256::digest(&data));
-                refs.insert(input.clone(), pb::ImageRef { source: Some(pb::image_ref::Source::Sha256(sha.clone())) });
+                resolved.refs.insert(input.clone(), pb::ImageRef { source: Some(pb::image_ref::Source::Sha256(sha.clone())) });
                 local.entry(sha).or_insert((path.clone(), data, is_video(input)));
             }
         }
     }
     if local.is_empty() {
-        return Ok(refs);
+        return Ok(resolved);
     }
     let missing = client.stat_images(pb::StatImagesRequest { sha256: local.keys().cloned().collect() }).await?.into_inner().missing;
     for sha in &missing {
         let (path, data, video) = &local[sha];
         let response = upload(client, path, data.clone(), sha, *video).await?;
-        if !quiet {
-            eprintln!("uploaded {} ({}x{} {}, {} bytes)", path.display(), response.width, response.height, response.format, response.size_bytes);
-        }
+        resolved.uploaded.push((path.clone(), response));
     }
-    if !quiet && missing.len() < local.len() {
-        eprintln!("{} image(s) already on the coordinator", local.len() - missing.len());
-    }
-    Ok(refs)
+    resolved.already_present = local.len() - missing.len();
+    Ok(resolved)
 }
 
 fn read(path: &Path) -> Result<Bytes> {
-    let data = std::fs::read(path).map_err(|e| Failure::Input(format!("cannot read {}: {e}", path.display())))?;
+    let data = std::fs::read(path).map_err(|e| ClientError::Input(format!("cannot read {}: {e}", path.display())))?;
     Ok(Bytes::from(data))
 }
 
-async fn upload(client: &mut stylefarm_proto::connect::Coordinator, path: &Path, data: Bytes, sha: &str, video: bool) -> Result<pb::UploadImageResponse> {
+async fn upload(client: &mut Coordinator, path: &Path, data: Bytes, sha: &str, video: bool) -> Result<pb::UploadImageResponse> {
     let header = pb::UploadHeader {
         filename: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         size_bytes: data.len() as u64,
@@ -96,6 +97,22 @@ async fn upload(client: &mut stylefarm_proto::connect::Coordinator, path: &Path,
         messages.push(pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.slice(offset..end))) });
         offset = end;
     }
-    let response = client.upload_image(tokio_stream::iter(messages)).await.with_context(|| format!("uploading {}", path.display()))?;
+    let response = client.upload_image(tokio_stream::iter(messages)).await.map_err(|status| {
+        let message = format!("uploading {}: {}", path.display(), status.message());
+        ClientError::Status(tonic::Status::new(status.code(), message))
+    })?;
     Ok(response.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_the_schemes_the_store_knows_and_the_rest_are_paths() {
+        assert_eq!(Input::parse("s3://bucket/a.png"), Input::Url("s3://bucket/a.png".into()));
+        assert_eq!(Input::parse("http://host/a.png"), Input::Url("http://host/a.png".into()));
+        assert_eq!(Input::parse("photos/a.png"), Input::File(PathBuf::from("photos/a.png")));
+        assert_eq!(Input::parse("ftp://host/a.png"), Input::File(PathBuf::from("ftp://host/a.png")));
+    }
 }

@@ -15,12 +15,12 @@ mod exit;
 mod frames;
 mod manifest;
 mod output;
-mod upload;
 mod watch;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use stylefarm_client::ClientError;
 
 use cli::Cli;
 use exit::Exit;
@@ -50,12 +50,18 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = Exit::of(&error);
-            match error.chain().find_map(|c| c.downcast_ref::<tonic::Status>()) {
-                Some(status) if error.downcast_ref::<tonic::Status>().is_some() => eprintln!("error: {}", status.message()),
-                Some(status) => eprintln!("error: {error}: {}", status.message()),
+            // the coordinator's message as it sent it, after our context if any
+            match error.chain().find_map(status_of) {
+                Some(s) if status_of(error.as_ref()).is_some() => eprintln!("error: {}", s.message()),
+                Some(s) => eprintln!("error: {error}: {}", s.message()),
                 None => eprintln!("error: {error:#}"),
             }
             code.into()
         }
     }
+}
+
+/// The coordinator's answer an error carries, if it is one.
+fn status_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a tonic::Status> {
+    e.downcast_ref::<tonic::Status>().or_else(|| e.downcast_ref::<ClientError>().and_then(ClientError::status))
 }

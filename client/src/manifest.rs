@@ -24,10 +24,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::Deserialize;
+use stylefarm_client::{ClientError, Input};
 use stylefarm_core::labels::Requirement;
-
-use crate::exit::Failure;
-use crate::upload::Input;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,8 +65,8 @@ pub struct ManifestJob {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|e| Failure::Input(format!("reading {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| Failure::Input(format!("{}: {e}", path.display())).into())
+        let text = std::fs::read_to_string(path).map_err(|e| ClientError::Input(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ClientError::Input(format!("{}: {e}", path.display())).into())
     }
 }
 

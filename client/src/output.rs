@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use serde::Serialize;
+use stylefarm_client::ClientError;
 use stylefarm_proto as pb;
 
 use crate::cli::Cli;
-use crate::exit::Failure;
 
 /// A job state's name for people (`?` for one this build does not know).
 pub fn job_state_name(state: i32) -> &'static str {
@@ -38,8 +38,9 @@ pub fn finish(cli: &Cli, batch: pb::Batch) -> Result<()> {
     }
     match pb::BatchState::try_from(batch.state) {
         Ok(pb::BatchState::Succeeded) => Ok(()),
-        Ok(pb::BatchState::Cancelled) => Err(Failure::BatchCancelled(batch.id).into()),
-        _ => Err(Failure::BatchFailed(batch.id).into()),
+        Ok(pb::BatchState::Cancelled) => Err(ClientError::BatchCancelled(Box::new(batch)).into()),
+        // the jobs' reasons were printed as they failed
+        _ => Err(ClientError::BatchFailed { batch: Box::new(batch), failures: Vec::new() }.into()),
     }
 }
 

@@ -1,12 +1,12 @@
 //! `stylefarm watch`: a progress bar per job (the most recent ones when a batch
-//! is large), with ETA and the current loss, from the WatchBatch stream.
+//! is large), with ETA and the current loss, from the library's watch stream.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stylefarm_core::retry::Backoff;
+use stylefarm_client::{Client, Watched};
 use stylefarm_proto as pb;
 
 use crate::output::{batch_state_name, counts_text, job_state_name};
@@ -84,15 +84,6 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// How long a watcher keeps trying to reach a coordinator that went away
-/// (a restart, a rolling update) before it gives up.
-const RECONNECT_FOR: Duration = Duration::from_secs(300);
-
-/// Whether a failed call or stream may succeed against a restarted coordinator.
-fn transient(status: &tonic::Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
-}
-
 /// The header: the batch's counts, and a video batch's frames below them.
 fn header(batch: &pb::Batch, frames: &str) -> String {
     if frames.is_empty() {
@@ -102,86 +93,33 @@ fn header(batch: &pb::Batch, frames: &str) -> String {
     }
 }
 
-/// Follows the batch to its end; returns its final record. When the
-/// coordinator goes away (a restart, SIGTERM), the watch reconnects with
-/// backoff and carries on from the fresh snapshot the coordinator sends.
-pub async fn watch(client: &mut stylefarm_proto::connect::Coordinator, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
+/// Follows the batch to its end with bars (the library's reconnecting watch,
+/// [`Client::follow`]); returns its final record.
+pub async fn watch(client: &mut Client, batch_id: &str, quiet: bool) -> Result<pb::Batch> {
     let mut bars = Bars::new(quiet);
     let mut frames = crate::frames::Follow::default();
     let mut frame_line = String::new();
-    let mut last: Option<pb::Batch> = None;
-    let mut outage: Option<std::time::Instant> = None;
-    let mut backoff = Backoff::default();
-    'watch: loop {
-        let request = pb::WatchBatchRequest { batch_id: batch_id.to_string() };
-        let ended = match client.watch_batch(request).await {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            // on stderr even with --json (stdout stays the machine's)
-                            if outage.take().is_some() {
-                                bars.multi.suspend(|| eprintln!("reconnected to the coordinator"));
-                            }
-                            backoff.reset();
-                            if let Some(batch) = &event.batch {
-                                last = Some(batch.clone());
-                            }
-                            if let Some(job) = &event.job {
-                                bars.update(job);
-                                if let Some(strip) = frames.update(job) {
-                                    frame_line = strip;
-                                }
-                            }
-                            if let Some(batch) = &last {
-                                bars.header.set_message(header(batch, &frame_line));
-                            }
-                            if event.kind == pb::EventKind::BatchFinished as i32 {
-                                break 'watch;
-                            }
-                        }
-                        // a stream that ends without the batch's end: the coordinator stopped
-                        Ok(None) => break tonic::Status::unavailable("the watch stream ended"),
-                        Err(status) => break status,
+    let batch = client
+        .follow(batch_id, |item| match item {
+            // on stderr even with --json (stdout stays the machine's)
+            Watched::Lost(status) => bars.multi.suspend(|| eprintln!("lost the coordinator ({}); reconnecting", status.message())),
+            Watched::Reconnected => bars.multi.suspend(|| eprintln!("reconnected to the coordinator")),
+            Watched::Event(event) => {
+                if let Some(job) = &event.job {
+                    bars.update(job);
+                    if let Some(strip) = frames.update(job) {
+                        frame_line = strip;
                     }
                 }
+                if let Some(batch) = &event.batch {
+                    bars.header.set_message(header(batch, &frame_line));
+                }
             }
-            Err(status) => status,
-        };
-        if !transient(&ended) {
-            return Err(ended.into());
-        }
-        let since = *outage.get_or_insert_with(|| {
-            bars.multi.suspend(|| eprintln!("lost the coordinator ({}); reconnecting", ended.message()));
-            std::time::Instant::now()
-        });
-        if since.elapsed() > RECONNECT_FOR {
-            return Err(anyhow::Error::new(ended).context(format!("the coordinator has been unreachable for {} s", RECONNECT_FOR.as_secs())));
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+        })
+        .await?;
     bars.header.finish_and_clear();
-    let batch = match last {
-        Some(b) if b.finished_at_ms != 0 => b,
-        _ => client.get_batch(pb::GetBatchRequest { batch_id: batch_id.to_string(), include_jobs: false }).await?.into_inner().batch.unwrap_or_default(),
-    };
     if !quiet {
         eprintln!("{}", counts_line(&batch));
     }
     Ok(batch)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_outages_are_retried() {
-        assert!(transient(&tonic::Status::unavailable("down")));
-        assert!(transient(&tonic::Status::unknown("transport error")));
-        assert!(!transient(&tonic::Status::not_found("no batch")));
-        assert!(!transient(&tonic::Status::permission_denied("no")));
-        assert!(!transient(&tonic::Status::unauthenticated("no")));
-    }
 }

@@ -9,7 +9,7 @@ pub mod workers;
 use anyhow::Result;
 use stylefarm_proto as pb;
 
-use crate::cli::{connect, Cli, Command};
+use crate::cli::{connect_client, Cli, Command};
 use crate::output::finish;
 use crate::watch;
 
@@ -20,7 +20,7 @@ pub async fn run(cli: &Cli) -> Result<()> {
             submit::submit(cli, args).instrument(tracing::info_span!("submit")).await
         }
         Command::Watch { batch } => {
-            let mut client = connect(cli).await?;
+            let mut client = connect_client(cli).await?;
             let batch = watch::watch(&mut client, batch, cli.json).await?;
             finish(cli, batch)
         }

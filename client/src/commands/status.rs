@@ -4,9 +4,9 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 
 use crate::cli::{connect, Cli};
-use crate::exit::Failure;
 use crate::frames;
 use crate::output::{batch_state_name, counts_text, job_state_name, print_json, BatchJson, FrameJson, JobJson};
+use stylefarm_client::ClientError;
 
 pub async fn status(cli: &Cli, id: &str) -> Result<()> {
     let mut client = connect(cli).await?;
@@ -65,7 +65,7 @@ pub async fn status(cli: &Cli, id: &str) -> Result<()> {
 
 fn parse_state(text: &str) -> Result<i32> {
     let state =
-        pb::names::parse_batch_state(text).ok_or_else(|| Failure::Input(format!("--state `{text}` is not one of {}", pb::names::batch_state_names())))?;
+        pb::names::parse_batch_state(text).ok_or_else(|| ClientError::Input(format!("--state `{text}` is not one of {}", pb::names::batch_state_names())))?;
     Ok(state as i32)
 }
 

@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use stylefarm_client::{Client, ClientError, Input, Resolved};
 use stylefarm_proto as pb;
-use stylefarm_proto::connect::Coordinator;
 
-use crate::cli::{connect, Cli, SubmitArgs};
-use crate::exit::Failure;
+use crate::cli::{connect_client, Cli, SubmitArgs};
 use crate::output::{finish, print_json, SubmittedJson};
-use crate::upload::{self, Input};
 use crate::{manifest, watch};
 
 pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
@@ -42,10 +40,10 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         return submit_video(cli, args, Input::parse(video), styles).await;
     }
     if contents.is_empty() != styles.is_empty() {
-        return Err(Failure::Input("give both --content and --style (every content is rendered with every style)".into()).into());
+        return Err(ClientError::Input("give both --content and --style (every content is rendered with every style)".into()).into());
     }
     if contents.is_empty() && job_inputs.is_empty() {
-        return Err(Failure::Input("nothing to submit: give --content and --style, or --manifest".into()).into());
+        return Err(ClientError::Input("nothing to submit: give --content and --style, or --manifest".into()).into());
     }
     // every job's params resolve here: preset → manifest params → job params → --params file → flags
     let resolve = |overlay: &str| -> Result<pb::RenderSettings> {
@@ -53,18 +51,18 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
-        let params = args.knobs.to_params_over(overlay).map_err(|e| Failure::Input(e.to_string()))?;
+        let params = args.knobs.to_params_over(overlay).map_err(|e| ClientError::Input(e.to_string()))?;
         Ok(pb::RenderSettings { params_json: serde_json::to_string(&params)?, ..Default::default() })
     };
     let settings = resolve(&defaults_json)?;
-    let mut client = connect(cli).await?;
+    let mut client = connect_client(cli).await?;
     let all: Vec<Input> = contents
         .iter()
         .chain(&styles)
         .cloned()
         .chain(job_inputs.iter().flat_map(|j| std::iter::once(j.content.clone()).chain(j.styles.iter().cloned())))
         .collect();
-    let refs = upload::resolve_inputs(&mut client, &all, &|_| false, cli.json).await?;
+    let refs = uploaded(client.resolve_inputs(&all, &|_| false).await?, cli.json);
     let (m, _) = manifest.as_ref().map(|(m, b)| (Some(m), b)).unwrap_or((None, &PathBuf::new()));
     // contents × styles as explicit jobs, named after the files ("chelsea-x-retina")
     let mut jobs = Vec::with_capacity(contents.len() * styles.len() + job_inputs.len());
@@ -126,14 +124,14 @@ fn requirements(manifest: Option<&manifest::Manifest>, args: &SubmitArgs) -> Vec
 /// A clip with its styles: the coordinator probes it and plans its jobs.
 async fn submit_video(cli: &Cli, args: &SubmitArgs, video: Input, styles: Vec<Input>) -> Result<()> {
     if styles.is_empty() {
-        return Err(Failure::Input("give --style with --video".into()).into());
+        return Err(ClientError::Input("give --style with --video".into()).into());
     }
-    let params = args.knobs.to_params().map_err(|e| Failure::Input(e.to_string()))?;
+    let params = args.knobs.to_params().map_err(|e| ClientError::Input(e.to_string()))?;
     // checked here too, so a typo fails before the upload
-    args.video_knobs.to_params(params.iterations).map_err(|e| Failure::Input(e.to_string()))?;
-    let mut client = connect(cli).await?;
+    args.video_knobs.to_params(params.iterations).map_err(|e| ClientError::Input(e.to_string()))?;
+    let mut client = connect_client(cli).await?;
     let all: Vec<Input> = std::iter::once(video.clone()).chain(styles.iter().cloned()).collect();
-    let refs = upload::resolve_inputs(&mut client, &all, &|input| *input == video, cli.json).await?;
+    let refs = uploaded(client.resolve_inputs(&all, &|input| *input == video).await?, cli.json);
     let spec = pb::VideoSpec {
         video: Some(refs[&video].clone()),
         styles: styles.iter().map(|s| refs[s].clone()).collect(),
@@ -157,10 +155,8 @@ async fn submit_video(cli: &Cli, args: &SubmitArgs, video: Input, styles: Vec<In
 }
 
 /// Submits, prints the batch id, and with --wait follows it to the end.
-async fn send(cli: &Cli, args: &SubmitArgs, mut client: Coordinator, request: pb::SubmitBatchRequest) -> Result<()> {
-    let mut request = tonic::Request::new(request);
-    stylefarm_core::traces::inject(&tracing::Span::current(), request.metadata_mut());
-    let response = client.submit_batch(request).await?.into_inner();
+async fn send(cli: &Cli, args: &SubmitArgs, mut client: Client, request: pb::SubmitBatchRequest) -> Result<()> {
+    let response = client.submit(request).await?;
     if cli.json && !args.wait {
         print_json(&SubmittedJson { batch_id: &response.batch_id, job_ids: &response.job_ids, deduplicated: response.deduplicated })?;
     } else {
@@ -177,6 +173,19 @@ async fn send(cli: &Cli, args: &SubmitArgs, mut client: Coordinator, request: pb
         return finish(cli, batch);
     }
     Ok(())
+}
+
+/// Says what was uploaded (on stderr, unless --json); returns the inputs' references.
+fn uploaded(resolved: Resolved, quiet: bool) -> std::collections::BTreeMap<Input, pb::ImageRef> {
+    if !quiet {
+        for (path, r) in &resolved.uploaded {
+            eprintln!("uploaded {} ({}x{} {}, {} bytes)", path.display(), r.width, r.height, r.format, r.size_bytes);
+        }
+        if resolved.already_present > 0 {
+            eprintln!("{} image(s) already on the coordinator", resolved.already_present);
+        }
+    }
+    resolved.refs
 }
 
 fn stem(input: &Input) -> String {
