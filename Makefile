@@ -4,7 +4,7 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: video-demo deploy-test setup setup-demo build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
+.PHONY: wheel test-python video-demo deploy-test setup setup-demo build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm demo render-demo figures images dist
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images, the test tools, and every target of the workspace. Idempotent.
 setup:
@@ -20,10 +20,19 @@ setup-demo:
 
 build: setup
 
-## test: formatting and lints, every test in the workspace, then the coordinator image (runs `make setup` first).
+## test: formatting and lints, every test in the workspace, the Python client, then the coordinator image (runs `make setup` first).
 test: setup lint
 	$(CARGO) test --workspace
+	bash scripts/python_test.sh
 	bash scripts/image_check.sh
+
+## test-python: the Python client: its wheel in a fresh venv, pytest against this checkout's coordinator and worker, the examples.
+test-python: setup
+	bash scripts/python_test.sh
+
+## wheel: the Python client, target/dist/stylefarm-VERSION-py3-none-any.whl (stubs generated from proto/).
+wheel:
+	bash scripts/python_wheel.sh
 
 ## lint: rustfmt and clippy (warnings are errors).
 lint:
@@ -80,6 +89,6 @@ images:
 deploy-test: setup
 	bash scripts/deploy_test.sh
 
-## dist: target/dist/stylefarm-VERSION-linux-x86_64.tar.gz (binaries, systemd units, install.sh).
-dist:
+## dist: target/dist/stylefarm-VERSION-linux-x86_64.tar.gz (binaries, systemd units, install.sh) and the Python wheel.
+dist: wheel
 	bash scripts/dist.sh
