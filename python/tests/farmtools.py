@@ -143,3 +143,10 @@ def certificates(dir: Path) -> Dict[str, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return paths
+
+
+def ffmpeg() -> str:
+    """The ffmpeg the coordinator finds too (STYLEFARM_FFMPEG, else the setup's static build)."""
+    configured = os.environ.get("STYLEFARM_FFMPEG")
+    cached = Path(os.environ.get("STYLEFARM_CACHE", Path.home() / ".cache" / "stylefarm")) / "bin" / "ffmpeg"
+    return configured or (str(cached) if cached.is_file() else "ffmpeg")

@@ -264,3 +264,24 @@ def test_watch_and_wait_carry_on_across_a_coordinator_restart(tmp_path, samples)
             assert client.batch(batch.id).counts.succeeded == 1
     finally:
         own.stop()
+
+
+def test_a_video_submit_renders_a_clip(farm, samples, tmp_path):
+    from farmtools import ffmpeg
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([ffmpeg(), "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=4", "-t", "1",
+                    "-pix_fmt", "yuv420p", str(clip)], check=True)
+    with stylefarm.Client(farm.url) as client:
+        with pytest.raises(stylefarm.InvalidArgument) as bad:
+            client.submit_video(clip, [samples["retina"]], video_params={"temporal_wieght": 1.0})
+        assert bad.value.field == "temporal_wieght"
+        batch = client.submit_video(clip, [samples["retina"]], size=32, iterations=3,
+                                    video_params={"first_iterations": 3, "frame_iterations": 2})
+        assert batch.name == "clip"
+        tasks = [j.task for j in batch.jobs]
+        assert len(tasks) > 4 and all(tasks), "a clip is planned as decode, frames, flows and an assembly"
+        batch.wait(timeout=600)
+        files = batch.fetch(tmp_path / "video")
+        assert tmp_path / "video" / "clip-stylised.mp4" in files
+        assert (tmp_path / "video" / "clip-stylised.mp4").stat().st_size > 1000
