@@ -14,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Mapping, Optional, Sequence, TypeVar
 
 import grpc
 import grpc.aio
 
-from . import _connection, _requests, _retry
+from . import _requests, _retry
+from ._base import BatchView, ClientBase
 from ._progress import Progress
 from ._requests import Input, JobSpec, PathLike
 from .errors import BatchCancelled, BatchFailed, Unavailable, from_rpc_error
-from .models import BatchInfo, BatchState, Event, EventKind, Job, JobCounts, Worker, WorkerAction, batch_states_to_proto
+from .models import BatchInfo, BatchState, Event, EventKind, Job, Worker, WorkerAction, batch_states_to_proto
 from .results import CancelResult, DeleteResult, finished_outcome
 from .v1 import stylefarm_pb2 as pb
 from .v1 import stylefarm_pb2_grpc as pb_grpc
@@ -33,7 +34,7 @@ __all__ = ["Client", "Batch"]
 T = TypeVar("T")
 
 
-class Client:
+class Client(ClientBase):
     """A connection to a coordinator, for asyncio; arguments as :class:`stylefarm.Client`.
 
     Open it inside a running event loop, and ``await close()`` it (or use
@@ -51,17 +52,10 @@ class Client:
         retry_for: float = 30.0,
         reconnect_for: float = 300.0,
     ) -> None:
-        self.connection = _connection.resolve(url, token, token_file, tls_ca)
-        self.timeout = timeout
-        self.retry_for = retry_for
-        self.reconnect_for = reconnect_for
-        conn = self.connection
-        if conn.credentials is not None:
-            self._channel = grpc.aio.secure_channel(conn.target, conn.credentials, options=_connection.CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(conn.target, options=_connection.CHANNEL_OPTIONS)
+        super().__init__(url, token, token_file, tls_ca, timeout, retry_for, reconnect_for)
+        args = self._channel_args()
+        self._channel = grpc.aio.secure_channel(*args) if len(args) == 3 else grpc.aio.insecure_channel(*args)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
-        self._metadata = conn.metadata()
 
     async def close(self) -> None:
         await self._channel.close()
@@ -72,8 +66,6 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        return f"aio.Client({self.connection.url!r})"
 
     async def _call(self, method: str, request: Any, *, retry: bool = False) -> Any:
         fn = getattr(self._stub, method)
@@ -216,36 +208,12 @@ class Client:
         return bool(response.was_blocked)
 
 
-class Batch:
+class Batch(BatchView):
     """One batch, for asyncio; as :class:`stylefarm.Batch` with awaited calls."""
 
     def __init__(self, client: Client, info: BatchInfo) -> None:
+        super().__init__(info)
         self._client = client
-        self.info = info
-        # the SHA-256s this submit uploaded (a batch from submit only; the rest were on the coordinator)
-        self.uploaded: Tuple[str, ...] = ()
-        # True when this submit's request id matched an earlier batch (which this is)
-        self.deduplicated = False
-
-    @property
-    def id(self) -> str:
-        return self.info.id
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def state(self) -> BatchState:
-        return self.info.state
-
-    @property
-    def counts(self) -> JobCounts:
-        return self.info.counts
-
-    def __repr__(self) -> str:
-        c = self.info.counts
-        return f"aio.Batch({self.id!r}, {self.name!r}, {self.state.value}, {c.finished}/{c.total} finished)"
 
     async def refresh(self) -> "Batch":
         self.info = (await self._client.batch(self.id)).info
