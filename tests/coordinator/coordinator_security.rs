@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
-use stylefarm_coordinator_tests::farm::{batch_request, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
+use stylefarm_coordinator_tests::farm::{batch_request, get_batch, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
 use stylefarm_coordinator_tests::tls::certificates;
 use stylefarm_proto as pb;
 use tonic::Code;
@@ -642,5 +642,66 @@ async fn random_well_formed_messages_break_nothing() {
     assert!(healthy(&coordinator).await, "the state loads again");
     let mut client = coordinator.client().await;
     client.list_batches(pb::ListBatchesRequest::default()).await.unwrap();
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_its_submitters_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path()).unwrap();
+    let alice = tokens.create("alice", Role::Submit).unwrap();
+    let bob = tokens.create("bob", Role::Submit).unwrap();
+    let submit = |name: &str| {
+        let mut r = batch_request(name, 2, 0);
+        r.request_id = "nightly-2026-12-06".into();
+        r
+    };
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let (mut a, mut b) = (coordinator.client_with(Some(&alice)).await, coordinator.client_with(Some(&bob)).await);
+    let hers = a.submit_batch(submit("alice's")).await.unwrap().into_inner();
+    // bob guessing (or sharing) her id gets his own batch: never hers, never nothing
+    let his = b.submit_batch(submit("bob's")).await.unwrap().into_inner();
+    assert!(!his.deduplicated && his.batch_id != hers.batch_id, "{his:?}");
+    assert!(his.job_ids.iter().all(|j| !hers.job_ids.contains(j)));
+    let (batch, _) = get_batch(&mut b, &his.batch_id).await;
+    assert_eq!((batch.name.as_str(), batch.owner.as_str()), ("bob's", "bob"));
+    // each of them retrying is deduplicated to their own
+    let again = a.submit_batch(submit("alice's")).await.unwrap().into_inner();
+    assert!(again.deduplicated && again.batch_id == hers.batch_id);
+    coordinator.stop().await.unwrap();
+
+    // past the in-memory window the store answers, scoped the same way
+    let mut config = test_config(dir.path());
+    config.request_id_window_ms = 0;
+    let coordinator = Coordinator::start(config).await;
+    let (mut a, mut b) = (coordinator.client_with(Some(&alice)).await, coordinator.client_with(Some(&bob)).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let theirs = (a.submit_batch(submit("x")).await.unwrap().into_inner(), b.submit_batch(submit("y")).await.unwrap().into_inner());
+    assert!(theirs.0.deduplicated && theirs.0.batch_id == hers.batch_id, "{:?}", theirs.0);
+    assert!(theirs.1.deduplicated && theirs.1.batch_id == his.batch_id, "{:?}", theirs.1);
+    let carol = TokenStore::open(dir.path()).unwrap().create("carol", Role::Submit).unwrap();
+    let mut c = coordinator.client_with(Some(&carol)).await;
+    let hers_too = c.submit_batch(submit("carol's")).await.unwrap().into_inner();
+    assert!(!hers_too.deduplicated && ![&hers.batch_id, &his.batch_id].contains(&&hers_too.batch_id));
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_an_older_build_stored_stay_their_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let mut request = batch_request("before", 1, 0);
+    request.request_id = "req-7".into();
+    let first = client.submit_batch(request.clone()).await.unwrap().into_inner();
+    coordinator.stop().await.unwrap();
+    // as an older build wrote it: the id in the first column, unique across everyone
+    let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    db.execute("UPDATE batches SET request_id = request_key, request_key = NULL", []).unwrap();
+    drop(db);
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let again = client.submit_batch(request).await.unwrap().into_inner();
+    assert!(again.deduplicated && again.batch_id == first.batch_id, "{again:?}");
     coordinator.stop().await.unwrap();
 }

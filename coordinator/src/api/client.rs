@@ -61,8 +61,8 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let req = request.into_inner();
         let farm = Arc::clone(&self.farm);
         // an id beyond the in-memory window: the store remembers it
-        if !req.request_id.is_empty() && farm.read(|s| s.batch_for_request(&req.request_id))?.is_none() {
-            if let Some(batch) = farm.stored_request(req.request_id.clone()).await? {
+        if !req.request_id.is_empty() && farm.read(|s| s.batch_for_request(&caller.name, &req.request_id))?.is_none() {
+            if let Some(batch) = farm.stored_request(caller.name.clone(), req.request_id.clone()).await? {
                 let (_, jobs) = farm.batch_with_jobs(batch, &caller).await?;
                 tracing::info!(batch_id = %batch, "batch submitted before (request id from the store)");
                 return Ok(Response::new(pb::SubmitBatchResponse {

@@ -440,8 +440,8 @@ impl Farm {
     }
 
     /// The batch an old request id made (beyond the in-memory window).
-    pub async fn stored_request(self: &Arc<Self>, request_id: String) -> Result<Option<BatchId>> {
-        self.stored(move |store| store.batch_for_request(&request_id)).await
+    pub async fn stored_request(self: &Arc<Self>, owner: String, request_id: String) -> Result<Option<BatchId>> {
+        self.stored(move |store| store.batch_for_request(&owner, &request_id)).await
     }
 
     pub async fn image_record(self: &Arc<Self>, sha256: String) -> Result<Option<crate::store::ImageRecord>> {

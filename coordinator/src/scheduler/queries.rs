@@ -4,6 +4,7 @@
 use stylefarm_core::labels::{self, Labels};
 use stylefarm_proto::JobProgress;
 
+use super::requests::RequestKey;
 use super::{Demand, Scheduler, SchedulerConfig};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{BatchRecord, JobRecord, JobState, WorkerRecord};
@@ -57,8 +58,9 @@ impl Scheduler {
         self.images.contains(sha256)
     }
 
-    pub fn batch_for_request(&self, request_id: &str) -> Option<BatchId> {
-        self.request_ids.get(request_id)
+    /// The batch `owner` submitted with `request_id`, while the id is in the window.
+    pub fn batch_for_request(&self, owner: &str, request_id: &str) -> Option<BatchId> {
+        self.request_ids.get(&RequestKey::new(owner, request_id))
     }
 
     /// Whether `worker` has failed `batch` too often to get more of its jobs.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::deps::Dependencies;
 use super::queue::ReadyQueue;
-use super::requests::RequestIds;
+use super::requests::{RequestIds, RequestKey};
 use super::workers::WorkerRegistry;
 use super::{Scheduler, SchedulerConfig};
 use crate::model::{Counts, JobState, Millis};
@@ -39,7 +39,7 @@ impl Scheduler {
             }
             batch.counts = Counts::default();
             if let Some(request_id) = &batch.request_id {
-                s.request_ids.insert(request_id.clone(), batch.id, batch.created_ms);
+                s.request_ids.insert(RequestKey::new(&batch.owner, request_id), batch.id, batch.created_ms);
             }
             s.batches.insert(batch.id, batch);
         }

@@ -1,6 +1,7 @@
 //! New work and new workers: uploads, batches (or the same batch again for a
 //! remembered request id), registrations.
 
+use super::requests::RequestKey;
 use super::{BatchFit, Effects, Event, EventKind, Registration, Scheduler};
 use crate::error::Result;
 use crate::identity::Principal;
@@ -20,7 +21,7 @@ impl Scheduler {
     /// A new batch owned by `owner`, or (same request id as a batch still
     /// remembered) that batch again, answered once it is committed.
     pub fn submit(&mut self, new: NewBatch, owner: &str, now: Millis, fx: &mut Effects, trace_id: &mut dyn FnMut() -> String) -> Submitted {
-        if let Some(batch) = new.request_id.as_deref().and_then(|r| self.request_ids.get(r)) {
+        if let Some(batch) = new.request_id.as_deref().and_then(|r| self.request_ids.get(&RequestKey::new(owner, r))) {
             let jobs = self.batch_jobs(batch).map(|js| js.iter().map(|j| j.id).collect()).unwrap_or_default();
             fx.barrier = true;
             return Submitted { batch, jobs, deduplicated: true };
@@ -90,7 +91,7 @@ impl Scheduler {
             self.jobs.insert(job.id, job);
         }
         if let Some(request_id) = &batch.request_id {
-            self.request_ids.insert(request_id.clone(), id, now);
+            self.request_ids.insert(RequestKey::new(owner, request_id), id, now);
         }
         self.batch_fit.insert(id, fit);
         self.members.insert(id, ids.clone());

@@ -156,7 +156,8 @@ pub trait Store: Send + Sync + 'static {
     /// Batches that finished before `cutoff` and are not deleted, the oldest
     /// first, at most `limit` (retention's next step).
     fn finished_before(&self, cutoff: Millis, limit: usize) -> StoreResult<Vec<BatchId>>;
-    fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>>;
+    /// The batch `owner` submitted with `request_id` (ids are per submitter).
+    fn batch_for_request(&self, owner: &str, request_id: &str) -> StoreResult<Option<BatchId>>;
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>>;
     fn job(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
     /// The job's ended attempts, oldest first.

@@ -78,7 +78,7 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecor
 }
 
 pub(super) const BATCH_COLUMNS: &str =
-    "id, name, priority, labels, max_attempts, request_id, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused, deleted_ms, requires";
+    "id, name, priority, labels, max_attempts, request_key, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused, deleted_ms, requires";
 
 pub(super) fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
     let id: i64 = row.get(0)?;

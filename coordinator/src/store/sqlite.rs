@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS images (
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 15] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 16] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
@@ -106,6 +106,9 @@ const ADDED_COLUMNS: [(&str, &str, &str); 15] = [
     ("jobs", "requires", "TEXT NOT NULL DEFAULT '[]'"),
     ("batches", "requires", "TEXT NOT NULL DEFAULT '[]'"),
     ("workers", "labels", "TEXT NOT NULL DEFAULT '{}'"),
+    // a request id is its submitter's: unique per (owner, request_key); the
+    // first column, `request_id`, was unique across everyone and is left empty
+    ("batches", "request_key", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -117,7 +120,9 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
         }
     }
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS batches_by_owner ON batches(owner, id); CREATE INDEX IF NOT EXISTS batches_unfinished ON batches(finished_ms);",
+        "UPDATE batches SET request_key = request_id, request_id = NULL WHERE request_id IS NOT NULL AND request_key IS NULL;
+         CREATE UNIQUE INDEX IF NOT EXISTS batches_by_request ON batches(owner, request_key);
+         CREATE INDEX IF NOT EXISTS batches_by_owner ON batches(owner, id); CREATE INDEX IF NOT EXISTS batches_unfinished ON batches(finished_ms);",
     )
     .map_err(err)
 }
@@ -258,7 +263,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
     match op {
         StoreOp::InsertBatch(b) => {
             tx.prepare_cached(
-                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_id, created_ms, cancel_requested, started, owner, requires)
+                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_key, created_ms, cancel_requested, started, owner, requires)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
@@ -476,9 +481,11 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
-    fn batch_for_request(&self, request_id: &str) -> StoreResult<Option<BatchId>> {
+    fn batch_for_request(&self, owner: &str, request_id: &str) -> StoreResult<Option<BatchId>> {
         let conn = self.reader()?;
-        conn.query_row("SELECT id FROM batches WHERE request_id = ?1", params![request_id], |row| Ok(BatchId(row.get(0)?))).optional().map_err(err)
+        conn.query_row("SELECT id FROM batches WHERE owner = ?1 AND request_key = ?2", params![owner, request_id], |row| Ok(BatchId(row.get(0)?)))
+            .optional()
+            .map_err(err)
     }
 
     fn batch_jobs(&self, batch: BatchId) -> StoreResult<Vec<JobRecord>> {
