@@ -705,3 +705,65 @@ async fn request_ids_an_older_build_stored_stay_their_owners() {
     assert!(again.deduplicated && again.batch_id == first.batch_id, "{again:?}");
     coordinator.stop().await.unwrap();
 }
+
+/// UploadImage returning the whole answer (the helper returns only the hash).
+async fn upload_answer(client: &mut Client, data: Vec<u8>) -> pb::UploadImageResponse {
+    let header = pb::UploadHeader { filename: "t.png".into(), size_bytes: data.len() as u64, sha256: String::new(), video: false };
+    let messages = vec![
+        pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Header(header)) },
+        pb::UploadImageRequest { part: Some(pb::upload_image_request::Part::Chunk(data.into())) },
+    ];
+    client.upload_image(tokio_stream::iter(messages)).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_its_uploaders_and_tells_nobody_else_the_bytes_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path()).unwrap();
+    let alice = tokens.create("alice", Role::Submit).unwrap();
+    let bob = tokens.create("bob", Role::Submit).unwrap();
+    let carol = tokens.create("carol", Role::Submit).unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let (mut a, mut b) = (coordinator.client_with(Some(&alice)).await, coordinator.client_with(Some(&bob)).await);
+    let uploaded = upload_answer(&mut a, tiny_png()).await;
+    assert!(!uploaded.already_present);
+    let sha = uploaded.sha256.clone();
+    let never = "ab".repeat(32);
+    let submit = |sha: &str| {
+        let mut r = batch_request("uses-an-upload", 1, 0);
+        r.jobs[0].content = Some(stylefarm_coordinator_tests::farm::sha_ref(sha));
+        r
+    };
+    // to bob, alice's upload looks exactly like bytes nobody uploaded
+    let stat = b.stat_images(pb::StatImagesRequest { sha256: vec![sha.clone(), never.clone()] }).await.unwrap().into_inner();
+    assert_eq!(stat.missing, vec![sha.clone(), never.clone()]);
+    let hers = b.submit_batch(submit(&sha)).await.unwrap_err();
+    let nobodys = b.submit_batch(submit(&never)).await.unwrap_err();
+    assert_eq!(hers.code(), Code::InvalidArgument);
+    assert_eq!(hers.message().replace(&sha, "SHA"), nobodys.message().replace(&never, "SHA"), "no existence oracle");
+    // bob uploading the same bytes makes them his too, and is told nothing of hers
+    let his = upload_answer(&mut b, tiny_png()).await;
+    assert_eq!((his.sha256.as_str(), his.already_present), (sha.as_str(), false));
+    assert!(upload_answer(&mut b, tiny_png()).await.already_present, "his second upload is his repeat");
+    b.submit_batch(submit(&sha)).await.unwrap();
+    let stat = a.stat_images(pb::StatImagesRequest { sha256: vec![sha.clone()] }).await.unwrap().into_inner();
+    assert!(stat.missing.is_empty());
+    a.submit_batch(submit(&sha)).await.unwrap();
+    coordinator.stop().await.unwrap();
+
+    // the references survive a restart; carol still has none
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let (mut b, mut c) = (coordinator.client_with(Some(&bob)).await, coordinator.client_with(Some(&carol)).await);
+    b.submit_batch(submit(&sha)).await.unwrap();
+    assert_eq!(c.submit_batch(submit(&sha)).await.unwrap_err().code(), Code::InvalidArgument);
+    coordinator.stop().await.unwrap();
+
+    // an image an older build stored (no references) stays usable by everyone, as it was
+    let db = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
+    db.execute("DELETE FROM image_refs", []).unwrap();
+    drop(db);
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut c = coordinator.client_with(Some(&carol)).await;
+    c.submit_batch(submit(&sha)).await.unwrap();
+    coordinator.stop().await.unwrap();
+}

@@ -73,7 +73,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
             }
         }
         // images: a snapshot of the known set, so validation runs outside the lock
-        let known: std::collections::HashSet<String> = farm.read(|s| request_images(&req).into_iter().filter(|sha| s.has_image(sha)).collect())?;
+        let known: std::collections::HashSet<String> = farm.read(|s| request_images(&req).into_iter().filter(|sha| s.may_use_image(&caller, sha)).collect())?;
         let mut new: NewBatch = validate::submit(&req, &|sha| known.contains(sha), &farm.config.submit)?;
         if let Some(spec) = &req.video {
             // the clip is probed before any job exists: a bad one is refused here
@@ -241,7 +241,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
 
     #[tracing::instrument(skip_all, fields(sha256, bytes))]
     async fn upload_image(&self, request: Request<Streaming<pb::UploadImageRequest>>) -> Result<Response<pb::UploadImageResponse>, Status> {
-        self.caller(&request, Api::Client)?;
+        let caller = self.caller(&request, Api::Client)?;
         let mut stream = request.into_inner();
         let limit = self.farm.config.max_upload_bytes;
         let header = match stream.message().await? {
@@ -282,22 +282,25 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         } else {
             inspect_image(&header.filename, &data)?
         };
-        if self.farm.read(|s| s.has_image(&sha))? {
-            return Ok(Response::new(pb::UploadImageResponse { sha256: sha, size_bytes: data.len() as u64, width, height, format, already_present: true }));
-        }
         let size = data.len() as u64;
-        self.farm.blobs.put(&image_key(&sha), data).await.map_err(|e| CoordError::Blob(e.to_string()))?;
-        if let Some(metrics) = self.farm.metrics() {
-            metrics.uploaded_bytes.increment(size);
+        // bytes someone stored before are not stored again; either way the
+        // caller gets their own reference, and `already_present` speaks only
+        // of theirs (another's upload of the same bytes is not revealed)
+        if !self.farm.read(|s| s.has_image(&sha))? {
+            self.farm.blobs.put(&image_key(&sha), data).await.map_err(|e| CoordError::Blob(e.to_string()))?;
+            if let Some(metrics) = self.farm.metrics() {
+                metrics.uploaded_bytes.increment(size);
+            }
         }
         let record = ImageRecord { sha256: sha.clone(), size_bytes: size, width, height, format: format.clone(), created_ms: now_ms() };
-        let added = self.farm.apply(move |s, fx, _| Ok(s.add_image(record, fx))).await?;
+        let owner = caller.name.clone();
+        let added = self.farm.apply(move |s, fx, _| Ok(s.add_image(record, &owner, fx))).await?;
         tracing::info!(width, height, format = %format, "image stored");
         Ok(Response::new(pb::UploadImageResponse { sha256: sha, size_bytes: size, width, height, format, already_present: !added }))
     }
 
     async fn stat_images(&self, request: Request<pb::StatImagesRequest>) -> Result<Response<pb::StatImagesResponse>, Status> {
-        self.caller(&request, Api::Client)?;
+        let caller = self.caller(&request, Api::Client)?;
         let req = request.into_inner();
         if req.sha256.len() > 10_000 {
             return Err(CoordError::invalid("sha256", format!("{} hashes; the limit is 10000", req.sha256.len())).into());
@@ -306,7 +309,8 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         for (i, sha) in req.sha256.iter().enumerate() {
             wanted.push(validate::check_sha256(&format!("sha256[{i}]"), sha)?);
         }
-        let missing = self.farm.read_committed(|s| wanted.into_iter().filter(|sha| !s.has_image(sha)).collect()).await?;
+        // missing for this caller: what they never uploaded, whoever else did
+        let missing = self.farm.read_committed(|s| wanted.into_iter().filter(|sha| !s.may_use_image(&caller, sha)).collect()).await?;
         Ok(Response::new(pb::StatImagesResponse { missing }))
     }
 

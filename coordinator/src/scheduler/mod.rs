@@ -169,6 +169,9 @@ pub struct Scheduler {
     last_fit_check: Millis,
     request_ids: RequestIds,
     images: HashSet<String>,
+    /// sha256 → who uploaded it, so may use it (per principal: one user's
+    /// upload tells nobody else that the bytes exist).
+    image_refs: HashMap<String, HashSet<String>>,
     next_batch: i64,
     next_job: i64,
 }

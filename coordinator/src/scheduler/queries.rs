@@ -6,8 +6,10 @@ use stylefarm_proto::JobProgress;
 
 use super::requests::RequestKey;
 use super::{Demand, Scheduler, SchedulerConfig};
+use crate::identity::{Principal, Role};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{BatchRecord, JobRecord, JobState, WorkerRecord};
+use crate::store::LEGACY_IMAGE_OWNER;
 
 impl Scheduler {
     pub fn config(&self) -> &SchedulerConfig {
@@ -54,8 +56,18 @@ impl Scheduler {
         self.workers.running_jobs(worker)
     }
 
+    /// Whether the image's bytes are in the store (uploaded by anyone).
     pub fn has_image(&self, sha256: &str) -> bool {
         self.images.contains(sha256)
+    }
+
+    /// Whether `caller` may name the upload `sha256` in a job: they uploaded
+    /// it, an older build stored it (shared then), or they are an admin.
+    pub fn may_use_image(&self, caller: &Principal, sha256: &str) -> bool {
+        match caller.role {
+            Role::Admin => self.has_image(sha256),
+            _ => self.image_refs.get(sha256).is_some_and(|owners| owners.contains(&caller.name) || owners.contains(LEGACY_IMAGE_OWNER)),
+        }
     }
 
     /// The batch `owner` submitted with `request_id`, while the id is in the window.

@@ -30,6 +30,10 @@ impl Scheduler {
             waiting: HashMap::new(),
             last_fit_check: now,
             images: snapshot.images.into_iter().collect(),
+            image_refs: snapshot.image_refs.into_iter().fold(HashMap::new(), |mut refs: HashMap<String, HashSet<String>>, (owner, sha)| {
+                refs.entry(sha).or_default().insert(owner);
+                refs
+            }),
             next_batch: snapshot.next_batch,
             next_job: snapshot.next_job,
         };

@@ -10,11 +10,17 @@ use crate::model::{BatchRecord, Counts, JobRecord, JobState, Millis, NewBatch, S
 use crate::store::{ImageRecord, StoreOp};
 
 impl Scheduler {
-    pub fn add_image(&mut self, image: ImageRecord, fx: &mut Effects) -> bool {
-        if !self.images.insert(image.sha256.clone()) {
+    /// `owner` uploaded `image`: its bytes are recorded if new, and the
+    /// owner's reference to them; true if the owner had none before.
+    pub fn add_image(&mut self, image: ImageRecord, owner: &str, fx: &mut Effects) -> bool {
+        let (sha256, created_ms) = (image.sha256.clone(), image.created_ms);
+        if self.images.insert(sha256.clone()) {
+            fx.ops.push(StoreOp::InsertImage(image));
+        }
+        if !self.image_refs.entry(sha256.clone()).or_default().insert(owner.to_string()) {
             return false;
         }
-        fx.ops.push(StoreOp::InsertImage(image));
+        fx.ops.push(StoreOp::InsertImageRef { sha256, owner: owner.to_string(), created_ms });
         true
     }
 

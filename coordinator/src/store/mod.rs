@@ -101,6 +101,12 @@ pub enum StoreOp {
         failures: u32,
     },
     InsertImage(ImageRecord),
+    /// `owner` uploaded the image (its bytes may have been stored before, by someone else).
+    InsertImageRef {
+        sha256: String,
+        owner: String,
+        created_ms: Millis,
+    },
     /// An attempt ended (the job's history).
     InsertAttempt(Box<AttemptRecord>),
     /// A finished batch is deleted: its jobs, their attempts and its
@@ -119,6 +125,10 @@ pub enum StoreOp {
     DeleteWorker(WorkerId),
 }
 
+/// The owner of every image reference an older build stored (before uploads
+/// were per principal): anyone may use those, as then.
+pub const LEGACY_IMAGE_OWNER: &str = "*";
+
 /// Everything the scheduler needs to resume after a restart: unfinished
 /// batches and their jobs, workers, blocklist counts, image hashes.
 #[derive(Debug, Default)]
@@ -129,6 +139,8 @@ pub struct Snapshot {
     pub workers: Vec<WorkerRecord>,
     pub failures: Vec<(WorkerId, BatchId, u32)>,
     pub images: Vec<String>,
+    /// (owner, sha256): who uploaded which image ([`LEGACY_IMAGE_OWNER`] for images an older build stored).
+    pub image_refs: Vec<(String, String)>,
     pub next_batch: i64,
     pub next_job: i64,
     pub next_worker: i64,

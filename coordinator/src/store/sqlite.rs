@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS images (
     format TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS image_refs (
+    sha256 TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (sha256, owner)
+);
 ";
 
 /// Columns added after the first release: (table, column, declaration).
@@ -121,6 +127,8 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     }
     conn.execute_batch(
         "UPDATE batches SET request_key = request_id, request_id = NULL WHERE request_id IS NOT NULL AND request_key IS NULL;
+         INSERT OR IGNORE INTO image_refs (sha256, owner, created_ms)
+             SELECT sha256, '*', created_ms FROM images WHERE NOT EXISTS (SELECT 1 FROM image_refs r WHERE r.sha256 = images.sha256);
          CREATE UNIQUE INDEX IF NOT EXISTS batches_by_request ON batches(owner, request_key);
          CREATE INDEX IF NOT EXISTS batches_by_owner ON batches(owner, id); CREATE INDEX IF NOT EXISTS batches_unfinished ON batches(finished_ms);",
     )
@@ -386,6 +394,10 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             tx.prepare_cached("INSERT OR IGNORE INTO images (sha256, size_bytes, width, height, format, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                 .execute(params![i.sha256, i.size_bytes as i64, i.width, i.height, i.format, i.created_ms])?;
         }
+        StoreOp::InsertImageRef { sha256, owner, created_ms } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO image_refs (sha256, owner, created_ms) VALUES (?1, ?2, ?3)")?
+                .execute(params![sha256, owner, created_ms])?;
+        }
         StoreOp::InsertAttempt(a) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO attempts (job_id, attempt, worker_id, leased_ms, ended_ms, outcome, reason, spans) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -429,6 +441,8 @@ impl Store for SqliteStore {
             lenient(stmt.query_map([], |row| Ok((WorkerId(row.get(0)?), BatchId(row.get(1)?), row.get(2)?))).map_err(err)?, "worker_batch_failures");
         let mut stmt = conn.prepare("SELECT sha256 FROM images").map_err(err)?;
         snapshot.images = lenient(stmt.query_map([], |row| row.get(0)).map_err(err)?, "images");
+        let mut stmt = conn.prepare("SELECT owner, sha256 FROM image_refs").map_err(err)?;
+        snapshot.image_refs = lenient(stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(err)?, "image_refs");
         let max = |table: &str| -> StoreResult<i64> { conn.query_row(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"), [], |row| row.get(0)).map_err(err) };
         snapshot.next_batch = max("batches")? + 1;
         snapshot.next_job = max("jobs")? + 1;
