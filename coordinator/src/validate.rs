@@ -8,7 +8,7 @@ use stylefarm_core::estimate::{default_time_limit_ms, device_bytes};
 use stylefarm_core::labels::{Labels, Requirement};
 use stylefarm_core::outputs::OutputKind;
 use stylefarm_core::params::{params_from_overlay, Init, Preset, RenderParams};
-use stylefarm_core::policy::InputPolicy;
+use stylefarm_core::policy::{InputPlace, InputPolicy};
 use stylefarm_core::weights_spec::WeightsSpec;
 use stylefarm_proto as pb;
 
@@ -77,15 +77,23 @@ pub fn check_sha256(field: &str, sha: &str) -> Result<String> {
     Ok(lower)
 }
 
-/// An image reference; uploaded images must be known (`has_image`), URLs
-/// inside the store or the operator's allowlist.
-pub fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<ImageSource> {
+/// What the caller may name as inputs, decided by the API for this caller:
+/// uploads by hash (their own), and objects of the store by key (their own
+/// uploads and batches' outputs). Refusals read the same either way.
+pub struct InputAccess<'a> {
+    pub upload: &'a dyn Fn(&str) -> bool,
+    pub store_key: &'a dyn Fn(&str) -> bool,
+}
+
+/// An image reference; uploads and store objects the caller may use
+/// ([`InputAccess`]), or URLs under the operator's allowlist.
+pub fn image(field: &str, image: Option<&pb::ImageRef>, access: &InputAccess, rules: &SubmitRules) -> Result<ImageSource> {
     match image.and_then(|i| i.source.as_ref()) {
         None => Err(invalid(field, "missing: give a sha256 from UploadImage or an object-store url")),
         Some(pb::image_ref::Source::Sha256(sha)) => {
             let field = format!("{field}.sha256");
             let sha = check_sha256(&field, sha)?;
-            if !has_image(&sha) {
+            if !(access.upload)(&sha) {
                 return Err(invalid(field, format!("image {sha} has not been uploaded (UploadImage first)")));
             }
             Ok(ImageSource::Blob(sha))
@@ -95,7 +103,11 @@ pub fn image(field: &str, image: Option<&pb::ImageRef>, has_image: &dyn Fn(&str)
             if url.len() > MAX_URL_CHARS {
                 return Err(invalid(field, format!("{} characters; the limit is {MAX_URL_CHARS}", url.len())));
             }
-            rules.inputs.check(url).map_err(|reason| invalid(field, reason))?;
+            match rules.inputs.classify(url).map_err(|reason| invalid(&field, reason))? {
+                InputPlace::Allowlisted => {}
+                InputPlace::Store { key } if (access.store_key)(&key) => {}
+                InputPlace::Store { .. } => return Err(invalid(field, rules.inputs.refuse(url))),
+            }
             Ok(ImageSource::Url(url.clone()))
         }
     }
@@ -216,7 +228,7 @@ pub fn priority(value: i32) -> Result<i32> {
 }
 
 /// A SubmitBatch request as a batch the scheduler can take.
-pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<NewBatch> {
+pub fn submit(req: &pb::SubmitBatchRequest, access: &InputAccess, rules: &SubmitRules) -> Result<NewBatch> {
     check_name("name", &req.name)?;
     priority(req.priority)?;
     if req.max_attempts > MAX_ATTEMPTS {
@@ -259,12 +271,11 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
     for (i, spec) in req.jobs.iter().enumerate() {
         let field = format!("jobs[{i}]");
         check_name(&format!("{field}.name"), &spec.name)?;
-        let content = image(&format!("{field}.content"), spec.content.as_ref(), has_image, rules)?;
+        let content = image(&format!("{field}.content"), spec.content.as_ref(), access, rules)?;
         if spec.styles.is_empty() {
             return Err(invalid(format!("{field}.styles"), "at least one style image is required"));
         }
-        let styles =
-            spec.styles.iter().enumerate().map(|(k, s)| image(&format!("{field}.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
+        let styles = spec.styles.iter().enumerate().map(|(k, s)| image(&format!("{field}.styles[{k}]"), Some(s), access, rules)).collect::<Result<Vec<_>>>()?;
         let params = resolve_settings(&format!("{field}.settings"), spec.settings.as_ref(), styles.len(), rules)?;
         let name = if spec.name.is_empty() { default_name(&content, &styles[0]) } else { spec.name.clone() };
         let requires = requirements(&spec.requires, &format!("{field}.requires"))?;
@@ -272,9 +283,8 @@ pub fn submit(req: &pb::SubmitBatchRequest, has_image: &dyn Fn(&str) -> bool, ru
     }
     if let Some(c) = &req.cartesian {
         let contents =
-            c.contents.iter().enumerate().map(|(k, s)| image(&format!("cartesian.contents[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
-        let styles =
-            c.styles.iter().enumerate().map(|(k, s)| image(&format!("cartesian.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
+            c.contents.iter().enumerate().map(|(k, s)| image(&format!("cartesian.contents[{k}]"), Some(s), access, rules)).collect::<Result<Vec<_>>>()?;
+        let styles = c.styles.iter().enumerate().map(|(k, s)| image(&format!("cartesian.styles[{k}]"), Some(s), access, rules)).collect::<Result<Vec<_>>>()?;
         let settings = if c.settings.is_empty() {
             vec![resolve_settings("cartesian.settings", None, 1, rules)?]
         } else {
@@ -427,6 +437,10 @@ pub fn outputs(result: Option<&pb::JobResult>, expected_prefix: &str) -> Result<
 mod tests {
     use super::*;
 
+    /// The caller's uploads: none, or every hash; every store key is theirs.
+    const NO_UPLOADS: InputAccess = InputAccess { upload: &|_| false, store_key: &|_| true };
+    const ALL_UPLOADS: InputAccess = InputAccess { upload: &|_| true, store_key: &|_| true };
+
     fn url(u: &str) -> pb::ImageRef {
         pb::ImageRef { source: Some(pb::image_ref::Source::Url(u.into())) }
     }
@@ -442,7 +456,7 @@ mod tests {
             ..Default::default()
         };
         let rules = SubmitRules::for_store("file:///");
-        let batch = submit(&req, &|_| false, &rules).unwrap();
+        let batch = submit(&req, &NO_UPLOADS, &rules).unwrap();
         assert_eq!(batch.jobs.len(), 6);
         assert_eq!(batch.jobs[0].name, "a.png-x-s1.png");
         let p: RenderParams = serde_json::from_str(&batch.jobs[5].params_json).unwrap();
@@ -450,7 +464,7 @@ mod tests {
 
         let mut bad = req.clone();
         bad.cartesian.as_mut().unwrap().settings[0].size = Some(100_000);
-        let e = submit(&bad, &|_| false, &rules).unwrap_err().to_string();
+        let e = submit(&bad, &NO_UPLOADS, &rules).unwrap_err().to_string();
         assert!(e.contains("cartesian.settings[0].size") && e.contains("16..=8192"), "{e}");
 
         let mut bad = req.clone();
@@ -459,19 +473,19 @@ mod tests {
             styles: vec![url("ftp://x/y.png")],
             ..Default::default()
         });
-        let e = submit(&bad, &|_| false, &rules).unwrap_err().to_string();
+        let e = submit(&bad, &NO_UPLOADS, &rules).unwrap_err().to_string();
         assert!(e.contains("jobs[0].content.sha256") && e.contains("not been uploaded"), "{e}");
-        let e = submit(&bad, &|_| true, &rules).unwrap_err().to_string();
+        let e = submit(&bad, &ALL_UPLOADS, &rules).unwrap_err().to_string();
         assert!(e.contains("jobs[0].styles[0].url") && e.contains("ftp"), "{e}");
 
         let mut bad = req.clone();
         bad.cartesian.as_mut().unwrap().settings[0].params_json = r#"{"iteratons": 3}"#.into();
-        let e = submit(&bad, &|_| false, &rules).unwrap_err().to_string();
+        let e = submit(&bad, &NO_UPLOADS, &rules).unwrap_err().to_string();
         assert!(e.contains("cartesian.settings[0].iteratons"), "{e}");
 
         let mut bad = req;
         bad.priority = 5000;
-        assert!(submit(&bad, &|_| false, &rules).unwrap_err().to_string().contains("priority"));
+        assert!(submit(&bad, &NO_UPLOADS, &rules).unwrap_err().to_string().contains("priority"));
     }
 
     #[test]
@@ -502,26 +516,30 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(submit(&job("file:///data/objects/c.png", ""), &|_| false, &rules).is_ok());
+        assert!(submit(&job("file:///data/objects/c.png", ""), &NO_UPLOADS, &rules).is_ok());
         for bad in ["file:///etc/passwd", "https://example.com/c.png", "http://127.0.0.1:9/x.png"] {
-            let e = submit(&job(bad, ""), &|_| false, &rules).unwrap_err().to_string();
-            assert!(e.contains("jobs[0].content.url") && e.contains("outside"), "{e}");
+            let e = submit(&job(bad, ""), &NO_UPLOADS, &rules).unwrap_err().to_string();
+            assert!(e.contains("jobs[0].content.url") && e.contains("not an input you may use"), "{e}");
         }
-        let e = submit(&job("file:///data/objects/c.png", r#"{"weights": {"url": {"url": "https://evil/w.safetensors"}}}"#), &|_| false, &rules)
+        // inside the store, but not the caller's: the same refusal as outside it
+        let not_theirs = InputAccess { upload: &|_| false, store_key: &|key| key != "c.png" };
+        let e = submit(&job("file:///data/objects/c.png", ""), &not_theirs, &rules).unwrap_err().to_string();
+        assert!(e.contains("jobs[0].content.url") && e.contains("not an input you may use") && !e.contains("/data/objects/`"), "{e}");
+        let e = submit(&job("file:///data/objects/c.png", r#"{"weights": {"url": {"url": "https://evil/w.safetensors"}}}"#), &NO_UPLOADS, &rules)
             .unwrap_err()
             .to_string();
         assert!(e.contains("jobs[0].settings.weights"), "{e}");
-        let e = submit(&job("file:///data/objects/c.png", r#"{"snapshot_every": 1, "iterations": 100000}"#), &|_| false, &rules).unwrap_err().to_string();
+        let e = submit(&job("file:///data/objects/c.png", r#"{"snapshot_every": 1, "iterations": 100000}"#), &NO_UPLOADS, &rules).unwrap_err().to_string();
         assert!(e.contains("snapshot_every") && e.contains("500"), "{e}");
         let mut many = job("file:///data/objects/c.png", "");
         many.jobs = vec![many.jobs[0].clone(); 3];
         let small = SubmitRules { max_jobs: 2, ..rules.clone() };
-        let e = submit(&many, &|_| false, &small).unwrap_err().to_string();
+        let e = submit(&many, &NO_UPLOADS, &small).unwrap_err().to_string();
         assert!(e.contains("`jobs`") && e.contains("limit is 2"), "{e}");
         let mut limit = job("file:///data/objects/c.png", "");
         limit.job_time_limit_s = MAX_TIME_LIMIT_S + 1;
-        assert!(submit(&limit, &|_| false, &rules).unwrap_err().to_string().contains("job_time_limit_s"));
+        assert!(submit(&limit, &NO_UPLOADS, &rules).unwrap_err().to_string().contains("job_time_limit_s"));
         limit.job_time_limit_s = 60;
-        assert_eq!(submit(&limit, &|_| false, &rules).unwrap().jobs[0].time_limit_ms, 60_000);
+        assert_eq!(submit(&limit, &NO_UPLOADS, &rules).unwrap().jobs[0].time_limit_ms, 60_000);
     }
 }

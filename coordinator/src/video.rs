@@ -17,7 +17,7 @@ use crate::farm::Farm;
 use crate::keys::image_key;
 use crate::model::ImageSource;
 use crate::model::NewJob;
-use crate::validate::{check_name, image, resolve_settings, SubmitRules};
+use crate::validate::{check_name, image, resolve_settings, InputAccess, SubmitRules};
 
 /// What the flow of one frame may take on a device.
 const FLOW_DEVICE_BYTES: u64 = 256 << 20;
@@ -37,12 +37,12 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CoordError {
 }
 
 /// The spec's fields, checked as a job's are.
-pub fn check(spec: &pb::VideoSpec, has_image: &dyn Fn(&str) -> bool, rules: &SubmitRules) -> Result<VideoRequest> {
-    let source = image("video.video", spec.video.as_ref(), has_image, rules)?;
+pub fn check(spec: &pb::VideoSpec, access: &InputAccess, rules: &SubmitRules) -> Result<VideoRequest> {
+    let source = image("video.video", spec.video.as_ref(), access, rules)?;
     if spec.styles.is_empty() {
         return Err(invalid("video.styles", "at least one style image is required"));
     }
-    let styles = spec.styles.iter().enumerate().map(|(k, s)| image(&format!("video.styles[{k}]"), Some(s), has_image, rules)).collect::<Result<Vec<_>>>()?;
+    let styles = spec.styles.iter().enumerate().map(|(k, s)| image(&format!("video.styles[{k}]"), Some(s), access, rules)).collect::<Result<Vec<_>>>()?;
     let params = resolve_settings("video.settings", spec.settings.as_ref(), styles.len(), rules)?;
     let overlay = if spec.video_params_json.trim().is_empty() {
         serde_json::Map::new()

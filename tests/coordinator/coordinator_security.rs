@@ -767,3 +767,48 @@ async fn an_upload_is_its_uploaders_and_tells_nobody_else_the_bytes_exist() {
     c.submit_batch(submit(&sha)).await.unwrap();
     coordinator.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_urls_are_inputs_only_to_their_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path()).unwrap();
+    let alice = tokens.create("alice", Role::Submit).unwrap();
+    let bob = tokens.create("bob", Role::Submit).unwrap();
+    let root = tokens.create("root", Role::Admin).unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let store = format!("file://{}/objects", std::fs::canonicalize(dir.path()).unwrap().display());
+    let (mut a, mut b) = (coordinator.client_with(Some(&alice)).await, coordinator.client_with(Some(&bob)).await);
+    let mut admin = coordinator.client_with(Some(&root)).await;
+    let hers = a.submit_batch(batch_request("hers", 1, 0)).await.unwrap().into_inner();
+    let sha = upload(&mut a, tiny_png()).await.unwrap();
+    let using = |url: &str| {
+        let mut r = batch_request("chained", 1, 0);
+        r.jobs[0].content = Some(url_ref(url));
+        r
+    };
+    let output = format!("{store}/batches/{}/jobs/{}/attempt-1/output.png", hers.batch_id, hers.job_ids[0]);
+    let upload_url = format!("{store}/images/sha256/{sha}");
+    let elsewhere = format!("{store}/state-backup/secrets.png");
+    // her output and her upload feed her next batch
+    a.submit_batch(using(&output)).await.unwrap();
+    a.submit_batch(using(&upload_url)).await.unwrap();
+    // to bob they are as unusable as a batch that never was, and the refusal shows no store URL of its own
+    let never = format!("{store}/batches/b999999/jobs/j1/attempt-1/output.png");
+    let refused = |url: &str| {
+        let url = url.to_string();
+        let mut b = b.clone();
+        async move { b.submit_batch(using(&url)).await.unwrap_err() }
+    };
+    let (e_output, e_never) = (refused(&output).await, refused(&never).await);
+    assert_eq!(e_output.code(), Code::InvalidArgument);
+    assert_eq!(e_output.message().replace(&output, "URL"), e_never.message().replace(&never, "URL"), "no existence oracle");
+    assert!(!e_output.message().replace(&output, "URL").contains(&store), "the store's URL is not shown: {}", e_output.message());
+    for url in [&upload_url, &elsewhere] {
+        assert_eq!(refused(url).await.code(), Code::InvalidArgument, "{url}");
+    }
+    // an admin may read anything in the store
+    for url in [&output, &upload_url, &elsewhere] {
+        admin.submit_batch(using(url)).await.unwrap();
+    }
+    b.submit_batch(batch_request("his own inputs still work", 1, 0)).await.unwrap();
+}

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::inputs::CallerInputs;
 use crate::auth::Api;
 use crate::clock::now_ms;
 use crate::convert;
@@ -72,12 +73,16 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 }));
             }
         }
-        // images: a snapshot of the known set, so validation runs outside the lock
-        let known: std::collections::HashSet<String> = farm.read(|s| request_images(&req).into_iter().filter(|sha| s.may_use_image(&caller, sha)).collect())?;
-        let mut new: NewBatch = validate::submit(&req, &|sha| known.contains(sha), &farm.config.submit)?;
-        if let Some(spec) = &req.video {
+        // what this caller may name as inputs, worked out first, so validation runs outside the lock
+        let known = CallerInputs::of(&farm, &caller, &req).await?;
+        let (mut new, video) = {
+            let (upload, store_key) = (|sha: &str| known.uploads.contains(sha), |key: &str| known.store_keys.contains(key));
+            let access = validate::InputAccess { upload: &upload, store_key: &store_key };
+            let new: NewBatch = validate::submit(&req, &access, &farm.config.submit)?;
+            (new, req.video.as_ref().map(|spec| crate::video::check(spec, &access, &farm.config.submit)).transpose()?)
+        };
+        if let Some(video) = video {
             // the clip is probed before any job exists: a bad one is refused here
-            let video = crate::video::check(spec, &|sha| known.contains(sha), &farm.config.submit)?;
             let probe = crate::video::probe(&farm, &video.source).await?;
             new.jobs = crate::video::jobs(&video, &probe, &farm.config.submit, req.job_time_limit_s)?;
             tracing::info!(frames = probe.frames, width = probe.width, height = probe.height, fps = probe.fps(), jobs = new.jobs.len(), "video planned");
@@ -416,20 +421,6 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-}
-
-/// Every sha256 a submit names (validated later).
-fn request_images(req: &pb::SubmitBatchRequest) -> Vec<String> {
-    let refs = req.jobs.iter().flat_map(|j| j.content.iter().chain(j.styles.iter()));
-    let cartesian = req.cartesian.iter().flat_map(|c| c.contents.iter().chain(c.styles.iter()));
-    let video = req.video.iter().flat_map(|v| v.video.iter().chain(v.styles.iter()));
-    refs.chain(cartesian)
-        .chain(video)
-        .filter_map(|r| match &r.source {
-            Some(pb::image_ref::Source::Sha256(sha)) => Some(sha.to_ascii_lowercase()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Reads only the header: format and dimensions, checked against the limits.

@@ -2,5 +2,6 @@
 //! for workers, [`scaler::ScalerService`] for KEDA.
 
 pub mod client;
+mod inputs;
 pub mod scaler;
 pub mod worker;
