@@ -54,6 +54,9 @@ def test_submit_watch_wait_fetch(farm, samples, tmp_path):
         assert job_dirs == {f"{j.id}-{j.name}" for j in jobs}
         trace = [json.loads(line) for line in next(p for p in files if p.name == "trace.jsonl").read_text().splitlines()]
         assert trace and trace[-1]["iteration"] >= 1
+        metadata = next(p for p in files if p.name == "metadata.json").read_text()
+        assert json.loads(metadata)["farm"]["content"].startswith("sha256:")
+        assert str(farm.data) not in metadata and "weights_path" not in metadata, "no internal paths in what a submitter gets"
 
 
 def test_uploads_once_and_request_ids_make_submits_idempotent(farm, samples):

@@ -181,11 +181,12 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     let taken = slot.take();
     let (device, dir_for_engine, pack) = (ctx.device, dir.clone(), ctx.pack.clone());
     let progress = FarmProgress::new(Arc::clone(job), ctx.device_metrics.clone());
+    let farm = farm_metadata(lease, &ctx.store_url);
     let rendering = Instant::now();
     let span = tracing::Span::current();
     let rendered = tokio::task::spawn_blocking(move || {
         let _job = span.enter();
-        render_job(images, prior, params, taken, device, pack, progress, &dir_for_engine)
+        render_job(images, prior, params, taken, device, pack, progress, farm, &dir_for_engine)
     })
     .await;
     ctx.stage(Stage::Render, rendering);
@@ -218,6 +219,31 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     outcome
 }
 
+/// The `farm` part of a job's metadata: which job and attempt, and its
+/// inputs named as the submitter knows them ([`input_name`]).
+fn farm_metadata(lease: &pb::Lease, store_url: &str) -> serde_json::Value {
+    let styles: Vec<String> =
+        lease.style_urls.iter().enumerate().map(|(i, url)| input_name(url, lease.style_sha256.get(i).map_or("", String::as_str), store_url)).collect();
+    serde_json::json!({
+        "job_id": lease.job_id, "batch_id": lease.batch_id, "attempt": lease.attempt, "name": lease.name,
+        "content": input_name(&lease.content_url, &lease.content_sha256, store_url), "styles": styles,
+        "traceparent": lease.traceparent,
+    })
+}
+
+/// How metadata names an input: an upload by its hash, an object of the
+/// store by its key, an allowlisted URL as the submitter gave it; never the
+/// store's own URL (an internal address).
+fn input_name(url: &str, sha256: &str, store_url: &str) -> String {
+    if !sha256.is_empty() {
+        return format!("sha256:{sha256}");
+    }
+    match url.strip_prefix(store_url.trim_end_matches('/')).and_then(|rest| rest.strip_prefix('/')) {
+        Some(key) => key.to_string(),
+        None => url.to_string(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn render_job(
     images: Vec<(InputRole, Bytes)>,
@@ -227,6 +253,7 @@ fn render_job(
     device: Device,
     pack: Option<Arc<super::pack::DevicePack>>,
     mut progress: FarmProgress,
+    farm: serde_json::Value,
     dir: &Path,
 ) -> (Result<Rendered, EngineError>, Option<WeightsSlot>) {
     let job = Arc::clone(&progress.job);
@@ -288,10 +315,11 @@ fn render_job(
         return (Err(e), Some(slot));
     }
     let mut metadata = serde_json::to_value(&out.metadata).expect("metadata serialises");
-    metadata["farm"] = serde_json::json!({
-        "job_id": job.lease.job_id, "batch_id": job.lease.batch_id, "attempt": job.lease.attempt, "name": job.lease.name,
-        "content_url": job.lease.content_url, "style_urls": job.lease.style_urls, "traceparent": job.lease.traceparent,
-    });
+    metadata["farm"] = farm;
+    // the worker's own paths are not the submitter's business (the weights' hash stays)
+    if let Some(fields) = metadata.as_object_mut() {
+        fields.remove("weights_path");
+    }
     let metadata_path = dir.join("metadata.json");
     if let Err(e) = std::fs::write(&metadata_path, serde_json::to_vec_pretty(&metadata).expect("json")) {
         return (Err(EngineError::Output { path: metadata_path, reason: e.to_string() }), Some(slot));
@@ -313,4 +341,28 @@ async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rende
     }
     files.extend(listing(dir, "snapshots"));
     upload_files(ctx, lease, dir, files, rendered).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_inputs_without_the_stores_url() {
+        let store = "s3://farm-internal/prod/";
+        assert_eq!(input_name("s3://farm-internal/prod/images/sha256/ab12", "ab12", store), "sha256:ab12");
+        assert_eq!(input_name("s3://farm-internal/prod/batches/b7/jobs/j1/attempt-1/output.png", "", store), "batches/b7/jobs/j1/attempt-1/output.png");
+        assert_eq!(input_name("s3://photos/in/cat.jpg", "", store), "s3://photos/in/cat.jpg", "an allowlisted URL is the submitter's own words");
+        let lease = pb::Lease {
+            job_id: "j1".into(),
+            content_url: "s3://farm-internal/prod/images/sha256/aa".into(),
+            content_sha256: "aa".into(),
+            style_urls: vec!["s3://farm-internal/prod/images/sha256/bb".into()],
+            style_sha256: vec!["bb".into()],
+            ..Default::default()
+        };
+        let farm = farm_metadata(&lease, store);
+        assert_eq!((farm["content"].as_str(), farm["styles"][0].as_str()), (Some("sha256:aa"), Some("sha256:bb")));
+        assert!(!farm.to_string().contains("farm-internal"), "{farm}");
+    }
 }
