@@ -18,6 +18,9 @@ pub const MAX_SIZE: u32 = 8192;
 pub const MAX_ITERATIONS: u32 = 100_000;
 pub const MAX_HISTORY: usize = 1000;
 pub const MAX_STYLES: usize = 16;
+/// Entries of `content_layers` or `style_layers` (VGG-16 has 13 convolutions; a
+/// list may not grow a job's cost or the coordinator's memory beyond that).
+pub const MAX_LAYERS: usize = 13;
 pub const STYLE_SCALE_RANGE: (f64, f64) = (0.05, 8.0);
 pub const MAX_SCALES: u32 = 6;
 /// Most snapshots (and animation frames) one job may keep: each is a preview
@@ -338,6 +341,14 @@ impl RenderParams {
         if self.style_layers.is_empty() {
             return Err(ParamError::new("style_layers", "at least one style layer is required"));
         }
+        for (field, layers) in [("content_layers", &self.content_layers), ("style_layers", &self.style_layers)] {
+            if layers.len() > MAX_LAYERS {
+                return Err(ParamError::new(field, format!("{} layers; the limit is {MAX_LAYERS}", layers.len())));
+            }
+            if let Some(twice) = layers.iter().enumerate().find_map(|(i, l)| layers[..i].contains(l).then_some(l)) {
+                return Err(ParamError::new(field, format!("`{twice}` is listed twice")));
+            }
+        }
         if self.style_layer_weights.len() != self.style_layers.len() {
             return Err(ParamError::new(
                 "style_layer_weights",
@@ -451,6 +462,22 @@ fn positive(field: &str, value: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_lists_are_bounded_and_without_repeats() {
+        let mut p = RenderParams::preset(Preset::Gatys);
+        let layer = p.style_layers[0];
+        p.style_layers = vec![layer; 100_000];
+        p.style_layer_weights = vec![1.0; 100_000];
+        let e = p.validate(1).unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason.as_str()), ("style_layers", "100000 layers; the limit is 13"));
+        let mut p = RenderParams::preset(Preset::Gatys);
+        p.content_layers = vec![p.content_layers[0]; 2];
+        let e = p.validate(1).unwrap_err();
+        assert_eq!(e.field, "content_layers");
+        assert!(e.reason.ends_with("is listed twice"), "{}", e.reason);
+        assert!(RenderParams::preset(Preset::Gatys).validate(1).is_ok() && RenderParams::preset(Preset::Keras).validate(1).is_ok());
+    }
 
     #[test]
     fn presets_follow_their_recipes() {
