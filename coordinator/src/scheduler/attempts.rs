@@ -26,6 +26,7 @@ impl Scheduler {
         let rules = Rules {
             jobs: &self.jobs,
             batches: &self.batches,
+            running_by_owner: &self.running_by_owner,
             workers: &self.workers,
             worker,
             labels,

@@ -32,8 +32,17 @@ impl Scheduler {
     ///   ready entry sits at its job's priority;
     /// - every running job is in exactly its worker's running set, and every
     ///   entry of a running set is a job running on that worker;
-    /// - only queued jobs wait for a device.
+    /// - only queued jobs wait for a device;
+    /// - the running jobs kept per principal equal their batches' tally.
     pub fn check_invariants(&self) -> Result<(), String> {
+        let mut by_owner: HashMap<&str, u32> = HashMap::new();
+        for batch in self.batches.values().filter(|b| b.counts.running > 0) {
+            *by_owner.entry(batch.owner.as_str()).or_default() += batch.counts.running;
+        }
+        let kept: HashMap<&str, u32> = self.running_by_owner.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        if by_owner != kept {
+            return Err(format!("running jobs per principal {kept:?} are not the batches' tally {by_owner:?}"));
+        }
         for (id, batch) in &self.batches {
             let members = self.members.get(id).map(Vec::as_slice).unwrap_or_default();
             let mut tally = Counts { total: members.len() as u32, ..Counts::default() };

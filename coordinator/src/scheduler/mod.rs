@@ -156,6 +156,9 @@ pub struct Scheduler {
     /// Each in-memory batch's jobs, in index order.
     members: HashMap<BatchId, Vec<JobId>>,
     queue: ReadyQueue,
+    /// Running jobs per principal (owners with none are absent): fair share
+    /// between principals comes before fair share between batches.
+    running_by_owner: HashMap<String, u32>,
     workers: WorkerRegistry,
     /// Workers whose succeeded/failed counters changed since they were last
     /// written: statistics, written once a second (and before any read of them)
@@ -195,6 +198,7 @@ impl BatchFit {
 struct Rules<'a> {
     jobs: &'a HashMap<JobId, JobRecord>,
     batches: &'a BTreeMap<BatchId, BatchRecord>,
+    running_by_owner: &'a HashMap<String, u32>,
     workers: &'a WorkerRegistry,
     worker: WorkerId,
     /// The worker's labels: a job goes only where they meet its requirements (pools).
@@ -217,8 +221,8 @@ impl PickRules for Rules<'_> {
         self.batches.get(&batch).is_some_and(|b| b.paused || !labels::satisfied(&b.requires, self.labels))
             || self.workers.blocked(self.worker, batch, self.limit)
     }
-    fn running(&self, batch: BatchId) -> u32 {
-        self.batches.get(&batch).map(|b| b.counts.running).unwrap_or(0)
+    fn share(&self, batch: BatchId) -> (u32, u32) {
+        self.batches.get(&batch).map_or((0, 0), |b| (self.running_by_owner.get(&b.owner).copied().unwrap_or(0), b.counts.running))
     }
 }
 

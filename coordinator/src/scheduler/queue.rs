@@ -24,8 +24,8 @@ pub trait PickRules {
     /// The worker may not take this batch's jobs (it is blocklisted from the
     /// batch, or the batch is paused).
     fn blocked(&self, batch: BatchId) -> bool;
-    /// Jobs of the batch running now (fair share: fewest first).
-    fn running(&self, batch: BatchId) -> u32;
+    /// Fair share, fewest first: jobs running now of the batch's owner, then of the batch.
+    fn share(&self, batch: BatchId) -> (u32, u32);
 }
 
 impl ReadyQueue {
@@ -55,16 +55,17 @@ impl ReadyQueue {
         out
     }
 
-    /// Highest priority first; within it the batch with the fewest running
-    /// jobs (the older on a tie), FIFO within the batch.
+    /// Highest priority first; within it the batch whose owner has the fewest
+    /// running jobs, then the batch with the fewest (the older on a tie), FIFO
+    /// within the batch.
     pub fn pick(&mut self, rules: &impl PickRules) -> Option<(i32, BatchId, JobId)> {
         for (priority, batches) in self.ready.iter_mut() {
-            let mut best: Option<(u32, BatchId, JobId)> = None;
+            let mut best: Option<((u32, u32), BatchId, JobId)> = None;
             for (batch, queue) in batches.iter_mut() {
                 if rules.blocked(*batch) {
                     continue;
                 }
-                let running = rules.running(*batch);
+                let running = rules.share(*batch);
                 if best.is_some_and(|(r, _, _)| r <= running) {
                     continue;
                 }
@@ -179,8 +180,8 @@ mod tests {
         fn blocked(&self, batch: BatchId) -> bool {
             self.blocked.contains(&batch)
         }
-        fn running(&self, batch: BatchId) -> u32 {
-            self.running.get(&batch).copied().unwrap_or(0)
+        fn share(&self, batch: BatchId) -> (u32, u32) {
+            (0, self.running.get(&batch).copied().unwrap_or(0))
         }
     }
 

@@ -23,6 +23,7 @@ impl Scheduler {
             jobs: HashMap::new(),
             members: HashMap::new(),
             queue: ReadyQueue::default(),
+            running_by_owner: HashMap::new(),
             workers: WorkerRegistry::new(snapshot.next_worker),
             dirty_counters: HashSet::new(),
             progress: HashMap::new(),
@@ -77,6 +78,9 @@ impl Scheduler {
         }
         for members in s.members.values_mut() {
             members.sort_by_key(|id| s.jobs[id].index);
+        }
+        for batch in s.batches.values().filter(|b| b.counts.running > 0) {
+            *s.running_by_owner.entry(batch.owner.clone()).or_default() += batch.counts.running;
         }
         // a job whose dependencies all succeeded goes in the queue (it may be
         // a retry, backing off); the others wait

@@ -506,3 +506,21 @@ fn pools_route_jobs_to_matching_workers_with_fair_share_inside_and_say_when_nobo
     assert!(reason.contains("pool=gone") && reason.contains("waited"), "{reason}");
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn fair_share_is_between_principals_before_batches() {
+    let (mut s, w) = setup();
+    // alice splits her work into two batches, bob submits one: she gets no more for it
+    let a1 = s.submit(batch(vec![job(1), job(1), job(1)]), "alice", 0, &mut Effects::default(), &mut trace());
+    let a2 = s.submit(batch(vec![job(1), job(1), job(1)]), "alice", 1, &mut Effects::default(), &mut trace());
+    let b = s.submit(batch(vec![job(1), job(1), job(1)]), "bob", 2, &mut Effects::default(), &mut trace());
+    let owner = |batch| if batch == b.batch { "bob" } else { "alice" };
+    let mut leased = Vec::new();
+    for now in 10..14 {
+        let grant = s.lease(w, &local(), 0, now, &mut Effects::default()).unwrap().expect("work");
+        leased.push(grant.job.batch);
+        s.check_invariants().unwrap();
+    }
+    assert_eq!(leased.iter().map(|b| owner(*b)).collect::<Vec<_>>(), ["alice", "bob", "alice", "bob"], "{leased:?}");
+    assert!(leased.contains(&a1.batch) && leased.contains(&a2.batch), "within alice's share, her batches take turns: {leased:?}");
+}

@@ -83,6 +83,17 @@ impl Scheduler {
         }
         if let Some(batch) = self.batches.get_mut(&batch_id) {
             batch.counts.moved(from, to);
+            // fair share between principals follows the same moves
+            if to == StateKind::Running {
+                *self.running_by_owner.entry(batch.owner.clone()).or_default() += 1;
+            } else if from == StateKind::Running {
+                if let Some(n) = self.running_by_owner.get_mut(&batch.owner) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.running_by_owner.remove(&batch.owner);
+                    }
+                }
+            }
             if to == StateKind::Running && !batch.started {
                 batch.started = true;
                 batch.started_ms = Some(now);
