@@ -149,14 +149,14 @@ class Client(ClientBase):
         return await self._send(plan)
 
     async def _send(self, plan: _requests.Submit) -> "Batch":
-        uploaded = await self.upload(plan.inputs)
+        uploaded = await self._upload(plan.inputs)
         response = await self._call("SubmitBatch", plan.request, retry=True)
         batch = await self.batch(response.batch_id)
         batch.uploaded = tuple(uploaded)
         batch.deduplicated = bool(response.deduplicated)
         return batch
 
-    async def upload(self, inputs: _requests.Inputs) -> List[str]:
+    async def _upload(self, inputs: _requests.Inputs) -> List[str]:
         if not inputs.local:
             return []
         missing = (await self._call("StatImages", pb.StatImagesRequest(sha256=list(inputs.local)), retry=True)).missing

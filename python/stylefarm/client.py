@@ -178,14 +178,14 @@ class Client(ClientBase):
         return self._send(plan)
 
     def _send(self, plan: _requests.Submit) -> "Batch":
-        uploaded = self.upload(plan.inputs)
+        uploaded = self._upload(plan.inputs)
         response = self._call("SubmitBatch", plan.request, retry=True)
         batch = self.batch(response.batch_id)
         batch.uploaded = tuple(uploaded)
         batch.deduplicated = bool(response.deduplicated)
         return batch
 
-    def upload(self, inputs: _requests.Inputs) -> List[str]:
+    def _upload(self, inputs: _requests.Inputs) -> List[str]:
         """Uploads the local files the coordinator does not have; returns their SHA-256s."""
         if not inputs.local:
             return []
