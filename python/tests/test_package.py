@@ -73,3 +73,14 @@ def test_type_hints_check_with_mypy(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"no issues found in (1[0-9]|[2-9][0-9]) source files", out.stdout), out.stdout
+
+
+def test_retry_pacing_is_the_rust_clients():
+    """_retry copies core::retry::Backoff (200 ms, doubling, 5 s cap): kept equal here."""
+    from stylefarm import _retry
+
+    retry = (REPO / "core/src/retry.rs").read_text()
+    first_ms = int(re.search(r"pub const FIRST: Duration = Duration::from_millis\((\d+)\);", retry).group(1))
+    max_s = int(re.search(r"pub const MAX: Duration = Duration::from_secs\((\d+)\);", retry).group(1))
+    assert (_retry.INITIAL_S, _retry.MAX_DELAY_S, _retry.FACTOR) == (first_ms / 1000, max_s, 2.0)
+    assert "1 << exponent" in retry, "core doubles its delay; so does _retry"
