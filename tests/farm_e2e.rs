@@ -72,8 +72,27 @@ async fn two_workers_render_a_batch_into_the_store() {
         let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(objects.join(&result.prefix).join("metadata.json")).unwrap()).unwrap();
         assert_eq!(metadata["farm"]["job_id"], job.id.as_str());
         assert_eq!(metadata["params"]["size"], 48);
+        // where the worker's time went, and how busy the device was
+        let stages = &metadata["worker"]["stage_ms"];
+        for stage in ["fetch_inputs", "decode", "wait_device", "engine", "encode"] {
+            assert!(stages[stage].as_f64().is_some_and(|ms| ms >= 0.0), "{stage} in {stages}");
+        }
+        let engine = stages["engine"].as_f64().unwrap();
+        assert!(engine >= result.engine_ms && engine < result.engine_ms + 1_000.0, "the engine stage wraps the render: {engine} vs {}", result.engine_ms);
+        let busy = metadata["worker"]["device_busy_fraction"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= 1.0, "{busy}");
     }
-    let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    // each device's busy fraction reaches the coordinator with the heartbeats
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let workers = loop {
+        let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+        if workers.iter().all(|w| w.busy.iter().any(|b| b.device == "cpu" && b.fraction > 0.0)) {
+            break workers;
+        }
+        assert!(Instant::now() < deadline, "no busy fraction: {workers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(workers.iter().flat_map(|w| &w.busy).all(|b| b.fraction <= 1.0 && b.window_s == 60), "{workers:?}");
     let done_by: Vec<u64> = workers.iter().map(|w| w.succeeded).collect();
     assert_eq!(done_by.iter().sum::<u64>(), 4, "{workers:?}");
     assert!(done_by.iter().all(|&n| n >= 1), "both workers took jobs: {done_by:?}");
@@ -212,7 +231,16 @@ async fn a_draining_worker_finishes_its_running_job_and_takes_no_more() {
     let mut client = coordinator.client().await;
     let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
     let retina = upload_file(&mut client, &sample("retina.jpg")).await;
-    let worker = InProcessWorker::start(&coordinator.url, "drainer", &dir.path().join("w"));
+    // one job at a time: nothing is leased ahead
+    let worker = InProcessWorker::start_args(stylefarm_worker::farm::FarmArgs {
+        coordinator: Some(coordinator.url.clone()),
+        devices: "cpu".into(),
+        name: Some("drainer".into()),
+        drain_timeout_s: 30,
+        work_dir: Some(dir.path().join("w")),
+        pipeline: stylefarm_worker::farm::Pipeline::Off,
+        ..Default::default()
+    });
     let request = pb::SubmitBatchRequest {
         jobs: vec![job("first", sha_ref(&chelsea), sha_ref(&retina), 48, 40), job("second", sha_ref(&chelsea), sha_ref(&retina), 48, 40)],
         ..Default::default()
@@ -234,6 +262,48 @@ async fn a_draining_worker_finishes_its_running_job_and_takes_no_more() {
     assert_eq!(jobs[0].attempt, 1);
     assert_eq!(jobs[1].state, pb::JobState::Queued as i32, "{:?}", jobs[1]);
     assert_eq!(jobs[1].attempt, 0, "never leased by the draining worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_ahead_goes_back_unstarted_on_drain_and_costs_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.max_attempts = 1;
+    let coordinator = Coordinator::start(config).await;
+    let mut client = coordinator.client().await;
+    let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
+    let retina = upload_file(&mut client, &sample("retina.jpg")).await;
+    let worker = InProcessWorker::start(&coordinator.url, "ahead", &dir.path().join("w"));
+    let request = pb::SubmitBatchRequest {
+        jobs: vec![job("first", sha_ref(&chelsea), sha_ref(&retina), 48, 400), job("second", sha_ref(&chelsea), sha_ref(&retina), 48, 40)],
+        ..Default::default()
+    };
+    let batch = client.submit_batch(request).await.unwrap().into_inner();
+    // the second is leased while the first still renders (near its end)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, jobs) = get_batch(&mut client, &batch.batch_id).await;
+        if jobs[1].attempt == 1 {
+            assert_eq!(jobs[0].state, pb::JobState::Running as i32, "leased ahead, not after: {:?}", jobs[0]);
+            assert!(jobs[1].progress.is_none(), "not started: {:?}", jobs[1]);
+            break;
+        }
+        assert!(Instant::now() < deadline && jobs[0].state != pb::JobState::Succeeded as i32, "never leased ahead: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // drain: the first finishes, the second goes back unstarted
+    worker.stop().await;
+    let (_, jobs) = get_batch(&mut client, &batch.batch_id).await;
+    assert_eq!(jobs[0].state, pb::JobState::Succeeded as i32, "{:?}", jobs[0]);
+    let second = client.get_job(pb::GetJobRequest { job_id: jobs[1].id.clone() }).await.unwrap().into_inner();
+    assert_eq!((second.state, second.attempt, second.attempts_handed_back), (pb::JobState::Queued as i32, 1, 1), "{second:?}");
+    let workers = client.list_workers(pb::ListWorkersRequest {}).await.unwrap().into_inner().workers;
+    assert_eq!((workers[0].succeeded, workers[0].failed), (1, 0), "a hand-back is not the worker's failure");
+    // max_attempts 1 still lets it run: the hand-back spent nothing
+    let worker = InProcessWorker::start(&coordinator.url, "ahead", &dir.path().join("w"));
+    let (done, jobs) = wait_batch(&mut client, &batch.batch_id, Duration::from_secs(240)).await;
+    assert_eq!(pb::BatchState::try_from(done.state).unwrap(), pb::BatchState::Succeeded, "{jobs:?}");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,8 @@ pub struct DeviceJson<'a> {
     name: &'a str,
     memory_bytes: u64,
     description: &'a str,
+    /// Engine time over wall time in the worker's window (absent before its first heartbeat).
+    busy_fraction: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -218,7 +220,16 @@ impl<'a> WorkerJson<'a> {
             succeeded: w.succeeded,
             failed: w.failed,
             last_seen_at_ms: w.last_seen_at_ms,
-            devices: w.devices.iter().map(|d| DeviceJson { name: &d.name, memory_bytes: d.memory_bytes, description: &d.description }).collect(),
+            devices: w
+                .devices
+                .iter()
+                .map(|d| DeviceJson {
+                    name: &d.name,
+                    memory_bytes: d.memory_bytes,
+                    description: &d.description,
+                    busy_fraction: w.busy.iter().find(|b| b.device == d.name).map(|b| b.fraction),
+                })
+                .collect(),
             labels: w.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         }
     }

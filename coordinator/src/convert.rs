@@ -182,7 +182,8 @@ pub fn worker(w: &WorkerRecord, running: Vec<String>, now: Millis, heartbeat_ms:
         running_jobs: running,
         succeeded: w.succeeded,
         failed: w.failed,
-        memory: w.memory.iter().map(|m| pb::DeviceMemory { device: m.device.clone(), used_bytes: m.used_bytes, total_bytes: m.total_bytes }).collect(),
+        memory: w.readings.memory.iter().map(|m| pb::DeviceMemory { device: m.device.clone(), used_bytes: m.used_bytes, total_bytes: m.total_bytes }).collect(),
+        busy: w.readings.busy.iter().map(|b| pb::DeviceBusy { device: b.device.clone(), fraction: b.fraction, window_s: b.window_s }).collect(),
         availability: match w.availability {
             Availability::Enabled => pb::WorkerAvailability::Enabled,
             Availability::Disabled => pb::WorkerAvailability::Disabled,

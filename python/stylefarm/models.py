@@ -365,6 +365,8 @@ class Device:
     name: str  # cpu, cuda:0, ...
     memory_bytes: int
     description: str
+    # engine time over wall time in the worker's last minute (None before its first heartbeat)
+    busy_fraction: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -384,10 +386,11 @@ class Worker:
 
     @classmethod
     def _from_proto(cls, m: Any) -> "Worker":
+        busy = {b.device: b.fraction for b in m.busy}
         return cls(
             id=m.id,
             name=m.name,
-            devices=tuple(Device(d.name, d.memory_bytes, d.description) for d in m.devices),
+            devices=tuple(Device(d.name, d.memory_bytes, d.description, busy.get(d.name)) for d in m.devices),
             version=m.version,
             connected=m.connected,
             enabled=m.availability != pb.WORKER_AVAILABILITY_DISABLED,

@@ -213,6 +213,12 @@ def test_workers_and_their_controls(farm):
     with stylefarm.Client(farm.url) as client:
         (worker,) = [w for w in client.workers() if w.name == "py-worker"]
         assert worker.connected and worker.enabled and worker.devices[0].name == "cpu"
+        # how busy the device is arrives with the worker's heartbeats
+        deadline = time.monotonic() + 20
+        while worker.devices[0].busy_fraction is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            (worker,) = [w for w in client.workers() if w.name == "py-worker"]
+        assert 0.0 <= worker.devices[0].busy_fraction <= 1.0, worker.devices
         assert client.control_worker(worker.id, "disable").enabled is False
         assert client.control_worker(worker.id, stylefarm.WorkerAction.ENABLE).enabled is True
         with pytest.raises(stylefarm.FailedPrecondition):

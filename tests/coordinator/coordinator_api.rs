@@ -474,3 +474,29 @@ async fn worker_pools_route_batches_by_labels_and_a_job_nobody_matches_says_so()
     let e = stylefarm_coordinator_tests::farm::TestWorker::register_profile(api, "bad", "cpu", GIB, None, &[("Pool", "x")]).await.err().unwrap();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("labels"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_fractions_from_heartbeats_reach_list_workers_and_the_workers_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = Coordinator::start(config).await;
+    let mut worker = coordinator.worker("w-busy", 16 * GIB).await;
+    let busy = |device: &str, fraction: f64| pb::DeviceBusy { device: device.into(), fraction, window_s: 60 };
+    worker.report_busy(vec![busy("cpu", 0.987)]).await.unwrap();
+    let mut client = coordinator.client().await;
+    let workers = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert_eq!(workers[0].busy, vec![busy("cpu", 0.987)]);
+    let rows = stylefarm_coordinator_tests::farm::http_get(&format!("{}/fragments/workers", coordinator.web_url.as_deref().unwrap())).await;
+    assert!(rows.contains(r#"data-fraction="0.9870""#) && rows.contains("98.7 %"), "{rows}");
+    // checked at the edge, naming the field; the last good reading stays
+    for (bad, field) in [(busy("cpu", 1.5), "busy[0].fraction"), (busy("cpu", f64::NAN), "busy[0].fraction"), (busy("cuda:3", 0.5), "busy[0].device")] {
+        let refused = worker.report_busy(vec![bad]).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains(field), "{}", refused.message());
+    }
+    let many = worker.report_busy((0..65).map(|_| busy("cpu", 0.5)).collect()).await.unwrap_err();
+    assert!(many.message().contains("limit is 64"), "{}", many.message());
+    let workers = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
+    assert_eq!(workers[0].busy[0].fraction, 0.987);
+}

@@ -141,6 +141,7 @@ async fn call(rpc: Rpc, client: &mut Client, api: &mut WorkerClient, f: &Fixture
                     lease_secret: f.lease.lease_secret.clone(),
                 }],
                 memory: Vec::new(),
+                busy: Vec::new(),
             })
             .await,
         ),
@@ -426,6 +427,7 @@ async fn a_hostile_client_changes_nothing_it_may_not() {
             progress: Some(pb::JobProgress { rows: vec![row], ..Default::default() }),
         }],
         memory: Vec::new(),
+        busy: Vec::new(),
     };
     assert_eq!(honest.api.heartbeat(beat).await.unwrap_err().code(), Code::InvalidArgument);
     let mut r = batch_request("snap", 1, 0);
@@ -583,6 +585,7 @@ async fn random_well_formed_messages_break_nothing() {
                         progress: Some(pb::JobProgress { iteration: n, latest: Some(pb::LossRow { total: f, ..Default::default() }), ..Default::default() }),
                     }],
                     memory: Vec::new(),
+                    busy: Vec::new(),
                 })
                 .await
                 .map(|_| ()),

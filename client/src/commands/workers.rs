@@ -14,7 +14,14 @@ pub async fn workers(cli: &Cli) -> Result<()> {
         return print_json(&workers.iter().map(WorkerJson::of).collect::<Vec<_>>());
     }
     for w in &workers {
-        let devices: Vec<String> = w.devices.iter().map(|d| format!("{} ({:.1} GiB)", d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)).collect();
+        let devices: Vec<String> = w
+            .devices
+            .iter()
+            .map(|d| {
+                let busy = w.busy.iter().find(|b| b.device == d.name).map_or(String::new(), |b| format!(", {:.1} % busy", b.fraction * 100.0));
+                format!("{} ({:.1} GiB{busy})", d.name, d.memory_bytes as f64 / (1u64 << 30) as f64)
+            })
+            .collect();
         let mut labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
         let labels = if labels.is_empty() { String::new() } else { format!(", labels: {}", labels.join(" ")) };

@@ -17,7 +17,7 @@ use crate::farm::Farm;
 use crate::identity::Principal;
 use crate::ids::{JobId, WorkerId};
 use crate::keys::{attempt_prefix, image_key};
-use crate::model::{AttemptStop, HeartbeatVerdict, ImageSource, MemoryReading, WorkerProfile};
+use crate::model::{AttemptStop, BusyReading, DeviceReadings, HeartbeatVerdict, ImageSource, MemoryReading, WorkerProfile};
 use crate::scheduler::{AttemptFailure, Grant};
 use crate::secrets::LeaseClaim;
 use crate::validate;
@@ -171,8 +171,8 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
             }
             beats.push((job, LeaseClaim::new(beat.attempt, beat.lease_secret), beat.progress));
         }
-        let memory = memory_readings(req.memory)?;
-        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, &caller, beats, memory, now, fx)).await?;
+        let readings = DeviceReadings { memory: memory_readings(req.memory)?, busy: busy_readings(req.busy)? };
+        let verdicts = self.farm.apply(move |s, fx, now| s.heartbeat(worker, &caller, beats, readings, now, fx)).await?;
         let ttl = self.farm.config.scheduler.lease_ttl_ms as u32;
         let jobs = verdicts
             .into_iter()
@@ -244,6 +244,22 @@ const MAX_MEMORY_READINGS: usize = 64;
 
 /// A heartbeat's GPU memory readings, checked at the edge (the scheduler checks
 /// the devices are the worker's own).
+fn busy_readings(readings: Vec<pb::DeviceBusy>) -> Result<Vec<BusyReading>, CoordError> {
+    if readings.len() > MAX_MEMORY_READINGS {
+        return Err(CoordError::invalid("busy", format!("{} readings; the limit is {MAX_MEMORY_READINGS}", readings.len())));
+    }
+    readings
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if !(0.0..=1.0).contains(&b.fraction) {
+                return Err(CoordError::invalid(format!("busy[{i}].fraction"), format!("{} is not between 0 and 1", b.fraction)));
+            }
+            Ok(BusyReading { device: b.device, fraction: b.fraction, window_s: b.window_s })
+        })
+        .collect()
+}
+
 fn memory_readings(readings: Vec<pb::DeviceMemory>) -> Result<Vec<MemoryReading>, CoordError> {
     if readings.len() > MAX_MEMORY_READINGS {
         return Err(CoordError::invalid("memory", format!("{} readings; the limit is {MAX_MEMORY_READINGS}", readings.len())));

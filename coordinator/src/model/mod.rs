@@ -37,7 +37,7 @@ pub use job::{
     OutputRecord, SpanRecord, StateKind,
 };
 pub use submit::{NewBatch, NewJob, Submitted};
-pub use worker::{Availability, DeviceRecord, MemoryReading, WorkerProfile, WorkerRecord};
+pub use worker::{Availability, BusyReading, DeviceReadings, DeviceRecord, MemoryReading, WorkerProfile, WorkerRecord};
 
 /// Milliseconds since the Unix epoch (the coordinator's one time unit).
 pub type Millis = i64;

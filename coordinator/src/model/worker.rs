@@ -38,8 +38,8 @@ pub struct WorkerRecord {
     pub owner: String,
     /// Needed (with the id) to register again as this worker.
     pub secret: SecretHash,
-    /// GPU memory from its latest heartbeat; kept in memory only (empty on CPU).
-    pub memory: Vec<MemoryReading>,
+    /// GPU memory and busy fractions from its latest heartbeat; kept in memory only.
+    pub readings: DeviceReadings,
     /// Whether it takes new jobs (an admin's choice, kept across restarts).
     pub availability: Availability,
     /// What batches' requirements match (worker pools), as it registered.
@@ -60,6 +60,24 @@ impl Availability {
     pub fn takes_work(self) -> bool {
         self == Availability::Enabled
     }
+}
+
+/// What a worker's heartbeat says about its devices.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeviceReadings {
+    /// GPU memory (empty on CPU).
+    pub memory: Vec<MemoryReading>,
+    /// Engine time over wall time.
+    pub busy: Vec<BusyReading>,
+}
+
+/// How busy one device was, as its worker last read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusyReading {
+    pub device: String,
+    /// 0..1.
+    pub fraction: f64,
+    pub window_s: u32,
 }
 
 /// One device's memory as its worker last read it.

@@ -8,7 +8,8 @@ use super::{AttemptEnd, AttemptFailure, Beat, DependencyOutput, Effects, Event, 
 use crate::error::{CoordError, Result};
 use crate::identity::Principal;
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{AfterFailure, AttemptRecord, AttemptStop, HeartbeatVerdict, JobOutputs, JobRecord, JobState, MemoryReading, Millis, SpanRecord};
+use crate::model::DeviceReadings;
+use crate::model::{AfterFailure, AttemptRecord, AttemptStop, HeartbeatVerdict, JobOutputs, JobRecord, JobState, Millis, SpanRecord};
 use crate::secrets::LeaseClaim;
 use crate::store::StoreOp;
 
@@ -69,15 +70,18 @@ impl Scheduler {
         worker: WorkerId,
         caller: &Principal,
         beats: Vec<Beat>,
-        memory: Vec<MemoryReading>,
+        readings: DeviceReadings,
         now: Millis,
         fx: &mut Effects,
     ) -> Result<Vec<(JobId, u32, HeartbeatVerdict)>> {
         let record = self.workers.act_as(worker, &caller.name, caller.is_admin(), now)?;
-        if let Some((i, reading)) = memory.iter().enumerate().find(|(_, m)| !record.devices.iter().any(|d| d.name == m.device)) {
-            return Err(CoordError::invalid(format!("memory[{i}].device"), format!("`{}` is not one of this worker's registered devices", reading.device)));
+        let named = readings.memory.iter().map(|m| ("memory", &m.device)).enumerate().chain(readings.busy.iter().map(|b| ("busy", &b.device)).enumerate());
+        for (i, (field, device)) in named {
+            if !record.devices.iter().any(|d| d.name == *device) {
+                return Err(CoordError::invalid(format!("{field}[{i}].device"), format!("`{device}` is not one of this worker's registered devices")));
+            }
         }
-        record.memory = memory;
+        record.readings = readings;
         let ttl = self.config.lease_ttl_ms;
         let mut verdicts = Vec::with_capacity(beats.len());
         for (job_id, claim, progress) in beats {

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::identity::Principal;
-use crate::model::{AttemptStop, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, WorkerProfile};
+use crate::model::{AttemptStop, DeviceReadings, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, WorkerProfile};
 use crate::store::{Commits, Durability, Snapshot, SqliteStore, Store};
 
 const GIB: u64 = 1 << 30;
@@ -152,7 +152,7 @@ impl World {
     fn heartbeat(&mut self) {
         for worker in self.workers.clone() {
             let beats: Vec<Beat> = self.leases.iter().filter(|(_, (w, _, _))| *w == worker).map(|(j, (_, a, s))| (*j, LeaseClaim::new(*a, s), None)).collect();
-            let verdicts = self.apply(|s, fx, now| s.heartbeat(worker, &Principal::local(), beats, Vec::new(), now, fx).unwrap());
+            let verdicts = self.apply(|s, fx, now| s.heartbeat(worker, &Principal::local(), beats, DeviceReadings::default(), now, fx).unwrap());
             for (job, _, verdict) in verdicts {
                 if verdict != HeartbeatVerdict::Continue {
                     self.leases.remove(&job);

@@ -4,7 +4,8 @@ use super::*;
 use crate::error::CoordError;
 use crate::identity::{Principal, Role};
 use crate::model::{
-    AfterFailure, AttemptStop, Availability, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, StateKind, Submitted, WorkerProfile,
+    AfterFailure, AttemptStop, Availability, DeviceReadings, DeviceRecord, HeartbeatVerdict, ImageSource, JobOutputs, NewBatch, NewJob, StateKind, Submitted,
+    WorkerProfile,
 };
 use crate::store::{Snapshot, StoreOp};
 
@@ -66,7 +67,8 @@ fn a_job_no_device_fits_says_why_then_fails_after_the_grace() {
     assert_eq!(s.waiting_reason(small), None);
     let grant = s.lease(w, &local(), 4 << 30, 1_500, &mut Effects::default()).unwrap().unwrap();
     assert_eq!(grant.job.id, small, "the small one runs");
-    s.heartbeat(w, &local(), vec![(small, LeaseClaim::new(1, grant.secret.expose()), None)], Vec::new(), 5_900, &mut Effects::default()).unwrap();
+    s.heartbeat(w, &local(), vec![(small, LeaseClaim::new(1, grant.secret.expose()), None)], DeviceReadings::default(), 5_900, &mut Effects::default())
+        .unwrap();
     s.tick(6_000, &mut Effects::default());
     let JobState::Failed { reason, retryable, .. } = &s.job(big).unwrap().state else { panic!("{:?}", s.job(big).unwrap().state) };
     assert!(reason.contains("no connected worker") && reason.contains("waited 5 s") && !retryable, "{reason}");
@@ -94,7 +96,8 @@ fn attempts_past_their_time_limit_end_and_finished_batches_leave_memory() {
     let grant = s.lease(w, &local(), 0, 0, &mut Effects::default()).unwrap().unwrap();
     // heartbeats keep the lease alive, but not past the time limit
     for t in (500..=10_000).step_by(500) {
-        s.heartbeat(w, &local(), vec![(grant.job.id, LeaseClaim::new(1, grant.secret.expose()), None)], Vec::new(), t, &mut Effects::default()).unwrap();
+        s.heartbeat(w, &local(), vec![(grant.job.id, LeaseClaim::new(1, grant.secret.expose()), None)], DeviceReadings::default(), t, &mut Effects::default())
+            .unwrap();
         s.tick(t, &mut Effects::default());
     }
     assert!(matches!(s.job(grant.job.id).unwrap().state, JobState::Running { .. }));
@@ -195,8 +198,9 @@ fn cancelling_reaches_jobs_waiting_on_a_running_one() {
     assert_eq!(s.cancel_batch(submitted.batch, 2, &mut Effects::default()).unwrap(), (2, 1));
     assert!(submitted.jobs[1..].iter().all(|id| s.job(*id).unwrap().state == JobState::Cancelled));
     // the running one stops at its next heartbeat
-    let verdicts =
-        s.heartbeat(w, &local(), vec![(a.job.id, LeaseClaim::new(a.attempt, a.secret.expose()), None)], Vec::new(), 3, &mut Effects::default()).unwrap();
+    let verdicts = s
+        .heartbeat(w, &local(), vec![(a.job.id, LeaseClaim::new(a.attempt, a.secret.expose()), None)], DeviceReadings::default(), 3, &mut Effects::default())
+        .unwrap();
     assert_eq!(verdicts[0].2, HeartbeatVerdict::Cancel);
 }
 
@@ -377,7 +381,7 @@ fn an_admin_unblocks_a_worker_and_expired_leases_do_not_block() {
     assert!(matches!(s.unblock_worker(WorkerId(99), submitted.batch, &mut fx), Err(CoordError::NotFound { .. })));
     let g = s.lease(w1, &local(), 0, 1_100, &mut Effects::default()).unwrap().expect("w1 takes the batch's jobs again");
     let beat = vec![(g.job.id, LeaseClaim::new(g.attempt, g.secret.expose()), None)];
-    s.heartbeat(w1, &local(), beat, Vec::new(), 2_100, &mut Effects::default()).unwrap();
+    s.heartbeat(w1, &local(), beat, DeviceReadings::default(), 2_100, &mut Effects::default()).unwrap();
     idle_tick(&mut s, &[w2], 2_100);
     assert!(submitted.jobs.iter().all(|j| s.waiting_reason(*j).is_none()), "a worker may run them: nothing waits for that reason");
     // w1 dies three times: expired leases are not the job's fault, it stays eligible
@@ -414,8 +418,14 @@ fn deleting_a_batch_with_running_jobs_is_refused_unless_forced_and_then_spends_n
     assert_eq!(s.worker(w).unwrap().failed, 0);
     assert!(s.running_jobs_of(w).is_empty());
     // its worker's next heartbeat learns the lease is gone
-    let verdicts =
-        s.heartbeat(w, &local(), vec![(grant.job.id, LeaseClaim::new(grant.attempt, grant.secret.expose()), None)], Vec::new(), 40, &mut Effects::default());
+    let verdicts = s.heartbeat(
+        w,
+        &local(),
+        vec![(grant.job.id, LeaseClaim::new(grant.attempt, grant.secret.expose()), None)],
+        DeviceReadings::default(),
+        40,
+        &mut Effects::default(),
+    );
     assert!(verdicts.iter().flatten().all(|(_, _, v)| *v != HeartbeatVerdict::Continue), "{verdicts:?}");
     s.evict_batch(b.batch);
     // a finished batch (only in the store) is deleted there

@@ -96,7 +96,7 @@ impl WorkerRegistry {
             failed: 0,
             owner: owner.to_string(),
             secret: secret.hash(),
-            memory: Vec::new(),
+            readings: Default::default(),
             availability: Availability::Enabled,
             labels,
         };

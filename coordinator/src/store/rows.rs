@@ -123,7 +123,7 @@ pub(super) fn worker_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Worke
         failed: row.get::<_, i64>(7)?.max(0) as u64,
         owner: row.get(8)?,
         secret: SecretHash::from_hex(&secret),
-        memory: Vec::new(),
+        readings: Default::default(),
         availability: if row.get::<_, bool>(10)? { Availability::Disabled } else { Availability::Enabled },
         labels: parse_or(&labels, "labels", id, |_| Default::default()),
     })

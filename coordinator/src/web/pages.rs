@@ -456,6 +456,21 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
                 None => bytes(d.memory_bytes),
             })
             .collect();
+        // engine time over wall time, from the latest heartbeat
+        let busy: Vec<String> = w
+            .devices
+            .iter()
+            .map(|d| match w.busy.iter().find(|b| b.device == d.name) {
+                Some(b) => format!(
+                    r#"<span class="busy" data-device="{name}" data-fraction="{fraction:.4}" title="{name}: engine time over wall time, last {window} s">{percent:.1} %</span>"#,
+                    name = esc(&d.name),
+                    fraction = b.fraction,
+                    window = b.window_s,
+                    percent = b.fraction * 100.0
+                ),
+                None => "—".into(),
+            })
+            .collect();
         let current: Vec<String> = r
             .jobs
             .iter()
@@ -489,13 +504,14 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
             .collect();
         let _ = write!(
             out,
-            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small>{labels}</td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
+            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small>{labels}</td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td>{busy}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
             id = esc(&w.id),
             name = esc(&w.name),
             version = esc(&w.version),
             state = pill(state),
             devices = devices.join("<br>"),
             memory = memory.join("<br>"),
+            busy = busy.join("<br>"),
             current = if current.is_empty() { "idle".to_string() } else { current.join("") },
             succeeded = w.succeeded,
             failed = w.failed,
@@ -507,7 +523,7 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
 
 pub fn workers(rows: &[WorkerRow]) -> String {
     format!(
-        r#"<h1>Workers</h1><table class="workers"><thead><tr><th>Worker</th><th>State</th><th>Devices</th><th>Device memory</th><th>Current jobs</th><th>Succeeded</th><th>Failed</th><th>Last seen</th><th></th></tr></thead><tbody id="workers">{}</tbody></table>{}"#,
+        r#"<h1>Workers</h1><table class="workers"><thead><tr><th>Worker</th><th>State</th><th>Devices</th><th>Device memory</th><th>Busy</th><th>Current jobs</th><th>Succeeded</th><th>Failed</th><th>Last seen</th><th></th></tr></thead><tbody id="workers">{}</tbody></table>{}"#,
         worker_rows(rows),
         if rows.is_empty() { r#"<p class="empty">No worker has registered yet.</p>"# } else { "" }
     )

@@ -214,6 +214,7 @@ impl TestWorker {
                 lease_secret: lease.lease_secret.clone(),
             }],
             memory: Vec::new(),
+            busy: Vec::new(),
         };
         let response = self.api.heartbeat(request).await.expect("heartbeat").into_inner();
         pb::Verdict::try_from(response.jobs[0].verdict).unwrap()
@@ -221,7 +222,16 @@ impl TestWorker {
 
     /// A heartbeat with no jobs that reports device memory (as nvidia-smi would).
     pub async fn report_memory(&mut self, memory: Vec<pb::DeviceMemory>) -> Result<(), tonic::Status> {
-        self.api.heartbeat(pb::HeartbeatRequest { worker_id: self.id.clone(), jobs: Vec::new(), memory }).await.map(|_| ())
+        self.report(memory, Vec::new()).await
+    }
+
+    /// A heartbeat with no jobs that reports devices' busy fractions.
+    pub async fn report_busy(&mut self, busy: Vec<pb::DeviceBusy>) -> Result<(), tonic::Status> {
+        self.report(Vec::new(), busy).await
+    }
+
+    async fn report(&mut self, memory: Vec<pb::DeviceMemory>, busy: Vec<pb::DeviceBusy>) -> Result<(), tonic::Status> {
+        self.api.heartbeat(pb::HeartbeatRequest { worker_id: self.id.clone(), jobs: Vec::new(), memory, busy }).await.map(|_| ())
     }
 
     pub async fn complete(&mut self, lease: &pb::Lease) -> Result<(), tonic::Status> {

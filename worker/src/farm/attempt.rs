@@ -17,6 +17,7 @@ use stylefarm_engine::trace::TraceRow;
 use stylefarm_proto as pb;
 use tch::Device;
 
+use super::busy::BusyClock;
 use super::inputs::InputCache;
 use super::metrics::{DeviceMetrics, Stage, WorkerMetrics};
 
@@ -26,6 +27,25 @@ pub struct Shared {
     pub pending: Vec<pb::LossRow>,
     pub latest: Option<pb::LossRow>,
     pub iterations: Vec<u32>,
+    /// `elapsed_ms` of the current scale's first row (its pace is read from it).
+    pub scale_began_ms: f64,
+}
+
+impl Shared {
+    /// The engine time this render still needs, read from its pace in its
+    /// last scale; `None` before then (a finer scale costs more than the
+    /// pace so far says) or before a second row.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        let latest = self.latest?;
+        let last = self.iterations.len().checked_sub(1)?;
+        if latest.scale as usize != last || latest.iteration == 0 {
+            return None;
+        }
+        let per_iteration = (latest.elapsed_ms - self.scale_began_ms) / f64::from(latest.iteration);
+        let left = f64::from(self.iterations[last].saturating_sub(latest.iteration));
+        let ms = per_iteration * left;
+        (ms.is_finite() && ms >= 0.0).then(|| std::time::Duration::from_secs_f64(ms / 1e3))
+    }
 }
 
 pub struct RunningJob {
@@ -40,6 +60,8 @@ pub struct RunningJob {
     started: Instant,
     /// The steps so far (sent with the completion or failure).
     spans: Mutex<Vec<pb::SpanTiming>>,
+    /// Milliseconds per stage so far (the job's metadata).
+    stages: Mutex<[f64; Stage::ALL.len()]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +80,22 @@ impl RunningJob {
             stop_reason: Mutex::new(None),
             started: Instant::now(),
             spans: Mutex::new(Vec::new()),
+            stages: Mutex::new([0.0; Stage::ALL.len()]),
         }
+    }
+
+    /// Time spent in `stage` (added to what it had).
+    pub fn add_stage(&self, stage: Stage, elapsed: std::time::Duration) {
+        if let Some(i) = Stage::ALL.iter().position(|s| *s == stage) {
+            self.stages.lock().expect("stages lock")[i] += elapsed.as_secs_f64() * 1e3;
+        }
+    }
+
+    /// Milliseconds spent in each stage so far, by stage label, the stages
+    /// not reached left out.
+    pub fn stage_ms(&self) -> serde_json::Map<String, serde_json::Value> {
+        let stages = self.stages.lock().expect("stages lock");
+        Stage::ALL.iter().zip(stages.iter()).filter(|(_, ms)| **ms > 0.0).map(|(s, ms)| (s.label().to_string(), serde_json::json!(ms))).collect()
     }
 
     /// Records a step that began at `began` and ends now (at most 64 are kept,
@@ -139,12 +176,21 @@ pub struct JobContext {
     /// Prometheus metrics (`--metrics-listen`), and this device's.
     pub metrics: Option<Arc<WorkerMetrics>>,
     pub device_metrics: Option<Arc<DeviceMetrics>>,
+    /// The device's engine time over wall time (shared by its runners).
+    pub busy: Arc<BusyClock>,
 }
 
 impl JobContext {
-    pub fn stage(&self, stage: Stage, started: Instant) {
+    /// A stage of `job` that began at `began` ends now: timed on `/metrics`,
+    /// in the job's metadata, and (when `detail` is given) on its timeline.
+    pub fn stage(&self, job: &RunningJob, stage: Stage, began: Instant, detail: Option<String>) {
+        let elapsed = began.elapsed();
         if let Some(metrics) = &self.metrics {
-            metrics.stage(stage, started.elapsed());
+            metrics.stage(stage, elapsed);
+        }
+        job.add_stage(stage, elapsed);
+        if let Some(detail) = detail {
+            job.time(stage.label(), began, 0, detail);
         }
     }
 }
@@ -217,4 +263,40 @@ pub async fn upload_files(ctx: &JobContext, lease: &pb::Lease, dir: &Path, files
         device: rendered.device,
         spans: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scale: u32, iteration: u32, elapsed_ms: f64) -> pb::LossRow {
+        pb::LossRow { scale, iteration, elapsed_ms, ..Default::default() }
+    }
+
+    #[test]
+    fn the_time_left_is_read_from_the_last_scales_pace() {
+        let mut shared = Shared { iterations: vec![10, 100], ..Shared::default() };
+        assert_eq!(shared.remaining(), None, "no row yet");
+        shared.latest = Some(row(0, 5, 500.0));
+        assert_eq!(shared.remaining(), None, "a finer scale is still to come");
+        shared.scale_began_ms = 1_000.0;
+        shared.latest = Some(row(1, 0, 1_000.0));
+        assert_eq!(shared.remaining(), None, "no pace from one row");
+        // 40 iterations in 2 s: 50 ms each, 60 to go
+        shared.latest = Some(row(1, 40, 3_000.0));
+        assert_eq!(shared.remaining(), Some(std::time::Duration::from_secs(3)));
+        shared.latest = Some(row(1, 100, 6_000.0));
+        assert_eq!(shared.remaining(), Some(std::time::Duration::ZERO));
+    }
+
+    #[test]
+    fn stages_add_up_and_only_those_reached_are_listed() {
+        let job = RunningJob::new(pb::Lease::default());
+        job.add_stage(Stage::Upload, std::time::Duration::from_millis(30));
+        job.add_stage(Stage::Upload, std::time::Duration::from_millis(20));
+        job.add_stage(Stage::Engine, std::time::Duration::from_millis(900));
+        let stages = job.stage_ms();
+        assert_eq!(stages.keys().collect::<Vec<_>>(), ["engine", "upload"]);
+        assert_eq!(stages["upload"].as_f64(), Some(50.0));
+    }
 }

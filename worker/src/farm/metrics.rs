@@ -12,6 +12,7 @@ use metrics::{Counter, Gauge, Histogram};
 use stylefarm_core::telemetry::{Registry, Scrape};
 use stylefarm_engine::trace::TraceRow;
 
+use super::busy::BusyClock;
 use super::gpu_memory::GpuMemory;
 
 /// How a job ended on this worker (the `outcome` label).
@@ -38,22 +39,40 @@ impl JobEnd {
     }
 }
 
-/// A step of a job (the `stage` label).
+/// A step of a job on the worker (the `stage` label), in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Inputs from the store (or the local cache).
     FetchInputs,
-    Render,
+    /// Inputs decoded into images (off the device's thread).
+    Decode,
+    /// Ready, waiting for the device to finish the job before it.
+    WaitDevice,
+    /// VGG-16 weights onto the device (the first job of a model only).
+    LoadWeights,
+    /// The optimiser on the device: the busy part.
+    Engine,
+    /// PNG, snapshots, animation, trace and metadata written.
+    Encode,
     Upload,
+    /// The result (or failure) told to the coordinator.
+    Report,
 }
 
 impl Stage {
-    const ALL: [Stage; 3] = [Stage::FetchInputs, Stage::Render, Stage::Upload];
+    pub const ALL: [Stage; 8] =
+        [Stage::FetchInputs, Stage::Decode, Stage::WaitDevice, Stage::LoadWeights, Stage::Engine, Stage::Encode, Stage::Upload, Stage::Report];
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Stage::FetchInputs => "fetch_inputs",
-            Stage::Render => "render",
+            Stage::Decode => "decode",
+            Stage::WaitDevice => "wait_device",
+            Stage::LoadWeights => "load_weights",
+            Stage::Engine => "engine",
+            Stage::Encode => "encode",
             Stage::Upload => "upload",
+            Stage::Report => "report",
         }
     }
 }
@@ -62,6 +81,9 @@ impl Stage {
 pub struct DeviceMetrics {
     running: AtomicI64,
     busy: Gauge,
+    /// Engine time over wall time in the last minute, set from the clock at each scrape.
+    busy_fraction: Gauge,
+    clock: Arc<BusyClock>,
     jobs: Gauge,
     rate: Gauge,
     evaluation: Histogram,
@@ -98,7 +120,7 @@ pub struct WorkerMetrics {
     registry: Registry,
     devices: HashMap<String, Arc<DeviceMetrics>>,
     jobs: [Counter; 5],
-    stages: [Histogram; 3],
+    stages: [Histogram; 8],
     pub downloaded_bytes: Counter,
     pub uploaded_bytes: Counter,
     /// GPU memory gauges by device name, made on nvidia-smi's first answer.
@@ -106,15 +128,18 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn new(registry: Registry, devices: &[String]) -> Arc<WorkerMetrics> {
+    /// The series of `devices`, each with its busy clock.
+    pub fn new(registry: Registry, devices: &[(String, Arc<BusyClock>)]) -> Arc<WorkerMetrics> {
         let r = &registry;
         let devices = devices
             .iter()
-            .map(|name| {
+            .map(|(name, clock)| {
                 let d = &[("device", name.as_str())];
                 let metrics = DeviceMetrics {
                     running: AtomicI64::new(0),
                     busy: r.gauge("stylefarm_device_busy", "1 while the device runs a job, else 0.", d),
+                    busy_fraction: r.gauge("stylefarm_device_busy_fraction", "Time the device spent in engine work over wall time, the last 60 s (0..1).", d),
+                    clock: Arc::clone(clock),
                     jobs: r.gauge("stylefarm_device_jobs_running", "Jobs the device runs now (more than 1 with --jobs-per-device).", d),
                     rate: r.gauge("stylefarm_device_iterations_per_second", "The running job's optimiser iterations per second (0 when idle).", d),
                     evaluation: r.histogram("stylefarm_engine_evaluation_seconds", "Engine time per loss-and-gradient evaluation.", d),
@@ -170,6 +195,10 @@ impl WorkerMetrics {
 
 impl Scrape for WorkerMetrics {
     fn scrape(&self) -> String {
+        let now = std::time::Instant::now();
+        for device in self.devices.values() {
+            device.busy_fraction.set(device.clock.fraction(now));
+        }
         self.registry.render()
     }
 }
@@ -186,7 +215,7 @@ mod tests {
 
     #[test]
     fn rows_give_the_iteration_rate_and_seconds_per_evaluation() {
-        let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
+        let metrics = WorkerMetrics::new(Registry::new(), &[("cpu".into(), BusyClock::new(std::time::Instant::now()))]);
         let device = metrics.device("cpu").unwrap();
         device.job_delta(1);
         device.row(None, &row(0, 1, 100.0, 2));
@@ -206,10 +235,10 @@ mod tests {
 
     #[test]
     fn gpu_memory_is_absent_on_cpu_and_set_from_nvidia_smi() {
-        let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
+        let metrics = WorkerMetrics::new(Registry::new(), &[("cpu".into(), BusyClock::new(std::time::Instant::now()))]);
         assert!(!metrics.scrape().contains("stylefarm_device_memory"), "absent, not 0");
         let rows = parse_gpu_memory("0, GPU-a, H100, 1024, 81559\n1, GPU-b, H100, 0, 81559\nNo devices were found\n");
-        let gpu = WorkerMetrics::new(Registry::new(), &["cuda:1".into()]);
+        let gpu = WorkerMetrics::new(Registry::new(), &[("cuda:1".into(), BusyClock::new(std::time::Instant::now()))]);
         // what the poller hands over: every device name, the worker's own kept
         let named: Vec<(String, GpuMemory)> = rows.iter().map(|r| (format!("cuda:{}", r.index), r.clone())).collect();
         gpu.set_gpu_memory(&named);
@@ -220,7 +249,7 @@ mod tests {
 
     #[test]
     fn outcomes_and_stages_count() {
-        let metrics = WorkerMetrics::new(Registry::new(), &["cpu".into()]);
+        let metrics = WorkerMetrics::new(Registry::new(), &[("cpu".into(), BusyClock::new(std::time::Instant::now()))]);
         metrics.job_ended(JobEnd::Succeeded);
         metrics.job_ended(JobEnd::HandedBack);
         metrics.stage(Stage::Upload, Duration::from_millis(250));
@@ -229,5 +258,21 @@ mod tests {
         assert_eq!(sample(&text, r#"stylefarm_worker_jobs_total{outcome="handed_back"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"stylefarm_worker_jobs_total{outcome="failed"}"#), Some(0.0));
         assert_eq!(sample(&text, r#"stylefarm_worker_stage_seconds_sum{stage="upload"}"#), Some(0.25));
+        for stage in Stage::ALL {
+            assert!(text.contains(&format!(r#"stylefarm_worker_stage_seconds_count{{stage="{}"}}"#, stage.label())), "{stage:?} is exported");
+        }
+    }
+
+    #[test]
+    fn the_busy_fraction_is_read_from_the_devices_clock() {
+        let began = std::time::Instant::now() - Duration::from_secs(10);
+        let clock = BusyClock::new(began);
+        let metrics = WorkerMetrics::new(Registry::new(), &[("cpu".into(), Arc::clone(&clock))]);
+        assert_eq!(sample(&metrics.scrape(), r#"stylefarm_device_busy_fraction{device="cpu"}"#), Some(0.0));
+        let busy = clock.enter();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(busy);
+        let fraction = sample(&metrics.scrape(), r#"stylefarm_device_busy_fraction{device="cpu"}"#).unwrap();
+        assert!(fraction > 0.004 && fraction < 0.1, "about 50 ms of 10 s: {fraction}");
     }
 }

@@ -4,6 +4,7 @@
 //! prefix and reports. SIGTERM drains; a lost coordinator does not stop a job.
 
 mod attempt;
+mod busy;
 pub mod control;
 mod devices;
 mod gpu_memory;
@@ -11,6 +12,7 @@ mod inputs;
 pub mod metrics;
 mod pack;
 mod render;
+mod runner;
 mod task;
 mod video_task;
 
@@ -29,11 +31,12 @@ use stylefarm_core::traces;
 use stylefarm_proto as pb;
 use stylefarm_proto::connect::{read_token, ConnectOptions};
 use tonic::Code;
-use tracing::Instrument;
 
-use attempt::{JobContext, Outcome, RunningJob, StopCause};
+use attempt::{JobContext, RunningJob, StopCause};
+use busy::BusyClock;
 use devices::DeviceInfo;
 use inputs::InputCache;
+pub use runner::Pipeline;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FarmArgs {
@@ -90,6 +93,10 @@ pub struct FarmArgs {
     /// `vram=80`; repeatable. STYLEFARM_LABELS takes a comma-separated list.
     #[arg(long = "label", env = "STYLEFARM_LABELS", value_delimiter = ',', value_parser = stylefarm_core::labels::parse_label)]
     pub labels: Vec<(String, String)>,
+    /// `on`: lease, fetch and decode the next job while one renders, and write
+    /// and upload outputs while the next renders; `off`: one step at a time.
+    #[arg(long, env = "STYLEFARM_PIPELINE", value_enum, default_value_t = Pipeline::On)]
+    pub pipeline: Pipeline,
 }
 
 /// The worker's identity on the coordinator, kept across restarts.
@@ -149,6 +156,8 @@ struct Farm {
     draining: AtomicBool,
     /// GPU memory from nvidia-smi, sent with every heartbeat.
     gpu: Arc<gpu_memory::GpuWatch>,
+    /// Each device's engine time over wall time, sent with every heartbeat.
+    busy: Vec<(String, Arc<BusyClock>)>,
 }
 
 impl Farm {
@@ -158,6 +167,13 @@ impl Farm {
 
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Each device's busy fraction now, for the heartbeat.
+    fn busy_readings(&self) -> Vec<pb::DeviceBusy> {
+        let now = std::time::Instant::now();
+        let window_s = busy::WINDOW.as_secs() as u32;
+        self.busy.iter().map(|(device, clock)| pb::DeviceBusy { device: device.clone(), fraction: clock.fraction(now), window_s }).collect()
     }
 
     fn api(&self) -> stylefarm_proto::connect::Worker {
@@ -273,6 +289,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         running: Mutex::new(HashMap::new()),
         draining: AtomicBool::new(false),
         gpu: Arc::new(gpu_memory::GpuWatch::new(&devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(), gpu_memory::CudaOrder::from_env())),
+        busy: devices.iter().map(|d| (d.name.clone(), BusyClock::new(std::time::Instant::now()))).collect(),
     });
     let control = Arc::new(control::Control {
         drain: tokio::sync::Notify::new(),
@@ -288,7 +305,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
         Some(addr) => Some(control::serve(control::bind(addr).await?, Arc::clone(&control), &mut tasks).await?),
         None => None,
     };
-    let metrics = args.metrics_listen.map(|_| metrics::WorkerMetrics::new(Registry::new(), &devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>()));
+    let metrics = args.metrics_listen.map(|_| metrics::WorkerMetrics::new(Registry::new(), &farm.busy));
     if let (Some(addr), Some(m)) = (args.metrics_listen, &metrics) {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?;
         let router = stylefarm_core::telemetry::router(Arc::clone(m) as Arc<dyn stylefarm_core::telemetry::Scrape>);
@@ -314,6 +331,8 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
             let pack = (per_device > 1).then(|| Arc::new(pack::DevicePack::new(device.device)));
             let (farm, inputs, work_dir, metrics) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone(), metrics.clone());
             let device_metrics = metrics.as_ref().and_then(|m| m.device(&device.name));
+            let busy = farm.busy.iter().find(|(name, _)| *name == device.name).map(|(_, clock)| Arc::clone(clock)).expect("a clock per device");
+            let pipeline = args.pipeline;
             (0..per_device).map(move |slot| {
                 // one lock at a time: a guard lives to the end of its statement
                 let store_url = farm.session().store_url.clone();
@@ -326,9 +345,10 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
                     pack: pack.clone(),
                     metrics: metrics.clone(),
                     device_metrics: device_metrics.clone(),
+                    busy: Arc::clone(&busy),
                 };
-                tracing::info!(device = %device.name, slot, jobs_per_device = per_device, memory_bytes = device.memory_bytes, "runner started");
-                tokio::spawn(runner(Arc::clone(&farm), device.clone(), per_device, ctx))
+                tracing::info!(device = %device.name, slot, jobs_per_device = per_device, memory_bytes = device.memory_bytes, pipeline = ?pipeline, "runner started");
+                tokio::spawn(runner::run(Arc::clone(&farm), device.clone(), per_device, ctx, pipeline))
             })
         })
         .collect();
@@ -372,156 +392,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// One device: lease when idle, run, report.
-/// With K runners on a device, each asks for jobs that fit 1/K of its memory,
-/// so the K jobs fit together.
-async fn runner(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobContext) {
-    let memory_bytes = device.memory_bytes / u64::from(per_device);
-    let mut slot = None;
-    let mut backoff = Backoff::default();
-    loop {
-        if farm.draining.load(Ordering::Relaxed) {
-            return;
-        }
-        let request = pb::LeaseJobRequest { worker_id: farm.worker_id(), device: device.name.clone(), device_memory_bytes: memory_bytes, wait_ms: 2_000 };
-        let lease = match farm.api().lease_job(request).await {
-            Ok(r) => {
-                backoff.reset();
-                r.into_inner().lease
-            }
-            Err(status) => {
-                if status.code() == Code::NotFound {
-                    let _ = farm.register().await;
-                } else {
-                    tracing::warn!(device = %device.name, error = %status.message(), "lease failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                continue;
-            }
-        };
-        let Some(lease) = lease else { continue };
-        let job = Arc::new(RunningJob::new(lease));
-        let key = (job.lease.job_id.clone(), job.lease.attempt);
-        let span = tracing::info_span!("job", job_id = %job.lease.job_id, batch_id = %job.lease.batch_id, attempt = job.lease.attempt, device = %device.name, traceparent = %job.lease.traceparent);
-        // the job's trace: this attempt's span on the coordinator is the parent
-        traces::set_parent(&span, traces::context_from_traceparent(&job.lease.traceparent));
-        if farm.draining.load(Ordering::Relaxed) {
-            report(&farm, &job, Outcome::Stopped(StopCause::Shutdown)).instrument(span).await;
-            return;
-        }
-        farm.running.lock().expect("running lock").insert(key.clone(), Arc::clone(&job));
-        if let Some(m) = &ctx.device_metrics {
-            m.job_delta(1);
-        }
-        async {
-            tracing::info!(name = %job.lease.name, "job started");
-            let outcome = task::execute(&ctx, &job, &mut slot).await;
-            if let Some(m) = &ctx.device_metrics {
-                m.job_delta(-1);
-            }
-            if let Some(m) = &ctx.metrics {
-                m.job_ended(match &outcome {
-                    Outcome::Done(_) => metrics::JobEnd::Succeeded,
-                    Outcome::Failed { .. } => metrics::JobEnd::Failed,
-                    Outcome::Stopped(StopCause::Cancelled) => metrics::JobEnd::Cancelled,
-                    Outcome::Stopped(StopCause::LeaseLost) => metrics::JobEnd::LeaseLost,
-                    Outcome::Stopped(StopCause::Shutdown) => metrics::JobEnd::HandedBack,
-                });
-            }
-            report(&farm, &job, outcome).await;
-        }
-        .instrument(span)
-        .await;
-        farm.running.lock().expect("running lock").remove(&key);
-    }
-}
-
-/// Tells the coordinator how the job ended, retrying while it is unreachable.
-async fn report(farm: &Farm, job: &RunningJob, outcome: Outcome) {
-    let lease = &job.lease;
-    let spans = job.take_spans();
-    let mut backoff = Backoff::default();
-    for _ in 0..600 {
-        let worker_id = farm.worker_id();
-        let result = match &outcome {
-            Outcome::Done(result) => {
-                let request = pb::CompleteJobRequest {
-                    worker_id,
-                    job_id: lease.job_id.clone(),
-                    attempt: lease.attempt,
-                    result: Some(result.clone()),
-                    lease_secret: lease.lease_secret.clone(),
-                };
-                let mut request = tonic::Request::new(request);
-                if traces::enabled() {
-                    traces::inject(&tracing::Span::current(), request.metadata_mut());
-                } else if let Ok(value) = lease.traceparent.parse() {
-                    request.metadata_mut().insert("traceparent", value);
-                }
-                farm.api().complete_job(request).await.map(|_| ())
-            }
-            Outcome::Stopped(StopCause::LeaseLost) => {
-                tracing::warn!("lease lost: this attempt's outputs are discarded by the coordinator");
-                return;
-            }
-            Outcome::Failed { reason, retryable } => {
-                let request = pb::FailJobRequest {
-                    worker_id,
-                    job_id: lease.job_id.clone(),
-                    attempt: lease.attempt,
-                    reason: reason.clone(),
-                    stop: if *retryable { pb::AttemptStop::FailedRetryable } else { pb::AttemptStop::Failed } as i32,
-                    lease_secret: lease.lease_secret.clone(),
-                    spans: spans.clone(),
-                };
-                let mut request = tonic::Request::new(request);
-                traces::inject(&tracing::Span::current(), request.metadata_mut());
-                farm.api().fail_job(request).await.map(|_| ())
-            }
-            Outcome::Stopped(cause) => {
-                // a drain hands the job back: it does not use up an attempt
-                let (reason, stop) = match cause {
-                    StopCause::Cancelled => ("cancelled".to_string(), pb::AttemptStop::Cancelled),
-                    _ => ("the worker shut down before finishing; handed back".to_string(), pb::AttemptStop::HandedBack),
-                };
-                let request = pb::FailJobRequest {
-                    worker_id,
-                    job_id: lease.job_id.clone(),
-                    attempt: lease.attempt,
-                    reason,
-                    stop: stop as i32,
-                    lease_secret: lease.lease_secret.clone(),
-                    spans: spans.clone(),
-                };
-                farm.api().fail_job(request).await.map(|_| ())
-            }
-        };
-        match result {
-            Ok(()) => {
-                match &outcome {
-                    Outcome::Done(r) => tracing::info!(final_loss = r.final_loss, engine_ms = r.engine_ms, files = r.outputs.len(), "job done"),
-                    Outcome::Failed { reason, retryable } => tracing::warn!(reason = %reason, retryable, "job failed"),
-                    Outcome::Stopped(cause) => tracing::info!(cause = ?cause, "job stopped"),
-                }
-                return;
-            }
-            Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
-                tracing::warn!(error = %status.message(), "report refused");
-                return;
-            }
-            Err(status) if status.code() == Code::NotFound => {
-                let _ = farm.register().await;
-            }
-            Err(status) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %status.message(), retry_in_ms = delay.as_millis() as u64, "coordinator unreachable; will report when it is back");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-    tracing::error!("gave up reporting the job; its lease will expire and it will run again");
-}
-
 /// Progress out, verdicts in, every heartbeat interval.
 /// Heartbeats every interval while jobs run; ends once drained with none
 /// left, or at the stop.
@@ -545,7 +415,11 @@ async fn heartbeat_loop(farm: Arc<Farm>, stopping: Stopping) {
                 lease_secret: j.lease.lease_secret.clone(),
             })
             .collect();
-        match farm.api().heartbeat(pb::HeartbeatRequest { worker_id: farm.worker_id(), jobs: beats, memory: farm.gpu.heartbeat() }).await {
+        match farm
+            .api()
+            .heartbeat(pb::HeartbeatRequest { worker_id: farm.worker_id(), jobs: beats, memory: farm.gpu.heartbeat(), busy: farm.busy_readings() })
+            .await
+        {
             Ok(response) => {
                 for verdict in response.into_inner().jobs {
                     let Some(job) = jobs.iter().find(|j| j.lease.job_id == verdict.job_id && j.lease.attempt == verdict.attempt) else { continue };

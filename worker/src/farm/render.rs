@@ -10,7 +10,8 @@ use bytes::Bytes;
 use stylefarm_core::traces;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
-use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress, Start};
+use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress, RenderOutput, Start};
+use stylefarm_engine::temporal::TemporalPrior;
 use stylefarm_engine::trace::TraceRow;
 use stylefarm_engine::weights::VggWeights;
 use stylefarm_engine::EngineError;
@@ -19,9 +20,11 @@ use tch::{Device, Kind};
 use tracing::Instrument;
 
 use super::attempt::{failed, listing, loss_row, upload_files, JobContext, Outcome, Rendered, RunningJob, StopCause};
+use super::busy::BusyClock;
 use super::inputs::InputError;
 use super::metrics::{DeviceMetrics, Stage};
 use super::video_task::PriorBytes;
+use image::RgbImage;
 
 /// Which input of a render an image is (named so in errors: `content`, `style[1]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,9 @@ impl Progress for FarmProgress {
             None => self.scale_timing = Some((self.began, row.clone())),
         }
         let mut shared = self.job.shared.lock().expect("progress lock");
+        if shared.latest.is_none_or(|l| l.scale != row.scale) {
+            shared.scale_began_ms = row.elapsed_ms;
+        }
         let row = loss_row(row);
         shared.latest = Some(row);
         shared.pending.push(row);
@@ -137,10 +143,27 @@ fn weights_key(params: &RenderParams) -> String {
     format!("{:?}|{:?}|{}", params.weights, params.normalization, params.depth())
 }
 
-/// Renders the lease's content in its styles; `slot` carries loaded weights
-/// from one job to the next. A video frame or seam brings its own content (its
-/// decoded frame, by URL) and start.
-pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>, params: RenderParams, frame: Option<FrameInputs>) -> Outcome {
+/// A render's inputs, fetched and decoded: what the device needs and nothing
+/// it has to wait for.
+pub struct Prepared {
+    params: RenderParams,
+    content: RgbImage,
+    styles: Vec<RgbImage>,
+    prior: Option<TemporalPrior>,
+    /// When it became ready (the wait for the device is timed from here).
+    ready_at: Instant,
+}
+
+/// A render the engine has finished, its outputs not yet written.
+pub struct Engined {
+    out: RenderOutput,
+    /// The device's busy fraction when the engine finished (the metadata's).
+    busy_fraction: f64,
+}
+
+/// Fetches and decodes the lease's inputs (a video frame or seam brings its
+/// own content, by URL, and start), off the device's thread.
+pub async fn prepare(ctx: &JobContext, job: &Arc<RunningJob>, params: RenderParams, frame: Option<FrameInputs>) -> Result<Prepared, Outcome> {
     let lease = &job.lease;
     job.shared.lock().expect("progress lock").iterations = (0..params.scales as usize).map(|i| params.iterations_at(i)).collect();
     let mut sources = vec![(InputRole::Content, lease.content_url.clone(), lease.content_sha256.clone())];
@@ -154,10 +177,10 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
     }
     let fetching = Instant::now();
     let fetched = async {
-        let mut images: Vec<(InputRole, Bytes)> = Vec::with_capacity(sources.len());
+        let mut images: Vec<(InputRole, String, Bytes)> = Vec::with_capacity(sources.len());
         for (role, url, sha) in sources {
             match ctx.inputs.fetch(&role.to_string(), &url, &sha).await {
-                Ok(data) => images.push((role, data)),
+                Ok(data) => images.push((role, url, data)),
                 Err(InputError::Permanent(reason)) => return Err(failed(reason, false)),
                 Err(InputError::Transient(reason)) => return Err(failed(reason, true)),
             }
@@ -165,55 +188,103 @@ pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<
         Ok(images)
     }
     .instrument(tracing::info_span!("fetch_inputs", inputs = 1 + lease.style_urls.len()))
-    .await;
-    let images = match fetched {
-        Ok(images) => images,
-        Err(outcome) => return outcome,
+    .await?;
+    let bytes: usize = fetched.iter().map(|(_, _, b)| b.len()).sum();
+    ctx.stage(job, Stage::FetchInputs, fetching, Some(format!("{} images, {bytes} bytes", fetched.len())));
+    let decoding = Instant::now();
+    let size = params.size;
+    let span = tracing::info_span!("decode");
+    let decoded = tokio::task::spawn_blocking(move || span.in_scope(|| decode(fetched, prior, size))).await;
+    let (mut images, prior) = match decoded {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(e)) => return Err(failed(e.to_string(), e.is_retryable())),
+        Err(e) => return Err(failed(format!("the decoding thread panicked: {e}"), true)),
     };
-    ctx.stage(Stage::FetchInputs, fetching);
-    job.time("fetch_inputs", fetching, 0, format!("{} images, {} bytes", images.len(), images.iter().map(|(_, b)| b.len()).sum::<usize>()));
+    ctx.stage(job, Stage::Decode, decoding, Some(format!("{} images", images.len())));
+    let content = images.remove(0);
+    Ok(Prepared { params, content, styles: images, prior, ready_at: Instant::now() })
+}
+
+/// The inputs as images, content first, and the start decoded at `size`.
+fn decode(images: Vec<(InputRole, String, Bytes)>, prior: Option<PriorBytes>, size: u32) -> Result<(Vec<RgbImage>, Option<TemporalPrior>), EngineError> {
+    let images = images
+        .into_iter()
+        .map(|(role, url, bytes)| decode_rgb(&bytes).map_err(|reason| EngineError::Image { role: role.to_string(), path: PathBuf::from(url), reason }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prior = prior.map(|p| p.decode(size)).transpose()?;
+    Ok((images, prior))
+}
+
+/// Runs the engine on the device's blocking thread with its loaded weights
+/// (`slot` carries them from one job to the next): the device's busy part.
+pub async fn render(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>, prepared: Prepared) -> Result<Engined, Outcome> {
+    ctx.stage(job, Stage::WaitDevice, prepared.ready_at, Some(String::new()));
+    if job.stop.load(Ordering::Relaxed) {
+        return Err(Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled)));
+    }
+    let taken = slot.take();
+    let (device, pack, busy) = (ctx.device, ctx.pack.clone(), Arc::clone(&ctx.busy));
+    let progress = FarmProgress::new(Arc::clone(job), ctx.device_metrics.clone());
+    let rendering = Instant::now();
+    let span = tracing::Span::current();
+    let (job_for_engine, ctx_metrics) = (Arc::clone(job), ctx.metrics.clone());
+    let rendered = tokio::task::spawn_blocking(move || {
+        let _job = span.enter();
+        let stage = |stage: Stage, began: Instant| {
+            if let Some(m) = &ctx_metrics {
+                m.stage(stage, began.elapsed());
+            }
+            job_for_engine.add_stage(stage, began.elapsed());
+        };
+        run_engine(prepared, taken, device, pack, progress, &busy, stage)
+    })
+    .await;
+    job.time("render", rendering, 0, String::new());
+    let (result, returned) = match rendered {
+        Ok(pair) => pair,
+        Err(e) => return Err(failed(format!("the engine thread panicked: {e}"), true)),
+    };
+    *slot = returned;
+    match result {
+        // a diverged render is this job's failure, not a result to store
+        Ok(done) if !done.out.metadata.final_loss.is_finite() || !done.out.metadata.timings.total_ms.is_finite() => {
+            Err(failed(format!("the render diverged: final loss {} (try a smaller style weight or learning rate)", done.out.metadata.final_loss), false))
+        }
+        Ok(done) => Ok(done),
+        Err(EngineError::Cancelled) => Err(Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled))),
+        Err(e) => Err(failed(e.to_string(), e.is_retryable())),
+    }
+}
+
+/// Writes the outputs (image, trace, snapshots, animation, metadata) on a
+/// blocking thread of their own and uploads them: the part that runs while
+/// the device renders the next job.
+pub async fn finish(ctx: &JobContext, job: &Arc<RunningJob>, done: Engined) -> Outcome {
+    let lease = &job.lease;
     let dir = ctx.work_dir.join(format!("{}-attempt-{}", lease.job_id, lease.attempt));
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(dir.join("snapshots")) {
         return failed(format!("creating {}: {e}", dir.display()), true);
     }
-    // the engine runs on a blocking thread; the loaded weights go with it and come back
-    let taken = slot.take();
-    let (device, dir_for_engine, pack) = (ctx.device, dir.clone(), ctx.pack.clone());
-    let progress = FarmProgress::new(Arc::clone(job), ctx.device_metrics.clone());
+    let encoding = Instant::now();
     let farm = farm_metadata(lease, &ctx.store_url);
-    let rendering = Instant::now();
-    let span = tracing::Span::current();
-    let rendered = tokio::task::spawn_blocking(move || {
-        let _job = span.enter();
-        render_job(images, prior, params, taken, device, pack, progress, farm, &dir_for_engine)
-    })
-    .await;
-    ctx.stage(Stage::Render, rendering);
-    job.time("render", rendering, 0, String::new());
-    let (result, returned) = match rendered {
-        Ok(pair) => pair,
-        Err(e) => return failed(format!("the engine thread panicked: {e}"), true),
-    };
-    *slot = returned;
-    let outcome = match result {
-        // a diverged render is this job's failure, not a result to store
-        Ok(render) if !render.final_loss.is_finite() || !render.engine_ms.is_finite() => {
-            failed(format!("the render diverged: final loss {} (try a smaller style weight or learning rate)", render.final_loss), false)
-        }
-        Ok(render) => {
+    let (dir_for_encoder, job_for_encoder, span) = (dir.clone(), Arc::clone(job), tracing::info_span!("encode", snapshots = done.out.frames.len()));
+    let snapshots = done.out.frames.len();
+    let encoded = tokio::task::spawn_blocking(move || span.in_scope(|| encode(&done, farm, &job_for_encoder, encoding, &dir_for_encoder))).await;
+    let outcome = match encoded {
+        Ok(Ok(rendered)) => {
+            ctx.stage(job, Stage::Encode, encoding, Some(format!("{snapshots} snapshots")));
             let uploading = Instant::now();
-            let mut outcome = upload(ctx, lease, &dir, render).instrument(tracing::info_span!("upload")).await;
-            ctx.stage(Stage::Upload, uploading);
+            let mut outcome = upload(ctx, lease, &dir, rendered).instrument(tracing::info_span!("upload")).await;
             if let Outcome::Done(result) = &mut outcome {
                 let bytes: u64 = result.outputs.iter().map(|o| o.size_bytes).sum();
-                job.time("upload", uploading, 0, format!("{} files, {bytes} bytes", result.outputs.len()));
+                ctx.stage(job, Stage::Upload, uploading, Some(format!("{} files, {bytes} bytes", result.outputs.len())));
                 result.spans = job.take_spans();
             }
             outcome
         }
-        Err(EngineError::Cancelled) => Outcome::Stopped(job.stop_cause().unwrap_or(StopCause::Cancelled)),
-        Err(e) => failed(e.to_string(), e.is_retryable()),
+        Ok(Err(e)) => failed(e.to_string(), e.is_retryable()),
+        Err(e) => failed(format!("the encoding thread panicked: {e}"), true),
     };
     let _ = std::fs::remove_dir_all(&dir);
     outcome
@@ -244,33 +315,19 @@ fn input_name(url: &str, sha256: &str, store_url: &str) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render_job(
-    images: Vec<(InputRole, Bytes)>,
-    prior: Option<PriorBytes>,
-    params: RenderParams,
+/// The device's part: weights (kept loaded between jobs of one model), then
+/// the optimiser, timed on the device's busy clock. `stage` times a stage.
+fn run_engine(
+    prepared: Prepared,
     slot: Option<WeightsSlot>,
     device: Device,
     pack: Option<Arc<super::pack::DevicePack>>,
     mut progress: FarmProgress,
-    farm: serde_json::Value,
-    dir: &Path,
-) -> (Result<Rendered, EngineError>, Option<WeightsSlot>) {
+    busy: &Arc<BusyClock>,
+    stage: impl Fn(Stage, Instant),
+) -> (Result<Engined, EngineError>, Option<WeightsSlot>) {
     let job = Arc::clone(&progress.job);
-    let mut decoded = Vec::with_capacity(images.len());
-    for (role, bytes) in &images {
-        match decode_rgb(bytes) {
-            Ok(image) => decoded.push(image),
-            Err(reason) => {
-                let url = match role {
-                    InputRole::Content => job.lease.content_url.clone(),
-                    InputRole::Style(i) => job.lease.style_urls.get(*i).cloned().unwrap_or_default(),
-                };
-                let error = EngineError::Image { role: role.to_string(), path: PathBuf::from(url), reason };
-                return (Err(error), slot);
-            }
-        }
-    }
+    let Prepared { params, content, styles, prior, .. } = prepared;
     let key = weights_key(&params);
     let slot = match slot {
         Some(s) if s.key == key => s,
@@ -278,29 +335,35 @@ fn render_job(
             let loading = Instant::now();
             let loaded = tracing::info_span!("load_weights").in_scope(|| load_weights(&params));
             job.time("load_weights", loading, 1, String::new());
+            stage(Stage::LoadWeights, loading);
             match loaded {
                 Ok(weights) => WeightsSlot { key, weights },
                 Err(e) => return (Err(e), None),
             }
         }
     };
-    let (content, styles) = decoded.split_first().expect("content is first");
     let shared = pack.map(|pack| pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling));
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
     let render_span = tracing::info_span!("render", size = params.size, scales = params.scales, device = %stylefarm_engine::device::describe(device));
     progress.began = Instant::now();
-    let prior = match prior.map(|p| p.decode(params.size)).transpose() {
-        Ok(prior) => prior,
-        Err(e) => return (Err(e), Some(slot)),
-    };
     let start = prior.as_ref().map_or(Start::Init(None), Start::Prior);
-    let rendered = render_span.in_scope(|| render_via(evaluator, content, styles, start, &slot.weights, &params, device, &mut progress));
+    let engine = Instant::now();
+    let guard = busy.enter();
+    let rendered = render_span.in_scope(|| render_via(evaluator, &content, &styles, start, &slot.weights, &params, device, &mut progress));
+    drop(guard);
+    stage(Stage::Engine, engine);
     progress.end_scale();
     drop(render_span);
-    let out = match rendered {
-        Ok(out) => out,
-        Err(e) => return (Err(e), Some(slot)),
-    };
+    match rendered {
+        Ok(out) => (Ok(Engined { out, busy_fraction: busy.fraction(Instant::now()) }), Some(slot)),
+        Err(e) => (Err(e), Some(slot)),
+    }
+}
+
+/// Writes the outputs and the metadata (the job's `farm` part, and the
+/// worker's: time per stage so far and the device's busy fraction) to `dir`.
+fn encode(done: &Engined, farm: serde_json::Value, job: &RunningJob, encoding: Instant, dir: &Path) -> Result<Rendered, EngineError> {
+    let out = &done.out;
     let (image, trace, snapshots, animation) = (dir.join("output.png"), dir.join("trace.jsonl"), dir.join("snapshots"), dir.join("animation.gif"));
     let paths = OutputPaths {
         image: &image,
@@ -309,26 +372,21 @@ fn render_job(
         animation: (!out.frames.is_empty()).then_some(animation.as_path()),
         metadata: None,
     };
-    let encoding = Instant::now();
-    let encode = tracing::info_span!("encode", snapshots = out.frames.len()).entered();
-    if let Err(e) = write_outputs(&out, &paths) {
-        return (Err(e), Some(slot));
-    }
+    write_outputs(out, &paths)?;
     let mut metadata = serde_json::to_value(&out.metadata).expect("metadata serialises");
     metadata["farm"] = farm;
+    let mut stages = job.stage_ms();
+    stages.insert("encode".into(), serde_json::json!(encoding.elapsed().as_secs_f64() * 1e3));
+    metadata["worker"] = serde_json::json!({ "stage_ms": stages, "device_busy_fraction": done.busy_fraction, "busy_window_s": super::busy::WINDOW.as_secs() });
     // the worker's own paths are not the submitter's business (the weights' hash stays)
     if let Some(fields) = metadata.as_object_mut() {
         fields.remove("weights_path");
     }
     let metadata_path = dir.join("metadata.json");
-    if let Err(e) = std::fs::write(&metadata_path, serde_json::to_vec_pretty(&metadata).expect("json")) {
-        return (Err(EngineError::Output { path: metadata_path, reason: e.to_string() }), Some(slot));
-    }
-    drop(encode);
-    job.time("encode", encoding, 1, format!("{} snapshots", out.frames.len()));
+    std::fs::write(&metadata_path, serde_json::to_vec_pretty(&metadata).expect("json"))
+        .map_err(|e| EngineError::Output { path: metadata_path, reason: e.to_string() })?;
     let m = &out.metadata;
-    let rendered = Rendered { final_loss: m.final_loss, iterations: m.iterations_run, engine_ms: m.timings.total_ms, device: m.device.clone() };
-    (Ok(rendered), Some(slot))
+    Ok(Rendered { final_loss: m.final_loss, iterations: m.iterations_run, engine_ms: m.timings.total_ms, device: m.device.clone() })
 }
 
 /// Uploads every output file under the attempt's prefix, retrying transient errors.

@@ -1,7 +1,9 @@
 //! What a lease asks this worker to do, as one enum, and the dispatch to the
 //! kind of task that does it: a render ([`super::render`]), or a step of a
 //! video batch ([`super::video_task`]: decode, flow, assemble; its frames and
-//! seams render with their own content and start).
+//! seams render with their own content and start). A job goes through it in
+//! two parts: [`prepare`] (off the device, while another job renders) and
+//! [`run`] (its turn on the device).
 
 use std::sync::Arc;
 
@@ -32,25 +34,47 @@ impl Task {
     }
 }
 
-/// Runs the lease's task; `slot` carries loaded weights from one job to the next.
-pub async fn execute(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>) -> Outcome {
+/// A leased job made ready for its device.
+pub enum Ready {
+    /// A render (a plain job, or a video frame or seam) with its inputs decoded.
+    Render(Box<render::Prepared>),
+    /// A video step (decode, flow, assemble): it runs whole in its turn.
+    Step(Box<(VideoTask, RenderParams)>),
+}
+
+/// What a job's turn on the device left.
+pub enum Turn {
+    /// The engine finished: the outputs are still to be written and uploaded.
+    Rendered(Box<render::Engined>),
+    /// The job ended there (a step, a failure, a stop).
+    Ended(Outcome),
+}
+
+/// Reads the lease's task and gets everything ready that does not need the
+/// device: a render's inputs fetched and decoded, a frame's start too.
+pub async fn prepare(ctx: &JobContext, job: &Arc<RunningJob>) -> Result<Ready, Outcome> {
     let lease = &job.lease;
-    let params: RenderParams = match serde_json::from_str(&lease.params_json) {
-        Ok(p) => p,
-        Err(e) => return failed(format!("invalid params_json: {e}"), false),
-    };
-    let task = match Task::of(lease) {
-        Ok(task) => task,
-        Err(reason) => return failed(reason, false),
-    };
-    match task {
-        Task::Render => render::execute(ctx, job, slot, params, None).await,
+    let params: RenderParams = serde_json::from_str(&lease.params_json).map_err(|e| failed(format!("invalid params_json: {e}"), false))?;
+    let frame = match Task::of(lease).map_err(|reason| failed(reason, false))? {
+        Task::Render => None,
         // decode, flow, assemble: no network to run
-        Task::Video(step) if !step.renders() => video_task::execute_step(ctx, job, &step, &params).await,
+        Task::Video(step) if !step.renders() => return Ok(Ready::Step(Box::new((step, params)))),
         // a frame's content is its decoded frame; its start comes from earlier jobs' outputs
-        Task::Video(frame) => match video_task::frame_inputs(ctx, lease, &frame).await {
-            Ok((content_url, prior)) => render::execute(ctx, job, slot, params, Some(FrameInputs { content_url, prior })).await,
-            Err(outcome) => outcome,
+        Task::Video(frame) => {
+            let (content_url, prior) = video_task::frame_inputs(ctx, lease, &frame).await?;
+            Some(FrameInputs { content_url, prior })
+        }
+    };
+    render::prepare(ctx, job, params, frame).await.map(|p| Ready::Render(Box::new(p)))
+}
+
+/// The job's turn on the device; `slot` carries loaded weights from one job to the next.
+pub async fn run(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<WeightsSlot>, ready: Ready) -> Turn {
+    match ready {
+        Ready::Render(prepared) => match render::render(ctx, job, slot, *prepared).await {
+            Ok(engined) => Turn::Rendered(Box::new(engined)),
+            Err(outcome) => Turn::Ended(outcome),
         },
+        Ready::Step(step) => Turn::Ended(video_task::execute_step(ctx, job, &step.0, &step.1).await),
     }
 }
