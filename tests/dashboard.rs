@@ -125,9 +125,12 @@ async fn chromium_follows_a_live_farm_on_every_page() {
     let rows = tokio::task::block_in_place(|| browser.eval("document.querySelectorAll('#workers tr').length"));
     assert_eq!(rows, 2, "both workers are listed");
     let succeeded = tokio::task::block_in_place(|| {
-        browser.eval("[...document.querySelectorAll('#workers tr td:nth-child(6)')].map(td => Number(td.textContent)).reduce((a, b) => a + b, 0)")
+        browser.eval("[...document.querySelectorAll('#workers tr td.succeeded')].map(td => Number(td.textContent)).reduce((a, b) => a + b, 0)")
     });
     assert_eq!(succeeded, 4, "the workers' successes add up to the batch");
+    // how busy each worker's device was, from its heartbeats
+    let busy = "[...document.querySelectorAll('#workers .busy')].filter(b => Number(b.dataset.fraction) > 0 && /%$/.test(b.textContent)).length === 2";
+    assert!(tokio::task::block_in_place(|| browser.wait_until(busy, Duration::from_secs(15))), "a busy fraction per device");
     let shot = tokio::task::block_in_place(|| browser.screenshot());
     save("workers.png", &shot);
     // an admin takes a worker out of rotation from the page, and puts it back

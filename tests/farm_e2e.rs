@@ -239,6 +239,7 @@ async fn a_draining_worker_finishes_its_running_job_and_takes_no_more() {
         drain_timeout_s: 30,
         work_dir: Some(dir.path().join("w")),
         pipeline: stylefarm_worker::farm::Pipeline::Off,
+        previews: stylefarm_worker::farm::Previews::Off,
         ..Default::default()
     });
     let request = pb::SubmitBatchRequest {
@@ -262,6 +263,10 @@ async fn a_draining_worker_finishes_its_running_job_and_takes_no_more() {
     assert_eq!(jobs[0].attempt, 1);
     assert_eq!(jobs[1].state, pb::JobState::Queued as i32, "{:?}", jobs[1]);
     assert_eq!(jobs[1].attempt, 0, "never leased by the draining worker");
+    // --previews off: the image, its trace and metadata, nothing else
+    let mut kinds: Vec<&str> = jobs[0].result.as_ref().unwrap().outputs.iter().map(|o| o.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["image", "metadata", "trace"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

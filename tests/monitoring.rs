@@ -228,6 +228,8 @@ async fn prometheus_scrapes_the_coordinator_and_a_worker_during_a_batch() {
     }
     let run_sum = prometheus.query(r#"sum(stylefarm_job_run_seconds_sum{job="coordinator"})"#).await.unwrap();
     assert!(run_sum > 0.0, "a non-zero run-time histogram: {run_sum}");
+    let busy = prometheus.query(r#"stylefarm_device_busy_fraction{job="worker",device="cpu"}"#).await.unwrap();
+    assert!(busy > 0.0 && busy <= 1.0, "the device's engine time over wall time: {busy}");
     let evaluations = prometheus.query(r#"stylefarm_engine_evaluation_seconds_count{job="worker",device="cpu"}"#).await.unwrap();
     assert!(evaluations >= 2.0, "the engine's evaluations were timed: {evaluations}");
     let downloaded = prometheus.query(r#"stylefarm_worker_download_bytes_total{job="worker"}"#).await.unwrap();

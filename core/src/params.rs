@@ -200,7 +200,7 @@ pub struct RenderParams {
     /// Iterations per coarser scale (coarsest first); empty = `iterations` each.
     pub scale_iterations: Vec<u32>,
     pub optimizer: Optimizer,
-    /// Save a snapshot every N iterations (0 = none); also frames of the animation.
+    /// Save a snapshot every N iterations (0 = 20 per scale); also frames of the animation.
     pub snapshot_every: u32,
     pub weights: WeightsSpec,
     /// Overrides the weights file's own normalisation metadata (`caffe`, `torchvision`).

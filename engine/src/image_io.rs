@@ -85,8 +85,9 @@ pub fn to_image(tensor: &Tensor) -> Result<RgbImage> {
     let [3, h, w] = size[..] else {
         return Err(EngineError::param("image", format!("expected a [3,H,W] tensor, got {size:?}")));
     };
+    // 8-bit on the tensor's device: a quarter of the bytes cross to the host
     let bytes =
-        t.to_device(Device::Cpu).to_kind(Kind::Float).clamp(0.0, 1.0).multiply_scalar(255.0).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
+        t.to_kind(Kind::Float).clamp(0.0, 1.0).multiply_scalar(255.0).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
     let mut data = vec![0u8; (h * w * 3) as usize];
     let len = data.len();
     bytes.f_copy_data_u8(&mut data, len)?;

@@ -34,7 +34,11 @@ pub struct RenderInputs {
 /// Receives progress; asked between iterations whether to stop.
 pub trait Progress {
     fn on_row(&mut self, row: &TraceRow);
-    fn on_snapshot(&mut self, _row: &TraceRow, _image: &RgbImage) {}
+    /// Whether snapshots are taken every `snapshot_every` iterations; if not,
+    /// only the last iterate (the output) is read off the device.
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
     fn should_cancel(&self) -> bool {
         false
     }
@@ -95,8 +99,8 @@ pub struct RenderOutput {
     pub image: RgbImage,
     pub trace: Vec<TraceRow>,
     /// Snapshot previews, long side at most [`PREVIEW_SIDE`] (iteration 0, every
-    /// `snapshot_every`, and the last): the snapshots folder and the animation. Full
-    /// size snapshots reach [`Progress::on_snapshot`] as they are taken.
+    /// `snapshot_every`, and the last): the snapshots folder and the animation.
+    /// Each is scaled down on the device and read off it once, as 8-bit.
     pub frames: Vec<(TraceRow, RgbImage)>,
     pub metadata: RenderMetadata,
 }
@@ -257,6 +261,7 @@ pub fn render_via(
         let iterations = params.iterations_at(scale_index);
         let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0, norm);
 
+        let snapshots = progress.wants_snapshots();
         let snapshot_every = match params.snapshot_every {
             0 => (iterations / 20).max(1),
             n => n,
@@ -279,11 +284,13 @@ pub fn render_via(
             };
             progress.on_row(&row);
             let last = iteration == iterations || report.stop.is_some();
-            if iteration % snapshot_every == 0 || last {
-                let image = finish_image((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb)?;
-                progress.on_snapshot(&row, &image);
+            if last {
+                let image = finish_image((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb, Fit::Full)?;
                 frames.push((row.clone(), preview(&image)));
                 final_image = Some(image);
+            } else if iteration % snapshot_every == 0 && snapshots {
+                // only the preview leaves the device
+                frames.push((row.clone(), finish_image((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb, Fit::Preview)?));
             }
             trace.push(row);
             if last {
@@ -440,11 +447,28 @@ fn preview(image: &RgbImage) -> RgbImage {
     resize(image, w, h)
 }
 
+/// How large an iterate is read off the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// At its size: the output.
+    Full,
+    /// Long side at most [`PREVIEW_SIDE`] (scaled on the device, antialiased).
+    Preview,
+}
+
 /// The current iterate as an 8-bit image (recoloured for luminance-only transfer).
-fn finish_image((height, width): (i64, i64), x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor) -> Result<RgbImage> {
+fn finish_image((height, width): (i64, i64), x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor, fit: Fit) -> Result<RgbImage> {
     let rgb = tch::no_grad(|| -> Result<Tensor> {
         let rgb = norm.from_network(&image_view(x, height, width)?).clamp(0.0, 1.0);
-        Ok(if preserve_colors { recolor(&rgb, content_rgb).clamp(0.0, 1.0) } else { rgb })
+        let rgb = if preserve_colors { recolor(&rgb, content_rgb).clamp(0.0, 1.0) } else { rgb };
+        let (w, h) = (width as u32, height as u32);
+        Ok(match fit {
+            Fit::Preview if w.max(h) > PREVIEW_SIDE => {
+                let (pw, ph) = fit_long_side(w, h, PREVIEW_SIDE);
+                rgb.internal_upsample_bilinear2d_aa([i64::from(ph), i64::from(pw)], false, None, None).clamp(0.0, 1.0)
+            }
+            _ => rgb,
+        })
     })?;
     image_io::to_image(&rgb)
 }
@@ -477,4 +501,34 @@ pub fn write_outputs(out: &RenderOutput, paths: &OutputPaths) -> Result<()> {
         std::fs::write(path, json).map_err(|e| EngineError::Output { path: path.to_path_buf(), reason: e.to_string() })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smooth 600 x 400 picture as the optimiser holds it: network
+    /// colours, laid out [1, H, W, 3] and flattened.
+    fn iterate() -> (RgbImage, Tensor, Normalization) {
+        let image = RgbImage::from_fn(600, 400, |x, y| image::Rgb([(x * 255 / 599) as u8, (y * 255 / 399) as u8, ((x + y) * 255 / 999) as u8]));
+        let norm = Normalization::torchvision();
+        let x = norm.to_network(&image_io::to_tensor(&image, Kind::Float, Device::Cpu)).permute([0, 2, 3, 1]).contiguous().view([-1]);
+        (image, x, norm)
+    }
+
+    #[test]
+    fn the_output_is_read_whole_and_a_preview_at_preview_size() {
+        let (image, x, norm) = iterate();
+        let none = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        let full = finish_image((400, 600), &x, &norm, false, &none, Fit::Full).unwrap();
+        assert_eq!(full.dimensions(), (600, 400));
+        let off_by = full.as_raw().iter().zip(image.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(off_by <= 1, "the output round-trips: {off_by}");
+        let small = finish_image((400, 600), &x, &norm, false, &none, Fit::Preview).unwrap();
+        assert_eq!(small.dimensions(), fit_long_side(600, 400, PREVIEW_SIDE));
+        // scaled on the device, it matches the host's Lanczos resize of the whole picture
+        let host = preview(&full);
+        let mean = small.as_raw().iter().zip(host.as_raw()).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>() / small.as_raw().len() as f64;
+        assert!(mean < 1.5, "mean difference {mean} levels");
+    }
 }

@@ -504,7 +504,7 @@ pub fn worker_rows(rows: &[WorkerRow]) -> String {
             .collect();
         let _ = write!(
             out,
-            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small>{labels}</td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td>{busy}</td><td class="current">{current}</td><td>{succeeded}</td><td>{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
+            r#"<tr id="worker-{id}" data-worker="{id}"><td><b>{id}</b> {name} <small>{version}</small>{labels}</td><td>{state} {disabled}</td><td>{devices}</td><td>{memory}</td><td>{busy}</td><td class="current">{current}</td><td class="succeeded">{succeeded}</td><td class="failed">{failed}</td><td>{seen}</td><td class="controls">{buttons}</td></tr>"#,
             id = esc(&w.id),
             name = esc(&w.name),
             version = esc(&w.version),

@@ -178,6 +178,8 @@ pub struct JobContext {
     pub device_metrics: Option<Arc<DeviceMetrics>>,
     /// The device's engine time over wall time (shared by its runners).
     pub busy: Arc<BusyClock>,
+    /// Whether renders make snapshots and the animation.
+    pub previews: super::render::Previews,
 }
 
 impl JobContext {

@@ -36,6 +36,7 @@ use attempt::{JobContext, RunningJob, StopCause};
 use busy::BusyClock;
 use devices::DeviceInfo;
 use inputs::InputCache;
+pub use render::Previews;
 pub use runner::Pipeline;
 
 #[derive(Args, Debug, Clone, Default)]
@@ -97,6 +98,10 @@ pub struct FarmArgs {
     /// and upload outputs while the next renders; `off`: one step at a time.
     #[arg(long, env = "STYLEFARM_PIPELINE", value_enum, default_value_t = Pipeline::On)]
     pub pipeline: Pipeline,
+    /// `on`: snapshots and the progress animation with every render; `off`:
+    /// the image, loss trace and metadata only.
+    #[arg(long, env = "STYLEFARM_PREVIEWS", value_enum, default_value_t = Previews::On)]
+    pub previews: Previews,
 }
 
 /// The worker's identity on the coordinator, kept across restarts.
@@ -332,7 +337,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
             let (farm, inputs, work_dir, metrics) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone(), metrics.clone());
             let device_metrics = metrics.as_ref().and_then(|m| m.device(&device.name));
             let busy = farm.busy.iter().find(|(name, _)| *name == device.name).map(|(_, clock)| Arc::clone(clock)).expect("a clock per device");
-            let pipeline = args.pipeline;
+            let (pipeline, previews) = (args.pipeline, args.previews);
             (0..per_device).map(move |slot| {
                 // one lock at a time: a guard lives to the end of its statement
                 let store_url = farm.session().store_url.clone();
@@ -346,6 +351,7 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
                     metrics: metrics.clone(),
                     device_metrics: device_metrics.clone(),
                     busy: Arc::clone(&busy),
+                    previews,
                 };
                 tracing::info!(device = %device.name, slot, jobs_per_device = per_device, memory_bytes = device.memory_bytes, pipeline = ?pipeline, "runner started");
                 tokio::spawn(runner::run(Arc::clone(&farm), device.clone(), per_device, ctx, pipeline))

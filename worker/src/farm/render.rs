@@ -42,6 +42,17 @@ impl std::fmt::Display for InputRole {
     }
 }
 
+/// Whether a render's previews (snapshots and the progress animation) are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Previews {
+    /// Snapshots every `snapshot_every` iterations, and the animation of them.
+    #[default]
+    On,
+    /// The image, trace and metadata only: nothing else is read off the
+    /// device, encoded or uploaded.
+    Off,
+}
+
 /// A video frame's content URL and start, in place of the lease's content.
 pub struct FrameInputs {
     pub content_url: String,
@@ -50,6 +61,7 @@ pub struct FrameInputs {
 
 struct FarmProgress {
     job: Arc<RunningJob>,
+    previews: Previews,
     metrics: Option<Arc<DeviceMetrics>>,
     previous: Option<TraceRow>,
     /// One span per scale's optimisation (when traces are exported).
@@ -61,8 +73,8 @@ struct FarmProgress {
 }
 
 impl FarmProgress {
-    fn new(job: Arc<RunningJob>, metrics: Option<Arc<DeviceMetrics>>) -> FarmProgress {
-        FarmProgress { job, metrics, previous: None, scale_span: None, traced: traces::enabled(), scale_timing: None, began: Instant::now() }
+    fn new(job: Arc<RunningJob>, metrics: Option<Arc<DeviceMetrics>>, previews: Previews) -> FarmProgress {
+        FarmProgress { job, previews, metrics, previous: None, scale_span: None, traced: traces::enabled(), scale_timing: None, began: Instant::now() }
     }
 
     /// Closes the current scale's step on the job's timeline.
@@ -130,6 +142,10 @@ impl Progress for FarmProgress {
 
     fn should_cancel(&self) -> bool {
         self.job.stop.load(Ordering::Relaxed)
+    }
+
+    fn wants_snapshots(&self) -> bool {
+        self.previews == Previews::On
     }
 }
 
@@ -224,7 +240,7 @@ pub async fn render(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<W
     }
     let taken = slot.take();
     let (device, pack, busy) = (ctx.device, ctx.pack.clone(), Arc::clone(&ctx.busy));
-    let progress = FarmProgress::new(Arc::clone(job), ctx.device_metrics.clone());
+    let progress = FarmProgress::new(Arc::clone(job), ctx.device_metrics.clone(), ctx.previews);
     let rendering = Instant::now();
     let span = tracing::Span::current();
     let (job_for_engine, ctx_metrics) = (Arc::clone(job), ctx.metrics.clone());
@@ -269,8 +285,9 @@ pub async fn finish(ctx: &JobContext, job: &Arc<RunningJob>, done: Engined) -> O
     let encoding = Instant::now();
     let farm = farm_metadata(lease, &ctx.store_url);
     let (dir_for_encoder, job_for_encoder, span) = (dir.clone(), Arc::clone(job), tracing::info_span!("encode", snapshots = done.out.frames.len()));
-    let snapshots = done.out.frames.len();
-    let encoded = tokio::task::spawn_blocking(move || span.in_scope(|| encode(&done, farm, &job_for_encoder, encoding, &dir_for_encoder))).await;
+    let previews = ctx.previews;
+    let snapshots = if previews == Previews::On { done.out.frames.len() } else { 0 };
+    let encoded = tokio::task::spawn_blocking(move || span.in_scope(|| encode(&done, previews, farm, &job_for_encoder, encoding, &dir_for_encoder))).await;
     let outcome = match encoded {
         Ok(Ok(rendered)) => {
             ctx.stage(job, Stage::Encode, encoding, Some(format!("{snapshots} snapshots")));
@@ -362,14 +379,15 @@ fn run_engine(
 
 /// Writes the outputs and the metadata (the job's `farm` part, and the
 /// worker's: time per stage so far and the device's busy fraction) to `dir`.
-fn encode(done: &Engined, farm: serde_json::Value, job: &RunningJob, encoding: Instant, dir: &Path) -> Result<Rendered, EngineError> {
+fn encode(done: &Engined, previews: Previews, farm: serde_json::Value, job: &RunningJob, encoding: Instant, dir: &Path) -> Result<Rendered, EngineError> {
     let out = &done.out;
     let (image, trace, snapshots, animation) = (dir.join("output.png"), dir.join("trace.jsonl"), dir.join("snapshots"), dir.join("animation.gif"));
+    let previews = previews == Previews::On && !out.frames.is_empty();
     let paths = OutputPaths {
         image: &image,
         trace: Some(&trace),
-        snapshots: Some(&snapshots),
-        animation: (!out.frames.is_empty()).then_some(animation.as_path()),
+        snapshots: previews.then_some(snapshots.as_path()),
+        animation: previews.then_some(animation.as_path()),
         metadata: None,
     };
     write_outputs(out, &paths)?;

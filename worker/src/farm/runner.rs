@@ -49,7 +49,7 @@ const FINISHING: usize = 2;
 const LEAD_MIN: Duration = Duration::from_secs(2);
 
 /// How often a runner reads the render's pace to decide when to lease ahead.
-const PACE_CHECK: Duration = Duration::from_millis(100);
+const PACE_CHECK: Duration = Duration::from_millis(25);
 
 /// A leased job, made ready (or not) for its turn.
 struct Leased {
