@@ -71,6 +71,8 @@ pub struct CoordinatorConfig {
     /// Delete finished batches (rows and objects) this long after they
     /// finished, e.g. `30d`; None keeps them for ever.
     pub retain_finished: Option<HumanDuration>,
+    /// Quotas per role (`[quotas.submit]`, `[quotas.admin]`; see `crate::quota`).
+    pub quotas: crate::quota::Quotas,
 }
 
 impl Default for CoordinatorConfig {
@@ -106,6 +108,7 @@ impl Default for CoordinatorConfig {
             metrics_listen: None,
             http_listen: None,
             retain_finished: None,
+            quotas: crate::quota::Quotas::default(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl CoordinatorConfig {
         if !(1..=stylefarm_core::video::MAX_FRAMES).contains(&self.max_video_frames) {
             return invalid("max_video_frames", format!("{} is outside 1..={}", self.max_video_frames, stylefarm_core::video::MAX_FRAMES));
         }
+        self.quotas.validate().map_err(|reason| ConfigError::Invalid { field: "quotas", reason })?;
         if !(1..=1_000_000).contains(&self.max_jobs_per_batch) {
             return invalid("max_jobs_per_batch", format!("{} is outside 1..=1000000", self.max_jobs_per_batch));
         }

@@ -46,6 +46,10 @@ pub enum CoordError {
     #[error("permission denied: {0}")]
     PermissionDenied(String),
 
+    /// The caller is over one of its quotas (`crate::quota`).
+    #[error("quota `{quota}` ({limit}) exceeded: {detail}")]
+    QuotaExceeded { quota: &'static str, limit: String, detail: String },
+
     /// A broken internal invariant: the coordinator reports NOT_SERVING.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +72,7 @@ impl CoordError {
             CoordError::Store(_) | CoordError::Internal(_) => Code::Internal,
             CoordError::Unauthenticated(_) => Code::Unauthenticated,
             CoordError::PermissionDenied(_) => Code::PermissionDenied,
+            CoordError::QuotaExceeded { .. } => Code::ResourceExhausted,
             CoordError::Blob(_) | CoordError::ShuttingDown | CoordError::Unavailable(_) => Code::Unavailable,
         }
     }
@@ -80,6 +85,7 @@ impl CoordError {
             Code::PermissionDenied => 403,
             Code::NotFound => 404,
             Code::FailedPrecondition => 409,
+            Code::ResourceExhausted => 429,
             Code::Unavailable => 503,
             _ => 500,
         }

@@ -23,6 +23,7 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod quota;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

@@ -61,6 +61,7 @@ pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>)
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         max_upload_bytes: config.max_upload_bytes,
         submit: config.submit_rules(&blobs.url)?,
+        quotas: config.quotas.clone(),
         metrics,
         tracer: crate::traces::JobTracer::from_env().map(Arc::new),
     };

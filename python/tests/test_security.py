@@ -51,3 +51,12 @@ def test_refusals(secure_farm, tmp_path, monkeypatch):
     with pytest.raises(stylefarm.InvalidArgument) as plain:
         stylefarm.Client("http://127.0.0.1:1", tls_ca=ca)
     assert plain.value.field == "tls_ca"
+
+
+def test_a_quota_is_resource_exhausted_naming_it(secure_farm, samples):
+    farm, ca, files = secure_farm["farm"], secure_farm["ca"], secure_farm["token_files"]
+    with stylefarm.Client(farm.url, token_file=files["submit"], tls_ca=ca) as client:
+        with pytest.raises(stylefarm.ResourceExhausted) as over:
+            client.submit([samples["chelsea"]], [samples["retina"]], priority=101, **SMALL)
+        assert "quota `priority`" in over.value.message and "..=100" in over.value.message
+        assert not any(b.info.priority == 101 for b in client.batches()), "nothing was made"

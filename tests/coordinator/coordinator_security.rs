@@ -815,3 +815,46 @@ async fn store_urls_are_inputs_only_to_their_owners() {
     }
     b.submit_batch(batch_request("his own inputs still work", 1, 0)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_per_principal_refuse_with_their_name_and_value_and_leave_others_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path()).unwrap();
+    let alice = tokens.create("alice", Role::Submit).unwrap();
+    let bob = tokens.create("bob", Role::Submit).unwrap();
+    let admin = tokens.create("ops", Role::Admin).unwrap();
+    let mut config = test_config(dir.path());
+    config.quotas.submit.unfinished_jobs = 3;
+    config.quotas.submit.jobs_per_batch = 2;
+    config.quotas.submit.submits_per_minute = 5;
+    let coordinator = Coordinator::start(config).await;
+    let (mut a, mut b, mut ops) =
+        (coordinator.client_with(Some(&alice)).await, coordinator.client_with(Some(&bob)).await, coordinator.client_with(Some(&admin)).await);
+    let refused = |status: tonic::Status, quota: &str| {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains(&format!("quota `{quota}`")), "{}", status.message());
+        status.message().to_string()
+    };
+    // 1: two jobs fit
+    let first = a.submit_batch(batch_request("a1", 2, 0)).await.unwrap().into_inner();
+    // 2: two more would make four queued
+    let message = refused(a.submit_batch(batch_request("a2", 2, 0)).await.unwrap_err(), "unfinished_jobs");
+    assert!(message.contains("(3)") && message.contains("2 queued or running, 2 more"), "{message}");
+    // 3: three jobs in one batch
+    assert!(refused(a.submit_batch(batch_request("a3", 3, 0)).await.unwrap_err(), "jobs_per_batch").contains("(2)"));
+    // 4: a priority outside the submit role's range; nor may it be set later
+    assert!(refused(a.submit_batch(batch_request("a4", 1, 101)).await.unwrap_err(), "priority").contains("..=100)"));
+    let set = a.set_batch_priority(pb::SetBatchPriorityRequest { batch_id: first.batch_id.clone(), priority: 500 }).await.unwrap_err();
+    refused(set, "priority");
+    // 5: one more job fits; 6: the sixth submit in a minute does not, whatever it asks
+    a.submit_batch(batch_request("a5", 1, 100)).await.unwrap();
+    refused(a.submit_batch(batch_request("a6", 1, 0)).await.unwrap_err(), "submits_per_minute");
+    // others are untouched: bob has his own counts, an admin has no limit
+    b.submit_batch(batch_request("b1", 2, 0)).await.unwrap();
+    ops.submit_batch(batch_request("ops", 5, 1_000)).await.unwrap();
+    ops.set_batch_priority(pb::SetBatchPriorityRequest { batch_id: first.batch_id.clone(), priority: 500 }).await.unwrap();
+    // refused submits leave nothing behind
+    let listed = a.list_batches(pb::ListBatchesRequest::default()).await.unwrap().into_inner().batches;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    coordinator.stop().await.unwrap();
+}

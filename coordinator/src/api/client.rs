@@ -35,11 +35,13 @@ const DOWNLOAD_CHUNK: usize = 1 << 20;
 
 pub struct ClientApi {
     farm: Arc<Farm>,
+    /// Submits per principal in the last minute (the `submits_per_minute` quota).
+    submit_rate: crate::quota::SubmitRate,
 }
 
 impl ClientApi {
     pub fn new(farm: Arc<Farm>) -> ClientApi {
-        ClientApi { farm }
+        ClientApi { farm, submit_rate: Default::default() }
     }
 
     fn caller<T>(&self, request: &Request<T>, api: Api) -> Result<Principal, CoordError> {
@@ -73,6 +75,10 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 }));
             }
         }
+        let quota = farm.config.quotas.of(&caller).clone();
+        // every submit counts toward the rate, refused or not
+        self.submit_rate.admit(&caller.name, quota.submits_per_minute, std::time::Instant::now())?;
+        quota.check_priority(req.priority)?;
         // what this caller may name as inputs, worked out first, so validation runs outside the lock
         let known = CallerInputs::of(&farm, &caller, &req).await?;
         let (mut new, video) = {
@@ -87,6 +93,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
             new.jobs = crate::video::jobs(&video, &probe, &farm.config.submit, req.job_time_limit_s)?;
             tracing::info!(frames = probe.frames, width = probe.width, height = probe.height, fps = probe.fps(), jobs = new.jobs.len(), "video planned");
         }
+        quota.check_batch(new.jobs.len())?;
         let owner = caller.name.clone();
         // with traces exported, each job's trace starts at its `job` span under
         // this call: the jobs take this call's trace id in the lock, and their
@@ -98,6 +105,11 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let parent_trace = parent.as_ref().map(|p| p.span().span_context().trace_id().to_string());
         let submitted = farm
             .apply(move |s, fx, now| {
+                // counted under the lock, so two submits at once cannot both slip under it
+                let replay = new.request_id.as_deref().is_some_and(|r| s.batch_for_request(&owner, r).is_some());
+                if !replay {
+                    quota.check_unfinished(s.unfinished_jobs_of(&owner), new.jobs.len() as u64)?;
+                }
                 Ok(match parent_trace {
                     Some(trace_id) => s.submit(new, &owner, now, fx, &mut || trace_id.clone()),
                     None => s.submit(new, &owner, now, fx, &mut new_trace_id),

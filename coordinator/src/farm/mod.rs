@@ -41,6 +41,8 @@ pub struct FarmConfig {
     pub heartbeat_interval_ms: Millis,
     pub max_upload_bytes: u64,
     pub submit: SubmitRules,
+    /// What each role may hold of the farm.
+    pub quotas: crate::quota::Quotas,
     /// Prometheus metrics (`--metrics-listen`); None records nothing.
     pub metrics: Option<Arc<CoordMetrics>>,
     /// Job spans (OTLP export on); None records nothing.
@@ -328,6 +330,7 @@ impl Farm {
     /// Gives an unfinished batch `caller` may see a new priority (see
     /// [`Scheduler::set_priority`]); `priority` is already validated.
     pub async fn set_priority(self: &Arc<Self>, id: BatchId, priority: i32, caller: &Principal) -> Result<BatchRecord> {
+        self.config.quotas.of(caller).check_priority(priority)?;
         let old = self.unfinished(id, caller, "prioritise", move |s, fx, _| s.set_priority(id, priority, fx)).await?;
         tracing::info!(batch_id = %id, principal = %caller.name, from = old, to = priority, "batch priority changed");
         self.batch_record(id, caller).await
@@ -538,6 +541,7 @@ mod tests {
             heartbeat_interval_ms: 1_000,
             max_upload_bytes: 1 << 20,
             submit: SubmitRules::for_store(&blobs.url),
+            quotas: Default::default(),
             metrics: None,
             tracer: None,
         };

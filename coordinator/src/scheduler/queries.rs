@@ -71,6 +71,11 @@ impl Scheduler {
     }
 
     /// The batch `owner` submitted with `request_id`, while the id is in the window.
+    /// Queued and running jobs of `owner`'s batches (what its `unfinished_jobs` quota counts).
+    pub fn unfinished_jobs_of(&self, owner: &str) -> u64 {
+        self.batches.values().filter(|b| b.owner == owner).map(|b| u64::from(b.counts.queued) + u64::from(b.counts.running)).sum()
+    }
+
     pub fn batch_for_request(&self, owner: &str, request_id: &str) -> Option<BatchId> {
         self.request_ids.get(&RequestKey::new(owner, request_id))
     }
