@@ -858,3 +858,36 @@ async fn quotas_per_principal_refuse_with_their_name_and_value_and_leave_others_
     assert_eq!(listed.len(), 2, "{listed:?}");
     coordinator.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_counts_toward_the_owners_unfinished_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path()).unwrap();
+    let carol = tokens.create("carol", Role::Submit).unwrap();
+    let gpu = tokens.create("gpu", Role::Worker).unwrap();
+    let mut config = test_config(dir.path());
+    config.quotas.submit.unfinished_jobs = 3;
+    let coordinator = Coordinator::start(config).await;
+    let mut c = coordinator.client_with(Some(&carol)).await;
+    let first = c.submit_batch(batch_request("c1", 2, 10)).await.unwrap().into_inner();
+    c.submit_batch(batch_request("c2", 1, 0)).await.unwrap();
+    // both of the first batch's jobs fail for good: one job left unfinished
+    let mut worker = coordinator.worker_with("w", 1 << 30, Some(&gpu)).await.unwrap();
+    for _ in 0..2 {
+        let lease = worker.lease(0).await.unwrap();
+        assert!(first.job_ids.contains(&lease.job_id));
+        worker.fail(&lease, "bad input", pb::AttemptStop::Failed).await.unwrap();
+    }
+    let third = c.submit_batch(batch_request("c3", 2, 0)).await.unwrap().into_inner();
+    // running the two again would make five
+    let retry = || pb::RetryRequest { batch_id: first.batch_id.clone(), job_id: String::new() };
+    let refused = c.retry(retry()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("quota `unfinished_jobs` (3)") && refused.message().contains("2 more"), "{}", refused.message());
+    let (batch, _) = get_batch(&mut c, &first.batch_id).await;
+    assert_eq!(batch.counts.unwrap().failed, 2, "nothing changed");
+    // room again once her third batch is cancelled
+    c.cancel_batch(pb::CancelBatchRequest { batch_id: third.batch_id }).await.unwrap();
+    assert_eq!(c.retry(retry()).await.unwrap().into_inner().requeued, 2);
+    coordinator.stop().await.unwrap();
+}

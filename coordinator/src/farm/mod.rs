@@ -280,6 +280,7 @@ impl Farm {
         // a batch that finishes between the read and the change is read again, once
         for _ in 0..2 {
             let record = self.batch_record(id, caller).await?;
+            let quota = self.config.quotas.of(caller).clone();
             let stored = match record.finished_ms {
                 Some(_) => Some((record, self.stored(move |store| store.batch_jobs(id)).await?)),
                 None => None,
@@ -291,7 +292,9 @@ impl Farm {
                         let Some((batch, jobs)) = stored else { return Ok(None) };
                         s.load_finished_batch(batch, jobs);
                     }
-                    let retried = s.retry(id, target, now, fx);
+                    // the jobs run again: they count toward the owner's unfinished jobs
+                    let unfinished = s.batch(id).map_or(0, |b| s.unfinished_jobs_of(&b.owner));
+                    let retried = s.retry_admitted(id, target, |adding| quota.check_unfinished(unfinished, adding), now, fx);
                     if retried.is_err() && loaded {
                         // refused: the batch leaves memory as it came
                         s.evict_batch(id);

@@ -220,6 +220,12 @@ impl Scheduler {
     /// dependents, failed naming it or cancelled with it) run again too, once
     /// it succeeds. Returns how many jobs were requeued.
     pub fn retry(&mut self, id: BatchId, target: RetryTarget, now: Millis, fx: &mut Effects) -> Result<u32> {
+        self.retry_admitted(id, target, |_| Ok(()), now, fx)
+    }
+
+    /// [`Scheduler::retry`], once `admit` has accepted how many jobs would
+    /// run again (a quota); refused, nothing changes.
+    pub fn retry_admitted(&mut self, id: BatchId, target: RetryTarget, admit: impl FnOnce(u64) -> Result<()>, now: Millis, fx: &mut Effects) -> Result<u32> {
         let members = self.members.get(&id).cloned().ok_or_else(|| CoordError::not_found("batch", id))?;
         let roots: Vec<JobId> = match target {
             RetryTarget::Job(job) => {
@@ -249,6 +255,7 @@ impl Scheduler {
                 }
             }
         }
+        admit(chosen.len() as u64)?;
         let batch = self.batches.get_mut(&id).ok_or_else(|| CoordError::not_found("batch", id))?;
         if chosen.is_empty() {
             if batch.finished_ms.is_some() {
