@@ -175,7 +175,11 @@ async fn bad_clips_are_refused_before_any_job_runs() {
         assert!(status.message().contains(expect), "`{}` should say {expect:?}", status.message());
     };
     // not a video at all, and a still image
-    refused(upload_as(&mut client, "notes.mp4", b"hello, not a clip".to_vec(), true).await.unwrap_err(), "not a readable video");
+    refused(upload_as(&mut client, "notes.mp4", b"hello, not a clip".to_vec(), true).await.unwrap_err(), "no known video container");
+    // a playlist that would have ffmpeg read a file of the host's, whatever it is called
+    let private = clip(dir.path());
+    let playlist = format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n", private.display());
+    refused(upload_as(&mut client, "holiday.mp4", playlist.into_bytes(), true).await.unwrap_err(), "an HLS playlist");
     let png = std::fs::read(sample("chelsea.png")).unwrap();
     refused(upload_as(&mut client, "chelsea.png", png, true).await.unwrap_err(), "still image");
     // a clip with no frames (audio only)

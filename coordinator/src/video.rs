@@ -71,8 +71,15 @@ pub async fn probe(farm: &Arc<Farm>, source: &ImageSource) -> Result<Probe> {
     probe_bytes(data).await
 }
 
+/// Probes at once at most; more wait their turn (each is an ffmpeg process
+/// reading a whole clip, bounded in time by `ffmpeg::PROBE_LIMIT`).
+const CONCURRENT_PROBES: usize = 2;
+
+static PROBES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_PROBES);
+
 /// Probes a clip held in memory (written to a temporary file for the probe, off the runtime).
 pub async fn probe_bytes(data: bytes::Bytes) -> Result<Probe> {
+    let _turn = PROBES.acquire().await.map_err(|_| CoordError::ShuttingDown)?;
     tokio::task::spawn_blocking(move || -> Result<Probe> {
         let file = tempfile::NamedTempFile::new().map_err(|e| CoordError::Unavailable(format!("temporary file for the probe: {e}")))?;
         std::fs::write(file.path(), &data).map_err(|e| CoordError::Unavailable(format!("temporary file for the probe: {e}")))?;

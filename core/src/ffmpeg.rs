@@ -2,12 +2,18 @@
 //! frames to numbered PNGs, and encoding stylised frames back into an MP4 with
 //! the source's audio. Blocking calls (child processes): async callers run
 //! them on a blocking thread.
+//!
+//! A user's clip is read only as the container its first bytes say it is
+//! (`-f`, [`Container`]), through the `file` protocol alone (no network, no
+//! playlists or scripts leading elsewhere), and every run has a time limit.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::error::{ParamError, ToolError};
+use crate::video::container::{Container, SNIFF_BYTES};
 use crate::video::probe::{FramecrcScan, FRAMECRC_ARGS};
 use crate::video::{Probe, VideoParams};
 
@@ -41,8 +47,50 @@ fn missing(tool: &Path, e: std::io::Error) -> ToolError {
     ToolError::Missing { tool: tool.display().to_string(), reason: e.to_string() }
 }
 
-fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<Output, ToolError> {
-    Command::new(tool).stdin(Stdio::null()).args(args).output().map_err(|e| missing(tool, e))
+/// How long a probe may take (it reads packets without decoding them).
+pub const PROBE_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long decoding a segment or encoding the clip may take.
+pub const RUN_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Waits for `child`, killing it once `limit` has passed since `started`.
+fn wait_until(child: &mut Child, started: Instant, limit: Duration) -> Result<ExitStatus, ToolError> {
+    let failed = |detail: String| ToolError::Failed { tool: "ffmpeg".into(), detail };
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| failed(format!("waiting for ffmpeg: {e}")))? {
+            return Ok(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!("ffmpeg ran longer than {} s and was stopped", limit.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `tool` with `args` to its end (at most `limit`): its status and its stderr's tail.
+fn run(tool: &Path, args: &[&std::ffi::OsStr], limit: Duration) -> Result<(ExitStatus, Vec<u8>), ToolError> {
+    let started = Instant::now();
+    let mut child = Command::new(tool).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).args(args).spawn().map_err(|e| missing(tool, e))?;
+    let stderr = child.stderr.take().map(|s| std::thread::spawn(move || read_bounded(s)));
+    let status = wait_until(&mut child, started, limit);
+    let (_, last) = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+    Ok((status?, last))
+}
+
+/// The arguments that open a user's clip at `path`: its container, sniffed
+/// from its first bytes, and the `file` protocol alone; a file that is no
+/// known container is refused as an error on `field`.
+pub fn input_args(path: &Path, field: &str) -> Result<Vec<std::ffi::OsString>, ToolError> {
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SNIFF_BYTES as u64).read_to_end(&mut head))
+        .map_err(|e| ToolError::Failed { tool: "ffmpeg".into(), detail: format!("reading {}: {e}", path.display()) })?;
+    let container = Container::sniff(&head).map_err(|reason| ParamError::new(field, reason))?;
+    let mut input = std::ffi::OsString::from("file:");
+    input.push(path.as_os_str());
+    Ok(["-protocol_whitelist", "file", "-f", container.demuxer(), "-i"].iter().map(Into::into).chain([input]).collect())
 }
 
 /// How much of a probe's stderr is kept: its head (the input's description)
@@ -77,9 +125,11 @@ impl Tools {
     /// that is not a video is refused as an error on `field`. Reads every
     /// packet without decoding, in constant memory.
     pub fn probe(&self, path: &Path, field: &str) -> Result<Probe, ToolError> {
+        let input = input_args(path, field)?;
+        let started = Instant::now();
         let mut child = Command::new(&self.ffmpeg)
-            .args(["-hide_banner", "-nostats", "-nostdin", "-i"])
-            .arg(path)
+            .args(["-hide_banner", "-nostats", "-nostdin"])
+            .args(input)
             .args(FRAMECRC_ARGS)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -94,8 +144,10 @@ impl Tools {
                 scan.line(&String::from_utf8_lossy(&line));
             }
         }
-        let status = child.wait().map_err(|e| ToolError::Failed { tool: "ffmpeg".into(), detail: format!("waiting for the probe: {e}") })?;
+        // stdout has ended: the probe is done, or it stalls and the limit stops it
+        let status = wait_until(&mut child, started, PROBE_LIMIT);
         let (head, last) = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        let status = status?;
         if !status.success() {
             return Err(ParamError::new(field, format!("not a readable video: {}", tail(&last))).into());
         }
@@ -121,8 +173,8 @@ impl Tools {
         if let Some(r) = &frames {
             filters.push(format!("select=between(n\\,{}\\,{})", r.start, r.end.saturating_sub(1)));
         }
-        let mut args: Vec<std::ffi::OsString> = ["-v", "error", "-nostdin", "-y", "-i"].iter().map(Into::into).collect();
-        args.push(input.as_os_str().to_owned());
+        let mut args: Vec<std::ffi::OsString> = ["-v", "error", "-nostdin", "-y"].iter().map(Into::into).collect();
+        args.extend(input_args(input, "video")?);
         if !filters.is_empty() {
             args.extend(["-vf".into(), filters.join(",").into()]);
         }
@@ -130,9 +182,9 @@ impl Tools {
         args.extend(["-map", "0:v:0", "-fps_mode", "passthrough", "-start_number", &start_number].iter().map(Into::into));
         args.push(dir.join("%06d.png").into_os_string());
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let out = run(&self.ffmpeg, &refs)?;
-        if !out.status.success() {
-            return Err(failed(format!("decoding {}: {}", input.display(), tail(&out.stderr))));
+        let (status, stderr) = run(&self.ffmpeg, &refs, RUN_LIMIT)?;
+        if !status.success() {
+            return Err(failed(format!("decoding {}: {}", input.display(), tail(&stderr))));
         }
         Ok(count_frames(dir).map_err(|e| failed(e.to_string()))? as u32)
     }
@@ -152,7 +204,7 @@ impl Tools {
             if video.duration_s > 0.0 {
                 args.extend(["-t".into(), format!("{}", video.duration_s).into()]);
             }
-            args.extend(["-i".into(), source.as_os_str().to_owned()]);
+            args.extend(input_args(source, "video")?);
             args.extend(["-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac"].iter().map(Into::into));
         }
         // every frame, and the audio cut where the last frame ends (`-shortest`
@@ -166,9 +218,9 @@ impl Tools {
         );
         args.push(output.as_os_str().to_owned());
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let out = run(&self.ffmpeg, &refs)?;
-        if !out.status.success() {
-            return Err(ToolError::Failed { tool: "ffmpeg".into(), detail: format!("encoding {}: {}", output.display(), tail(&out.stderr)) });
+        let (status, stderr) = run(&self.ffmpeg, &refs, RUN_LIMIT)?;
+        if !status.success() {
+            return Err(ToolError::Failed { tool: "ffmpeg".into(), detail: format!("encoding {}: {}", output.display(), tail(&stderr)) });
         }
         Ok(())
     }

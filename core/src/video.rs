@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ParamError, Result};
 
 pub mod board;
+pub mod container;
 pub mod probe;
 pub use probe::Probe;
 

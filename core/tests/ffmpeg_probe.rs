@@ -76,10 +76,60 @@ fn files_that_are_not_clips_are_refused_by_name() {
     std::fs::write(&garbage, b"not a video at all, just some bytes").unwrap();
     let png = make(d, "still.png", &["-f", "lavfi", "-i", "testsrc=size=64x48", "-frames:v", "1"]);
     let m4a = make(d, "tone.m4a", &["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac"]);
-    for (path, reason) in [(garbage, "not a readable video"), (png, "still image (png, 1 frame)"), (m4a, "no video stream")] {
+    // a broken file in a known container
+    let mut broken = vec![0, 0, 0, 0x20];
+    broken.extend_from_slice(b"ftypisom this is no movie");
+    let broken_mp4 = d.join("broken.mp4");
+    std::fs::write(&broken_mp4, &broken).unwrap();
+    for (path, reason) in
+        [(garbage, "no known video container"), (png, "a still image"), (broken_mp4.clone(), "not a readable video"), (m4a, "no video stream")]
+    {
         let err = Tools::default().probe(&path, "video.video").unwrap_err().to_string();
         assert!(err.contains("video.video") && err.contains(reason), "{}: {err}", path.display());
     }
-    let missing = Tools { ffmpeg: d.join("no-such-ffmpeg") }.probe(&d.join("x.mp4"), "video").unwrap_err();
+    let missing = Tools { ffmpeg: d.join("no-such-ffmpeg") }.probe(&broken_mp4, "video").unwrap_err();
     assert!(matches!(missing, stylefarm_core::ToolError::Missing { .. }), "{missing}");
+}
+
+/// Every ffmpeg this machine has: the bundled static build, and a
+/// distribution's where one is installed.
+fn every_ffmpeg() -> Vec<Tools> {
+    let mut all = vec![Tools::default()];
+    for path in ["/usr/bin/ffmpeg", "/usr/local/bin/ffmpeg"] {
+        if Path::new(path).is_file() && all.iter().all(|t| t.ffmpeg != Path::new(path)) {
+            all.push(Tools { ffmpeg: path.into() });
+        }
+    }
+    all
+}
+
+#[test]
+fn playlists_and_scripts_that_point_at_other_files_are_refused_by_every_ffmpeg() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // a private clip elsewhere on the host, and an upload that names it
+    let private = make(d, "private.mkv", &["-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", "10", "-c:v", "ffv1"]);
+    let hls = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n", private.display());
+    let concat = format!("ffconcat version 1.0\nfile '{}'\n", private.display());
+    let bare_concat = format!("file '{}'\n", private.display());
+    let video = stylefarm_core::video::VideoParams::default();
+    for tools in every_ffmpeg() {
+        for (name, text, what) in [
+            ("upload.m3u8", &hls, "an HLS playlist"),
+            ("upload.mp4", &hls, "an HLS playlist"),
+            ("upload.ffconcat", &concat, "a concat script"),
+            ("upload.mkv", &bare_concat, "a concat script"),
+        ] {
+            let upload = d.join(name);
+            std::fs::write(&upload, text).unwrap();
+            let probed = tools.probe(&upload, "video.video").unwrap_err().to_string();
+            assert!(probed.contains("video.video") && probed.contains(what), "{} {name}: {probed}", tools.ffmpeg.display());
+            let out = d.join(format!("frames-{name}"));
+            let decoded = tools.decode(&upload, &video, None, &out).unwrap_err().to_string();
+            assert!(decoded.contains(what), "{} {name}: {decoded}", tools.ffmpeg.display());
+            assert!(std::fs::read_dir(&out).map_or(true, |mut e| e.next().is_none()), "no frame of the private clip came out");
+        }
+        // the private clip itself is a clip like any other
+        assert_eq!(tools.probe(&private, "video").unwrap().frames, 10, "{}", tools.ffmpeg.display());
+    }
 }
