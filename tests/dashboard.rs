@@ -211,6 +211,15 @@ async fn the_dashboard_uses_the_grpc_tokens_and_roles() {
         let (status, _, body) =
             answer(agent.post(&format!("{web}/login")).set("content-type", "application/x-www-form-urlencoded").send_string("token=sf1_nope_nope&next=/"));
         assert_eq!(status, 401, "{body}");
+        // login CSRF: a form on another site cannot sign this browser in, even with a good token
+        let (status, cookie, body) = answer(
+            agent
+                .post(&format!("{web}/login"))
+                .set("content-type", "application/x-www-form-urlencoded")
+                .set("origin", "https://evil.example")
+                .send_string(&format!("token={alice}&next=/")),
+        );
+        assert_eq!((status, cookie), (403, None), "{body}");
         let form = format!("token={alice}&next=//evil.example/");
         let response = agent.post(&format!("{web}/login")).set("content-type", "application/x-www-form-urlencoded").send_string(&form);
         let response = match response {
@@ -379,4 +388,29 @@ async fn with_a_certificate_the_dashboard_is_https_only_and_its_cookie_secure() 
     .await
     .unwrap();
     coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dashboard_answers_only_to_its_own_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.http_hosts = vec!["farm.test".into()];
+    let coordinator = Coordinator::start(config).await;
+    let web = coordinator.web_url.clone().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let agent = agent();
+        let (status, _, _) = call(agent.get(&format!("{web}/")));
+        assert_eq!(status, 200, "its address");
+        // DNS rebinding: a page of evil.example whose name now resolves here
+        let (status, _, body) = call(agent.get(&format!("{web}/api/events")).set("host", "evil.example"));
+        assert_eq!(status, 421, "{body}");
+        assert!(body.contains("evil.example") && body.contains("http_hosts"), "{body}");
+        let (status, _, _) = call(agent.post(&format!("{web}/api/batches/b1/cancel")).set("host", "evil.example:8080").set("x-stylefarm-action", "cancel"));
+        assert_eq!(status, 421, "no action either");
+        let (status, _, _) = call(agent.get(&format!("{web}/")).set("host", "farm.test"));
+        assert_eq!(status, 200, "a name the operator listed");
+    })
+    .await
+    .unwrap();
 }

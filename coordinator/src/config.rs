@@ -68,6 +68,9 @@ pub struct CoordinatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Serve the web dashboard here (same tokens and roles as the gRPC API).
     pub http_listen: Option<SocketAddr>,
+    /// Host names the dashboard answers to while no token is needed, besides
+    /// IP addresses and `localhost` (DNS rebinding; with tokens any host is served).
+    pub http_hosts: Vec<String>,
     /// Delete finished batches (rows and objects) this long after they
     /// finished, e.g. `30d`; None keeps them for ever.
     pub retain_finished: Option<HumanDuration>,
@@ -107,6 +110,7 @@ impl Default for CoordinatorConfig {
             scaler: true,
             metrics_listen: None,
             http_listen: None,
+            http_hosts: Vec::new(),
             retain_finished: None,
             quotas: crate::quota::Quotas::default(),
         }

@@ -196,7 +196,7 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
         tasks.spawn("metrics", log_listener_end(served, "metrics"));
     }
     if let Some(web) = web {
-        let served = crate::web::serve(web, Arc::clone(&farm), web_tls, tasks.stopping().wait());
+        let served = crate::web::serve(web, Arc::clone(&farm), web_tls, config.http_hosts.clone(), tasks.stopping().wait());
         tasks.spawn("dashboard", log_listener_end(served, "dashboard"));
     }
     tracing::info!(addr = ?addr, tls = tls.is_some(), mutual_tls = config.tls_client_ca.is_some(), auth = auth_enforced, scaler = config.scaler, "coordinator serving");

@@ -58,12 +58,14 @@ pub struct Web {
     live: Arc<LiveTraces>,
     /// Served over HTTPS: the sign-in cookie is `Secure`.
     https: bool,
+    /// Host names the dashboard answers to while it is open (see [`host_allowed`]).
+    hosts: Vec<String>,
 }
 
 /// The dashboard's routes; call inside the runtime (it starts the trace collector).
-pub fn router(farm: Arc<Farm>, https: bool) -> Router {
+pub fn router(farm: Arc<Farm>, https: bool, hosts: Vec<String>) -> Router {
     let live = LiveTraces::spawn(&farm);
-    let web = Arc::new(Web { farm, live, https });
+    let web = Arc::new(Web { farm, live, https, hosts });
     Router::new()
         .route("/", get(batches_page))
         .route("/batches/{id}", get(batch_page))
@@ -84,7 +86,35 @@ pub fn router(farm: Arc<Farm>, https: bool) -> Router {
         .route("/assets/dashboard.js", get(|| async { asset(JS, "text/javascript; charset=utf-8") }))
         .route("/assets/dashboard.css", get(|| async { asset(CSS, "text/css; charset=utf-8") }))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&web), check_host))
         .with_state(web)
+}
+
+/// DNS rebinding: a page on another site whose name comes to resolve to this
+/// address would be same-origin with an open dashboard (no tokens, so no
+/// cookie to lack). While no token is needed, only an IP literal, `localhost`
+/// or a name in `http_hosts` is answered; with tokens, the cookie (set for
+/// this host only) is the guard.
+async fn check_host(State(web): State<Arc<Web>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| request.uri().host()).unwrap_or("");
+    let open = !web.farm.auth.enforced().unwrap_or(true);
+    if open && !host_allowed(host, &web.hosts) {
+        tracing::warn!(host, "dashboard request for a host it does not serve refused (DNS rebinding?)");
+        let message = format!("this dashboard does not answer to the host `{host}`: use its address, localhost, or add the name to http_hosts");
+        return (StatusCode::MISDIRECTED_REQUEST, message).into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether `host` (a Host header, with or without its port) is an IP
+/// literal, `localhost` (or a name under it), or one of `names`.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost") || names.iter().any(|n| n.eq_ignore_ascii_case(&name))
 }
 
 async fn security_headers(mut response: Response) -> Response {
@@ -372,12 +402,26 @@ async fn login_form(Query(q): Query<HashMap<String, String>>) -> Html<String> {
     Html(pages::login(&safe_next(q.get("next").map(String::as_str)), None))
 }
 
-/// Only paths on this site (no `//host` or `scheme:`).
+/// Only paths on this site (no `//host` or `scheme:`; no whitespace or
+/// control characters, which browsers drop: `/\t/evil` is `//evil` to them).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.chars().any(|c| c.is_control() || c.is_whitespace()) => n.to_string(),
         _ => "/".into(),
     }
+}
+
+/// Login CSRF: a form on another site must not sign this browser in (as the
+/// attacker, whose batches the victim would then fill). Browsers say where a
+/// POST comes from; one from elsewhere is refused.
+fn cross_site(headers: &HeaderMap) -> bool {
+    if headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|site| site == "cross-site" || site == "same-site") {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
 }
 
 #[derive(serde::Deserialize)]
@@ -386,8 +430,12 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(web): State<Arc<Web>>, Form(form): Form<LoginForm>) -> Response {
+async fn login(State(web): State<Arc<Web>>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     let next = safe_next(form.next.as_deref());
+    if cross_site(&headers) {
+        tracing::warn!(origin = ?headers.get(header::ORIGIN), "dashboard sign-in from another site refused");
+        return (StatusCode::FORBIDDEN, Html(pages::login(&next, Some("sign in from this dashboard's own page")))).into_response();
+    }
     let token = form.token.trim();
     match web.farm.auth.authenticate_token(Some(token), Api::Client, "a token is required") {
         Ok(who) => {
@@ -412,12 +460,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     farm: Arc<Farm>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    hosts: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), https = tls.is_some(), "serving the dashboard");
     match tls {
-        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, router(farm, true)).with_graceful_shutdown(shutdown).await,
-        None => axum::serve(listener, router(farm, false)).with_graceful_shutdown(shutdown).await,
+        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, router(farm, true, hosts)).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, router(farm, false, hosts)).with_graceful_shutdown(shutdown).await,
     }
 }
 
@@ -431,7 +480,7 @@ mod tests {
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; stylefarm_token=sf1_ab_cd; b=2"));
         assert_eq!(cookie_token(&headers).as_deref(), Some("sf1_ab_cd"));
         assert_eq!(safe_next(Some("/batches/b1")), "/batches/b1");
-        for evil in ["//evil.example/", "https://evil.example/", "/\\evil", "javascript:alert(1)"] {
+        for evil in ["//evil.example/", "https://evil.example/", "/\\evil", "javascript:alert(1)", "/\t/evil.example/", "/\n/evil.example", " //evil.example"] {
             assert_eq!(safe_next(Some(evil)), "/", "{evil}");
         }
         assert_eq!(urlencode("/jobs/j1?x=<y>"), "/jobs/j1%3Fx%3D%3Cy%3E");
@@ -441,5 +490,34 @@ mod tests {
         assert_eq!(rows.len(), 2, "an unreadable line is skipped");
         assert_eq!(rows[0][..5], [1.0, 5.0, 1.0, 4.0, 0.0]);
         assert!(rows[1][2].is_nan(), "a missing column is NaN (drawn as a gap)");
+    }
+
+    #[test]
+    fn an_open_dashboard_answers_only_to_its_addresses_and_named_hosts() {
+        let names = vec!["farm.studio.example".to_string()];
+        for ok in
+            ["127.0.0.1:8080", "10.1.2.3", "[::1]:8080", "localhost:8080", "LOCALHOST", "app.localhost", "farm.studio.example:443", "farm.studio.example."]
+        {
+            assert!(host_allowed(ok, &names), "{ok}");
+        }
+        for rebinding in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "localhost.evil.example", "", "[evil]:80"] {
+            assert!(!host_allowed(rebinding, &names), "{rebinding}");
+        }
+    }
+
+    #[test]
+    fn a_sign_in_from_another_site_is_cross_site() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")])), "no Origin: a non-browser client");
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "https://evil.example")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("origin", "null")])));
+        assert!(cross_site(&headers(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")])));
     }
 }
