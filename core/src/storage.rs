@@ -106,6 +106,37 @@ impl Location {
         get_path(&self.store, &self.path(key), &url).await
     }
 
+    /// An object's size and its bytes as they arrive, re-cut into pieces of
+    /// at most `piece` bytes (the last may be shorter): nothing is held whole.
+    pub async fn get_stream(&self, key: &str, piece: usize) -> Result<(u64, futures_util::stream::BoxStream<'static, Result<Bytes>>)> {
+        use futures_util::StreamExt;
+        let url = self.url_of(key);
+        let result = match self.store.get(&self.path(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Err(StorageError::NotFound { url }),
+            Err(source) => return Err(StorageError::Store { url, source }),
+        };
+        let size = result.meta.size;
+        let piece = piece.max(1);
+        let inner = result.into_stream();
+        // (the store's stream, what is buffered, whether it ended)
+        let stream = futures_util::stream::unfold((inner, bytes::BytesMut::new(), false, url), move |(mut inner, mut buf, mut ended, url)| async move {
+            while !ended && buf.len() < piece {
+                match inner.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(source)) => return Some((Err(StorageError::Store { url: url.clone(), source }), (inner, bytes::BytesMut::new(), true, url))),
+                    None => ended = true,
+                }
+            }
+            if buf.is_empty() {
+                return None;
+            }
+            let out = buf.split_to(buf.len().min(piece)).freeze();
+            Some((Ok(out), (inner, buf, ended, url)))
+        });
+        Ok((size, stream.boxed()))
+    }
+
     /// Deletes every object under `key_prefix` (whole path segments:
     /// `batches/b3` never touches `batches/b30/`); returns how many went.
     /// Objects already gone count as deleted; deleting nothing is not an error.
@@ -240,6 +271,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sf-storage-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn an_object_streams_in_pieces_of_at_most_the_size_asked() {
+        use futures_util::StreamExt;
+        tokio_test_runtime().block_on(async {
+            let location = Location::open_root("memory:///").unwrap();
+            let data: Vec<u8> = (0..(5 << 19) + 7).map(|i| (i % 251) as u8).collect();
+            location.put("a/big.bin", Bytes::from(data.clone())).await.unwrap();
+            let (size, stream) = location.get_stream("a/big.bin", 1 << 20).await.unwrap();
+            assert_eq!(size, data.len() as u64);
+            let pieces: Vec<Bytes> = stream.map(|p| p.unwrap()).collect().await;
+            assert_eq!(pieces.iter().map(Bytes::len).collect::<Vec<_>>(), [1 << 20, 1 << 20, (1 << 19) + 7]);
+            assert_eq!(pieces.concat(), data);
+            location.put("a/empty", Bytes::new()).await.unwrap();
+            let (size, stream) = location.get_stream("a/empty", 1 << 20).await.unwrap();
+            assert_eq!((size, stream.count().await), (0, 0));
+            assert!(matches!(location.get_stream("a/none", 1).await.map(|_| ()), Err(StorageError::NotFound { .. })));
+        });
     }
 
     fn tokio_test_runtime() -> tokio::runtime::Runtime {

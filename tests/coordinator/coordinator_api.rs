@@ -500,3 +500,51 @@ async fn busy_fractions_from_heartbeats_reach_list_workers_and_the_workers_page(
     let workers = client.list_workers(pb::ListWorkersRequest::default()).await.unwrap().into_inner().workers;
     assert_eq!(workers[0].busy[0].fraction, 0.987);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_stream_down_in_pieces_of_a_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let mut client = coordinator.client().await;
+    let submitted = client.submit_batch(batch_request("big", 1, 0)).await.unwrap().into_inner();
+    let mut worker = coordinator.worker("w", 16 * GIB).await;
+    let lease = worker.lease(0).await.unwrap();
+    // a 2.5 MiB output and an empty one, written to the store (file:// under the data dir) as a worker would
+    let prefix = lease.output_prefix.split_once("/batches/").map(|(_, rest)| format!("batches/{rest}")).unwrap();
+    let big: Vec<u8> = (0..(5usize << 19)).map(|i| (i % 253) as u8).collect();
+    let objects = dir.path().join("objects").join(&prefix);
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join("output.png"), &big).unwrap();
+    std::fs::write(objects.join("trace.jsonl"), b"").unwrap();
+    let file = |name: &str, size: usize, kind: &str| pb::OutputFile { key: format!("{prefix}{name}"), size_bytes: size as u64, kind: kind.into() };
+    let result = pb::JobResult {
+        prefix: prefix.clone(),
+        outputs: vec![file("output.png", big.len(), "image"), file("trace.jsonl", 0, "trace")],
+        final_loss: 1.0,
+        iterations: 1,
+        engine_ms: 1.0,
+        device: "cpu".into(),
+        spans: vec![],
+    };
+    let request = pb::CompleteJobRequest {
+        worker_id: worker.id.clone(),
+        job_id: lease.job_id.clone(),
+        attempt: lease.attempt,
+        result: Some(result),
+        lease_secret: lease.lease_secret.clone(),
+    };
+    worker.api.complete_job(request).await.unwrap();
+    let mut stream = client.download_outputs(pb::DownloadOutputsRequest { job_id: submitted.job_ids[0].clone() }).await.unwrap().into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        chunks.push(chunk);
+    }
+    let shape: Vec<(&str, u64, usize, bool)> = chunks.iter().map(|c| (c.name.as_str(), c.offset, c.data.len(), c.last)).collect();
+    let mib = 1usize << 20;
+    assert_eq!(
+        shape,
+        [("output.png", 0, mib, false), ("output.png", mib as u64, mib, false), ("output.png", 2 * mib as u64, mib / 2, true), ("trace.jsonl", 0, 0, true)]
+    );
+    let joined: Vec<u8> = chunks.iter().filter(|c| c.name == "output.png").flat_map(|c| c.data.iter().copied()).collect();
+    assert_eq!(joined, big);
+}

@@ -401,33 +401,43 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         let (tx, rx) = mpsc::channel(4);
         let blobs = self.farm.blobs.clone();
         let downloaded = self.farm.metrics().map(|m| m.downloaded_bytes.clone());
+        // each file streams from the store in 1 MiB pieces: at most a few are held at once
         tokio::spawn(async move {
             for file in outputs.files {
                 let name = file.key.strip_prefix(&outputs.prefix).unwrap_or(&file.key).to_string();
-                let data = match blobs.get(&file.key).await {
-                    Ok(data) => {
-                        if let Some(counter) = &downloaded {
-                            counter.increment(data.len() as u64);
-                        }
-                        data
-                    }
+                let mut pieces = match blobs.get_stream(&file.key, DOWNLOAD_CHUNK).await {
+                    Ok((_, pieces)) => pieces,
                     Err(e) => {
                         let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
                         return;
                     }
                 };
-                let mut offset = 0;
+                let (mut offset, mut held) = (0u64, None::<bytes::Bytes>);
+                // one piece behind, so the last one is marked `last` (an empty file is one empty chunk)
                 loop {
-                    let end = (offset + DOWNLOAD_CHUNK).min(data.len());
-                    let last = end == data.len();
-                    let chunk = pb::OutputChunk { name: name.clone(), offset: offset as u64, data: data.slice(offset..end), last };
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
+                    let next = match pieces.next().await {
+                        Some(Ok(piece)) => Some(piece),
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                            return;
+                        }
+                        None => None,
+                    };
+                    let last = next.is_none();
+                    if let Some(data) = held.take().or_else(|| last.then(bytes::Bytes::new)) {
+                        if let Some(counter) = &downloaded {
+                            counter.increment(data.len() as u64);
+                        }
+                        let len = data.len() as u64;
+                        if tx.send(Ok(pb::OutputChunk { name: name.clone(), offset, data, last })).await.is_err() {
+                            return;
+                        }
+                        offset += len;
                     }
-                    if last {
-                        break;
+                    match next {
+                        Some(piece) => held = Some(piece),
+                        None => break,
                     }
-                    offset = end;
                 }
             }
         });

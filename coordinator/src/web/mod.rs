@@ -349,11 +349,18 @@ async fn file(State(web): State<Arc<Web>>, headers: HeaderMap, Path((id, name)):
     let Some(file) = outputs.files.iter().find(|f| f.key.strip_prefix(&outputs.prefix) == Some(name.as_str())) else {
         return Err(CoordError::not_found("output", format!("{id}/{name}")).into());
     };
-    let data = web.farm.blobs.get(&file.key).await.map_err(|e| CoordError::Blob(e.to_string()))?;
-    if let Some(metrics) = web.farm.metrics() {
-        metrics.downloaded_bytes.increment(data.len() as u64);
-    }
-    Ok(([(header::CONTENT_TYPE, content_type(&name)), (header::CACHE_CONTROL, "private, max-age=3600")], data).into_response())
+    // streamed from the store in pieces, never read whole
+    let (size, pieces) = web.farm.blobs.get_stream(&file.key, 1 << 20).await.map_err(|e| CoordError::Blob(e.to_string()))?;
+    let counter = web.farm.metrics().map(|m| m.downloaded_bytes.clone());
+    let body = axum::body::Body::from_stream(pieces.map(move |piece| {
+        if let (Ok(data), Some(counter)) = (&piece, &counter) {
+            counter.increment(data.len() as u64);
+        }
+        piece.map_err(std::io::Error::other)
+    }));
+    let length = size.to_string();
+    let headers = [(header::CONTENT_TYPE, content_type(&name)), (header::CACHE_CONTROL, "private, max-age=3600"), (header::CONTENT_LENGTH, length.as_str())];
+    Ok((headers, body).into_response())
 }
 
 fn sse_event(event: &pb::WatchEvent) -> Event {
