@@ -179,7 +179,18 @@ pub struct JobContext {
     /// The device's engine time over wall time (shared by its runners).
     pub busy: Arc<BusyClock>,
     /// Whether renders make snapshots and the animation.
-    pub previews: super::render::Previews,
+    pub previews: Previews,
+}
+
+/// Whether a render's previews (snapshots and the progress animation) are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Previews {
+    /// Snapshots every `snapshot_every` iterations, and the animation of them.
+    #[default]
+    On,
+    /// The image, trace and metadata only: nothing else is read off the
+    /// device, encoded or uploaded.
+    Off,
 }
 
 impl JobContext {

@@ -32,11 +32,11 @@ use stylefarm_proto as pb;
 use stylefarm_proto::connect::{read_token, ConnectOptions};
 use tonic::Code;
 
+pub use attempt::Previews;
 use attempt::{JobContext, RunningJob, StopCause};
 use busy::BusyClock;
 use devices::DeviceInfo;
 use inputs::InputCache;
-pub use render::Previews;
 pub use runner::Pipeline;
 
 #[derive(Args, Debug, Clone, Default)]

@@ -19,7 +19,7 @@ use stylefarm_proto as pb;
 use tch::{Device, Kind};
 use tracing::Instrument;
 
-use super::attempt::{failed, listing, loss_row, upload_files, JobContext, Outcome, Rendered, RunningJob, StopCause};
+use super::attempt::{failed, listing, loss_row, upload_files, JobContext, Outcome, Previews, Rendered, RunningJob, StopCause};
 use super::busy::BusyClock;
 use super::inputs::InputError;
 use super::metrics::{DeviceMetrics, Stage};
@@ -40,17 +40,6 @@ impl std::fmt::Display for InputRole {
             InputRole::Style(i) => write!(f, "style[{i}]"),
         }
     }
-}
-
-/// Whether a render's previews (snapshots and the progress animation) are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Previews {
-    /// Snapshots every `snapshot_every` iterations, and the animation of them.
-    #[default]
-    On,
-    /// The image, trace and metadata only: nothing else is read off the
-    /// device, encoded or uploaded.
-    Off,
 }
 
 /// A video frame's content URL and start, in place of the lease's content.
