@@ -240,38 +240,34 @@ impl pb::worker_api_server::WorkerApi for WorkerService {
 }
 
 /// Most device readings one heartbeat may carry.
-const MAX_MEMORY_READINGS: usize = 64;
+const MAX_DEVICE_READINGS: usize = 64;
 
-/// A heartbeat's GPU memory readings, checked at the edge (the scheduler checks
-/// the devices are the worker's own).
-fn busy_readings(readings: Vec<pb::DeviceBusy>) -> Result<Vec<BusyReading>, CoordError> {
-    if readings.len() > MAX_MEMORY_READINGS {
-        return Err(CoordError::invalid("busy", format!("{} readings; the limit is {MAX_MEMORY_READINGS}", readings.len())));
+/// A heartbeat's readings of one kind (`field`), at most
+/// [`MAX_DEVICE_READINGS`], each checked at the edge by `check` (the
+/// scheduler checks the devices are the worker's own).
+fn device_readings<P, R>(field: &str, readings: Vec<P>, check: impl Fn(usize, P) -> Result<R, CoordError>) -> Result<Vec<R>, CoordError> {
+    if readings.len() > MAX_DEVICE_READINGS {
+        return Err(CoordError::invalid(field, format!("{} readings; the limit is {MAX_DEVICE_READINGS}", readings.len())));
     }
-    readings
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if !(0.0..=1.0).contains(&b.fraction) {
-                return Err(CoordError::invalid(format!("busy[{i}].fraction"), format!("{} is not between 0 and 1", b.fraction)));
-            }
-            Ok(BusyReading { device: b.device, fraction: b.fraction, window_s: b.window_s })
-        })
-        .collect()
+    readings.into_iter().enumerate().map(|(i, r)| check(i, r)).collect()
 }
 
+/// GPU memory readings: used within total.
 fn memory_readings(readings: Vec<pb::DeviceMemory>) -> Result<Vec<MemoryReading>, CoordError> {
-    if readings.len() > MAX_MEMORY_READINGS {
-        return Err(CoordError::invalid("memory", format!("{} readings; the limit is {MAX_MEMORY_READINGS}", readings.len())));
-    }
-    readings
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            if m.used_bytes > m.total_bytes {
-                return Err(CoordError::invalid(format!("memory[{i}].used_bytes"), format!("{} exceeds total_bytes {}", m.used_bytes, m.total_bytes)));
-            }
-            Ok(MemoryReading { device: m.device, used_bytes: m.used_bytes, total_bytes: m.total_bytes })
-        })
-        .collect()
+    device_readings("memory", readings, |i, m| {
+        if m.used_bytes > m.total_bytes {
+            return Err(CoordError::invalid(format!("memory[{i}].used_bytes"), format!("{} exceeds total_bytes {}", m.used_bytes, m.total_bytes)));
+        }
+        Ok(MemoryReading { device: m.device, used_bytes: m.used_bytes, total_bytes: m.total_bytes })
+    })
+}
+
+/// Busy fractions: each within 0..1 (NaN is not).
+fn busy_readings(readings: Vec<pb::DeviceBusy>) -> Result<Vec<BusyReading>, CoordError> {
+    device_readings("busy", readings, |i, b| {
+        if !(0.0..=1.0).contains(&b.fraction) {
+            return Err(CoordError::invalid(format!("busy[{i}].fraction"), format!("{} is not between 0 and 1", b.fraction)));
+        }
+        Ok(BusyReading { device: b.device, fraction: b.fraction, window_s: b.window_s })
+    })
 }

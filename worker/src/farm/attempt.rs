@@ -182,6 +182,15 @@ pub struct JobContext {
     pub previews: Previews,
 }
 
+/// Time `job` spent in `stage`: on `/metrics` and in the job's metadata
+/// ([`JobContext::stage`], and the engine's thread, which has no context).
+pub fn record_stage(metrics: Option<&WorkerMetrics>, job: &RunningJob, stage: Stage, elapsed: std::time::Duration) {
+    if let Some(metrics) = metrics {
+        metrics.stage(stage, elapsed);
+    }
+    job.add_stage(stage, elapsed);
+}
+
 /// Whether a render's previews (snapshots and the progress animation) are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Previews {
@@ -197,11 +206,7 @@ impl JobContext {
     /// A stage of `job` that began at `began` ends now: timed on `/metrics`,
     /// in the job's metadata, and (when `detail` is given) on its timeline.
     pub fn stage(&self, job: &RunningJob, stage: Stage, began: Instant, detail: Option<String>) {
-        let elapsed = began.elapsed();
-        if let Some(metrics) = &self.metrics {
-            metrics.stage(stage, elapsed);
-        }
-        job.add_stage(stage, elapsed);
+        record_stage(self.metrics.as_deref(), job, stage, began.elapsed());
         if let Some(detail) = detail {
             job.time(stage.label(), began, 0, detail);
         }

@@ -330,13 +330,14 @@ pub async fn serve(args: &FarmArgs, shutdown: impl std::future::Future<Output = 
     let inputs = Arc::new(InputCache::new(work_dir.join("inputs"), cap, metrics.as_ref().map(|m| m.downloaded_bytes.clone())));
     tasks.spawn("heartbeat", heartbeat_loop(Arc::clone(&farm), tasks.stopping()));
     let per_device = args.jobs_per_device.max(1);
+    let clocks: Vec<Arc<BusyClock>> = farm.busy.iter().map(|(_, clock)| Arc::clone(clock)).collect();
     let runners: Vec<_> = devices
         .into_iter()
-        .flat_map(|device| {
+        .zip(clocks)
+        .flat_map(|(device, busy)| {
             let pack = (per_device > 1).then(|| Arc::new(pack::DevicePack::new(device.device)));
             let (farm, inputs, work_dir, metrics) = (Arc::clone(&farm), Arc::clone(&inputs), work_dir.clone(), metrics.clone());
             let device_metrics = metrics.as_ref().and_then(|m| m.device(&device.name));
-            let busy = farm.busy.iter().find(|(name, _)| *name == device.name).map(|(_, clock)| Arc::clone(clock)).expect("a clock per device");
             let (pipeline, previews) = (args.pipeline, args.previews);
             (0..per_device).map(move |slot| {
                 // one lock at a time: a guard lives to the end of its statement

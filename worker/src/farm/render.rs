@@ -19,7 +19,7 @@ use stylefarm_proto as pb;
 use tch::{Device, Kind};
 use tracing::Instrument;
 
-use super::attempt::{failed, listing, loss_row, upload_files, JobContext, Outcome, Previews, Rendered, RunningJob, StopCause};
+use super::attempt::{failed, listing, loss_row, record_stage, upload_files, JobContext, Outcome, Previews, Rendered, RunningJob, StopCause};
 use super::busy::BusyClock;
 use super::inputs::InputError;
 use super::metrics::{DeviceMetrics, Stage};
@@ -235,12 +235,7 @@ pub async fn render(ctx: &JobContext, job: &Arc<RunningJob>, slot: &mut Option<W
     let (job_for_engine, ctx_metrics) = (Arc::clone(job), ctx.metrics.clone());
     let rendered = tokio::task::spawn_blocking(move || {
         let _job = span.enter();
-        let stage = |stage: Stage, began: Instant| {
-            if let Some(m) = &ctx_metrics {
-                m.stage(stage, began.elapsed());
-            }
-            job_for_engine.add_stage(stage, began.elapsed());
-        };
+        let stage = |stage: Stage, began: Instant| record_stage(ctx_metrics.as_deref(), &job_for_engine, stage, began.elapsed());
         run_engine(prepared, taken, device, pack, progress, &busy, stage)
     })
     .await;

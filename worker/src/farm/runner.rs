@@ -78,6 +78,7 @@ pub async fn run(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobC
     let mut slot: Option<WeightsSlot> = None;
     let mut finishing = JoinSet::new();
     let mut ahead: Option<JoinHandle<Option<Leased>>> = None;
+    // a drain ends the loop at its top, where a job leased ahead is handed back unstarted
     loop {
         let leased = match ahead.take() {
             Some(handle) => handle.await.ok().flatten(),
@@ -134,12 +135,7 @@ pub async fn run(farm: Arc<Farm>, device: DeviceInfo, per_device: u32, ctx: JobC
             }
         }
     }
-    // a drain: what was leased ahead goes back unstarted, what rendered is finished
-    if let Some(handle) = ahead {
-        if let Ok(Some(leased)) = handle.await {
-            runner.hand_back(&leased.job).instrument(leased.span).await;
-        }
-    }
+    // what rendered is finished
     while finishing.join_next().await.is_some() {}
 }
 
