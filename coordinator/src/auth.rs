@@ -77,6 +77,18 @@ impl Api {
     }
 }
 
+/// A caller the gate (`crate::gate`) authenticated from the headers,
+/// handed to the handler in the request's extensions. Only this crate
+/// makes one; a client cannot (extensions never cross the wire).
+#[derive(Debug, Clone)]
+pub struct Authenticated(Principal);
+
+impl Authenticated {
+    pub(crate) fn new(principal: Principal) -> Authenticated {
+        Authenticated(principal)
+    }
+}
+
 /// A token as `token list` shows it (never the secret).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenInfo {
@@ -271,6 +283,10 @@ impl Authenticator {
         if api == Api::Worker && self.worker_certs == WorkerCerts::Required && request.peer_certs().is_none_or(|c| c.is_empty()) {
             return Err(CoordError::Unauthenticated("the WorkerApi needs a client certificate (mutual TLS)".into()));
         }
+        if let Some(Authenticated(principal)) = request.extensions().get::<Authenticated>() {
+            // the gate checked the token before the message was read
+            return self.authorize(principal.clone(), api);
+        }
         let header = match request.metadata().get("authorization") {
             Some(value) => Some(value.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?),
             None => None,
@@ -296,6 +312,11 @@ impl Authenticator {
             }
             Principal { name: row.name.clone(), role: row.role }
         };
+        self.authorize(principal, api)
+    }
+
+    /// `principal`, if its role may use `api`.
+    fn authorize(&self, principal: Principal, api: Api) -> Result<Principal> {
         if !api.allows(principal.role) {
             tracing::warn!(principal = %principal.name, role = %principal.role, api = ?api, "call refused: wrong role");
             return Err(CoordError::PermissionDenied(format!("`{}` has role {}, which may not call this", principal.name, principal.role)));

@@ -74,6 +74,9 @@ pub struct CoordinatorConfig {
     /// Delete finished batches (rows and objects) this long after they
     /// finished, e.g. `30d`; None keeps them for ever.
     pub retain_finished: Option<HumanDuration>,
+    /// How long a caller may keep the server waiting for the next piece of
+    /// its request before the call ends (slow senders; `crate::gate`).
+    pub stall_timeout: HumanDuration,
     /// Quotas per role (`[quotas.submit]`, `[quotas.admin]`; see `crate::quota`).
     pub quotas: crate::quota::Quotas,
 }
@@ -112,6 +115,7 @@ impl Default for CoordinatorConfig {
             http_listen: None,
             http_hosts: Vec::new(),
             retain_finished: None,
+            stall_timeout: HumanDuration(Duration::from_secs(30)),
             quotas: crate::quota::Quotas::default(),
         }
     }
@@ -160,6 +164,7 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_VIDEO_FRAMES", &mut self.max_video_frames)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
         env("STYLEFARM_SCALER", &mut self.scaler)?;
+        env("STYLEFARM_STALL_TIMEOUT", &mut self.stall_timeout)?;
         if let Ok(v) = std::env::var("STYLEFARM_RETAIN_FINISHED") {
             let retain = v.parse().map_err(|reason| ConfigError::Env { name: "STYLEFARM_RETAIN_FINISHED".into(), value: v.clone(), reason })?;
             self.retain_finished = Some(retain);
@@ -203,6 +208,9 @@ impl CoordinatorConfig {
         }
         if self.retain_finished.is_some_and(|d| d.0.is_zero()) {
             return invalid("retain_finished", "must be longer than 0 (leave it out to keep batches for ever)".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.stall_timeout.0) {
+            return invalid("stall_timeout", format!("{} is outside 1s..=1h", self.stall_timeout));
         }
         if self.tick_ms == 0 {
             return invalid("tick_ms", "must be > 0".into());

@@ -18,6 +18,7 @@ pub mod events;
 pub mod farm;
 pub mod filewatch;
 pub mod follow;
+pub mod gate;
 pub mod identity;
 pub mod ids;
 pub mod keys;

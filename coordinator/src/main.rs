@@ -86,6 +86,10 @@ struct Args {
     /// finished (e.g. 30d, 12h) [default: keep for ever].
     #[arg(long)]
     retain_finished: Option<stylefarm_core::duration::HumanDuration>,
+    /// End a call whose sender keeps the coordinator waiting this long for
+    /// the next piece of its request (e.g. 30s) [default: 30s].
+    #[arg(long)]
+    stall_timeout: Option<stylefarm_core::duration::HumanDuration>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -209,6 +213,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     }
     if let Some(v) = args.retain_finished {
         config.retain_finished = Some(v);
+    }
+    if let Some(v) = args.stall_timeout {
+        config.stall_timeout = v;
     }
     if let Some(v) = args.max_video_frames {
         config.max_video_frames = v;

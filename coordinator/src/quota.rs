@@ -8,6 +8,7 @@
 //! | `jobs_per_batch` | 10,000 | the coordinator's `max_jobs_per_batch` |
 //! | `submits_per_minute` (a rolling minute) | 120 | no limit |
 //! | `priority_min`..=`priority_max`: a batch's priority | -1000..=100 (lowering one's own is free) | any |
+//! | `concurrent_calls`: client API calls open at once (watch streams and downloads count) | 64 | no limit |
 //!
 //! Set in the config file (`[quotas.submit]`, `[quotas.admin]`).
 
@@ -32,17 +33,33 @@ pub struct Quota {
     /// The priorities a batch may be given, at submit or later.
     pub priority_min: i32,
     pub priority_max: i32,
+    /// Client API calls open at once (checked by `crate::gate`).
+    pub concurrent_calls: u32,
 }
 
 impl Quota {
     /// What a submit token gets unless the config says otherwise.
     pub fn submitter() -> Quota {
-        Quota { unfinished_jobs: 20_000, jobs_per_batch: 10_000, submits_per_minute: 120, priority_min: crate::validate::PRIORITY_RANGE.0, priority_max: 100 }
+        Quota {
+            unfinished_jobs: 20_000,
+            jobs_per_batch: 10_000,
+            submits_per_minute: 120,
+            priority_min: crate::validate::PRIORITY_RANGE.0,
+            priority_max: 100,
+            concurrent_calls: 64,
+        }
     }
 
     /// No limit beyond the coordinator's own.
     pub fn unlimited() -> Quota {
-        Quota { unfinished_jobs: u64::MAX, jobs_per_batch: u64::MAX, submits_per_minute: u32::MAX, priority_min: i32::MIN, priority_max: i32::MAX }
+        Quota {
+            unfinished_jobs: u64::MAX,
+            jobs_per_batch: u64::MAX,
+            submits_per_minute: u32::MAX,
+            priority_min: i32::MIN,
+            priority_max: i32::MAX,
+            concurrent_calls: u32::MAX,
+        }
     }
 
     /// The priority `priority` is within this role's range.
@@ -91,6 +108,7 @@ struct QuotaFields {
     submits_per_minute: Option<u32>,
     priority_min: Option<i32>,
     priority_max: Option<i32>,
+    concurrent_calls: Option<u32>,
 }
 
 impl QuotaFields {
@@ -101,6 +119,7 @@ impl QuotaFields {
             submits_per_minute: self.submits_per_minute.unwrap_or(base.submits_per_minute),
             priority_min: self.priority_min.unwrap_or(base.priority_min),
             priority_max: self.priority_max.unwrap_or(base.priority_max),
+            concurrent_calls: self.concurrent_calls.unwrap_or(base.concurrent_calls),
         }
     }
 }
@@ -138,8 +157,8 @@ impl Quotas {
             if q.priority_min > q.priority_max {
                 return Err(format!("quotas.{role}: priority_min {} is above priority_max {}", q.priority_min, q.priority_max));
             }
-            if q.jobs_per_batch == 0 || q.unfinished_jobs == 0 || q.submits_per_minute == 0 {
-                return Err(format!("quotas.{role}: unfinished_jobs, jobs_per_batch and submits_per_minute must be at least 1"));
+            if q.jobs_per_batch == 0 || q.unfinished_jobs == 0 || q.submits_per_minute == 0 || q.concurrent_calls == 0 {
+                return Err(format!("quotas.{role}: unfinished_jobs, jobs_per_batch, submits_per_minute and concurrent_calls must be at least 1"));
             }
         }
         Ok(())

@@ -20,11 +20,16 @@ use crate::api::worker::WorkerService;
 use crate::auth::{Authenticator, TokenStore, WorkerCerts};
 use crate::config::CoordinatorConfig;
 use crate::farm::{Farm, FarmConfig};
+use crate::gate::{Gate, GateLayer};
 use crate::metrics::{CoordMetrics, GrpcMetricsLayer};
 use crate::store::SqliteStore;
 
 /// Largest gRPC message (a 100,000-job submit is ~20 MB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Calls open at once on one HTTP/2 connection (more are refused with
+/// REFUSED_STREAM, which clients retry).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -216,13 +221,17 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
+    // callers are known before their messages are read (crate::gate)
+    let gate = Gate::new(Arc::clone(&farm.auth), config.quotas.clone(), config.stall_timeout.0);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let served = builder
         .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(GrpcMetricsLayer::new(metrics))
+        .layer(GateLayer::new(gate))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)

@@ -56,7 +56,7 @@ pub struct Farm {
     work: Notify,
     pub blobs: Location,
     pub config: FarmConfig,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     /// Set when the coordinator must stop (a store failure).
     fatal: watch::Sender<Option<String>>,
     /// Set when an internal invariant broke: health says NOT_SERVING.
@@ -105,7 +105,7 @@ impl Farm {
             work: Notify::new(),
             blobs,
             config,
-            auth,
+            auth: Arc::new(auth),
             fatal: watch::channel(None).0,
             broken: watch::channel(None).0,
             stopping: watch::channel(false).0,

@@ -366,11 +366,17 @@ pub struct CoordinatorProcess {
 impl CoordinatorProcess {
     /// Starts it on `listen` (`127.0.0.1:0` for a free port) with a short lease TTL.
     pub fn start(data_dir: &Path, listen: &str, lease_ttl_ms: u32) -> CoordinatorProcess {
+        CoordinatorProcess::start_with(data_dir, listen, lease_ttl_ms, &[])
+    }
+
+    /// [`CoordinatorProcess::start`] with more flags.
+    pub fn start_with(data_dir: &Path, listen: &str, lease_ttl_ms: u32, flags: &[&str]) -> CoordinatorProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(crate::workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"))
             .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--lease-ttl-ms", &lease_ttl_ms.to_string(), "--heartbeat-interval-ms", "300", "--log", "warn", "--allow-input-prefix", NOWHERE])
+            .args(flags)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
