@@ -9,10 +9,12 @@
 //! | `submits_per_minute` (a rolling minute) | 120 | no limit |
 //! | `priority_min`..=`priority_max`: a batch's priority | -1000..=100 (lowering one's own is free) | any |
 //! | `concurrent_calls`: client API calls open at once (watch streams and downloads count) | 64 | no limit |
+//! | `unfinished_mpx_iterations`: pixels × iterations of queued + running jobs, in millions | 2,000,000 | no limit |
 //!
-//! Set in the config file (`[quotas.submit]`, `[quotas.admin]`).
+//! Set in the config file per role (`[quotas.submit]`, `[quotas.admin]`),
+//! and per token over its role's (`[quotas.tokens.NAME]`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,13 @@ use serde::Deserialize;
 
 use crate::error::CoordError;
 use crate::identity::{Principal, Role};
+use crate::model::Load;
+
+/// Pixels × iterations in the unit the quota is set in (Mpx·it).
+const MPX: u64 = 1_000_000;
 
 /// One role's quotas.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     /// Queued and running jobs of one principal at once.
     pub unfinished_jobs: u64,
@@ -35,6 +41,9 @@ pub struct Quota {
     pub priority_max: i32,
     /// Client API calls open at once (checked by `crate::gate`).
     pub concurrent_calls: u32,
+    /// Pixels × iterations of queued and running jobs at once, in millions
+    /// (a 512 px, 500-iteration render is about 170).
+    pub unfinished_mpx_iterations: u64,
 }
 
 impl Quota {
@@ -47,6 +56,7 @@ impl Quota {
             priority_min: crate::validate::PRIORITY_RANGE.0,
             priority_max: 100,
             concurrent_calls: 64,
+            unfinished_mpx_iterations: 2_000_000,
         }
     }
 
@@ -59,6 +69,7 @@ impl Quota {
             priority_min: i32::MIN,
             priority_max: i32::MAX,
             concurrent_calls: u32::MAX,
+            unfinished_mpx_iterations: u64::MAX,
         }
     }
 
@@ -78,12 +89,25 @@ impl Quota {
         Err(exceeded("jobs_per_batch", self.jobs_per_batch.to_string(), format!("the batch has {jobs} jobs")))
     }
 
-    /// `adding` more jobs on top of `unfinished` stays within `unfinished_jobs`.
-    pub fn check_unfinished(&self, unfinished: u64, adding: u64) -> Result<(), CoordError> {
-        if unfinished.saturating_add(adding) <= self.unfinished_jobs {
-            return Ok(());
+    /// `adding` on top of `unfinished` stays within `unfinished_jobs` and
+    /// `unfinished_mpx_iterations`.
+    pub fn check_unfinished(&self, unfinished: Load, adding: Load) -> Result<(), CoordError> {
+        if unfinished.jobs.saturating_add(adding.jobs) > self.unfinished_jobs {
+            return Err(exceeded(
+                "unfinished_jobs",
+                self.unfinished_jobs.to_string(),
+                format!("{} queued or running, {} more asked for", unfinished.jobs, adding.jobs),
+            ));
         }
-        Err(exceeded("unfinished_jobs", self.unfinished_jobs.to_string(), format!("{unfinished} queued or running, {adding} more asked for")))
+        if unfinished.work.saturating_add(adding.work) > self.unfinished_mpx_iterations.saturating_mul(MPX) {
+            let mpx = |work: u64| work.div_ceil(MPX);
+            return Err(exceeded(
+                "unfinished_mpx_iterations",
+                self.unfinished_mpx_iterations.to_string(),
+                format!("{} Mpx·iterations queued or running, {} more asked for", mpx(unfinished.work), mpx(adding.work)),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -91,28 +115,32 @@ fn exceeded(quota: &'static str, limit: String, detail: String) -> CoordError {
     CoordError::QuotaExceeded { quota, limit, detail }
 }
 
-/// The quotas of each role that may submit.
+/// The quotas of each role that may submit, and of single tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "QuotasFile")]
 pub struct Quotas {
     pub submit: Quota,
     pub admin: Quota,
+    /// A token's own quotas (by its name), over its role's.
+    pub tokens: BTreeMap<String, QuotaFields>,
 }
 
-/// A role's section of the config file: what it leaves out keeps that role's default.
-#[derive(Debug, Default, Deserialize)]
+/// A section of the config file: what it leaves out keeps the default
+/// (the role's, for a role; the token's role's, for a token).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct QuotaFields {
-    unfinished_jobs: Option<u64>,
-    jobs_per_batch: Option<u64>,
-    submits_per_minute: Option<u32>,
-    priority_min: Option<i32>,
-    priority_max: Option<i32>,
-    concurrent_calls: Option<u32>,
+pub struct QuotaFields {
+    pub unfinished_jobs: Option<u64>,
+    pub jobs_per_batch: Option<u64>,
+    pub submits_per_minute: Option<u32>,
+    pub priority_min: Option<i32>,
+    pub priority_max: Option<i32>,
+    pub concurrent_calls: Option<u32>,
+    pub unfinished_mpx_iterations: Option<u64>,
 }
 
 impl QuotaFields {
-    fn over(self, base: Quota) -> Quota {
+    fn over(&self, base: Quota) -> Quota {
         Quota {
             unfinished_jobs: self.unfinished_jobs.unwrap_or(base.unfinished_jobs),
             jobs_per_batch: self.jobs_per_batch.unwrap_or(base.jobs_per_batch),
@@ -120,6 +148,7 @@ impl QuotaFields {
             priority_min: self.priority_min.unwrap_or(base.priority_min),
             priority_max: self.priority_max.unwrap_or(base.priority_max),
             concurrent_calls: self.concurrent_calls.unwrap_or(base.concurrent_calls),
+            unfinished_mpx_iterations: self.unfinished_mpx_iterations.unwrap_or(base.unfinished_mpx_iterations),
         }
     }
 }
@@ -129,36 +158,44 @@ impl QuotaFields {
 struct QuotasFile {
     submit: QuotaFields,
     admin: QuotaFields,
+    tokens: BTreeMap<String, QuotaFields>,
 }
 
 impl From<QuotasFile> for Quotas {
     fn from(file: QuotasFile) -> Quotas {
-        Quotas { submit: file.submit.over(Quota::submitter()), admin: file.admin.over(Quota::unlimited()) }
+        Quotas { submit: file.submit.over(Quota::submitter()), admin: file.admin.over(Quota::unlimited()), tokens: file.tokens }
     }
 }
 
 impl Default for Quotas {
     fn default() -> Quotas {
-        Quotas { submit: Quota::submitter(), admin: Quota::unlimited() }
+        Quotas { submit: Quota::submitter(), admin: Quota::unlimited(), tokens: BTreeMap::new() }
     }
 }
 
 impl Quotas {
-    /// The caller's quotas (workers do not submit; theirs are a submitter's).
-    pub fn of(&self, caller: &Principal) -> &Quota {
-        match caller.role {
-            Role::Admin => &self.admin,
-            Role::Submit | Role::Worker => &self.submit,
-        }
+    /// The caller's quotas: its token's own over its role's (workers do not
+    /// submit; theirs are a submitter's).
+    pub fn of(&self, caller: &Principal) -> Quota {
+        let role = match caller.role {
+            Role::Admin => self.admin,
+            Role::Submit | Role::Worker => self.submit,
+        };
+        self.tokens.get(&caller.name).map_or(role, |own| own.over(role))
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        for (role, q) in [("submit", &self.submit), ("admin", &self.admin)] {
+        let roles = [("quotas.submit".to_string(), self.submit), ("quotas.admin".to_string(), self.admin)];
+        // a token's quotas are checked over either role it may have
+        let tokens = self.tokens.iter().flat_map(|(name, own)| [self.submit, self.admin].map(|role| (format!("quotas.tokens.{name}"), own.over(role))));
+        for (section, q) in roles.into_iter().chain(tokens) {
             if q.priority_min > q.priority_max {
-                return Err(format!("quotas.{role}: priority_min {} is above priority_max {}", q.priority_min, q.priority_max));
+                return Err(format!("{section}: priority_min {} is above priority_max {}", q.priority_min, q.priority_max));
             }
-            if q.jobs_per_batch == 0 || q.unfinished_jobs == 0 || q.submits_per_minute == 0 || q.concurrent_calls == 0 {
-                return Err(format!("quotas.{role}: unfinished_jobs, jobs_per_batch, submits_per_minute and concurrent_calls must be at least 1"));
+            if q.jobs_per_batch == 0 || q.unfinished_jobs == 0 || q.submits_per_minute == 0 || q.concurrent_calls == 0 || q.unfinished_mpx_iterations == 0 {
+                return Err(format!(
+                    "{section}: unfinished_jobs, jobs_per_batch, submits_per_minute, concurrent_calls and unfinished_mpx_iterations must be at least 1"
+                ));
             }
         }
         Ok(())
@@ -235,9 +272,39 @@ mod tests {
         assert!(q.of(&Principal::local()).check_priority(1_000_000).is_ok(), "admins: any");
         let e = mine.check_batch(10_001).unwrap_err();
         assert!(e.to_string().contains("quota `jobs_per_batch` (10000)"), "{e}");
-        assert!(mine.check_unfinished(19_990, 10).is_ok());
-        let e = mine.check_unfinished(19_990, 11).unwrap_err();
+        let jobs = |jobs| Load { jobs, work: 0 };
+        assert!(mine.check_unfinished(jobs(19_990), jobs(10)).is_ok());
+        let e = mine.check_unfinished(jobs(19_990), jobs(11)).unwrap_err();
         assert!(e.to_string().contains("quota `unfinished_jobs` (20000)") && e.to_string().contains("19990 queued or running"), "{e}");
+        let work = |mpx: u64| Load { jobs: 1, work: mpx * MPX };
+        assert!(mine.check_unfinished(work(1_999_000), work(1_000)).is_ok());
+        let e = mine.check_unfinished(work(1_999_000), work(1_001)).unwrap_err();
+        assert!(
+            e.to_string().contains("quota `unfinished_mpx_iterations` (2000000)")
+                && e.to_string().contains("1999000 Mpx·iterations queued or running, 1001 more"),
+            "{e}"
+        );
+        assert!(q.of(&Principal::local()).check_unfinished(work(u64::MAX / MPX), work(u64::MAX / MPX)).is_ok(), "admins: no limit, no overflow");
+    }
+
+    #[test]
+    fn a_token_has_its_own_quotas_over_its_roles() {
+        let q: Quotas = toml::from_str(
+            "[submit]\nunfinished_jobs = 50\n[tokens.render-night]\nunfinished_jobs = 5000\nconcurrent_calls = 8\n[tokens.ops]\npriority_max = 5\n",
+        )
+        .unwrap();
+        let night = Principal { name: "render-night".into(), role: Role::Submit };
+        assert_eq!(q.of(&night), Quota { unfinished_jobs: 5000, concurrent_calls: 8, ..Quota::submitter() });
+        assert_eq!(q.of(&submitter()).unfinished_jobs, 50, "others keep their role's");
+        let ops = Principal { name: "ops".into(), role: Role::Admin };
+        assert_eq!(q.of(&ops), Quota { priority_max: 5, ..Quota::unlimited() }, "over the admin role's no-limit");
+        assert!(q.of(&ops).check_priority(6).is_err());
+        assert!(q.validate().is_ok());
+        let bad: Quotas = toml::from_str("[tokens.x]\npriority_min = 10\npriority_max = 0\n").unwrap();
+        assert!(bad.validate().unwrap_err().contains("quotas.tokens.x"), "{:?}", bad.validate());
+        let zero: Quotas = toml::from_str("[tokens.x]\nconcurrent_calls = 0\n").unwrap();
+        assert!(zero.validate().is_err());
+        assert!(toml::from_str::<Quotas>("[tokens.x]\nconcurent_calls = 3\n").is_err(), "a misspelt quota is refused");
     }
 
     #[test]
@@ -274,6 +341,7 @@ mod tests {
         let parsed: Quotas = toml::from_str("[submit]\nunfinished_jobs = 5\n[admin]\nsubmits_per_minute = 600\n").unwrap();
         assert_eq!((parsed.submit.unfinished_jobs, parsed.submit.priority_max), (5, 100), "the rest keep their defaults");
         assert_eq!(parsed.admin, Quota { submits_per_minute: 600, ..Quota::unlimited() }, "an admin's defaults are no limit");
+        assert_eq!(Quota::submitter().unfinished_mpx_iterations, 2_000_000);
         assert!(toml::from_str::<Quotas>("[submit]\nunfinished = 5\n").is_err(), "a misspelt quota is refused");
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
-use stylefarm_core::estimate::{default_time_limit_ms, device_bytes};
+use stylefarm_core::estimate::{default_time_limit_ms, device_bytes, pixel_iterations};
 use stylefarm_core::labels::{Labels, Requirement};
 use stylefarm_core::outputs::OutputKind;
 use stylefarm_core::params::{params_from_overlay, Init, Preset, RenderParams};
@@ -211,6 +211,7 @@ fn new_job(name: String, content: ImageSource, styles: Vec<ImageSource>, params:
         styles,
         params_json,
         estimate_bytes: device_bytes(params),
+        work: pixel_iterations(params),
         time_limit_ms,
         depends_on: Vec::new(),
         task: None,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use stylefarm_core::estimate::{default_time_limit_ms, device_bytes};
+use stylefarm_core::estimate::{default_time_limit_ms, device_bytes, pixel_iterations};
 use stylefarm_core::ffmpeg::Tools;
 use stylefarm_core::params::RenderParams;
 use stylefarm_core::video::{plan_jobs, Probe, VideoParams, VideoTask};
@@ -121,6 +121,7 @@ pub fn jobs(request: &VideoRequest, probe: &Probe, rules: &SubmitRules, time_lim
             styles,
             params_json: serde_json::to_string(&params).map_err(|e| invalid("video.settings", format!("cannot be stored: {e}")))?,
             estimate_bytes,
+            work: if planned.task.renders() { pixel_iterations(&params) } else { 0 },
             time_limit_ms: if time_limit_s == 0 { derived_limit_ms } else { time_limit_s as u64 * 1000 },
             depends_on: planned.depends_on,
             task: Some(planned.task.to_json()),

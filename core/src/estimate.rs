@@ -51,14 +51,20 @@ pub const TIME_LIMIT_NS_PER_PIXEL_ITERATION: u64 = 40_000;
 /// budget summed over every scale, so a hung render cannot hold a device for
 /// ever while a big honest one is not cut short.
 pub fn default_time_limit_ms(params: &RenderParams) -> u64 {
+    TIME_LIMIT_BASE_MS.saturating_add(pixel_iterations(params).saturating_mul(TIME_LIMIT_NS_PER_PIXEL_ITERATION) / 1_000_000)
+}
+
+/// A render's work: pixels × iterations summed over its scales (the long
+/// side squared, an upper bound for any aspect ratio). Quotas and the time
+/// limit count it.
+pub fn pixel_iterations(params: &RenderParams) -> u64 {
     let scales = params.scales.max(1);
-    let work: u64 = (0..scales as usize)
+    (0..scales as usize)
         .map(|i| {
             let side = (params.size >> (scales as usize - 1 - i)).max(1) as u64;
             side * side * params.iterations_at(i) as u64
         })
-        .sum();
-    TIME_LIMIT_BASE_MS.saturating_add(work.saturating_mul(TIME_LIMIT_NS_PER_PIXEL_ITERATION) / 1_000_000)
+        .fold(0u64, u64::saturating_add)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
+use stylefarm_coordinator::quota::QuotaFields;
 use stylefarm_coordinator_tests::farm::{batch_request, get_batch, options, test_config, url_ref, Client, Coordinator, TestWorker, WorkerClient};
 use stylefarm_coordinator_tests::tls::certificates;
 use stylefarm_proto as pb;
@@ -889,5 +890,37 @@ async fn a_retry_counts_toward_the_owners_unfinished_jobs() {
     // room again once her third batch is cancelled
     c.cancel_batch(pb::CancelBatchRequest { batch_id: third.batch_id }).await.unwrap();
     assert_eq!(c.retry(retry()).await.unwrap().into_inner().requeued, 2);
+    coordinator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_queued_counts_pixels_times_iterations_and_a_token_may_have_its_own_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path()).unwrap();
+    let erin = tokens.create("erin", Role::Submit).unwrap();
+    let night = tokens.create("render-night", Role::Submit).unwrap();
+    let mut config = test_config(dir.path());
+    config.quotas.submit.unfinished_mpx_iterations = 250;
+    config.quotas.tokens.insert("render-night".into(), QuotaFields { unfinished_mpx_iterations: Some(1_000), concurrent_calls: Some(4), ..Default::default() });
+    let coordinator = Coordinator::start(config).await;
+    let (mut e, mut n) = (coordinator.client_with(Some(&erin)).await, coordinator.client_with(Some(&night)).await);
+    // one 1024 px job of 100 iterations at one scale: 1024² × 100 = 104.9 Mpx·iterations
+    let big = |name: &str, jobs: usize| {
+        let mut request = batch_request(name, jobs, 0);
+        for job in &mut request.jobs {
+            job.settings = Some(pb::RenderSettings { size: Some(1024), iterations: Some(100), scales: Some(1), ..Default::default() });
+        }
+        request
+    };
+    e.submit_batch(big("e1", 2)).await.expect("209.7 of 250 fit");
+    let refused = e.submit_batch(big("e2", 1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let message = refused.message();
+    assert!(message.contains("quota `unfinished_mpx_iterations` (250)") && message.contains("210 Mpx·iterations queued or running, 105 more"), "{message}");
+    e.submit_batch(batch_request("small", 2, 0)).await.expect("64 px jobs still fit beside them");
+    // a token's own quota, over its role's
+    n.submit_batch(big("n1", 9)).await.expect("944 of render-night's 1000 fit");
+    let refused = n.submit_batch(big("n2", 1)).await.unwrap_err();
+    assert!(refused.message().contains("quota `unfinished_mpx_iterations` (1000)"), "{}", refused.message());
     coordinator.stop().await.unwrap();
 }

@@ -23,7 +23,7 @@ use crate::identity::Principal;
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::keys::image_key;
 use crate::model::JobState;
-use crate::model::NewBatch;
+use crate::model::{Load, NewBatch};
 use crate::scheduler::{DeleteMode, PauseMode, RetryTarget, WorkerAction};
 use crate::store::ImageRecord;
 use crate::validate;
@@ -75,7 +75,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 }));
             }
         }
-        let quota = farm.config.quotas.of(&caller).clone();
+        let quota = farm.config.quotas.of(&caller);
         // every submit counts toward the rate, refused or not
         self.submit_rate.admit(&caller.name, quota.submits_per_minute, std::time::Instant::now())?;
         quota.check_priority(req.priority)?;
@@ -108,7 +108,8 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 // counted under the lock, so two submits at once cannot both slip under it
                 let replay = new.request_id.as_deref().is_some_and(|r| s.batch_for_request(&owner, r).is_some());
                 if !replay {
-                    quota.check_unfinished(s.unfinished_jobs_of(&owner), new.jobs.len() as u64)?;
+                    let adding = Load { jobs: new.jobs.len() as u64, work: new.jobs.iter().fold(0u64, |sum, j| sum.saturating_add(j.work)) };
+                    quota.check_unfinished(s.unfinished_of(&owner), adding)?;
                 }
                 Ok(match parent_trace {
                     Some(trace_id) => s.submit(new, &owner, now, fx, &mut || trace_id.clone()),

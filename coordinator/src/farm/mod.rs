@@ -30,7 +30,7 @@ use crate::events::{Hub, Watch};
 use crate::identity::Principal;
 use crate::ids::{BatchId, JobId};
 use crate::metrics::CoordMetrics;
-use crate::model::{BatchPhase, BatchRecord, CancelOutcome, JobRecord, Millis, StateKind};
+use crate::model::{BatchPhase, BatchRecord, CancelOutcome, JobRecord, Load, Millis, StateKind};
 use crate::scheduler::{Effects, Event, EventKind, PauseMode, RetryTarget, Scheduler, SchedulerConfig};
 use crate::store::{Store, StoreError};
 use crate::traces::JobTracer;
@@ -280,7 +280,7 @@ impl Farm {
         // a batch that finishes between the read and the change is read again, once
         for _ in 0..2 {
             let record = self.batch_record(id, caller).await?;
-            let quota = self.config.quotas.of(caller).clone();
+            let quota = self.config.quotas.of(caller);
             let stored = match record.finished_ms {
                 Some(_) => Some((record, self.stored(move |store| store.batch_jobs(id)).await?)),
                 None => None,
@@ -293,7 +293,7 @@ impl Farm {
                         s.load_finished_batch(batch, jobs);
                     }
                     // the jobs run again: they count toward the owner's unfinished jobs
-                    let unfinished = s.batch(id).map_or(0, |b| s.unfinished_jobs_of(&b.owner));
+                    let unfinished = s.batch(id).map_or(Load::default(), |b| s.unfinished_of(&b.owner));
                     let retried = s.retry_admitted(id, target, |adding| quota.check_unfinished(unfinished, adding), now, fx);
                     if retried.is_err() && loaded {
                         // refused: the batch leaves memory as it came

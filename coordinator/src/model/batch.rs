@@ -82,6 +82,23 @@ pub struct BatchRecord {
     pub deleted_ms: Option<Millis>,
     /// Worker labels every job of it needs (worker pools).
     pub requires: Vec<Requirement>,
+    /// Pixels × iterations of its queued and running jobs (in memory only:
+    /// worked out again from the jobs when they are loaded).
+    pub unfinished_work: u64,
+}
+
+/// What a principal has queued and running, or asks to add (quotas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub jobs: u64,
+    /// Pixels × iterations.
+    pub work: u64,
+}
+
+impl Load {
+    pub fn plus(self, other: Load) -> Load {
+        Load { jobs: self.jobs.saturating_add(other.jobs), work: self.work.saturating_add(other.work) }
+    }
 }
 
 impl BatchRecord {

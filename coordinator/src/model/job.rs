@@ -182,6 +182,11 @@ impl StateKind {
         matches!(self, StateKind::Succeeded | StateKind::Failed | StateKind::Cancelled)
     }
 
+    /// Queued or running: what counts toward a principal's quotas.
+    pub fn is_unfinished(self) -> bool {
+        !self.is_terminal()
+    }
+
     /// The state's name in metrics labels and span attributes.
     pub fn label(self) -> &'static str {
         match self {
@@ -215,6 +220,8 @@ pub struct JobRecord {
     /// The resolved, validated RenderParams.
     pub params_json: String,
     pub estimate_bytes: u64,
+    /// Pixels × iterations it renders (0: not a render, or stored by a build before quotas counted it).
+    pub work: u64,
     pub max_attempts: u32,
     /// Leases handed out so far; the running attempt's number (the fencing token).
     pub attempt: u32,
@@ -362,15 +369,22 @@ impl JobRecord {
     }
 
     /// The coordinator takes the running attempt back (its batch was paused
-    /// with running jobs handed back): queued again at once, the attempt not
-    /// counted, like a drain's hand-back; the worker learns at its next
-    /// heartbeat that the lease is gone. Returns the worker and when it leased;
-    /// None if the job is not running or is being cancelled.
-    pub fn take_back(&mut self, now: Millis) -> Option<(WorkerId, Millis)> {
-        let JobState::Running { worker, cancel_requested: false, leased_ms, .. } = self.state else { return None };
+    /// with running jobs handed back, or deleted): queued again at once, the
+    /// attempt not counted, like a drain's hand-back, or cancelled now if a
+    /// cancel was already asked for (as a drain's hand-back of it would be);
+    /// the worker learns at its next heartbeat that the lease is gone.
+    /// Returns the worker, when it leased and how the attempt ended; None if
+    /// the job is not running.
+    pub fn take_back(&mut self, now: Millis) -> Option<(WorkerId, Millis, AttemptEnd)> {
+        let JobState::Running { worker, cancel_requested, leased_ms, .. } = self.state else { return None };
+        if cancel_requested {
+            self.state = JobState::Cancelled;
+            self.finished_ms = Some(now);
+            return Some((worker, leased_ms, AttemptEnd::Cancelled));
+        }
         self.handed_back += 1;
         self.state = JobState::Queued { not_before_ms: now };
-        Some((worker, leased_ms))
+        Some((worker, leased_ms, AttemptEnd::HandedBack))
     }
 
     /// Attempts that count against `max_attempts`.

@@ -31,7 +31,7 @@ pub mod job;
 pub mod submit;
 pub mod worker;
 
-pub use batch::{BatchPhase, BatchRecord, Counts};
+pub use batch::{BatchPhase, BatchRecord, Counts, Load};
 pub use job::{
     AfterFailure, AttemptEnd, AttemptRecord, AttemptStop, Backoff, CancelOutcome, Failure, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState,
     OutputRecord, SpanRecord, StateKind,

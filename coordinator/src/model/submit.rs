@@ -14,6 +14,8 @@ pub struct NewJob {
     pub styles: Vec<ImageSource>,
     pub params_json: String,
     pub estimate_bytes: u64,
+    /// Pixels × iterations it renders (0 for a job that does not render).
+    pub work: u64,
     pub time_limit_ms: u64,
     /// Indices of earlier jobs of the same batch that must succeed first.
     pub depends_on: Vec<u32>,

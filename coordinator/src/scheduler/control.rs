@@ -7,10 +7,10 @@ use std::collections::HashSet;
 
 use super::attempts::{attempt_ended, Ended};
 use super::transition::Was;
-use super::{AttemptEnd, Effects, Event, EventKind, Scheduler};
+use super::{Effects, Event, EventKind, Scheduler};
 use crate::error::{CoordError, Result};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, CancelOutcome, Counts, JobRecord, JobState, Millis};
+use crate::model::{BatchRecord, CancelOutcome, Counts, JobRecord, JobState, Load, Millis};
 use crate::store::{JobUpdate, StoreOp};
 
 /// Which jobs of a batch a retry runs again.
@@ -138,14 +138,8 @@ impl Scheduler {
     pub(super) fn hand_back(&mut self, job_id: JobId, why: &str, now: Millis, fx: &mut Effects) -> bool {
         let Some(job) = self.jobs.get_mut(&job_id) else { return false };
         let attempt = job.attempt;
-        let Some((worker, leased_ms)) = job.take_back(now) else { return false };
-        attempt_ended(
-            fx,
-            Ended { job: job_id, attempt, worker: Some(worker), leased_ms: Some(leased_ms), end: AttemptEnd::HandedBack },
-            why.to_string(),
-            Vec::new(),
-            now,
-        );
+        let Some((worker, leased_ms, end)) = job.take_back(now) else { return false };
+        attempt_ended(fx, Ended { job: job_id, attempt, worker: Some(worker), leased_ms: Some(leased_ms), end }, why.to_string(), Vec::new(), now);
         self.transition(job_id, Was::Running(worker), now, fx);
         true
     }
@@ -201,9 +195,13 @@ impl Scheduler {
             return;
         }
         batch.counts = Counts { total: jobs.len() as u32, ..Counts::default() };
+        batch.unfinished_work = 0;
         let mut members = Vec::with_capacity(jobs.len());
         for job in jobs {
             batch.counts.add(job.state.kind());
+            if job.state.kind().is_unfinished() {
+                batch.unfinished_work = batch.unfinished_work.saturating_add(job.work);
+            }
             self.batch_fit.entry(id).or_default().add(&job);
             self.deps.add(job.id, &job.depends_on, false);
             members.push(job.id);
@@ -223,9 +221,9 @@ impl Scheduler {
         self.retry_admitted(id, target, |_| Ok(()), now, fx)
     }
 
-    /// [`Scheduler::retry`], once `admit` has accepted how many jobs would
-    /// run again (a quota); refused, nothing changes.
-    pub fn retry_admitted(&mut self, id: BatchId, target: RetryTarget, admit: impl FnOnce(u64) -> Result<()>, now: Millis, fx: &mut Effects) -> Result<u32> {
+    /// [`Scheduler::retry`], once `admit` has accepted the jobs and work that
+    /// would run again (a quota); refused, nothing changes.
+    pub fn retry_admitted(&mut self, id: BatchId, target: RetryTarget, admit: impl FnOnce(Load) -> Result<()>, now: Millis, fx: &mut Effects) -> Result<u32> {
         let members = self.members.get(&id).cloned().ok_or_else(|| CoordError::not_found("batch", id))?;
         let roots: Vec<JobId> = match target {
             RetryTarget::Job(job) => {
@@ -255,7 +253,8 @@ impl Scheduler {
                 }
             }
         }
-        admit(chosen.len() as u64)?;
+        let work = chosen.iter().filter_map(|j| self.jobs.get(j)).fold(0u64, |sum, j| sum.saturating_add(j.work));
+        admit(Load { jobs: chosen.len() as u64, work })?;
         let batch = self.batches.get_mut(&id).ok_or_else(|| CoordError::not_found("batch", id))?;
         if chosen.is_empty() {
             if batch.finished_ms.is_some() {

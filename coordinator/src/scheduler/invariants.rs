@@ -46,15 +46,22 @@ impl Scheduler {
         for (id, batch) in &self.batches {
             let members = self.members.get(id).map(Vec::as_slice).unwrap_or_default();
             let mut tally = Counts { total: members.len() as u32, ..Counts::default() };
+            let mut work = 0u64;
             for job in members {
                 let record = self.jobs.get(job).ok_or_else(|| format!("batch {id}: member {job} is not in memory"))?;
                 if record.batch != *id {
                     return Err(format!("job {job} is a member of batch {id} but names batch {}", record.batch));
                 }
                 tally.add(record.state.kind());
+                if record.state.kind().is_unfinished() {
+                    work = work.saturating_add(record.work);
+                }
             }
             if batch.counts != tally {
                 return Err(format!("batch {id}: counts {:?}, but its jobs tally {tally:?}", batch.counts));
+            }
+            if batch.unfinished_work != work {
+                return Err(format!("batch {id}: unfinished work {}, but its queued and running jobs hold {work}", batch.unfinished_work));
             }
         }
         let entries: HashMap<JobId, usize> = self.queue.entries().fold(HashMap::new(), |mut m, j| {

@@ -48,6 +48,7 @@ mod tests {
             styles: Vec::new(),
             params_json: String::new(),
             estimate_bytes: 0,
+            work: 0,
             max_attempts: 1,
             attempt: 1,
             handed_back: 0,

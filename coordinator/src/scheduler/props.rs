@@ -100,6 +100,7 @@ impl World {
                 params_json: "{}".into(),
                 // now and then one only the big device fits, or none does
                 estimate_bytes: [GIB, GIB, 2 * GIB, 8 * GIB, 64 * GIB][rng.random_range(0..5)],
+                work: rng.random_range(0..1_000_000_000),
                 time_limit_ms: rng.random_range(3_000..20_000),
                 depends_on: if i > 0 && rng.random_bool(0.4) { vec![rng.random_range(0..i)] } else { Vec::new() },
                 task: None,
@@ -313,4 +314,44 @@ fn random_sequences_keep_every_invariant_and_end_every_job() {
     for seed in 0..40 {
         run(seed);
     }
+}
+
+#[test]
+fn ids_of_deleted_jobs_and_forgotten_workers_are_never_given_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path());
+    let mut rng = StdRng::seed_from_u64(7);
+    w.submit(&mut rng);
+    let (batch, last_job) = (w.batch_ids[0], *w.submitted.last().unwrap());
+    let worker = *w.workers.last().unwrap();
+    w.apply(|s, fx, now| s.delete_batch(batch, DeleteMode::CancelRunning, now, fx).unwrap());
+    // unseen for longer than a lease: it may be forgotten
+    w.now += 10_000;
+    w.apply(|s, fx, now| s.forget_worker(worker, now, fx).unwrap());
+    w.restart();
+    let new = w.apply(|s, fx, now| {
+        let job = NewJob {
+            name: "again".into(),
+            content: ImageSource::Blob("a".repeat(64)),
+            styles: Vec::new(),
+            params_json: "{}".into(),
+            estimate_bytes: 0,
+            work: 0,
+            time_limit_ms: 1_000,
+            depends_on: Vec::new(),
+            task: None,
+            requires: Vec::new(),
+        };
+        s.submit(
+            NewBatch { name: "b".into(), priority: 0, labels: BTreeMap::new(), max_attempts: 1, request_id: None, requires: Vec::new(), jobs: vec![job] },
+            "local",
+            now,
+            fx,
+            &mut || "0".repeat(32),
+        )
+    });
+    assert!(new.jobs[0] > last_job, "job {} reuses an id up to {last_job}", new.jobs[0]);
+    let profile = WorkerProfile { name: "new".into(), devices: Vec::new(), version: "1".into(), labels: BTreeMap::new() };
+    let registered = w.apply(|s, fx, now| s.register_worker(None, &Principal::local(), profile, now, fx).unwrap().id);
+    assert!(registered > worker, "worker {registered} reuses the forgotten {worker}'s id");
 }

@@ -8,7 +8,7 @@ use super::requests::RequestKey;
 use super::{Demand, Scheduler, SchedulerConfig};
 use crate::identity::{Principal, Role};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, JobRecord, JobState, WorkerRecord};
+use crate::model::{BatchRecord, JobRecord, JobState, Load, WorkerRecord};
 use crate::store::LEGACY_IMAGE_OWNER;
 
 impl Scheduler {
@@ -72,8 +72,13 @@ impl Scheduler {
 
     /// The batch `owner` submitted with `request_id`, while the id is in the window.
     /// Queued and running jobs of `owner`'s batches (what its `unfinished_jobs` quota counts).
-    pub fn unfinished_jobs_of(&self, owner: &str) -> u64 {
-        self.batches.values().filter(|b| b.owner == owner).map(|b| u64::from(b.counts.queued) + u64::from(b.counts.running)).sum()
+    /// What `owner` has queued and running: jobs, and their pixels × iterations.
+    pub fn unfinished_of(&self, owner: &str) -> Load {
+        self.batches
+            .values()
+            .filter(|b| b.owner == owner)
+            .map(|b| Load { jobs: u64::from(b.counts.queued) + u64::from(b.counts.running), work: b.unfinished_work })
+            .fold(Load::default(), Load::plus)
     }
 
     pub fn batch_for_request(&self, owner: &str, request_id: &str) -> Option<BatchId> {

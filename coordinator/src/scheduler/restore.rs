@@ -43,6 +43,7 @@ impl Scheduler {
                 continue;
             }
             batch.counts = Counts::default();
+            batch.unfinished_work = 0;
             if let Some(request_id) = &batch.request_id {
                 s.request_ids.insert(RequestKey::new(&batch.owner, request_id), batch.id, batch.created_ms);
             }
@@ -61,6 +62,9 @@ impl Scheduler {
             let Some(batch) = s.batches.get_mut(&job.batch) else { continue };
             batch.counts.total += 1;
             batch.counts.add(job.state.kind());
+            if job.state.kind().is_unfinished() {
+                batch.unfinished_work = batch.unfinished_work.saturating_add(job.work);
+            }
             s.batch_fit.entry(job.batch).or_default().add(&job);
             s.deps.add(job.id, &job.depends_on, false);
             match &mut job.state {

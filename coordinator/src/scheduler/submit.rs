@@ -52,6 +52,7 @@ impl Scheduler {
             paused: false,
             deleted_ms: None,
             requires: new.requires,
+            unfinished_work: 0,
         };
         fx.ops.push(StoreOp::InsertBatch(batch.clone()));
         let mut ids = Vec::with_capacity(new.jobs.len());
@@ -67,6 +68,7 @@ impl Scheduler {
                 styles: spec.styles,
                 params_json: spec.params_json,
                 estimate_bytes: spec.estimate_bytes,
+                work: spec.work,
                 max_attempts,
                 attempt: 0,
                 handed_back: 0,
@@ -87,6 +89,7 @@ impl Scheduler {
             fit.add(&job);
             batch.counts.total += 1;
             batch.counts.queued += 1;
+            batch.unfinished_work = batch.unfinished_work.saturating_add(job.work);
             if job.depends_on.is_empty() {
                 self.queue.push_back(batch.priority, id, job.id);
             } else {

@@ -20,6 +20,7 @@ fn job(estimate_bytes: u64) -> NewJob {
         styles: vec![ImageSource::Blob("b".repeat(64))],
         params_json: "{}".into(),
         estimate_bytes,
+        work: 1_000_000,
         time_limit_ms: 10_000,
         depends_on: Vec::new(),
         task: None,

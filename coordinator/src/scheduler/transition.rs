@@ -81,8 +81,14 @@ impl Scheduler {
             }
             _ => {}
         }
+        let work = job.work;
         if let Some(batch) = self.batches.get_mut(&batch_id) {
             batch.counts.moved(from, to);
+            match (from.is_unfinished(), to.is_unfinished()) {
+                (true, false) => batch.unfinished_work = batch.unfinished_work.saturating_sub(work),
+                (false, true) => batch.unfinished_work = batch.unfinished_work.saturating_add(work),
+                _ => {}
+            }
             // fair share between principals follows the same moves
             if to == StateKind::Running {
                 *self.running_by_owner.entry(batch.owner.clone()).or_default() += 1;

@@ -39,7 +39,7 @@ pub(super) fn lenient<T>(rows: impl Iterator<Item = rusqlite::Result<T>>, what: 
 
 pub(super) const JOB_COLUMNS: &str = "id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
                            attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
-                           depends_on, task, forgiven, requires";
+                           depends_on, task, forgiven, requires, work";
 
 pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: i64 = row.get(0)?;
@@ -74,6 +74,7 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecor
         task: row.get(20)?,
         forgiven: row.get(21)?,
         requires: parse_or(&requires, "requires", id, |_| Vec::new()),
+        work: row.get::<_, i64>(23)?.max(0) as u64,
     })
 }
 
@@ -102,6 +103,7 @@ pub(super) fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchR
         paused: row.get(13)?,
         deleted_ms: row.get(14)?,
         requires: parse_or(&requires, "requires", id, |_| Vec::new()),
+        unfinished_work: 0,
     })
 }
 

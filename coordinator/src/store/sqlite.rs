@@ -93,10 +93,16 @@ CREATE TABLE IF NOT EXISTS image_refs (
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (sha256, owner)
 );
+-- the highest id each table ever gave out, kept when rows are deleted, so
+-- a deleted batch's jobs or a forgotten worker never lend their ids to new ones
+CREATE TABLE IF NOT EXISTS id_high_water (
+    name TEXT PRIMARY KEY,
+    high INTEGER NOT NULL
+);
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 16] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 17] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
@@ -115,6 +121,8 @@ const ADDED_COLUMNS: [(&str, &str, &str); 16] = [
     // a request id is its submitter's: unique per (owner, request_key); the
     // first column, `request_id`, was unique across everyone and is left empty
     ("batches", "request_key", "TEXT"),
+    // pixels × iterations, for the `unfinished_mpx_iterations` quota (older rows: 0)
+    ("jobs", "work", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -292,8 +300,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             tx.prepare_cached(
                 "INSERT INTO jobs (id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts,
                                    attempt, state, last_failure, created_ms, started_ms, finished_ms, trace_id, handed_back, time_limit_ms,
-                                   depends_on, task, requires)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                                   depends_on, task, requires, work)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             )?
             .execute(params![
                 j.id.0,
@@ -318,6 +326,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 json(&j.depends_on.iter().map(|d| d.0).collect::<Vec<i64>>()),
                 j.task,
                 json(&j.requires),
+                j.work.min(i64::MAX as u64) as i64,
             ])?;
         }
         StoreOp::UpdateJob(u) => {
@@ -406,6 +415,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
         }
         StoreOp::DeleteBatch { id, deleted_ms } => {
             tx.prepare_cached("DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE batch_id = ?1)")?.execute(params![id.0])?;
+            tx.prepare_cached(
+                "INSERT INTO id_high_water (name, high) SELECT 'jobs', MAX(id) FROM jobs WHERE batch_id = ?1 AND id IS NOT NULL
+                 ON CONFLICT(name) DO UPDATE SET high = MAX(high, excluded.high)",
+            )?
+            .execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM jobs WHERE batch_id = ?1")?.execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM worker_batch_failures WHERE batch_id = ?1")?.execute(params![id.0])?;
             tx.prepare_cached("UPDATE batches SET deleted_ms = ?2 WHERE id = ?1 AND deleted_ms IS NULL")?.execute(params![id.0, deleted_ms])?;
@@ -415,6 +429,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
         }
         StoreOp::DeleteWorker(id) => {
             tx.prepare_cached("DELETE FROM worker_batch_failures WHERE worker_id = ?1")?.execute(params![id.0])?;
+            tx.prepare_cached("INSERT INTO id_high_water (name, high) VALUES ('workers', ?1) ON CONFLICT(name) DO UPDATE SET high = MAX(high, excluded.high)")?
+                .execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?.execute(params![id.0])?;
         }
     }
@@ -443,7 +459,14 @@ impl Store for SqliteStore {
         snapshot.images = lenient(stmt.query_map([], |row| row.get(0)).map_err(err)?, "images");
         let mut stmt = conn.prepare("SELECT owner, sha256 FROM image_refs").map_err(err)?;
         snapshot.image_refs = lenient(stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(err)?, "image_refs");
-        let max = |table: &str| -> StoreResult<i64> { conn.query_row(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"), [], |row| row.get(0)).map_err(err) };
+        let max = |table: &str| -> StoreResult<i64> {
+            conn.query_row(
+                &format!("SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM {table}), (SELECT COALESCE(MAX(high), 0) FROM id_high_water WHERE name = ?1))"),
+                params![table],
+                |row| row.get(0),
+            )
+            .map_err(err)
+        };
         snapshot.next_batch = max("batches")? + 1;
         snapshot.next_job = max("jobs")? + 1;
         snapshot.next_worker = max("workers")? + 1;

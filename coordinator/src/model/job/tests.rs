@@ -19,6 +19,7 @@ fn job(max_attempts: u32) -> JobRecord {
         styles: vec![ImageSource::Url("file:///s.png".into())],
         params_json: "{}".into(),
         estimate_bytes: 1,
+        work: 1,
         max_attempts,
         attempt: 0,
         handed_back: 0,
@@ -110,6 +111,21 @@ fn handed_back_attempts_do_not_count_and_time_limits_end_attempts() {
     let JobState::Failed { reason, retryable, .. } = &j.state else { panic!("{:?}", j.state) };
     assert!(reason.contains("time limit of 1000 s") && !retryable, "{reason}");
     assert!(j.complete(W2, &claim(attempt, &s), JobOutputs::default(), 2_000_000).is_err());
+}
+
+#[test]
+fn the_coordinator_takes_back_a_running_job_and_a_cancelled_one_ends_cancelled() {
+    let mut j = job(1);
+    assert_eq!(j.take_back(5), None, "not running");
+    j.lease(W1, 10, 100).unwrap();
+    assert_eq!(j.take_back(20), Some((W1, 10, AttemptEnd::HandedBack)));
+    assert_eq!((j.state.kind(), j.attempts_used()), (StateKind::Queued, 0), "queued again, the attempt not counted");
+    let (attempt, s) = j.lease(W1, 30, 100).unwrap();
+    assert_eq!(j.cancel(40), CancelOutcome::Signalled);
+    // a delete or pause --now of a job already being cancelled ends it, never requeues it
+    assert_eq!(j.take_back(50), Some((W1, 30, AttemptEnd::Cancelled)));
+    assert_eq!((j.state.kind(), j.finished_ms), (StateKind::Cancelled, Some(50)));
+    assert!(j.complete(W1, &claim(attempt, &s), JobOutputs::default(), 60).is_err(), "the worker's lease is gone");
 }
 
 #[test]
