@@ -89,6 +89,16 @@ impl Authenticated {
     }
 }
 
+/// What importing a token did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Added,
+    /// The same token was there already.
+    Present,
+    /// The same token was there, revoked: it stays revoked.
+    Revoked,
+}
+
 /// A token as `token list` shows it (never the secret).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TokenInfo {
@@ -158,25 +168,90 @@ impl TokenStore {
 
     /// Makes a token; the only time its text exists is this return value.
     pub fn create(&self, name: &str, role: Role) -> Result<String> {
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        self.insert(name, role, &id, &secret)?;
+        Ok(format!("sf1_{id}_{secret}"))
+    }
+
+    /// Takes in a token made elsewhere (`stylefarm-coordinator init`, or an
+    /// operator's secret store), so deployments can hand the same text to the
+    /// coordinator and to its callers. Importing it again is a no-op; a
+    /// different token under a name already taken is refused (names are
+    /// never reused), and a revoked one stays revoked.
+    pub fn import(&self, name: &str, role: Role, token: &str) -> Result<Imported> {
+        let malformed = || CoordError::invalid("token", format!("`{name}` is not sf1_<16 hex digits>_<64 hex digits>"));
+        let (id, secret) = token.trim().strip_prefix("sf1_").and_then(|rest| rest.split_once('_')).ok_or_else(malformed)?;
+        let hex_of = |text: &str, len: usize| text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_of(id, 16) || !hex_of(secret, 64) {
+            return Err(malformed());
+        }
+        let existing: Option<(String, String, String, Option<i64>)> = self
+            .conn()
+            .query_row("SELECT id, role, secret_sha256, revoked_ms FROM tokens WHERE name = ?1", params![name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(db_err)?;
+        match existing {
+            None => {
+                self.insert(name, role, id, secret)?;
+                Ok(Imported::Added)
+            }
+            Some((known_id, known_role, hash, revoked)) if known_id == id && known_role == role.as_str() && SecretHash::from_hex(&hash).verify(secret) => {
+                Ok(if revoked.is_some() { Imported::Revoked } else { Imported::Present })
+            }
+            Some(_) => Err(CoordError::FailedPrecondition(format!(
+                "a different token named `{name}` exists (names are never reused): import this one under a new name, or revoke and rename"
+            ))),
+        }
+    }
+
+    fn insert(&self, name: &str, role: Role, id: &str, secret: &str) -> Result<()> {
         if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
             return Err(CoordError::invalid("name", "1..=64 characters of a-z A-Z 0-9 - _ . @"));
         }
         if name == LOCAL {
             return Err(CoordError::invalid("name", "`local` is the name of the unauthenticated caller"));
         }
-        let id = hex::encode(rand::random::<[u8; 8]>());
-        let secret = hex::encode(rand::random::<[u8; 32]>());
         let conn = self.conn();
-        let taken: Option<String> = conn.query_row("SELECT id FROM tokens WHERE name = ?1", params![name], |r| r.get(0)).optional().map_err(db_err)?;
+        let taken: Option<String> =
+            conn.query_row("SELECT id FROM tokens WHERE name = ?1 OR id = ?2", params![name, id], |r| r.get(0)).optional().map_err(db_err)?;
         if taken.is_some() {
-            return Err(CoordError::FailedPrecondition(format!("a token named `{name}` exists (names are never reused, even after revocation)")));
+            return Err(CoordError::FailedPrecondition(format!(
+                "a token named `{name}` (or with its id) exists (names are never reused, even after revocation)"
+            )));
         }
         conn.execute(
             "INSERT INTO tokens (id, name, role, secret_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, name, role.as_str(), SecretHash::of(&secret).to_hex(), now_ms()],
+            params![id, name, role.as_str(), SecretHash::of(secret).to_hex(), now_ms()],
         )
         .map_err(db_err)?;
-        Ok(format!("sf1_{id}_{secret}"))
+        Ok(())
+    }
+
+    /// Imports every token file of `dir` (see [`TokenStore::import`]): each
+    /// is named `ROLE.NAME` (`admin.ops`, `worker.workers`, `submit.alice`)
+    /// and holds the token. Anything unreadable or malformed is an error: a
+    /// coordinator that cannot read the tokens it was given does not start.
+    pub fn import_dir(&self, dir: &Path) -> Result<Vec<(String, Imported)>> {
+        let unreadable = |e: std::io::Error| CoordError::FailedPrecondition(format!("reading the tokens in {}: {e}", dir.display()));
+        let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(unreadable)?.collect::<std::io::Result<_>>().map_err(unreadable)?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut imported = Vec::new();
+        for entry in entries {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            // Kubernetes mounts a Secret as links beside a `..data` folder
+            if file.starts_with('.') || entry.path().is_dir() {
+                continue;
+            }
+            let (role, name) =
+                file.split_once('.').ok_or_else(|| CoordError::invalid("tokens", format!("{file}: name token files ROLE.NAME, e.g. worker.workers")))?;
+            let role: Role = role.parse().map_err(|e: String| CoordError::invalid("tokens", format!("{file}: {e}")))?;
+            let text = std::fs::read_to_string(entry.path()).map_err(unreadable)?;
+            imported.push((name.to_string(), self.import(name, role, &text)?));
+        }
+        Ok(imported)
     }
 
     pub fn list(&self) -> Result<Vec<TokenInfo>> {
@@ -370,6 +445,33 @@ mod tests {
         let text = std::fs::read(dir.path().join("auth.sqlite")).unwrap();
         let secret = alice.rsplit('_').next().unwrap();
         assert!(!String::from_utf8_lossy(&text).contains(secret), "only hashes are stored");
+    }
+
+    #[test]
+    fn tokens_made_elsewhere_are_imported_once_and_never_replace_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let made = TokenStore::open(elsewhere.path()).unwrap().create("x", Role::Worker).unwrap();
+        let store = TokenStore::open(dir.path()).unwrap();
+        assert_eq!(store.import("workers", Role::Worker, &format!("{made}\n")).unwrap(), Imported::Added);
+        assert_eq!(store.import("workers", Role::Worker, &made).unwrap(), Imported::Present, "again: nothing changes");
+        let auth = Authenticator::new(TokenStore::open(dir.path()).unwrap(), AuthMode::Auto, WorkerCerts::NotRequired);
+        assert_eq!(auth.authenticate(&request(Some(&made)), Api::Worker).unwrap().name, "workers");
+        let other = TokenStore::open(elsewhere.path()).unwrap().create("y", Role::Worker).unwrap();
+        assert!(matches!(store.import("workers", Role::Worker, &other), Err(CoordError::FailedPrecondition(_))), "a name is never reused");
+        assert!(store.import("ops", Role::Admin, &made).is_err(), "nor an id");
+        assert!(matches!(store.import("bad", Role::Submit, "sf1_zz_00"), Err(CoordError::InvalidArgument { .. })));
+        store.revoke("workers").unwrap();
+        assert_eq!(store.import("workers", Role::Worker, &made).unwrap(), Imported::Revoked, "a revoked token stays revoked");
+        // a folder of ROLE.NAME files, as a mounted Kubernetes Secret
+        let files = tempfile::tempdir().unwrap();
+        std::fs::write(files.path().join("submit.alice"), &other).unwrap();
+        std::fs::create_dir(files.path().join("..2026_12_07")).unwrap();
+        let imported = store.import_dir(files.path()).unwrap();
+        assert_eq!(imported, vec![("alice".to_string(), Imported::Added)]);
+        std::fs::write(files.path().join("boss.bob"), &other).unwrap();
+        assert!(store.import_dir(files.path()).unwrap_err().to_string().contains("boss.bob"));
+        assert!(store.import_dir(&files.path().join("missing")).is_err(), "an unreadable folder is an error");
     }
 
     #[test]

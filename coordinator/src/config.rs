@@ -42,6 +42,9 @@ pub struct CoordinatorConfig {
     pub auth: AuthMode,
     /// Serve on a non-loopback address without TLS and authentication.
     pub insecure: bool,
+    /// A folder of token files (`ROLE.NAME`, e.g. a mounted Kubernetes
+    /// Secret) imported at start; unreadable, the coordinator does not start.
+    pub tokens_from: Option<PathBuf>,
     /// PEM certificate chain and key: serve TLS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -100,6 +103,7 @@ impl Default for CoordinatorConfig {
             commits: Commits::Grouped,
             auth: AuthMode::Auto,
             insecure: false,
+            tokens_from: None,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -176,9 +180,12 @@ impl CoordinatorConfig {
             }
         }
         env("STYLEFARM_AUTH", &mut self.auth)?;
-        for (name, target) in
-            [("STYLEFARM_TLS_CERT", &mut self.tls_cert), ("STYLEFARM_TLS_KEY", &mut self.tls_key), ("STYLEFARM_TLS_CLIENT_CA", &mut self.tls_client_ca)]
-        {
+        for (name, target) in [
+            ("STYLEFARM_TLS_CERT", &mut self.tls_cert),
+            ("STYLEFARM_TLS_KEY", &mut self.tls_key),
+            ("STYLEFARM_TLS_CLIENT_CA", &mut self.tls_client_ca),
+            ("STYLEFARM_TOKENS_FROM", &mut self.tokens_from),
+        ] {
             if let Ok(v) = std::env::var(name) {
                 *target = Some(PathBuf::from(v));
             }

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod convert;

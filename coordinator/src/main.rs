@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use stylefarm_coordinator::auth::{AuthMode, Role, TokenStore};
+use stylefarm_coordinator::bootstrap::Init;
 use stylefarm_coordinator::server::{run_with, Listeners};
 use stylefarm_coordinator::store::Durability;
 use stylefarm_coordinator::CoordinatorConfig;
@@ -54,6 +55,10 @@ struct Args {
     /// Serve beyond loopback without TLS and authentication (logged as a warning).
     #[arg(long)]
     insecure: bool,
+    /// Import the token files of this folder at start (ROLE.NAME, e.g. from
+    /// `init` or a mounted Secret); the coordinator does not start if it cannot.
+    #[arg(long)]
+    tokens_from: Option<PathBuf>,
     /// PEM certificate chain: serve TLS (with --tls-key).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -108,6 +113,22 @@ enum Command {
         /// PEM CA of the coordinator's certificate (https:// URLs).
         #[arg(long, env = "STYLEFARM_TLS_CA")]
         tls_ca: Option<PathBuf>,
+    },
+    /// Make what a closed deployment needs, once: a CA and the coordinator's
+    /// certificate, an admin and a worker token (files under --out; kept if
+    /// there already, so it can run on every start).
+    Init {
+        /// Where to write: ca/, coordinator/{tls,tokens}/, worker/, admin/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Names and addresses the coordinator is reached by, comma-separated
+        /// (localhost and 127.0.0.1 are always in the certificate).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        #[arg(long, default_value = "ops")]
+        admin_name: String,
+        #[arg(long, default_value = "workers")]
+        worker_name: String,
     },
     /// API tokens (work on the data dir of a running or stopped coordinator).
     Token {
@@ -198,6 +219,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     if args.insecure {
         config.insecure = true;
     }
+    if let Some(v) = &args.tokens_from {
+        config.tokens_from = Some(v.clone());
+    }
     if let Some(v) = &args.tls_cert {
         config.tls_cert = Some(v.clone());
     }
@@ -271,6 +295,13 @@ async fn main() -> Result<()> {
     }
     if let Some(Command::Token { action }) = &args.command {
         return token_command(&config.data_dir, action);
+    }
+    if let Some(Command::Init { out, hosts, admin_name, worker_name }) = &args.command {
+        let init = Init { out: out.clone(), hosts: hosts.clone(), admin_name: admin_name.clone(), worker_name: worker_name.clone() };
+        for made in init.run()? {
+            eprintln!("{} {}", if made.created { "made" } else { "kept" }, made.path.display());
+        }
+        return Ok(());
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     // scripts read the bound addresses (useful with port 0) from these lines

@@ -70,7 +70,13 @@ pub fn open_farm(config: &CoordinatorConfig, metrics: Option<Arc<CoordMetrics>>)
         metrics,
         tracer: crate::traces::JobTracer::from_env().map(Arc::new),
     };
-    let tokens = TokenStore::open(&config.data_dir).map_err(|e| ServeError::Open(e.to_string()))?;
+    // tokens it cannot read (or was given and cannot import) stop the start: never open up instead
+    let tokens = TokenStore::open(&config.data_dir).map_err(|e| ServeError::Open(format!("the token store in {}: {e}", config.data_dir.display())))?;
+    if let Some(dir) = &config.tokens_from {
+        for (name, imported) in tokens.import_dir(dir).map_err(|e| ServeError::Open(e.to_string()))? {
+            tracing::info!(token = %name, ?imported, from = %dir.display(), "token imported");
+        }
+    }
     let auth = Authenticator::new(tokens, config.auth, if config.tls_client_ca.is_some() { WorkerCerts::Required } else { WorkerCerts::NotRequired });
     Farm::open(Arc::new(store), blobs, farm_config, auth).map_err(|e| ServeError::Open(e.to_string()))
 }

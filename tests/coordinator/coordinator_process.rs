@@ -263,3 +263,65 @@ async fn a_watch_and_a_worker_carry_on_across_a_coordinator_restart() {
     let batch: serde_json::Value = serde_json::from_slice(&watched.stdout).unwrap();
     assert_eq!(batch["state"], "succeeded");
 }
+
+/// `init` makes a CA, a certificate and tokens once; a coordinator given them
+/// serves beyond loopback with TLS and tokens (no --insecure), and one whose
+/// tokens cannot be read does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_makes_a_closed_deployment_and_unreadable_tokens_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bootstrap");
+    let init = Command::new(workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"))
+        .args(["init", "--hosts", "stylefarm-coordinator,localhost", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let path = |p: &str| out.join(p).to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let flags = [
+        "--auth",
+        "required",
+        "--tokens-from",
+        &path("coordinator/tokens"),
+        "--tls-cert",
+        &path("coordinator/tls/server.crt"),
+        "--tls-key",
+        &path("coordinator/tls/server.key"),
+    ];
+    let coordinator = CoordinatorProcess::start_with(&data, "0.0.0.0:0", 3000, &flags);
+    let port = coordinator.addr.rsplit(':').next().unwrap().to_string();
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap().trim().to_string();
+    let connect = |token: Option<String>| stylefarm_proto::connect::ConnectOptions {
+        url: format!("https://localhost:{port}"),
+        token,
+        tls_ca: Some(out.join("admin/ca.crt")),
+        tls_identity: None,
+    };
+    let channel = connect(None).endpoint().unwrap().connect().await.expect("TLS with the CA init made");
+    let mut admin = connect(Some(read("admin/token"))).coordinator(channel.clone()).unwrap();
+    admin.list_workers(pb::ListWorkersRequest::default()).await.expect("the admin token init made is the coordinator's");
+    let mut nobody = connect(None).coordinator(channel.clone()).unwrap();
+    assert_eq!(nobody.list_batches(pb::ListBatchesRequest::default()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let api = connect(Some(read("worker/token"))).worker(channel).unwrap();
+    TestWorker::try_register(api, "gpu-1", 1 << 30, None).await.expect("the worker token init made registers");
+    drop(coordinator);
+    // tokens the coordinator cannot read stop it: it never opens up instead
+    let refused = |data: &std::path::Path, extra: &[&str]| {
+        let run = Command::new(workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "it started");
+        String::from_utf8_lossy(&run.stderr).to_string()
+    };
+    let stderr = refused(&data, &["--tokens-from", &path("nowhere")]);
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("auth.sqlite"), vec![0x5a; 8192]).unwrap();
+    let stderr = refused(&broken, &[]);
+    assert!(stderr.contains("token store"), "{stderr}");
+}
