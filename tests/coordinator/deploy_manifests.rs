@@ -65,10 +65,44 @@ struct Trigger {
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authentication_ref: Option<AuthenticationRef>,
     /// The CRD types it as a map of strings: numbers must be quoted.
     metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metric_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuthenticationRef {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+}
+
+/// KEDA 2.x `TriggerAuthentication`: parameters read from Secrets.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TriggerAuthentication {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: TriggerAuthenticationSpec,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TriggerAuthenticationSpec {
+    secret_target_ref: Vec<SecretTargetRef>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SecretTargetRef {
+    parameter: String,
+    name: String,
+    key: String,
 }
 
 fn kustomize(overlay: &str) -> Vec<Value> {
@@ -124,6 +158,7 @@ struct Rendered {
     configmaps: Vec<ConfigMap>,
     secrets: Vec<Secret>,
     scaled: Vec<ScaledObject>,
+    trigger_auths: Vec<TriggerAuthentication>,
     kinds: Vec<String>,
 }
 
@@ -142,6 +177,7 @@ fn validate(objects: &[Value]) -> Rendered {
             ("v1", "PersistentVolumeClaim") => drop(strict::<PersistentVolumeClaim>(object)),
             ("policy/v1", "PodDisruptionBudget") => r.pdbs.push(strict(object)),
             ("keda.sh/v1alpha1", "ScaledObject") => r.scaled.push(strict(object)),
+            ("keda.sh/v1alpha1", "TriggerAuthentication") => r.trigger_auths.push(strict(object)),
             (api, kind) => panic!("{api} {kind}: a kind this test does not know how to validate"),
         }
         r.kinds.push(kind);
@@ -181,6 +217,60 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
 }
 
 /// The rules every overlay keeps.
+/// The path a container sees `secret`'s `key` at, if it mounts that Secret.
+fn secret_path(pod: &PodSpec, container: &k8s_openapi::api::core::v1::Container, secret: &str, key: &str) -> Option<String> {
+    let volume = pod.volumes.as_ref()?.iter().find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))?;
+    let mount = container.volume_mounts.as_ref()?.iter().find(|m| m.name == volume.name)?;
+    Some(format!("{}/{key}", mount.mount_path))
+}
+
+/// Closed by default: no --insecure anywhere, every call needs a token, TLS
+/// from the Secrets bootstrap.sh makes (mounted, not optional), workers and
+/// KEDA trust the coordinator by the CA and workers hold their token.
+fn check_closed(r: &Rendered, overlay: &str) {
+    let coordinator = r.statefulsets.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-coordinator")).unwrap();
+    let cpod = pod(&coordinator.spec.as_ref().unwrap().template.spec);
+    let c = &cpod.containers[0];
+    let env = r.configmap("stylefarm-coordinator");
+    for container in cpod.containers.iter().chain(r.deployments.iter().flat_map(|d| pod(&d.spec.as_ref().unwrap().template.spec).containers.iter())) {
+        let args = container.args.clone().unwrap_or_default();
+        assert!(!args.iter().any(|a| a == "--insecure"), "{overlay} {}: --insecure", container.name);
+    }
+    assert_eq!(env.get("STYLEFARM_AUTH").map(String::as_str), Some("required"), "{overlay}: every call needs a token");
+    assert_eq!(env.get("STYLEFARM_TLS_CERT"), secret_path(cpod, c, "stylefarm-coordinator-tls", "tls.crt").as_ref(), "{overlay}: TLS certificate");
+    assert_eq!(env.get("STYLEFARM_TLS_KEY"), secret_path(cpod, c, "stylefarm-coordinator-tls", "tls.key").as_ref(), "{overlay}: TLS key");
+    assert_eq!(env.get("STYLEFARM_TLS_CA"), secret_path(cpod, c, "stylefarm-coordinator-tls", "ca.crt").as_ref(), "{overlay}: the health check's CA");
+    let tokens = secret_path(cpod, c, "stylefarm-coordinator-tokens", "x").map(|p| p.trim_end_matches("/x").to_string());
+    assert_eq!(env.get("STYLEFARM_TOKENS_FROM"), tokens.as_ref(), "{overlay}: tokens imported from their Secret");
+    for volume in cpod.volumes.iter().flatten().filter_map(|v| v.secret.as_ref()) {
+        assert_ne!(volume.optional, Some(true), "{overlay}: the coordinator never starts without its TLS and tokens");
+    }
+    let wenv = r.configmap("stylefarm-worker");
+    for d in &r.deployments {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        if !name.starts_with("stylefarm-worker") {
+            continue;
+        }
+        let wpod = pod(&d.spec.as_ref().unwrap().template.spec);
+        let w = &wpod.containers[0];
+        assert_eq!(
+            wenv.get("STYLEFARM_TLS_CA"),
+            secret_path(wpod, w, "stylefarm-ca", "ca.crt").as_ref(),
+            "{overlay} {name}: the CA is mounted where the worker looks"
+        );
+        let token = w.env.iter().flatten().find(|e| e.name == "STYLEFARM_TOKEN").and_then(|e| e.value_from.as_ref()).and_then(|v| v.secret_key_ref.as_ref());
+        let token = token.unwrap_or_else(|| panic!("{overlay} {name}: a token from a Secret"));
+        assert_eq!((token.name.as_str(), token.key.as_str(), token.optional), ("stylefarm-worker-token", "token", None), "{overlay} {name}: required");
+    }
+    for so in &r.scaled {
+        for trigger in &so.spec.triggers {
+            let auth = trigger.authentication_ref.as_ref().unwrap_or_else(|| panic!("{overlay}: KEDA reaches the scaler over TLS"));
+            let ta = r.trigger_auths.iter().find(|t| t.metadata.name.as_deref() == Some(auth.name.as_str())).expect("its TriggerAuthentication");
+            assert!(ta.spec.secret_target_ref.iter().any(|s| s.parameter == "caCert" && s.name == "stylefarm-ca" && s.key == "ca.crt"), "{overlay}");
+        }
+    }
+}
+
 fn check_wiring(r: &Rendered, overlay: &str) {
     let coordinator = r.statefulsets.iter().find(|s| s.metadata.name.as_deref() == Some("stylefarm-coordinator")).expect("coordinator StatefulSet");
     let worker = r.deployment("stylefarm-worker");
@@ -197,10 +287,13 @@ fn check_wiring(r: &Rendered, overlay: &str) {
     let grpc_port = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("grpc")).unwrap().container_port;
     assert!(env["STYLEFARM_LISTEN"].ends_with(&format!(":{grpc_port}")), "{overlay}: listens on the declared port");
     for probe in [&c.startup_probe, &c.readiness_probe, &c.liveness_probe] {
-        assert_eq!(probe.as_ref().and_then(|p| p.grpc.as_ref()).map(|g| g.port), Some(grpc_port), "{overlay}: coordinator probes use gRPC health");
+        // over TLS: the image's health check (the kubelet's grpc probe has no TLS)
+        let command = probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone());
+        assert_eq!(command, Some(vec!["stylefarm-coordinator".to_string(), "health".to_string()]), "{overlay}: coordinator probes use its gRPC health");
     }
     let selector = service.spec.as_ref().unwrap().selector.clone().unwrap();
     assert!(labels_match(&selector, cs.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{overlay}: the Service selects the coordinator");
+    check_closed(r, overlay);
 
     // workers: reach the Service, probed on their health port, and get longer than their drain to stop
     let ws = worker.spec.as_ref().unwrap();
@@ -224,7 +317,7 @@ fn check_wiring(r: &Rendered, overlay: &str) {
     }
     let wenv = r.configmap("stylefarm-worker");
     let service_port = service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
-    assert_eq!(wenv["STYLEFARM_COORDINATOR"], format!("http://stylefarm-coordinator:{service_port}"), "{overlay}: workers reach the Service");
+    assert_eq!(wenv["STYLEFARM_COORDINATOR"], format!("https://stylefarm-coordinator:{service_port}"), "{overlay}: workers reach the Service over TLS");
     let pdb = &r.pdbs[0];
     let pdb_selector = pdb.spec.as_ref().unwrap().selector.as_ref().unwrap().match_labels.clone().unwrap();
     assert!(labels_match(&pdb_selector, ws.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()), "{overlay}: the PDB covers the workers");
@@ -487,4 +580,42 @@ fn every_way_of_getting_ffmpeg_takes_the_same_wheel() {
     }
     assert_eq!(pinned("deploy/dist/install.sh", "\"imageio-ffmpeg==", '"'), version, "install.sh's pip download");
     assert_eq!(pinned("deploy/dist/install.sh", "(imageio-ffmpeg ", ','), version, "install.sh's log line");
+}
+
+/// `deploy/k8s/bootstrap.sh --dry-run` writes the four Secrets the manifests
+/// mount, valid against the API schema, holding one worker token for both
+/// sides, and the same ones again on a second run.
+#[test]
+fn bootstrap_makes_the_secrets_the_manifests_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = workspace_bin("stylefarm-coordinator", "stylefarm-coordinator");
+    let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let run = || {
+        let out = Command::new("bash")
+            .arg(repo_root().join("deploy/k8s/bootstrap.sh"))
+            .args(["--dry-run", "--namespace", "stylefarm", "--out"])
+            .arg(dir.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap()
+    };
+    let text = run();
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).filter(|v| !v.is_null()).collect();
+    let secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>> = validate(&objects)
+        .secrets
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap(), s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
+        .collect();
+    let keys = |name: &str| secrets[name].keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys("stylefarm-coordinator-tls"), ["ca.crt", "tls.crt", "tls.key"]);
+    assert_eq!(keys("stylefarm-coordinator-tokens"), ["admin.ops", "worker.workers"]);
+    assert_eq!(secrets["stylefarm-worker-token"]["token"], secrets["stylefarm-coordinator-tokens"]["worker.workers"], "one worker token on both sides");
+    assert_eq!(secrets["stylefarm-ca"]["ca.crt"], secrets["stylefarm-coordinator-tls"]["ca.crt"]);
+    let certificate = String::from_utf8(secrets["stylefarm-coordinator-tls"]["tls.crt"].clone()).unwrap();
+    assert!(certificate.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(std::fs::read_to_string(dir.path().join("admin/token")).unwrap().starts_with("sf1_"), "the admin token stays with the operator");
+    assert!(objects.iter().all(|o| o["metadata"]["namespace"] == "stylefarm"));
+    assert_eq!(run(), text, "a second run keeps the same tokens and certificate");
 }
