@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/compose.yaml under podman-compose (PyPI, pinned), CPU workers: the
-# file parses, and the steps its header gives an operator (tokens made with
-# `run --rm coordinator token create`, then `up`) bring up the store, the
+# file parses, and the steps its header gives an operator (`up`, which runs
+# `init` first, then the admin token and CA read from init's volume and a
+# submit token made in the coordinator) bring up the store, the
 # coordinator and two workers, which complete a batch; `down -v` clears it.
 # The only change to the file is scripts/compose.cpu.yaml: no GPU reservation
 # (no NVIDIA runtime here) and the weights mounted from this machine's cache
@@ -33,8 +34,7 @@ rm -rf "$prom_ctx"
 compose() { "$VENV/bin/podman-compose" -p sf-dt-compose -f "$T/compose.yaml" -f "$T/compose.cpu.yaml" "$@"; }
 cleanup() { compose down -v -t 5 >/dev/null 2>&1 || true; podman network rm -f sf-dt-compose_default >/dev/null 2>&1 || true; }
 trap 'cleanup; rm -rf "$T"' EXIT
-# the file as shipped, beside its secrets folder, plus the CPU override
-mkdir -p "$T/secrets"
+# the file as shipped plus the CPU override
 cp deploy/compose.yaml "$T/compose.yaml"
 cp -r deploy/observability "$T/observability"   # Prometheus' config and rules, Grafana's provisioning
 sed "s|@WEIGHTS@|$CACHE/weights|" scripts/compose.cpu.yaml > "$T/compose.cpu.yaml"
@@ -42,15 +42,20 @@ cleanup
 
 compose config > "$T/config.txt"
 echo "podman-compose $("$VENV/bin/podman-compose" --version 2>/dev/null | tail -1): compose.yaml parses; services: $(compose config --services 2>/dev/null | tr '\n' ' ')"
-: > "$T/secrets/worker.token"
-compose run --rm --no-deps -T coordinator token create --role worker --name workers 2>>"$T/run.err" | tail -n 1 > "$T/secrets/worker.token"
-compose run --rm --no-deps -T coordinator token create --role submit --name me 2>>"$T/run.err" | tail -n 1 > "$T/submit.token"
-compose run --rm --no-deps -T coordinator token create --role admin --name operator 2>>"$T/run.err" | tail -n 1 > "$T/admin.token"
-[ -s "$T/secrets/worker.token" ] && [ -s "$T/submit.token" ] && [ -s "$T/admin.token" ] || { cat "$T/run.err" >&2; echo "compose: token create printed nothing" >&2; exit 1; }
 start=$SECONDS
 compose up -d --scale worker=2 >/dev/null 2>"$T/up.err" || { cat "$T/up.err" >&2; exit 1; }
-client() { "$BIN/stylefarm" --coordinator "http://127.0.0.1:$STYLEFARM_PORT" --token-file "$T/submit.token" "$@"; }
-admin() { "$BIN/stylefarm" --coordinator "http://127.0.0.1:$STYLEFARM_PORT" --token-file "$T/admin.token" "$@"; }
+# as the header says: the admin token and the CA from init's volume, a submit token made in the coordinator
+compose run --rm --no-deps -T --entrypoint cat init /etc/stylefarm/bootstrap/admin/token 2>>"$T/run.err" | tail -n 1 > "$T/admin.token"
+compose run --rm --no-deps -T --entrypoint cat init /etc/stylefarm/bootstrap/admin/ca.crt 2>>"$T/run.err" | sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' > "$T/ca.crt"
+for _ in $(seq 30); do
+  compose exec -T coordinator stylefarm-coordinator token create --role submit --name me 2>>"$T/run.err" | tail -n 1 > "$T/submit.token" && [ -s "$T/submit.token" ] && break
+  sleep 2
+done
+[ -s "$T/submit.token" ] && [ -s "$T/admin.token" ] && [ -s "$T/ca.crt" ] || { cat "$T/run.err" >&2; echo "compose: no tokens or CA" >&2; exit 1; }
+# closed: without a token the coordinator refuses, over TLS only
+if "$BIN/stylefarm" --coordinator "https://localhost:$STYLEFARM_PORT" --tls-ca "$T/ca.crt" list >/dev/null 2>&1; then echo "compose: served a caller without a token" >&2; exit 1; fi
+client() { "$BIN/stylefarm" --coordinator "https://localhost:$STYLEFARM_PORT" --tls-ca "$T/ca.crt" --token-file "$T/submit.token" "$@"; }
+admin() { "$BIN/stylefarm" --coordinator "https://localhost:$STYLEFARM_PORT" --tls-ca "$T/ca.crt" --token-file "$T/admin.token" "$@"; }
 for _ in $(seq 90); do
   [ "$(admin workers --json 2>/dev/null | python3 -c 'import json,sys; print(sum(w["connected"] for w in json.load(sys.stdin)))' 2>/dev/null)" = 2 ] && break
   sleep 2

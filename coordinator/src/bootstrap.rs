@@ -5,7 +5,7 @@
 //! ca/ca.crt, ca/ca.key              a CA of its own (unless the operator brings certificates)
 //! coordinator/tls/server.crt, .key  the coordinator's certificate, for the names given
 //! coordinator/tokens/ROLE.NAME      the tokens it imports at start (--tokens-from)
-//! worker/token, worker/ca.crt       what every worker needs
+//! worker/token, worker/ca.crt       what every worker needs (or in --worker-out)
 //! admin/token, admin/ca.crt         what the operator's CLI needs
 //! ```
 //!
@@ -22,6 +22,8 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 #[derive(Debug, Clone)]
 pub struct Init {
     pub out: PathBuf,
+    /// Where the workers' files go, if not `OUT/worker` (a volume of their own).
+    pub worker_out: Option<PathBuf>,
     /// DNS names and IP addresses the coordinator is reached by (besides localhost).
     pub hosts: Vec<String>,
     /// Names of the tokens it makes.
@@ -75,6 +77,14 @@ fn token() -> String {
 }
 
 impl Init {
+    /// The folder of `user`'s token and CA certificate.
+    fn user_dir(&self, user: &str) -> PathBuf {
+        match (user, &self.worker_out) {
+            ("worker", Some(dir)) => dir.clone(),
+            _ => self.out.join(user),
+        }
+    }
+
     /// Makes what is missing; returns every file, made or kept.
     pub fn run(&self) -> Result<Vec<Made>, InitError> {
         for (field, name) in [("admin_name", &self.admin_name), ("worker_name", &self.worker_name)] {
@@ -87,7 +97,7 @@ impl Init {
         // the token's text goes to the coordinator's import folder and to its user, once
         for (role, name, user) in [("admin", &self.admin_name, "admin"), ("worker", &self.worker_name, "worker")] {
             let imported = self.out.join("coordinator/tokens").join(format!("{role}.{name}"));
-            let given = self.out.join(user).join("token");
+            let given = self.user_dir(user).join("token");
             let text = match std::fs::read_to_string(&imported) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => token(),
@@ -131,7 +141,7 @@ impl Init {
         }
         let ca_text = std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?;
         for user in ["worker", "admin"] {
-            made.push(write_new(&self.out.join(user).join("ca.crt"), &ca_text, false)?);
+            made.push(write_new(&self.user_dir(user).join("ca.crt"), &ca_text, false)?);
         }
         Ok(made)
     }
@@ -142,7 +152,13 @@ mod tests {
     use super::*;
 
     fn init(out: &Path) -> Init {
-        Init { out: out.to_path_buf(), hosts: vec!["stylefarm-coordinator".into(), "10.0.0.7".into()], admin_name: "ops".into(), worker_name: "workers".into() }
+        Init {
+            out: out.to_path_buf(),
+            worker_out: None,
+            hosts: vec!["stylefarm-coordinator".into(), "10.0.0.7".into()],
+            admin_name: "ops".into(),
+            worker_name: "workers".into(),
+        }
     }
 
     #[test]
@@ -198,6 +214,25 @@ mod tests {
             options.check_health(std::time::Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{host}: {e}"));
         }
         server.abort();
+    }
+
+    #[test]
+    fn the_workers_files_may_go_to_a_folder_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let workers = dir.path().join("for-workers");
+        Init { worker_out: Some(workers.clone()), ..init(dir.path()) }.run().unwrap();
+        let names: Vec<_> = std::fs::read_dir(&workers)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(names, ["ca.crt", "token"], "only what a worker needs");
+        assert!(!dir.path().join("worker").exists());
+        assert_eq!(
+            std::fs::read_to_string(workers.join("token")).unwrap(),
+            std::fs::read_to_string(dir.path().join("coordinator/tokens/worker.workers")).unwrap()
+        );
     }
 
     #[test]

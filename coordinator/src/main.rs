@@ -121,6 +121,9 @@ enum Command {
         /// Where to write: ca/, coordinator/{tls,tokens}/, worker/, admin/.
         #[arg(long)]
         out: PathBuf,
+        /// Write the workers' token and CA certificate here instead of OUT/worker.
+        #[arg(long)]
+        worker_out: Option<PathBuf>,
         /// Names and addresses the coordinator is reached by, comma-separated
         /// (localhost and 127.0.0.1 are always in the certificate).
         #[arg(long, value_delimiter = ',')]
@@ -296,8 +299,9 @@ async fn main() -> Result<()> {
     if let Some(Command::Token { action }) = &args.command {
         return token_command(&config.data_dir, action);
     }
-    if let Some(Command::Init { out, hosts, admin_name, worker_name }) = &args.command {
-        let init = Init { out: out.clone(), hosts: hosts.clone(), admin_name: admin_name.clone(), worker_name: worker_name.clone() };
+    if let Some(Command::Init { out, worker_out, hosts, admin_name, worker_name }) = &args.command {
+        let init =
+            Init { out: out.clone(), worker_out: worker_out.clone(), hosts: hosts.clone(), admin_name: admin_name.clone(), worker_name: worker_name.clone() };
         for made in init.run()? {
             eprintln!("{} {}", if made.created { "made" } else { "kept" }, made.path.display());
         }

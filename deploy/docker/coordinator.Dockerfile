@@ -46,7 +46,8 @@ LABEL org.opencontainers.image.title="stylefarm-coordinator" \
 # a fixed non-root user (no passwd package needed)
 RUN echo 'stylefarm:x:10001:10001:stylefarm:/var/lib/stylefarm:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'stylefarm:x:10001:' >> /etc/group \
- && mkdir -p /var/lib/stylefarm && chown 10001:10001 /var/lib/stylefarm
+ && mkdir -p /var/lib/stylefarm /etc/stylefarm/bootstrap /etc/stylefarm/worker \
+ && chown 10001:10001 /var/lib/stylefarm /etc/stylefarm/bootstrap /etc/stylefarm/worker
 # the binaries and ffmpeg (the coordinator probes every submitted clip with it)
 COPY --from=binaries /out/bin/ /usr/local/bin/
 ENV STYLEFARM_DATA_DIR=/var/lib/stylefarm \

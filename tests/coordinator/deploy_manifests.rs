@@ -484,7 +484,7 @@ fn the_images_accept_the_command_lines_the_manifests_give_them() {
         }
     }
     let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/compose.yaml")).unwrap()).unwrap();
-    for (service, dockerfile) in [("coordinator", "coordinator.Dockerfile"), ("worker", "worker.Dockerfile")] {
+    for (service, dockerfile) in [("init", "coordinator.Dockerfile"), ("coordinator", "coordinator.Dockerfile"), ("worker", "worker.Dockerfile")] {
         let command: Vec<String> = serde_json::from_value(compose["services"][service]["command"].clone()).unwrap_or_default();
         accepts(&format!("compose {service}"), &[entrypoint(dockerfile), command].concat());
     }
@@ -618,4 +618,39 @@ fn bootstrap_makes_the_secrets_the_manifests_mount() {
     assert!(std::fs::read_to_string(dir.path().join("admin/token")).unwrap().starts_with("sf1_"), "the admin token stays with the operator");
     assert!(objects.iter().all(|o| o["metadata"]["namespace"] == "stylefarm"));
     assert_eq!(run(), text, "a second run keeps the same tokens and certificate");
+}
+
+/// The compose file is closed by default: `init` makes the CA, certificate and
+/// tokens; the coordinator requires tokens and serves TLS with init's files;
+/// workers reach it over TLS and see only their own token and the CA.
+#[test]
+fn the_compose_file_starts_closed() {
+    let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/compose.yaml")).unwrap()).unwrap();
+    let service = |name: &str| compose["services"][name].clone();
+    let command = |name: &str| serde_json::from_value::<Vec<String>>(service(name)["command"].clone()).unwrap_or_default();
+    let flag = |name: &str, flag: &str| command(name).iter().position(|a| a == flag).map(|i| command(name)[i + 1].clone());
+    for name in compose["services"].as_object().unwrap().keys() {
+        assert!(!command(name).contains(&"--insecure".to_string()), "{name}: --insecure");
+    }
+    let init_out = flag("init", "--out").expect("init --out");
+    let worker_out = flag("init", "--worker-out").expect("init --worker-out");
+    assert_eq!(flag("coordinator", "--auth").as_deref(), Some("required"));
+    assert_eq!(flag("coordinator", "--tokens-from"), Some(format!("{init_out}/coordinator/tokens")));
+    let env = service("coordinator")["environment"].clone();
+    assert_eq!(env["STYLEFARM_TLS_CERT"].as_str(), Some(format!("{init_out}/coordinator/tls/server.crt").as_str()));
+    assert_eq!(env["STYLEFARM_TLS_KEY"].as_str(), Some(format!("{init_out}/coordinator/tls/server.key").as_str()));
+    assert_eq!(service("coordinator")["depends_on"]["init"]["condition"], "service_completed_successfully");
+    let mounts = |name: &str| serde_json::from_value::<Vec<String>>(service(name)["volumes"].clone()).unwrap();
+    let volume_at =
+        |name: &str, target: &str| mounts(name).into_iter().find(|m| m.split(':').nth(1) == Some(target)).map(|m| m.split(':').next().unwrap().to_string());
+    assert_eq!(volume_at("coordinator", &init_out), volume_at("init", &init_out), "the coordinator reads init's files");
+    let wenv = service("worker")["environment"].clone();
+    assert!(wenv["STYLEFARM_COORDINATOR"].as_str().unwrap().starts_with("https://"));
+    assert_eq!(wenv["STYLEFARM_TLS_CA"].as_str(), Some(format!("{worker_out}/ca.crt").as_str()));
+    assert_eq!(flag("worker", "--token-file"), Some(format!("{worker_out}/token")));
+    assert_eq!(volume_at("worker", &worker_out), volume_at("init", &worker_out), "workers read init's worker folder");
+    assert!(
+        volume_at("worker", &init_out).is_none() && !mounts("worker").iter().any(|m| m.starts_with(&format!("{}:", volume_at("init", &init_out).unwrap()))),
+        "workers never see the admin token or the CA key"
+    );
 }
