@@ -2,7 +2,14 @@
 # Installs stylefarm from the release bundle this script sits in.
 #
 #   sudo ./install.sh worker --coordinator URL --token-file FILE [--tls-ca FILE] [--devices auto]
-#   sudo ./install.sh coordinator
+#   sudo ./install.sh coordinator [--hosts NAME,...]
+#
+# The coordinator starts closed: TLS and tokens required. Unless ETC/bootstrap
+# exists, `stylefarm-coordinator init` makes a CA, the coordinator's
+# certificate (for this host's names and --hosts), an admin token (yours:
+# ETC/bootstrap/admin/token) and a worker token with the CA for the workers
+# (ETC/bootstrap/worker/{token,ca.crt}: install.sh worker --token-file ...
+# --tls-ca ...). To bring your own certificate, edit ETC/coordinator.env.
 #
 # Options:
 #   --prefix DIR       where bin/ and site-packages/ go        [/opt/stylefarm]
@@ -11,6 +18,7 @@
 #   --python PATH      the python3 to use for torch            [python3]
 #   --no-start         install only; do not enable or start the service
 #   --no-user          do not create the `stylefarm` system user (tests, containers)
+#   --hosts NAMES      coordinator: more names or addresses for its certificate
 #
 # torch: if PYTHON already has torch 2.11.x, its site-packages is linked as
 # PREFIX/site-packages; otherwise torch==2.11.0 (CUDA 13 build, ~5 GB) is
@@ -22,7 +30,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 role="${1:-}"; shift || true
 prefix=/opt/stylefarm etc=/etc/stylefarm units=/etc/systemd/system python=python3
-coordinator="" token_file="" tls_ca="" devices=auto start=1 user=1
+coordinator="" token_file="" tls_ca="" devices=auto start=1 user=1 hosts=""
 die() { echo "install.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,7 +44,8 @@ while [ $# -gt 0 ]; do
     --devices) devices=$2; shift 2 ;;
     --no-start) start=0; shift ;;
     --no-user) user=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --hosts) hosts=$2; shift 2 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -124,8 +133,15 @@ if [ "$role" = worker ]; then
     log "weights not fetched now (the worker fetches them on its first job)"
   fi
 else
-  [ -f "$etc/coordinator.env" ] || cp "$here/systemd/coordinator.env" "$etc/coordinator.env"
-  log "settings: $etc/coordinator.env (TLS and tokens: see README#security)"
+  [ -f "$etc/coordinator.env" ] || sed -e "s|/etc/stylefarm|$etc|g" "$here/systemd/coordinator.env" > "$etc/coordinator.env"
+  log "settings: $etc/coordinator.env"
+  # closed from the first start: a CA, this host's certificate and two tokens, made once
+  fqdn=$(hostname -f 2>/dev/null || uname -n) short=$(uname -n)
+  names="$fqdn,$short${hosts:+,$hosts}"
+  "$prefix/bin/stylefarm-coordinator" init --out "$etc/bootstrap" --hosts "$names" 2>&1 | sed 's/^/install: init: /' >&2
+  [ "$user" = 1 ] && chown -R stylefarm:stylefarm "$etc/bootstrap/coordinator" "$etc/bootstrap/ca"
+  log "your admin token: $etc/bootstrap/admin/token (CA: $etc/bootstrap/admin/ca.crt); for workers: $etc/bootstrap/worker/{token,ca.crt}"
+  log "  e.g. stylefarm --coordinator https://$fqdn:50051 --tls-ca $etc/bootstrap/admin/ca.crt --token-file $etc/bootstrap/admin/token workers"
 fi
 
 # --- the unit ------------------------------------------------------------------

@@ -654,3 +654,82 @@ fn the_compose_file_starts_closed() {
         "workers never see the admin token or the CA key"
     );
 }
+
+/// The release bundle's `install.sh coordinator` (into temporary dirs) makes
+/// the CA, certificate and tokens, and the coordinator it installs, run with
+/// the settings it wrote, serves beyond loopback closed: TLS, a token needed.
+#[test]
+fn install_sh_installs_a_closed_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("bin")).unwrap();
+    std::fs::copy(workspace_bin("stylefarm-coordinator", "stylefarm-coordinator"), bundle.join("bin/stylefarm-coordinator")).unwrap();
+    // an ffmpeg beside the binaries: install.sh then fetches none
+    std::fs::write(bundle.join("bin/ffmpeg"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::create_dir_all(bundle.join("systemd")).unwrap();
+    for f in ["coordinator.env", "stylefarm-coordinator.service"] {
+        std::fs::copy(repo_root().join("deploy/systemd").join(f), bundle.join("systemd").join(f)).unwrap();
+    }
+    std::fs::copy(repo_root().join("deploy/dist/install.sh"), bundle.join("install.sh")).unwrap();
+    let (prefix, etc, units) = (dir.path().join("opt"), dir.path().join("etc"), dir.path().join("units"));
+    let installed = Command::new("bash")
+        .arg(bundle.join("install.sh"))
+        .args(["coordinator", "--no-start", "--no-user", "--hosts", "farm.example", "--prefix"])
+        .arg(&prefix)
+        .arg("--etc")
+        .arg(&etc)
+        .arg("--units")
+        .arg(&units)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&installed.stderr);
+    assert!(installed.status.success(), "{log}");
+    assert!(log.contains("your admin token"), "{log}");
+    let settings: Vec<(String, String)> = std::fs::read_to_string(etc.join("coordinator.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap())
+        .collect();
+    assert!(settings.iter().any(|(k, v)| k == "STYLEFARM_AUTH" && v == "required"));
+    let mut coordinator = Command::new(prefix.join("bin/stylefarm-coordinator"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("STYLEFARM_")) {
+        coordinator.env_remove(key);
+    }
+    let mut child = coordinator
+        .envs(settings)
+        .env("STYLEFARM_LISTEN", "0.0.0.0:0")
+        .env("STYLEFARM_DATA_DIR", dir.path().join("state"))
+        .env("STYLEFARM_METRICS_LISTEN", "127.0.0.1:0")
+        .env("STYLEFARM_HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    // kept open to the end: the coordinator prints more lines (the metrics and dashboard addresses)
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let port = line.trim().strip_prefix("listening on ").map(|a| a.rsplit(':').next().unwrap().to_string());
+    let client = |token: Option<&Path>| {
+        let mut command = Command::new(workspace_bin("stylefarm-client", "stylefarm"));
+        command.args(["--coordinator", &format!("https://localhost:{}", port.clone().unwrap_or_default()), "--tls-ca"]).arg(etc.join("bootstrap/admin/ca.crt"));
+        if let Some(token) = token {
+            command.arg("--token-file").arg(token);
+        }
+        command.env_remove("STYLEFARM_TOKEN").arg("workers").output().unwrap()
+    };
+    let (with, without) = (client(Some(&etc.join("bootstrap/admin/token"))), client(None));
+    let _ = child.kill();
+    drop(stdout);
+    let stderr = {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text);
+        text
+    };
+    assert!(port.is_some(), "the installed coordinator did not start: {line} {stderr}");
+    assert!(with.status.success(), "the admin token install.sh made: {}\n{stderr}", String::from_utf8_lossy(&with.stderr));
+    assert_eq!(without.status.code(), Some(7), "no token: refused");
+    let worker_token = std::fs::read_to_string(etc.join("bootstrap/worker/token")).unwrap();
+    assert!(worker_token.starts_with("sf1_") && etc.join("bootstrap/worker/ca.crt").is_file(), "what a worker needs is ready");
+}
