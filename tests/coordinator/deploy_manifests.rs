@@ -721,6 +721,7 @@ fn install_sh_installs_a_closed_coordinator() {
     };
     let (with, without) = (client(Some(&etc.join("bootstrap/admin/token"))), client(None));
     let _ = child.kill();
+    let _ = child.wait();
     drop(stdout);
     let stderr = {
         let mut text = String::new();
