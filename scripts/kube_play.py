@@ -15,6 +15,10 @@ Renders the overlay with `kubectl kustomize` and changes only what podman
 * Secrets: podman 4.3's kube play stores a Secret as YAML and then fails to
   read it back (it expects a JSON object of base64 values), so each Secret is
   made with `podman secret create` in that form and left out of the play.
+  The Secrets deploy/k8s/bootstrap.sh makes (TLS, tokens, the CA) are made
+  the same way, and a Secret mounted as a volume (podman 4.3's kube play
+  crashes on those) becomes a read-only hostPath of its files. The
+  certificate also names host.containers.internal (STYLEFARM_EXTRA_HOSTS).
 * ServiceAccount and PodDisruptionBudget: dropped (nothing here reads them).
 
 Everything else (images, args, env and envFrom from the ConfigMaps and the
@@ -41,7 +45,7 @@ def sh(*args, **kw):
     return subprocess.run(list(args), check=True, text=True, **kw)
 
 
-def adapt(objects, weights_dir):
+def adapt(objects, weights_dir, secret_dirs):
     out, notes = [], []
     for o in objects:
         kind, name = o["kind"], o["metadata"]["name"]
@@ -66,7 +70,7 @@ def adapt(objects, weights_dir):
         if kind == "ConfigMap":
             data = o.get("data", {})
             for key, value in list(data.items()):
-                new = value.replace("http://stylefarm-coordinator:50051", f"http://{HOST}:{COORD_PORT}") \
+                new = value.replace("https://stylefarm-coordinator:50051", f"https://{HOST}:{COORD_PORT}") \
                            .replace("http://stylefarm-s3:9000", f"http://{HOST}:{S3_PORT}")
                 if new != value:
                     data[key] = new
@@ -82,6 +86,10 @@ def adapt(objects, weights_dir):
                         port["hostPort"] = host_port
                         notes.append(f"{name}: containerPort {port['containerPort']} published as hostPort {host_port} (for its Service)")
             for v in pod.get("volumes", []):
+                if "secret" in v:
+                    secret = v.pop("secret")["secretName"]
+                    v["hostPath"] = {"path": secret_dirs[secret], "type": "Directory"}
+                    notes.append(f"{name}: volume {v['name']} (Secret {secret}) -> read-only hostPath of its files (kube play 4.3 crashes on Secret volumes)")
                 if name == "stylefarm-worker" and v["name"] == "cache":
                     v.pop("emptyDir", None)
                     v["hostPath"] = {"path": weights_dir, "type": "Directory"}
@@ -105,7 +113,7 @@ def create_secret(secret):
 
 
 def client(args, *rest, capture=True, quiet=False):
-    cmd = [args.client, "--coordinator", f"http://127.0.0.1:{COORD_PORT}", "--token-file", args.token_file, *rest]
+    cmd = [args.client, "--coordinator", f"https://localhost:{COORD_PORT}", "--tls-ca", args.tls_ca, "--token-file", args.token_file, *rest]
     out = subprocess.PIPE if capture else (subprocess.DEVNULL if quiet else None)
     return subprocess.run(cmd, check=True, text=True, stdout=out).stdout
 
@@ -151,13 +159,30 @@ def main():
 
     rendered = sh("kubectl", "kustomize", args.overlay, capture_output=True).stdout
     objects = [o for o in yaml.safe_load_all(rendered) if o]
-    played, notes = adapt(objects, cache)
+    # as an operator would: deploy/k8s/bootstrap.sh makes the Secrets (here with
+    # this checkout's stylefarm-coordinator; nothing is applied: no cluster)
+    boot = os.path.join(args.work, "bootstrap")
+    bin_dir = os.path.dirname(os.path.abspath(args.client))
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), STYLEFARM_EXTRA_HOSTS=f"{HOST},localhost")
+    sh("bash", "deploy/k8s/bootstrap.sh", "--dry-run", "--namespace", "default", "--out", boot, env=env, capture_output=True)
+    boot_secrets = [o for o in yaml.safe_load_all(open(os.path.join(boot, "secrets.yaml"))) if o]
+    secret_dirs = {}
+    for secret in boot_secrets:
+        name = secret["metadata"]["name"]
+        secret_dirs[name] = os.path.join(args.work, "secret-files", name)
+        os.makedirs(secret_dirs[name], exist_ok=True)
+        for key, value in secret.get("data", {}).items():
+            path = os.path.join(secret_dirs[name], key)
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(value))
+            os.chmod(path, 0o644)  # the containers' user reads them (this test's host files are root's)
+    args.tls_ca = os.path.join(boot, "admin", "ca.crt")
+    played, notes = adapt(objects, cache, secret_dirs)
     print(f"rendered {args.overlay}: " + ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects))
     for n in notes:
         print("  adapted: " + n)
-    # as an operator would: the coordinator and the store first, then a worker
-    # token made in the coordinator's pod and stored as the Secret the workers
-    # read (kubectl create secret generic stylefarm-worker-token), then the workers
+    # as an operator would: the Secrets first (bootstrap.sh, above), then the
+    # coordinator and the store, then the workers
     workers = [o for o in played if o["metadata"]["name"] == "stylefarm-worker"]
     store_cm = [o for o in played if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "stylefarm-store"]
     first = os.path.join(args.work, "coordinator-and-store.yaml")
@@ -175,29 +200,24 @@ def main():
                        shell=True, capture_output=True)
         for name in ("stylefarm-coordinator-state", "stylefarm-s3-data"):
             subprocess.run(["podman", "volume", "rm", "-f", name], capture_output=True)
-        for name in ("stylefarm-s3", "stylefarm-worker-token"):
+        for name in ["stylefarm-s3"] + list(secret_dirs):
             subprocess.run(["podman", "secret", "rm", name], capture_output=True)
 
     down()
     try:
         start = time.time()
-        for secret in secrets:
+        for secret in secrets + boot_secrets:
             create_secret(secret)
         sh("podman", "kube", "play", first, capture_output=True)
         lines = wait_healthy(["stylefarm-coordinator", "stylefarm-s3"], 120)
         coord = next(l.split()[0] for l in lines if "stylefarm-coordinator" in l)
 
-        def token(role, name):
-            return sh("podman", "exec", coord, "stylefarm-coordinator", "token", "create", "--role", role, "--name", name,
-                      capture_output=True).stdout.strip()
-
-        worker_token = token("worker", "workers")
+        # a submit token made in the coordinator's pod (the workers' came from bootstrap.sh)
+        submit = sh("podman", "exec", coord, "stylefarm-coordinator", "token", "create", "--role", "submit", "--name", "kube-play",
+                    capture_output=True).stdout.strip()
         args.token_file = os.path.join(args.work, "submit.token")
         with open(args.token_file, "w") as f:
-            f.write(token("submit", "kube-play") + "\n")
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stylefarm-worker-token"}, "type": "Opaque",
-                  "stringData": {"token": worker_token}}
-        create_secret(secret)
+            f.write(submit + "\n")
         with open(second, "w") as f:
             yaml.safe_dump_all(store_cm + workers, f, sort_keys=False)
         sh("podman", "kube", "play", second, capture_output=True)
