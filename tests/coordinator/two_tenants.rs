@@ -78,7 +78,7 @@ async fn another_users_batch_answers_as_one_that_never_was_and_stays_untouched()
 
     // alice's batch is exactly as it was: not paused, not cancelled, same priority, her lease alive
     let (after, jobs_after) = get_batch(&mut a, &hers.batch_id).await;
-    assert_eq!((after.state, after.priority, after.counts.clone()), (before.state, before.priority, before.counts.clone()));
+    assert_eq!((after.state, after.priority, after.counts), (before.state, before.priority, before.counts));
     let states = |jobs: &[pb::Job]| jobs.iter().map(|j| (j.id.clone(), j.state, j.attempt)).collect::<Vec<_>>();
     assert_eq!(states(&jobs_after), states(&jobs_before));
     assert_eq!(worker.heartbeat(&running, 1).await, pb::Verdict::Continue, "her running job was not taken back");
