@@ -10,6 +10,11 @@
 //! - **Calls at once per principal** (`concurrent_calls` quota, client API):
 //!   one over is RESOURCE_EXHAUSTED at once, naming the quota. A call counts
 //!   until its response ends, so open watch streams and downloads count.
+//! - **Bytes in flight per principal** (`request_mib_in_flight` quota, client
+//!   API): what a principal's open calls have sent, counted as it arrives and
+//!   until each call's response ends; the frame that goes over it ends its
+//!   call with RESOURCE_EXHAUSTED, so one user's large or half-sent messages
+//!   hold at most that much of the coordinator's memory.
 //!   The WorkerApi is not counted per principal (a pool of workers may share
 //!   one token); HTTP/2's stream limit bounds each connection.
 //! - **Stalled senders.** Once the server waits for more of a request, the
@@ -22,6 +27,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,61 +60,127 @@ pub struct Gate {
     auth: Arc<Authenticator>,
     quotas: Quotas,
     stall_timeout: Duration,
-    /// Open client calls per principal: (its limit, its permits).
-    calls: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    /// What each principal holds open on the client API.
+    shares: Mutex<HashMap<String, Share>>,
+}
+
+/// One principal's open calls and the request bytes they hold.
+struct Share {
+    limit: u32,
+    calls: Arc<Semaphore>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Share {
+    fn idle(&self) -> bool {
+        self.calls.available_permits() == self.limit as usize && self.bytes.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// What an admitted client call holds until its request and response are
+/// both done: a call permit and its request bytes on the principal's count.
+#[derive(Debug)]
+struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+    charge: Option<Charge>,
+}
+
+/// A call's request bytes on its principal's in-flight count.
+#[derive(Debug)]
+struct Charge {
+    who: String,
+    total: Arc<AtomicU64>,
+    mine: AtomicU64,
+    limit: u64,
+}
+
+impl Charge {
+    /// Counts `n` more bytes; over the principal's limit, the call ends.
+    fn add(&self, n: u64) -> Result<(), Status> {
+        self.mine.fetch_add(n, Ordering::Relaxed);
+        let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
+        if total > self.limit {
+            let mib = |b: u64| b.div_ceil(1 << 20);
+            return Err(Status::resource_exhausted(format!(
+                "quota `request_mib_in_flight` ({}) exceeded: `{}` has {} MiB of requests in flight",
+                mib(self.limit),
+                self.who,
+                mib(total)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 impl Gate {
     pub fn new(auth: Arc<Authenticator>, quotas: Quotas, stall_timeout: Duration) -> Arc<Gate> {
-        Arc::new(Gate { auth, quotas, stall_timeout, calls: Mutex::new(HashMap::new()) })
+        Arc::new(Gate { auth, quotas, stall_timeout, shares: Mutex::new(HashMap::new()) })
     }
 
     /// Checks the caller of a call to `api` from its headers; on the client
-    /// API also takes one of its principal's call permits.
-    fn admit(&self, headers: &http::HeaderMap, api: Api) -> Result<(Authenticated, Option<OwnedSemaphorePermit>), CoordError> {
+    /// API also takes one of its principal's call permits and counts its
+    /// request bytes toward the principal's.
+    fn admit(&self, headers: &http::HeaderMap, api: Api) -> Result<(Authenticated, Arc<Held>), CoordError> {
         let credential = match headers.get("authorization") {
             Some(value) => Some(value.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?),
             None => None,
         };
         let principal = self.auth.authenticate_token(credential, api, "missing `authorization: Bearer TOKEN` metadata (--token-file or STYLEFARM_TOKEN)")?;
-        let permit = match api {
-            Api::Client => self.permit(&principal.name, self.quotas.of(&principal).concurrent_calls)?,
-            Api::Worker | Api::Admin => None,
+        let held = match api {
+            Api::Client => {
+                let quota = self.quotas.of(&principal);
+                self.hold(&principal.name, quota.concurrent_calls, quota.request_mib_in_flight)?
+            }
+            Api::Worker | Api::Admin => Held { _permit: None, charge: None },
         };
-        Ok((Authenticated::new(principal), permit))
+        Ok((Authenticated::new(principal), Arc::new(held)))
     }
 
-    /// One of `who`'s `limit` call permits (None: no limit).
-    fn permit(&self, who: &str, limit: u32) -> Result<Option<OwnedSemaphorePermit>, CoordError> {
-        if limit == u32::MAX {
-            return Ok(None);
+    /// One of `who`'s `calls` permits and a charge on its `mib` of request
+    /// bytes in flight (neither where the quota is no limit).
+    fn hold(&self, who: &str, calls: u32, mib: u64) -> Result<Held, CoordError> {
+        if calls == u32::MAX && mib == u64::MAX {
+            return Ok(Held { _permit: None, charge: None });
         }
-        let semaphore = {
-            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-            if !calls.contains_key(who) && calls.len() >= MAX_PRINCIPALS {
-                calls.retain(|_, (limit, s)| s.available_permits() < *limit as usize);
-                if calls.len() >= MAX_PRINCIPALS {
+        let (semaphore, bytes) = {
+            let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+            if !shares.contains_key(who) && shares.len() >= MAX_PRINCIPALS {
+                shares.retain(|_, share| !share.idle());
+                if shares.len() >= MAX_PRINCIPALS {
                     return Err(CoordError::Unavailable(format!("{MAX_PRINCIPALS} principals have calls open; try again")));
                 }
             }
-            let entry = calls.entry(who.to_string()).or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
-            if entry.0 != limit {
-                // the limit changed (a new config): a fresh count from here
-                *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
+            let fresh = || Share { limit: calls, calls: Arc::new(Semaphore::new(calls.min(Semaphore::MAX_PERMITS as u32) as usize)), bytes: Arc::default() };
+            let share = shares.entry(who.to_string()).or_insert_with(fresh);
+            if share.limit != calls {
+                // the limit changed (a new config): a fresh count of calls from here
+                share.limit = calls;
+                share.calls = Arc::new(Semaphore::new(calls.min(Semaphore::MAX_PERMITS as u32) as usize));
             }
-            Arc::clone(&entry.1)
+            (Arc::clone(&share.calls), Arc::clone(&share.bytes))
         };
-        semaphore.try_acquire_owned().map(Some).map_err(|_| CoordError::QuotaExceeded {
-            quota: "concurrent_calls",
-            limit: limit.to_string(),
-            detail: format!("`{who}` has {limit} calls open (watch streams and downloads count until they end)"),
-        })
+        let permit = match calls {
+            u32::MAX => None,
+            _ => Some(semaphore.try_acquire_owned().map_err(|_| CoordError::QuotaExceeded {
+                quota: "concurrent_calls",
+                limit: calls.to_string(),
+                detail: format!("`{who}` has {calls} calls open (watch streams and downloads count until they end)"),
+            })?),
+        };
+        let charge = (mib != u64::MAX).then(|| Charge { who: who.to_string(), total: bytes, mine: AtomicU64::new(0), limit: mib.saturating_mul(1 << 20) });
+        Ok(Held { _permit: permit, charge })
     }
 
     /// Principals with a count kept (for tests).
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.calls.lock().unwrap().len()
+        self.shares.lock().unwrap().len()
     }
 }
 
@@ -155,7 +227,7 @@ where
         let Some(api) = service_of(request.uri().path()) else {
             return Box::pin(self.inner.call(request));
         };
-        let (authenticated, permit) = match self.gate.admit(request.headers(), api) {
+        let (authenticated, held) = match self.gate.admit(request.headers(), api) {
             Ok(admitted) => admitted,
             Err(e) => {
                 tracing::debug!(error = %e, path = request.uri().path(), "call refused at the gate");
@@ -165,36 +237,36 @@ where
         };
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(authenticated);
-        let body = Body::new(StallLimit::new(body, self.gate.stall_timeout));
+        let body = Body::new(Watched::new(body, self.gate.stall_timeout, Arc::clone(&held)));
         let future = self.inner.call(http::Request::from_parts(parts, body));
         Box::pin(async move {
             let response = future.await?;
-            Ok(match permit {
-                // the permit is held until the response's last frame
-                Some(permit) => response.map(|body| Body::new(Holding { body, _permit: permit })),
-                None => response,
-            })
+            // the permit and the bytes are held until the response's last frame
+            Ok(response.map(|body| Body::new(Holding { body, _held: held })))
         })
     }
 }
 
 /// A request body that ends with DEADLINE_EXCEEDED when its sender keeps
-/// the server waiting longer than `limit` for the next frame. The clock runs
-/// only while the server waits for the sender, not while it is busy itself.
-struct StallLimit {
+/// the server waiting longer than `limit` for the next frame (the clock runs
+/// only while the server waits for the sender, not while it is busy itself),
+/// and with RESOURCE_EXHAUSTED when its principal's bytes in flight go over
+/// their quota.
+struct Watched {
     body: Body,
     limit: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
     waiting: bool,
+    held: Arc<Held>,
 }
 
-impl StallLimit {
-    fn new(body: Body, limit: Duration) -> StallLimit {
-        StallLimit { body, limit, sleep: Box::pin(tokio::time::sleep(limit)), waiting: false }
+impl Watched {
+    fn new(body: Body, limit: Duration, held: Arc<Held>) -> Watched {
+        Watched { body, limit, sleep: Box::pin(tokio::time::sleep(limit)), waiting: false, held }
     }
 }
 
-impl http_body::Body for StallLimit {
+impl http_body::Body for Watched {
     type Data = bytes::Bytes;
     type Error = Status;
 
@@ -207,6 +279,12 @@ impl http_body::Body for StallLimit {
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
             this.waiting = false;
+            if let (Some(Ok(data)), Some(charge)) = (frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)), &this.held.charge) {
+                if let Err(over) = charge.add(data.map_or(0, |d| d.len() as u64)) {
+                    tracing::debug!(principal = %charge.who, "request bytes in flight over quota: call ended");
+                    return Poll::Ready(Some(Err(over)));
+                }
+            }
             return Poll::Ready(frame);
         }
         match this.sleep.as_mut().poll(cx) {
@@ -230,10 +308,10 @@ impl http_body::Body for StallLimit {
     }
 }
 
-/// A response body that holds its call's permit until it ends.
+/// A response body that holds its call's permit and bytes until it ends.
 struct Holding {
     body: Body,
-    _permit: OwnedSemaphorePermit,
+    _held: Arc<Held>,
 }
 
 impl http_body::Body for Holding {
@@ -302,7 +380,7 @@ mod tests {
         let third = gate.admit(&headers(Some(&ann)), Api::Client).expect("a call that ended frees its permit");
         // workers are not counted per principal (a pool shares one token)
         let workers: Vec<_> = (0..10).map(|_| gate.admit(&headers(Some(&gpu)), Api::Worker).unwrap()).collect();
-        assert!(workers.iter().all(|(_, permit)| permit.is_none()));
+        assert!(workers.iter().all(|(_, held)| held._permit.is_none() && held.charge.is_none()));
         drop((second, third));
     }
 
@@ -310,12 +388,29 @@ mod tests {
     fn the_count_of_principals_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let (gate, _, _) = gate(dir.path(), Quotas::default());
-        let held: Vec<_> = (0..5).map(|i| gate.permit(&format!("p{i}"), 4).unwrap()).collect();
+        let held: Vec<_> = (0..5).map(|i| gate.hold(&format!("p{i}"), 4, 1).unwrap()).collect();
         for i in 5..MAX_PRINCIPALS + 10 {
-            drop(gate.permit(&format!("p{i}"), 4).unwrap());
+            drop(gate.hold(&format!("p{i}"), 4, 1).unwrap());
         }
         assert!(gate.tracked() <= MAX_PRINCIPALS, "{}", gate.tracked());
         drop(held);
+    }
+
+    #[test]
+    fn a_principals_request_bytes_in_flight_are_bounded_and_freed_when_calls_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, _, _) = gate(dir.path(), Quotas::default());
+        let (first, second) = (gate.hold("ann", 8, 1).unwrap(), gate.hold("ann", 8, 1).unwrap());
+        let (a, b) = (first.charge.as_ref().unwrap(), second.charge.as_ref().unwrap());
+        a.add(600 << 10).unwrap();
+        let e = b.add(600 << 10).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("quota `request_mib_in_flight` (1)") && e.message().contains("`ann` has 2 MiB"), "{}", e.message());
+        let other = gate.hold("bob", 8, 1).unwrap();
+        other.charge.as_ref().unwrap().add(1 << 20).expect("bob has his own count");
+        drop((first, second));
+        let third = gate.hold("ann", 8, 1).unwrap();
+        third.charge.as_ref().unwrap().add(1 << 20).expect("ended calls gave their bytes back");
     }
 
     #[tokio::test]
@@ -323,7 +418,8 @@ mod tests {
         let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<bytes::Bytes>, Status>>(4);
         let body = Body::new(http_body_util::StreamBody::new(rx));
         let limit = Duration::from_millis(300);
-        let mut limited = std::pin::pin!(StallLimit::new(body, limit));
+        let held = Arc::new(Held { _permit: None, charge: None });
+        let mut limited = std::pin::pin!(Watched::new(body, limit, held));
         tx.try_send(Ok(Frame::data(bytes::Bytes::from_static(b"abc")))).unwrap();
         // the server was busy for twice the limit before it read on: that is not the sender's stall
         tokio::time::sleep(limit * 2).await;

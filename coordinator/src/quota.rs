@@ -10,6 +10,7 @@
 //! | `priority_min`..=`priority_max`: a batch's priority | -1000..=100 (lowering one's own is free) | any |
 //! | `concurrent_calls`: client API calls open at once (watch streams and downloads count) | 64 | no limit |
 //! | `unfinished_mpx_iterations`: pixels × iterations of queued + running jobs, in millions | 2,000,000 | no limit |
+//! | `request_mib_in_flight`: request bytes of open client calls, in MiB (checked by `crate::gate`) | 256 | no limit |
 //!
 //! Set in the config file per role (`[quotas.submit]`, `[quotas.admin]`),
 //! and per token over its role's (`[quotas.tokens.NAME]`).
@@ -44,6 +45,9 @@ pub struct Quota {
     /// Pixels × iterations of queued and running jobs at once, in millions
     /// (a 512 px, 500-iteration render is about 170).
     pub unfinished_mpx_iterations: u64,
+    /// MiB of request bytes a principal's open client calls may hold (a
+    /// submit is at most 64, an upload at most `max_upload_bytes`).
+    pub request_mib_in_flight: u64,
 }
 
 impl Quota {
@@ -57,6 +61,7 @@ impl Quota {
             priority_max: 100,
             concurrent_calls: 64,
             unfinished_mpx_iterations: 2_000_000,
+            request_mib_in_flight: 256,
         }
     }
 
@@ -70,6 +75,7 @@ impl Quota {
             priority_max: i32::MAX,
             concurrent_calls: u32::MAX,
             unfinished_mpx_iterations: u64::MAX,
+            request_mib_in_flight: u64::MAX,
         }
     }
 
@@ -137,6 +143,7 @@ pub struct QuotaFields {
     pub priority_max: Option<i32>,
     pub concurrent_calls: Option<u32>,
     pub unfinished_mpx_iterations: Option<u64>,
+    pub request_mib_in_flight: Option<u64>,
 }
 
 impl QuotaFields {
@@ -149,6 +156,7 @@ impl QuotaFields {
             priority_max: self.priority_max.unwrap_or(base.priority_max),
             concurrent_calls: self.concurrent_calls.unwrap_or(base.concurrent_calls),
             unfinished_mpx_iterations: self.unfinished_mpx_iterations.unwrap_or(base.unfinished_mpx_iterations),
+            request_mib_in_flight: self.request_mib_in_flight.unwrap_or(base.request_mib_in_flight),
         }
     }
 }
@@ -192,9 +200,17 @@ impl Quotas {
             if q.priority_min > q.priority_max {
                 return Err(format!("{section}: priority_min {} is above priority_max {}", q.priority_min, q.priority_max));
             }
-            if q.jobs_per_batch == 0 || q.unfinished_jobs == 0 || q.submits_per_minute == 0 || q.concurrent_calls == 0 || q.unfinished_mpx_iterations == 0 {
+            let zero = [
+                q.jobs_per_batch,
+                q.unfinished_jobs,
+                u64::from(q.submits_per_minute),
+                u64::from(q.concurrent_calls),
+                q.unfinished_mpx_iterations,
+                q.request_mib_in_flight,
+            ];
+            if zero.contains(&0) {
                 return Err(format!(
-                    "{section}: unfinished_jobs, jobs_per_batch, submits_per_minute, concurrent_calls and unfinished_mpx_iterations must be at least 1"
+                    "{section}: unfinished_jobs, jobs_per_batch, submits_per_minute, concurrent_calls, unfinished_mpx_iterations and request_mib_in_flight must be at least 1"
                 ));
             }
         }

@@ -141,3 +141,39 @@ async fn a_user_who_stalls_holds_only_their_own_calls_and_only_until_the_stall_t
     assert!(ended >= Duration::from_secs(3) && ended < Duration::from_secs(12), "{ended:?}");
     list(&mut as_alice).await.expect("alice's permits came back when her calls ended");
 }
+
+/// The coordinator's memory growth while `alice` sends 8 submits of 24 MiB
+/// each (declared 60 MB) and stalls, under a `request_mib_in_flight` quota of
+/// `mib`; and how many of the 8 were ended RESOURCE_EXHAUSTED.
+async fn authenticated_senders(mib: u64) -> (u64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = create_token(dir.path(), "alice", "submit");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[quotas.submit]\nrequest_mib_in_flight = {mib}\n")).unwrap();
+    let coordinator = CoordinatorProcess::start_with(dir.path(), "127.0.0.1:0", 3000, &["--config", config.to_str().unwrap()]);
+    let mut client = client(&coordinator.url, &alice).await;
+    list(&mut client).await.expect("alice is served");
+    let pid = coordinator.child.id();
+    let before = rss_bytes(pid);
+    let stalled = futures::future::join_all((0..8).map(|_| Stalled::start(&coordinator.addr, Some(&alice), 60_000_000, 24 << 20))).await;
+    let answers = futures::future::join_all(stalled.into_iter().map(|s| s.answer(Duration::from_secs(8)))).await;
+    let growth = rss_bytes(pid).saturating_sub(before);
+    (growth, answers.iter().filter(|a| a.as_deref() == Some("8")).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_half_sent_messages_hold_at_most_their_quota_of_memory() {
+    let (unbounded, none_refused) = authenticated_senders(100_000).await;
+    let (bounded, refused) = authenticated_senders(64).await;
+    println!(
+        "8 authenticated submits of 24 MiB, stalled: coordinator RSS +{:.0} MiB with request_mib_in_flight = 64 ({refused} of 8 ended RESOURCE_EXHAUSTED) vs +{:.0} MiB with no such bound ({none_refused} ended); ratio {:.2}",
+        bounded as f64 / 1048576.0,
+        unbounded as f64 / 1048576.0,
+        bounded as f64 / unbounded.max(1) as f64
+    );
+    assert_eq!(none_refused, 0);
+    assert!(refused >= 5, "at most two 24 MiB calls fit in 64 MiB: {refused} refused");
+    // what was accepted (2 × 24 MiB) plus the growth of its buffers and what the
+    // allocator keeps of the refused calls' bytes: well under the unbounded run
+    assert!(bounded < 192 << 20 && (bounded as f64) < 0.75 * unbounded as f64, "the quota bounds what alice's calls hold: +{} MiB vs +{} MiB", bounded >> 20, unbounded >> 20);
+}
