@@ -175,5 +175,10 @@ async fn a_users_half_sent_messages_hold_at_most_their_quota_of_memory() {
     assert!(refused >= 5, "at most two 24 MiB calls fit in 64 MiB: {refused} refused");
     // what was accepted (2 × 24 MiB) plus the growth of its buffers and what the
     // allocator keeps of the refused calls' bytes: well under the unbounded run
-    assert!(bounded < 192 << 20 && (bounded as f64) < 0.75 * unbounded as f64, "the quota bounds what alice's calls hold: +{} MiB vs +{} MiB", bounded >> 20, unbounded >> 20);
+    assert!(
+        bounded < 192 << 20 && (bounded as f64) < 0.75 * unbounded as f64,
+        "the quota bounds what alice's calls hold: +{} MiB vs +{} MiB",
+        bounded >> 20,
+        unbounded >> 20
+    );
 }
