@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tonic::Request;
 
 use crate::error::{CoordError, Result};
-use crate::secrets::SecretHash;
+use crate::secrets::{ApiToken, SecretHash};
 use crate::store::StoreError;
 
 pub use crate::identity::{Principal, Role, LOCAL};
@@ -168,10 +168,9 @@ impl TokenStore {
 
     /// Makes a token; the only time its text exists is this return value.
     pub fn create(&self, name: &str, role: Role) -> Result<String> {
-        let id = hex::encode(rand::random::<[u8; 8]>());
-        let secret = hex::encode(rand::random::<[u8; 32]>());
-        self.insert(name, role, &id, &secret)?;
-        Ok(format!("sf1_{id}_{secret}"))
+        let token = ApiToken::generate();
+        self.insert(name, role, &token)?;
+        Ok(token.expose())
     }
 
     /// Takes in a token made elsewhere (`stylefarm-coordinator init`, or an
@@ -181,11 +180,7 @@ impl TokenStore {
     /// never reused), and a revoked one stays revoked.
     pub fn import(&self, name: &str, role: Role, token: &str) -> Result<Imported> {
         let malformed = || CoordError::invalid("token", format!("`{name}` is not sf1_<16 hex digits>_<64 hex digits>"));
-        let (id, secret) = token.trim().strip_prefix("sf1_").and_then(|rest| rest.split_once('_')).ok_or_else(malformed)?;
-        let hex_of = |text: &str, len: usize| text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_of(id, 16) || !hex_of(secret, 64) {
-            return Err(malformed());
-        }
+        let token = ApiToken::parse(token).filter(ApiToken::is_canonical).ok_or_else(malformed)?;
         let existing: Option<(String, String, String, Option<i64>)> = self
             .conn()
             .query_row("SELECT id, role, secret_sha256, revoked_ms FROM tokens WHERE name = ?1", params![name], |r| {
@@ -195,10 +190,12 @@ impl TokenStore {
             .map_err(db_err)?;
         match existing {
             None => {
-                self.insert(name, role, id, secret)?;
+                self.insert(name, role, &token)?;
                 Ok(Imported::Added)
             }
-            Some((known_id, known_role, hash, revoked)) if known_id == id && known_role == role.as_str() && SecretHash::from_hex(&hash).verify(secret) => {
+            Some((known_id, known_role, hash, revoked))
+                if known_id == token.id() && known_role == role.as_str() && SecretHash::from_hex(&hash).verify(token.secret()) =>
+            {
                 Ok(if revoked.is_some() { Imported::Revoked } else { Imported::Present })
             }
             Some(_) => Err(CoordError::FailedPrecondition(format!(
@@ -207,7 +204,7 @@ impl TokenStore {
         }
     }
 
-    fn insert(&self, name: &str, role: Role, id: &str, secret: &str) -> Result<()> {
+    fn insert(&self, name: &str, role: Role, token: &ApiToken) -> Result<()> {
         if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
             return Err(CoordError::invalid("name", "1..=64 characters of a-z A-Z 0-9 - _ . @"));
         }
@@ -216,7 +213,7 @@ impl TokenStore {
         }
         let conn = self.conn();
         let taken: Option<String> =
-            conn.query_row("SELECT id FROM tokens WHERE name = ?1 OR id = ?2", params![name, id], |r| r.get(0)).optional().map_err(db_err)?;
+            conn.query_row("SELECT id FROM tokens WHERE name = ?1 OR id = ?2", params![name, token.id()], |r| r.get(0)).optional().map_err(db_err)?;
         if taken.is_some() {
             return Err(CoordError::FailedPrecondition(format!(
                 "a token named `{name}` (or with its id) exists (names are never reused, even after revocation)"
@@ -224,7 +221,7 @@ impl TokenStore {
         }
         conn.execute(
             "INSERT INTO tokens (id, name, role, secret_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, name, role.as_str(), SecretHash::of(secret).to_hex(), now_ms()],
+            params![token.id(), name, role.as_str(), SecretHash::of(token.secret()).to_hex(), now_ms()],
         )
         .map_err(db_err)?;
         Ok(())
@@ -362,7 +359,13 @@ impl Authenticator {
             // the gate checked the token before the message was read
             return self.authorize(principal.clone(), api);
         }
-        let header = match request.metadata().get("authorization") {
+        self.authenticate_headers(request.metadata().as_ref(), api)
+    }
+
+    /// The caller named by the `authorization` header of `headers`, allowed
+    /// to use `api` (the gate's check, before the message is read).
+    pub fn authenticate_headers(&self, headers: &http::HeaderMap, api: Api) -> Result<Principal> {
+        let header = match headers.get("authorization") {
             Some(value) => Some(value.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?),
             None => None,
         };
@@ -380,7 +383,7 @@ impl Authenticator {
             let text = credential.ok_or_else(|| CoordError::Unauthenticated(missing.into()))?;
             let token = text.strip_prefix("Bearer ").unwrap_or(text).trim();
             let invalid = || CoordError::Unauthenticated("invalid or revoked token".into());
-            let (id, secret) = token.strip_prefix("sf1_").and_then(|rest| rest.split_once('_')).ok_or_else(invalid)?;
+            let (id, secret) = ApiToken::split(token).ok_or_else(invalid)?;
             let row = cache.tokens.get(id).ok_or_else(invalid)?;
             if !row.hash.verify(secret) || row.revoked {
                 return Err(invalid());

@@ -16,6 +16,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::secrets::ApiToken;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// What `init` makes.
@@ -72,10 +73,6 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<Made, InitError> {
     Ok(Made { path: path.to_path_buf(), created: true })
 }
 
-fn token() -> String {
-    format!("sf1_{}_{}", hex::encode(rand::random::<[u8; 8]>()), hex::encode(rand::random::<[u8; 32]>()))
-}
-
 impl Init {
     /// The folder of `user`'s token and CA certificate.
     fn user_dir(&self, user: &str) -> PathBuf {
@@ -100,7 +97,7 @@ impl Init {
             let given = self.user_dir(user).join("token");
             let text = match std::fs::read_to_string(&imported) {
                 Ok(text) => text,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => token(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ApiToken::generate().expose(),
                 Err(e) => return Err(io(&imported)(e)),
             };
             made.push(write_new(&imported, &text, true)?);
@@ -117,8 +114,12 @@ impl Init {
         let mut made = Vec::new();
         if !server_crt.exists() {
             let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-            names.extend(self.hosts.iter().filter(|h| !h.is_empty()).cloned());
-            names.dedup();
+            for host in self.hosts.iter().filter(|h| !h.is_empty()) {
+                // each name once (`dedup` drops only neighbours: `--hosts coordinator,localhost`)
+                if !names.contains(host) {
+                    names.push(host.clone());
+                }
+            }
             let ca_key_pair = match std::fs::read_to_string(&ca_key) {
                 Ok(pem) => KeyPair::from_pem(&pem)?,
                 Err(_) => KeyPair::generate()?,

@@ -96,17 +96,16 @@ struct Charge {
 
 impl Charge {
     /// Counts `n` more bytes; over the principal's limit, the call ends.
-    fn add(&self, n: u64) -> Result<(), Status> {
+    fn add(&self, n: u64) -> Result<(), CoordError> {
         self.mine.fetch_add(n, Ordering::Relaxed);
         let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
         if total > self.limit {
             let mib = |b: u64| b.div_ceil(1 << 20);
-            return Err(Status::resource_exhausted(format!(
-                "quota `request_mib_in_flight` ({}) exceeded: `{}` has {} MiB of requests in flight",
-                mib(self.limit),
-                self.who,
-                mib(total)
-            )));
+            return Err(CoordError::QuotaExceeded {
+                quota: "request_mib_in_flight",
+                limit: mib(self.limit).to_string(),
+                detail: format!("`{}` has {} MiB of requests in flight", self.who, mib(total)),
+            });
         }
         Ok(())
     }
@@ -127,11 +126,7 @@ impl Gate {
     /// API also takes one of its principal's call permits and counts its
     /// request bytes toward the principal's.
     fn admit(&self, headers: &http::HeaderMap, api: Api) -> Result<(Authenticated, Arc<Held>), CoordError> {
-        let credential = match headers.get("authorization") {
-            Some(value) => Some(value.to_str().map_err(|_| CoordError::Unauthenticated("malformed authorization metadata".into()))?),
-            None => None,
-        };
-        let principal = self.auth.authenticate_token(credential, api, "missing `authorization: Bearer TOKEN` metadata (--token-file or STYLEFARM_TOKEN)")?;
+        let principal = self.auth.authenticate_headers(headers, api)?;
         let held = match api {
             Api::Client => {
                 let quota = self.quotas.of(&principal);
@@ -156,12 +151,12 @@ impl Gate {
                     return Err(CoordError::Unavailable(format!("{MAX_PRINCIPALS} principals have calls open; try again")));
                 }
             }
-            let fresh = || Share { limit: calls, calls: Arc::new(Semaphore::new(calls.min(Semaphore::MAX_PERMITS as u32) as usize)), bytes: Arc::default() };
-            let share = shares.entry(who.to_string()).or_insert_with(fresh);
+            let permits = || Arc::new(Semaphore::new((calls as usize).min(Semaphore::MAX_PERMITS)));
+            let share = shares.entry(who.to_string()).or_insert_with(|| Share { limit: calls, calls: permits(), bytes: Arc::default() });
             if share.limit != calls {
                 // the limit changed (a new config): a fresh count of calls from here
                 share.limit = calls;
-                share.calls = Arc::new(Semaphore::new(calls.min(Semaphore::MAX_PERMITS as u32) as usize));
+                share.calls = permits();
             }
             (Arc::clone(&share.calls), Arc::clone(&share.bytes))
         };
@@ -282,7 +277,7 @@ impl http_body::Body for Watched {
             if let (Some(Ok(data)), Some(charge)) = (frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)), &this.held.charge) {
                 if let Err(over) = charge.add(data.map_or(0, |d| d.len() as u64)) {
                     tracing::debug!(principal = %charge.who, "request bytes in flight over quota: call ended");
-                    return Poll::Ready(Some(Err(over)));
+                    return Poll::Ready(Some(Err(Status::from(over))));
                 }
             }
             return Poll::Ready(frame);
@@ -405,7 +400,7 @@ mod tests {
         a.add(600 << 10).unwrap();
         let e = b.add(600 << 10).unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert!(e.message().contains("quota `request_mib_in_flight` (1)") && e.message().contains("`ann` has 2 MiB"), "{}", e.message());
+        assert!(e.to_string().contains("quota `request_mib_in_flight` (1)") && e.to_string().contains("`ann` has 2 MiB"), "{e}");
         let other = gate.hold("bob", 8, 1).unwrap();
         other.charge.as_ref().unwrap().add(1 << 20).expect("bob has his own count");
         drop((first, second));

@@ -45,6 +45,60 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// An API token's text, `sf1_<id>_<secret>`: a 64-bit public id (16 hex
+/// digits) that names it and a 256-bit secret (64 hex digits) kept only as
+/// its [`SecretHash`]. The one place the format is made and read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    id: String,
+    secret: String,
+}
+
+impl ApiToken {
+    pub fn generate() -> ApiToken {
+        ApiToken { id: to_hex(&rand::random::<[u8; 8]>()), secret: to_hex(&rand::random::<[u8; 32]>()) }
+    }
+
+    /// Splits `sf1_<id>_<secret>` (surrounding whitespace ignored); None if
+    /// the text is not of that shape.
+    pub fn parse(text: &str) -> Option<ApiToken> {
+        let (id, secret) = ApiToken::split(text)?;
+        Some(ApiToken { id: id.to_string(), secret: secret.to_string() })
+    }
+
+    /// The id and secret of `sf1_<id>_<secret>`, borrowed (every call is
+    /// checked this way: no copies on that path).
+    pub fn split(text: &str) -> Option<(&str, &str)> {
+        text.trim().strip_prefix("sf1_")?.split_once('_')
+    }
+
+    /// Whether it is as [`ApiToken::generate`] makes them: 16 and 64 hex digits.
+    pub fn is_canonical(&self) -> bool {
+        let hex_of = |text: &str, len: usize| text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit());
+        hex_of(&self.id, 16) && hex_of(&self.secret, 64)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The secret part, to check against its hash (never to a log).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The token's text, to hand to its holder (never to a log).
+    pub fn expose(&self) -> String {
+        format!("sf1_{}_{}", self.id, self.secret)
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiToken({}, …)", self.id)
+    }
+}
+
 /// SHA-256 of a secret (the secrets are random, so no slow hash is needed).
 /// The zero hash (`SecretHash::default()`) matches nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]

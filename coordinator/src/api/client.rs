@@ -95,6 +95,8 @@ impl pb::coordinator_server::Coordinator for ClientApi {
         }
         quota.check_batch(new.jobs.len())?;
         let owner = caller.name.clone();
+        // what the batch adds to its owner's load, summed before the lock
+        let adding = Load { jobs: new.jobs.len() as u64, work: new.jobs.iter().fold(0u64, |sum, j| sum.saturating_add(j.work)) };
         // with traces exported, each job's trace starts at its `job` span under
         // this call: the jobs take this call's trace id in the lock, and their
         // spans are made after it, so a large submit does not hold up leases
@@ -108,7 +110,6 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 // counted under the lock, so two submits at once cannot both slip under it
                 let replay = new.request_id.as_deref().is_some_and(|r| s.batch_for_request(&owner, r).is_some());
                 if !replay {
-                    let adding = Load { jobs: new.jobs.len() as u64, work: new.jobs.iter().fold(0u64, |sum, j| sum.saturating_add(j.work)) };
                     quota.check_unfinished(s.unfinished_of(&owner), adding)?;
                 }
                 Ok(match parent_trace {

@@ -358,14 +358,20 @@ impl JobRecord {
     /// the attempt not counted (its number stays used: fencing only grows).
     pub fn hand_back(&mut self, worker: WorkerId, claim: &LeaseClaim, now: Millis) -> Result<AfterFailure> {
         self.check_lease(worker, claim)?;
+        Ok(self.give_back(now))
+    }
+
+    /// The running attempt ends unfinished and uncounted: queued again at
+    /// once, or cancelled if a cancel was asked for (both hand-backs).
+    fn give_back(&mut self, now: Millis) -> AfterFailure {
         if matches!(self.state, JobState::Running { cancel_requested: true, .. }) {
             self.state = JobState::Cancelled;
             self.finished_ms = Some(now);
-            return Ok(AfterFailure::Cancelled);
+            return AfterFailure::Cancelled;
         }
         self.handed_back += 1;
         self.state = JobState::Queued { not_before_ms: now };
-        Ok(AfterFailure::Requeued { not_before_ms: now })
+        AfterFailure::Requeued { not_before_ms: now }
     }
 
     /// The coordinator takes the running attempt back (its batch was paused
@@ -376,15 +382,12 @@ impl JobRecord {
     /// Returns the worker, when it leased and how the attempt ended; None if
     /// the job is not running.
     pub fn take_back(&mut self, now: Millis) -> Option<(WorkerId, Millis, AttemptEnd)> {
-        let JobState::Running { worker, cancel_requested, leased_ms, .. } = self.state else { return None };
-        if cancel_requested {
-            self.state = JobState::Cancelled;
-            self.finished_ms = Some(now);
-            return Some((worker, leased_ms, AttemptEnd::Cancelled));
-        }
-        self.handed_back += 1;
-        self.state = JobState::Queued { not_before_ms: now };
-        Some((worker, leased_ms, AttemptEnd::HandedBack))
+        let JobState::Running { worker, leased_ms, .. } = self.state else { return None };
+        let end = match self.give_back(now) {
+            AfterFailure::Cancelled => AttemptEnd::Cancelled,
+            AfterFailure::Requeued { .. } | AfterFailure::Failed => AttemptEnd::HandedBack,
+        };
+        Some((worker, leased_ms, end))
     }
 
     /// Attempts that count against `max_attempts`.
