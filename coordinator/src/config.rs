@@ -82,6 +82,8 @@ pub struct CoordinatorConfig {
     pub stall_timeout: HumanDuration,
     /// Quotas per role (`[quotas.submit]`, `[quotas.admin]`; see `crate::quota`).
     pub quotas: crate::quota::Quotas,
+    /// Where batch-end webhooks may go, with their keys (`[webhooks]`; see `crate::notify`).
+    pub webhooks: crate::notify::WebhookConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -121,6 +123,7 @@ impl Default for CoordinatorConfig {
             retain_finished: None,
             stall_timeout: HumanDuration(Duration::from_secs(30)),
             quotas: crate::quota::Quotas::default(),
+            webhooks: crate::notify::WebhookConfig::default(),
         }
     }
 }
@@ -192,6 +195,29 @@ impl CoordinatorConfig {
         }
         if let Ok(v) = std::env::var("STYLEFARM_ALLOWED_INPUT_PREFIXES") {
             self.allowed_input_prefixes = v.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect();
+        }
+        self.apply_webhook_env()
+    }
+
+    /// `STYLEFARM_WEBHOOK_ALLOW` and `STYLEFARM_WEBHOOK` (comma lists, added
+    /// to the file's), `STYLEFARM_WEBHOOK_SECRET_FILE`, `STYLEFARM_WEBHOOK_ON`,
+    /// `STYLEFARM_WEBHOOK_GIVE_UP_AFTER`.
+    fn apply_webhook_env(&mut self) -> Result<(), ConfigError> {
+        let hooks = &mut self.webhooks;
+        let list = |v: String| v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        if let Ok(v) = std::env::var("STYLEFARM_WEBHOOK_ALLOW") {
+            hooks.allow.extend(list(v).into_iter().map(|prefix| crate::notify::AllowEntry { prefix, secret_file: None }));
+        }
+        if let Ok(v) = std::env::var("STYLEFARM_WEBHOOK") {
+            hooks.urls.extend(list(v));
+        }
+        if let Ok(v) = std::env::var("STYLEFARM_WEBHOOK_SECRET_FILE") {
+            hooks.secret_file = Some(PathBuf::from(v));
+        }
+        env("STYLEFARM_WEBHOOK_ON", &mut hooks.on)?;
+        if let Ok(v) = std::env::var("STYLEFARM_WEBHOOK_GIVE_UP_AFTER") {
+            let d = v.parse().map_err(|reason| ConfigError::Env { name: "STYLEFARM_WEBHOOK_GIVE_UP_AFTER".into(), value: v.clone(), reason })?;
+            hooks.give_up_after = Some(d);
         }
         Ok(())
     }
@@ -268,6 +294,9 @@ impl CoordinatorConfig {
             inputs,
             weights: self.allowed_weights.clone(),
             max_video_frames: self.max_video_frames,
+            webhooks: std::sync::Arc::new(
+                crate::notify::Webhooks::from_config(&self.webhooks).map_err(|reason| ConfigError::Invalid { field: "webhooks", reason })?,
+            ),
         })
     }
 

@@ -4,8 +4,8 @@ use stylefarm_core::video::VideoTask;
 use stylefarm_proto as pb;
 
 use crate::model::{
-    AttemptRecord, Availability, BatchPhase, BatchRecord, CancelOutcome, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, SpanRecord, StateKind,
-    WorkerRecord,
+    AttemptRecord, Availability, BatchPhase, BatchRecord, CancelOutcome, Counts, ImageSource, JobOutputs, JobRecord, JobState, Millis, NotifyOn, SpanRecord,
+    StateKind, WorkerRecord,
 };
 
 pub fn image_ref(source: &ImageSource) -> pb::ImageRef {
@@ -58,6 +58,15 @@ pub fn batch(b: &BatchRecord) -> pb::Batch {
         owner: b.owner.clone(),
         started_at_ms: b.started_ms.unwrap_or(0),
         requires: b.requires.iter().map(ToString::to_string).collect(),
+        notify: b.notify.urls.clone(),
+        notify_on: notify_on(b.notify.on) as i32,
+    }
+}
+
+pub fn notify_on(on: NotifyOn) -> pb::NotifyOn {
+    match on {
+        NotifyOn::BatchEnd => pb::NotifyOn::BatchEnd,
+        NotifyOn::Failures => pb::NotifyOn::Failures,
     }
 }
 

@@ -25,6 +25,7 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod quota;
 pub mod scheduler;
 pub mod secrets;

@@ -95,6 +95,23 @@ struct Args {
     /// the next piece of its request (e.g. 30s) [default: 30s].
     #[arg(long)]
     stall_timeout: Option<stylefarm_core::duration::HumanDuration>,
+    /// A URL prefix webhooks may be sent under (repeatable), e.g.
+    /// https://hooks.example/farm/; nothing else is ever POSTed to.
+    #[arg(long = "webhook-allow")]
+    webhook_allow: Vec<String>,
+    /// The HMAC-SHA256 signing key (a file, 16+ bytes) of the --webhook-allow prefixes.
+    #[arg(long)]
+    webhook_secret_file: Option<PathBuf>,
+    /// A URL told about every batch (repeatable; under a --webhook-allow prefix).
+    #[arg(long = "webhook")]
+    webhook: Vec<String>,
+    /// What --webhook URLs are told about: batch_end, or failures (each job
+    /// that fails for good too) [default: batch_end].
+    #[arg(long)]
+    webhook_on: Option<stylefarm_coordinator::model::NotifyOn>,
+    /// Give up a webhook delivery still failing this long after its event [default: 24h].
+    #[arg(long)]
+    webhook_give_up_after: Option<stylefarm_core::duration::HumanDuration>,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "STYLEFARM_LOG", default_value = "info")]
     log: String,
@@ -249,6 +266,18 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     }
     if args.no_scaler {
         config.scaler = false;
+    }
+    let hooks = &mut config.webhooks;
+    hooks.allow.extend(args.webhook_allow.iter().map(|prefix| stylefarm_coordinator::notify::AllowEntry { prefix: prefix.clone(), secret_file: None }));
+    hooks.urls.extend(args.webhook.iter().cloned());
+    if let Some(v) = &args.webhook_secret_file {
+        hooks.secret_file = Some(v.clone());
+    }
+    if let Some(v) = args.webhook_on {
+        hooks.on = v;
+    }
+    if let Some(v) = args.webhook_give_up_after {
+        hooks.give_up_after = Some(v);
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);

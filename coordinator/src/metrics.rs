@@ -16,6 +16,7 @@ use stylefarm_core::telemetry::Registry;
 
 use crate::clock::now_ms;
 use crate::model::{Millis, StateKind};
+use crate::notify::Delivery;
 use crate::scheduler::{AttemptEnd, Observation, Scheduler};
 
 fn device_kind(name: &str) -> &'static str {
@@ -84,6 +85,9 @@ pub struct CoordMetrics {
     pub downloaded_bytes: Counter,
     pub retention_batches: Counter,
     pub retention_objects: Counter,
+    webhook_deliveries: [Counter; 3],
+    /// Webhook deliveries owed (set by the delivery task).
+    pub webhook_outbox: Gauge,
     methods: HashMap<String, Arc<MethodMetrics>>,
     unknown_method: Arc<MethodMetrics>,
     jobs: [Gauge; 3],
@@ -131,6 +135,14 @@ impl CoordMetrics {
             downloaded_bytes: r.counter("stylefarm_download_bytes_total", "Output bytes clients downloaded through the coordinator.", &[]),
             retention_batches: r.counter("stylefarm_retention_batches_deleted_total", "Finished batches retention (--retain-finished) deleted.", &[]),
             retention_objects: r.counter("stylefarm_retention_objects_deleted_total", "Objects retention deleted with those batches.", &[]),
+            webhook_deliveries: Delivery::ALL.map(|d| {
+                r.counter(
+                    "stylefarm_webhook_deliveries_total",
+                    "Webhook tries, by how they ended (given_up: the target kept failing, or is no longer allowed).",
+                    &[("outcome", d.label())],
+                )
+            }),
+            webhook_outbox: r.gauge("stylefarm_webhook_outbox", "Webhook deliveries owed (due, or waiting to be tried again).", &[]),
             methods,
             unknown_method,
             jobs,
@@ -165,6 +177,12 @@ impl CoordMetrics {
                 }
                 Observation::WorkerBlocked => self.blocks.increment(1),
             }
+        }
+    }
+
+    pub fn webhook_delivery(&self, outcome: Delivery) {
+        if let Some(i) = Delivery::ALL.iter().position(|d| *d == outcome) {
+            self.webhook_deliveries[i].increment(1);
         }
     }
 

@@ -99,6 +99,39 @@ impl fmt::Debug for ApiToken {
     }
 }
 
+/// A webhook target's signing key, read from a file the operator made (its
+/// bytes, less surrounding whitespace): it signs, and is never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(Vec<u8>);
+
+impl SigningKey {
+    /// Shortest key taken (128 bits of hex or base64 text is longer).
+    pub const MIN_BYTES: usize = 16;
+
+    pub fn new(bytes: Vec<u8>) -> Result<SigningKey, String> {
+        if bytes.len() < Self::MIN_BYTES {
+            return Err(format!("{} bytes; a signing key needs at least {}", bytes.len(), Self::MIN_BYTES));
+        }
+        Ok(SigningKey(bytes))
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<SigningKey, String> {
+        let text = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let trimmed = text.trim_ascii();
+        SigningKey::new(trimmed.to_vec()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(…)")
+    }
+}
+
 /// SHA-256 of a secret (the secrets are random, so no slow hash is needed).
 /// The zero hash (`SecretHash::default()`) matches nothing.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]

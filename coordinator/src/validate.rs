@@ -2,6 +2,7 @@
 //! its index) and the limit, and becomes INVALID_ARGUMENT.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 use stylefarm_core::estimate::{default_time_limit_ms, device_bytes, pixel_iterations};
@@ -14,7 +15,8 @@ use stylefarm_proto as pb;
 
 use crate::error::{CoordError, Result};
 use crate::model::{DeviceRecord, ImageSource, JobOutputs, OutputRecord, SpanRecord};
-use crate::model::{NewBatch, NewJob};
+use crate::model::{NewBatch, NewJob, Notify, NotifyOn};
+use crate::notify::{Webhooks, MAX_NOTIFY};
 
 /// Default limit on jobs in one batch (`max_jobs_per_batch` in the config).
 pub const MAX_JOBS_PER_BATCH: usize = 100_000;
@@ -40,6 +42,8 @@ pub struct SubmitRules {
     pub weights: Vec<String>,
     /// Most frames one video batch may have.
     pub max_video_frames: u32,
+    /// Where webhooks may go, and with what keys (none allowed: nowhere).
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl SubmitRules {
@@ -50,6 +54,7 @@ impl SubmitRules {
             inputs: InputPolicy::new(store_url, &[]).expect("the store URL was opened, so it parses"),
             weights: Vec::new(),
             max_video_frames: stylefarm_core::video::MAX_FRAMES,
+            webhooks: Arc::default(),
         }
     }
 }
@@ -228,6 +233,28 @@ pub fn priority(value: i32) -> Result<i32> {
     Ok(value)
 }
 
+/// The webhooks a batch asks for, each allowed by the operator.
+fn notify(req: &pb::SubmitBatchRequest, webhooks: &Webhooks) -> Result<Notify> {
+    if req.notify.len() > MAX_NOTIFY {
+        return Err(invalid("notify", format!("{} URLs; the limit is {MAX_NOTIFY}", req.notify.len())));
+    }
+    for (i, url) in req.notify.iter().enumerate() {
+        webhooks.check(url).map_err(|reason| invalid(format!("notify[{i}]"), reason))?;
+    }
+    let on = match pb::NotifyOn::try_from(req.notify_on) {
+        Ok(pb::NotifyOn::Unspecified | pb::NotifyOn::BatchEnd) => NotifyOn::BatchEnd,
+        Ok(pb::NotifyOn::Failures) => NotifyOn::Failures,
+        Err(_) => return Err(invalid("notify_on", format!("{} is not a NotifyOn value", req.notify_on))),
+    };
+    let mut urls: Vec<String> = Vec::with_capacity(req.notify.len());
+    for url in &req.notify {
+        if !urls.contains(url) {
+            urls.push(url.clone());
+        }
+    }
+    Ok(Notify { urls, on })
+}
+
 /// A SubmitBatch request as a batch the scheduler can take.
 pub fn submit(req: &pb::SubmitBatchRequest, access: &InputAccess, rules: &SubmitRules) -> Result<NewBatch> {
     check_name("name", &req.name)?;
@@ -244,6 +271,7 @@ pub fn submit(req: &pb::SubmitBatchRequest, access: &InputAccess, rules: &Submit
     let limit_s = req.job_time_limit_s;
     let labels = labels(&req.labels)?;
     let requires = requirements(&req.requires, "requires")?;
+    let notify = notify(req, &rules.webhooks)?;
     let header = NewBatch {
         name: req.name.clone(),
         priority: req.priority,
@@ -251,6 +279,7 @@ pub fn submit(req: &pb::SubmitBatchRequest, access: &InputAccess, rules: &Submit
         max_attempts: req.max_attempts,
         request_id: (!req.request_id.is_empty()).then(|| req.request_id.clone()),
         requires,
+        notify,
         jobs: Vec::new(),
     };
     if req.video.is_some() {

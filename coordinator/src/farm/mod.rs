@@ -13,6 +13,7 @@
 
 mod operate;
 mod retention;
+mod webhooks;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub struct Farm {
     /// Deleted batches whose prefix is swept again once the workers whose
     /// leases the delete took back have stopped (see [`operate`]).
     late_sweeps: operate::LateSweeps,
+    /// Woken when webhook deliveries were committed.
+    outbox_wake: Notify,
 }
 
 /// `/metrics`: the point-in-time gauges read from the scheduler at each
@@ -110,6 +113,7 @@ impl Farm {
             broken: watch::channel(None).0,
             stopping: watch::channel(false).0,
             late_sweeps: operate::LateSweeps::default(),
+            outbox_wake: Notify::new(),
         });
         Ok(farm)
     }
@@ -169,23 +173,28 @@ impl Farm {
 
     /// Changes the scheduler, makes the change durable, then publishes it.
     pub async fn apply<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Effects, Millis) -> Result<T>) -> Result<T> {
-        let (value, ticket, events, finished, wake, observations) = {
+        let (value, ticket, events, finished, wake, observations, owed) = {
             let mut sched = self.lock()?;
             if self.fatal.borrow().is_some() {
                 return Err(CoordError::ShuttingDown);
             }
             let mut fx = Effects::default();
-            let value = f(&mut sched, &mut fx, now_ms());
+            let now = now_ms();
+            let value = f(&mut sched, &mut fx, now);
             // debug builds check every change (while the state is small enough to walk)
             #[cfg(debug_assertions)]
             sched.debug_check_invariants();
             let value = value?;
+            let owed = self.owe_webhooks(&sched, &mut fx, now);
             let ticket = (!fx.ops.is_empty() || fx.barrier).then(|| self.store.commit(std::mem::take(&mut fx.ops)));
             let events = self.render_events(&sched, &fx.events);
-            (value, ticket, events, fx.finished_batches, fx.wake, fx.observations)
+            (value, ticket, events, fx.finished_batches, fx.wake, fx.observations, owed)
         };
         if let Some(ticket) = ticket {
             self.wait(ticket).await?;
+        }
+        if owed {
+            self.outbox_wake.notify_one();
         }
         if !observations.is_empty() {
             if let Some(metrics) = self.metrics() {

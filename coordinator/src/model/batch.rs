@@ -82,9 +82,50 @@ pub struct BatchRecord {
     pub deleted_ms: Option<Millis>,
     /// Worker labels every job of it needs (worker pools).
     pub requires: Vec<Requirement>,
+    /// Webhooks told when it ends.
+    pub notify: Notify,
     /// Pixels × iterations of its queued and running jobs (in memory only:
     /// worked out again from the jobs when they are loaded).
     pub unfinished_work: u64,
+}
+
+/// What a webhook is sent for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// The batch ended (succeeded, failed or cancelled).
+    #[default]
+    BatchEnd,
+    /// The batch ended, and each job that failed for good.
+    Failures,
+}
+
+impl NotifyOn {
+    pub fn label(self) -> &'static str {
+        match self {
+            NotifyOn::BatchEnd => "batch_end",
+            NotifyOn::Failures => "failures",
+        }
+    }
+}
+
+impl std::str::FromStr for NotifyOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NotifyOn, String> {
+        match s {
+            "batch_end" | "batch-end" | "end" => Ok(NotifyOn::BatchEnd),
+            "failures" => Ok(NotifyOn::Failures),
+            other => Err(format!("`{other}` is not one of batch_end, failures")),
+        }
+    }
+}
+
+/// The webhook URLs a batch's submitter asked to be told about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub on: NotifyOn,
 }
 
 /// What a principal has queued and running, or asks to add (quotas).

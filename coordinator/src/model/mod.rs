@@ -27,11 +27,13 @@
 //! and [`submit`] (what a submit asks for, before ids exist).
 
 pub mod batch;
+#[cfg(test)]
+pub mod fixtures;
 pub mod job;
 pub mod submit;
 pub mod worker;
 
-pub use batch::{BatchPhase, BatchRecord, Counts, Load};
+pub use batch::{BatchPhase, BatchRecord, Counts, Load, Notify, NotifyOn};
 pub use job::{
     AfterFailure, AttemptEnd, AttemptRecord, AttemptStop, Backoff, CancelOutcome, Failure, HeartbeatVerdict, ImageSource, JobOutputs, JobRecord, JobState,
     OutputRecord, SpanRecord, StateKind,

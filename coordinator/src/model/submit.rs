@@ -34,6 +34,8 @@ pub struct NewBatch {
     pub request_id: Option<String>,
     /// Worker labels every job needs (worker pools).
     pub requires: Vec<Requirement>,
+    /// Webhooks told when it ends.
+    pub notify: super::Notify,
     pub jobs: Vec<NewJob>,
 }
 

@@ -114,7 +114,16 @@ impl World {
             1 => vec!["pool=none".parse().unwrap()],
             _ => Vec::new(),
         };
-        let new = NewBatch { name: "b".into(), priority: rng.random_range(0..3), labels: BTreeMap::new(), max_attempts: 2, request_id: None, requires, jobs };
+        let new = NewBatch {
+            name: "b".into(),
+            priority: rng.random_range(0..3),
+            labels: BTreeMap::new(),
+            max_attempts: 2,
+            request_id: None,
+            requires,
+            notify: Default::default(),
+            jobs,
+        };
         let submitted = self.apply(|s, fx, now| s.submit(new, "local", now, fx, &mut || "0".repeat(32)));
         self.batch_ids.push(submitted.batch);
         self.submitted.extend(submitted.jobs);
@@ -343,7 +352,16 @@ fn ids_of_deleted_jobs_and_forgotten_workers_are_never_given_out_again() {
             requires: Vec::new(),
         };
         s.submit(
-            NewBatch { name: "b".into(), priority: 0, labels: BTreeMap::new(), max_attempts: 1, request_id: None, requires: Vec::new(), jobs: vec![job] },
+            NewBatch {
+                name: "b".into(),
+                priority: 0,
+                labels: BTreeMap::new(),
+                max_attempts: 1,
+                request_id: None,
+                requires: Vec::new(),
+                notify: Default::default(),
+                jobs: vec![job],
+            },
             "local",
             now,
             fx,

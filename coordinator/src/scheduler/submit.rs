@@ -52,6 +52,7 @@ impl Scheduler {
             paused: false,
             deleted_ms: None,
             requires: new.requires,
+            notify: new.notify,
             unfinished_work: 0,
         };
         fx.ops.push(StoreOp::InsertBatch(batch.clone()));

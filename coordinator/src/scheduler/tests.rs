@@ -29,7 +29,16 @@ fn job(estimate_bytes: u64) -> NewJob {
 }
 
 fn batch(jobs: Vec<NewJob>) -> NewBatch {
-    NewBatch { name: "b".into(), priority: 0, labels: BTreeMap::new(), max_attempts: 2, request_id: None, requires: Vec::new(), jobs }
+    NewBatch {
+        name: "b".into(),
+        priority: 0,
+        labels: BTreeMap::new(),
+        max_attempts: 2,
+        request_id: None,
+        requires: Vec::new(),
+        notify: Default::default(),
+        jobs,
+    }
 }
 
 fn profile(name: String, devices: Vec<DeviceRecord>) -> WorkerProfile {

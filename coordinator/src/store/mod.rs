@@ -7,6 +7,7 @@
 //! changes are committed, so an acknowledged submit, lease or completion
 //! survives `kill -9`.
 
+mod outbox;
 mod rows;
 mod sqlite;
 
@@ -123,6 +124,43 @@ pub enum StoreOp {
     },
     /// An admin forgot a worker that was gone.
     DeleteWorker(WorkerId),
+    /// A webhook delivery owed, delivered or put off.
+    Outbox(OutboxOp),
+}
+
+/// A webhook delivery owed: the body is fixed when the event happens; the
+/// signature is made at each try (it covers the time of sending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub target: String,
+    /// `batch.finished` or `job.failed`.
+    pub event: String,
+    pub batch: BatchId,
+    /// The JSON body.
+    pub body: String,
+    pub created_ms: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub entry: OutboxEntry,
+    /// Tries so far.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum OutboxOp {
+    Enqueue(OutboxEntry),
+    /// Delivered, or given up: the row goes.
+    Done(i64),
+    /// A try failed: the next one not before `next_ms`.
+    Retry {
+        id: i64,
+        next_ms: Millis,
+        attempts: u32,
+        error: String,
+    },
 }
 
 /// The owner of every image reference an older build stored (before uploads
@@ -175,6 +213,10 @@ pub trait Store: Send + Sync + 'static {
     /// The job's ended attempts, oldest first.
     fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>>;
     fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>>;
+    /// Webhook deliveries due at `now`, the longest due first, at most `limit`.
+    fn outbox_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<OutboxRow>>;
+    /// How many webhook deliveries are owed.
+    fn outbox_pending(&self) -> StoreResult<u64>;
     /// Where the state lives, for logs.
     fn describe(&self) -> String;
 }

@@ -79,13 +79,14 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecor
 }
 
 pub(super) const BATCH_COLUMNS: &str =
-    "id, name, priority, labels, max_attempts, request_key, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused, deleted_ms, requires";
+    "id, name, priority, labels, max_attempts, request_key, created_ms, finished_ms, cancel_requested, started, counts, started_ms, owner, paused, deleted_ms, requires, notify";
 
 pub(super) fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRecord> {
     let id: i64 = row.get(0)?;
     let labels: String = row.get(3)?;
     let counts: Option<String> = row.get(10)?;
     let requires: String = row.get(15)?;
+    let notify: String = row.get(16)?;
     Ok(BatchRecord {
         id: BatchId(id),
         name: row.get(1)?,
@@ -103,6 +104,7 @@ pub(super) fn batch_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchR
         paused: row.get(13)?,
         deleted_ms: row.get(14)?,
         requires: parse_or(&requires, "requires", id, |_| Vec::new()),
+        notify: parse_or(&notify, "notify", id, |_| Default::default()),
         unfinished_work: 0,
     })
 }

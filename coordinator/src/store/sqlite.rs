@@ -13,8 +13,9 @@ use std::thread;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::outbox;
 use super::rows::{batch_from_row, job_from_row, json, lenient, parse_or, worker_from_row, BATCH_COLUMNS, JOB_COLUMNS, WORKER_COLUMNS};
-use super::{CommitTicket, ImageRecord, Snapshot, Store, StoreError, StoreOp, StoreResult};
+use super::{CommitTicket, ImageRecord, OutboxRow, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{AttemptEnd, AttemptRecord, Availability, BatchRecord, JobRecord, Millis};
 
@@ -102,7 +103,7 @@ CREATE TABLE IF NOT EXISTS id_high_water (
 ";
 
 /// Columns added after the first release: (table, column, declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 17] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 18] = [
     ("batches", "owner", "TEXT NOT NULL DEFAULT 'local'"),
     ("batches", "started_ms", "INTEGER"),
     ("jobs", "handed_back", "INTEGER NOT NULL DEFAULT 0"),
@@ -123,6 +124,8 @@ const ADDED_COLUMNS: [(&str, &str, &str); 17] = [
     ("batches", "request_key", "TEXT"),
     // pixels × iterations, for the `unfinished_mpx_iterations` quota (older rows: 0)
     ("jobs", "work", "INTEGER NOT NULL DEFAULT 0"),
+    // webhooks told when the batch ends (model::Notify as JSON)
+    ("batches", "notify", "TEXT NOT NULL DEFAULT '{\"urls\":[]}'"),
 ];
 
 fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -199,6 +202,7 @@ impl SqliteStore {
         let full_sync = durability == Durability::PowerLoss;
         let conn = open(path, full_sync)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(outbox::SCHEMA).map_err(err)?;
         migrate(&conn)?;
         // the writer never checkpoints (that would stall every waiting request
         // behind an fsync); a separate connection does, without blocking it
@@ -279,8 +283,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
     match op {
         StoreOp::InsertBatch(b) => {
             tx.prepare_cached(
-                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_key, created_ms, cancel_requested, started, owner, requires)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO batches (id, name, priority, labels, max_attempts, request_key, created_ms, cancel_requested, started, owner, requires, notify)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 b.id.0,
@@ -293,7 +297,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 b.cancel_requested,
                 b.started,
                 b.owner,
-                json(&b.requires)
+                json(&b.requires),
+                json(&b.notify)
             ])?;
         }
         StoreOp::InsertJob(j) => {
@@ -433,6 +438,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 .execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?.execute(params![id.0])?;
         }
+        StoreOp::Outbox(op) => outbox::apply(tx, op)?,
     }
     Ok(())
 }
@@ -580,6 +586,14 @@ impl Store for SqliteStore {
             })
             .map_err(err)?;
         Ok(lenient(rows, "attempt"))
+    }
+
+    fn outbox_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<OutboxRow>> {
+        outbox::due(&*self.reader()?, now, limit).map_err(err)
+    }
+
+    fn outbox_pending(&self) -> StoreResult<u64> {
+        outbox::pending(&*self.reader()?).map_err(err)
     }
 
     fn describe(&self) -> String {

@@ -9,32 +9,7 @@ const W1: WorkerId = WorkerId(1);
 const W2: WorkerId = WorkerId(2);
 
 fn job(max_attempts: u32) -> JobRecord {
-    JobRecord {
-        id: JobId(1),
-        batch: BatchId(1),
-        index: 0,
-        name: "j".into(),
-        priority: 0,
-        content: ImageSource::Blob("aa".into()),
-        styles: vec![ImageSource::Url("file:///s.png".into())],
-        params_json: "{}".into(),
-        estimate_bytes: 1,
-        work: 1,
-        max_attempts,
-        attempt: 0,
-        handed_back: 0,
-        forgiven: 0,
-        time_limit_ms: 1_000_000,
-        state: JobState::Queued { not_before_ms: 0 },
-        last_failure: None,
-        created_ms: 0,
-        started_ms: None,
-        finished_ms: None,
-        trace_id: "0".repeat(32),
-        depends_on: Vec::new(),
-        task: None,
-        requires: Vec::new(),
-    }
+    crate::model::fixtures::job(BatchId(1), max_attempts)
 }
 
 fn claim(attempt: u32, secret: &Secret) -> LeaseClaim {
