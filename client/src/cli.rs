@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use stylefarm_client::{Client, ClientError};
 use stylefarm_core::knobs::KnobArgs;
+use stylefarm_proto as pb;
 use stylefarm_proto::connect::{read_token, ConnectOptions, Coordinator};
 
 #[derive(Parser, Debug)]
@@ -147,6 +148,13 @@ pub struct SubmitArgs {
     /// e.g. `pool=studio-b` or `vram>=48` (=, !=, >=, >, <=, <); repeatable.
     #[arg(long = "require")]
     pub requires: Vec<stylefarm_core::labels::Requirement>,
+    /// POST a signed JSON summary here when the batch ends; repeatable (at
+    /// most 4). The coordinator only posts under its --webhook-allow prefixes.
+    #[arg(long = "notify", value_name = "URL")]
+    pub notify: Vec<String>,
+    /// What --notify URLs are told: the batch's end, or also each job that fails for good.
+    #[arg(long, value_enum)]
+    pub notify_on: Option<NotifyOn>,
     /// Attempts per job (default: the coordinator's).
     #[arg(long)]
     pub max_attempts: Option<u32>,
@@ -161,6 +169,26 @@ pub struct SubmitArgs {
     pub time_limit_s: Option<u32>,
     #[command(flatten)]
     pub knobs: KnobArgs,
+}
+
+/// What a batch's `notify` URLs are told about.
+#[derive(clap::ValueEnum, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// The batch ended (succeeded, failed or cancelled).
+    #[serde(alias = "batch-end")]
+    BatchEnd,
+    /// The batch ended, and each job that failed for good.
+    Failures,
+}
+
+impl NotifyOn {
+    pub fn wire(self) -> pb::NotifyOn {
+        match self {
+            NotifyOn::BatchEnd => pb::NotifyOn::BatchEnd,
+            NotifyOn::Failures => pb::NotifyOn::Failures,
+        }
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

@@ -5,6 +5,8 @@
 //! priority = 10
 //! labels = { project = "demo" }
 //! requires = ["pool=studio-b"]                # worker pools: every job runs only where labels match
+//! notify = ["https://hooks.example/farm"]     # webhooks (under the coordinator's --webhook-allow)
+//! notify_on = "failures"                      # or "batch_end" (the default)
 //! params = { size = 512, iterations = 300 }   # every job's RenderParams overlay
 //!
 //! contents = ["a.jpg", "b.jpg"]               # cartesian: contents × styles
@@ -27,6 +29,8 @@ use serde::Deserialize;
 use stylefarm_client::{ClientError, Input};
 use stylefarm_core::labels::Requirement;
 
+use crate::cli::NotifyOn;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -48,6 +52,10 @@ pub struct Manifest {
     pub jobs: Vec<ManifestJob>,
     #[serde(default)]
     pub requires: Vec<Requirement>,
+    #[serde(default)]
+    pub notify: Vec<String>,
+    #[serde(default)]
+    pub notify_on: Option<NotifyOn>,
 }
 
 #[derive(Debug, Deserialize)]

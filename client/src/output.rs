@@ -62,6 +62,9 @@ pub struct BatchJson<'a> {
     priority: i32,
     labels: &'a HashMap<String, String>,
     requires: &'a [String],
+    /// Webhook URLs told about this batch, and what they are told.
+    notify: &'a [String],
+    notify_on: &'static str,
     created_at_ms: i64,
     started_at_ms: i64,
     finished_at_ms: i64,
@@ -79,12 +82,22 @@ impl<'a> BatchJson<'a> {
             priority: b.priority,
             labels: &b.labels,
             requires: &b.requires,
+            notify: &b.notify,
+            notify_on: notify_on_name(b.notify_on),
             created_at_ms: b.created_at_ms,
             started_at_ms: b.started_at_ms,
             finished_at_ms: b.finished_at_ms,
             owner: &b.owner,
             counts: CountsJson { total: c.total, queued: c.queued, running: c.running, succeeded: c.succeeded, failed: c.failed, cancelled: c.cancelled },
         }
+    }
+}
+
+/// `batch_end` or `failures`, as a manifest and the coordinator's config spell it.
+pub fn notify_on_name(wire: i32) -> &'static str {
+    match pb::NotifyOn::try_from(wire) {
+        Ok(pb::NotifyOn::Failures) => "failures",
+        _ => "batch_end",
     }
 }
 

@@ -44,6 +44,9 @@ pub async fn status(cli: &Cli, id: &str) -> Result<()> {
     if !batch.requires.is_empty() {
         println!("  requires workers with {}", batch.requires.join(", "));
     }
+    if !batch.notify.is_empty() {
+        println!("  notifies {} on {}", batch.notify.join(", "), crate::output::notify_on_name(batch.notify_on));
+    }
     for job in &response.jobs {
         let detail = match (&job.progress, &job.result) {
             (_, Some(r)) => format!("loss {:.3e}", r.final_loss),

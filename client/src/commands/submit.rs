@@ -8,7 +8,7 @@ use anyhow::Result;
 use stylefarm_client::{Client, ClientError, Input, Resolved};
 use stylefarm_proto as pb;
 
-use crate::cli::{connect_client, Cli, SubmitArgs};
+use crate::cli::{connect_client, Cli, NotifyOn, SubmitArgs};
 use crate::output::{finish, print_json, SubmittedJson};
 use crate::{manifest, watch};
 
@@ -103,6 +103,8 @@ pub async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<()> {
         job_time_limit_s: args.time_limit_s.unwrap_or(0),
         video: None,
         requires: requirements(m, args),
+        notify: m.into_iter().flat_map(|m| &m.notify).chain(&args.notify).cloned().collect(),
+        notify_on: notify_on(m, args),
     };
     send(cli, args, client, request).await
 }
@@ -119,6 +121,12 @@ struct ExplicitJob {
 /// The batch's worker-pool requirements: the manifest's, then `--require`.
 fn requirements(manifest: Option<&manifest::Manifest>, args: &SubmitArgs) -> Vec<String> {
     manifest.into_iter().flat_map(|m| &m.requires).chain(&args.requires).map(ToString::to_string).collect()
+}
+
+/// What the batch's `notify` URLs are told: `--notify-on`, then the manifest's.
+fn notify_on(manifest: Option<&manifest::Manifest>, args: &SubmitArgs) -> i32 {
+    let on = args.notify_on.or_else(|| manifest.and_then(|m| m.notify_on));
+    on.map_or(pb::NotifyOn::Unspecified, NotifyOn::wire) as i32
 }
 
 /// A clip with its styles: the coordinator probes it and plans its jobs.
@@ -150,6 +158,8 @@ async fn submit_video(cli: &Cli, args: &SubmitArgs, video: Input, styles: Vec<In
         job_time_limit_s: args.time_limit_s.unwrap_or(0),
         video: Some(spec),
         requires: requirements(None, args),
+        notify: args.notify.clone(),
+        notify_on: notify_on(None, args),
     };
     send(cli, args, client, request).await
 }
