@@ -119,4 +119,20 @@ mod tests {
         let e = toml::from_str::<Manifest>(r#"requires = ["vram>=lots"]"#).unwrap_err().to_string();
         assert!(e.contains("compares numbers"), "{e}");
     }
+
+    #[test]
+    fn notifications_are_read_and_an_unknown_event_is_refused() {
+        let m: Manifest = toml::from_str(
+            r#"
+            notify = ["https://hooks.example/farm"]
+            notify_on = "failures"
+            "#,
+        )
+        .unwrap();
+        assert_eq!((m.notify.as_slice(), m.notify_on), (&["https://hooks.example/farm".to_string()][..], Some(NotifyOn::Failures)));
+        let dashed: Manifest = toml::from_str(r#"notify_on = "batch-end""#).unwrap();
+        assert_eq!(dashed.notify_on, Some(NotifyOn::BatchEnd));
+        let e = toml::from_str::<Manifest>(r#"notify_on = "sometimes""#).unwrap_err().to_string();
+        assert!(e.contains("sometimes") && e.contains("failures"), "{e}");
+    }
 }

@@ -197,6 +197,8 @@ def batch_request(
     priority: int,
     labels: Optional[Mapping[str, str]],
     requires: Sequence[str],
+    notify: Sequence[str],
+    notify_on: Optional[str],
     max_attempts: int,
     time_limit_s: int,
     request_id: Optional[str],
@@ -248,6 +250,7 @@ def batch_request(
         request_id=request_id or new_request_id(),
         job_time_limit_s=time_limit_s,
         requires=list(requires),
+        **notifications(notify, notify_on),
     )
     return Submit(request, inputs)
 
@@ -260,6 +263,8 @@ def video_request(
     priority: int,
     labels: Optional[Mapping[str, str]],
     requires: Sequence[str],
+    notify: Sequence[str],
+    notify_on: Optional[str],
     max_attempts: int,
     time_limit_s: int,
     request_id: Optional[str],
@@ -288,8 +293,24 @@ def video_request(
         job_time_limit_s=time_limit_s,
         video=spec,
         requires=list(requires),
+        **notifications(notify, notify_on),
     )
     return Submit(request, inputs)
+
+
+#: What a batch's ``notify`` URLs are told: its end, or also each job that fails for good.
+NOTIFY_ON = {"batch_end": 1, "failures": 2}
+
+
+def notifications(notify: Sequence[str], notify_on: Optional[str]) -> Dict[str, Any]:
+    """The request's webhook fields; the coordinator checks each URL against its allowlist."""
+    if isinstance(notify, (str, bytes)):
+        raise InvalidArgument("invalid `notify`: give a list of URLs, not one string", field="notify")
+    if notify_on is not None and notify_on not in NOTIFY_ON:
+        raise InvalidArgument(
+            f"invalid `notify_on`: {notify_on!r} is not one of {', '.join(NOTIFY_ON)}", field="notify_on"
+        )
+    return {"notify": list(notify), "notify_on": NOTIFY_ON.get(notify_on or "", 0)}
 
 
 def new_request_id() -> str:

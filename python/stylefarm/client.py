@@ -107,6 +107,8 @@ class Client(ClientBase):
         priority: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         requires: Sequence[str] = (),
+        notify: Sequence[str] = (),
+        notify_on: Optional[str] = None,
         max_attempts: int = 0,
         time_limit_s: int = 0,
         request_id: Optional[str] = None,
@@ -121,6 +123,11 @@ class Client(ClientBase):
         preserve_colors=True``; see ``stylefarm.KNOBS``); the coordinator
         checks them with the engine's rules and names the field it refuses.
 
+        ``notify`` names webhook URLs (under the coordinator's
+        ``--webhook-allow``) POSTed a signed summary when the batch ends;
+        ``notify_on="failures"`` also tells them of each job that fails for
+        good.
+
         ``request_id`` makes the submit idempotent (a second submit with the
         same id returns the first batch); one is made up when not given, and
         a submit retried after a lost connection reuses it.
@@ -133,6 +140,8 @@ class Client(ClientBase):
             priority=priority,
             labels=labels,
             requires=requires,
+            notify=notify,
+            notify_on=notify_on,
             max_attempts=max_attempts,
             time_limit_s=time_limit_s,
             request_id=request_id,
@@ -151,6 +160,8 @@ class Client(ClientBase):
         priority: int = 0,
         labels: Optional[Mapping[str, str]] = None,
         requires: Sequence[str] = (),
+        notify: Sequence[str] = (),
+        notify_on: Optional[str] = None,
         max_attempts: int = 0,
         time_limit_s: int = 0,
         request_id: Optional[str] = None,
@@ -168,6 +179,8 @@ class Client(ClientBase):
             priority=priority,
             labels=labels,
             requires=requires,
+            notify=notify,
+            notify_on=notify_on,
             max_attempts=max_attempts,
             time_limit_s=time_limit_s,
             request_id=request_id,

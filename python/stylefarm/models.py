@@ -183,6 +183,8 @@ class BatchInfo:
     labels: Dict[str, str]
     owner: str
     requires: Tuple[str, ...]
+    notify: Tuple[str, ...]
+    notify_on: str
     max_attempts: int
     created_at: Optional[datetime]
     started_at: Optional[datetime]
@@ -200,6 +202,8 @@ class BatchInfo:
             labels=dict(m.labels),
             owner=m.owner,
             requires=tuple(m.requires),
+            notify=tuple(m.notify),
+            notify_on="failures" if m.notify_on == 2 else "batch_end",
             max_attempts=m.max_attempts,
             created_at=_time(m.created_at_ms),
             started_at=_time(m.started_at_ms),

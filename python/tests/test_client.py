@@ -126,6 +126,16 @@ def test_errors_carry_the_code_and_the_field_as_the_cli_says_them(farm, samples)
             client.submit(["s3://someone-elses-bucket/a.png"], [samples["retina"]], **SMALL)
         assert outside.value.field is not None
 
+        with pytest.raises(stylefarm.InvalidArgument) as hook:
+            client.submit([samples["chelsea"]], [samples["retina"]], notify=["https://hooks.example/x"], **SMALL)
+        assert hook.value.field == "notify[0]" and "--webhook-allow" in hook.value.message
+        with pytest.raises(stylefarm.InvalidArgument) as one_string:
+            client.submit([samples["chelsea"]], [samples["retina"]], notify="https://hooks.example/x", **SMALL)
+        assert one_string.value.field == "notify"
+        with pytest.raises(stylefarm.InvalidArgument) as on:
+            client.submit([samples["chelsea"]], [samples["retina"]], notify_on="sometimes", **SMALL)
+        assert on.value.field == "notify_on" and "failures" in on.value.message
+
         with pytest.raises(stylefarm.NotFound):
             client.batch("b999999")
         with pytest.raises(stylefarm.NotFound):
