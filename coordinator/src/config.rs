@@ -69,6 +69,10 @@ pub struct CoordinatorConfig {
     /// Serve Prometheus metrics over HTTP at `/metrics` here (no token: they
     /// hold counts and timings, never names, ids or secrets).
     pub metrics_listen: Option<SocketAddr>,
+    /// Worker pools (each a label set, `pool=studio-b,vram=24`) whose demand
+    /// `stylefarm_pool_demand` reports even while none of their workers is
+    /// known (a pool scaled to zero); known workers' label sets are added.
+    pub metrics_pools: Vec<String>,
     /// Serve the web dashboard here (same tokens and roles as the gRPC API).
     pub http_listen: Option<SocketAddr>,
     /// Host names the dashboard answers to while no token is needed, besides
@@ -118,6 +122,7 @@ impl Default for CoordinatorConfig {
             forget_workers_after_ms: scheduler.forget_workers_after_ms,
             scaler: true,
             metrics_listen: None,
+            metrics_pools: Vec::new(),
             http_listen: None,
             http_hosts: Vec::new(),
             retain_finished: None,
@@ -182,6 +187,10 @@ impl CoordinatorConfig {
                 *target = Some(addr);
             }
         }
+        if let Ok(v) = std::env::var("STYLEFARM_METRICS_POOLS") {
+            // label sets hold commas: pools are separated by `;`
+            self.metrics_pools = v.split(';').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect();
+        }
         env("STYLEFARM_AUTH", &mut self.auth)?;
         for (name, target) in [
             ("STYLEFARM_TLS_CERT", &mut self.tls_cert),
@@ -222,6 +231,14 @@ impl CoordinatorConfig {
         Ok(())
     }
 
+    /// [`CoordinatorConfig::metrics_pools`], parsed.
+    pub fn pools(&self) -> Result<Vec<stylefarm_core::labels::Labels>, String> {
+        if self.metrics_pools.len() > crate::metrics::MAX_POOL_SERIES {
+            return Err(format!("{} pools; the limit is {}", self.metrics_pools.len(), crate::metrics::MAX_POOL_SERIES));
+        }
+        self.metrics_pools.iter().map(|p| stylefarm_core::labels::parse_labels(p).map_err(|e| format!("`{p}`: {e}"))).collect()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
         if !(100..=3_600_000).contains(&self.lease_ttl_ms) {
@@ -258,6 +275,7 @@ impl CoordinatorConfig {
             return invalid("max_video_frames", format!("{} is outside 1..={}", self.max_video_frames, stylefarm_core::video::MAX_FRAMES));
         }
         self.quotas.validate().map_err(|reason| ConfigError::Invalid { field: "quotas", reason })?;
+        self.pools().map_err(|reason| ConfigError::Invalid { field: "metrics_pools", reason })?;
         if !(1..=1_000_000).contains(&self.max_jobs_per_batch) {
             return invalid("max_jobs_per_batch", format!("{} is outside 1..=1000000", self.max_jobs_per_batch));
         }
@@ -308,5 +326,24 @@ impl CoordinatorConfig {
         std::fs::create_dir_all(&self.data_dir).map_err(|e| ConfigError::Invalid { field: "data_dir", reason: e.to_string() })?;
         let dir = std::fs::canonicalize(&self.data_dir).map_err(|e| ConfigError::Invalid { field: "data_dir", reason: e.to_string() })?;
         Ok(format!("file://{}", dir.join("objects").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_metrics_pool_is_refused_naming_the_field() {
+        let good = CoordinatorConfig { metrics_pools: vec!["pool=studio-b,vram=24".into()], ..CoordinatorConfig::default() };
+        assert!(good.validate().is_ok());
+        assert_eq!(good.pools().unwrap()[0].get("vram").map(String::as_str), Some("24"));
+        let bad = CoordinatorConfig { metrics_pools: vec!["pool".into()], ..CoordinatorConfig::default() };
+        match bad.validate() {
+            Err(ConfigError::Invalid { field: "metrics_pools", reason }) => assert!(reason.contains("`pool`"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let many = CoordinatorConfig { metrics_pools: vec!["pool=a".into(); 65], ..CoordinatorConfig::default() };
+        assert!(matches!(many.validate(), Err(ConfigError::Invalid { field: "metrics_pools", .. })));
     }
 }

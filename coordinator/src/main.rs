@@ -83,6 +83,11 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// A worker pool, as the labels its workers carry (`pool=studio-b,vram=24`),
+    /// whose demand `stylefarm_pool_demand` reports even with none of its
+    /// workers known (scaled to zero); repeatable.
+    #[arg(long = "metrics-pool", value_name = "LABELS")]
+    metrics_pools: Vec<String>,
     /// Serve the web dashboard at http://ADDR/ (e.g. 127.0.0.1:8080); same
     /// tokens and roles as the gRPC API.
     #[arg(long)]
@@ -285,6 +290,7 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     if let Some(v) = args.http_listen {
         config.http_listen = Some(v);
     }
+    config.metrics_pools.extend(args.metrics_pools.iter().cloned());
     config.validate()?;
     Ok(config)
 }

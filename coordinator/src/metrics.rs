@@ -14,6 +14,8 @@ use std::time::Instant;
 use metrics::{Counter, Gauge, Histogram};
 use stylefarm_core::telemetry::Registry;
 
+use stylefarm_core::labels::Labels;
+
 use crate::clock::now_ms;
 use crate::model::{Millis, StateKind};
 use crate::notify::Delivery;
@@ -73,6 +75,11 @@ struct MethodMetrics {
     method: &'static str,
 }
 
+/// Most `stylefarm_pool_demand` series: the declared pools first, then the
+/// label sets of known workers in the order they are met.
+pub const MAX_POOL_SERIES: usize = 64;
+const POOL_DEMAND_HELP: &str = "Autoscaling demand of a worker pool, named by its workers' labels: what KEDA's scaler answers for them (queued jobs they match, not waiting on a dependency or paused, plus running ones).";
+
 pub struct CoordMetrics {
     registry: Registry,
     finished: [Counter; 3],
@@ -92,6 +99,9 @@ pub struct CoordMetrics {
     unknown_method: Arc<MethodMetrics>,
     jobs: [Gauge; 3],
     queue_depth: Mutex<BTreeMap<i32, Gauge>>,
+    /// Pools reported even with no worker known (`--metrics-pool`).
+    pools: Vec<Labels>,
+    pool_demand: Mutex<BTreeMap<String, Gauge>>,
     workers: Gauge,
     devices: [Gauge; 4],
     batches: Gauge,
@@ -99,6 +109,11 @@ pub struct CoordMetrics {
 
 impl CoordMetrics {
     pub fn new(registry: Registry) -> Arc<CoordMetrics> {
+        CoordMetrics::with_pools(registry, Vec::new())
+    }
+
+    /// Also reports the demand of `pools` (see [`CoordinatorConfig::metrics_pools`](crate::config::CoordinatorConfig::metrics_pools)).
+    pub fn with_pools(registry: Registry, pools: Vec<Labels>) -> Arc<CoordMetrics> {
         let r = &registry;
         let finished =
             StateKind::FINAL.map(|k| r.counter("stylefarm_jobs_finished_total", "Jobs that reached a final state, by outcome.", &[("outcome", k.label())]));
@@ -148,6 +163,8 @@ impl CoordMetrics {
             jobs,
             // the default priority's series exists from the start (others appear with their first batch)
             queue_depth: Mutex::new(BTreeMap::from([(0, r.gauge("stylefarm_queue_depth", QUEUE_DEPTH_HELP, &[("priority", "0")]))])),
+            pools,
+            pool_demand: Mutex::new(BTreeMap::new()),
             workers: r.gauge("stylefarm_workers_connected", "Workers seen within the lease TTL.", &[]),
             devices,
             batches: r.gauge("stylefarm_batches_unfinished", "Batches with jobs still queued or running.", &[]),
@@ -218,6 +235,7 @@ impl CoordMetrics {
                     .set(queued as f64);
             }
         }
+        self.refresh_pools(s);
         let live_since = now - s.config().lease_ttl_ms;
         let mut devices = [0u64; 4];
         let mut workers = 0;
@@ -233,6 +251,43 @@ impl CoordMetrics {
             gauge.set(n as f64);
         }
     }
+}
+
+impl CoordMetrics {
+    /// `stylefarm_pool_demand{labels}` for the declared pools and the label
+    /// sets of known workers (at most [`MAX_POOL_SERIES`]); a pool no longer
+    /// met reads 0.
+    fn refresh_pools(&self, s: &Scheduler) {
+        let mut pools: Vec<&Labels> = self.pools.iter().collect();
+        for w in s.workers() {
+            if pools.len() == MAX_POOL_SERIES {
+                break;
+            }
+            if !pools.contains(&&w.labels) {
+                pools.push(&w.labels);
+            }
+        }
+        let mut gauges = self.pool_demand.lock().unwrap_or_else(|p| p.into_inner());
+        for gauge in gauges.values() {
+            gauge.set(0.0);
+        }
+        for labels in pools {
+            let name = pool_name(labels);
+            if !gauges.contains_key(&name) && gauges.len() >= MAX_POOL_SERIES {
+                continue;
+            }
+            let demand = s.pool_demand(labels);
+            gauges
+                .entry(name)
+                .or_insert_with_key(|name| self.registry.gauge("stylefarm_pool_demand", POOL_DEMAND_HELP, &[("labels", name)]))
+                .set(demand as f64);
+        }
+    }
+}
+
+/// A pool's series label: its labels as `k=v,k=v` (sorted), as KEDA's trigger takes them.
+fn pool_name(labels: &Labels) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn seconds(ms: Millis) -> f64 {

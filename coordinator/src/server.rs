@@ -149,7 +149,8 @@ pub async fn run(listener: TcpListener, config: CoordinatorConfig, shutdown: imp
 /// store fails).
 pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let Listeners { grpc: listener, http, web } = listeners;
-    let metrics = http.is_some().then(|| CoordMetrics::new(Registry::new()));
+    let pools = config.pools().map_err(|reason| ServeError::Config(crate::config::ConfigError::Invalid { field: "metrics_pools", reason }))?;
+    let metrics = http.is_some().then(|| CoordMetrics::with_pools(Registry::new(), pools));
     let farm = open_farm(&config, metrics.clone())?;
     let addr = listener.local_addr().ok();
     let auth_enforced = farm.auth.enforced().map_err(|e| ServeError::Open(e.to_string()))?;

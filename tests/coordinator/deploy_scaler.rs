@@ -94,10 +94,21 @@ async fn pool_metric(scaler: &mut Scaler, labels: &str) -> i64 {
     scaler.get_metrics(request).await.unwrap().into_inner().metric_values[0].metric_value
 }
 
+/// `stylefarm_pool_demand{labels="…"}` in a scrape, if the series is there.
+fn gauge(scrape: &str, labels: &str) -> Option<f64> {
+    let series = format!("stylefarm_pool_demand{{labels=\"{labels}\"}} ");
+    scrape.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pool_scales_on_its_own_queue_from_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(test_config(dir.path())).await;
+    let config = stylefarm_coordinator::CoordinatorConfig {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_pools: vec!["pool=studio-b,vram=24".into()],
+        ..test_config(dir.path())
+    };
+    let coordinator = Coordinator::start(config).await;
     let mut scaler = Scaler::new(coordinator.channel().await);
     let mut client = coordinator.client().await;
     // no worker of either pool is connected: their jobs wait, and their pools must still grow
@@ -107,12 +118,20 @@ async fn each_pool_scales_on_its_own_queue_from_zero() {
     assert_eq!(pool_metric(&mut scaler, "pool=studio-b,vram=24").await, 3 + 1, "its own three, and the one any worker may take");
     assert_eq!(pool_metric(&mut scaler, "pool=render,vram=80").await, 2 + 1);
     assert_eq!(pool_metric(&mut scaler, "pool=render,vram=24").await, 1, "too little vram for the render batch");
+    // Prometheus: the declared pool from the start, a worker's own label set once it is known
+    let m = coordinator.scrape().await;
+    assert_eq!(gauge(&m, "pool=studio-b,vram=24"), Some(4.0), "{m}");
+    assert_eq!(gauge(&m, "pool=render,vram=80"), None, "{m}");
+    let _render = coordinator.worker_labelled("r", 1 << 34, &[("pool", "render"), ("vram", "80")]).await;
+    assert_eq!(gauge(&coordinator.scrape().await, "pool=render,vram=80"), Some(3.0));
     // a studio worker takes one: it still counts while it runs
     let mut studio = coordinator.worker_labelled("s", 1 << 34, &[("pool", "studio-b"), ("vram", "24")]).await;
     let lease = studio.lease(0).await.unwrap();
     assert_eq!(pool_metric(&mut scaler, "pool=studio-b,vram=24").await, 4);
+    assert_eq!(gauge(&coordinator.scrape().await, "pool=studio-b,vram=24"), Some(4.0), "a running job counts");
     studio.complete(&lease).await.unwrap();
     assert_eq!(pool_metric(&mut scaler, "pool=studio-b,vram=24").await, 3);
+    assert_eq!(gauge(&coordinator.scrape().await, "pool=studio-b,vram=24"), Some(3.0));
     let bad = scaler.is_active(ks::ScaledObjectRef { scaler_metadata: HashMap::from([("labels".into(), "pool".into())]), ..object(None) }).await.unwrap_err();
     assert!(bad.code() == tonic::Code::InvalidArgument && bad.message().contains("labels"), "{bad:?}");
 }

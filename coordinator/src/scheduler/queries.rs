@@ -121,7 +121,8 @@ impl Scheduler {
     pub fn pool_demand(&self, labels: &Labels) -> u64 {
         self.batches
             .values()
-            .filter(|b| labels::satisfied(&b.requires, labels))
+            // finished and all-waiting batches hold nothing to count: O(live jobs)
+            .filter(|b| b.counts.queued + b.counts.running > 0 && labels::satisfied(&b.requires, labels))
             .flat_map(|b| self.members.get(&b.id).map(Vec::as_slice).unwrap_or_default().iter().map(move |j| (b.paused, j)))
             .filter_map(|(paused, j)| self.jobs.get(j).map(|job| (paused, job)))
             .filter(|(paused, job)| {
