@@ -92,6 +92,7 @@ pub struct CoordMetrics {
     pub downloaded_bytes: Counter,
     pub retention_batches: Counter,
     pub retention_objects: Counter,
+    pub retention_uploads: Counter,
     webhook_deliveries: [Counter; 3],
     /// Webhook deliveries owed (set by the delivery task).
     pub webhook_outbox: Gauge,
@@ -150,6 +151,11 @@ impl CoordMetrics {
             downloaded_bytes: r.counter("stylefarm_download_bytes_total", "Output bytes clients downloaded through the coordinator.", &[]),
             retention_batches: r.counter("stylefarm_retention_batches_deleted_total", "Finished batches retention (--retain-finished) deleted.", &[]),
             retention_objects: r.counter("stylefarm_retention_objects_deleted_total", "Objects retention deleted with those batches.", &[]),
+            retention_uploads: r.counter(
+                "stylefarm_retention_uploads_deleted_total",
+                "Uploads retention deleted: no batch used them and they were last uploaded longer ago than the retention.",
+                &[],
+            ),
             webhook_deliveries: Delivery::ALL.map(|d| {
                 r.counter(
                     "stylefarm_webhook_deliveries_total",

@@ -160,6 +160,15 @@ impl Location {
         Ok(count)
     }
 
+    /// Deletes the one object at `key`; false if it was not there.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(StorageError::Store { url: self.url_of(key), source }),
+        }
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.store.head(&self.path(key)).await {
             Ok(_) => Ok(true),
@@ -263,6 +272,10 @@ mod tests {
             assert!(loc.exists("images/sha256/ab").await.unwrap());
             assert_eq!(loc.delete_prefix("batches/b3").await.unwrap(), 0, "again: nothing left, no error");
             assert!(loc.delete_prefix("/").await.is_err(), "never the whole store");
+            loc.put("images/sha256/ab", Bytes::from_static(b"x")).await.unwrap();
+            assert!(loc.delete("images/sha256/ab").await.unwrap());
+            assert!(!loc.exists("images/sha256/ab").await.unwrap());
+            assert!(!loc.delete("images/sha256/ab").await.unwrap(), "gone already: false, no error");
         });
         std::fs::remove_dir_all(dir).ok();
     }

@@ -391,3 +391,70 @@ async fn retention_deletes_finished_batches_once_they_are_old_enough_across_a_re
     zero.retain_finished = Some("0s".parse().unwrap());
     assert!(zero.validate().unwrap_err().to_string().contains("retain_finished"));
 }
+
+/// A small PNG of one colour (so each has its own SHA-256).
+fn png(shade: u8) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(8, 8, image::Rgb([shade, 0, 0])).write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_an_upload_once_no_batch_uses_it_and_keeps_it_while_one_does() {
+    use stylefarm_coordinator_tests::farm::{sha_ref, upload_bytes};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.retain_finished = Some("2s".parse().unwrap());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = Coordinator::start(config).await;
+    let mut client = coordinator.client().await;
+    let [shared, own, never] = [1u8, 2, 3].map(png);
+    let shared = upload_bytes(&mut client, "shared.png", shared).await.unwrap();
+    let own = upload_bytes(&mut client, "own.png", own).await.unwrap();
+    let never = upload_bytes(&mut client, "never.png", never).await.unwrap();
+    let object = |sha: &str| dir.path().join("objects/images/sha256").join(sha);
+    assert!(object(&shared).is_file() && object(&own).is_file() && object(&never).is_file());
+    let reading = |name: &str, content: &str, style: &str| {
+        let mut request = batch_request(name, 1, 0);
+        request.jobs[0].content = Some(sha_ref(content));
+        request.jobs[0].styles = vec![sha_ref(style)];
+        request
+    };
+    let old = client.submit_batch(reading("old", &shared, &own)).await.unwrap().into_inner();
+    let later = client.submit_batch(reading("later", &shared, &shared)).await.unwrap().into_inner();
+    let mut worker = coordinator.worker("w", 16 * GIB).await;
+    let lease = worker.lease(0).await.unwrap();
+    assert_eq!(lease.job_id, old.job_ids[0]);
+    worker.complete(&lease).await.unwrap();
+
+    // `old` goes 2 s after it finished, and with it the upload only it read;
+    // the one never used goes too; the one `later` reads stays
+    let missing = |client: &mut Client, shas: Vec<String>| {
+        let mut client = client.clone();
+        async move { client.stat_images(pb::StatImagesRequest { sha256: shas }).await.unwrap().into_inner().missing }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while missing(&mut client, vec![own.clone(), never.clone()]).await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the unused uploads went within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!object(&own).exists() && !object(&never).exists(), "their bytes went with them");
+    assert!(missing(&mut client, vec![shared.clone()]).await.is_empty() && object(&shared).is_file(), "`later` still reads it");
+    assert_eq!(client.get_batch(pb::GetBatchRequest { batch_id: old.batch_id.clone(), include_jobs: false }).await.unwrap_err().code(), Code::NotFound);
+    // naming a removed upload is refused by field, as one never uploaded
+    let e = client.submit_batch(reading("again", &shared, &own)).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("jobs[0].styles[0]"), "{e:?}");
+
+    // once `later` has finished and gone, its upload goes too
+    let lease = worker.lease(0).await.unwrap();
+    assert_eq!(lease.job_id, later.job_ids[0]);
+    worker.complete(&lease).await.unwrap();
+    while !missing(&mut client, vec![shared.clone()]).await.contains(&shared) {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(15), "the shared upload went once unused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!object(&shared).exists());
+    let m = coordinator.scrape().await;
+    assert!(m.lines().any(|l| l == "stylefarm_retention_uploads_deleted_total 3"), "{m}");
+    assert!(m.lines().any(|l| l == "stylefarm_retention_batches_deleted_total 2"), "{m}");
+}

@@ -111,6 +111,7 @@ impl pb::coordinator_server::Coordinator for ClientApi {
                 let replay = new.request_id.as_deref().is_some_and(|r| s.batch_for_request(&owner, r).is_some());
                 if !replay {
                     quota.check_unfinished(s.unfinished_of(&owner), adding)?;
+                    s.check_uploads(&new)?;
                 }
                 Ok(match parent_trace {
                     Some(trace_id) => s.submit(new, &owner, now, fx, &mut || trace_id.clone()),

@@ -3,7 +3,9 @@
 //! objects, exactly as `DeleteBatch` deletes them (each logged and on the
 //! watch stream). What is due is read from the store (`finished_ms`), so the
 //! work survives restarts; it goes in bounded steps, so a farm that kept a
-//! year of batches catches up without starving the scheduler.
+//! year of batches catches up without starving the scheduler. Uploads, shared
+//! between batches, go once no batch uses them and they were last uploaded
+//! longer ago than the retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +16,18 @@ use super::Farm;
 use crate::clock::now_ms;
 use crate::error::Result;
 use crate::identity::{Principal, Role};
+use crate::keys::image_key;
 use crate::model::Millis;
 use crate::scheduler::DeleteMode;
 
 /// Most batches one step deletes.
 pub const STEP: usize = 32;
+
+/// What one uploads step found due and removed.
+struct Retired {
+    due: usize,
+    removed: u64,
+}
 
 /// The name retention's deletes are logged under.
 pub const PRINCIPAL: &str = "retention";
@@ -47,11 +56,37 @@ impl Farm {
                 Err(e) => tracing::warn!(batch_id = %id, error = %e, "retention could not delete a finished batch (tried again next step)"),
             }
         }
+        let uploads = self.retire_uploads(cutoff).await?;
         if let Some(metrics) = &self.config.metrics {
             metrics.retention_batches.increment(batches);
             metrics.retention_objects.increment(objects);
+            metrics.retention_uploads.increment(uploads.removed);
         }
-        Ok(due.len())
+        Ok(due.len().max(uploads.due))
+    }
+
+    /// Removes up to [`STEP`] uploads no batch uses, last uploaded before
+    /// `cutoff`: forgotten under the scheduler's lock (see
+    /// `scheduler::uploads`), committed, then their bytes deleted.
+    async fn retire_uploads(self: &Arc<Self>, cutoff: Millis) -> Result<Retired> {
+        let unused = self.stored(move |store| store.unused_uploads(cutoff, STEP)).await?;
+        let due = unused.len();
+        if due == 0 {
+            return Ok(Retired { due, removed: 0 });
+        }
+        let forgotten = self.apply(move |s, fx, _| Ok(s.forget_uploads(unused, fx))).await?;
+        let mut removed = 0;
+        for sha in forgotten {
+            match self.blobs.delete(&image_key(&sha)).await {
+                Ok(_) => {
+                    removed += 1;
+                    tracing::info!(sha256 = %sha, "retention removed an upload no batch uses");
+                }
+                // its rows are gone: the bytes stay behind, unreachable, until removed by hand
+                Err(e) => tracing::warn!(sha256 = %sha, error = %e, "retention could not delete an upload's bytes"),
+            }
+        }
+        Ok(Retired { due, removed })
     }
 
     /// Runs retention until `stopping`: a step every [`period`], and at once

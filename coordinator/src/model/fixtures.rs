@@ -56,3 +56,29 @@ pub fn batch(notify: Notify) -> BatchRecord {
         unfinished_work: 0,
     }
 }
+
+/// A one-job batch to submit, reading `content` and `style`.
+pub fn new_batch(content: ImageSource, style: ImageSource) -> NewBatch {
+    let job = NewJob {
+        name: "j".into(),
+        content,
+        styles: vec![style],
+        params_json: "{}".into(),
+        estimate_bytes: 1,
+        work: 1,
+        time_limit_ms: 10_000,
+        depends_on: Vec::new(),
+        task: None,
+        requires: Vec::new(),
+    };
+    NewBatch {
+        name: "b".into(),
+        priority: 0,
+        labels: Default::default(),
+        max_attempts: 2,
+        request_id: None,
+        requires: Vec::new(),
+        notify: Notify::default(),
+        jobs: vec![job],
+    }
+}

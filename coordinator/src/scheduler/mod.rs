@@ -36,6 +36,7 @@ mod rotation;
 mod submit;
 mod tick;
 mod transition;
+mod uploads;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

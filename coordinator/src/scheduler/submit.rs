@@ -14,9 +14,9 @@ impl Scheduler {
     /// owner's reference to them; true if the owner had none before.
     pub fn add_image(&mut self, image: ImageRecord, owner: &str, fx: &mut Effects) -> bool {
         let (sha256, created_ms) = (image.sha256.clone(), image.created_ms);
-        if self.images.insert(sha256.clone()) {
-            fx.ops.push(StoreOp::InsertImage(image));
-        }
+        // new bytes, or the same again: either way their upload time moves on
+        self.images.insert(sha256.clone());
+        fx.ops.push(StoreOp::InsertImage(image));
         if !self.image_refs.entry(sha256.clone()).or_default().insert(owner.to_string()) {
             return false;
         }

@@ -10,6 +10,7 @@
 mod outbox;
 mod rows;
 mod sqlite;
+mod uploads;
 
 use tokio::sync::oneshot;
 
@@ -101,7 +102,12 @@ pub enum StoreOp {
         batch: BatchId,
         failures: u32,
     },
+    /// Bytes uploaded: new, or again (then only their time moves on, so
+    /// retention counts an upload's age from its last upload).
     InsertImage(ImageRecord),
+    /// Retention removes an upload no batch uses: its bytes' row and every
+    /// principal's reference (unless a batch uses it by now).
+    ForgetUpload(String),
     /// `owner` uploaded the image (its bytes may have been stored before, by someone else).
     InsertImageRef {
         sha256: String,
@@ -213,6 +219,9 @@ pub trait Store: Send + Sync + 'static {
     /// The job's ended attempts, oldest first.
     fn attempts(&self, job: JobId) -> StoreResult<Vec<AttemptRecord>>;
     fn image(&self, sha256: &str) -> StoreResult<Option<ImageRecord>>;
+    /// Uploads no batch uses, last uploaded before `cutoff`, the oldest first,
+    /// at most `limit` (retention's uploads step).
+    fn unused_uploads(&self, cutoff: Millis, limit: usize) -> StoreResult<Vec<String>>;
     /// Webhook deliveries due at `now`, the longest due first, at most `limit`.
     fn outbox_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<OutboxRow>>;
     /// How many webhook deliveries are owed.

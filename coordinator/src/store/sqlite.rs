@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::outbox;
 use super::rows::{batch_from_row, job_from_row, json, lenient, parse_or, worker_from_row, BATCH_COLUMNS, JOB_COLUMNS, WORKER_COLUMNS};
-use super::{CommitTicket, ImageRecord, OutboxRow, Snapshot, Store, StoreError, StoreOp, StoreResult};
+use super::{uploads, CommitTicket, ImageRecord, OutboxRow, Snapshot, Store, StoreError, StoreOp, StoreResult};
 use crate::ids::{BatchId, JobId, WorkerId};
 use crate::model::{AttemptEnd, AttemptRecord, Availability, BatchRecord, JobRecord, Millis};
 
@@ -204,6 +204,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.execute_batch(outbox::SCHEMA).map_err(err)?;
         migrate(&conn)?;
+        uploads::create(&conn).map_err(err)?;
         // the writer never checkpoints (that would stall every waiting request
         // behind an fsync); a separate connection does, without blocking it
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;").map_err(err)?;
@@ -333,6 +334,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 json(&j.requires),
                 j.work.min(i64::MAX as u64) as i64,
             ])?;
+            uploads::record(tx, j)?;
         }
         StoreOp::UpdateJob(u) => {
             tx.prepare_cached(
@@ -405,8 +407,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             .execute(params![worker.0, batch.0, failures])?;
         }
         StoreOp::InsertImage(i) => {
-            tx.prepare_cached("INSERT OR IGNORE INTO images (sha256, size_bytes, width, height, format, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-                .execute(params![i.sha256, i.size_bytes as i64, i.width, i.height, i.format, i.created_ms])?;
+            tx.prepare_cached(
+                "INSERT INTO images (sha256, size_bytes, width, height, format, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(sha256) DO UPDATE SET created_ms = MAX(created_ms, excluded.created_ms)",
+            )?
+            .execute(params![i.sha256, i.size_bytes as i64, i.width, i.height, i.format, i.created_ms])?;
         }
         StoreOp::InsertImageRef { sha256, owner, created_ms } => {
             tx.prepare_cached("INSERT OR IGNORE INTO image_refs (sha256, owner, created_ms) VALUES (?1, ?2, ?3)")?
@@ -427,6 +432,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
             .execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM jobs WHERE batch_id = ?1")?.execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM worker_batch_failures WHERE batch_id = ?1")?.execute(params![id.0])?;
+            uploads::forget_batch(tx, *id)?;
             tx.prepare_cached("UPDATE batches SET deleted_ms = ?2 WHERE id = ?1 AND deleted_ms IS NULL")?.execute(params![id.0, deleted_ms])?;
         }
         StoreOp::SetAvailability { worker, availability } => {
@@ -438,6 +444,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> rusqlite::Result<()> {
                 .execute(params![id.0])?;
             tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?.execute(params![id.0])?;
         }
+        StoreOp::ForgetUpload(sha256) => uploads::forget(tx, sha256)?,
         StoreOp::Outbox(op) => outbox::apply(tx, op)?,
     }
     Ok(())
@@ -586,6 +593,10 @@ impl Store for SqliteStore {
             })
             .map_err(err)?;
         Ok(lenient(rows, "attempt"))
+    }
+
+    fn unused_uploads(&self, cutoff: Millis, limit: usize) -> StoreResult<Vec<String>> {
+        uploads::unused(&*self.reader()?, cutoff, limit).map_err(err)
     }
 
     fn outbox_due(&self, now: Millis, limit: usize) -> StoreResult<Vec<OutboxRow>> {
