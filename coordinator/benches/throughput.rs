@@ -13,7 +13,10 @@
 //! and with the web dashboard's farm-wide event stream followed (`--modes
 //! ...,dashboard`: every job event rendered and sent as a server-sent event);
 //! and with the workers split over 4 pools (`pools`: each worker labelled with
-//! one, each batch requiring one, so every lease matches labels).
+//! one, each batch requiring one, so every lease matches labels); and while
+//! retention sweeps 10,000 finished batches (`retention`: each with a job and
+//! an output object, all due when the coordinator starts; the run's own
+//! batches are never due).
 //!
 //!   ... -- --soak 1000000
 //!
@@ -45,7 +48,7 @@ struct Args {
     reference: bool,
     soak: usize,
     rounds: usize,
-    /// Which of open, auth, tls, metrics, traces, dashboard, pools to run (all by default).
+    /// Which of open, auth, tls, metrics, traces, dashboard, pools, retention to run (all by default).
     modes: Vec<String>,
 }
 
@@ -57,7 +60,7 @@ fn parse_args() -> Args {
         reference: true,
         soak: 0,
         rounds: 3,
-        modes: ["open", "auth", "tls", "metrics", "traces", "dashboard", "pools"].map(String::from).to_vec(),
+        modes: ["open", "auth", "tls", "metrics", "traces", "dashboard", "pools", "retention"].map(String::from).to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,7 +71,7 @@ fn parse_args() -> Args {
             "--no-reference" => args.reference = false,
             "--soak" => args.soak = it.next().expect("--soak N").parse().expect("number"),
             "--rounds" => args.rounds = it.next().expect("--rounds N").parse().expect("number"),
-            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces,dashboard,pools").split(',').map(String::from).collect(),
+            "--modes" => args.modes = it.next().expect("--modes open,auth,tls,metrics,traces,dashboard,pools,retention").split(',').map(String::from).collect(),
             "--bench" => {}
             other => panic!("unknown argument {other}; use --workers N,M --jobs N --connections N --no-reference"),
         }
@@ -85,6 +88,8 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     complete_p99_ms: f64,
+    /// Finished batches retention deleted by the end of the run (retention mode).
+    retired: f64,
 }
 
 /// CPU seconds this process has used so far (all threads, user + system).
@@ -116,6 +121,50 @@ enum Security {
     OpenTraces,
     /// Open, with the web dashboard's farm-wide event stream followed.
     OpenDashboard,
+    /// Open, while retention deletes [`RETAINED`] finished batches.
+    OpenRetention,
+}
+
+/// Finished batches the `retention` mode starts with, all due.
+const RETAINED: usize = 10_000;
+
+/// Writes `n` batches that finished two hours ago, one succeeded job and
+/// one output object each, into a new data dir (as an older farm would
+/// have them), before the coordinator opens it.
+fn prefill_finished(data_dir: &std::path::Path, n: usize) {
+    use stylefarm_coordinator::ids::{BatchId, JobId};
+    use stylefarm_coordinator::store::{Durability, SqliteStore};
+    let path = data_dir.join("state.sqlite");
+    drop(SqliteStore::open(&path, Durability::ProcessCrash, Commits::Grouped).unwrap());
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    let tx = conn.transaction().unwrap();
+    let finished = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 2 * 3_600_000;
+    for i in 1..=n as i64 {
+        let prefix = stylefarm_coordinator::keys::attempt_prefix(BatchId(i), JobId(i), 1);
+        tx.execute(
+            "INSERT INTO batches (id, name, priority, labels, max_attempts, created_ms, finished_ms, started, started_ms, counts, owner)
+             VALUES (?1, 'old', 0, '{}', 3, ?2, ?2, 1, ?2, '{\"total\":1,\"queued\":0,\"running\":0,\"succeeded\":1,\"failed\":0,\"cancelled\":0}', 'local')",
+            rusqlite::params![i, finished],
+        )
+        .unwrap();
+        let state = format!("{{\"state\":\"succeeded\",\"worker\":1,\"outputs\":{{\"prefix\":\"{prefix}\",\"files\":[],\"final_loss\":1.0,\"iterations\":1,\"engine_ms\":1.0,\"device\":\"cuda:0\"}}}}");
+        tx.execute(
+            "INSERT INTO jobs (id, batch_id, idx, name, priority, content, styles, params, estimate_bytes, max_attempts, attempt, state, created_ms, finished_ms, trace_id)
+             VALUES (?1, ?1, 0, 'j', 0, '{\"url\":\"s3://bench/c.png\"}', '[]', '{}', 1, 3, 1, ?2, ?3, ?3, '')",
+            rusqlite::params![i, state, finished],
+        )
+        .unwrap();
+        let dir = data_dir.join("objects").join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("output.png"), b"png").unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// How many batches retention has deleted in the data dir.
+fn deleted_batches(data_dir: &std::path::Path) -> usize {
+    let conn = rusqlite::Connection::open(data_dir.join("state.sqlite")).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM batches WHERE deleted_ms IS NOT NULL", [], |row| row.get::<_, i64>(0)).unwrap() as usize
 }
 
 /// What the counting collector decodes of an OTLP export request: the span
@@ -255,6 +304,10 @@ async fn start(commits: Commits, security: Security) -> Server {
         allowed_input_prefixes: vec!["s3://bench/".into()],
         ..CoordinatorConfig::default()
     };
+    if security == Security::OpenRetention {
+        prefill_finished(dir.path(), RETAINED);
+        config.retain_finished = Some("1h".parse().unwrap());
+    }
     // throughput, not quotas, is measured: the bench's one client may queue it all
     config.quotas.submit = stylefarm_coordinator::quota::Quota::unlimited();
     let (mut client_token, mut worker_token) = (None, None);
@@ -421,6 +474,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, commits: Commits, 
     if let Some(scraper) = server.scraper {
         assert!(scraper.await.unwrap() >= 1, "metrics were scraped (or dashboard events read) during the run");
     }
+    let retired = if security == Security::OpenRetention { deleted_batches(server._dir.path()) as f64 } else { 0.0 };
     let _ = server.stop.send(());
     server.handle.await.unwrap().unwrap();
     lease_ms.sort_by(f64::total_cmp);
@@ -432,6 +486,7 @@ async fn run(workers: usize, jobs: usize, connections: usize, commits: Commits, 
         p50_ms: percentile(&lease_ms, 0.5),
         p99_ms: percentile(&lease_ms, 0.99),
         complete_p99_ms: percentile(&complete_ms, 0.99),
+        retired,
     }
 }
 
@@ -590,6 +645,7 @@ fn main() {
             ("traces", "+ traces, all exported", Security::OpenTraces, 0),
             ("dashboard", "+ dashboard followed", Security::OpenDashboard, 0),
             ("pools", "+ 4 worker pools", Security::Open, POOLS),
+            ("retention", "+ retention sweeping", Security::OpenRetention, 0),
         ]
         .into_iter()
         .filter(|(key, _, _, _)| args.modes.iter().any(|m| m == key))
@@ -618,6 +674,7 @@ fn main() {
                     p50_ms: median(runs, |r| r.p50_ms),
                     p99_ms: median(runs, |r| r.p99_ms),
                     complete_p99_ms: median(runs, |r| r.complete_p99_ms),
+                    retired: median(runs, |r| r.retired),
                 };
                 (*name, r)
             })
@@ -642,6 +699,9 @@ fn main() {
             })
             .collect();
         println!("         rounds: {}", all.join("; "));
+        if let Some((_, r)) = summary.iter().find(|(name, _)| name.starts_with("+ retention")) {
+            println!("         retention deleted {:.0} of {RETAINED} finished batches (with their objects) by the end of each run (median)", r.retired);
+        }
         println!(
             "         vs anchors: {:.1}x OpenCue stress test (975 frames/s), {:.1}x Tractor (500 tasks/s); goal 5000 jobs/s: {}",
             base / 975.0,

@@ -89,14 +89,15 @@ impl Farm {
         Ok(Retired { due, removed })
     }
 
-    /// Runs retention until `stopping`: a step every [`period`], and at once
-    /// again while steps come back full.
+    /// Runs retention until `stopping`: a step at start (a coordinator that
+    /// was down catches up at once), then every [`period`], and at once again
+    /// while steps come back full.
     pub fn retention(self: &Arc<Self>, retain_ms: Millis, stopping: Stopping) -> impl std::future::Future<Output = ()> + Send + 'static {
         let farm = Arc::clone(self);
         async move {
             let stop = stopping.wait();
             tokio::pin!(stop);
-            let mut pause = period(retain_ms);
+            let mut pause = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
