@@ -171,9 +171,8 @@ pub async fn run_with(listeners: Listeners, config: CoordinatorConfig, shutdown:
         tracing::info!(retain_finished = %retain, "finished batches are deleted this long after they finish");
         tasks.spawn("retention", farm.retention(retain.as_millis_i64(), tasks.stopping()));
     }
-    if !farm.config.submit.webhooks.is_empty() {
-        tasks.spawn("webhooks", farm.deliveries(tasks.stopping()));
-    }
+    // without an allowlist it only gives up what an earlier run still owed, and ends
+    tasks.spawn("webhooks", farm.deliveries(tasks.stopping()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::coordinator_server::CoordinatorServer<ClientApi>>().await;
     health_reporter.set_serving::<pb::worker_api_server::WorkerApiServer<WorkerService>>().await;

@@ -279,3 +279,42 @@ async fn a_delivery_owed_when_the_coordinator_is_killed_arrives_after_its_restar
     assert_eq!(all.len(), 1, "{all:#?}");
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_owed_is_given_up_once_no_url_is_allowed() {
+    // nobody listens here: the first try fails and the delivery stays owed
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.webhooks.allow = vec![AllowEntry { prefix: format!("http://127.0.0.1:{port}/hooks/"), secret_file: Some(key_file(dir.path())) }];
+    let coordinator = Coordinator::start(config).await;
+    let mut client = coordinator.client().await;
+    let hook = format!("http://127.0.0.1:{port}/hooks/x");
+    let batch = client.submit_batch(notified("owed", 1, vec![hook], pb::NotifyOn::BatchEnd)).await.unwrap().into_inner().batch_id;
+    let mut worker = coordinator.worker("w", 8 << 30).await;
+    let lease = worker.lease(1_000).await.expect("a job");
+    worker.complete(&lease).await.unwrap();
+    wait_batch(&mut client, &batch, Duration::from_secs(10)).await;
+    let tried = eventually(Duration::from_secs(10), || async {
+        let m = coordinator.scrape().await;
+        metric(&m, "stylefarm_webhook_deliveries_total{outcome=\"retried\"}") >= 1.0 && metric(&m, "stylefarm_webhook_outbox") == 1.0
+    })
+    .await;
+    assert!(tried, "{}", coordinator.scrape().await);
+    coordinator.stop().await.unwrap();
+
+    // the operator turns webhooks off: the owed delivery is given up at start, counted
+    let mut config = test_config(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = Coordinator::start(config).await;
+    let given_up = eventually(Duration::from_secs(10), || async {
+        metric(&coordinator.scrape().await, "stylefarm_webhook_deliveries_total{outcome=\"given_up\"}") == 1.0
+    })
+    .await;
+    assert!(given_up, "{}", coordinator.scrape().await);
+    let owed: i64 =
+        rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap().query_row("SELECT COUNT(*) FROM webhook_outbox", [], |row| row.get(0)).unwrap();
+    assert_eq!(owed, 0);
+    coordinator.stop().await.unwrap();
+}

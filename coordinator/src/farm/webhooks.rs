@@ -55,10 +55,18 @@ impl Farm {
         ops.len() > before
     }
 
-    /// Delivers due webhooks until `stopping` (see the module doc).
+    /// Delivers due webhooks until `stopping` (see the module doc). With no
+    /// allowed prefix nothing may be sent: what an earlier run with one still
+    /// owed is given up, and the task ends.
     pub fn deliveries(self: &Arc<Self>, stopping: Stopping) -> impl std::future::Future<Output = ()> + Send + 'static {
         let farm = Arc::clone(self);
         async move {
+            if farm.config.submit.webhooks.is_empty() {
+                if let Err(e) = farm.give_up_owed().await {
+                    tracing::warn!(error = %e, "webhooks: could not clear what an earlier run owed");
+                }
+                return;
+            }
             let client = match reqwest::Client::builder()
                 .timeout(TIMEOUT)
                 .connect_timeout(TIMEOUT)
@@ -115,6 +123,24 @@ impl Farm {
             }
         }
         Ok(n)
+    }
+
+    /// Gives up every delivery still owed (the allowlist is empty now).
+    async fn give_up_owed(self: &Arc<Self>) -> Result<()> {
+        loop {
+            let owed = self.stored(|store| store.outbox_due(Millis::MAX, STEP)).await?;
+            if owed.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(deliveries = owed.len(), "webhooks given up: this coordinator allows no webhook URL now (--webhook-allow)");
+            if let Some(metrics) = self.metrics() {
+                for _ in &owed {
+                    metrics.webhook_delivery(Delivery::GivenUp);
+                }
+            }
+            let ops = owed.iter().map(|row| StoreOp::Outbox(OutboxOp::Done(row.id))).collect();
+            self.wait(self.store.commit(ops)).await?;
+        }
     }
 
     async fn try_delivery(&self, client: &reqwest::Client, row: OutboxRow) -> (OutboxOp, Delivery) {
