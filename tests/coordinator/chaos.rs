@@ -7,29 +7,18 @@
 //! for ever on a blocklist. `STYLEFARM_CHAOS_SEED` picks another run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use stylefarm_coordinator_tests::farm::{connect_retrying, options, sha_ref, sigkill, upload_file, Client, CoordinatorProcess};
-use stylefarm_coordinator_tests::{sample, workspace_bin};
+use stylefarm_coordinator_tests::farm::{connect_retrying, options, sha_ref, sigkill, start_worker_process, upload_file, Client, CoordinatorProcess};
+use stylefarm_coordinator_tests::sample;
 use stylefarm_proto as pb;
 
 const JOBS: usize = 30;
 const EVENTS: usize = 18;
 const LEASE_TTL_MS: u32 = 2_000;
-
-fn start_worker(url: &str, name: &str, work_dir: &Path) -> Child {
-    Command::new(workspace_bin("stylefarm-worker", "stylefarm-worker"))
-        .args(["--coordinator", url, "--devices", "cpu", "--name", name, "--work-dir"])
-        .arg(work_dir)
-        .env("STYLEFARM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start worker")
-}
 
 /// The farm under test: the coordinator's data dir and address stay the same
 /// across its restarts, and each worker keeps its name and work dir (so its id).
@@ -53,7 +42,7 @@ impl Chaos {
         let coordinator = CoordinatorProcess::start(&data, "127.0.0.1:0", LEASE_TTL_MS);
         let addr = coordinator.addr.clone();
         let url = format!("http://{addr}");
-        let workers = [0, 1].map(|i| start_worker(&url, &format!("chaos-{i}"), &dir.join(format!("w{i}"))));
+        let workers = [0, 1].map(|i| start_worker_process(&url, &format!("chaos-{i}"), &dir.join(format!("w{i}"))));
         let client = client_for(&addr).await;
         Chaos { dir: dir.to_path_buf(), data, addr, coordinator, workers, client, started: Instant::now() }
     }
@@ -66,7 +55,7 @@ impl Chaos {
         self.say(&format!("SIGKILL worker {i}, back in {down:?}"));
         sigkill(&mut self.workers[i]);
         tokio::time::sleep(down).await;
-        self.workers[i] = start_worker(&format!("http://{}", self.addr), &format!("chaos-{i}"), &self.dir.join(format!("w{i}")));
+        self.workers[i] = start_worker_process(&format!("http://{}", self.addr), &format!("chaos-{i}"), &self.dir.join(format!("w{i}")));
     }
 
     async fn kill_coordinator(&mut self, down: Duration) {

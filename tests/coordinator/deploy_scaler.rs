@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use stylefarm_coordinator::auth::{Role, TokenStore};
-use stylefarm_coordinator_tests::farm::{batch_request, test_config, Coordinator};
+use stylefarm_coordinator_tests::farm::{batch_request, scraped, test_config, Coordinator};
 use stylefarm_proto as pb;
 use stylefarm_proto::externalscaler as ks;
 
@@ -96,8 +96,7 @@ async fn pool_metric(scaler: &mut Scaler, labels: &str) -> i64 {
 
 /// `stylefarm_pool_demand{labels="…"}` in a scrape, if the series is there.
 fn gauge(scrape: &str, labels: &str) -> Option<f64> {
-    let series = format!("stylefarm_pool_demand{{labels=\"{labels}\"}} ");
-    scrape.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+    scraped(scrape, &format!("stylefarm_pool_demand{{labels=\"{labels}\"}}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

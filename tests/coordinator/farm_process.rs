@@ -1,24 +1,13 @@
 //! The farm as processes: kill -9 a worker mid-job, kill -9 the coordinator
 //! mid-batch; every job completes once and only committed attempts count.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stylefarm_coordinator_tests::farm::{connect_retrying, sha_ref, sigkill, test_config, upload_file, wait_batch, Client, Coordinator, CoordinatorProcess};
-use stylefarm_coordinator_tests::{sample, workspace_bin};
+use stylefarm_coordinator_tests::farm::{
+    connect_retrying, sha_ref, sigkill, start_worker_process, test_config, upload_file, wait_batch, Client, Coordinator, CoordinatorProcess,
+};
+use stylefarm_coordinator_tests::sample;
 use stylefarm_proto as pb;
-
-fn start_worker(url: &str, name: &str, work_dir: &Path) -> Child {
-    Command::new(workspace_bin("stylefarm-worker", "stylefarm-worker"))
-        .args(["--coordinator", url, "--devices", "cpu", "--name", name, "--work-dir"])
-        .arg(work_dir)
-        .env("STYLEFARM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start worker")
-}
 
 fn batch(chelsea: &str, retina: &str, jobs: usize, iterations: u32) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
@@ -56,10 +45,10 @@ async fn a_killed_worker_s_job_runs_again_elsewhere_and_only_that_attempt_counts
     let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
     let retina = upload_file(&mut client, &sample("retina.jpg")).await;
     let submitted = client.submit_batch(batch(&chelsea, &retina, 3, 40)).await.unwrap().into_inner();
-    let mut doomed = start_worker(&coordinator.url, "doomed", &dir.path().join("w1"));
+    let mut doomed = start_worker_process(&coordinator.url, "doomed", &dir.path().join("w1"));
     let victim = running_job_with_progress(&mut client, &submitted.batch_id, Duration::from_secs(120)).await;
     sigkill(&mut doomed);
-    let mut rescuer = start_worker(&coordinator.url, "rescuer", &dir.path().join("w2"));
+    let mut rescuer = start_worker_process(&coordinator.url, "rescuer", &dir.path().join("w2"));
     let (done, jobs) = wait_batch(&mut client, &submitted.batch_id, Duration::from_secs(240)).await;
     rescuer.kill().ok();
     rescuer.wait().ok();
@@ -88,7 +77,7 @@ async fn a_killed_coordinator_restarts_and_the_batch_completes_without_duplicate
     let chelsea = upload_file(&mut client, &sample("chelsea.png")).await;
     let retina = upload_file(&mut client, &sample("retina.jpg")).await;
     let submitted = client.submit_batch(batch(&chelsea, &retina, 4, 30)).await.unwrap().into_inner();
-    let mut worker = start_worker(&format!("http://{addr}"), "survivor", &dir.path().join("w"));
+    let mut worker = start_worker_process(&format!("http://{addr}"), "survivor", &dir.path().join("w"));
     running_job_with_progress(&mut client, &submitted.batch_id, Duration::from_secs(120)).await;
     sigkill(&mut coordinator.child);
     tokio::time::sleep(Duration::from_millis(500)).await;

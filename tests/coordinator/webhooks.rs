@@ -141,7 +141,7 @@ fn notified(name: &str, n: usize, notify: Vec<String>, on: pb::NotifyOn) -> pb::
 }
 
 fn metric(scrape: &str, series: &str) -> f64 {
-    scrape.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    scraped(scrape, series).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

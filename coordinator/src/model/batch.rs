@@ -100,15 +100,6 @@ pub enum NotifyOn {
     Failures,
 }
 
-impl NotifyOn {
-    pub fn label(self) -> &'static str {
-        match self {
-            NotifyOn::BatchEnd => "batch_end",
-            NotifyOn::Failures => "failures",
-        }
-    }
-}
-
 impl std::str::FromStr for NotifyOn {
     type Err = String;
     fn from_str(s: &str) -> Result<NotifyOn, String> {

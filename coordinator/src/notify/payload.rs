@@ -5,17 +5,7 @@ use serde::Serialize;
 use stylefarm_proto::names;
 
 use crate::convert;
-use crate::model::{BatchRecord, JobRecord, JobState, Millis};
-
-#[derive(Serialize)]
-struct Counts {
-    total: u32,
-    queued: u32,
-    running: u32,
-    succeeded: u32,
-    failed: u32,
-    cancelled: u32,
-}
+use crate::model::{BatchRecord, Counts, JobRecord, JobState, Millis};
 
 #[derive(Serialize)]
 struct Batch<'a> {
@@ -25,7 +15,7 @@ struct Batch<'a> {
     state: &'static str,
     priority: i32,
     labels: &'a std::collections::BTreeMap<String, String>,
-    counts: Counts,
+    counts: &'a Counts,
     created_at_ms: Millis,
     started_at_ms: Option<Millis>,
     finished_at_ms: Option<Millis>,
@@ -50,7 +40,6 @@ struct Body<'a> {
 }
 
 fn batch(b: &BatchRecord) -> Batch<'_> {
-    let c = &b.counts;
     Batch {
         id: b.id.to_string(),
         name: &b.name,
@@ -58,7 +47,7 @@ fn batch(b: &BatchRecord) -> Batch<'_> {
         state: names::batch_state(convert::batch_state(b.phase()) as i32).unwrap_or("unknown"),
         priority: b.priority,
         labels: &b.labels,
-        counts: Counts { total: c.total, queued: c.queued, running: c.running, succeeded: c.succeeded, failed: c.failed, cancelled: c.cancelled },
+        counts: &b.counts,
         created_at_ms: b.created_ms,
         started_at_ms: b.started_ms,
         finished_at_ms: b.finished_ms,

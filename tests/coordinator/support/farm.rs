@@ -398,6 +398,26 @@ impl Drop for CoordinatorProcess {
     }
 }
 
+/// The real `stylefarm-worker` on the CPU as a child process, named `name`
+/// (its id survives a restart with the same `work_dir`).
+pub fn start_worker_process(url: &str, name: &str, work_dir: &Path) -> std::process::Child {
+    std::process::Command::new(crate::workspace_bin("stylefarm-worker", "stylefarm-worker"))
+        .args(["--coordinator", url, "--devices", "cpu", "--name", name, "--work-dir"])
+        .arg(work_dir)
+        .env("STYLEFARM_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start worker")
+}
+
+/// The value of `series` (name and labels as written, e.g.
+/// `stylefarm_webhook_outbox` or `x_total{outcome="given_up"}`) in a
+/// Prometheus scrape, if it is there.
+pub fn scraped(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// kill -9, then reaps it.
 pub fn sigkill(child: &mut std::process::Child) {
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
