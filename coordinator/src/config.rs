@@ -58,6 +58,10 @@ pub struct CoordinatorConfig {
     pub max_jobs_per_batch: usize,
     /// Most frames one video batch may have.
     pub max_video_frames: u32,
+    /// Device memory one tile of a print may need; 0 = the largest device
+    /// among the connected workers that may take the job. A job whose finest
+    /// scale needs more is split into tiles (`crate::tiling`).
+    pub tile_memory_bytes: u64,
     /// How long a queued job may wait while no connected device fits it.
     pub unfit_grace_ms: i64,
     /// How long submit request ids are remembered in memory (the store keeps them).
@@ -117,6 +121,7 @@ impl Default for CoordinatorConfig {
             allowed_weights: Vec::new(),
             max_jobs_per_batch: crate::validate::MAX_JOBS_PER_BATCH,
             max_video_frames: stylefarm_core::video::MAX_FRAMES,
+            tile_memory_bytes: 0,
             unfit_grace_ms: scheduler.unfit_grace_ms,
             request_id_window_ms: scheduler.request_id_window_ms,
             forget_workers_after_ms: scheduler.forget_workers_after_ms,
@@ -174,6 +179,7 @@ impl CoordinatorConfig {
         env("STYLEFARM_MAX_UPLOAD_BYTES", &mut self.max_upload_bytes)?;
         env("STYLEFARM_MAX_JOBS_PER_BATCH", &mut self.max_jobs_per_batch)?;
         env("STYLEFARM_MAX_VIDEO_FRAMES", &mut self.max_video_frames)?;
+        env("STYLEFARM_TILE_MEMORY_BYTES", &mut self.tile_memory_bytes)?;
         env("STYLEFARM_UNFIT_GRACE_MS", &mut self.unfit_grace_ms)?;
         env("STYLEFARM_SCALER", &mut self.scaler)?;
         env("STYLEFARM_STALL_TIMEOUT", &mut self.stall_timeout)?;
@@ -312,6 +318,7 @@ impl CoordinatorConfig {
             inputs,
             weights: self.allowed_weights.clone(),
             max_video_frames: self.max_video_frames,
+            tile_memory_bytes: self.tile_memory_bytes,
             webhooks: std::sync::Arc::new(
                 crate::notify::Webhooks::from_config(&self.webhooks).map_err(|reason| ConfigError::Invalid { field: "webhooks", reason })?,
             ),

@@ -1,5 +1,6 @@
 //! Records → wire messages.
 
+use stylefarm_core::tiling::TileTask;
 use stylefarm_core::video::VideoTask;
 use stylefarm_proto as pb;
 
@@ -132,6 +133,7 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
     };
     let worker = worker.or_else(|| j.last_failure.as_ref().and_then(|f| f.worker));
     let task = j.task.as_deref().and_then(|t| VideoTask::parse(t).ok());
+    let tile = if task.is_none() { j.task.as_deref().and_then(|t| TileTask::parse(t).ok()) } else { None };
     let (step, frame) = video_step(task.as_ref());
     pb::Job {
         id: j.id.to_string(),
@@ -160,7 +162,7 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         attempts_handed_back: j.handed_back,
         attempts: Vec::new(),
         depends_on: j.depends_on.iter().map(|d| d.to_string()).collect(),
-        task: task.as_ref().map(VideoTask::label).unwrap_or_default(),
+        task: task.as_ref().map(VideoTask::label).or_else(|| tile.as_ref().map(TileTask::label)).unwrap_or_default(),
         step: step as i32,
         frame,
         requires: j.requires.iter().map(ToString::to_string).collect(),

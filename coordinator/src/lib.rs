@@ -31,6 +31,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod tiling;
 pub mod traces;
 pub mod validate;
 pub mod video;

@@ -77,6 +77,10 @@ struct Args {
     /// Most frames one video batch may have [default: 10000].
     #[arg(long)]
     max_video_frames: Option<u32>,
+    /// Device memory one tile of a print may need, in bytes [default: 0 = the
+    /// largest device among the connected workers that may take the job].
+    #[arg(long)]
+    tile_memory_bytes: Option<u64>,
     /// Do not serve KEDA's external scaler (queue depth, answered without a token).
     #[arg(long)]
     no_scaler: bool,
@@ -268,6 +272,9 @@ fn config(args: &Args) -> Result<CoordinatorConfig> {
     }
     if let Some(v) = args.max_video_frames {
         config.max_video_frames = v;
+    }
+    if let Some(v) = args.tile_memory_bytes {
+        config.tile_memory_bytes = v;
     }
     if args.no_scaler {
         config.scaler = false;

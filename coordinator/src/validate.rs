@@ -42,6 +42,8 @@ pub struct SubmitRules {
     pub weights: Vec<String>,
     /// Most frames one video batch may have.
     pub max_video_frames: u32,
+    /// Device memory one tile may need (0: the largest connected device that may take the job).
+    pub tile_memory_bytes: u64,
     /// Where webhooks may go, and with what keys (none allowed: nowhere).
     pub webhooks: Arc<Webhooks>,
 }
@@ -54,6 +56,7 @@ impl SubmitRules {
             inputs: InputPolicy::new(store_url, &[]).expect("the store URL was opened, so it parses"),
             weights: Vec::new(),
             max_video_frames: stylefarm_core::video::MAX_FRAMES,
+            tile_memory_bytes: 0,
             webhooks: Arc::default(),
         }
     }

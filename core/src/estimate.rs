@@ -58,6 +58,7 @@ pub fn default_time_limit_ms(params: &RenderParams) -> u64 {
 /// side squared, an upper bound for any aspect ratio). Quotas and the time
 /// limit count it.
 pub fn pixel_iterations(params: &RenderParams) -> u64 {
+    let params = &params.resolved();
     let scales = params.scales.max(1);
     (0..scales as usize)
         .map(|i| {

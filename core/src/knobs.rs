@@ -23,7 +23,7 @@ pub struct KnobArgs {
     /// Long side of the output in pixels (16..=8192).
     #[arg(long)]
     pub size: Option<u32>,
-    /// Iterations (at the finest scale).
+    /// Iterations at the finest scale (with automatic scales: at the coarsest, halving on each finer one, at least 50).
     #[arg(long)]
     pub iterations: Option<u32>,
     /// Snapshot (and animation frame) every N iterations; 0 = 20 frames per scale.
@@ -74,9 +74,17 @@ pub struct KnobArgs {
     /// Luminance-only transfer: keep the content's colours.
     #[arg(long)]
     pub preserve_colors: bool,
-    /// Coarse-to-fine scales (1 = single scale).
+    /// Coarse-to-fine scales (1 = single scale; 0 = chosen from the size, the default).
     #[arg(long)]
     pub scales: Option<u32>,
+    /// Longest tile side in pixels: a scale longer than this renders as
+    /// overlapping tiles (on the farm, across workers). Default: only when a
+    /// scale does not fit the farm's largest device.
+    #[arg(long)]
+    pub tile_size: Option<u32>,
+    /// Pixels neighbouring tiles share (default: an eighth of the tile, at least 32).
+    #[arg(long)]
+    pub tile_overlap: Option<u32>,
     /// Iterations at each coarser scale, coarsest first.
     #[arg(long, value_delimiter = ',')]
     pub scale_iterations: Option<Vec<u32>>,
@@ -218,6 +226,12 @@ impl KnobArgs {
         }
         if let Some(v) = self.scales {
             p.scales = v;
+        }
+        if let Some(v) = self.tile_size {
+            p.tile_size = v;
+        }
+        if let Some(v) = self.tile_overlap {
+            p.tile_overlap = v;
         }
         if let Some(v) = &self.scale_iterations {
             p.scale_iterations = v.clone();

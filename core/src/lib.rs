@@ -24,6 +24,7 @@ pub mod storage;
 pub mod tasks;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+pub mod tiling;
 #[cfg(feature = "traces")]
 pub mod traces;
 pub mod video;

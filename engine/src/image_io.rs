@@ -50,13 +50,7 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 }
 
 /// Height and width with the long side `long_side`, aspect kept (each at least 1).
-pub fn fit_long_side(width: u32, height: u32, long_side: u32) -> (u32, u32) {
-    let long = width.max(height) as f64;
-    let scale = long_side as f64 / long;
-    let w = ((width as f64 * scale).round() as u32).max(1);
-    let h = ((height as f64 * scale).round() as u32).max(1);
-    (w, h)
-}
+pub use stylefarm_core::tiling::fit_long_side;
 
 pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if image.width() == width && image.height() == height {

@@ -17,6 +17,7 @@ pub mod problem;
 pub mod render;
 pub mod safetensors;
 pub mod temporal;
+pub mod tiled;
 pub mod trace;
 pub mod vgg;
 pub mod video;

@@ -70,6 +70,8 @@ pub struct LossSpec {
     width: i64,
     /// A video frame's pull towards the previous frame's warped output.
     temporal: Option<TemporalTerm>,
+    /// A tile's part of its whole image's pixels (1: the image is whole); see [`StyleObjective::with_share`].
+    share: f64,
 }
 
 impl LossSpec {
@@ -104,17 +106,25 @@ impl LossSpec {
             };
             content += term;
         }
-        let content = content * self.content_weight;
-        let pixels = (self.height * self.width) as f64;
+        // a tile's loss is its share of the loss of a whole image made of
+        // copies of it: sums stay as they are, means and Grams are taken over the whole
+        let share = self.share;
+        let content = match self.content_loss {
+            ContentLoss::Mse if share != 1.0 => content * (self.content_weight * share),
+            _ => content * self.content_weight,
+        };
+        let pixels = (self.height * self.width) as f64 / share;
         let mut style = zero();
         for (slot, target, weight) in &self.style {
             let g = gram(&features[*slot], self.style_loss == StyleLoss::Mse)?;
-            let diff_sq = g.f_sub(target)?.f_square()?;
             let term = match self.style_loss {
-                StyleLoss::Keras => diff_sq.f_sum(image.kind())?.f_div_scalar(4.0 * 9.0 * pixels * pixels)?,
-                StyleLoss::Mse => diff_sq.f_mean(image.kind())?,
+                StyleLoss::Keras => {
+                    let g = if share == 1.0 { g } else { g.f_div_scalar(share)? };
+                    g.f_sub(target)?.f_square()?.f_sum(image.kind())?.f_div_scalar(4.0 * 9.0 * pixels * pixels)?
+                }
+                StyleLoss::Mse => g.f_sub(target)?.f_square()?.f_mean(image.kind())?,
             };
-            style += term * *weight;
+            style += term * (*weight * share);
         }
         let tv = if self.tv_weight == 0.0 { zero() } else { total_variation(image, self.tv_exponent)? * self.tv_weight };
         let mut total = &content + &style + &tv;
@@ -172,8 +182,22 @@ impl StyleObjective {
             height: size[2],
             width: size[3],
             temporal: None,
+            share: 1.0,
         };
         Ok(StyleObjective { model, spec })
+    }
+
+    /// Makes this the objective of a tile that is `share` (0..=1) of its whole
+    /// image's pixels: its loss becomes its part of the whole's, so that each
+    /// pixel's gradient is what it would be in the whole image if every tile
+    /// looked like this one (content and style targets are the whole's, at
+    /// the whole's size: the content cropped, the style's Grams whole).
+    pub fn with_share(mut self, share: f64) -> Result<StyleObjective> {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(EngineError::param("tile", format!("a share of {share} is outside 0..=1")));
+        }
+        self.spec.share = share;
+        Ok(self)
     }
 
     /// Adds the short-term temporal loss (a video frame's; target and mask at this scale's size).

@@ -19,6 +19,7 @@ use crate::temporal::{start_image, TemporalPrior, TemporalTerm};
 use crate::trace::TraceRow;
 use crate::vgg::Vgg16;
 use crate::weights::{cache_dir, resolve_weights, Normalization, VggWeights};
+use stylefarm_core::tiling::Rect;
 
 /// Long side of the snapshot previews kept for the animation: a big render's
 /// snapshots are not all held at full size.
@@ -53,6 +54,20 @@ pub enum Start<'a> {
     /// (the content where the flow is not trusted), held close to it by the
     /// temporal loss at every scale.
     Prior(&'a TemporalPrior),
+    /// One tile of a print too large for one device: the job's one scale is
+    /// its whole image, of which the render optimises `tile.rect` alone.
+    Tile(&'a TileStart),
+}
+
+/// Where a tile sits and what it starts from.
+pub struct TileStart {
+    pub rect: Rect,
+    /// The whole image at the tile's scale (the content must come out at this size).
+    pub width: u32,
+    pub height: u32,
+    /// The scale before's whole image, upscaled and cropped as the start;
+    /// None: the params' `init`, cropped.
+    pub previous: Option<RgbImage>,
 }
 
 /// Ignores progress.
@@ -185,10 +200,25 @@ pub fn render_via(
         }
     };
     params.validate(styles.len())?;
+    let params = &params.resolved();
     let norm = &weights.normalization;
     let depth = params.depth();
     let blend = params.blend_weights(styles.len());
     let sizes = params.scale_sizes();
+    let region = match start {
+        Start::Tile(tile) => Some(tile),
+        _ => None,
+    };
+    if let Some(tile) = region {
+        let (w, h) = fit_long_side(content.width(), content.height(), params.size);
+        let r = &tile.rect;
+        if sizes.len() != 1 || (w, h) != (tile.width, tile.height) || r.width == 0 || r.height == 0 || r.x + r.width > w || r.y + r.height > h {
+            return Err(EngineError::param(
+                "tile",
+                format!("{r:?} of a {}x{} image at {} scales does not fit the content at {w}x{h} in one scale", tile.width, tile.height, sizes.len()),
+            ));
+        }
+    }
     // the noise of a random start, drawn at once from the seeded global
     // generator: renders running side by side (a shared evaluator) take turns
     let noise = match params.init {
@@ -228,16 +258,21 @@ pub fn render_via(
                 let warped = if params.preserve_colors { luminance_rgb(&warped) } else { warped };
                 Some((norm.to_network(&warped), mask, p.weight))
             }
-            Start::Init(_) => None,
+            Start::Init(_) | Start::Tile(_) => None,
         };
         let init_image = match start {
             Start::Init(image) => image,
-            Start::Prior(_) => None,
+            Start::Prior(_) | Start::Tile(_) => None,
         };
-        let x0 = match (&previous, &prior) {
-            (Some(prev), _) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
-            (None, Some((warped, mask, _))) => start_image(warped, mask, &content_net)?,
-            (None, None) => match &params.init {
+        let from_previous = region.and_then(|tile| tile.previous.as_ref());
+        let x0 = match (&previous, &prior, from_previous) {
+            (Some(prev), _, _) => prev.upsample_bilinear2d([h as i64, w as i64], false, None, None),
+            (None, _, Some(image)) => {
+                let rgb = to_tensor(image, kind, device).f_upsample_bilinear2d([h as i64, w as i64], false, None, None)?;
+                norm.to_network(&if params.preserve_colors { luminance_rgb(&rgb) } else { rgb })
+            }
+            (None, Some((warped, mask, _)), None) => start_image(warped, mask, &content_net)?,
+            (None, None, None) => match &params.init {
                 Init::Content => content_net.shallow_clone(),
                 Init::Random => noise.as_ref().expect("drawn above").to_device(device) * 0.001,
                 Init::Image(_) => {
@@ -247,8 +282,17 @@ pub fn render_via(
                 }
             },
         };
+        // a tile: its part of the whole's content and start; the styles stay whole
+        let (content_rgb, content_net, x0) = match region {
+            Some(tile) => (crop(&content_rgb, &tile.rect)?, crop(&content_net, &tile.rect)?, crop(&x0, &tile.rect)?),
+            None => (content_rgb, content_net, x0),
+        };
 
+        let share = region.map_or(1.0, |tile| tile.rect.pixels() as f64 / (f64::from(w) * f64::from(h)));
         let mut own = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
+        if region.is_some() {
+            own = own.with_share(share)?;
+        }
         if let Some((target, mask, weight)) = prior {
             own = own.with_temporal(TemporalTerm { target, mask, weight })?;
         }
@@ -259,7 +303,7 @@ pub fn render_via(
         };
         let x0 = StyleObjective::flatten(&x0)?;
         let iterations = params.iterations_at(scale_index);
-        let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0, norm);
+        let mut optimizer = make_optimizer(&params.optimizer, iterations, &x0, norm, share);
 
         let snapshots = progress.wants_snapshots();
         let snapshot_every = match params.snapshot_every {
@@ -310,7 +354,11 @@ pub fn render_via(
         }
         total_iterations += iteration;
         total_evals += evals_in_scale;
-        previous = Some(image_view(optimizer.x(), height, width)?.detach().copy());
+        // the next scale starts from this one's picture as it would be shown:
+        // values out of the colour range would start it far off (a farm's
+        // tile starts from the stored picture; so does the whole render)
+        previous =
+            Some(tch::no_grad(|| -> Result<Tensor> { Ok(norm.to_network(&norm.from_network(&image_view(optimizer.x(), height, width)?).clamp(0.0, 1.0))) })?);
         if stop_reason == Some(StopReason::NonFinite) {
             return Err(EngineError::param("loss", "the loss became NaN or infinite; lower the learning rate or the weights"));
         }
@@ -339,6 +387,11 @@ pub fn render_via(
         timings: Timings { load_ms: 0.0, optimise_ms, total_ms: optimise_ms, ms_per_iteration: optimise_ms / total_iterations.max(1) as f64 },
     };
     Ok(RenderOutput { image, trace, frames, metadata })
+}
+
+/// `rect` of a `[1,C,H,W]` image, contiguous.
+fn crop(image: &Tensor, rect: &Rect) -> Result<Tensor> {
+    Ok(image.f_narrow(2, i64::from(rect.y), i64::from(rect.height))?.f_narrow(3, i64::from(rect.x), i64::from(rect.width))?.f_contiguous()?)
 }
 
 /// One scale's inputs: the content in RGB (for recolouring) and in network
@@ -417,7 +470,8 @@ impl Objective for Either {
     }
 }
 
-fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &Normalization) -> AnyOptimizer {
+/// The job's optimiser for one scale; `share` is the optimised pixels' part of the whole image.
+fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &Normalization, share: f64) -> AnyOptimizer {
     match *optimizer {
         Optimizer::Lbfgs { lr, history_size, tolerance_grad, tolerance_change, strong_wolfe, max_evaluations, first_step_levels } => {
             let mut cfg = LbfgsConfig::new(iterations);
@@ -433,6 +487,7 @@ fn make_optimizer(optimizer: &Optimizer, iterations: u32, x0: &Tensor, norm: &No
             cfg.tolerance_grad = tolerance_grad;
             cfg.tolerance_change = tolerance_change;
             cfg.strong_wolfe = strong_wolfe;
+            cfg.share = share;
             AnyOptimizer::Lbfgs(Lbfgs::new(cfg, x0))
         }
         Optimizer::Adam { lr, beta1, beta2, eps } => AnyOptimizer::Adam(Adam::new(AdamConfig { lr, beta1, beta2, eps }, x0)),

@@ -38,7 +38,7 @@ PRESETS = ("keras", "gatys")
 # (`invalid `size`: 9000 is outside the limits 16..=8192 px`).
 KNOBS: Dict[str, str] = {
     "size": "int: long side of the output in pixels",
-    "iterations": "int: at the finest scale (and each coarser one unless scale_iterations)",
+    "iterations": "int: at the finest scale (with automatic scales: at the coarsest, halving on each finer one, at least 50)",
     "content_layers": "list[str]: e.g. ['block5_conv2'] or ['relu4_2']",
     "content_weight": "float",
     "content_loss": "str: sum (keras) or mse (neural-style)",
@@ -56,7 +56,9 @@ KNOBS: Dict[str, str] = {
     "seed": "int",
     "pooling": "str: max or avg",
     "preserve_colors": "bool: keep the content's colours",
-    "scales": "int: coarse-to-fine scales (1 = one)",
+    "scales": "int: coarse-to-fine scales (1 = one; 0 = chosen from the size, the default)",
+    "tile_size": "int: longest tile side in pixels; a scale longer than this renders as tiles across the farm (0 = only when it does not fit a device)",
+    "tile_overlap": "int: pixels neighbouring tiles share (0 = an eighth of the tile, at least 32)",
     "scale_iterations": "list[int]: iterations at each coarser scale, coarsest first",
     "optimizer": "dict: {'kind': 'lbfgs', ...} or {'kind': 'adam', 'lr': 10.0, ...}",
     "snapshot_every": "int: a snapshot (and animation frame) every N iterations",

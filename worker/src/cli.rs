@@ -31,6 +31,8 @@ pub enum Command {
     Bench(Box<crate::bench::BenchArgs>),
     /// Images per hour with K jobs packed on one device, beside one at a time (and each job's final loss against its solo render).
     BenchPack(Box<crate::bench_pack::BenchPackArgs>),
+    /// A print rendered in tiles beside the same job whole: loss, seam measure and time, tiled over untiled.
+    BenchTiles(Box<crate::bench_tiles::BenchTilesArgs>),
     /// Exit 0 if the worker's health server (--health-listen) says SERVING (container HEALTHCHECK).
     Health {
         /// The health server's address [default: this machine's side of STYLEFARM_HEALTH_LISTEN, else 127.0.0.1:50052]

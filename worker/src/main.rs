@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_pack;
+mod bench_tiles;
 mod cli;
 mod render_cmd;
 mod video_cmd;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Some(Command::Weights { action }) => weights(action),
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::BenchPack(args)) => bench_pack::run(&args),
+        Some(Command::BenchTiles(args)) => bench_tiles::run(&args),
         Some(Command::Health { addr }) => probe(async move {
             let addr = cli::health_addr(addr)?;
             let options = stylefarm_proto::connect::ConnectOptions { url: format!("http://{addr}"), ..Default::default() };

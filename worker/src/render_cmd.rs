@@ -4,7 +4,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use stylefarm_engine::device::{describe, parse_device};
-use stylefarm_engine::render::{render, write_outputs, OutputPaths, Progress, RenderInputs};
+use stylefarm_engine::image_io::{load_rgb, save_png};
+use stylefarm_engine::params::RenderParams;
+use stylefarm_engine::render::{load_weights, render, write_outputs, OutputPaths, Progress, RenderInputs};
+use stylefarm_engine::tiled::render_tiled;
 use stylefarm_engine::trace::TraceRow;
 
 use crate::cli::RenderArgs;
@@ -25,7 +28,8 @@ impl Progress for StderrProgress {
             self.last_scale = Some(row.scale);
             self.scale_started_ms = row.elapsed_ms;
         }
-        let total = self.iterations[row.scale as usize];
+        // a tiled render's tiles report as one-scale renders of their own size
+        let total = self.iterations.get(row.scale as usize).copied().unwrap_or(row.iteration).max(row.iteration);
         let show = row.iteration == 0 || row.iteration == total || (self.every > 0 && row.iteration % self.every == 0);
         if !show {
             return;
@@ -51,7 +55,7 @@ impl Progress for StderrProgress {
 }
 
 pub fn run(args: &RenderArgs) -> Result<()> {
-    let params = args.knobs.to_params()?;
+    let params = args.knobs.to_params()?.resolved();
     if let Some(threads) = args.threads {
         if threads < 1 {
             anyhow::bail!("invalid parameter `threads`: {threads} must be >= 1");
@@ -69,6 +73,9 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         last_scale: None,
         scale_started_ms: 0.0,
     };
+    if params.tile_size > 0 {
+        return run_tiled(args, &params, device, &mut progress);
+    }
     let out = render(&inputs, &params, device, &mut progress)?;
     write_outputs(
         &out,
@@ -92,6 +99,36 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         m.timings.total_ms / 1e3,
         m.timings.ms_per_iteration,
         m.device
+    );
+    Ok(())
+}
+
+/// `--tile-size`: the farm's tiled plan, job after job on this machine; only the image is written.
+fn run_tiled(args: &RenderArgs, params: &RenderParams, device: tch::Device, progress: &mut StderrProgress) -> Result<()> {
+    for (flag, given) in [
+        ("--trace", args.trace.is_some()),
+        ("--snapshots", args.snapshots.is_some()),
+        ("--animation", args.animation.is_some()),
+        ("--metadata", args.metadata.is_some()),
+    ] {
+        if given {
+            anyhow::bail!("invalid `{flag}`: a tiled render here (--tile-size) writes only its image; the farm's writes the trace and metadata too");
+        }
+    }
+    params.validate(args.style.len())?;
+    let content = load_rgb(&args.content, "content")?;
+    let styles = args.style.iter().enumerate().map(|(i, p)| load_rgb(p, &format!("style[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+    let weights = load_weights(params)?;
+    let started = Instant::now();
+    let tiled = render_tiled(&content, &styles, &weights, params, params.tile_size, device, progress)?;
+    save_png(&tiled.image, &args.output)?;
+    eprintln!(
+        "done: {} ({}x{}) in {:.1}s, tiles per tiled scale {:?}",
+        args.output.display(),
+        tiled.image.width(),
+        tiled.image.height(),
+        started.elapsed().as_secs_f64(),
+        tiled.tiles
     );
     Ok(())
 }

@@ -93,6 +93,8 @@ impl pb::coordinator_server::Coordinator for ClientApi {
             new.jobs = crate::video::jobs(&video, &probe, &farm.config.submit, req.job_time_limit_s)?;
             tracing::info!(frames = probe.frames, width = probe.width, height = probe.height, fps = probe.fps(), jobs = new.jobs.len(), "video planned");
         }
+        // a print larger than a device becomes tiles (its content's size read from the store)
+        crate::tiling::expand(&farm, &mut new, req.job_time_limit_s).await?;
         quota.check_batch(new.jobs.len())?;
         let owner = caller.name.clone();
         // what the batch adds to its owner's load, summed before the lock

@@ -1,14 +1,14 @@
 //! Reads of the live state (what is in memory: unfinished batches, live
 //! workers); finished batches are the store's to answer.
 
-use stylefarm_core::labels::{self, Labels};
+use stylefarm_core::labels::{self, Labels, Requirement};
 use stylefarm_proto::JobProgress;
 
 use super::requests::RequestKey;
 use super::{Demand, Scheduler, SchedulerConfig};
 use crate::identity::{Principal, Role};
 use crate::ids::{BatchId, JobId, WorkerId};
-use crate::model::{BatchRecord, JobRecord, JobState, Load, WorkerRecord};
+use crate::model::{BatchRecord, JobRecord, JobState, Load, Millis, WorkerRecord};
 use crate::store::LEGACY_IMAGE_OWNER;
 
 impl Scheduler {
@@ -42,6 +42,12 @@ impl Scheduler {
 
     pub fn waiting_reason(&self, id: JobId) -> Option<&str> {
         self.waiting.get(&id).map(|(r, _)| r.as_str())
+    }
+
+    /// Largest device memory among the workers seen within a lease's time
+    /// whose labels meet `requires` (None: no such worker connected).
+    pub fn largest_connected_device(&self, now: Millis, requires: &[Requirement]) -> Option<u64> {
+        self.workers.largest_device(now - self.config.lease_ttl_ms, requires)
     }
 
     pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {

@@ -34,6 +34,10 @@ pub struct LbfgsConfig {
     /// PyTorch's `min(1, 1/|g|₁)·lr`, which on an image of a million values moves
     /// each by ~1e-6: below the noise of GPU convolutions, so a line search stalls.
     pub first_step: Option<f64>,
+    /// The optimised values' share of the whole problem (a tile's of its
+    /// image; 1 = whole): PyTorch's first step then takes |g|₁ as the whole's,
+    /// |g|₁ / share, so a tile steps as its part of the whole image would.
+    pub share: f64,
 }
 
 impl LbfgsConfig {
@@ -47,6 +51,7 @@ impl LbfgsConfig {
             history_size: 100,
             strong_wolfe: false,
             first_step: None,
+            share: 1.0,
         }
     }
 }
@@ -221,7 +226,7 @@ impl Lbfgs {
         self.t = match (self.n_iter, self.cfg.first_step) {
             // d = -g on the first iteration, so max|t·d| = t·max|g|
             (1, Some(max_change)) if self.grad_abs_max > 0.0 => round_to(self.kind, max_change / self.grad_abs_max),
-            (1, _) => round_to(self.kind, (1.0f64).min(round_to(self.kind, 1.0 / self.grad_abs_sum)) * self.cfg.lr),
+            (1, _) => round_to(self.kind, (1.0f64).min(round_to(self.kind, self.cfg.share / self.grad_abs_sum)) * self.cfg.lr),
             _ => self.cfg.lr,
         };
         let gtd = grad.f_dot(&d)?;

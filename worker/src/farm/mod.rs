@@ -14,6 +14,7 @@ mod pack;
 mod render;
 mod runner;
 mod task;
+mod tile_task;
 mod video_task;
 
 use std::collections::HashMap;

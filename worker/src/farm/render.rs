@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use stylefarm_core::tiling::Rect;
 use stylefarm_core::traces;
 use stylefarm_engine::image_io::decode_rgb;
 use stylefarm_engine::params::RenderParams;
-use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress, RenderOutput, Start};
+use stylefarm_engine::render::{load_weights, render_via, write_outputs, Evaluator, OutputPaths, Progress, RenderOutput, Start, TileStart};
 use stylefarm_engine::temporal::TemporalPrior;
 use stylefarm_engine::trace::TraceRow;
 use stylefarm_engine::weights::VggWeights;
@@ -46,6 +47,31 @@ impl std::fmt::Display for InputRole {
 pub struct FrameInputs {
     pub content_url: String,
     pub prior: Option<PriorBytes>,
+}
+
+/// A tile's place and the bytes of the image it starts from.
+pub struct TileInputs {
+    pub rect: Rect,
+    pub width: u32,
+    pub height: u32,
+    pub previous: Option<Bytes>,
+}
+
+/// Where a render starts, as fetched (decoded with the inputs).
+pub enum StartInputs {
+    /// As the params' `init` says.
+    Init,
+    /// A video frame or seam: its own content and start.
+    Frame(FrameInputs),
+    /// A tile of a print: its place, and the scale before's image.
+    Tile(TileInputs),
+}
+
+/// Where a render starts, decoded.
+enum Begin {
+    Init,
+    Prior(TemporalPrior),
+    Tile(TileStart),
 }
 
 struct FarmProgress {
@@ -154,7 +180,7 @@ pub struct Prepared {
     params: RenderParams,
     content: RgbImage,
     styles: Vec<RgbImage>,
-    prior: Option<TemporalPrior>,
+    begin: Begin,
     /// When it became ready (the wait for the device is timed from here).
     ready_at: Instant,
 }
@@ -168,15 +194,18 @@ pub struct Engined {
 
 /// Fetches and decodes the lease's inputs (a video frame or seam brings its
 /// own content, by URL, and start), off the device's thread.
-pub async fn prepare(ctx: &JobContext, job: &Arc<RunningJob>, params: RenderParams, frame: Option<FrameInputs>) -> Result<Prepared, Outcome> {
+pub async fn prepare(ctx: &JobContext, job: &Arc<RunningJob>, params: RenderParams, start: StartInputs) -> Result<Prepared, Outcome> {
     let lease = &job.lease;
-    job.shared.lock().expect("progress lock").iterations = (0..params.scales as usize).map(|i| params.iterations_at(i)).collect();
+    job.shared.lock().expect("progress lock").iterations = (0..params.scale_count() as usize).map(|i| params.iterations_at(i)).collect();
     let mut sources = vec![(InputRole::Content, lease.content_url.clone(), lease.content_sha256.clone())];
-    let mut prior = None;
-    if let Some(FrameInputs { content_url, prior: start }) = frame {
-        sources[0] = (InputRole::Content, content_url, String::new());
-        prior = start;
-    }
+    let start = match start {
+        StartInputs::Frame(FrameInputs { content_url, prior }) => {
+            sources[0] = (InputRole::Content, content_url, String::new());
+            prior.map_or(Fetched::Init, Fetched::Prior)
+        }
+        StartInputs::Tile(tile) => Fetched::Tile(tile),
+        StartInputs::Init => Fetched::Init,
+    };
     for (i, url) in lease.style_urls.iter().enumerate() {
         sources.push((InputRole::Style(i), url.clone(), lease.style_sha256.get(i).cloned().unwrap_or_default()));
     }
@@ -199,25 +228,39 @@ pub async fn prepare(ctx: &JobContext, job: &Arc<RunningJob>, params: RenderPara
     let decoding = Instant::now();
     let size = params.size;
     let span = tracing::info_span!("decode");
-    let decoded = tokio::task::spawn_blocking(move || span.in_scope(|| decode(fetched, prior, size))).await;
-    let (mut images, prior) = match decoded {
+    let decoded = tokio::task::spawn_blocking(move || span.in_scope(|| decode(fetched, start, size))).await;
+    let (mut images, begin) = match decoded {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(e)) => return Err(failed(e.to_string(), e.is_retryable())),
         Err(e) => return Err(failed(format!("the decoding thread panicked: {e}"), true)),
     };
     ctx.stage(job, Stage::Decode, decoding, Some(format!("{} images", images.len())));
     let content = images.remove(0);
-    Ok(Prepared { params, content, styles: images, prior, ready_at: Instant::now() })
+    Ok(Prepared { params, content, styles: images, begin, ready_at: Instant::now() })
+}
+
+/// A start as fetched, before decoding.
+enum Fetched {
+    Init,
+    Prior(PriorBytes),
+    Tile(TileInputs),
 }
 
 /// The inputs as images, content first, and the start decoded at `size`.
-fn decode(images: Vec<(InputRole, String, Bytes)>, prior: Option<PriorBytes>, size: u32) -> Result<(Vec<RgbImage>, Option<TemporalPrior>), EngineError> {
+fn decode(images: Vec<(InputRole, String, Bytes)>, start: Fetched, size: u32) -> Result<(Vec<RgbImage>, Begin), EngineError> {
     let images = images
         .into_iter()
         .map(|(role, url, bytes)| decode_rgb(&bytes).map_err(|reason| EngineError::Image { role: role.to_string(), path: PathBuf::from(url), reason }))
         .collect::<Result<Vec<_>, _>>()?;
-    let prior = prior.map(|p| p.decode(size)).transpose()?;
-    Ok((images, prior))
+    let begin = match start {
+        Fetched::Init => Begin::Init,
+        Fetched::Prior(p) => Begin::Prior(p.decode(size)?),
+        Fetched::Tile(TileInputs { rect, width, height, previous }) => {
+            let previous = previous.map(|bytes| decode_rgb(&bytes).map_err(|reason| EngineError::param("previous scale", reason))).transpose()?;
+            Begin::Tile(TileStart { rect, width, height, previous })
+        }
+    };
+    Ok((images, begin))
 }
 
 /// Runs the engine on the device's blocking thread with its loaded weights
@@ -293,7 +336,7 @@ pub async fn finish(ctx: &JobContext, job: &Arc<RunningJob>, done: Engined) -> O
 
 /// The `farm` part of a job's metadata: which job and attempt, and its
 /// inputs named as the submitter knows them ([`input_name`]).
-fn farm_metadata(lease: &pb::Lease, store_url: &str) -> serde_json::Value {
+pub(super) fn farm_metadata(lease: &pb::Lease, store_url: &str) -> serde_json::Value {
     let styles: Vec<String> =
         lease.style_urls.iter().enumerate().map(|(i, url)| input_name(url, lease.style_sha256.get(i).map_or("", String::as_str), store_url)).collect();
     serde_json::json!({
@@ -328,7 +371,7 @@ fn run_engine(
     stage: impl Fn(Stage, Instant),
 ) -> (Result<Engined, EngineError>, Option<WeightsSlot>) {
     let job = Arc::clone(&progress.job);
-    let Prepared { params, content, styles, prior, .. } = prepared;
+    let Prepared { params, content, styles, begin, .. } = prepared;
     let key = weights_key(&params);
     let slot = match slot {
         Some(s) if s.key == key => s,
@@ -345,9 +388,13 @@ fn run_engine(
     };
     let shared = pack.map(|pack| pack.handle(&slot.key, &slot.weights, params.depth(), params.pooling));
     let evaluator = shared.as_ref().map_or(Evaluator::Own(Kind::Float), Evaluator::Shared);
-    let render_span = tracing::info_span!("render", size = params.size, scales = params.scales, device = %stylefarm_engine::device::describe(device));
+    let render_span = tracing::info_span!("render", size = params.size, scales = params.scale_count(), device = %stylefarm_engine::device::describe(device));
     progress.began = Instant::now();
-    let start = prior.as_ref().map_or(Start::Init(None), Start::Prior);
+    let start = match &begin {
+        Begin::Init => Start::Init(None),
+        Begin::Prior(prior) => Start::Prior(prior),
+        Begin::Tile(tile) => Start::Tile(tile),
+    };
     let engine = Instant::now();
     let guard = busy.enter();
     let rendered = render_span.in_scope(|| render_via(evaluator, &content, &styles, start, &slot.weights, &params, device, &mut progress));

@@ -24,7 +24,7 @@ use super::attempt::{failed, listing, upload_files, JobContext, Outcome, Rendere
 use super::inputs::InputError;
 
 /// The `index`-th dependency's committed output `name`, as a URL in the store.
-fn input_url(ctx: &JobContext, lease: &pb::Lease, index: usize, name: &str) -> Result<String, Outcome> {
+pub(super) fn input_url(ctx: &JobContext, lease: &pb::Lease, index: usize, name: &str) -> Result<String, Outcome> {
     let input = lease
         .inputs
         .get(index)
@@ -32,7 +32,7 @@ fn input_url(ctx: &JobContext, lease: &pb::Lease, index: usize, name: &str) -> R
     Ok(format!("{}/{}{name}", ctx.store_url.trim_end_matches('/'), input.prefix.trim_start_matches('/')))
 }
 
-async fn fetch(ctx: &JobContext, role: &str, url: &str) -> Result<Bytes, Outcome> {
+pub(super) async fn fetch(ctx: &JobContext, role: &str, url: &str) -> Result<Bytes, Outcome> {
     match ctx.inputs.fetch(role, url, "").await {
         Ok(data) => Ok(data),
         Err(InputError::Permanent(reason)) => Err(failed(reason, false)),
