@@ -154,3 +154,35 @@ fn style_scale_and_init_image_change_the_problem() {
     assert!(init.trace[0].content > 0.0);
     assert_eq!(init.image.dimensions(), plain.image.dimensions());
 }
+
+/// The sRGB profile every output PNG carries, read by an independent colour
+/// engine (littlecms, through Pillow): colours converted from it to lcms's
+/// own sRGB stay where they are.
+#[test]
+fn output_pngs_carry_an_srgb_profile_that_littlecms_reads_as_srgb() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("colours.png");
+    // a ramp of greys and the primaries and secondaries at several levels
+    let colours: Vec<[u8; 3]> =
+        (0..=255u8).step_by(15).flat_map(|v| [[v, v, v], [v, 0, 0], [0, v, 0], [0, 0, v], [v, v, 0], [0, v, v], [v, 0, v], [v, v / 2, v / 3]]).collect();
+    let image = image::RgbImage::from_fn(colours.len() as u32, 1, |x, _| image::Rgb(colours[x as usize]));
+    stylefarm_engine::image_io::save_png(&image, &path)?;
+    let script = r#"
+import io, sys
+from PIL import Image, ImageCms
+im = Image.open(sys.argv[1])
+ours = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+print(ImageCms.getProfileDescription(ours).strip())
+lcms = ImageCms.createProfile("sRGB")
+out = ImageCms.profileToProfile(im, ours, lcms, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB")
+print(max(abs(a - b) for p, q in zip(im.getdata(), out.getdata()) for a, b in zip(p, q)))
+"#;
+    let out = std::process::Command::new(stylefarm_tests::python()).args(["-c", script]).arg(&path).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "sRGB IEC61966-2.1 (stylefarm)");
+    let worst: u32 = lines[1].trim().parse()?;
+    assert!(worst <= 1, "a colour moved by {worst} levels through lcms's sRGB");
+    Ok(())
+}

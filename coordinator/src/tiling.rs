@@ -66,7 +66,8 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-/// The content's width and height, read from its header (the bytes are fetched).
+/// The content's width and height as the worker will see it (turned as its
+/// EXIF orientation says), read from its header (the bytes are fetched).
 async fn dimensions(farm: &Arc<Farm>, field: &str, source: &ImageSource) -> Result<(u32, u32)> {
     let data = match source {
         ImageSource::Blob(sha) => farm.blobs.get(&image_key(sha)).await.map_err(|e| CoordError::Blob(e.to_string()))?,
@@ -74,11 +75,19 @@ async fn dimensions(farm: &Arc<Farm>, field: &str, source: &ImageSource) -> Resu
             .await
             .map_err(|e| CoordError::invalid(format!("{field}.content"), format!("cannot be read: {e}")))?,
     };
-    image::ImageReader::new(std::io::Cursor::new(data))
-        .with_guessed_format()
-        .map_err(|e| CoordError::invalid(format!("{field}.content"), format!("not an image: {e}")))?
-        .into_dimensions()
-        .map_err(|e| CoordError::invalid(format!("{field}.content"), format!("not an image: {e}")))
+    let not_image = |e: image::ImageError| CoordError::invalid(format!("{field}.content"), format!("not an image: {e}"));
+    let reader = image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().map_err(|e| not_image(e.into()))?;
+    let mut decoder = reader.into_decoder().map_err(not_image)?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    // as the worker sees it: turned as its EXIF orientation says
+    let turned = matches!(
+        image::ImageDecoder::orientation(&mut decoder),
+        Ok(image::metadata::Orientation::Rotate90
+            | image::metadata::Orientation::Rotate270
+            | image::metadata::Orientation::Rotate90FlipH
+            | image::metadata::Orientation::Rotate270FlipH)
+    );
+    Ok(if turned { (height, width) } else { (width, height) })
 }
 
 /// Expands each plain job of `batch` that needs tiles into its graph, in place.

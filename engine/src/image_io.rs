@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{imageops::FilterType, DynamicImage, ImageReader, Limits, RgbImage};
+use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{EngineError, Result};
@@ -31,7 +31,8 @@ pub fn load_rgb(path: &Path, role: &str) -> Result<RgbImage> {
     decode_rgb(&bytes).map_err(err)
 }
 
-/// Decodes bytes in any supported format (PNG, JPEG, GIF, BMP, WebP, TIFF).
+/// Decodes bytes in any supported format (PNG, JPEG, GIF, BMP, WebP, TIFF),
+/// turned as its EXIF orientation says.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot detect the format: {e}"))?;
     if reader.format().is_none() {
@@ -42,7 +43,12 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     limits.max_image_height = Some(MAX_INPUT_SIDE);
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     reader.limits(limits);
-    let image = reader.decode().map_err(|e| format!("corrupt or unsupported image: {e}"))?;
+    let corrupt = |e: image::ImageError| format!("corrupt or unsupported image: {e}");
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // a camera's EXIF orientation: the picture as it is meant to be seen
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    image.apply_orientation(orientation);
     if image.width() == 0 || image.height() == 0 {
         return Err("image has zero width or height".into());
     }
@@ -88,14 +94,23 @@ pub fn to_image(tensor: &Tensor) -> Result<RgbImage> {
     Ok(RgbImage::from_raw(w as u32, h as u32, data).expect("buffer sized from the tensor"))
 }
 
-/// Writes a PNG atomically (temp file + rename).
+/// An 8-bit RGB PNG carrying the sRGB ICC profile ([`crate::icc`]).
+pub fn encode_png(image: &RgbImage) -> std::result::Result<Vec<u8>, String> {
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    let mut encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+    encoder.set_icc_profile(crate::icc::srgb_profile().to_vec()).map_err(|e| e.to_string())?;
+    encoder.write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// Writes a PNG (with the sRGB profile) atomically (temp file + rename).
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
     let out_err = |reason: String| EngineError::Output { path: path.to_path_buf(), reason };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| out_err(e.to_string()))?;
     }
-    let mut bytes = Vec::new();
-    DynamicImage::ImageRgb8(image.clone()).write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(|e| out_err(e.to_string()))?;
+    let bytes = encode_png(image).map_err(out_err)?;
     let tmp = path.with_extension("png.partial");
     std::fs::write(&tmp, &bytes).map_err(|e| out_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| out_err(e.to_string()))
@@ -145,6 +160,42 @@ mod tests {
         assert_eq!(fit_long_side(451, 300, 128), (128, 85));
         assert_eq!(fit_long_side(300, 451, 128), (85, 128));
         assert_eq!(fit_long_side(10_000, 1, 16), (16, 1));
+    }
+
+    /// A raw EXIF block (TIFF layout, little-endian) holding only an orientation.
+    fn exif_orientation(value: u16) -> Vec<u8> {
+        let mut exif = b"II*\0".to_vec();
+        exif.extend(8u32.to_le_bytes());
+        exif.extend(1u16.to_le_bytes());
+        exif.extend(0x0112u16.to_le_bytes());
+        exif.extend(3u16.to_le_bytes());
+        exif.extend(1u32.to_le_bytes());
+        exif.extend(value.to_le_bytes());
+        exif.extend([0, 0]);
+        exif.extend(0u32.to_le_bytes());
+        exif
+    }
+
+    #[test]
+    fn a_photo_is_turned_as_its_exif_orientation_says() {
+        use image::ImageEncoder;
+        // 60 x 20, white on its left third: as shot, the camera turned a quarter
+        let shot = RgbImage::from_fn(60, 20, |x, _| if x < 20 { image::Rgb([255, 255, 255]) } else { image::Rgb([0, 0, 0]) });
+        let jpeg = |orientation: Option<u16>| {
+            let mut out = Vec::new();
+            let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+            if let Some(value) = orientation {
+                encoder.set_exif_metadata(exif_orientation(value)).unwrap();
+            }
+            encoder.write_image(shot.as_raw(), 60, 20, image::ExtendedColorType::Rgb8).unwrap();
+            out
+        };
+        let plain = decode_rgb(&jpeg(None)).unwrap();
+        assert_eq!(plain.dimensions(), (60, 20));
+        // 6: rotate 90° clockwise to view; the white third ends up on top
+        let turned = decode_rgb(&jpeg(Some(6))).unwrap();
+        assert_eq!(turned.dimensions(), (20, 60));
+        assert!(turned.get_pixel(10, 5)[0] > 200 && turned.get_pixel(10, 55)[0] < 50, "{:?} {:?}", turned.get_pixel(10, 5), turned.get_pixel(10, 55));
     }
 
     #[test]
