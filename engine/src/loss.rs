@@ -213,6 +213,29 @@ impl StyleObjective {
         Ok(self)
     }
 
+    /// A tile's style targets, made its own: the whole style's Grams, each
+    /// moved by how the tile's Gram differs from the whole's in `whole` (the
+    /// scale before's picture at this scale, [1,3,H,W]) cropped to `tile`.
+    /// The whole's targets still hold on average over the tiles, while a
+    /// dark corner is not pushed to hold the whole painting's light colours
+    /// on its own. Call after [`StyleObjective::with_share`].
+    pub fn with_local_style(mut self, whole: &Tensor, tile: &Tensor) -> Result<StyleObjective> {
+        let (share, normalise) = (self.spec.share, self.spec.style_loss == StyleLoss::Mse);
+        tch::no_grad(|| -> Result<()> {
+            let of_whole = self.model.forward(whole, &self.spec.layers)?;
+            let of_tile = self.model.forward(tile, &self.spec.layers)?;
+            for (slot, target, _) in &mut self.spec.style {
+                let g_whole = gram(&of_whole[*slot], normalise)?;
+                let g_tile = gram(&of_tile[*slot], normalise)?;
+                // a Gram over the tile's pixels, as over the whole's (see `losses_from`)
+                let g_tile = if normalise { g_tile } else { g_tile.f_div_scalar(share)? };
+                *target = target.f_add(&g_tile.f_sub(&g_whole)?)?;
+            }
+            Ok(())
+        })?;
+        Ok(self)
+    }
+
     /// The job's part, for evaluating it together with others.
     pub fn into_spec(self) -> LossSpec {
         self.spec

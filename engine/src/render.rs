@@ -283,6 +283,7 @@ pub fn render_via(
             },
         };
         // a tile: its part of the whole's content and start; the styles stay whole
+        let whole_start = region.filter(|tile| tile.previous.is_some()).map(|_| x0.shallow_clone());
         let (content_rgb, content_net, x0) = match region {
             Some(tile) => (crop(&content_rgb, &tile.rect)?, crop(&content_net, &tile.rect)?, crop(&x0, &tile.rect)?),
             None => (content_rgb, content_net, x0),
@@ -292,6 +293,9 @@ pub fn render_via(
         let mut own = StyleObjective::new(model.shallow_clone(), params, &content_net, &styles_net, &blend)?;
         if region.is_some() {
             own = own.with_share(share)?;
+        }
+        if let Some(whole) = &whole_start {
+            own = own.with_local_style(whole, &x0)?;
         }
         if let Some((target, mask, weight)) = prior {
             own = own.with_temporal(TemporalTerm { target, mask, weight })?;
