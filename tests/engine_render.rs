@@ -133,7 +133,7 @@ fn a_cancelled_render_stops_between_iterations() {
 
 #[test]
 fn big_renders_keep_previews_not_full_size_snapshots() {
-    let params = RenderParams { size: 600, iterations: 1, ..RenderParams::preset(Preset::Gatys) };
+    let params = RenderParams { size: 600, iterations: 1, scales: 1, ..RenderParams::preset(Preset::Gatys) };
     let out = run(&params, &["gravel.png"]);
     assert_eq!(out.image.width().max(out.image.height()), 600);
     assert_eq!(out.frames.len(), 2);
