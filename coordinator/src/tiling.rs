@@ -15,7 +15,6 @@ use stylefarm_core::tiling::{plan, TiledJob, MIN_TILE_SIZE};
 
 use crate::error::{CoordError, Result};
 use crate::farm::Farm;
-use crate::keys::image_key;
 use crate::model::{ImageSource, NewBatch, NewJob};
 
 /// Time an assembly may take: decoding, blending and encoding its tiles.
@@ -69,12 +68,7 @@ fn gib(bytes: u64) -> f64 {
 /// The content's width and height as the worker will see it (turned as its
 /// EXIF orientation says), read from its header (the bytes are fetched).
 async fn dimensions(farm: &Arc<Farm>, field: &str, source: &ImageSource) -> Result<(u32, u32)> {
-    let data = match source {
-        ImageSource::Blob(sha) => farm.blobs.get(&image_key(sha)).await.map_err(|e| CoordError::Blob(e.to_string()))?,
-        ImageSource::Url(url) => stylefarm_core::storage::get_url_capped(url, farm.config.max_upload_bytes)
-            .await
-            .map_err(|e| CoordError::invalid(format!("{field}.content"), format!("cannot be read: {e}")))?,
-    };
+    let data = farm.read_input(source, &format!("{field}.content")).await?;
     let not_image = |e: image::ImageError| CoordError::invalid(format!("{field}.content"), format!("not an image: {e}"));
     let reader = image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format().map_err(|e| not_image(e.into()))?;
     let mut decoder = reader.into_decoder().map_err(not_image)?;

@@ -14,7 +14,6 @@ use stylefarm_proto as pb;
 
 use crate::error::{CoordError, Result};
 use crate::farm::Farm;
-use crate::keys::image_key;
 use crate::model::ImageSource;
 use crate::model::NewJob;
 use crate::validate::{check_name, image, resolve_settings, InputAccess, SubmitRules};
@@ -62,13 +61,7 @@ pub fn check(spec: &pb::VideoSpec, access: &InputAccess, rules: &SubmitRules) ->
 
 /// Probes the clip where the store (or an allowed URL) keeps it.
 pub async fn probe(farm: &Arc<Farm>, source: &ImageSource) -> Result<Probe> {
-    let data = match source {
-        ImageSource::Blob(sha) => farm.blobs.get(&image_key(sha)).await.map_err(|e| CoordError::Blob(e.to_string()))?,
-        ImageSource::Url(url) => stylefarm_core::storage::get_url_capped(url, farm.config.max_upload_bytes)
-            .await
-            .map_err(|e| invalid("video.video.url", format!("cannot be read: {e}")))?,
-    };
-    probe_bytes(data).await
+    probe_bytes(farm.read_input(source, "video.video.url").await?).await
 }
 
 /// Probes at once at most; more wait their turn (each is an ffmpeg process

@@ -278,10 +278,11 @@ pub fn plan(params: &RenderParams, (width, height): (u32, u32), tile: u32) -> Re
             tile_overlap: 0,
             ..params.clone()
         };
+        let columns = spans(w, tile, overlap).len();
         let mut tile_ids = Vec::with_capacity(rects.len());
         for (i, rect) in rects.iter().enumerate() {
             let task = TileTask::Tile { scale: k as u32, rect: *rect, width: w, height: h, from_previous: previous.is_some() };
-            let (row, col) = (i / spans(w, tile, overlap).len(), i % spans(w, tile, overlap).len());
+            let (row, col) = (i / columns, i % columns);
             jobs.push(TiledJob {
                 suffix: format!("-s{}-r{}c{}", k + 1, row + 1, col + 1),
                 params: tile_params.clone(),

@@ -96,6 +96,17 @@ impl stylefarm_core::telemetry::Scrape for MetricsEndpoint {
 }
 
 impl Farm {
+    /// A submitted input's bytes: an upload from the store, or an allowed URL
+    /// (read up to the upload limit; a URL that cannot be read is INVALID_ARGUMENT naming `field`).
+    pub async fn read_input(&self, source: &crate::model::ImageSource, field: &str) -> Result<bytes::Bytes> {
+        match source {
+            crate::model::ImageSource::Blob(sha) => self.blobs.get(&crate::keys::image_key(sha)).await.map_err(|e| CoordError::Blob(e.to_string())),
+            crate::model::ImageSource::Url(url) => stylefarm_core::storage::get_url_capped(url, self.config.max_upload_bytes)
+                .await
+                .map_err(|e| CoordError::invalid(field, format!("cannot be read: {e}"))),
+        }
+    }
+
     pub fn open(store: Arc<dyn Store>, blobs: Location, config: FarmConfig, auth: Authenticator) -> Result<Arc<Farm>> {
         let snapshot = store.load()?;
         let (batches, jobs) = (snapshot.batches.len(), snapshot.jobs.len());
