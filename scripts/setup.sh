@@ -20,7 +20,7 @@ cache="${STYLEFARM_CACHE:-$HOME/.cache/stylefarm}"
 torch_version="2.11.0"
 venv="$cache/venv-torch-$torch_version"
 # what the venv holds; a change here reinstalls (the stamp records it)
-requirements="torch==$torch_version numpy<3 pillow<12"
+requirements="torch==$torch_version numpy<3 pillow<12 pypng<1 tifffile<2026"
 samples="$cache/samples"
 skimage_version="0.25.2"
 imageio_ffmpeg_version="0.8.1"

@@ -35,7 +35,7 @@ fn keras_128px_50_iterations_halves_the_loss_and_writes_valid_outputs() -> Resul
         dir.path().join("metadata.json"),
         dir.path().join("snapshots"),
     );
-    write_outputs(&out, &OutputPaths { image: &png, trace: Some(&trace), snapshots: Some(&snaps), animation: Some(&gif), metadata: Some(&meta) })?;
+    write_outputs(&out, &OutputPaths { image: &png, trace: Some(&trace), snapshots: Some(&snaps), animation: Some(&gif), metadata: Some(&meta), print: None })?;
     let decoded = decode_rgb(&std::fs::read(&png)?).map_err(anyhow::Error::msg)?;
     assert_eq!((decoded.width(), decoded.height()), (128, 85));
     let rows = read_jsonl(&trace).map_err(anyhow::Error::msg)?;
@@ -184,5 +184,57 @@ print(max(abs(a - b) for p, q in zip(im.getdata(), out.getdata()) for a, b in zi
     assert_eq!(lines[0], "sRGB IEC61966-2.1 (stylefarm)");
     let worst: u32 = lines[1].trim().parse()?;
     assert!(worst <= 1, "a colour moved by {worst} levels through lcms's sRGB");
+    Ok(())
+}
+
+/// A print master is the output's picture at 16 bits (or the TIFF asked
+/// for), each with the sRGB profile, read back by independent decoders
+/// (pypng for the 16-bit PNG, tifffile for the TIFFs, Pillow for the 8-bit PNG).
+#[test]
+fn print_masters_hold_the_picture_at_16_bits_for_independent_decoders() -> Result<()> {
+    use stylefarm_core::print::PrintFormat;
+    let params = RenderParams { size: 96, iterations: 15, print: PrintFormat::Png16, ..RenderParams::preset(Preset::Keras) };
+    let mut out = run(&params, &["hubble_deep_field.jpg"]);
+    let print = out.print.clone().expect("a print was asked for");
+    assert_eq!(print.dimensions(), out.image.dimensions());
+    let dir = tempfile::tempdir()?;
+    let png = dir.path().join("output.png");
+    for format in [PrintFormat::Png16, PrintFormat::Tiff8, PrintFormat::Tiff16] {
+        out.metadata.params.print = format;
+        let path = dir.path().join(format!("{format}.{}", if format.is_tiff() { "tiff" } else { "png" }));
+        let paths = OutputPaths { image: &png, trace: None, snapshots: None, animation: None, metadata: None, print: Some(&path) };
+        write_outputs(&out, &paths)?;
+    }
+    let script = r#"
+import json, sys, png, tifffile, numpy as np
+from PIL import Image
+d = sys.argv[1]
+eight = np.asarray(Image.open(f"{d}/output.png").convert("RGB")).astype(np.int64)
+w, h, rows, info = png.Reader(filename=f"{d}/png16.png").asDirect()
+p16 = np.vstack([np.asarray(r, dtype=np.int64) for r in rows]).reshape(h, w, 3)
+chunks = [t for t, _ in png.Reader(filename=f"{d}/png16.png").chunks()]
+tiffs = {}
+for name in ("tiff8", "tiff16"):
+    with tifffile.TiffFile(f"{d}/{name}.tiff") as t:
+        page = t.pages[0]
+        tiffs[name] = (page.asarray().astype(np.int64), str(page.dtype), page.compression.name, 34675 in page.tags)
+print(json.dumps({
+    "png16": [info["bitdepth"], info["planes"], b"iCCP" in chunks],
+    "png16_vs_8bit": int(np.abs(np.rint(p16 / 257) - eight).max()),
+    "png16_off_8bit_levels": float(np.mean(p16 % 257 != 0)),
+    "tiff16": [tiffs["tiff16"][1], tiffs["tiff16"][2], tiffs["tiff16"][3], bool((tiffs["tiff16"][0] == p16).all())],
+    "tiff8": [tiffs["tiff8"][1], tiffs["tiff8"][2], tiffs["tiff8"][3], int(np.abs(tiffs["tiff8"][0] - eight).max())],
+}))
+"#;
+    let run = std::process::Command::new(stylefarm_tests::python()).args(["-c", script]).arg(dir.path()).output()?;
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    assert_eq!(seen["png16"], serde_json::json!([16, 3, true]), "{seen}");
+    assert!(seen["png16_vs_8bit"].as_i64().unwrap() <= 1, "{seen}");
+    // real 16-bit levels, not 8-bit ones times 257
+    assert!(seen["png16_off_8bit_levels"].as_f64().unwrap() > 0.5, "{seen}");
+    assert_eq!(seen["tiff16"], serde_json::json!(["uint16", "ADOBE_DEFLATE", true, true]), "{seen}");
+    assert_eq!(seen["tiff8"].as_array().unwrap()[0..3], serde_json::json!(["uint8", "ADOBE_DEFLATE", true]).as_array().unwrap()[..], "{seen}");
+    assert!(seen["tiff8"][3].as_i64().unwrap() <= 1, "{seen}");
     Ok(())
 }

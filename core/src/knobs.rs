@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{ParamError, Result};
 use crate::layers::{LayerId, Pooling};
 use crate::params::{ContentLoss, Init, Optimizer, Preset, RenderParams, StyleLoss, StyleResize, StyleWeighting};
+use crate::print::PrintFormat;
 use crate::weights_spec::WeightsSpec;
 
 #[derive(Args, Debug, Default, Clone, PartialEq)]
@@ -85,6 +86,9 @@ pub struct KnobArgs {
     /// Pixels neighbouring tiles share (default: an eighth of the tile, at least 32).
     #[arg(long)]
     pub tile_overlap: Option<u32>,
+    /// A print master beside output.png: png16, tiff8 or tiff16 (none = only output.png).
+    #[arg(long)]
+    pub print: Option<PrintFormat>,
     /// Iterations at each coarser scale, coarsest first.
     #[arg(long, value_delimiter = ',')]
     pub scale_iterations: Option<Vec<u32>>,
@@ -232,6 +236,9 @@ impl KnobArgs {
         }
         if let Some(v) = self.tile_overlap {
             p.tile_overlap = v;
+        }
+        if let Some(v) = self.print {
+            p.print = v;
         }
         if let Some(v) = &self.scale_iterations {
             p.scale_iterations = v.clone();

@@ -16,6 +16,7 @@ pub mod outputs;
 pub mod params;
 #[cfg(feature = "storage")]
 pub mod policy;
+pub mod print;
 pub mod retry;
 pub mod schemes;
 #[cfg(feature = "storage")]

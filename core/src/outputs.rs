@@ -24,10 +24,12 @@ pub enum OutputKind {
     Frame,
     /// `….mp4`: an assembled clip.
     Video,
+    /// `print.png` (16-bit) or `print.tiff`: the print master a job asked for.
+    Print,
 }
 
 impl OutputKind {
-    pub const ALL: [OutputKind; 8] = [
+    pub const ALL: [OutputKind; 9] = [
         OutputKind::Image,
         OutputKind::Trace,
         OutputKind::Metadata,
@@ -36,6 +38,7 @@ impl OutputKind {
         OutputKind::Flow,
         OutputKind::Frame,
         OutputKind::Video,
+        OutputKind::Print,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl OutputKind {
             OutputKind::Flow => "flow",
             OutputKind::Frame => "frame",
             OutputKind::Video => "video",
+            OutputKind::Print => "print",
         }
     }
 
@@ -68,6 +72,7 @@ impl OutputKind {
             "metadata.json" => OutputKind::Metadata,
             "animation.gif" => OutputKind::Animation,
             "flow.safetensors" => OutputKind::Flow,
+            crate::print::PRINT_PNG | crate::print::PRINT_TIFF => OutputKind::Print,
             n if n.starts_with("frames/") => OutputKind::Frame,
             n if n.ends_with(".mp4") => OutputKind::Video,
             _ => OutputKind::Snapshot,
@@ -96,5 +101,7 @@ mod tests {
         assert_eq!(OutputKind::of_file("snapshots/0010.png"), OutputKind::Snapshot);
         assert_eq!(OutputKind::of_file("frames/000001.png"), OutputKind::Frame);
         assert_eq!(OutputKind::of_file("clip-stylised.mp4"), OutputKind::Video);
+        assert_eq!(OutputKind::of_file("print.tiff"), OutputKind::Print);
+        assert_eq!(OutputKind::of_file("print.png"), OutputKind::Print);
     }
 }

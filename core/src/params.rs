@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ParamError, Result};
 use crate::layers::{LayerId, Pooling};
+use crate::print::PrintFormat;
 use crate::weights_spec::{WeightsSpec, NORMALIZATIONS};
 
 /// Long side in pixels: at least one pixel left after VGG's four poolings.
@@ -219,6 +220,9 @@ pub struct RenderParams {
     /// Pixels two neighbouring tiles share (blended); 0 = an eighth of the tile, at least 32.
     #[serde(default)]
     pub tile_overlap: u32,
+    /// A print master beside `output.png`: a 16-bit PNG or an 8/16-bit TIFF.
+    #[serde(default)]
+    pub print: PrintFormat,
     pub optimizer: Optimizer,
     /// Save a snapshot every N iterations (0 = 20 per scale); also frames of the animation.
     pub snapshot_every: u32,
@@ -259,6 +263,7 @@ impl RenderParams {
             scale_iterations: Vec::new(),
             tile_size: 0,
             tile_overlap: 0,
+            print: PrintFormat::None,
             optimizer: Optimizer::lbfgs_keras(),
             snapshot_every: 0,
             weights: WeightsSpec::Default,
@@ -478,13 +483,25 @@ pub fn params_from_overlay(preset_flag: Option<Preset>, overlay: serde_json::Map
     let serde_json::Value::Object(base_map) = &mut base else {
         return Err(ParamError::new("params", "parameters did not serialise to a table"));
     };
-    for (key, value) in overlay {
-        if !base_map.contains_key(&key) {
+    let defaults = base_map.clone();
+    for (key, value) in &overlay {
+        if !base_map.contains_key(key) {
             return Err(ParamError::new(key.clone(), "unknown parameter"));
         }
-        base_map.insert(key, value);
+        base_map.insert(key.clone(), value.clone());
     }
-    serde_json::from_value(base).map_err(|e| ParamError::new("params", format!("invalid value: {e}")))
+    serde_json::from_value(base).map_err(|whole| {
+        // name the field: the first key that alone does not read
+        let wrong = overlay.iter().find_map(|(key, value)| {
+            let mut one = defaults.clone();
+            one.insert(key.clone(), value.clone());
+            serde_json::from_value::<RenderParams>(serde_json::Value::Object(one)).err().map(|e| (key.clone(), e))
+        });
+        match wrong {
+            Some((key, e)) => ParamError::new(key, format!("invalid value: {e}")),
+            None => ParamError::new("params", format!("invalid value: {whole}")),
+        }
+    })
 }
 
 /// The tile knobs' limits (part of [`RenderParams::validate`]).
@@ -541,6 +558,16 @@ fn positive(field: &str, value: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_that_does_not_read_names_its_field() {
+        let overlay = |json: serde_json::Value| params_from_overlay(None, json.as_object().unwrap().clone());
+        let e = overlay(serde_json::json!({"size": 4096, "print": "tiff32"})).unwrap_err();
+        assert_eq!(e.field, "print");
+        assert!(e.reason.contains("`none`, `png16`, `tiff8`, `tiff16`"), "{}", e.reason);
+        assert_eq!(overlay(serde_json::json!({"iterations": "many", "seed": 3})).unwrap_err().field, "iterations");
+        assert_eq!(overlay(serde_json::json!({"print": "tiff16"})).unwrap().print, PrintFormat::Tiff16);
+    }
 
     #[test]
     fn layer_lists_are_bounded_and_without_repeats() {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ParamError, Result};
 use crate::params::RenderParams;
 pub use crate::params::{MIN_OVERLAP, MIN_TILE_SIZE};
+use crate::print::{PrintFormat, Sample};
 
 /// Most tiles one scale of one job may be split into.
 pub const MAX_TILES_PER_SCALE: usize = 1024;
@@ -89,18 +90,18 @@ pub fn feather(rect: &Rect, (width, height): (u32, u32), overlap: u32, x: u32, y
     axis(x, rect.x, rect.width, width) * axis(y, rect.y, rect.height, height)
 }
 
-/// Blends RGB tiles (`rect`, its pixels row by row, 3 bytes each) into the
-/// `width`×`height` image ([`feather`]ed for tiles overlapping by at least
-/// `overlap`): each pixel is the weighted mean of the tiles that cover it,
-/// so where one tile alone covers a pixel it is that tile's pixel exactly. A
-/// pixel no tile covers (or only with weight 0) is an error.
-pub fn blend_rgb8(width: u32, height: u32, overlap: u32, tiles: &[(Rect, &[u8])]) -> Result<Vec<u8>> {
+/// Blends RGB tiles (`rect`, its samples row by row, 3 a pixel, 8 or 16
+/// bits) into the `width`×`height` image ([`feather`]ed for tiles overlapping
+/// by at least `overlap`): each pixel is the weighted mean of the tiles that
+/// cover it, so where one tile alone covers a pixel it is that tile's pixel
+/// exactly. A pixel no tile covers (or only with weight 0) is an error.
+pub fn blend_rgb<S: Sample>(width: u32, height: u32, overlap: u32, tiles: &[(Rect, &[S])]) -> Result<Vec<S>> {
     let (w, h) = (width as usize, height as usize);
     let mut sum = vec![0f32; w * h * 3];
     let mut weight = vec![0f32; w * h];
     for (i, (rect, pixels)) in tiles.iter().enumerate() {
         if rect.x + rect.width > width || rect.y + rect.height > height || pixels.len() != rect.pixels() as usize * 3 {
-            return Err(ParamError::new(format!("tiles[{i}]"), format!("{rect:?} with {} bytes does not fit a {width}x{height} image", pixels.len())));
+            return Err(ParamError::new(format!("tiles[{i}]"), format!("{rect:?} with {} samples does not fit a {width}x{height} image", pixels.len())));
         }
         for ty in 0..rect.height {
             let y = rect.y + ty;
@@ -111,7 +112,7 @@ pub fn blend_rgb8(width: u32, height: u32, overlap: u32, tiles: &[(Rect, &[u8])]
                 let src = (ty as usize * rect.width as usize + tx as usize) * 3;
                 weight[at] += f;
                 for c in 0..3 {
-                    sum[at * 3 + c] += f * f32::from(pixels[src + c]);
+                    sum[at * 3 + c] += f * pixels[src + c].to_f32();
                 }
             }
         }
@@ -119,7 +120,7 @@ pub fn blend_rgb8(width: u32, height: u32, overlap: u32, tiles: &[(Rect, &[u8])]
     if let Some(at) = weight.iter().position(|&f| f <= 0.0) {
         return Err(ParamError::new("tiles", format!("pixel ({}, {}) is in no tile", at % w, at / w)));
     }
-    Ok(sum.iter().enumerate().map(|(i, s)| (s / weight[i / 3]).round().clamp(0.0, 255.0) as u8).collect())
+    Ok(sum.iter().enumerate().map(|(i, s)| S::from_f32(s / weight[i / 3])).collect())
 }
 
 /// Where tiles meet in a `width`×`height` image: every interior tile edge,
@@ -253,6 +254,7 @@ pub fn plan(params: &RenderParams, (width, height): (u32, u32), tile: u32) -> Re
             iterations: params.iterations_at(first_tiled - 1),
             tile_size: 0,
             tile_overlap: 0,
+            print: PrintFormat::None,
             ..params.clone()
         };
         jobs.push(TiledJob { suffix: "-coarse".into(), device_side: coarse.size, params: coarse, task: None, depends_on: vec![] });
@@ -269,6 +271,7 @@ pub fn plan(params: &RenderParams, (width, height): (u32, u32), tile: u32) -> Re
             return Err(ParamError::new("content", format!("{w}x{h} px at {} px is smaller than the tile overlap of {overlap} px", sizes[k])));
         }
         counts.push(rects.len() as u32);
+        let last = k + 1 == sizes.len();
         let tile_params = RenderParams {
             size: sizes[k],
             scales: 1,
@@ -276,6 +279,8 @@ pub fn plan(params: &RenderParams, (width, height): (u32, u32), tile: u32) -> Re
             iterations: params.iterations_at(k),
             tile_size: 0,
             tile_overlap: 0,
+            // the last scale's tiles of a print keep 16 bits for the blend
+            print: if last && params.print != PrintFormat::None { PrintFormat::Png16 } else { PrintFormat::None },
             ..params.clone()
         };
         let columns = spans(w, tile, overlap).len();
@@ -292,7 +297,6 @@ pub fn plan(params: &RenderParams, (width, height): (u32, u32), tile: u32) -> Re
             });
             tile_ids.push(jobs.len() as u32 - 1);
         }
-        let last = k + 1 == sizes.len();
         let summary = TilingSummary { whole_scales: first_tiled as u32, tiles: Vec::new(), tile_size: tile, overlap, last };
         let task = TileTask::Assemble { scale: k as u32, width: w, height: h, tiles: rects, overlap, plan: summary };
         let mut deps = tile_ids;

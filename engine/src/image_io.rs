@@ -5,7 +5,8 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{imageops::FilterType, DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{imageops::FilterType, DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Limits, Rgb, RgbImage};
+use stylefarm_core::print::{to_8bit, Depth, PrintFormat};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{EngineError, Result};
@@ -31,9 +32,21 @@ pub fn load_rgb(path: &Path, role: &str) -> Result<RgbImage> {
     decode_rgb(&bytes).map_err(err)
 }
 
+/// 16 bits per channel RGB: a print master, or a tile kept for its blend.
+pub type Rgb16Image = ImageBuffer<Rgb<u16>, Vec<u16>>;
+
 /// Decodes bytes in any supported format (PNG, JPEG, GIF, BMP, WebP, TIFF),
 /// turned as its EXIF orientation says.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    Ok(decode(bytes)?.to_rgb8())
+}
+
+/// [`decode_rgb`] at 16 bits per channel (an 8-bit file's levels times 257).
+pub fn decode_rgb16(bytes: &[u8]) -> std::result::Result<Rgb16Image, String> {
+    Ok(decode(bytes)?.to_rgb16())
+}
+
+fn decode(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("cannot detect the format: {e}"))?;
     if reader.format().is_none() {
         return Err("not a recognised image format (PNG, JPEG, GIF, BMP, WebP, TIFF)".into());
@@ -52,7 +65,7 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if image.width() == 0 || image.height() == 0 {
         return Err("image has zero width or height".into());
     }
-    Ok(image.to_rgb8())
+    Ok(image)
 }
 
 /// Height and width with the long side `long_side`, aspect kept (each at least 1).
@@ -80,38 +93,106 @@ pub fn to_tensor(image: &RgbImage, kind: Kind, device: Device) -> Tensor {
 
 /// A [1,3,H,W] (or [3,H,W]) tensor in 0..1 to 8-bit RGB, clamping.
 pub fn to_image(tensor: &Tensor) -> Result<RgbImage> {
+    // 8-bit on the tensor's device: a quarter of the bytes cross to the host
+    let (w, h, bytes) = quantised(tensor, 255.0, Kind::Uint8)?;
+    let mut data = vec![0u8; (h * w * 3) as usize];
+    let len = data.len();
+    bytes.f_copy_data_u8(&mut data, len)?;
+    Ok(RgbImage::from_raw(w, h, data).expect("buffer sized from the tensor"))
+}
+
+/// [`to_image`] at 16 bits per channel.
+pub fn to_image16(tensor: &Tensor) -> Result<Rgb16Image> {
+    // libtorch has no unsigned 16-bit kind that copies out: i32 levels, narrowed here
+    let (w, h, levels) = quantised(tensor, 65535.0, Kind::Int)?;
+    let mut data = vec![0i32; (h * w * 3) as usize];
+    let len = data.len();
+    levels.f_copy_data(&mut data, len)?;
+    let data = data.into_iter().map(|v| v.clamp(0, 65535) as u16).collect();
+    Ok(Rgb16Image::from_raw(w, h, data).expect("buffer sized from the tensor"))
+}
+
+/// The image's (width, height) and its values clamped to 0..1, times
+/// `white`, rounded, as `kind`, laid out [H,W,3] on the host.
+fn quantised(tensor: &Tensor, white: f64, kind: Kind) -> Result<(u32, u32, Tensor)> {
     let t = if tensor.dim() == 4 { tensor.squeeze_dim(0) } else { tensor.shallow_clone() };
     let size = t.size();
     let [3, h, w] = size[..] else {
         return Err(EngineError::param("image", format!("expected a [3,H,W] tensor, got {size:?}")));
     };
-    // 8-bit on the tensor's device: a quarter of the bytes cross to the host
-    let bytes =
-        t.to_kind(Kind::Float).clamp(0.0, 1.0).multiply_scalar(255.0).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
-    let mut data = vec![0u8; (h * w * 3) as usize];
-    let len = data.len();
-    bytes.f_copy_data_u8(&mut data, len)?;
-    Ok(RgbImage::from_raw(w as u32, h as u32, data).expect("buffer sized from the tensor"))
+    let levels = t.to_kind(Kind::Float).clamp(0.0, 1.0).multiply_scalar(white).round().to_kind(kind).permute([1, 2, 0]).contiguous().to_device(Device::Cpu);
+    Ok((w as u32, h as u32, levels))
+}
+
+/// A 16-bit image as 8 bits, each sample rounded to the nearest level.
+pub fn to_8bit_image(image: &Rgb16Image) -> RgbImage {
+    RgbImage::from_raw(image.width(), image.height(), image.as_raw().iter().map(|&v| to_8bit(v)).collect()).expect("same size")
 }
 
 /// An 8-bit RGB PNG carrying the sRGB ICC profile ([`crate::icc`]).
 pub fn encode_png(image: &RgbImage) -> std::result::Result<Vec<u8>, String> {
+    encode_png_samples(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
+}
+
+fn encode_png_samples(samples: &[u8], width: u32, height: u32, color: image::ExtendedColorType) -> std::result::Result<Vec<u8>, String> {
     use image::ImageEncoder;
     let mut bytes = Vec::new();
     let mut encoder = image::codecs::png::PngEncoder::new(&mut bytes);
     encoder.set_icc_profile(crate::icc::srgb_profile().to_vec()).map_err(|e| e.to_string())?;
-    encoder.write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8).map_err(|e| e.to_string())?;
+    encoder.write_image(samples, width, height, color).map_err(|e| e.to_string())?;
     Ok(bytes)
+}
+
+/// The print master `format` asks for, from the picture at 16 bits: a
+/// 16-bit PNG, or a Deflate-compressed TIFF of 8 or 16 bits (horizontal
+/// predictor), each with the sRGB ICC profile.
+pub fn encode_print(image: &Rgb16Image, format: PrintFormat) -> std::result::Result<Vec<u8>, String> {
+    let (w, h) = image.dimensions();
+    match (format, format.depth()) {
+        (PrintFormat::None, _) | (_, None) => Err("no print format was asked for".into()),
+        (PrintFormat::Png16, _) => {
+            let samples: Vec<u8> = image.as_raw().iter().flat_map(|v| v.to_ne_bytes()).collect();
+            encode_png_samples(&samples, w, h, image::ExtendedColorType::Rgb16)
+        }
+        (_, Some(Depth::Eight)) => encode_tiff::<tiff::encoder::colortype::RGB8>(w, h, &to_8bit_image(image).into_raw()),
+        (_, Some(Depth::Sixteen)) => encode_tiff::<tiff::encoder::colortype::RGB16>(w, h, image.as_raw()),
+    }
+}
+
+fn encode_tiff<C: tiff::encoder::colortype::ColorType>(width: u32, height: u32, samples: &[C::Inner]) -> std::result::Result<Vec<u8>, String>
+where
+    [C::Inner]: tiff::encoder::TiffValue,
+{
+    use tiff::encoder::{Compression, DeflateLevel, Predictor, TiffEncoder};
+    let err = |e: tiff::TiffError| e.to_string();
+    let mut out = Cursor::new(Vec::new());
+    let mut encoder =
+        TiffEncoder::new(&mut out).map_err(err)?.with_compression(Compression::Deflate(DeflateLevel::Balanced)).with_predictor(Predictor::Horizontal);
+    let mut image = encoder.new_image::<C>(width, height).map_err(err)?;
+    image.encoder().write_tag(tiff::tags::Tag::IccProfile, crate::icc::srgb_profile()).map_err(err)?;
+    image.write_data(samples).map_err(err)?;
+    Ok(out.into_inner())
 }
 
 /// Writes a PNG (with the sRGB profile) atomically (temp file + rename).
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    save_encoded(path, encode_png(image))
+}
+
+/// Writes the print master ([`encode_print`]) atomically.
+pub fn save_print(image: &Rgb16Image, format: PrintFormat, path: &Path) -> Result<()> {
+    save_encoded(path, encode_print(image, format))
+}
+
+fn save_encoded(path: &Path, bytes: std::result::Result<Vec<u8>, String>) -> Result<()> {
     let out_err = |reason: String| EngineError::Output { path: path.to_path_buf(), reason };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| out_err(e.to_string()))?;
     }
-    let bytes = encode_png(image).map_err(out_err)?;
-    let tmp = path.with_extension("png.partial");
+    let bytes = bytes.map_err(out_err)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, &bytes).map_err(|e| out_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| out_err(e.to_string()))
 }

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::batch::{BatchHandle, Member, Packing};
 use crate::device::describe;
 use crate::error::{EngineError, Result};
-use crate::image_io::{self, fit_long_side, load_rgb, luminance_rgb, match_luminance, recolor, resize, to_tensor};
+use crate::image_io::{self, fit_long_side, load_rgb, luminance_rgb, match_luminance, recolor, resize, to_tensor, Rgb16Image};
 use crate::loss::{image_view, StyleObjective};
 use crate::optim::{Adam, AdamConfig, AnyOptimizer, Lbfgs, LbfgsConfig, Objective, StopReason};
 use crate::params::{Init, Optimizer, RenderParams, StyleResize};
@@ -19,6 +19,7 @@ use crate::temporal::{start_image, TemporalPrior, TemporalTerm};
 use crate::trace::TraceRow;
 use crate::vgg::Vgg16;
 use crate::weights::{cache_dir, resolve_weights, Normalization, VggWeights};
+use stylefarm_core::print::PrintFormat;
 use stylefarm_core::tiling::Rect;
 
 /// Long side of the snapshot previews kept for the animation: a big render's
@@ -112,6 +113,9 @@ pub struct Timings {
 
 pub struct RenderOutput {
     pub image: RgbImage,
+    /// The same picture at 16 bits per channel, when the job asks for a
+    /// print master (`params.print`).
+    pub print: Option<Rgb16Image>,
     pub trace: Vec<TraceRow>,
     /// Snapshot previews, long side at most [`PREVIEW_SIDE`] (iteration 0, every
     /// `snapshot_every`, and the last): the snapshots folder and the animation.
@@ -241,6 +245,7 @@ pub fn render_via(
     let mut trace = Vec::new();
     let mut frames = Vec::new();
     let mut final_image = None;
+    let mut final_print = None;
     let mut previous: Option<Tensor> = None;
     let mut total_iterations = 0u32;
     let mut total_evals = 0u32;
@@ -333,12 +338,18 @@ pub fn render_via(
             progress.on_row(&row);
             let last = iteration == iterations || report.stop.is_some();
             if last {
-                let image = finish_image((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb, Fit::Full)?;
+                let rgb = finish_rgb((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb, Fit::Full)?;
+                let image = image_io::to_image(&rgb)?;
                 frames.push((row.clone(), preview(&image)));
                 final_image = Some(image);
+                let finest = scale_index + 1 == sizes.len();
+                if finest && params.print != PrintFormat::None {
+                    final_print = Some(image_io::to_image16(&rgb)?);
+                }
             } else if iteration % snapshot_every == 0 && snapshots {
                 // only the preview leaves the device
-                frames.push((row.clone(), finish_image((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb, Fit::Preview)?));
+                let rgb = finish_rgb((height, width), optimizer.x(), norm, params.preserve_colors, &content_rgb, Fit::Preview)?;
+                frames.push((row.clone(), image_io::to_image(&rgb)?));
             }
             trace.push(row);
             if last {
@@ -390,7 +401,7 @@ pub fn render_via(
         final_loss: trace.last().map(|r| r.total).unwrap_or(f64::NAN),
         timings: Timings { load_ms: 0.0, optimise_ms, total_ms: optimise_ms, ms_per_iteration: optimise_ms / total_iterations.max(1) as f64 },
     };
-    Ok(RenderOutput { image, trace, frames, metadata })
+    Ok(RenderOutput { image, print: final_print, trace, frames, metadata })
 }
 
 /// `rect` of a `[1,C,H,W]` image, contiguous.
@@ -516,8 +527,14 @@ enum Fit {
 }
 
 /// The current iterate as an 8-bit image (recoloured for luminance-only transfer).
+#[cfg(test)]
 fn finish_image((height, width): (i64, i64), x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor, fit: Fit) -> Result<RgbImage> {
-    let rgb = tch::no_grad(|| -> Result<Tensor> {
+    image_io::to_image(&finish_rgb((height, width), x, norm, preserve_colors, content_rgb, fit)?)
+}
+
+/// The current iterate as shown, RGB in 0..1 (recoloured for luminance-only transfer).
+fn finish_rgb((height, width): (i64, i64), x: &Tensor, norm: &Normalization, preserve_colors: bool, content_rgb: &Tensor, fit: Fit) -> Result<Tensor> {
+    tch::no_grad(|| -> Result<Tensor> {
         let rgb = norm.from_network(&image_view(x, height, width)?).clamp(0.0, 1.0);
         let rgb = if preserve_colors { recolor(&rgb, content_rgb).clamp(0.0, 1.0) } else { rgb };
         let (w, h) = (width as u32, height as u32);
@@ -528,8 +545,7 @@ fn finish_image((height, width): (i64, i64), x: &Tensor, norm: &Normalization, p
             }
             _ => rgb,
         })
-    })?;
-    image_io::to_image(&rgb)
+    })
 }
 
 /// Writes the outputs a job asked for.
@@ -539,10 +555,15 @@ pub struct OutputPaths<'a> {
     pub snapshots: Option<&'a Path>,
     pub animation: Option<&'a Path>,
     pub metadata: Option<&'a Path>,
+    /// The print master's path (written when the job asked for one).
+    pub print: Option<&'a Path>,
 }
 
 pub fn write_outputs(out: &RenderOutput, paths: &OutputPaths) -> Result<()> {
     image_io::save_png(&out.image, paths.image)?;
+    if let (Some(path), Some(print)) = (paths.print, &out.print) {
+        image_io::save_print(print, out.metadata.params.print, path)?;
+    }
     if let Some(path) = paths.trace {
         crate::trace::write_jsonl(&out.trace, path)?;
     }

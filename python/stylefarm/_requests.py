@@ -59,6 +59,7 @@ KNOBS: Dict[str, str] = {
     "scales": "int: coarse-to-fine scales (1 = one; 0 = chosen from the size, the default)",
     "tile_size": "int: longest tile side in pixels; a scale longer than this renders as tiles across the farm (0 = only when it does not fit a device)",
     "tile_overlap": "int: pixels neighbouring tiles share (0 = an eighth of the tile, at least 32)",
+    "print": "str: a print master beside output.png: png16, tiff8 or tiff16 (none, the default: only output.png)",
     "scale_iterations": "list[int]: iterations at each coarser scale, coarsest first",
     "optimizer": "dict: {'kind': 'lbfgs', ...} or {'kind': 'adam', 'lr': 10.0, ...}",
     "snapshot_every": "int: a snapshot (and animation frame) every N iterations",

@@ -47,6 +47,7 @@ async fn a_print_renders_as_tiles_on_two_workers_and_a_worker_lost_mid_tile_cost
         (serde_json::json!({"size": 384, "tile_size": 100}), "jobs[0].settings.tile_size"),
         (serde_json::json!({"size": 384, "tile_size": 256, "tile_overlap": 100}), "jobs[0].settings.tile_overlap"),
         (serde_json::json!({"size": 9000}), "jobs[0].settings.size"),
+        (serde_json::json!({"size": 384, "print": "tiff32"}), "jobs[0].settings.print"),
     ] {
         let err = client.submit_batch(print_request(&astronaut, &gravel, params.clone())).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{params}: {err:?}");
@@ -56,7 +57,7 @@ async fn a_print_renders_as_tiles_on_two_workers_and_a_worker_lost_mid_tile_cost
     assert!(listed.batches.is_empty(), "nothing was queued: {listed:?}");
 
     let mut workers = [0, 1].map(|i| start_worker_process(&url, &format!("tiler-{i}"), &dir.path().join(format!("w{i}"))));
-    let params = serde_json::json!({"size": 384, "scales": 2, "iterations": 12, "tile_size": 256, "tile_overlap": 32, "init": "content"});
+    let params = serde_json::json!({"size": 384, "scales": 2, "iterations": 12, "tile_size": 256, "tile_overlap": 32, "init": "content", "print": "tiff16"});
     let batch = client.submit_batch(print_request(&astronaut, &gravel, params)).await.unwrap().into_inner();
     let (_, planned) = jobs(&mut client, &batch.batch_id).await;
     let names: Vec<&str> = planned.iter().map(|j| j.name.as_str()).collect();
@@ -113,6 +114,18 @@ async fn a_print_renders_as_tiles_on_two_workers_and_a_worker_lost_mid_tile_cost
         |name: &str| data.join("objects").join(&result.outputs.iter().find(|o| o.key.ends_with(name)).unwrap_or_else(|| panic!("no {name}: {result:?}")).key);
     let image = image::open(object("output.png")).unwrap();
     assert_eq!((image.width(), image.height()), (384, 384));
+    // the print master: the tiles' 16-bit images blended, the 8-bit output rounded from it
+    let print = result.outputs.iter().find(|o| o.key.ends_with("/print.tiff")).unwrap_or_else(|| panic!("no print.tiff: {result:?}"));
+    assert_eq!(print.kind, "print");
+    let print = image::open(object("print.tiff")).unwrap();
+    assert_eq!(print.color(), image::ColorType::Rgb16);
+    let (deep, eight) = (print.to_rgb16(), image.to_rgb8());
+    assert!(deep.as_raw().iter().zip(eight.as_raw()).all(|(&d, &e)| stylefarm_core::print::to_8bit(d) == e), "output.png is the print rounded");
+    assert!(deep.as_raw().iter().filter(|&&d| d % 257 != 0).count() * 2 > deep.as_raw().len(), "16-bit levels, not 8-bit ones");
+    for tile in done.iter().filter(|j| tile_ids.contains(&j.id)) {
+        let outputs = client.get_job(pb::GetJobRequest { job_id: tile.id.clone() }).await.unwrap().into_inner().result.unwrap().outputs;
+        assert!(outputs.iter().any(|o| o.key.ends_with("/print.png")), "a tile keeps 16 bits for the blend: {outputs:?}");
+    }
     let trace = std::fs::read_to_string(object("trace.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = trace.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let scales: std::collections::BTreeSet<u64> = rows.iter().map(|r| r["scale"].as_u64().unwrap()).collect();

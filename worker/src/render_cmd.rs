@@ -1,10 +1,12 @@
 //! `stylefarm-worker render`: one job from local files, progress on stderr.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
+use stylefarm_core::print::PrintFormat;
 use stylefarm_engine::device::{describe, parse_device};
-use stylefarm_engine::image_io::{load_rgb, save_png};
+use stylefarm_engine::image_io::{load_rgb, save_png, save_print};
 use stylefarm_engine::params::RenderParams;
 use stylefarm_engine::render::{load_weights, render, write_outputs, OutputPaths, Progress, RenderInputs};
 use stylefarm_engine::tiled::render_tiled;
@@ -77,6 +79,7 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         return run_tiled(args, &params, device, &mut progress);
     }
     let out = render(&inputs, &params, device, &mut progress)?;
+    let print = print_path(&args.output, params.print);
     write_outputs(
         &out,
         &OutputPaths {
@@ -85,8 +88,10 @@ pub fn run(args: &RenderArgs) -> Result<()> {
             snapshots: args.snapshots.as_deref(),
             animation: args.animation.as_deref(),
             metadata: args.metadata.as_deref(),
+            print: print.as_deref(),
         },
     )?;
+    announce_print(print.as_deref());
     let m = &out.metadata;
     eprintln!(
         "done: {} ({}x{}) loss {:.4e} -> {:.4e} in {} iterations, {:.1}s ({:.1} ms/iter) on {}",
@@ -101,6 +106,21 @@ pub fn run(args: &RenderArgs) -> Result<()> {
         m.device
     );
     Ok(())
+}
+
+/// Where a local render writes its print master: beside the output,
+/// `NAME-print.png` (16-bit) or `NAME-print.tiff`.
+fn print_path(output: &Path, format: PrintFormat) -> Option<PathBuf> {
+    let name = format.file_name()?;
+    let extension = Path::new(name).extension().and_then(|e| e.to_str()).unwrap_or("png");
+    let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("output");
+    Some(output.with_file_name(format!("{stem}-print.{extension}")))
+}
+
+fn announce_print(path: Option<&Path>) {
+    if let Some(path) = path {
+        eprintln!("print master: {}", path.display());
+    }
 }
 
 /// `--tile-size`: the farm's tiled plan, job after job on this machine; only the image is written.
@@ -122,6 +142,11 @@ fn run_tiled(args: &RenderArgs, params: &RenderParams, device: tch::Device, prog
     let started = Instant::now();
     let tiled = render_tiled(&content, &styles, &weights, params, params.tile_size, device, progress)?;
     save_png(&tiled.image, &args.output)?;
+    let print = print_path(&args.output, params.print);
+    if let (Some(path), Some(image)) = (&print, &tiled.print) {
+        save_print(image, params.print, path)?;
+    }
+    announce_print(print.as_deref());
     eprintln!(
         "done: {} ({}x{}) in {:.1}s, tiles per tiled scale {:?}",
         args.output.display(),
@@ -131,4 +156,16 @@ fn run_tiled(args: &RenderArgs, params: &RenderParams, device: tch::Device, prog
         tiled.tiles
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_print_master_sits_beside_the_output() {
+        assert_eq!(print_path(Path::new("out/cat.png"), PrintFormat::Tiff16), Some(PathBuf::from("out/cat-print.tiff")));
+        assert_eq!(print_path(Path::new("cat.png"), PrintFormat::Png16), Some(PathBuf::from("cat-print.png")));
+        assert_eq!(print_path(Path::new("cat.png"), PrintFormat::None), None);
+    }
 }

@@ -38,7 +38,20 @@ fn tiles_cut_from_one_image_assemble_into_it_exactly() {
     assert_eq!(rects.len(), 3 * 2);
     let tiles: Vec<(Rect, Vec<u8>)> = rects.iter().map(|r| (*r, crop(&whole, w, r))).collect();
     let refs: Vec<(Rect, &[u8])> = tiles.iter().map(|(r, t)| (*r, t.as_slice())).collect();
-    assert_eq!(blend_rgb8(w, h, 16, &refs).unwrap(), whole);
+    assert_eq!(blend_rgb(w, h, 16, &refs).unwrap(), whole);
+}
+
+#[test]
+fn sixteen_bit_tiles_assemble_exactly_too() {
+    let (w, h) = (150, 90);
+    let whole: Vec<u16> = picture(w, h).iter().enumerate().map(|(i, &v)| u16::from(v) * 256 + (i % 256) as u16).collect();
+    let rects = grid(w, h, 64, 16);
+    let tiles: Vec<(Rect, Vec<u16>)> = rects
+        .iter()
+        .map(|r| (*r, (r.y..r.y + r.height).flat_map(|y| whole[((y * w + r.x) * 3) as usize..((y * w + r.x + r.width) * 3) as usize].to_vec()).collect()))
+        .collect();
+    let refs: Vec<(Rect, &[u16])> = tiles.iter().map(|(r, t)| (*r, t.as_slice())).collect();
+    assert_eq!(blend_rgb(w, h, 16, &refs).unwrap(), whole);
 }
 
 #[test]
@@ -48,7 +61,7 @@ fn where_one_tile_alone_covers_a_pixel_the_assembly_is_that_tile_and_seams_are_a
     // each tile a different flat colour: the assembly shows which tiles made each pixel
     let tiles: Vec<(Rect, Vec<u8>)> = rects.iter().enumerate().map(|(i, r)| (*r, vec![(i * 40) as u8; r.pixels() as usize * 3])).collect();
     let refs: Vec<(Rect, &[u8])> = tiles.iter().map(|(r, t)| (*r, t.as_slice())).collect();
-    let out = blend_rgb8(w, h, 16, &refs).unwrap();
+    let out = blend_rgb(w, h, 16, &refs).unwrap();
     let covering = |x: u32, y: u32| {
         rects.iter().enumerate().filter(|(_, r)| (r.x..r.x + r.width).contains(&x) && (r.y..r.y + r.height).contains(&y)).map(|(i, _)| i).collect::<Vec<_>>()
     };
@@ -78,8 +91,8 @@ fn where_one_tile_alone_covers_a_pixel_the_assembly_is_that_tile_and_seams_are_a
 #[test]
 fn a_tile_that_does_not_fit_or_a_gap_is_an_error() {
     let t = vec![0u8; 10 * 10 * 3];
-    assert!(blend_rgb8(15, 10, 4, &[(Rect { x: 10, y: 0, width: 10, height: 10 }, &t)]).unwrap_err().field.starts_with("tiles[0]"));
-    assert!(blend_rgb8(20, 10, 4, &[(Rect { x: 0, y: 0, width: 10, height: 10 }, &t)]).unwrap_err().reason.contains("in no tile"));
+    assert!(blend_rgb(15, 10, 4, &[(Rect { x: 10, y: 0, width: 10, height: 10 }, &t)]).unwrap_err().field.starts_with("tiles[0]"));
+    assert!(blend_rgb(20, 10, 4, &[(Rect { x: 0, y: 0, width: 10, height: 10 }, &t)]).unwrap_err().reason.contains("in no tile"));
 }
 
 #[test]
@@ -104,6 +117,8 @@ fn a_job_that_fits_is_not_tiled_and_one_that_does_not_becomes_a_graph() {
     let Some(TileTask::Assemble { tiles, plan, .. }) = &last.task else { panic!() };
     assert_eq!((tiles.len(), plan.tiles.clone(), plan.whole_scales, plan.last), (4, vec![4], 1, true));
     assert_eq!(last.device_side, 0);
+    // no print asked: no tile keeps 16 bits
+    assert!(jobs.iter().all(|j| j.params.print == PrintFormat::None));
     // the task round-trips through its JSON
     assert_eq!(TileTask::parse(&last.task.as_ref().unwrap().to_json()).unwrap(), last.task.clone().unwrap());
 }
@@ -121,6 +136,12 @@ fn every_scale_tiled_and_two_tiled_scales_chain_through_their_assemblies() {
     assert_eq!(jobs.len(), 4 + 1 + 9 + 1);
     assert_eq!(jobs[14].depends_on, (5..14).chain([4]).collect::<Vec<u32>>());
     assert!(jobs[14].task.as_ref().unwrap().to_json().contains(r#""kind":"tile_assemble""#), "not a video assembly");
+    // a print: only the last scale's tiles keep 16 bits (for its blend); the assemblies carry the job's format
+    let print = RenderParams { print: PrintFormat::Tiff8, ..params };
+    let jobs = plan(&print, (1024, 1024), 384).unwrap().unwrap();
+    assert!(jobs[..4].iter().all(|j| j.params.print == PrintFormat::None));
+    assert!(jobs[5..14].iter().all(|j| j.params.print == PrintFormat::Png16));
+    assert_eq!((jobs[4].params.print, jobs[14].params.print), (PrintFormat::Tiff8, PrintFormat::Tiff8));
 }
 
 #[test]

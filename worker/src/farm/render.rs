@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use stylefarm_core::print::{PRINT_PNG, PRINT_TIFF};
 use stylefarm_core::tiling::Rect;
 use stylefarm_core::traces;
 use stylefarm_engine::image_io::decode_rgb;
@@ -414,12 +415,14 @@ fn encode(done: &Engined, previews: Previews, farm: serde_json::Value, job: &Run
     let out = &done.out;
     let (image, trace, snapshots, animation) = (dir.join("output.png"), dir.join("trace.jsonl"), dir.join("snapshots"), dir.join("animation.gif"));
     let previews = previews == Previews::On && !out.frames.is_empty();
+    let print = out.metadata.params.print.file_name().map(|name| dir.join(name));
     let paths = OutputPaths {
         image: &image,
         trace: Some(&trace),
         snapshots: previews.then_some(snapshots.as_path()),
         animation: previews.then_some(animation.as_path()),
         metadata: None,
+        print: print.as_deref(),
     };
     write_outputs(out, &paths)?;
     let mut metadata = serde_json::to_value(&out.metadata).expect("metadata serialises");
@@ -441,7 +444,7 @@ fn encode(done: &Engined, previews: Previews, farm: serde_json::Value, job: &Run
 /// Uploads every output file under the attempt's prefix, retrying transient errors.
 async fn upload(ctx: &JobContext, lease: &pb::Lease, dir: &Path, rendered: Rendered) -> Outcome {
     let mut files = Vec::new();
-    for name in ["output.png", "trace.jsonl", "metadata.json", "animation.gif"] {
+    for name in ["output.png", PRINT_PNG, PRINT_TIFF, "trace.jsonl", "metadata.json", "animation.gif"] {
         if dir.join(name).is_file() {
             files.push(name.to_string());
         }

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use image::RgbImage;
+use image::{Pixel, RgbImage};
+use stylefarm_core::print::{Depth, PrintFormat, Sample, PRINT_PNG};
 use stylefarm_core::tiling::{Rect, TileTask, TilingSummary};
-use stylefarm_engine::image_io::{decode_rgb, save_png};
+use stylefarm_engine::image_io::{decode_rgb, decode_rgb16, save_png, save_print, to_8bit_image, Rgb16Image};
 use stylefarm_engine::params::RenderParams;
-use stylefarm_engine::tiled::blend_tiles;
+use stylefarm_engine::tiled::{blend_tiles, Samples};
 use stylefarm_engine::trace::TraceRow;
 use stylefarm_proto as pb;
 
@@ -46,35 +47,14 @@ pub async fn assemble(ctx: &JobContext, job: &Arc<RunningJob>, task: &TileTask, 
     if lease.inputs.len() < tiles.len() {
         return failed(format!("the assembly needs {} tiles; the lease lists {} inputs", tiles.len(), lease.inputs.len()), false);
     }
-    let mut images = Vec::with_capacity(tiles.len());
-    let mut traces = Vec::with_capacity(tiles.len());
-    for k in 0..tiles.len() {
-        let image = match input_url(ctx, lease, k, "output.png") {
-            Ok(url) => fetch(ctx, "tile", &url).await,
-            Err(outcome) => Err(outcome),
-        };
-        let trace = match input_url(ctx, lease, k, "trace.jsonl") {
-            Ok(url) => fetch(ctx, "tile trace", &url).await,
-            Err(outcome) => Err(outcome),
-        };
-        match (image, trace) {
-            (Ok(image), Ok(trace)) => {
-                images.push(image);
-                traces.push(trace);
-            }
-            (Err(outcome), _) | (_, Err(outcome)) => return outcome,
-        }
-    }
-    // the scale before's trace (a coarse job or the assembly before), when there is one
-    let earlier = match lease.inputs.len() > tiles.len() {
-        true => match input_url(ctx, lease, tiles.len(), "trace.jsonl") {
-            Ok(url) => match fetch(ctx, "earlier trace", &url).await {
-                Ok(bytes) => Some(bytes),
-                Err(outcome) => return outcome,
-            },
-            Err(outcome) => return outcome,
-        },
-        false => None,
+    // the last scale of a print blends the tiles' 16-bit images
+    let depth = match plan.last && params.print != PrintFormat::None {
+        true => Depth::Sixteen,
+        false => Depth::Eight,
+    };
+    let (images, traces, earlier) = match fetch_tiles(ctx, lease, tiles.len(), depth).await {
+        Ok(fetched) => fetched,
+        Err(outcome) => return outcome,
     };
     let dir = ctx.work_dir.join(format!("{}-attempt-{}", lease.job_id, lease.attempt));
     let _ = std::fs::remove_dir_all(&dir);
@@ -88,6 +68,7 @@ pub async fn assemble(ctx: &JobContext, job: &Arc<RunningJob>, task: &TileTask, 
         overlap: *overlap,
         plan: plan.clone(),
         params: params.clone(),
+        depth,
         farm: super::render::farm_metadata(lease, &ctx.store_url),
     };
     let out = dir.clone();
@@ -109,6 +90,25 @@ pub async fn assemble(ctx: &JobContext, job: &Arc<RunningJob>, task: &TileTask, 
     outcome
 }
 
+/// Each tile's image (8 or 16 bits) and trace, and the scale before's trace
+/// (a coarse job or the assembly before) when there is one.
+async fn fetch_tiles(ctx: &JobContext, lease: &pb::Lease, count: usize, depth: Depth) -> Result<(Vec<Bytes>, Vec<Bytes>, Option<Bytes>), Outcome> {
+    let image = match depth {
+        Depth::Sixteen => PRINT_PNG,
+        Depth::Eight => "output.png",
+    };
+    let (mut images, mut traces) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for k in 0..count {
+        images.push(fetch(ctx, "tile", &input_url(ctx, lease, k, image)?).await?);
+        traces.push(fetch(ctx, "tile trace", &input_url(ctx, lease, k, "trace.jsonl")?).await?);
+    }
+    let earlier = match lease.inputs.len() > count {
+        true => Some(fetch(ctx, "earlier trace", &input_url(ctx, lease, count, "trace.jsonl")?).await?),
+        false => None,
+    };
+    Ok((images, traces, earlier))
+}
+
 /// One assembly's work, off the async runtime.
 struct Assembly {
     scale: u32,
@@ -117,15 +117,30 @@ struct Assembly {
     overlap: u32,
     plan: TilingSummary,
     params: RenderParams,
+    /// Bits per channel of the tiles blended (16: the last scale of a print).
+    depth: Depth,
     farm: serde_json::Value,
 }
 
 impl Assembly {
     fn run(self, images: Vec<Bytes>, traces: Vec<Bytes>, earlier: Option<Bytes>, dir: &Path) -> Result<(Vec<String>, Rendered), String> {
-        let decoded: Vec<RgbImage> =
-            images.iter().enumerate().map(|(k, bytes)| decode_rgb(bytes).map_err(|e| format!("tile {k}: {e}"))).collect::<Result<_, _>>()?;
-        let placed: Vec<(Rect, &RgbImage)> = self.tiles.iter().copied().zip(decoded.iter()).collect();
-        let image = blend_tiles(self.size.0, self.size.1, self.overlap, &placed).map_err(|e| e.to_string())?;
+        let mut files = vec!["output.png".to_string(), "trace.jsonl".to_string()];
+        let image = match self.depth {
+            Depth::Eight => {
+                let decoded: Vec<RgbImage> =
+                    images.iter().enumerate().map(|(k, bytes)| decode_rgb(bytes).map_err(|e| format!("tile {k}: {e}"))).collect::<Result<_, _>>()?;
+                self.blend(&decoded)?
+            }
+            Depth::Sixteen => {
+                let decoded: Vec<Rgb16Image> =
+                    images.iter().enumerate().map(|(k, bytes)| decode_rgb16(bytes).map_err(|e| format!("tile {k}: {e}"))).collect::<Result<_, _>>()?;
+                let print = self.blend(&decoded)?;
+                let name = self.params.print.file_name().ok_or("a 16-bit assembly without a print format")?;
+                save_print(&print, self.params.print, &dir.join(name)).map_err(|e| e.to_string())?;
+                files.push(name.into());
+                to_8bit_image(&print)
+            }
+        };
         save_png(&image, &dir.join("output.png")).map_err(|e| e.to_string())?;
         let mut rows = match &earlier {
             Some(bytes) => parse_rows(bytes).map_err(|e| format!("earlier trace: {e}"))?,
@@ -143,7 +158,6 @@ impl Assembly {
         }
         std::fs::write(dir.join("trace.jsonl"), trace).map_err(|e| format!("writing the trace: {e}"))?;
         let final_loss = rows.last().map_or(0.0, |r| r.total);
-        let mut files = vec!["output.png".to_string(), "trace.jsonl".to_string()];
         if self.plan.last {
             let metadata = serde_json::json!({
                 "engine": format!("stylefarm-engine {} (tiled)", env!("CARGO_PKG_VERSION")),
@@ -167,6 +181,15 @@ impl Assembly {
             files.push("metadata.json".into());
         }
         Ok((files, Rendered { final_loss, iterations, engine_ms: 0.0, device: String::new() }))
+    }
+
+    fn blend<P>(&self, tiles: &[Samples<P>]) -> Result<Samples<P>, String>
+    where
+        P: Pixel,
+        P::Subpixel: Sample,
+    {
+        let placed: Vec<(Rect, &Samples<P>)> = self.tiles.iter().copied().zip(tiles.iter()).collect();
+        blend_tiles(self.size.0, self.size.1, self.overlap, &placed).map_err(|e| e.to_string())
     }
 }
 
