@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use stylefarm_core::estimate::{default_time_limit_ms, device_bytes, pixel_iterations};
+use stylefarm_core::estimate::{default_time_limit_ms, device_bytes, pixel_iterations, tile_bytes};
 use stylefarm_core::labels::Requirement;
 use stylefarm_core::params::{RenderParams, MAX_SIZE};
-use stylefarm_core::tiling::{plan, TiledJob, MIN_TILE_SIZE};
+use stylefarm_core::tiling::{plan, TileTask, TiledJob, MIN_TILE_SIZE};
 
 use crate::error::{CoordError, Result};
 use crate::farm::Farm;
@@ -22,7 +22,7 @@ const ASSEMBLE_LIMIT_MS: u64 = 10 * 60_000;
 
 /// The longest tile side whose render fits `bytes` (None: not even the smallest tile).
 pub fn side_fitting(params: &RenderParams, bytes: u64) -> Option<u32> {
-    let fits = |side: u32| device_bytes(&RenderParams { size: side, scales: 1, scale_iterations: Vec::new(), ..params.clone() }) <= bytes;
+    let fits = |side: u32| tile_bytes(params, side) <= bytes;
     if !fits(MIN_TILE_SIZE) {
         return None;
     }
@@ -55,7 +55,7 @@ fn tile_side(field: &str, params: &RenderParams, budget: Option<u64>) -> Result<
             format!(
                 "not even a {MIN_TILE_SIZE} px tile fits the {:.1} GiB a tile may use (it needs {:.1} GiB)",
                 gib(bytes),
-                gib(device_bytes(&RenderParams { size: MIN_TILE_SIZE, scales: 1, scale_iterations: Vec::new(), ..params.clone() }))
+                gib(tile_bytes(params, MIN_TILE_SIZE))
             ),
         )),
     }
@@ -144,12 +144,18 @@ fn piece_job(job: &NewJob, piece: TiledJob, base: u32, time_limit_s: u32) -> Res
     let renders = piece.device_side > 0;
     let at_side = RenderParams { size: piece.device_side.max(1), ..piece.params.clone() };
     let derived_ms = if renders { default_time_limit_ms(&at_side) } else { ASSEMBLE_LIMIT_MS };
+    let estimate_bytes = match &piece.task {
+        // a tile holds its whole scale's images beside its own render
+        Some(TileTask::Tile { .. }) => tile_bytes(&piece.params, piece.device_side),
+        _ if renders => device_bytes(&at_side),
+        _ => 0,
+    };
     Ok(NewJob {
         name: format!("{}{}", job.name, piece.suffix),
         content: job.content.clone(),
         styles: job.styles.clone(),
         params_json: serde_json::to_string(&piece.params).map_err(|e| CoordError::Internal(format!("params do not serialise: {e}")))?,
-        estimate_bytes: if renders { device_bytes(&at_side) } else { 0 },
+        estimate_bytes,
         work: if renders { pixel_iterations(&at_side) } else { 0 },
         time_limit_ms: if time_limit_s == 0 { derived_ms } else { u64::from(time_limit_s) * 1000 },
         depends_on: piece.depends_on.iter().map(|d| d + base).collect(),
@@ -166,8 +172,8 @@ mod tests {
     #[test]
     fn the_side_that_fits_is_the_largest_whose_estimate_fits() {
         let params = RenderParams { size: 4096, ..RenderParams::preset(Preset::Keras) };
-        let at = |side: u32| device_bytes(&RenderParams { size: side, scales: 1, scale_iterations: Vec::new(), ..params.clone() });
-        for gib in [2u64, 8, 24, 80] {
+        let at = |side: u32| tile_bytes(&params, side);
+        for gib in [4u64, 8, 24, 80] {
             let bytes = gib << 30;
             let side = side_fitting(&params, bytes).unwrap();
             assert!(at(side) <= bytes && at(side + 1) > bytes, "{gib} GiB: {side}");

@@ -40,6 +40,29 @@ pub fn device_bytes(params: &RenderParams) -> u64 {
     BASE_BYTES + (per_pixel_bytes * pixels as f64) as u64
 }
 
+/// Bytes per pixel of the whole scale that a tile's render holds beside its
+/// own: the content as loaded and in network units, a style image at that
+/// scale, the start picture upsampled and the crop taken from it (3-channel
+/// f32 images, about six).
+pub const WHOLE_SCALE_BYTES_PER_PIXEL: u64 = 6 * 3 * 4;
+
+/// Activations of one chunk forwarded (without gradients) for a whole
+/// picture's Grams, the engine's `grams::CHUNK` plus its halo each side:
+/// (512 + 2·96)² pixels, the style layers' outputs kept (122 floats a pixel)
+/// and the widest layer in and out (2 × 64).
+pub const CHUNK_FORWARD_BYTES: u64 = (512 + 2 * 96) * (512 + 2 * 96) * (122 + 128) * 4;
+
+/// Bytes a tile of at most `tile_side` pixels a side needs, rendering one
+/// scale of `params.size` (its whole, [`WHOLE_SCALE_BYTES_PER_PIXEL`]):
+/// the tile's own render, or the chunked forward for its style targets when
+/// that is larger (they come one after the other), plus the whole scale's
+/// images.
+pub fn tile_bytes(params: &RenderParams, tile_side: u32) -> u64 {
+    let render = device_bytes(&RenderParams { size: tile_side, scales: 1, scale_iterations: Vec::new(), ..params.clone() }) - BASE_BYTES;
+    let whole = (params.size as u64).pow(2);
+    BASE_BYTES + render.max(CHUNK_FORWARD_BYTES) + WHOLE_SCALE_BYTES_PER_PIXEL * whole
+}
+
 /// Fixed part of the default per-attempt time limit (start-up, weights, encoding).
 pub const TIME_LIMIT_BASE_MS: u64 = 10 * 60_000;
 /// Per pixel and iteration, generous for a slow CPU: this project's 2-core VM
@@ -84,5 +107,16 @@ mod tests {
         assert!(at_1024 - BASE_BYTES > 3 * (at_512 - BASE_BYTES), "{at_1024} vs {at_512}");
         let gatys = RenderParams { size: 512, ..RenderParams::preset(Preset::Gatys) };
         assert!(device_bytes(&gatys) > at_512, "history 100 costs more than history 10");
+    }
+
+    #[test]
+    fn a_tile_costs_its_render_and_its_whole_scales_images() {
+        let whole = RenderParams { size: 4096, scales: 1, ..RenderParams::preset(Preset::Gatys) };
+        let tile = tile_bytes(&whole, 1024);
+        let alone = device_bytes(&RenderParams { size: 1024, ..whole.clone() });
+        assert_eq!(tile - alone, 72 * 4096 * 4096, "the whole scale's images");
+        // a small tile is bounded below by the chunked forward of its style targets
+        assert_eq!(tile_bytes(&whole, 256), BASE_BYTES + CHUNK_FORWARD_BYTES + 72 * 4096 * 4096);
+        assert!(tile < device_bytes(&whole) / 4, "tiles are what makes a 4096 px print fit");
     }
 }

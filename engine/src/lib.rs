@@ -10,6 +10,7 @@ pub mod batch;
 pub mod device;
 pub mod error;
 pub mod flow;
+pub mod grams;
 pub mod icc;
 pub mod image_io;
 pub mod loss;

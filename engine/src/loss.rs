@@ -155,9 +155,9 @@ impl StyleObjective {
             let content_targets: Vec<(usize, Tensor)> = params.content_layers.iter().map(|l| (slot(l), features[slot(l)].detach())).collect();
             let mut grams: Vec<Option<Tensor>> = params.style_layers.iter().map(|_| None).collect();
             for (style, &weight) in styles.iter().zip(blend) {
-                let features = model.forward(style, &params.style_layers)?;
-                for (acc, f) in grams.iter_mut().zip(&features) {
-                    let g = gram(f, normalise)?.f_mul_scalar(weight)?;
+                // chunked when large: a tile's targets are a whole print's
+                for (acc, g) in grams.iter_mut().zip(crate::grams::grams(&model, style, &params.style_layers, normalise)?) {
+                    let g = g.f_mul_scalar(weight)?;
                     *acc = Some(match acc.take() {
                         Some(sum) => sum + g,
                         None => g,
@@ -222,14 +222,15 @@ impl StyleObjective {
     pub fn with_local_style(mut self, whole: &Tensor, tile: &Tensor) -> Result<StyleObjective> {
         let (share, normalise) = (self.spec.share, self.spec.style_loss == StyleLoss::Mse);
         tch::no_grad(|| -> Result<()> {
-            let of_whole = self.model.forward(whole, &self.spec.layers)?;
+            // the whole picture chunk by chunk: a tile's device holds a tile's worth
+            let of_whole = crate::grams::grams(&self.model, whole, &self.spec.layers, normalise)?;
             let of_tile = self.model.forward(tile, &self.spec.layers)?;
             for (slot, target, _) in &mut self.spec.style {
-                let g_whole = gram(&of_whole[*slot], normalise)?;
+                let g_whole = &of_whole[*slot];
                 let g_tile = gram(&of_tile[*slot], normalise)?;
                 // a Gram over the tile's pixels, as over the whole's (see `losses_from`)
                 let g_tile = if normalise { g_tile } else { g_tile.f_div_scalar(share)? };
-                *target = target.f_add(&g_tile.f_sub(&g_whole)?)?;
+                *target = target.f_add(&g_tile.f_sub(g_whole)?)?;
             }
             Ok(())
         })?;

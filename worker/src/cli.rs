@@ -33,6 +33,8 @@ pub enum Command {
     BenchPack(Box<crate::bench_pack::BenchPackArgs>),
     /// A print rendered in tiles beside the same job whole: loss, seam measure and time, tiled over untiled.
     BenchTiles(Box<crate::bench_tiles::BenchTilesArgs>),
+    /// The coordinator's memory estimate against the measured peak of real renders, per preset and size.
+    BenchMemory(Box<crate::bench_memory::BenchMemoryArgs>),
     /// Exit 0 if the worker's health server (--health-listen) says SERVING (container HEALTHCHECK).
     Health {
         /// The health server's address [default: this machine's side of STYLEFARM_HEALTH_LISTEN, else 127.0.0.1:50052]

@@ -3,6 +3,7 @@
 //! cache) and `bench`.
 
 mod bench;
+mod bench_memory;
 mod bench_pack;
 mod bench_tiles;
 mod cli;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => bench::run(&args),
         Some(Command::BenchPack(args)) => bench_pack::run(&args),
         Some(Command::BenchTiles(args)) => bench_tiles::run(&args),
+        Some(Command::BenchMemory(args)) => bench_memory::run(&args),
         Some(Command::Health { addr }) => probe(async move {
             let addr = cli::health_addr(addr)?;
             let options = stylefarm_proto::connect::ConnectOptions { url: format!("http://{addr}"), ..Default::default() };

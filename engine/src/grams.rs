@@ -1,0 +1,148 @@
+//! Gram matrices of an image larger than a device should hold at once, chunk
+//! by chunk. A tile renders a small part of a print but its style targets are
+//! the whole picture's Grams at that scale; forwarding the whole picture would
+//! cost ~1 KB of activations per pixel (17 GB at 4096²) and undo the point of
+//! tiling. A Gram is a sum over pixels, so it is summed over chunks instead.
+//!
+//! Each chunk is forwarded with [`HALO`] pixels of its neighbours around it:
+//! every feature of the chunk's own pixels then sees exactly the input it
+//! sees in the whole image (VGG-16's receptive field at conv5_3 reaches 90 px
+//! beyond the 16 px cell a feature sits on), and chunk corners on multiples
+//! of 16 keep the four poolings' grid. The result equals the whole image's
+//! Grams up to the order of floating-point sums.
+
+use tch::Tensor;
+
+use crate::error::Result;
+use crate::loss::gram;
+use crate::vgg::{LayerId, Vgg16};
+
+/// Context kept around a chunk, in pixels: at least conv5_3's reach (90 px)
+/// beyond its cell, a multiple of 16 (the pooling grid).
+pub const HALO: i64 = 96;
+/// Side of a chunk's own pixels (a multiple of 16): a forward of
+/// (512 + 2·96)² pixels, ~0.5 GB of activations in f32.
+pub const CHUNK: i64 = 512;
+
+/// The Grams of `image` ([1,3,H,W], network units) at each of `layers`, in
+/// their order, normalised as [`gram`] does; chunked when it is larger than
+/// one chunk with its halo.
+pub fn grams(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool) -> Result<Vec<Tensor>> {
+    grams_in_chunks(model, image, layers, normalise, CHUNK)
+}
+
+fn grams_in_chunks(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool, chunk: i64) -> Result<Vec<Tensor>> {
+    debug_assert!(chunk % 16 == 0 && HALO % 16 == 0, "chunks and halo keep the pooling grid");
+    let size = image.size();
+    let (h, w) = (size[2], size[3]);
+    if h <= chunk + 2 * HALO && w <= chunk + 2 * HALO {
+        let features = model.forward(image, layers)?;
+        return features.iter().map(|f| gram(f, normalise)).collect();
+    }
+    let mut sums: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
+    for y0 in (0..h).step_by(chunk as usize) {
+        for x0 in (0..w).step_by(chunk as usize) {
+            let (y1, x1) = ((y0 + chunk).min(h), (x0 + chunk).min(w));
+            let (py0, px0) = ((y0 - HALO).max(0), (x0 - HALO).max(0));
+            let (py1, px1) = ((y1 + HALO).min(h), (x1 + HALO).min(w));
+            let region = image.f_narrow(2, py0, py1 - py0)?.f_narrow(3, px0, px1 - px0)?;
+            let features = model.forward(&region, layers)?;
+            for ((sum, feature), layer) in sums.iter_mut().zip(&features).zip(layers) {
+                let d = 1i64 << (layer.block() - 1);
+                let own = |start: i64, end: i64, padded_start: i64, full: i64, extent: i64| {
+                    // the chunk's own cells at this layer; the image's last chunk keeps the
+                    // floor the poolings leave (its padded region ends where the image does)
+                    let from = (start - padded_start) / d;
+                    let to = if end == full { extent } else { (end - padded_start) / d };
+                    (from, to - from)
+                };
+                let fs = feature.size();
+                let (ry, rh) = own(y0, y1, py0, h, fs[2]);
+                let (rx, rw) = own(x0, x1, px0, w, fs[3]);
+                if rh <= 0 || rw <= 0 {
+                    continue;
+                }
+                let part = gram(&feature.f_narrow(2, ry, rh)?.f_narrow(3, rx, rw)?, false)?;
+                *sum = Some(match sum.take() {
+                    Some(s) => s.f_add(&part)?,
+                    None => part,
+                });
+            }
+        }
+    }
+    sums.into_iter()
+        .zip(layers)
+        .map(|(sum, layer)| {
+            let g = sum.expect("every layer has cells in the first chunk");
+            if !normalise {
+                return Ok(g);
+            }
+            let d = 1i64 << (layer.block() - 1);
+            let c = g.size()[0];
+            Ok(g.f_div_scalar((c * (h / d) * (w / d)) as f64)?)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vgg::{Pooling, BLOCKS, CONV_COUNT};
+    use tch::{Device, Kind};
+
+    /// VGG-16's layout (blocks, convolutions, poolings: what the halo is
+    /// about) with an eighth of its channels, random weights.
+    fn random_vgg(pooling: Pooling) -> Vgg16 {
+        tch::manual_seed(7);
+        let mut convs = Vec::new();
+        let mut channels = 3;
+        for block in BLOCKS.iter() {
+            for &out in block.iter() {
+                let out = out / 8;
+                let weight = Tensor::randn([out, channels, 3, 3], (Kind::Double, Device::Cpu)) * (2.0 / (9.0 * channels as f64)).sqrt();
+                convs.push((weight, Tensor::randn([out], (Kind::Double, Device::Cpu)) * 0.1));
+                channels = out;
+            }
+        }
+        Vgg16::new(convs, pooling, Device::Cpu, Kind::Double)
+    }
+
+    #[test]
+    fn chunked_grams_equal_the_whole_images_at_every_layer() {
+        let layers: Vec<LayerId> = (0..CONV_COUNT).map(LayerId::from_index).collect();
+        // sides that are not multiples of 16: the last chunks keep the poolings' floor
+        let image = Tensor::randn([1, 3, 237, 301], (Kind::Double, Device::Cpu));
+        for pooling in [Pooling::Max, Pooling::Avg] {
+            let model = random_vgg(pooling);
+            for normalise in [false, true] {
+                let whole: Vec<Tensor> = model.forward(&image, &layers).unwrap().iter().map(|f| gram(f, normalise).unwrap()).collect();
+                // 64 px chunks: 4 x 5 of them, each forwarded with its 96 px halo
+                let chunked = grams_in_chunks(&model, &image, &layers, normalise, 64).unwrap();
+                for (layer, (a, b)) in layers.iter().zip(whole.iter().zip(&chunked)) {
+                    let scale = f64::try_from(a.abs().max()).unwrap();
+                    let error = f64::try_from((a - b).abs().max()).unwrap();
+                    assert!(error <= 1e-9 * scale, "{pooling:?} {layer}: {error:e} of {scale:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_halo_too_small_would_show() {
+        // the same sum without context around each chunk is not the whole's
+        // Gram: the test above can tell a right chunking from a wrong one
+        let layers = [LayerId::parse("relu5_1").unwrap()];
+        let image = Tensor::randn([1, 3, 192, 192], (Kind::Double, Device::Cpu));
+        let model = random_vgg(Pooling::Max);
+        let whole = gram(&model.forward(&image, &layers).unwrap()[0], false).unwrap();
+        let mut no_halo = Tensor::zeros_like(&whole);
+        for y0 in (0..192).step_by(64) {
+            for x0 in (0..192).step_by(64) {
+                let region = image.narrow(2, y0, 64).narrow(3, x0, 64);
+                no_halo += gram(&model.forward(&region, &layers).unwrap()[0], false).unwrap();
+            }
+        }
+        let scale = f64::try_from(whole.abs().max()).unwrap();
+        assert!(f64::try_from((whole - no_halo).abs().max()).unwrap() > 1e-3 * scale);
+    }
+}
