@@ -15,7 +15,7 @@ use tch::Tensor;
 
 use crate::error::Result;
 use crate::loss::gram;
-use crate::vgg::{LayerId, Vgg16};
+use crate::vgg::{host_bytes, LayerId, Vgg16};
 
 /// Context kept around a chunk, in pixels: at least conv5_3's reach (90 px)
 /// beyond its cell, a multiple of 16 (the pooling grid).
@@ -28,7 +28,59 @@ pub const CHUNK: i64 = 512;
 /// their order, normalised as [`gram`] does; chunked when it is larger than
 /// one chunk with its halo.
 pub fn grams(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool) -> Result<Vec<Tensor>> {
-    grams_in_chunks(model, image, layers, normalise, CHUNK)
+    let size = image.size();
+    if size[2] <= CHUNK + 2 * HALO && size[3] <= CHUNK + 2 * HALO {
+        return grams_in_chunks(model, image, layers, normalise, CHUNK);
+    }
+    // every tile of a scale asks for the same whole pictures' Grams: a
+    // worker computes them once per scale, not once per tile
+    let key = Key::of(model, image, layers, normalise)?;
+    if let Some(found) = RECENT.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(k, _)| *k == key) {
+        return Ok(found.1.iter().map(Tensor::shallow_clone).collect());
+    }
+    let made = grams_in_chunks(model, image, layers, normalise, CHUNK)?;
+    COMPUTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut recent = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    if recent.len() == RECENT_ENTRIES {
+        recent.pop_front();
+    }
+    recent.push_back((key, made.iter().map(Tensor::shallow_clone).collect()));
+    Ok(made)
+}
+
+/// Whole pictures' Grams kept for the tiles that follow (a few MB each).
+const RECENT_ENTRIES: usize = 8;
+static RECENT: std::sync::Mutex<std::collections::VecDeque<(Key, Vec<Tensor>)>> = std::sync::Mutex::new(std::collections::VecDeque::new());
+/// Chunked Grams computed (not found in [`RECENT`]), for tests.
+static COMPUTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What a picture's Grams depend on: its values, the model, the layers, the
+/// normalisation, where and in what precision they are computed.
+#[derive(PartialEq, Eq)]
+struct Key {
+    image: [u8; 32],
+    model: [u8; 32],
+    layers: Vec<LayerId>,
+    normalise: bool,
+    device: tch::Device,
+    kind: String,
+}
+
+impl Key {
+    fn of(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool) -> Result<Key> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(format!("{:?}", image.size()));
+        hash.update(host_bytes(image)?);
+        Ok(Key {
+            image: hash.finalize().into(),
+            model: model.fingerprint()?,
+            layers: layers.to_vec(),
+            normalise,
+            device: image.device(),
+            kind: format!("{:?}", image.kind()),
+        })
+    }
 }
 
 fn grams_in_chunks(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool, chunk: i64) -> Result<Vec<Tensor>> {
@@ -125,6 +177,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_large_pictures_grams_are_computed_once_for_all_its_tiles() {
+        use std::sync::atomic::Ordering;
+        let layers: Vec<LayerId> = ["relu1_1", "relu3_1", "relu5_1"].iter().map(|n| LayerId::parse(n).unwrap()).collect();
+        let model = random_vgg(Pooling::Max);
+        // taller than a chunk and its halo: chunked, and kept
+        let picture = Tensor::randn([1, 3, 720, 40], (Kind::Double, Device::Cpu));
+        let before = COMPUTED.load(Ordering::Relaxed);
+        let first = grams(&model, &picture, &layers, true).unwrap();
+        let again = grams(&model, &picture, &layers, true).unwrap();
+        assert_eq!(COMPUTED.load(Ordering::Relaxed), before + 1, "the second tile found them");
+        for (a, b) in first.iter().zip(&again) {
+            assert!(a.equal(b));
+        }
+        // another picture, or the same one unnormalised, is computed anew
+        let other = &picture + 0.5;
+        let changed = grams(&model, &other, &layers, true).unwrap();
+        grams(&model, &picture, &layers, false).unwrap();
+        assert_eq!(COMPUTED.load(Ordering::Relaxed), before + 3);
+        assert!(!first[2].equal(&changed[2]));
     }
 
     #[test]

@@ -41,6 +41,30 @@ impl Vgg16 {
         self.convs.len()
     }
 
+    /// Tells models apart by their weights: a SHA-256 over the pooling, the
+    /// depth, and the first and last convolutions' weights and biases (a
+    /// model's cached results are keyed by it).
+    pub fn fingerprint(&self) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(format!("{:?} {}", self.pooling, self.convs.len()));
+        for (weight, bias) in [self.convs.first(), self.convs.last()].into_iter().flatten() {
+            for t in [weight, bias] {
+                hash.update(host_bytes(t)?);
+            }
+        }
+        Ok(hash.finalize().into())
+    }
+}
+
+/// A tensor's values as f32 bytes on the host (for hashing).
+pub fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let flat = t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?;
+    let values: Vec<f32> = Vec::<f32>::try_from(&flat)?;
+    Ok(values.into_iter().flat_map(f32::to_le_bytes).collect())
+}
+
+impl Vgg16 {
     /// Runs `input` [N,3,H,W] and returns the activations of `wanted` in the order
     /// given. Stops after the deepest wanted layer.
     pub fn forward(&self, input: &Tensor, wanted: &[LayerId]) -> Result<Vec<Tensor>> {
