@@ -13,9 +13,23 @@
 
 use tch::Tensor;
 
-use crate::error::Result;
-use crate::loss::gram;
+use crate::error::{EngineError, Result};
 use crate::vgg::{host_bytes, LayerId, Vgg16};
+
+/// Gram matrix of `features` [1,C,h,w]: unnormalised, or divided by C·h·w.
+pub fn gram(features: &Tensor, normalise: bool) -> Result<Tensor> {
+    let size = features.size();
+    let [1, c, h, w] = size[..] else {
+        return Err(EngineError::param("features", format!("expected [1,C,H,W], got {size:?}")));
+    };
+    // NHWC view of a channels-last tensor: [h·w, C] with no copy.
+    let flat = features.f_permute([0, 2, 3, 1])?.f_reshape([h * w, c])?;
+    let g = flat.f_transpose(0, 1)?.f_matmul(&flat)?;
+    if normalise {
+        return Ok(g.f_div_scalar((c * h * w) as f64)?);
+    }
+    Ok(g)
+}
 
 /// Context kept around a chunk, in pixels: at least conv5_3's reach (90 px)
 /// beyond its cell, a multiple of 16 (the pooling grid).

@@ -16,20 +16,7 @@ use crate::vgg::{LayerId, Vgg16};
 /// Names of the values an evaluation reports, in order.
 pub const LOSS_NAMES: [&str; 4] = ["total", "content", "style", "tv"];
 
-/// Gram matrix of `features` [1,C,h,w]: unnormalised, or divided by C·h·w.
-pub fn gram(features: &Tensor, normalise: bool) -> Result<Tensor> {
-    let size = features.size();
-    let [1, c, h, w] = size[..] else {
-        return Err(EngineError::param("features", format!("expected [1,C,H,W], got {size:?}")));
-    };
-    // NHWC view of a channels-last tensor: [h·w, C] with no copy.
-    let flat = features.f_permute([0, 2, 3, 1])?.f_reshape([h * w, c])?;
-    let g = flat.f_transpose(0, 1)?.f_matmul(&flat)?;
-    if normalise {
-        return Ok(g.f_div_scalar((c * h * w) as f64)?);
-    }
-    Ok(g)
-}
+pub use crate::grams::gram;
 
 /// Σ(Δx² + Δy²)^exponent over the (H-1)×(W-1) grid, per channel.
 pub fn total_variation(image: &Tensor, exponent: f64) -> Result<Tensor> {
