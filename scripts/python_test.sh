@@ -13,7 +13,7 @@ rm -rf "$VENV"
 python3 -m venv "$VENV"
 WHEEL=$(ls "$TARGET"/dist/stylefarm-*-py3-none-any.whl)
 # the package needs only grpcio and protobuf; the rest is for the tests and examples
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "$WHEEL[progress]" \
+"$VENV/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "$WHEEL[progress]" \
   "pytest>=8,<10" "cryptography>=42" "pillow>=10" "matplotlib>=3.8" "mypy>=1.10"
 for bin in stylefarm-coordinator stylefarm-worker stylefarm; do
   [ -x "$TARGET/debug/$bin" ] || { echo "python_test: $TARGET/debug/$bin is missing (run make setup)" >&2; exit 1; }

@@ -36,7 +36,9 @@ if [[ "$(cat "$venv/.stylefarm-ok" 2>/dev/null)" != "$requirements" ]]; then
   log "installing $requirements into $venv (one-time, about 4 GB with torch's CUDA 13 libraries)"
   [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
   # shellcheck disable=SC2086
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $requirements
+  # --no-cache-dir: torch and its CUDA libraries are ~4 GB of wheels that pip would
+  # otherwise keep a second copy of in ~/.cache/pip
+  "$venv/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check $requirements
   "$venv/bin/python" - <<'PY'
 import torch, sys
 assert torch.__version__.split('+')[0] == "2.11.0", torch.__version__
