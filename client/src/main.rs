@@ -15,6 +15,7 @@ mod exit;
 mod frames;
 mod manifest;
 mod output;
+mod tiles;
 mod watch;
 
 use std::process::ExitCode;

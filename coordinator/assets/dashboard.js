@@ -307,20 +307,21 @@ function onWorkersEvent(ev) {
 
 const handlers = { batches: onBatchesEvent, workers: onWorkersEvent, batch: onBatchEvent, job: onJobEvent };
 
-// A video batch's frames: the server renders them (one rule for the page and
-// the CLI); a frame's job changing state fetches them again, at most once a second.
-let framesDue = null;
-function refreshFrames() {
-  const el = $("#frames");
-  if (!el || framesDue) return;
-  framesDue = setTimeout(async () => {
+// The server-rendered sections of a batch page (a video batch's frames, a
+// tiled render's mosaic: one rule for the page and the CLI): a change of
+// state of one of their jobs fetches the section again, at most once a second.
+const sectionDue = {};
+function refreshSection(id) {
+  const el = document.getElementById(id);
+  if (!el || sectionDue[id]) return;
+  sectionDue[id] = setTimeout(async () => {
     try {
-      const r = await fetch(`/fragments/frames/${encodeURIComponent(el.dataset.batch)}`);
-      if (r.ok) $("#frames").outerHTML = await r.text();
+      const r = await fetch(`/fragments/${id}/${encodeURIComponent(el.dataset.batch)}`);
+      if (r.ok) document.getElementById(id).outerHTML = await r.text();
     } catch (e) {
-      // the coordinator is away: the next frame event tries again
+      // the coordinator is away: the next event tries again
     } finally {
-      framesDue = null;
+      sectionDue[id] = null;
     }
   }, 1000);
 }
@@ -352,9 +353,10 @@ function onBatchEvent(ev) {
   const summary = $("#summary");
   if (ev.batch && summary) updateBatch(summary, ev.batch);
   if (ev.job) onJobCard(ev);
-  if (ev.job?.video && ev.kind !== "progress") refreshFrames();
+  if (ev.job?.video && ev.kind !== "progress") refreshSection("frames");
+  if (ev.job?.tile && ev.kind !== "progress") refreshSection("tiles");
   if (ev.kind === "batch_changed" && ev.batch) setPauseButton(ev.batch.state === "paused");
-  if (ev.kind === "batch_finished") { $(".controls")?.remove(); refreshFrames(); }
+  if (ev.kind === "batch_finished") { $(".controls")?.remove(); refreshSection("frames"); refreshSection("tiles"); }
   if (ev.kind === "batch_deleted") location.assign("/");
 }
 

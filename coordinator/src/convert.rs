@@ -1,6 +1,6 @@
 //! Records → wire messages.
 
-use stylefarm_core::tiling::TileTask;
+use stylefarm_core::tiling::{Rect, TileTask};
 use stylefarm_core::video::VideoTask;
 use stylefarm_proto as pb;
 
@@ -166,6 +166,27 @@ pub fn job(j: &JobRecord, progress: Option<&pb::JobProgress>, waiting: Option<&s
         step: step as i32,
         frame,
         requires: j.requires.iter().map(ToString::to_string).collect(),
+        tile: tile.as_ref().map(tile_part),
+    }
+}
+
+/// A tiled render's job on the wire: its tile's place, or its scale's assembly.
+fn tile_part(task: &TileTask) -> pb::TilePart {
+    let (kind, scale, width, height, rect) = match task {
+        TileTask::Tile { scale, rect, width, height, .. } => (pb::TilePartKind::Tile, scale, width, height, *rect),
+        TileTask::Assemble { scale, width, height, .. } => {
+            (pb::TilePartKind::Assemble, scale, width, height, Rect { x: 0, y: 0, width: *width, height: *height })
+        }
+    };
+    pb::TilePart {
+        kind: kind as i32,
+        scale: scale + 1,
+        image_width: *width,
+        image_height: *height,
+        x: rect.x,
+        y: rect.y,
+        width: rect.width,
+        height: rect.height,
     }
 }
 

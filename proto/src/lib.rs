@@ -18,4 +18,5 @@ pub mod externalscaler {
 
 pub mod connect;
 pub mod frames;
+pub mod mosaic;
 pub mod names;

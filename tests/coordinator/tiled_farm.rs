@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use stylefarm_coordinator_tests::farm::{connect_retrying, options, sha_ref, sigkill, start_worker_process, upload_file, Client, CoordinatorProcess};
-use stylefarm_coordinator_tests::sample;
+use stylefarm_coordinator_tests::{sample, workspace_bin};
 use stylefarm_proto as pb;
 
 fn print_request(content: &str, style: &str, params: serde_json::Value) -> pb::SubmitBatchRequest {
@@ -65,6 +65,15 @@ async fn a_print_renders_as_tiles_on_two_workers_and_a_worker_lost_mid_tile_cost
     let tile_ids: Vec<String> = planned[1..5].iter().map(|j| j.id.clone()).collect();
     assert!(planned[1..5].iter().all(|j| j.depends_on == vec![planned[0].id.clone()]));
     assert_eq!(planned[5].depends_on.len(), 5, "the four tiles and the coarse job");
+    // each tiled job says where it sits (the dashboard's mosaic and `status` draw from it)
+    assert_eq!(planned[0].tile, None, "the coarse job is a plain render");
+    let part = |j: &pb::Job| j.tile.clone().unwrap_or_else(|| panic!("{} has no tile part", j.name));
+    let first = part(&planned[1]);
+    assert_eq!((first.kind, first.scale, first.image_width, first.image_height), (pb::TilePartKind::Tile as i32, 2, 384, 384));
+    assert_eq!((first.x, first.y), (0, 0));
+    let last_tile = part(&planned[4]);
+    assert_eq!((last_tile.x + last_tile.width, last_tile.y + last_tile.height), (384, 384), "the last tile reaches the corner");
+    assert_eq!(part(&planned[5]).kind, pb::TilePartKind::Assemble as i32);
 
     // SIGKILL the worker rendering the first tile that starts, then bring it back
     let started = Instant::now();
@@ -106,6 +115,13 @@ async fn a_print_renders_as_tiles_on_two_workers_and_a_worker_lost_mid_tile_cost
     assert_eq!(attempts(&planned[5].id), 1);
     let tile_workers: std::collections::HashSet<&str> = done.iter().filter(|j| tile_ids.contains(&j.id)).map(|j| j.worker_id.as_str()).collect();
     assert_eq!(tile_workers.len(), 2, "tiles ran on both workers: {done:#?}");
+    // `stylefarm status` draws the tiles in place
+    let status = std::process::Command::new(workspace_bin("stylefarm-client", "stylefarm"))
+        .args(["--coordinator", &url, "status", &batch.batch_id])
+        .output()
+        .expect("stylefarm status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success() && text.contains("scale 2 · 384×384 · 4/4 tiles · assembled\n    █ █\n    █ █"), "{text}");
 
     // the job's output looks like any other's: one image, its trace, its metadata
     let last = client.get_job(pb::GetJobRequest { job_id: planned[5].id.clone() }).await.unwrap().into_inner();

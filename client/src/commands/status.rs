@@ -4,7 +4,7 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 
 use crate::cli::{connect, Cli};
-use crate::frames;
+use crate::{frames, tiles};
 use crate::output::{batch_state_name, counts_text, job_state_name, print_json, BatchJson, FrameJson, JobJson};
 use stylefarm_client::ClientError;
 
@@ -38,7 +38,7 @@ pub async fn status(cli: &Cli, id: &str) -> Result<()> {
             .map(|c| FrameJson { frame: c.frame + 1, state: c.state.as_str(), job: &response.jobs[c.job].id })
             .collect();
         let jobs: Vec<JobJson> = response.jobs.iter().map(JobJson::of).collect();
-        return print_json(&serde_json::json!({"batch": BatchJson::of(&batch), "jobs": jobs, "frames": frames}));
+        return print_json(&serde_json::json!({"batch": BatchJson::of(&batch), "jobs": jobs, "frames": frames, "tiles": tiles::json(&response.jobs)}));
     }
     println!("batch {} {:?} [{}] priority {}: {}", batch.id, batch.name, batch_state_name(batch.state), batch.priority, counts_text(&batch));
     if !batch.requires.is_empty() {
@@ -62,6 +62,9 @@ pub async fn status(cli: &Cli, id: &str) -> Result<()> {
     }
     if let Some(frames) = frames::view(&response.jobs) {
         println!("{frames}");
+    }
+    if let Some(tiles) = tiles::view(&response.jobs) {
+        println!("{tiles}");
     }
     Ok(())
 }

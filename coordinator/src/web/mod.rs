@@ -11,6 +11,7 @@
 
 mod actions;
 mod live;
+mod mosaic;
 mod pages;
 pub mod tls;
 mod view;
@@ -74,6 +75,7 @@ pub fn router(farm: Arc<Farm>, https: bool, hosts: Vec<String>) -> Router {
         .route("/fragments/batch-row/{id}", get(batch_row))
         .route("/fragments/workers", get(worker_rows))
         .route("/fragments/frames/{id}", get(frames_fragment))
+        .route("/fragments/tiles/{id}", get(tiles_fragment))
         .route("/api/events", get(farm_events))
         .route("/api/batches/{id}/events", get(batch_events))
         .route("/api/batches/{id}/{action}", post(actions::batch_action))
@@ -214,7 +216,7 @@ async fn batch_page(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): P
     let who = page_caller(&web, &headers, Api::Client, &path)?;
     let batch = BatchId::parse(&id, "batch id").map_err(on_page(&path))?;
     let (record, jobs) = web.farm.batch_with_jobs(batch, &who).await.map_err(on_page(&path))?;
-    let body = pages::batch(&record, &jobs);
+    let body = pages::batch(&record, &jobs, &mosaic::tiles(&record.id, &jobs));
     Ok(Html(pages::layout(&format!("Batch {}", record.id), "batch", &format!("/api/batches/{}/events", record.id), &who, &body)))
 }
 
@@ -223,6 +225,13 @@ async fn frames_fragment(State(web): State<Arc<Web>>, headers: HeaderMap, Path(i
     let batch = BatchId::parse(&id, "batch id")?;
     let (record, jobs) = web.farm.batch_with_jobs(batch, &who).await?;
     Ok(Html(pages::frames(&record.id, &jobs)))
+}
+
+async fn tiles_fragment(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Html<String>, Failure> {
+    let who = caller(&web, &headers, Api::Client)?;
+    let batch = BatchId::parse(&id, "batch id")?;
+    let (record, jobs) = web.farm.batch_with_jobs(batch, &who).await?;
+    Ok(Html(mosaic::tiles(&record.id, &jobs)))
 }
 
 async fn job_page(State(web): State<Arc<Web>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Html<String>, Failure> {

@@ -183,7 +183,8 @@ fn job_card(job: &pb::Job) -> String {
     )
 }
 
-pub fn batch(b: &pb::Batch, jobs: &[pb::Job]) -> String {
+/// The batch page's body; `tiles` is its tiled renders' section ([`super::mosaic::tiles`]).
+pub fn batch(b: &pb::Batch, jobs: &[pb::Job], tiles: &str) -> String {
     let c = b.counts.unwrap_or_default();
     let state = batch_state_name(b.state);
     // an unfinished batch's controls (the caller may see it, so may change it)
@@ -215,6 +216,7 @@ pub fn batch(b: &pb::Batch, jobs: &[pb::Job]) -> String {
         counts = counts_text(&c),
     );
     out.push_str(&frames(&b.id, jobs));
+    out.push_str(tiles);
     out.push_str(r#"<section class="jobs" id="jobs">"#);
     for job in jobs {
         out.push_str(&job_card(job));

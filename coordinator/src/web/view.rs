@@ -119,6 +119,8 @@ pub struct JobView {
     pub finished_ms: i64,
     /// A video job's step makes or joins a frame (the page redraws its frames).
     pub video: bool,
+    /// A tiled render's tile or assembly (the page redraws its mosaic).
+    pub tile: bool,
 }
 
 impl JobView {
@@ -145,6 +147,7 @@ impl JobView {
             started_ms: j.started_at_ms,
             finished_ms: j.finished_at_ms,
             video: j.step != pb::VideoStep::Unspecified as i32,
+            tile: j.tile.is_some(),
         }
     }
 }
