@@ -8,6 +8,7 @@ use std::sync::Arc;
 use stylefarm_core::estimate::{default_time_limit_ms, device_bytes, pixel_iterations};
 use stylefarm_core::ffmpeg::Tools;
 use stylefarm_core::params::RenderParams;
+use stylefarm_core::print::PrintFormat;
 use stylefarm_core::video::{plan_jobs, Probe, VideoParams, VideoTask};
 use stylefarm_core::ToolError;
 use stylefarm_proto as pb;
@@ -43,6 +44,7 @@ pub fn check(spec: &pb::VideoSpec, access: &InputAccess, rules: &SubmitRules) ->
     }
     let styles = spec.styles.iter().enumerate().map(|(k, s)| image(&format!("video.styles[{k}]"), Some(s), access, rules)).collect::<Result<Vec<_>>>()?;
     let params = resolve_settings("video.settings", spec.settings.as_ref(), styles.len(), rules)?;
+    still_only(&params)?;
     let overlay = if spec.video_params_json.trim().is_empty() {
         serde_json::Map::new()
     } else {
@@ -57,6 +59,18 @@ pub fn check(spec: &pb::VideoSpec, access: &InputAccess, rules: &SubmitRules) ->
     let stem: String = spec.name.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(80).collect();
     let stem = if stem.is_empty() { "video".to_string() } else { stem };
     Ok(VideoRequest { source, styles, params, video, stem })
+}
+
+/// Refuses what only a still render makes: a print master (a clip's frames
+/// are encoded into the clip at 8 bits).
+fn still_only(params: &RenderParams) -> Result<()> {
+    if params.print != PrintFormat::None {
+        return Err(invalid(
+            "video.settings.print",
+            format!("`{}`: a clip's frames are encoded into the clip, so there is no print master; print must be none for a video", params.print),
+        ));
+    }
+    Ok(())
 }
 
 /// Probes the clip where the store (or an allowed URL) keeps it.
@@ -156,6 +170,15 @@ mod tests {
         let decode = jobs.iter().find(|j| j.name == "decode-s01").unwrap();
         assert!(decode.styles.is_empty() && decode.estimate_bytes == 0 && decode.depends_on.is_empty());
         assert!(jobs.iter().filter(|j| j.name.starts_with("frame")).all(|j| j.styles.len() == 1 && j.estimate_bytes > 0));
+    }
+
+    #[test]
+    fn a_video_asking_for_a_print_master_is_refused_naming_the_field() {
+        let print = RenderParams { print: PrintFormat::Tiff16, ..request().params };
+        let err = still_only(&print).unwrap_err();
+        assert!(matches!(&err, CoordError::InvalidArgument { field, .. } if field == "video.settings.print"), "{err:?}");
+        assert!(err.to_string().contains("`tiff16`"), "{err}");
+        still_only(&request().params).expect("no print is fine");
     }
 
     #[test]
