@@ -14,25 +14,15 @@ ITERATIONS=${ITERATIONS:-30}
 PY=.venv/bin/python
 WORK=$(mktemp -d)
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+. scripts/local_farm.sh
+trap 'farm_down; rm -rf "$WORK"' EXIT
 contents=()
 for _ in $(seq $(( JOBS / 2 ))); do contents+=(.samples/chelsea.png); done
 
 run() {
   local workers=$1 dir="$WORK/w$1"
-  mkdir -p "$dir"
-  "$B/stylefarm-coordinator" --listen 127.0.0.1:0 --data-dir "$dir/data" --heartbeat-interval-ms 1000 --log warn > "$dir/addr" 2> "$dir/coordinator.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "listening on" "$dir/addr" 2>/dev/null && break; sleep 0.1; done
-  export STYLEFARM_COORDINATOR="http://$(sed -n 's/^listening on //p' "$dir/addr")"
   local threads=$(( $(nproc) / workers )); [ "$threads" -ge 1 ] || threads=1
-  for i in $(seq "$workers"); do
-    STYLEFARM_LOG=warn "$B/stylefarm-worker" --coordinator "$STYLEFARM_COORDINATOR" --devices cpu --torch-threads "$threads" \
-      --name "bench-$i" --work-dir "$dir/worker-$i" 2> "$dir/worker-$i.log" &
-    pids+=($!)
-  done
-  sleep 2 # workers registered and waiting
+  farm_up "$dir" "$workers" "$threads" bench
   local start end batch
   start=$(date +%s.%N)
   batch=$("$B/stylefarm" submit --content "${contents[@]}" --style .samples/retina.jpg .samples/gravel.png \
@@ -41,6 +31,7 @@ run() {
   end=$(date +%s.%N)
   "$B/stylefarm" --json status "$batch" > "$dir/status.json"
   echo "$workers $start $end $dir/status.json" >> "$WORK/runs"
+  farm_down
 }
 
 run 1

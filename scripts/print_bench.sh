@@ -17,24 +17,14 @@ PRESET=${PRESET:-keras}
 PY=.venv/bin/python
 WORK=$(mktemp -d)
 pids=()
-stop() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
-trap 'stop; rm -rf "$WORK"' EXIT
+. scripts/local_farm.sh
+trap 'farm_down; rm -rf "$WORK"' EXIT
 
 # run NAME WORKERS [extra submit flags]: wall seconds of one print, start to last assembly
 run() {
   local name=$1 workers=$2 dir="$WORK/$1"
   shift 2
-  mkdir -p "$dir"
-  "$B/stylefarm-coordinator" --listen 127.0.0.1:0 --data-dir "$dir/data" --heartbeat-interval-ms 1000 --log warn > "$dir/addr" 2> "$dir/coordinator.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q "listening on" "$dir/addr" 2>/dev/null && break; sleep 0.1; done
-  export STYLEFARM_COORDINATOR="http://$(sed -n 's/^listening on //p' "$dir/addr")"
-  for i in $(seq "$workers"); do
-    STYLEFARM_LOG=warn "$B/stylefarm-worker" --coordinator "$STYLEFARM_COORDINATOR" --devices cpu --torch-threads 1 \
-      --name "print-$i" --work-dir "$dir/worker-$i" 2> "$dir/worker-$i.log" &
-    pids+=($!)
-  done
-  sleep 2 # workers registered and waiting
+  farm_up "$dir" "$workers" 1 print
   local start end batch
   start=$(date +%s.%N)
   batch=$("$B/stylefarm" submit --content .samples/coffee.png --style .samples/retina.jpg \
@@ -43,7 +33,7 @@ run() {
   end=$(date +%s.%N)
   "$B/stylefarm" --json status "$batch" > "$dir/status.json"
   echo "$name $workers $start $end $dir/status.json" >> "$WORK/runs"
-  stop
+  farm_down
 }
 
 run whole 1

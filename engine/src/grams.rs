@@ -42,9 +42,8 @@ pub const CHUNK: i64 = 512;
 /// their order, normalised as [`gram`] does; chunked when it is larger than
 /// one chunk with its halo.
 pub fn grams(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool) -> Result<Vec<Tensor>> {
-    let size = image.size();
-    if size[2] <= CHUNK + 2 * HALO && size[3] <= CHUNK + 2 * HALO {
-        return grams_in_chunks(model, image, layers, normalise, CHUNK);
+    if one_forward(image, CHUNK) {
+        return whole(model, image, layers, normalise);
     }
     // every tile of a scale asks for the same whole pictures' Grams: a
     // worker computes them once per scale, not once per tile
@@ -97,14 +96,23 @@ impl Key {
     }
 }
 
+/// Whether `image` fits one chunk with its halo (then it is forwarded whole).
+fn one_forward(image: &Tensor, chunk: i64) -> bool {
+    let size = image.size();
+    size[2] <= chunk + 2 * HALO && size[3] <= chunk + 2 * HALO
+}
+
+fn whole(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool) -> Result<Vec<Tensor>> {
+    model.forward(image, layers)?.iter().map(|f| gram(f, normalise)).collect()
+}
+
 fn grams_in_chunks(model: &Vgg16, image: &Tensor, layers: &[LayerId], normalise: bool, chunk: i64) -> Result<Vec<Tensor>> {
     debug_assert!(chunk % 16 == 0 && HALO % 16 == 0, "chunks and halo keep the pooling grid");
+    if one_forward(image, chunk) {
+        return whole(model, image, layers, normalise);
+    }
     let size = image.size();
     let (h, w) = (size[2], size[3]);
-    if h <= chunk + 2 * HALO && w <= chunk + 2 * HALO {
-        let features = model.forward(image, layers)?;
-        return features.iter().map(|f| gram(f, normalise)).collect();
-    }
     let mut sums: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
     for y0 in (0..h).step_by(chunk as usize) {
         for x0 in (0..w).step_by(chunk as usize) {

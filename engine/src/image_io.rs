@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::{imageops::FilterType, DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Limits, Rgb, RgbImage};
-use stylefarm_core::print::{to_8bit, Depth, PrintFormat};
+use stylefarm_core::print::{to_8bit, PrintFormat};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{EngineError, Result};
@@ -148,14 +148,14 @@ fn encode_png_samples(samples: &[u8], width: u32, height: u32, color: image::Ext
 /// predictor), each with the sRGB ICC profile.
 pub fn encode_print(image: &Rgb16Image, format: PrintFormat) -> std::result::Result<Vec<u8>, String> {
     let (w, h) = image.dimensions();
-    match (format, format.depth()) {
-        (PrintFormat::None, _) | (_, None) => Err("no print format was asked for".into()),
-        (PrintFormat::Png16, _) => {
+    match format {
+        PrintFormat::None => Err("no print format was asked for".into()),
+        PrintFormat::Png16 => {
             let samples: Vec<u8> = image.as_raw().iter().flat_map(|v| v.to_ne_bytes()).collect();
             encode_png_samples(&samples, w, h, image::ExtendedColorType::Rgb16)
         }
-        (_, Some(Depth::Eight)) => encode_tiff::<tiff::encoder::colortype::RGB8>(w, h, &to_8bit_image(image).into_raw()),
-        (_, Some(Depth::Sixteen)) => encode_tiff::<tiff::encoder::colortype::RGB16>(w, h, image.as_raw()),
+        PrintFormat::Tiff8 => encode_tiff::<tiff::encoder::colortype::RGB8>(w, h, &to_8bit_image(image).into_raw()),
+        PrintFormat::Tiff16 => encode_tiff::<tiff::encoder::colortype::RGB16>(w, h, image.as_raw()),
     }
 }
 
