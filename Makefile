@@ -4,7 +4,7 @@ CARGO ?= cargo
 # where cargo puts binaries (CARGO_TARGET_DIR if set)
 TARGET ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: wheel test-python video-demo deploy-test setup setup-demo build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm bench-print bench-pipeline demo render-demo figures images dist
+.PHONY: wheel test-python video-demo deploy-test setup setup-demo build release test lint bench bench-coordinator bench-coordinator-baseline soak-coordinator bench-farm bench-print bench-video bench-pipeline demo render-demo figures images dist
 
 ## setup: libtorch (PyPI torch==2.11.0), VGG-16 weights, sample images, the test tools, and every target of the workspace. Idempotent.
 setup:
@@ -69,6 +69,10 @@ bench-farm: setup
 ## bench-print: a 2048 px print whole on one worker, in tiles on one, in tiles on two (one core each).
 bench-print: setup
 	bash scripts/print_bench.sh
+
+## bench-video: temporal error of the farm's video path over frames stylised on their own (OpenCV Farneback flow), pan/zoom/rotation, 96/256/512 px, both presets.
+bench-video: release
+	bash scripts/video_bench.sh $(BENCH_VIDEO_ARGS)
 
 ## bench-pipeline: how busy a worker keeps its device: small jobs with --pipeline off / on / on with --previews off, 1 and 2 workers, 3 interleaved rounds.
 bench-pipeline: setup

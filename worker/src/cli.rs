@@ -147,6 +147,9 @@ pub struct VideoArgs {
     /// Also stylise every frame on its own at the same total iterations and print both side by side.
     #[arg(long)]
     pub compare: bool,
+    /// With --compare: iterations for each frame on its own [default: the temporal run's total spread evenly].
+    #[arg(long)]
+    pub independent_iterations: Option<u32>,
     /// Write the figures (per frame and means) as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,

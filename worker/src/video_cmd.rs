@@ -129,8 +129,9 @@ pub fn run(args: &VideoArgs) -> Result<()> {
     eprintln!("wrote {} ({count} frames, {} segments)", args.output.display(), segments.len());
 
     if args.compare {
-        // the same total iterations, spread evenly over frames rendered on their own
-        let per_frame = (chain_iterations as f64 / count as f64).round().max(1.0) as u32;
+        // the same total iterations, spread evenly over frames rendered on their own (or as asked)
+        let per_frame = args.independent_iterations.unwrap_or_else(|| (chain_iterations as f64 / count as f64).round().max(1.0) as u32);
+        anyhow::ensure!(per_frame >= 1, "invalid parameter `independent_iterations`: must be >= 1");
         let dir = work.join("independent");
         let started = Instant::now();
         let mut independent = Vec::with_capacity(count as usize);
