@@ -133,7 +133,15 @@ mod tests {
             id: id.into(),
             state: state as i32,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
-            tile: Some(TilePart { kind: TilePartKind::Assemble as i32, scale: 2, image_width: 200, image_height: 120, width: 200, height: 120, ..Default::default() }),
+            tile: Some(TilePart {
+                kind: TilePartKind::Assemble as i32,
+                scale: 2,
+                image_width: 200,
+                image_height: 120,
+                width: 200,
+                height: 120,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let coarse = Job { id: "j1".into(), state: JobState::Succeeded as i32, ..Default::default() };
@@ -154,10 +162,7 @@ mod tests {
         assert_eq!(m.tiles.len(), 4, "the coarse job is a dependency but not a tile");
         assert_eq!(m.done(), 1);
         let rows: Vec<Vec<(&str, TileState)>> = m.rows().iter().map(|r| r.iter().map(|t| (t.job.id.as_str(), t.state)).collect()).collect();
-        assert_eq!(
-            rows,
-            vec![vec![("j3", TileState::Running), ("j2", TileState::Done)], vec![("j4", TileState::Failed), ("j5", TileState::Waiting)]]
-        );
+        assert_eq!(rows, vec![vec![("j3", TileState::Running), ("j2", TileState::Done)], vec![("j4", TileState::Failed), ("j5", TileState::Waiting)]]);
         assert_eq!(m.summary(), "scale 2 · 200×120 · 1/4 tiles · 1 failed");
         assert!(mosaics(&jobs[..5]).is_empty(), "no assembly, no mosaic");
     }

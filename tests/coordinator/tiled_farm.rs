@@ -67,7 +67,7 @@ async fn a_print_renders_as_tiles_on_two_workers_and_a_worker_lost_mid_tile_cost
     assert_eq!(planned[5].depends_on.len(), 5, "the four tiles and the coarse job");
     // each tiled job says where it sits (the dashboard's mosaic and `status` draw from it)
     assert_eq!(planned[0].tile, None, "the coarse job is a plain render");
-    let part = |j: &pb::Job| j.tile.clone().unwrap_or_else(|| panic!("{} has no tile part", j.name));
+    let part = |j: &pb::Job| j.tile.unwrap_or_else(|| panic!("{} has no tile part", j.name));
     let first = part(&planned[1]);
     assert_eq!((first.kind, first.scale, first.image_width, first.image_height), (pb::TilePartKind::Tile as i32, 2, 384, 384));
     assert_eq!((first.x, first.y), (0, 0));

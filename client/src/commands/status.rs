@@ -4,8 +4,8 @@ use anyhow::Result;
 use stylefarm_proto as pb;
 
 use crate::cli::{connect, Cli};
-use crate::{frames, tiles};
 use crate::output::{batch_state_name, counts_text, job_state_name, print_json, BatchJson, FrameJson, JobJson};
+use crate::{frames, tiles};
 use stylefarm_client::ClientError;
 
 pub async fn status(cli: &Cli, id: &str) -> Result<()> {

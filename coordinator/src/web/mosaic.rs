@@ -39,7 +39,12 @@ fn mosaic(m: &Mosaic) -> String {
     for t in &tiles {
         let state = t.state.as_str();
         let p = t.part;
-        let _ = write!(out, r#"<a href="/jobs/{id}" class="tile" data-state="{state}"><title>{name}: {state}</title>"#, id = esc(&t.job.id), name = esc(&t.job.name));
+        let _ = write!(
+            out,
+            r#"<a href="/jobs/{id}" class="tile" data-state="{state}"><title>{name}: {state}</title>"#,
+            id = esc(&t.job.id),
+            name = esc(&t.job.name)
+        );
         if t.state == TileState::Done && !assembled {
             out.push_str(&image(t.job, p));
         } else {
