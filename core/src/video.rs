@@ -28,9 +28,12 @@ pub const FPS_RANGE: (f64, f64) = (0.1, 240.0);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VideoParams {
-    /// Weight of the short-term temporal loss (network units, as the preset's
-    /// content and style weights). 0 turns temporal consistency off (frames
-    /// are still warm-started).
+    /// Weight of the short-term temporal loss, relative to the frame's other
+    /// losses: straying from the warped previous frame everywhere by as much
+    /// as the content's own spread costs this many times what content, style
+    /// and tv cost at the frame's start (so it holds the same at every size,
+    /// preset and style). 0 turns temporal consistency off (frames are still
+    /// warm-started).
     pub temporal_weight: f64,
     /// Iterations of the first frame of every segment (cold start).
     pub first_iterations: u32,
@@ -49,7 +52,7 @@ pub struct VideoParams {
 
 impl Default for VideoParams {
     fn default() -> Self {
-        VideoParams { temporal_weight: 1e3, first_iterations: 60, frame_iterations: 20, segment_frames: 24, overlap: 3, start_s: 0.0, duration_s: 0.0 }
+        VideoParams { temporal_weight: 3.0, first_iterations: 60, frame_iterations: 20, segment_frames: 24, overlap: 3, start_s: 0.0, duration_s: 0.0 }
     }
 }
 

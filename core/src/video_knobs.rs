@@ -10,7 +10,7 @@ use crate::video::VideoParams;
 
 #[derive(Args, Debug, Default, Clone, PartialEq)]
 pub struct VideoKnobArgs {
-    /// Weight of the short-term temporal loss [default: 1000].
+    /// Weight of the short-term temporal loss, relative to the frame's content, style and tv losses [default: 3].
     #[arg(long)]
     pub temporal_weight: Option<f64>,
     /// Iterations of each segment's first frame [default: --iterations].

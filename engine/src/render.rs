@@ -303,7 +303,9 @@ pub fn render_via(
             own = own.with_local_style(whole, &x0)?;
         }
         if let Some((target, mask, weight)) = prior {
-            own = own.with_temporal(TemporalTerm { target, mask, weight })?;
+            // the weight is relative to what the frame's other losses are at its start
+            let others = tch::no_grad(|| own.losses(&x0))?.f_double_value(&[0])?;
+            own = own.with_temporal(TemporalTerm::relative(target, mask, weight, others, &content_net)?)?;
         }
         let (height, width) = (own.height(), own.width());
         let mut objective = match shared {

@@ -59,7 +59,8 @@ impl TemporalPrior {
 
 /// The short-term temporal loss of one scale: `weight / D · Σ c(p)·(x(p) − ω(p))²`
 /// over the D = 3·H·W values of the image, `x` and the warped previous output
-/// `ω` in network units, `c` the mask.
+/// `ω` in network units, `c` the mask. `weight` here is absolute; a video's
+/// `temporal_weight` is relative ([`TemporalTerm::relative`]).
 pub struct TemporalTerm {
     pub target: Tensor,
     pub mask: Tensor,
@@ -67,6 +68,23 @@ pub struct TemporalTerm {
 }
 
 impl TemporalTerm {
+    /// The term for a frame whose other losses (content, style, tv) total
+    /// `others` at its start, with `relative` weight: straying from the warped
+    /// previous frame everywhere by as much as the content frame's own spread
+    /// (its variance in network units) costs `relative × others`. So one
+    /// weight holds the same balance at every size, preset and style, where
+    /// an absolute weight meant strong at one size and nothing at another
+    /// (the style loss's scale moves by 30× between 64 and 256 px).
+    pub fn relative(target: Tensor, mask: Tensor, relative: f64, others: f64, content: &Tensor) -> Result<TemporalTerm> {
+        if !relative.is_finite() || relative < 0.0 {
+            return Err(EngineError::param("temporal_weight", format!("{relative} is not a finite number ≥ 0")));
+        }
+        let spread = content.f_var(false)?.double_value(&[]);
+        let weight = if others.is_finite() && others > 0.0 && spread > 0.0 { relative * others / spread } else { 0.0 };
+        tracing::debug!(relative, others, spread, weight, "temporal term");
+        Ok(TemporalTerm { target, mask, weight })
+    }
+
     pub fn loss(&self, image: &Tensor) -> Result<Tensor> {
         let values = image.numel() as f64;
         let diff = image.f_sub(&self.target)?.f_square()?.f_mul(&self.mask)?;
@@ -93,6 +111,24 @@ mod tests {
         let term = TemporalTerm { target, mask, weight: 6.0 };
         // 2 trusted pixels × 3 channels × 1² of 12 values, times 6
         assert_eq!(term.loss(&x).unwrap().double_value(&[]), 3.0);
+    }
+
+    #[test]
+    fn a_relative_weight_scales_with_the_other_losses_and_the_contents_spread() {
+        let flat = || Tensor::zeros([1, 3, 2, 2], (Kind::Double, Device::Cpu));
+        let mask = || Tensor::ones([1, 1, 2, 2], (Kind::Double, Device::Cpu));
+        // values 0, 2, 4, 6 (each thrice): variance 5
+        let content = Tensor::from_slice(&[0.0f64, 2.0, 4.0, 6.0]).view([1, 1, 2, 2]).repeat([1, 3, 1, 1]);
+        let term = TemporalTerm::relative(flat(), mask(), 2.0, 10.0, &content).unwrap();
+        assert!((term.weight - 2.0 * 10.0 / 5.0).abs() < 1e-12, "{}", term.weight);
+        // straying by the content's spread everywhere costs weight × the other losses
+        let strayed = Tensor::full([1, 3, 2, 2], 5f64.sqrt(), (Kind::Double, Device::Cpu));
+        assert!((term.loss(&strayed).unwrap().double_value(&[]) - 2.0 * 10.0).abs() < 1e-9);
+        // ten times the other losses (another size or preset): ten times the weight
+        let tenfold = TemporalTerm::relative(flat(), mask(), 2.0, 100.0, &content).unwrap();
+        assert!((tenfold.weight / term.weight - 10.0).abs() < 1e-9);
+        assert_eq!(TemporalTerm::relative(flat(), mask(), 2.0, 10.0, &flat()).unwrap().weight, 0.0, "a flat frame: no scale to hold to");
+        assert!(TemporalTerm::relative(flat(), mask(), f64::NAN, 10.0, &content).is_err());
     }
 
     #[test]
