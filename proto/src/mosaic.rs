@@ -98,20 +98,16 @@ pub fn mosaics(jobs: &[Job]) -> Vec<Mosaic<'_>> {
     let by_id: HashMap<&str, &Job> = jobs.iter().map(|j| (j.id.as_str(), j)).collect();
     jobs.iter()
         .filter_map(|assembly| {
-            let part = part(assembly, TilePartKind::Assemble)?;
+            let whole = part(assembly, TilePartKind::Assemble)?;
             let tiles = assembly
                 .depends_on
                 .iter()
                 .filter_map(|id| by_id.get(id.as_str()))
-                .filter_map(|job| Some(MosaicTile { job, part: part_of_tile(job)?, state: TileState::of(job) }))
+                .filter_map(|job| Some(MosaicTile { job, part: part(job, TilePartKind::Tile)?, state: TileState::of(job) }))
                 .collect();
-            Some(Mosaic { assembly, part, tiles })
+            Some(Mosaic { assembly, part: whole, tiles })
         })
         .collect()
-}
-
-fn part_of_tile(job: &Job) -> Option<&TilePart> {
-    part(job, TilePartKind::Tile)
 }
 
 #[cfg(test)]

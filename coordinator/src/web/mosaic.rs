@@ -27,10 +27,10 @@ fn image(job: &pb::Job, part: &pb::TilePart) -> String {
 fn mosaic(m: &Mosaic) -> String {
     let (w, h) = (m.part.image_width.max(1), m.part.image_height.max(1));
     let shown_h = (u64::from(WIDTH) * u64::from(h) / u64::from(w)).max(1);
+    let summary = esc(&m.summary());
     let mut out = format!(
         r#"<figure class="mosaic" data-job="{id}"><svg viewBox="0 0 {w} {h}" width="{WIDTH}" height="{shown_h}" role="img" aria-label="{summary}">"#,
         id = esc(&m.assembly.id),
-        summary = esc(&m.summary()),
     );
     let assembled = TileState::of(m.assembly) == TileState::Done;
     // waiting and running tiles first, landed ones over them: overlaps show the picture
@@ -60,7 +60,6 @@ fn mosaic(m: &Mosaic) -> String {
         r#"</svg><figcaption><a href="/jobs/{id}">{name}</a> <small>{summary}</small></figcaption></figure>"#,
         id = esc(&m.assembly.id),
         name = esc(&m.assembly.name),
-        summary = esc(&m.summary())
     );
     out
 }
