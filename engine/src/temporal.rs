@@ -24,9 +24,7 @@ impl TemporalPrior {
     /// `previous` (the previous frame's stylised output) warped onto the current
     /// frame by `pair`, resampled to the pair's grid first if its size differs.
     pub fn new(previous: &RgbImage, pair: &FramePair, weight: f64) -> Result<TemporalPrior> {
-        if !weight.is_finite() || weight < 0.0 {
-            return Err(EngineError::param("temporal_weight", format!("{weight} is not a finite number ≥ 0")));
-        }
+        let weight = checked_weight(weight)?;
         let size = pair.backward.size();
         let (h, w) = (size[2], size[3]);
         let prev = to_tensor(previous, Kind::Float, Device::Cpu);
@@ -76,9 +74,7 @@ impl TemporalTerm {
     /// an absolute weight meant strong at one size and nothing at another
     /// (the style loss's scale moves by 30× between 64 and 256 px).
     pub fn relative(target: Tensor, mask: Tensor, relative: f64, others: f64, content: &Tensor) -> Result<TemporalTerm> {
-        if !relative.is_finite() || relative < 0.0 {
-            return Err(EngineError::param("temporal_weight", format!("{relative} is not a finite number ≥ 0")));
-        }
+        let relative = checked_weight(relative)?;
         let spread = content.f_var(false)?.double_value(&[]);
         let weight = if others.is_finite() && others > 0.0 && spread > 0.0 { relative * others / spread } else { 0.0 };
         tracing::debug!(relative, others, spread, weight, "temporal term");
@@ -89,6 +85,15 @@ impl TemporalTerm {
         let values = image.numel() as f64;
         let diff = image.f_sub(&self.target)?.f_square()?.f_mul(&self.mask)?;
         Ok(diff.f_sum(image.kind())?.f_mul_scalar(self.weight / values)?)
+    }
+}
+
+/// A video's `temporal_weight`: a finite number ≥ 0.
+fn checked_weight(weight: f64) -> Result<f64> {
+    if weight.is_finite() && weight >= 0.0 {
+        Ok(weight)
+    } else {
+        Err(EngineError::param("temporal_weight", format!("{weight} is not a finite number ≥ 0")))
     }
 }
 
