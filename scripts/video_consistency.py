@@ -117,10 +117,10 @@ def temporal_error(outputs, flows):
 
 
 def run_case(args, motion, size, preset, out):
-    still = Image.open(Path(args.samples) / MOTIONS[motion])
+    still = Image.open(Path(args.samples) / args.photos.get(motion, MOTIONS[motion]))
     width, height = size, size * 2 // 3 // 2 * 2
     case = out / f"{motion}-{size}-{preset}"
-    clip = out / f"{motion}-{size}.mp4"
+    clip = out / f"{motion}-{size}.mp4"  # one --out per photo choice
     if not clip.exists():
         make_clip(args.ffmpeg, frames_of(motion, still, args.frames, width, height), out / f"{motion}-{size}-input", clip)
     report = case / "report.json"
@@ -161,6 +161,8 @@ def main():
     p.add_argument("--ffmpeg", default=os.environ.get("STYLEFARM_FFMPEG", os.path.expanduser("~/.cache/stylefarm/bin/ffmpeg")))
     p.add_argument("--samples", default=".samples")
     p.add_argument("--style", default=".samples/ihc.png")
+    p.add_argument("--photo", action="append", default=[], metavar="MOTION=FILE",
+                   help="another sample photo for a motion, e.g. zoom=astronaut.png (checks that a figure is not one photo's)")
     p.add_argument("--sizes", default="96,256,512")
     p.add_argument("--presets", default="gatys,keras")
     p.add_argument("--motions", default="pan,zoom,rotate")
@@ -171,6 +173,10 @@ def main():
     p.add_argument("--out", default="out/video-consistency")
     p.add_argument("--json", default=None, help="write the rows here [default: OUT/results.json]")
     args = p.parse_args()
+    args.photos = dict(kv.split("=", 1) for kv in args.photo)
+    unknown = set(args.photos) - set(MOTIONS)
+    if unknown:
+        raise SystemExit(f"--photo: unknown motion(s) {sorted(unknown)}; known: {sorted(MOTIONS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
