@@ -17,6 +17,9 @@ shares nothing with the engine's Horn-Schunck:
 It prints one row per case, the ratio temporal / independent of that error
 (the goal is <= 0.5) and of the mean per-frame loss (content + style, from
 the engine's report; the goal is <= 1.2), and writes the table as JSON.
+Since the clips are made by moving a photo, the true motion is known: each row
+also gives the mean end-point error (px, 8 px from the edges) of the engine's
+flow, the one the temporal run warped by, and of Farneback's.
 """
 import argparse
 import json
@@ -35,32 +38,107 @@ FPS = 12
 MOTIONS = {"pan": "chelsea.png", "zoom": "coffee.png", "rotate": "astronaut.png"}
 
 
+ROTATE_DEGREES = 0.8  # a frame
+
+
+def canvas(still, width, height):
+    """The photo scaled to cover a 1.3x canvas of the 4x frame, so a pan, zoom or
+    rotation never shows an edge."""
+    big_w, big_h = width * 4, height * 4
+    src = still.convert("RGB")
+    scale = max(big_w * 1.3 / src.width, big_h * 1.3 / src.height)
+    return src.resize((round(src.width * scale), round(src.height * scale)), Image.LANCZOS)
+
+
+def box(motion, t, count, width, height, src_size):
+    """The rectangle of the canvas (or, for a rotation, of the rotated canvas)
+    that frame t shows, as PIL crops it (integer corners)."""
+    big_w, big_h = width * 4, height * 4
+    cx, cy = src_size[0] / 2, src_size[1] / 2
+    if motion == "pan":
+        dx = (t - count / 2) * big_w * 0.02  # 2 % of the width per frame
+        rect = (cx + dx - big_w / 2, cy - big_h / 2, cx + dx + big_w / 2, cy + big_h / 2)
+    elif motion == "zoom":
+        z = 1.0 + 0.015 * t  # 1.5 % closer per frame
+        w, h = big_w / z, big_h / z
+        rect = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    elif motion == "rotate":
+        rect = (cx - big_w / 2, cy - big_h / 2, cx + big_w / 2, cy + big_h / 2)
+    else:
+        raise SystemExit(f"unknown motion {motion}")
+    return tuple(round(v) for v in rect)
+
+
 def frames_of(motion, still, count, width, height):
     """The clip's frames: `still` moved a little more each frame, rendered at
     4x and downsampled (no aliasing for the flow to trip on)."""
     big_w, big_h = width * 4, height * 4
-    src = still.convert("RGB")
-    # cover a 1.3x canvas so a pan/zoom/rotation never shows an edge
-    scale = max(big_w * 1.3 / src.width, big_h * 1.3 / src.height)
-    src = src.resize((round(src.width * scale), round(src.height * scale)), Image.LANCZOS)
-    cx, cy = src.width / 2, src.height / 2
+    src = canvas(still, width, height)
     out = []
     for t in range(count):
-        if motion == "pan":
-            dx = (t - count / 2) * big_w * 0.02  # 2 % of the width per frame
-            box = (cx + dx - big_w / 2, cy - big_h / 2, cx + dx + big_w / 2, cy + big_h / 2)
-            frame = src.crop(tuple(round(v) for v in box))
-        elif motion == "zoom":
-            z = 1.0 + 0.015 * t  # 1.5 % closer per frame
-            w, h = big_w / z, big_h / z
-            frame = src.crop(tuple(round(v) for v in (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))).resize((big_w, big_h), Image.LANCZOS)
-        elif motion == "rotate":
-            rotated = src.rotate(0.8 * t, resample=Image.BICUBIC, center=(cx, cy))  # 0.8 degrees per frame
-            frame = rotated.crop(tuple(round(v) for v in (cx - big_w / 2, cy - big_h / 2, cx + big_w / 2, cy + big_h / 2)))
+        rect = box(motion, t, count, width, height, src.size)
+        if motion == "rotate":
+            frame = src.rotate(ROTATE_DEGREES * t, resample=Image.BICUBIC, center=(src.width / 2, src.height / 2)).crop(rect)
         else:
-            raise SystemExit(f"unknown motion {motion}")
+            frame = src.crop(rect).resize((big_w, big_h), Image.LANCZOS)
         out.append(frame.resize((width, height), Image.LANCZOS))
     return out
+
+
+def true_flow(motion, t, count, width, height, src_size):
+    """The true backward flow of frame t (t -> t-1, `a(p) ~ b(p + flow(p))`),
+    [H,W,2] in pixels: the clips are made by moving a photo, so it is known."""
+    gx, gy = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+
+    def to_canvas(rect, x, y):
+        return rect[0] + (x + 0.5) * (rect[2] - rect[0]) / width - 0.5, rect[1] + (y + 0.5) * (rect[3] - rect[1]) / height - 0.5
+
+    def to_frame(rect, sx, sy):
+        return (sx - rect[0] + 0.5) * width / (rect[2] - rect[0]) - 0.5, (sy - rect[1] + 0.5) * height / (rect[3] - rect[1]) - 0.5
+
+    now, before = box(motion, t, count, width, height, src_size), box(motion, t - 1, count, width, height, src_size)
+    sx, sy = to_canvas(now, gx, gy)
+    if motion == "rotate":
+        # the same point of the photo, one step of rotation back about the canvas centre
+        a = np.deg2rad(ROTATE_DEGREES)
+        cx, cy = src_size[0] / 2 - 0.5, src_size[1] / 2 - 0.5
+        sx, sy = cx + (sx - cx) * np.cos(a) - (sy - cy) * np.sin(a), cy + (sx - cx) * np.sin(a) + (sy - cy) * np.cos(a)
+    px, py = to_frame(before, sx, sy)
+    return np.stack([px - gx, py - gy], axis=-1).astype(np.float32)
+
+
+def read_safetensors(path):
+    """The tensors of a safetensors file (F32 only) as numpy arrays."""
+    data = Path(path).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] != "F32":
+            raise SystemExit(f"{path}: {name} is {meta['dtype']}, expected F32")
+        start, end = meta["data_offsets"]
+        out[name] = np.frombuffer(data[8 + n + start : 8 + n + end], dtype=np.float32).reshape(meta["shape"])
+    return out
+
+
+def flow_accuracy(case, motion, count, width, height, src_size, inputs):
+    """Mean end-point error against the true motion (8 px margin) of the engine's
+    flow (what the temporal run warped by) and of Farneback's, and the share of
+    pixels the engine trusted."""
+    m = slice(8, -8)
+    engine, farne, trusted = [], [], []
+    gray = [cv2.cvtColor((f * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY) for f in inputs]
+    for t in range(1, count):
+        truth = true_flow(motion, t, count, width, height, src_size)
+        pair = read_safetensors(case / "work" / "flow" / f"{t + 1:06d}.safetensors")
+        eng = pair["backward"][0].transpose(1, 2, 0)
+        fb = farneback(gray[t], gray[t - 1])
+        engine.append(float(np.sqrt(((eng - truth) ** 2).sum(-1))[m, m].mean()))
+        farne.append(float(np.sqrt(((fb - truth) ** 2).sum(-1))[m, m].mean()))
+        trusted.append(float(pair["mask"].mean()))
+    return {"engine_epe": float(np.mean(engine)), "farneback_epe": float(np.mean(farne)), "engine_trusted": float(np.mean(trusted))}
 
 
 def make_clip(ffmpeg, frames, folder, clip):
@@ -119,6 +197,7 @@ def temporal_error(outputs, flows):
 def run_case(args, motion, size, preset, out):
     still = Image.open(Path(args.samples) / args.photos.get(motion, MOTIONS[motion]))
     width, height = size, size * 2 // 3 // 2 * 2
+    src_size = canvas(still, width, height).size
     case = out / f"{motion}-{size}-{preset}"
     clip = out / f"{motion}-{size}.mp4"  # one --out per photo choice
     if not clip.exists():
@@ -146,6 +225,7 @@ def run_case(args, motion, size, preset, out):
     # (resampling of a zoom or rotation, flow error), common to both runs
     floor, _ = temporal_error(inputs, flows)
     row = {"motion": motion, "size": size, "preset": preset, "trusted": trusted, "floor": floor, "seconds": seconds}
+    row["flow"] = flow_accuracy(case, motion, args.frames, width, height, src_size, inputs)
     for method, folder in (("temporal", "stylised"), ("independent", "independent")):
         error, per_frame = temporal_error(load(case / "work" / folder), flows)
         row[method] = {"error": error, "per_frame": per_frame, "loss": runs[method]["mean_content"] + runs[method]["mean_style"],
@@ -180,14 +260,14 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    print(f"{'motion':<7} {'size':>5} {'preset':<7} {'trusted':>7} {'floor':>8} {'independent':>12} {'temporal':>10} {'ratio':>6} {'loss ratio':>10} {'s':>6}", flush=True)
+    print(f"{'motion':<7} {'size':>5} {'preset':<7} {'trusted':>7} {'floor':>8} {'independent':>12} {'temporal':>10} {'ratio':>6} {'loss ratio':>10} {'flow px':>7} {'farneback px':>12} {'s':>6}", flush=True)
     for size in [int(s) for s in args.sizes.split(",")]:
         for preset in args.presets.split(","):
             for motion in args.motions.split(","):
                 r = run_case(args, motion, size, preset, out)
                 rows.append(r)
                 print(f"{motion:<7} {size:>5} {preset:<7} {r['trusted']:>7.1%} {r['floor']:>8.1e} {r['independent']['error']:>12.3e} {r['temporal']['error']:>10.3e} "
-                      f"{r['error_ratio']:>6.3f} {r['loss_ratio']:>10.3f} {r['seconds']:>6.0f}", flush=True)
+                      f"{r['error_ratio']:>6.3f} {r['loss_ratio']:>10.3f} {r['flow']['engine_epe']:>7.3f} {r['flow']['farneback_epe']:>12.3f} {r['seconds']:>6.0f}", flush=True)
     worst = max(r["error_ratio"] for r in rows)
     worst_loss = max(r["loss_ratio"] for r in rows)
     print(f"worst error ratio {worst:.3f} (goal <= 0.5), worst loss ratio {worst_loss:.3f} (goal <= 1.2)")

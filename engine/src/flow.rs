@@ -24,9 +24,9 @@ pub struct FlowParams {
     /// Smoothness weight (Horn–Schunck α) for intensities in 0..1. 0.2: on
     /// `make bench-video`'s clips (photos moved by a known zoom and rotation,
     /// ~0.35 px a frame at 96 px) α = 0.03 followed the frames' noise (mean
-    /// end-point error 0.15–0.24 px against the true motion) and a video held
-    /// to that warp shimmered; 0.2 gives 0.03–0.10 px, below OpenCV's
-    /// Farneback on the same frames (0.05–0.15; docs/video.md).
+    /// end-point error 0.14–0.19 px against the true motion) and a video held
+    /// to that warp shimmered; 0.2 gives 0.03–0.05 px, below OpenCV's
+    /// Farneback on the same frames (0.055–0.094; docs/video.md).
     pub alpha: f64,
     /// Each coarser level is this fraction of the next finer one.
     pub pyramid_scale: f64,
