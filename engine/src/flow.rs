@@ -334,11 +334,14 @@ const MATCH_THRESHOLD: f64 = 0.01;
 /// across a disocclusion, where the forward–backward check can pass; what it
 /// brings there is the occluder, which this catches.
 pub fn matches(previous: &Tensor, current: &Tensor, backward: &Tensor) -> Result<Tensor> {
-    tch::no_grad(|| {
-        let warped = warp(&previous.f_to_kind(Kind::Float)?, backward)?;
-        let diff = (warped - current.f_to_kind(Kind::Float)?).f_square()?.f_mean_dim(1, true, Kind::Float)?;
-        Ok(diff.f_le(MATCH_THRESHOLD)?.f_to_kind(Kind::Float)?)
-    })
+    tch::no_grad(|| Ok(warped_difference(previous, current, backward)?.f_le(MATCH_THRESHOLD)?.f_to_kind(Kind::Float)?))
+}
+
+/// `[1,1,H,W]`: the mean squared difference per channel value between
+/// `current` and `previous` warped onto it by `backward`.
+fn warped_difference(previous: &Tensor, current: &Tensor, backward: &Tensor) -> Result<Tensor> {
+    let warped = warp(&previous.f_to_kind(Kind::Float)?, backward)?;
+    Ok((warped - current.f_to_kind(Kind::Float)?).f_square()?.f_mean_dim(1, true, Kind::Float)?)
 }
 
 /// Mean squared difference per channel value between `current` and `previous`
@@ -346,8 +349,7 @@ pub fn matches(previous: &Tensor, current: &Tensor, backward: &Tensor) -> Result
 /// measure of Ruder et al.). Images in 0..1.
 pub fn warping_error(previous: &Tensor, current: &Tensor, pair: &FramePair) -> Result<f64> {
     tch::no_grad(|| {
-        let warped = warp(&previous.f_to_kind(Kind::Float)?, &pair.backward)?;
-        let diff = (warped - current.f_to_kind(Kind::Float)?).f_square()?.f_mean_dim(1, true, Kind::Float)?;
+        let diff = warped_difference(previous, current, &pair.backward)?;
         let weight = pair.mask.f_sum(Kind::Float)?.double_value(&[]);
         if weight == 0.0 {
             return Ok(0.0);
