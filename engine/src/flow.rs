@@ -120,41 +120,64 @@ fn shifted(t: &Tensor, dx: i64, dy: i64) -> Result<Tensor> {
     Ok(t.f_replication_pad2d([1, 1, 1, 1])?.f_narrow(3, 1 + dx, w)?.f_narrow(2, 1 + dy, h)?)
 }
 
-/// Where the flow may be smoothed: per neighbour, its Horn–Schunck weight,
-/// lowered by `exp(−(ΔI/edge)²/2)` across an intensity step ΔI of `image`.
-struct Smoothness {
-    weights: Vec<Tensor>,
-    /// Σ of the weights at each pixel: 1 where the image is flat.
-    total: Tensor,
+/// Where the flow may be smoothed.
+enum Smoothness {
+    /// Classic Horn–Schunck: every neighbour with its weight (one 3×3 filter).
+    Uniform,
+    /// Per neighbour, its Horn–Schunck weight lowered by `exp(−(ΔI/edge)²/2)`
+    /// across an intensity step ΔI of the image.
+    Edges {
+        weights: Vec<Tensor>,
+        /// Σ of the weights at each pixel: 1 where the image is flat.
+        total: Tensor,
+    },
 }
 
 impl Smoothness {
     fn new(image: &Tensor, edge: f64) -> Result<Smoothness> {
+        if edge <= 0.0 {
+            return Ok(Smoothness::Uniform);
+        }
         let mut weights = Vec::with_capacity(NEIGHBOURS.len());
         for &(dx, dy, k) in &NEIGHBOURS {
-            let w = if edge > 0.0 {
-                let step = shifted(image, dx, dy)?.f_sub(image)?;
-                step.f_square()?.f_mul_scalar(-0.5 / (edge * edge))?.f_exp()?.f_mul_scalar(k)?
-            } else {
-                image.f_ones_like()?.f_mul_scalar(k)?
-            };
-            weights.push(w);
+            let step = shifted(image, dx, dy)?.f_sub(image)?;
+            weights.push(step.f_square()?.f_mul_scalar(-0.5 / (edge * edge))?.f_exp()?.f_mul_scalar(k)?);
         }
         let mut total = weights[0].shallow_clone();
         for w in &weights[1..] {
             total = total.f_add(w)?;
         }
-        Ok(Smoothness { weights, total })
+        Ok(Smoothness::Edges { weights, total })
     }
 
     /// The weighted mean of `field`'s neighbours (`field` itself where no
     /// neighbour counts).
     fn mean(&self, field: &Tensor) -> Result<Tensor> {
-        let mut sum = field.f_zeros_like()?;
-        for (&(dx, dy, _), w) in NEIGHBOURS.iter().zip(&self.weights) {
-            sum = sum.f_add(&shifted(field, dx, dy)?.f_mul(w)?)?;
+        match self {
+            Smoothness::Uniform => {
+                let mut kernel = [0.0; 9];
+                for &(dx, dy, k) in &NEIGHBOURS {
+                    kernel[((dy + 1) * 3 + dx + 1) as usize] = k;
+                }
+                filter(field, &Tensor::from_slice(&kernel).f_view([3, 3])?)
+            }
+            Smoothness::Edges { weights, total } => {
+                let mut sum = field.f_zeros_like()?;
+                for (&(dx, dy, _), w) in NEIGHBOURS.iter().zip(weights) {
+                    sum = sum.f_add(&shifted(field, dx, dy)?.f_mul(w)?)?;
+                }
+                Ok(sum.f_div(&total.f_clamp_min(1e-6)?)?)
+            }
         }
-        Ok(sum.f_div(&self.total.f_clamp_min(1e-6)?)?)
+    }
+
+    /// Horn–Schunck's denominator `|∇I|² + α²Σw`: the smoothness pulls less
+    /// where the neighbours are cut off.
+    fn denominator(&self, gradient2: Tensor, alpha2: f64) -> Result<Tensor> {
+        match self {
+            Smoothness::Uniform => Ok(gradient2 + alpha2),
+            Smoothness::Edges { total, .. } => Ok(gradient2.f_add(&total.f_mul_scalar(alpha2)?)?),
+        }
     }
 }
 
@@ -241,8 +264,7 @@ pub fn flow(a: &Tensor, b: &Tensor, params: &FlowParams) -> Result<Tensor> {
                 let ix = (bx + ax) * 0.5;
                 let iy = (by + ay) * 0.5;
                 let it = &b_w - &a_l;
-                // α² Σw: the smoothness pulls less where the neighbours are cut off
-                let denom = (&ix * &ix + &iy * &iy) + &smooth.total * alpha2;
+                let denom = smooth.denominator(&ix * &ix + &iy * &iy, alpha2)?;
                 let (u0, v0) = (u.f_select(1, 0)?.f_unsqueeze(1)?, u.f_select(1, 1)?.f_unsqueeze(1)?);
                 let (mut uu, mut vv) = (u0.copy(), v0.copy());
                 for _ in 0..params.iterations {
